@@ -1,0 +1,66 @@
+# otrain: `make demo` and `make test` do all set-up on a fresh clone.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+CONSTRAINTS := requirements/constraints.txt
+STAMP := $(VENV)/.installed
+# The demo's working folder (ignored by git).
+DEMO_DIR ?= data
+
+export OTRAIN_PROGRESS ?= 1
+# Never let a stray default tracking store appear in the working tree.
+export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
+
+.PHONY: help install demo test lint format bench lock clean
+
+help:
+	@echo "make demo    set up, then run the pipeline on the built-in synthetic survey"
+	@echo "make test    set up, then run ruff and the whole test suite"
+	@echo "make bench   run the benchmarks in benchmarks/"
+	@echo "make lock    re-resolve requirements/constraints.txt from pyproject.toml"
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade "pip==25.3"
+	$(BIN)/python -m pip install --quiet --constraint $(CONSTRAINTS) --editable ".[dev]"
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/otrain-simulate --out $(DEMO_DIR)/survey --overwrite
+	$(BIN)/otrain-convert --path $(DEMO_DIR) --cube survey --cutouts $(DEMO_DIR)/survey --overwrite
+	@echo
+	@echo "Demo done. Look at:"
+	@echo "  $(DEMO_DIR)/survey/                  the synthetic survey (true/, false/, night/, truth.csv)"
+	@echo "  $(DEMO_DIR)/datacube/survey.npz      the training datacube"
+
+lint: $(STAMP)
+	$(BIN)/ruff check otrain tests benchmarks
+	$(BIN)/ruff format --check otrain tests benchmarks
+
+format: $(STAMP)
+	$(BIN)/ruff format otrain tests benchmarks
+	$(BIN)/ruff check --fix otrain tests benchmarks
+
+test: $(STAMP) lint
+	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
+		$(BIN)/python -m pytest
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_convert.py
+
+# Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
+lock:
+	rm -rf .lock-venv
+	$(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet --upgrade "pip==25.3"
+	.lock-venv/bin/python -m pip install --quiet ".[dev]"
+	{ echo "# Pinned versions for every install of otrain (Makefile, Dockerfiles, CI). Regenerate: make lock"; \
+	  .lock-venv/bin/python -m pip freeze --exclude otrain; \
+	  .lock-venv/bin/python -m pip freeze --exclude otrain | sed -n 's/^tensorflow[-_]cpu==/tensorflow==/p'; } > $(CONSTRAINTS)
+	rm -rf .lock-venv
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

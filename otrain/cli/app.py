@@ -1,0 +1,280 @@
+"""What every otrain command does around its own work: parse, validate, report, exit.
+
+A command is a config model (:mod:`otrain.config`) plus an action taking the validated config.
+:func:`run_command` parses argv with Fire, validates the keyword arguments with the model,
+turns every expected failure into one line on standard error with the right exit status,
+and prints generated help for ``-h``/``--help`` without importing anything heavy.
+
+Exit status: 0 success, 1 bad data or failed work, 2 bad options, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+import typing
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import fire
+from pydantic import ValidationError
+
+from otrain.config import CommandConfig
+from otrain.errors import OtrainError
+
+__all__ = ["EXIT_BAD_DATA", "EXIT_BAD_OPTION", "not_implemented", "render_help", "run_command"]
+
+EXIT_BAD_DATA = 1
+EXIT_BAD_OPTION = 2
+EXIT_INTERRUPTED = 130
+
+
+class _CommandLineError(Exception):
+    """A problem with the command line itself (stray positional arguments)."""
+
+
+def _flags(config: type[CommandConfig], name: str) -> list[str]:
+    field = config.model_fields[name]
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    shown = [config.flag_of(name)]
+    for alias in extra.get("aliases") or []:
+        spelled = "--" + alias.replace("_", "-")
+        if alias != name and spelled not in shown:
+            shown.append(spelled)
+    return shown
+
+
+def _strip_optional(annotation: Any) -> tuple[Any, bool]:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        if len(members) == 1:
+            return members[0], True
+    return annotation, False
+
+
+def _type_label(annotation: Any) -> str:
+    annotation, _ = _strip_optional(annotation)
+    while typing.get_origin(annotation) is typing.Annotated:
+        annotation = typing.get_args(annotation)[0]
+    origin = typing.get_origin(annotation)
+    if origin in (tuple, list):
+        item = _type_label(typing.get_args(annotation)[0])
+        return f"{item} [{item} ...]"
+    if annotation is bool:
+        return ""
+    if isinstance(annotation, type) and issubclass(annotation, Path):
+        return "PATH"
+    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(annotation, str(annotation).upper())
+
+
+def _list_options(config: type[CommandConfig]) -> set[str]:
+    """Every spelling (with dashes and underscores) of the options that take several values."""
+    spellings: set[str] = set()
+    for name, field in config.model_fields.items():
+        annotation, _ = _strip_optional(field.annotation)
+        if typing.get_origin(annotation) in (tuple, list):
+            for flag in [*_flags(config, name), "--" + name]:
+                spellings.update({flag, flag.replace("_", "-"), "--" + flag[2:].replace("-", "_")})
+    return spellings
+
+
+def _is_value(token: str) -> bool:
+    if not token.startswith("-"):
+        return True
+    try:
+        float(token)
+    except ValueError:
+        return False
+    return True
+
+
+def _gather_list_values(config: type[CommandConfig], argv: Sequence[str]) -> list[str]:
+    """Turn ``--maglim 12 18 21`` (the original's nargs='+') into one Fire list value."""
+    list_flags = _list_options(config)
+    result: list[str] = []
+    index = 0
+    while index < len(argv):
+        token = argv[index]
+        result.append(token)
+        index += 1
+        if token in list_flags:
+            values = []
+            while index < len(argv) and _is_value(argv[index]):
+                values.append(argv[index])
+                index += 1
+            if values:
+                result.append("[" + ",".join(values) + "]")
+    return result
+
+
+def render_help(config: type[CommandConfig]) -> str:
+    """Build the ``--help`` text of a command from its config model.
+
+    Parameters
+    ----------
+    config : type
+        The command's config model.
+
+    Returns
+    -------
+    str
+        Usage line, description and every option with its type, default and meaning.
+    """
+    required = [name for name, field in config.model_fields.items() if field.is_required()]
+    usage = " ".join(f"{config.flag_of(name)} {_type_label(config.model_fields[name].annotation)}" for name in required)
+    lines = [f"usage: {config.command} {usage} [options]".replace("  ", " "), ""]
+    lines += [line.strip() for line in (config.__doc__ or "").strip().splitlines()]
+    lines += ["", "options:"]
+    for name, field in config.model_fields.items():
+        label = _type_label(field.annotation)
+        flags = ", ".join(_flags(config, name))
+        head = f"  {flags} {label}".rstrip()
+        if field.is_required():
+            detail = "required"
+        elif label == "":
+            detail = "flag; default: off" if not field.default else "flag; default: on"
+        elif field.default is None:
+            detail = "default: none"
+        elif isinstance(field.default, tuple):
+            detail = "default: " + " ".join(f"{value:g}" for value in field.default)
+        else:
+            detail = f"default: {field.default}"
+        lines.append(f"{head}  ({detail})")
+        lines.append(f"      {field.description}")
+    lines.append("  -h, --help  show this help and exit")
+    lines.append("")
+    lines.append("Options also accept '_' in place of '-' (for example --frac_true).")
+    return "\n".join(lines)
+
+
+def _describe_validation_error(config: type[CommandConfig], error: ValidationError) -> str:
+    problems = error.errors(include_url=False)
+    first = problems[0]
+    message = str(first["msg"]).removeprefix("Value error, ")
+    location = first.get("loc") or ()
+    if first["type"] == "extra_forbidden":
+        text = f"unknown option --{str(location[0]).replace('_', '-')} (see --help)"
+    elif first["type"] == "missing":
+        text = f"{config.flag_of(str(location[0]))}: required option is missing"
+    elif location:
+        text = f"{config.flag_of(str(location[0]))}: {message}"
+        if "got" not in message and first["type"] not in ("value_error", "assertion_error"):
+            text += f" (got {first.get('input')!r})"
+    else:
+        text = message
+    if len(problems) > 1:
+        text += f" (and {len(problems) - 1} more problem{'s' if len(problems) > 2 else ''})"
+    return text
+
+
+def _fail(command: str, message: str, status: int) -> NoReturn:
+    print(f"{command}: error: {message}", file=sys.stderr)
+    sys.exit(status)
+
+
+class _CommandFormatter(logging.Formatter):
+    def __init__(self, command: str) -> None:
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"{self.command}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _configure_logging(command: str) -> None:
+    logger = logging.getLogger("otrain")
+    logger.handlers.clear()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_CommandFormatter(command))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+
+def parse_options(config: type[CommandConfig], argv: Sequence[str]) -> dict[str, Any]:
+    """Parse ``argv`` with Fire into the keyword arguments a config model takes.
+
+    Parameters
+    ----------
+    config : type
+        The command's config model (used to gather multi-value options).
+    argv : sequence of str
+        Command-line arguments, without the program name.
+
+    Returns
+    -------
+    dict
+        Option names (with underscores) to values as Fire parsed them.
+    """
+    captured: dict[str, Any] = {}
+
+    def command_line(*positional: Any, **options: Any) -> None:
+        if positional:
+            raise _CommandLineError(
+                f"unexpected argument {positional[0]!r}: every option is given as --name value (see --help)"
+            )
+        captured.update(options)
+
+    fire.Fire(command_line, command=_gather_list_values(config, argv), name=config.command)
+    return captured
+
+
+def run_command(
+    config: type[CommandConfig], action: Callable[[Any], None], argv: Sequence[str] | None = None
+) -> NoReturn:
+    """Parse, validate and run one command, then exit with its status.
+
+    Parameters
+    ----------
+    config : type
+        The command's config model.
+    action : callable
+        Does the work given the validated config; raises :class:`~otrain.errors.OtrainError`
+        for expected failures.
+    argv : sequence of str, optional
+        Arguments; defaults to ``sys.argv[1:]``.
+    """
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if any(token in ("-h", "--help") for token in arguments):
+        print(render_help(config))
+        sys.exit(0)
+    try:
+        options = parse_options(config, arguments)
+    except _CommandLineError as error:
+        _fail(config.command, str(error), EXIT_BAD_OPTION)
+    except fire.core.FireExit as error:
+        sys.exit(EXIT_BAD_OPTION if error.code else 0)
+    try:
+        validated = config.model_validate(options)
+    except ValidationError as error:
+        _fail(config.command, _describe_validation_error(config, error), EXIT_BAD_OPTION)
+    _configure_logging(config.command)
+    try:
+        action(validated)
+    except OtrainError as error:
+        _fail(config.command, str(error), error.exit_code)
+    except KeyboardInterrupt:
+        _fail(config.command, "interrupted", EXIT_INTERRUPTED)
+    sys.exit(0)
+
+
+def not_implemented(issue: int) -> Callable[[CommandConfig], None]:
+    """Return an action that reports a command as not implemented yet.
+
+    Parameters
+    ----------
+    issue : int
+        The project issue that implements it.
+
+    Returns
+    -------
+    callable
+        An action raising :class:`~otrain.errors.OtrainError` (exit status 1).
+    """
+
+    def action(config: CommandConfig) -> None:
+        raise OtrainError(f"{config.command} is not implemented yet (planned in issue {issue})")
+
+    return action

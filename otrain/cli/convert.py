@@ -1,0 +1,38 @@
+"""otrain-convert: labelled cutout folders to one training datacube."""
+
+from __future__ import annotations
+
+import time
+from typing import NoReturn
+
+from otrain.cli.app import run_command
+from otrain.config import ConvertConfig
+
+__all__ = ["main"]
+
+
+def _convert(config: ConvertConfig) -> None:
+    from otrain.convert import convert
+
+    started = time.perf_counter()
+    report = convert(config)
+    elapsed = time.perf_counter() - started
+    n_files = sum(counts.n_files for counts in report.classes.values())
+    print(f"read {n_files} cutout files in {elapsed:.1f} s")
+    for counts in (report.classes[1], report.classes[0]):
+        print(
+            f"  {counts.folder.name + ':':6} {counts.n_files} files, {counts.n_kept} kept; rejected: "
+            f"{counts.n_edge} EDGE, {counts.n_bad} bad, {counts.n_unselected} by balancing"
+        )
+    if report.n_replaced_pixels:
+        print(f"  non-finite pixels replaced: {report.n_replaced_pixels} in {report.n_cutouts_with_replaced} cutouts")
+    n_real, n_bogus = report.classes[1].n_kept, report.classes[0].n_kept
+    height, width, channels = report.shape
+    size_mb = (n_real + n_bogus) * height * width * channels * 4 / 1e6
+    print(f"datacube: {n_real + n_bogus} cutouts of {height}x{width}x{channels} ({n_real} real, {n_bogus} bogus), {size_mb:.1f} MB")
+    print(f"written: {report.output}")
+
+
+def main() -> NoReturn:
+    """Run otrain-convert."""
+    run_command(ConvertConfig, _convert)

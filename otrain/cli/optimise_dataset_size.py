@@ -1,0 +1,15 @@
+"""otrain-optimise-dataset-size: Train on nested subsets of increasing size (not implemented yet)."""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+from otrain.cli.app import not_implemented, run_command
+from otrain.config import OptimiseDatasetSizeConfig
+
+__all__ = ["main"]
+
+
+def main() -> NoReturn:
+    """Run otrain-optimise-dataset-size."""
+    run_command(OptimiseDatasetSizeConfig, not_implemented(issue=4))

@@ -1,0 +1,414 @@
+"""Validated parameters of every otrain command.
+
+This module is the only place where the options' names, types, defaults and ranges live. Each
+command has one frozen pydantic model; the command-line layer passes the user's keyword
+arguments straight into it, and ``params.yaml`` sections are checked against the same models.
+
+Option spellings follow the original O'TRAIN commands, including the odd ones (``--n_sections``,
+``--n_random``, ``--cam_path``) and the documented aliases (``--frac_true``,
+``--path-datacube``, ``--mag-lim``). Fire folds ``-`` and ``_`` in flag names, so every option
+is accepted with either.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
+
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "CheckInferConfig",
+    "CommandConfig",
+    "ConvertConfig",
+    "DiagnosticsConfig",
+    "GradCamConfig",
+    "InferConfig",
+    "OptimiseDatasetSizeConfig",
+    "PlotResultsConfig",
+    "SimulateConfig",
+    "TrainConfig",
+    "option",
+]
+
+FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
+
+
+# --------------------------------------------------------------------------------------------
+# Reusable checks. Each raises ValueError with a message that reads well after the option name.
+
+
+def _existing_folder(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"folder {str(path)!r} does not exist")
+    if not path.is_dir():
+        raise ValueError(f"{str(path)!r} is not a folder")
+    return path
+
+
+def _existing_file(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a file")
+    return path
+
+
+def _writable_folder(path: Path) -> Path:
+    """Check that ``path`` is, or can be created as, a folder we can write into.
+
+    Writing a throw-away temporary file is the only test that also holds for root, for
+    read-only mounts and for pseudo file systems; it leaves nothing behind.
+    """
+    ancestor = path
+    while not ancestor.exists():
+        if ancestor.parent == ancestor:
+            break
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ValueError(f"cannot create folder {str(path)!r}: {str(ancestor)!r} is not a folder")
+    try:
+        with tempfile.TemporaryFile(dir=ancestor):
+            pass
+    except OSError as error:
+        reason = error.strerror or str(error)
+        raise ValueError(f"cannot write in {str(ancestor)!r} ({reason})") from None
+    return path
+
+
+def _probability(value: float) -> float:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"must be a probability in [0, 1], got {value}")
+    return value
+
+
+def _fraction(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"must be a fraction in (0, 1], got {value}")
+    return value
+
+
+def _open_fraction(value: float) -> float:
+    if not 0.0 < value < 1.0:
+        raise ValueError(f"must be a fraction in (0, 1), got {value}")
+    return value
+
+
+def _dropout_rate(value: float) -> float:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"must be a dropout rate in [0, 1), got {value}")
+    return value
+
+
+def _positive(value: int) -> int:
+    if value <= 0:
+        raise ValueError(f"must be a positive whole number, got {value}")
+    return value
+
+
+def _non_negative(value: int) -> int:
+    if value < 0:
+        raise ValueError(f"must be zero or a positive whole number, got {value}")
+    return value
+
+
+def _at_least_two(value: int) -> int:
+    if value < 2:
+        raise ValueError(f"must be at least 2, got {value}")
+    return value
+
+
+def _positive_or_minus_one(value: int) -> int:
+    if value <= 0 and value != -1:
+        raise ValueError(f"must be a positive number of pixels, or -1 to keep the full size, got {value}")
+    return value
+
+
+def _frac_true(value: float) -> float:
+    if value == -1:
+        return value
+    if not 0.0 < value < 1.0:
+        raise ValueError(
+            f"must be a fraction in (0, 1) (both classes are needed), or -1 to keep every cutout, got {value}"
+        )
+    return value
+
+
+def _cube_name(value: str) -> str:
+    name = value[: -len(".npz")] if value.endswith(".npz") else value
+    if not name or name in {".", ".."} or "/" in name or os.sep in name:
+        raise ValueError(f"must be a plain file name without folders, got {value!r}")
+    return name
+
+
+ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
+ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
+WritableFolder = Annotated[Path, AfterValidator(_writable_folder)]
+Probability = Annotated[float, AfterValidator(_probability)]
+Fraction = Annotated[float, AfterValidator(_fraction)]
+OpenFraction = Annotated[float, AfterValidator(_open_fraction)]
+DropoutRate = Annotated[float, AfterValidator(_dropout_rate)]
+PositiveInt = Annotated[int, AfterValidator(_positive)]
+NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
+CutoutSize = Annotated[int, AfterValidator(_positive_or_minus_one)]
+Seed = Annotated[int, AfterValidator(_non_negative)]
+
+
+def option(
+    default: Any = ...,
+    help: str = "",  # noqa: A002 - the natural name for an option's help text
+    *,
+    flag: str | None = None,
+    aliases: tuple[str, ...] = (),
+) -> Any:
+    """Declare one command-line option.
+
+    Parameters
+    ----------
+    default : object
+        Default value; ``...`` makes the option required.
+    help : str
+        One-sentence description shown by ``--help``.
+    flag : str, optional
+        The spelling shown in help, when it is not ``--`` plus the field name with dashes
+        (for example the original ``--n_random``).
+    aliases : tuple of str
+        Other accepted spellings, written as Python names (``frac_true``, ``path_datacube``).
+
+    Returns
+    -------
+    pydantic.fields.FieldInfo
+        The field declaration.
+    """
+    extra: dict[str, Any] = {"flag": flag, "aliases": list(aliases)}
+    if aliases:
+        return Field(default, description=help, validation_alias=AliasChoices(*aliases), json_schema_extra=extra)
+    return Field(default, description=help, json_schema_extra=extra)
+
+
+class CommandConfig(BaseModel):
+    """Base of every command's parameters: frozen, unknown options refused."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        coerce_numbers_to_str=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+        validate_default=False,
+    )
+
+    #: The console-script name, used in messages and help.
+    command: ClassVar[str] = ""
+
+    @classmethod
+    def flag_of(cls, key: str) -> str:
+        """Return the option spelling shown to users for a field name or alias.
+
+        Parameters
+        ----------
+        key : str
+            A field name or one of its aliases.
+
+        Returns
+        -------
+        str
+            For example ``--frac-true``.
+        """
+        for name, field in cls.model_fields.items():
+            extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+            if key == name or key in (extra.get("aliases") or []):
+                return extra.get("flag") or "--" + name.replace("_", "-")
+        return "--" + key.replace("_", "-")
+
+
+# --------------------------------------------------------------------------------------------
+# The commands.
+
+
+class SimulateConfig(CommandConfig):
+    """Write the built-in synthetic survey: labelled true/false cutouts, a night of candidates.
+
+    The survey is deterministic from --seed. Real candidates are point sources (Moffat PSF,
+    varied seeing, sub-pixel offsets, magnitudes down to and below the detection limit,
+    sometimes on a galaxy-subtraction residual); bogus ones are subtraction dipoles,
+    PSF-mismatch rings, cosmic rays, hot pixels and bad columns, saturated-star residuals with
+    bleed trails, noise peaks and masked edges. Outputs: <out>/true, <out>/false, <out>/night
+    (with <out>/night/crossmatch.dat) and <out>/truth.csv.
+    """
+
+    command: ClassVar[str] = "otrain-simulate"
+
+    out: WritableFolder = option(..., "Folder to write the survey into.")
+    n_true: NonNegativeInt = option(1500, "Number of labelled real cutouts (true/).")
+    n_false: NonNegativeInt = option(1500, "Number of labelled bogus cutouts (false/).")
+    n_night: NonNegativeInt = option(300, "Number of unlabelled candidates of the simulated night (night/).")
+    cutout_size: PositiveInt = option(64, "Cutout width and height in pixels (gmadet uses 64).")
+    seed: Seed = option(42, "Seed of every random draw; the same seed gives the same files.")
+    mef_fraction: Probability = option(
+        0.25, "Fraction of labelled cutouts written STDPipe-style (multi-extension, DIFF plane); the rest gmadet-style."
+    )
+    overwrite: bool = option(False, "Replace a survey already in --out (only otrain's own files are replaced).")
+    workers: PositiveInt | None = option(None, "Worker processes for writing files (default: one per core).")
+
+    @model_validator(mode="after")
+    def _refuse_to_overwrite(self) -> SimulateConfig:
+        if not self.overwrite:
+            clashing = [name for name in ("true", "false", "night", "truth.csv") if (self.out / name).exists()]
+            if clashing:
+                raise ValueError(
+                    f"--out: {str(self.out)!r} already holds a survey ({', '.join(clashing)}); "
+                    "pass --overwrite to replace it"
+                )
+        if self.n_true + self.n_false + self.n_night == 0:
+            raise ValueError("--n-true, --n-false, --n-night: at least one must be positive")
+        return self
+
+
+class ConvertConfig(CommandConfig):
+    """Convert labelled cutouts (<cutouts>/true, <cutouts>/false) into one training datacube.
+
+    Reads gmadet single-HDU and STDPipe multi-extension cutouts (.fits, .fit, .fits.gz),
+    drops cutouts flagged EDGE, replaces non-finite pixels, centre-crops to --cutout-size, then
+    balances the classes to --frac-true with a seeded random selection and writes
+    <path>/datacube/<cube>.npz.
+    """
+
+    command: ClassVar[str] = "otrain-convert"
+
+    path: WritableFolder = option(
+        ..., "Base folder; the cube is written to <path>/datacube/<cube>.npz.", aliases=("path", "path_datacube")
+    )
+    cube: Annotated[str, AfterValidator(_cube_name)] = option(..., "Name of the datacube, without extension.")
+    cutouts: ExistingFolder = option(..., "Folder holding the true/ and false/ sub-folders of labelled cutouts.")
+    frac_true: Annotated[float, AfterValidator(_frac_true)] = option(
+        0.5, "Fraction of real cutouts in the cube, in (0, 1); -1 keeps every cutout, unbalanced."
+    )
+    cutout_size: CutoutSize = option(-1, "Centre-crop every cutout to NxN pixels; -1 keeps the full size.")
+    seed: Seed = option(42, "Seed of the random balancing selection.")
+    skip_bad_files: bool = option(False, "Skip unreadable or incomplete cutouts with a warning instead of failing.")
+    overwrite: bool = option(False, "Replace an existing cube of the same name.")
+    workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ConvertConfig:
+        if not self.overwrite and self.output_file.exists():
+            raise ValueError(f"--cube: {str(self.output_file)!r} already exists; pass --overwrite to replace it")
+        return self
+
+    @property
+    def output_file(self) -> Path:
+        """The cube this conversion writes: ``<path>/datacube/<cube>.npz``."""
+        return self.path / "datacube" / f"{self.cube}.npz"
+
+
+class TrainConfig(CommandConfig):
+    """Train the O'TRAIN CNN on a datacube."""
+
+    command: ClassVar[str] = "otrain-train"
+
+    cube: ExistingFile = option(..., "Path to the datacube (.npz) written by otrain-convert.")
+    model_path: WritableFolder = option(..., "Base folder; outputs go to <model-path>/CNN_training/<model-name>/.")
+    model_name: str = option(..., "Name of the trained model.")
+    epochs: PositiveInt = option(10, "Number of training epochs.")
+    frac: OpenFraction = option(0.15, "Fraction of the cube used for validation.")
+    dropout: DropoutRate = option(0.3, "Rate of each of the three dropout layers.")
+    threshold: Probability = option(0.5, "Probability threshold for the diagnostics: real if P(real) > threshold.")
+
+
+class InferConfig(CommandConfig):
+    """Score a folder of candidate cutouts with a trained model; writes infer_results.dat."""
+
+    command: ClassVar[str] = "otrain-infer"
+
+    cutouts: ExistingFolder = option(..., "Folder of candidate cutouts (*.fits).")
+    model: ExistingFile = option(..., "Trained model file (.keras or .h5).")
+    prob_ratio: float | None = option(
+        None, "Prior re-weighting p' = p / (p + (1 - p) * r); default: no re-weighting."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> InferConfig:
+        if self.prob_ratio is not None and self.prob_ratio <= 0:
+            raise ValueError(f"--prob-ratio: must be a positive ratio, got {self.prob_ratio}")
+        return self
+
+
+class CheckInferConfig(CommandConfig):
+    """Compare inference results with the injected sources of a crossmatch.dat."""
+
+    command: ClassVar[str] = "otrain-checkinfer"
+
+    plots: WritableFolder = option(..., "Base folder; figures go to <plots>/CheckInfer/.")
+    crossmatch: Path = option(..., "Folder holding crossmatch.dat, or the file itself.")
+    infer: Path = option(..., "Folder holding infer_results.dat, or the file itself.")
+    maglim: tuple[float, ...] = option(
+        (12.0, 18.0, 21.0), "Magnitudes splitting the magnitude range in the plots.", aliases=("maglim", "mag_lim")
+    )
+    cnn_problim: tuple[Probability, ...] = option(
+        (0.1, 0.5, 0.7), "CNN probabilities splitting the results in the plots."
+    )
+    fwhm_ratio_lower: float = option(0.5, "Lower bound of FWHM / FWHM_PSF.")
+    fwhm_ratio_upper: float = option(4.2, "Upper bound of FWHM / FWHM_PSF.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CheckInferConfig:
+        if self.fwhm_ratio_lower >= self.fwhm_ratio_upper:
+            raise ValueError("--fwhm-ratio-lower: must be smaller than --fwhm-ratio-upper")
+        return self
+
+
+class DiagnosticsConfig(CommandConfig):
+    """Score a validation cube and export the misclassified and well-classified cutouts."""
+
+    command: ClassVar[str] = "otrain-diagnostics"
+
+    path_cube_validation: ExistingFile = option(..., "Validation datacube (.npz).")
+    model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
+    threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    path_diagnostics: WritableFolder = option(
+        Path("cnn_results"), "Folder for the exported cutouts of each outcome."
+    )
+
+
+class PlotResultsConfig(CommandConfig):
+    """Draw the ROC, recall, F1-MCC and probability figures of a model on a validation cube."""
+
+    command: ClassVar[str] = "otrain-plot-results"
+
+    path_cube_validation: ExistingFile = option(..., "Validation datacube (.npz).")
+    model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
+    path_plots: WritableFolder = option(..., "Folder for the figures.")
+    threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+
+
+class OptimiseDatasetSizeConfig(CommandConfig):
+    """Train on nested subsets of increasing size to see how much data the model needs."""
+
+    command: ClassVar[str] = "otrain-optimise-dataset-size"
+
+    cube: ExistingFile = option(..., "Path to the datacube (.npz).")
+    model_path: WritableFolder = option(..., "Base folder for the models of each size.")
+    model_name: str = option(..., "Base name of the models.")
+    epochs: PositiveInt = option(10, "Number of training epochs per size.")
+    n_sections: Annotated[int, AfterValidator(_at_least_two)] = option(
+        20, "Number of sections the cube is divided into (at least 2).", flag="--n_sections"
+    )
+    dropout: DropoutRate = option(0.3, "Rate of each dropout layer.")
+    outdir: WritableFolder = option(..., "Folder for the figures and the table.")
+
+
+class GradCamConfig(CommandConfig):
+    """Show where the model looks: Grad-CAM maps of true/false positives and negatives."""
+
+    command: ClassVar[str] = "otrain-grad-cam"
+
+    cube: ExistingFile = option(..., "Datacube (.npz), usually the validation cube.")
+    model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
+    cam_path: WritableFolder = option(Path("grad_cam"), "Folder for the Grad-CAM images.", flag="--cam_path")
+    n_random: PositiveInt = option(
+        30, "Number of randomly chosen well-classified candidates per class.", flag="--n_random"
+    )
+    threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")

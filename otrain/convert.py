@@ -1,0 +1,288 @@
+"""otrain-convert: labelled cutout folders to one training datacube.
+
+Two passes over the files, both in worker processes:
+
+1. headers: metadata, EDGE flag and the location of every file's image plane. Bad files and
+   missing keywords are found here, before any pixel is read, and the balancing selection is
+   made on the usable (non-EDGE) files, so the requested fractions hold exactly;
+2. pixels: only the selected files are read, straight into one preallocated array.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from otrain.config import ConvertConfig
+from otrain.cutouts import (
+    TRAINING_KEYWORDS,
+    CutoutMeta,
+    PixelLocation,
+    list_cutouts,
+    prepare_pixels,
+    read_header,
+    read_pixels,
+    require_keywords,
+)
+from otrain.datacube import Datacube, balanced_counts, choose_rows
+from otrain.errors import DataError
+from otrain.parallel import map_chunks
+
+__all__ = ["ClassReport", "ConversionReport", "convert"]
+
+logger = logging.getLogger("otrain")
+
+_CLASS_FOLDERS = {1: "true", 0: "false"}
+_MAX_LISTED_BAD_FILES = 20
+
+
+@dataclass
+class ClassReport:
+    """What happened to the files of one class folder."""
+
+    label: int
+    folder: Path
+    n_files: int = 0
+    n_edge: int = 0
+    n_bad: int = 0
+    n_unselected: int = 0
+    n_kept: int = 0
+
+
+@dataclass
+class ConversionReport:
+    """Summary of one conversion, for the command's closing message."""
+
+    output: Path
+    classes: dict[int, ClassReport]
+    shape: tuple[int, int, int] = (0, 0, 0)
+    n_replaced_pixels: int = 0
+    n_cutouts_with_replaced: int = 0
+    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _Header:
+    path: Path
+    label: int
+    meta: CutoutMeta
+    location: PixelLocation
+
+
+def _read_headers(paths: Sequence[Path]) -> list[tuple[CutoutMeta, PixelLocation] | str]:
+    """Worker task: read the headers of a chunk of files; an error becomes its message."""
+    results: list[tuple[CutoutMeta, PixelLocation] | str] = []
+    for path in paths:
+        try:
+            meta, location = read_header(path)
+            if meta.edge is not True:
+                require_keywords(meta, path, TRAINING_KEYWORDS, "training")
+                if meta.convention == "gmadet" and meta.edge is None:
+                    require_keywords(meta, path, ("EDGE",), "training")
+            results.append((meta, location))
+        except DataError as error:
+            results.append(str(error))
+    return results
+
+
+def _read_pixel_chunk(
+    jobs: Sequence[tuple[Path, PixelLocation, int, tuple[int, int, int]]],
+) -> tuple[np.ndarray, list[int], list[str | None]]:
+    """Worker task: read, crop and clean the pixels of a chunk of files.
+
+    Returns the stacked pixels, the replaced-pixel count of each file and, for each file,
+    None or the message of the error that made it unusable (its row is then zeros).
+    """
+    pixels = np.zeros((len(jobs), *jobs[0][3]), dtype=np.float32)
+    replaced: list[int] = []
+    errors: list[str | None] = []
+    for row, (path, location, cutout_size, _) in enumerate(jobs):
+        try:
+            pixels[row], n_replaced = prepare_pixels(read_pixels(path, location), cutout_size, path)
+            replaced.append(n_replaced)
+            errors.append(None)
+        except DataError as error:
+            replaced.append(0)
+            errors.append(str(error))
+    return pixels, replaced, errors
+
+
+def _class_files(cutouts: Path) -> dict[int, list[Path]]:
+    files: dict[int, list[Path]] = {}
+    for label, name in _CLASS_FOLDERS.items():
+        folder = cutouts / name
+        if not folder.is_dir():
+            raise DataError(f"{folder}: folder of {name} cutouts does not exist (expected {cutouts}/true and {cutouts}/false)")
+        files[label] = list_cutouts(folder)
+        if not files[label]:
+            raise DataError(f"{folder}: no cutout files (*.fits, *.fit, *.fits.gz)")
+    return files
+
+
+def _final_shape(headers: list[_Header], cutout_size: int) -> tuple[int, int, int]:
+    """Check that the selected cutouts share one shape after cropping, and return it."""
+    shapes: dict[tuple[int, int, int], list[Path]] = {}
+    for header in headers:
+        shapes.setdefault(header.location.height_width_channels, []).append(header.path)
+    channels = {shape[2] for shape in shapes}
+    if len(channels) > 1:
+        raise DataError(
+            "cutouts have different numbers of channels: "
+            + "; ".join(f"{c} (e.g. {next(p for s, p in shapes.items() if s[2] == c)[0]})" for c in sorted(channels))
+        )
+    if cutout_size == -1:
+        if len(shapes) > 1:
+            described = sorted(shapes.items(), key=lambda item: -len(item[1]))
+            listing = ", ".join(f"{h}x{w} ({len(paths)} files, e.g. {paths[0]})" for (h, w, _), paths in described[:3])
+            raise DataError(f"cutouts have mixed sizes: {listing}; pass --cutout-size to crop them to one size")
+        return next(iter(shapes))
+    for (height, width, _), paths in shapes.items():
+        if height < cutout_size or width < cutout_size:
+            raise DataError(
+                f"{paths[0]}: cutout is {height}x{width} pixels, smaller than --cutout-size {cutout_size}"
+                + (f" ({len(paths)} such files)" if len(paths) > 1 else "")
+            )
+    return cutout_size, cutout_size, next(iter(channels))
+
+
+def _fail_on_bad_files(bad: list[tuple[Path, str]]) -> None:
+    for _, message in bad[:_MAX_LISTED_BAD_FILES]:
+        logger.error("%s", message)
+    if len(bad) > _MAX_LISTED_BAD_FILES:
+        logger.error("... and %d more bad cutouts", len(bad) - _MAX_LISTED_BAD_FILES)
+    if len(bad) == 1:
+        raise DataError(f"{bad[0][1]} (pass --skip-bad-files to skip it)")
+    raise DataError(f"{len(bad)} bad cutouts, the first: {bad[0][1]} (pass --skip-bad-files to skip them)")
+
+
+def convert(config: ConvertConfig) -> ConversionReport:
+    """Build and write the datacube that ``config`` describes.
+
+    Parameters
+    ----------
+    config : ConvertConfig
+        Validated options of otrain-convert.
+
+    Returns
+    -------
+    ConversionReport
+        Counts of kept and rejected files per class, and the output path.
+
+    Raises
+    ------
+    DataError
+        On missing or empty class folders, bad files (unless skipped), a class with no usable
+        cutout, or cutouts whose sizes cannot make one cube. Nothing is written then.
+    """
+    files = _class_files(config.cutouts)
+    report = ConversionReport(
+        output=config.output_file,
+        classes={label: ClassReport(label, config.cutouts / name) for label, name in _CLASS_FOLDERS.items()},
+    )
+    all_paths = [(label, path) for label in (1, 0) for path in files[label]]
+    usable: dict[int, list[_Header]] = {1: [], 0: []}
+    header_results = map_chunks(
+        _read_headers,
+        [path for _, path in all_paths],
+        workers=config.workers,
+        description="reading headers",
+        preload=["otrain.convert"],
+    )
+    labels = iter(label for label, _ in all_paths)
+    for chunk, results in header_results:
+        for path, result in zip(chunk, results, strict=True):
+            label = next(labels)
+            counts = report.classes[label]
+            counts.n_files += 1
+            if isinstance(result, str):
+                counts.n_bad += 1
+                report.bad_files.append((path, result))
+            elif result[0].edge is True:
+                counts.n_edge += 1
+            else:
+                usable[label].append(_Header(path, label, *result))
+
+    if report.bad_files:
+        if not config.skip_bad_files:
+            _fail_on_bad_files(report.bad_files)
+        for _, message in report.bad_files:
+            logger.warning("skipped: %s", message)
+    for label, headers in usable.items():
+        if not headers:
+            counts = report.classes[label]
+            raise DataError(
+                f"{counts.folder}: no usable cutout ({counts.n_files} files: {counts.n_edge} flagged EDGE, "
+                f"{counts.n_bad} bad); a cube needs both classes"
+            )
+
+    keep = dict(zip((1, 0), balanced_counts(len(usable[1]), len(usable[0]), config.frac_true), strict=True))
+    selected: list[_Header] = []
+    for label in (1, 0):
+        rows = choose_rows(len(usable[label]), keep[label], config.seed, stream=label)
+        selected.extend(usable[label][row] for row in rows)
+        report.classes[label].n_unselected = len(usable[label]) - keep[label]
+
+    report.shape = _final_shape(selected, config.cutout_size)
+    cube = np.empty((len(selected), *report.shape), dtype=np.float32)
+    failed_rows: list[int] = []
+    jobs = [(header.path, header.location, config.cutout_size, report.shape) for header in selected]
+    row = 0
+    for chunk, (pixels, replaced, errors) in map_chunks(
+        _read_pixel_chunk, jobs, workers=config.workers, description="reading pixels", preload=["otrain.convert"]
+    ):
+        cube[row : row + len(chunk)] = pixels
+        for offset, (n_replaced, error) in enumerate(zip(replaced, errors, strict=True)):
+            if error is not None:
+                failed_rows.append(row + offset)
+                report.bad_files.append((chunk[offset][0], error))
+            elif n_replaced:
+                report.n_replaced_pixels += n_replaced
+                report.n_cutouts_with_replaced += 1
+        row += len(chunk)
+
+    if failed_rows:
+        if not config.skip_bad_files:
+            _fail_on_bad_files([bad for bad in report.bad_files if bad[0] in {selected[r].path for r in failed_rows}])
+        cube, selected = _drop_rows(cube, selected, failed_rows, report)
+
+    for label in (1, 0):
+        report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
+    _datacube(cube, selected).save(config.output_file)
+    return report
+
+
+def _drop_rows(
+    cube: np.ndarray, selected: list[_Header], rows: list[int], report: ConversionReport
+) -> tuple[np.ndarray, list[_Header]]:
+    """Remove rows in place (no second copy of the cube) and count them as bad files."""
+    dropped = set(rows)
+    kept = [index for index in range(len(selected)) if index not in dropped]
+    for destination, source in enumerate(kept):
+        if destination != source:
+            cube[destination] = cube[source]
+    for index in rows:
+        report.classes[selected[index].label].n_bad += 1
+        logger.warning("skipped: %s", next(msg for path, msg in report.bad_files if path == selected[index].path))
+    return cube[: len(kept)], [selected[index] for index in kept]
+
+
+def _datacube(cube: np.ndarray, headers: list[_Header]) -> Datacube:
+    metas = [header.meta for header in headers]
+    candids = [meta.candid for meta in metas]
+    if all(isinstance(candid, int) for candid in candids):
+        candid_column = np.array(candids, dtype=np.int64)
+    else:
+        candid_column = np.array([str(candid) for candid in candids], dtype=str)
+    return Datacube(
+        cube=cube,
+        labels=np.array([header.label for header in headers], dtype=np.int64),
+        mags=np.array([meta.mag for meta in metas], dtype=np.float64),
+        errmags=np.array([meta.magerr for meta in metas], dtype=np.float64),
+        filters=np.array([meta.filter for meta in metas], dtype=str),
+        fwhms=np.array([meta.fwhm for meta in metas], dtype=np.float64),
+        candids=candid_column,
+    )

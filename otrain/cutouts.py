@@ -1,0 +1,597 @@
+"""Reading candidate cutout FITS files into pixels and metadata.
+
+Two conventions are understood (reference section 2.1):
+
+* **gmadet**: one HDU; the image and the candidate's keywords are in the primary HDU, and
+  ``EDGE`` is the string ``"True"``/``"False"``.
+* **STDPipe**: a data-less primary HDU holding the metadata (``HIERARCH mag_calib``, ``NAME``,
+  ...) and named image extensions; only ``EXTNAME=DIFF`` is used.
+
+``EDGE`` may be a string or a FITS logical; both mean the same everywhere. 3-D images laid
+out (C, H, W) become channels-last. Non-finite pixels are replaced by the median of the finite
+ones in the same plane and counted, so they never reach the network.
+
+Reading is split in two steps so that a converter can decide which files it needs before
+touching their pixels: :func:`read_header` parses the headers and records where the image
+plane lies in the file (:class:`PixelLocation`); :func:`read_pixels` then reads the plane,
+directly from its byte offset when the file is not compressed.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from astropy.io import fits
+from astropy.utils.exceptions import AstropyWarning
+
+from otrain.config import FITS_SUFFIXES
+from otrain.errors import DataError
+
+__all__ = [
+    "TRAINING_KEYWORDS",
+    "Cutout",
+    "CutoutMeta",
+    "PixelLocation",
+    "crop_center",
+    "list_cutouts",
+    "prepare_pixels",
+    "read_cutout",
+    "read_header",
+    "read_pixels",
+    "require_keywords",
+]
+
+#: Keywords a labelled cutout must carry to enter a training cube (EDGE too for gmadet files).
+TRAINING_KEYWORDS = ("CANDID", "MAG", "MAGERR", "FILTER", "FWHM")
+
+_FITS_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_TRUE_STRINGS = {"true", "t", "1", "yes", "y"}
+_FALSE_STRINGS = {"false", "f", "0", "no", "n"}
+
+
+@dataclass(frozen=True, kw_only=True)
+class CutoutMeta:
+    """Candidate metadata from a cutout's header; ``None`` where a keyword is absent."""
+
+    convention: Literal["gmadet", "stdpipe"]
+    candid: int | str | None
+    mag: float | None
+    magerr: float | None
+    filter: str | None
+    fwhm: float | None
+    edge: bool | None
+    ra: float | None = None
+    dec: float | None = None
+    file: str | None = None
+    xpos: float | None = None
+    ypos: float | None = None
+    fwhmpsf: float | None = None
+
+    def value_of(self, keyword: str) -> Any:
+        """Return the value standing for a FITS keyword name such as ``"MAGERR"``."""
+        return getattr(self, keyword.lower())
+
+
+@dataclass(frozen=True, kw_only=True)
+class PixelLocation:
+    """Where a cutout's image plane is stored, so it can be read without re-parsing headers.
+
+    Attributes
+    ----------
+    hdu_index : int
+        Index of the HDU holding the plane.
+    offset : int or None
+        Byte offset of the raw data in the file; ``None`` for compressed files, which are read
+        through astropy.
+    shape : tuple of int
+        Array shape in numpy order: (H, W) or (C, H, W).
+    dtype : str
+        Big-endian numpy dtype of the stored values.
+    bscale, bzero : float
+        Linear scaling of the stored values.
+    blank : int or None
+        Integer value marking undefined pixels.
+    """
+
+    hdu_index: int
+    offset: int | None
+    shape: tuple[int, ...]
+    dtype: str
+    bscale: float = 1.0
+    bzero: float = 0.0
+    blank: int | None = None
+
+    @property
+    def height_width_channels(self) -> tuple[int, int, int]:
+        """The (H, W, C) shape of the plane once channels-last."""
+        if len(self.shape) == 2:
+            return self.shape[0], self.shape[1], 1
+        return self.shape[1], self.shape[2], self.shape[0]
+
+
+@dataclass(frozen=True)
+class Cutout:
+    """One cutout ready for a datacube: float32 channels-last pixels and metadata."""
+
+    path: Path
+    pixels: np.ndarray
+    meta: CutoutMeta
+    n_replaced: int
+
+
+def list_cutouts(folder: Path, recursive: bool = False) -> list[Path]:
+    """List the cutout files of a folder in sorted order.
+
+    Parameters
+    ----------
+    folder : Path
+        Folder to scan.
+    recursive : bool
+        Also scan sub-folders.
+
+    Returns
+    -------
+    list of Path
+        Files ending in ``.fits``, ``.fit``, ``.fits.gz`` or ``.fit.gz`` (any case), sorted by path.
+    """
+    pattern = "**/*" if recursive else "*"
+    return sorted(
+        path for path in folder.glob(pattern) if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES)
+    )
+
+
+Header = fits.Header | dict[str, Any]
+
+
+def _card(header: Header, *keywords: str) -> Any:
+    """Return the first defined value among ``keywords`` in ``header``, else None.
+
+    ``header`` is an astropy header or the upper-cased dictionary of :func:`_parse_cards`;
+    look-ups are case-insensitive in both.
+    """
+    for keyword in keywords:
+        if isinstance(header, dict):
+            value = header.get(keyword.upper())
+        else:
+            value = header.get(keyword)
+        if value is not None and not isinstance(value, fits.card.Undefined):
+            return value
+    return None
+
+
+class _NotSimple(Exception):
+    """The fast reader does not handle this file; astropy reads it instead."""
+
+
+_BLOCK = 2880
+_CARD = 80
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
+_INTEGER = re.compile(r"[+-]?\d+")
+
+
+def _parse_value(text: str) -> Any:
+    """Parse the value field of a fixed-format or free-format FITS card."""
+    text = text.strip()
+    if text.startswith("'"):
+        chars, index = [], 1
+        while index < len(text):
+            char = text[index]
+            if char == "'":
+                if text[index + 1 : index + 2] == "'":
+                    chars.append("'")
+                    index += 2
+                    continue
+                return "".join(chars).rstrip()
+            chars.append(char)
+            index += 1
+        raise _NotSimple("unterminated string")
+    value = text.split("/", 1)[0].strip()
+    if value == "":
+        return None
+    if value == "T":
+        return True
+    if value == "F":
+        return False
+    if _INTEGER.fullmatch(value):
+        return int(value)
+    if _NUMBER.fullmatch(value):
+        return float(value.replace("D", "E").replace("d", "e"))
+    raise _NotSimple(f"value {value!r}")
+
+
+def _parse_cards(raw: bytes) -> tuple[dict[str, Any], int] | None:
+    """Parse the header blocks at the start of ``raw``; return (cards, header length) or None.
+
+    Only the simple cases are handled here (value cards, HIERARCH, COMMENT-like cards); a
+    CONTINUE card or anything unusual raises :class:`_NotSimple`, and astropy takes over.
+    """
+    cards: dict[str, Any] = {}
+    for start in range(0, len(raw) - _CARD + 1, _CARD):
+        card = raw[start : start + _CARD].decode("ascii")
+        keyword = card[:8].rstrip()
+        if keyword == "END" and not card[8:].strip():
+            return cards, (start // _BLOCK + 1) * _BLOCK
+        if keyword == "HIERARCH":
+            name, sep, value = card[8:].partition("=")
+            if not sep:
+                continue
+            cards[name.strip().upper()] = _parse_value(value)
+        elif keyword == "CONTINUE":
+            raise _NotSimple("long string")
+        elif card[8:10] == "= ":
+            cards[keyword.upper()] = _parse_value(card[10:])
+    return None
+
+
+def _read_simple(path: Path) -> tuple[dict[str, Any], PixelLocation] | None:
+    """Read a single-HDU, uncompressed cutout's header without astropy, or return None.
+
+    This is the fast path for gmadet cutouts, most of a typical training set: it reads the
+    header blocks once, parses only value cards, and finds the pixels right after them. Any
+    other layout (extensions, compression, unusual cards) returns None so that astropy reads
+    the file.
+    """
+    with open(path, "rb") as stream:
+        raw = stream.read(4 * _BLOCK)
+        size = os.fstat(stream.fileno()).st_size
+        if not raw.startswith(b"SIMPLE  ="):
+            return None
+        parsed = _parse_cards(raw)
+        while parsed is None and len(raw) < 64 * _BLOCK:
+            more = stream.read(4 * _BLOCK)
+            if not more:
+                return None
+            raw += more
+            parsed = _parse_cards(raw)
+    if parsed is None:
+        return None
+    cards, header_length = parsed
+    naxis, bitpix = cards.get("NAXIS"), cards.get("BITPIX")
+    if cards.get("SIMPLE") is not True or naxis not in (2, 3) or bitpix not in _FITS_DTYPES:
+        return None
+    if cards.get("EXTEND") is True and cards.get("NEXTEND", 0):
+        return None
+    shape = tuple(int(cards[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1))
+    data_length = abs(bitpix) // 8 * math.prod(shape)
+    padded_end = header_length + -(-data_length // _BLOCK) * _BLOCK
+    if size < header_length + data_length:
+        raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+    if size > padded_end:
+        return None  # more HDUs follow
+    blank = cards.get("BLANK") if bitpix > 0 else None
+    location = PixelLocation(
+        hdu_index=0,
+        offset=header_length,
+        shape=shape,
+        dtype=_FITS_DTYPES[bitpix],
+        bscale=float(cards.get("BSCALE", 1.0)),
+        bzero=float(cards.get("BZERO", 0.0)),
+        blank=int(blank) if blank is not None else None,
+    )
+    return cards, location
+
+
+def _as_float(value: Any, keyword: str, path: Path) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise DataError(f"{path}: keyword {keyword} must be a number, not a logical")
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: keyword {keyword} must be a number, got {value!r}") from None
+
+
+def _as_candid(value: Any, path: Path) -> int | str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise DataError(f"{path}: keyword CANDID must be an identifier, not a logical")
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else str(value)
+    text = str(value).strip()
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def _as_edge(value: Any, path: Path) -> bool | None:
+    """Read EDGE as a FITS logical or as the strings gmadet writes; both mean the same."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in _TRUE_STRINGS:
+        return True
+    if text in _FALSE_STRINGS:
+        return False
+    raise DataError(f"{path}: keyword EDGE must be True or False, got {value!r}")
+
+
+def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PixelLocation:
+    header = hdul[index].header
+    naxis = int(header.get("NAXIS", 0))
+    shape = tuple(int(header[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1))
+    bitpix = int(header["BITPIX"])
+    is_tile_compressed = isinstance(hdul[index], fits.CompImageHDU)
+    offset = None if compressed or is_tile_compressed else int(hdul.fileinfo(index)["datLoc"])
+    blank = header.get("BLANK") if bitpix > 0 else None
+    return PixelLocation(
+        hdu_index=index,
+        offset=offset,
+        shape=shape,
+        dtype=_FITS_DTYPES[bitpix],
+        bscale=float(header.get("BSCALE", 1.0)),
+        bzero=float(header.get("BZERO", 0.0)),
+        blank=int(blank) if blank is not None else None,
+    )
+
+
+def _has_image(hdu: Any) -> bool:
+    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and int(
+        hdu.header.get("NAXIS", 0)
+    ) in (2, 3)
+
+
+def _find_diff(hdul: fits.HDUList) -> int | None:
+    for index, hdu in enumerate(hdul):
+        if index > 0 and str(hdu.header.get("EXTNAME", "")).strip().upper() == "DIFF" and _has_image(hdu):
+            return index
+    return None
+
+
+def _meta(primary: Header, diff: Header | None, path: Path) -> CutoutMeta:
+    """Collect metadata; STDPipe files use the original's fallback order (reference 2.1)."""
+    if diff is None:
+        convention: Literal["gmadet", "stdpipe"] = "gmadet"
+        mag, magerr = _card(primary, "MAG"), _card(primary, "MAGERR")
+        band = _card(primary, "FILTER")
+        candid = _card(primary, "CANDID")
+        xpos, ypos = _card(primary, "XPOS"), _card(primary, "YPOS")
+    else:
+        convention = "stdpipe"
+        mag = _card(primary, "mag_calib", "MAG")
+        magerr = _card(primary, "mag_calib_err", "MAGERR")
+        band = _card(primary, "FILTER")
+        if band is None:
+            band = _card(diff, "FILTER")
+        if band is None:
+            band = "Clear"  # the original's documented fallback for STDPipe cutouts
+        candid = _card(primary, "CANDID", "NAME")
+        xpos, ypos = _card(primary, "XPOS", "X"), _card(primary, "YPOS", "Y")
+    file = _card(primary, "FILE")
+    return CutoutMeta(
+        convention=convention,
+        candid=_as_candid(candid, path),
+        mag=_as_float(mag, "MAG", path),
+        magerr=_as_float(magerr, "MAGERR", path),
+        filter=None if band is None else str(band).strip(),
+        fwhm=_as_float(_card(primary, "FWHM"), "FWHM", path),
+        edge=_as_edge(_card(primary, "EDGE"), path),
+        ra=_as_float(_card(primary, "RA"), "RA", path),
+        dec=_as_float(_card(primary, "DEC"), "DEC", path),
+        file=None if file is None else str(file),
+        xpos=_as_float(xpos, "XPOS", path),
+        ypos=_as_float(ypos, "YPOS", path),
+        fwhmpsf=_as_float(_card(primary, "FWHMPSF"), "FWHMPSF", path),
+    )
+
+
+def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
+    """Read a cutout's metadata and locate its image plane, without reading the pixels.
+
+    Parameters
+    ----------
+    path : Path
+        A cutout FITS file (optionally gzip-compressed).
+
+    Returns
+    -------
+    CutoutMeta
+        The candidate's keywords.
+    PixelLocation
+        Where the image plane lies.
+
+    Raises
+    ------
+    DataError
+        If the file is not FITS, is truncated, has no usable image plane, or a keyword has a
+        value of the wrong kind. The message names the file.
+    """
+    compressed = path.name.lower().endswith(".gz")
+    if not compressed:
+        try:
+            simple = _read_simple(path)
+        except (_NotSimple, UnicodeDecodeError, KeyError, TypeError, ValueError):
+            simple = None
+        except OSError as error:
+            raise DataError(f"{path}: cannot read the file ({_describe(error)})") from None
+        if simple is not None:
+            cards, location = simple
+            return _meta(cards, None, path), location
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", AstropyWarning)
+            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+                diff_index = _find_diff(hdul)
+                primary = hdul[0]
+                if diff_index is not None:
+                    index = diff_index
+                elif _has_image(primary):
+                    index = 0
+                elif len(hdul) > 1:
+                    raise DataError(f"{path}: multi-extension cutout has no image extension with EXTNAME=DIFF")
+                else:
+                    raise DataError(f"{path}: no 2-D or 3-D image in the primary HDU")
+                location = _location(hdul, index, compressed)
+                diff_header = hdul[diff_index].header if diff_index is not None else None
+                meta = _meta(primary.header, diff_header, path)
+    except DataError:
+        raise
+    except (OSError, ValueError, KeyError, IndexError, EOFError) as error:
+        raise DataError(f"{path}: not a readable FITS file ({_describe(error)})") from None
+    return meta, location
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
+    """Read a located image plane as float32, channels-last (H, W, C), unscaled values applied.
+
+    Parameters
+    ----------
+    path : Path
+        The cutout file.
+    location : PixelLocation
+        From :func:`read_header`.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 array of shape (H, W, C); undefined integer pixels (BLANK) become NaN.
+
+    Raises
+    ------
+    DataError
+        If the file is shorter than its header says (truncated) or cannot be read.
+    """
+    count = math.prod(location.shape)
+    try:
+        if location.offset is not None:
+            raw = np.fromfile(path, dtype=location.dtype, count=count, offset=location.offset)
+            if raw.size != count:
+                raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+            raw = raw.reshape(location.shape)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", AstropyWarning)
+                with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
+                    raw = np.asarray(hdul[location.hdu_index].data)
+            if raw.shape != location.shape:
+                raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path}: cannot read the image data ({_describe(error)})") from None
+    pixels = raw.astype(np.float32)
+    if location.blank is not None:
+        pixels[raw == location.blank] = np.nan
+    if location.bscale != 1.0 or location.bzero != 0.0:
+        pixels = (pixels * np.float32(location.bscale) + np.float32(location.bzero)).astype(np.float32)
+    if pixels.ndim == 2:
+        return pixels[:, :, np.newaxis]
+    return np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
+
+
+def crop_center(pixels: np.ndarray, size: int, path: Path | None = None) -> np.ndarray:
+    """Centre-crop a channels-last (H, W, C) cutout to (size, size, C).
+
+    The crop starts at ``dim // 2 - size // 2`` on each axis, as in the original. ``size = -1``
+    returns the cutout unchanged.
+
+    Raises
+    ------
+    DataError
+        If the cutout is smaller than ``size`` on either axis.
+    """
+    if size == -1:
+        return pixels
+    height, width = pixels.shape[:2]
+    if height < size or width < size:
+        where = f"{path}: " if path is not None else ""
+        raise DataError(f"{where}cutout is {height}x{width} pixels, smaller than --cutout-size {size}")
+    top, left = height // 2 - size // 2, width // 2 - size // 2
+    return pixels[top : top + size, left : left + size, :]
+
+
+def prepare_pixels(pixels: np.ndarray, cutout_size: int, path: Path) -> tuple[np.ndarray, int]:
+    """Crop a cutout and replace its non-finite pixels.
+
+    Each non-finite pixel (NaN, +/-inf) becomes the median of the finite pixels of its plane;
+    a plane with no finite pixel is an error.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Channels-last (H, W, C) float32 pixels.
+    cutout_size : int
+        Crop size, or -1 for none.
+    path : Path
+        The file, for error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        Cropped float32 pixels, all finite.
+    int
+        How many pixels were replaced.
+    """
+    cropped = crop_center(pixels, cutout_size, path)
+    finite = np.isfinite(cropped)
+    n_bad = int(cropped.size - np.count_nonzero(finite))
+    if n_bad == 0:
+        return np.ascontiguousarray(cropped, dtype=np.float32), 0
+    cleaned = np.array(cropped, dtype=np.float32, copy=True)
+    for channel in range(cleaned.shape[2]):
+        plane, good = cleaned[:, :, channel], finite[:, :, channel]
+        if not good.any():
+            raise DataError(f"{path}: cutout has no finite pixel (all NaN or infinite)")
+        plane[~good] = np.median(plane[good])
+    return cleaned, n_bad
+
+
+def require_keywords(meta: CutoutMeta, path: Path, keywords: tuple[str, ...], purpose: str) -> None:
+    """Raise a :class:`DataError` naming the first keyword of ``keywords`` that is missing.
+
+    Parameters
+    ----------
+    meta : CutoutMeta
+        Metadata read from the file.
+    path : Path
+        The file, for the message.
+    keywords : tuple of str
+        FITS keyword names, for example :data:`TRAINING_KEYWORDS`.
+    purpose : str
+        What needs them, for the message ("training").
+    """
+    for keyword in keywords:
+        if meta.value_of(keyword) is None:
+            raise DataError(f"{path}: missing mandatory keyword {keyword} (needed for {purpose})")
+
+
+def read_cutout(path: Path, cutout_size: int = -1) -> Cutout:
+    """Read one cutout: metadata, cropped channels-last float32 pixels, non-finite replaced.
+
+    Parameters
+    ----------
+    path : Path
+        A cutout FITS file in either convention.
+    cutout_size : int
+        Centre-crop size in pixels; -1 keeps the full size.
+
+    Returns
+    -------
+    Cutout
+        The cutout; ``n_replaced`` counts the non-finite pixels that were replaced.
+    """
+    meta, location = read_header(path)
+    pixels, n_replaced = prepare_pixels(read_pixels(path, location), cutout_size, path)
+    return Cutout(path=path, pixels=pixels, meta=meta, n_replaced=n_replaced)

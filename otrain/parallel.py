@@ -1,0 +1,90 @@
+"""Run a function over chunks of work items in worker processes, results in input order."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import TypeVar
+
+from otrain.progress import progress_bar
+
+__all__ = ["default_workers", "map_chunks"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+#: Below this many items a pool costs more to start than it saves.
+MIN_ITEMS_FOR_POOL = 200
+
+
+def default_workers() -> int:
+    """Return the number of CPU cores this process may use."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def map_chunks(
+    function: Callable[[Sequence[T]], R],
+    items: Sequence[T],
+    *,
+    workers: int | None,
+    description: str,
+    preload: Sequence[str] = (),
+    chunk_size: int | None = None,
+) -> Iterator[tuple[Sequence[T], R]]:
+    """Apply ``function`` to consecutive chunks of ``items``, in parallel, yielding in order.
+
+    Workers are started with the ``forkserver`` method, so the calling process may hold
+    threads (a progress bar, TensorFlow) without risk. Small jobs run in this process.
+
+    Parameters
+    ----------
+    function : callable
+        A module-level function taking a chunk (a sequence of items).
+    items : sequence
+        The work items.
+    workers : int or None
+        Number of processes; None means one per core.
+    description : str
+        Progress bar label.
+    preload : sequence of str
+        Modules the fork server imports once, so workers start warm.
+    chunk_size : int, optional
+        Items per task; by default about eight tasks per worker, at most 512 items each.
+
+    Yields
+    ------
+    tuple
+        (chunk, function(chunk)) for each chunk, in the order of ``items``.
+    """
+    n_workers = default_workers() if workers is None else workers
+    if chunk_size is None:
+        chunk_size = max(16, min(512, -(-len(items) // (8 * n_workers))))
+    chunks = list(_chunks(items, chunk_size))
+    with progress_bar(len(items), description) as bar:
+        if n_workers == 1 or len(items) < MIN_ITEMS_FOR_POOL:
+            for chunk in chunks:
+                result = function(chunk)
+                bar.update(len(chunk))
+                yield chunk, result
+            return
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(list(preload))
+        pool = ProcessPoolExecutor(max_workers=min(n_workers, len(chunks)), mp_context=context)
+        try:
+            for chunk, result in zip(chunks, pool.map(function, chunks), strict=True):
+                bar.update(len(chunk))
+                yield chunk, result
+        finally:
+            # On an early exit (an error, an interrupt) drop the queued chunks instead of
+            # finishing them.
+            pool.shutdown(wait=True, cancel_futures=True)
