@@ -325,9 +325,7 @@ class InferConfig(CommandConfig):
 
     cutouts: ExistingFolder = option(..., "Folder of candidate cutouts (*.fits).")
     model: ExistingFile = option(..., "Trained model file (.keras or .h5).")
-    prob_ratio: float | None = option(
-        None, "Prior re-weighting p' = p / (p + (1 - p) * r); default: no re-weighting."
-    )
+    prob_ratio: float | None = option(None, "Prior re-weighting p' = p / (p + (1 - p) * r); default: no re-weighting.")
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
@@ -368,9 +366,7 @@ class DiagnosticsConfig(CommandConfig):
     path_cube_validation: ExistingFile = option(..., "Validation datacube (.npz).")
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
-    path_diagnostics: WritableFolder = option(
-        Path("cnn_results"), "Folder for the exported cutouts of each outcome."
-    )
+    path_diagnostics: WritableFolder = option(Path("cnn_results"), "Folder for the exported cutouts of each outcome.")
 
 
 class PlotResultsConfig(CommandConfig):

@@ -116,7 +116,9 @@ def _class_files(cutouts: Path) -> dict[int, list[Path]]:
     for label, name in _CLASS_FOLDERS.items():
         folder = cutouts / name
         if not folder.is_dir():
-            raise DataError(f"{folder}: folder of {name} cutouts does not exist (expected {cutouts}/true and {cutouts}/false)")
+            raise DataError(
+                f"{folder}: folder of {name} cutouts does not exist (expected {cutouts}/true and {cutouts}/false)"
+            )
         files[label] = list_cutouts(folder)
         if not files[label]:
             raise DataError(f"{folder}: no cutout files (*.fits, *.fit, *.fits.gz)")
@@ -226,7 +228,9 @@ def convert(config: ConvertConfig) -> ConversionReport:
         selected.extend(usable[label][row] for row in rows)
         report.classes[label].n_unselected = len(usable[label]) - keep[label]
 
-    report.shape = _final_shape(selected, config.cutout_size)
+    # Checked on every usable file, not just the selected ones, so that whether a tree
+    # converts does not depend on the seed.
+    report.shape = _final_shape(usable[1] + usable[0], config.cutout_size)
     cube = np.empty((len(selected), *report.shape), dtype=np.float32)
     failed_rows: list[int] = []
     jobs = [(header.path, header.location, config.cutout_size, report.shape) for header in selected]

@@ -44,6 +44,7 @@ __all__ = [
     "prepare_pixels",
     "read_cutout",
     "read_header",
+    "read_header_with_astropy",
     "read_pixels",
     "require_keywords",
 ]
@@ -142,9 +143,7 @@ def list_cutouts(folder: Path, recursive: bool = False) -> list[Path]:
         Files ending in ``.fits``, ``.fit``, ``.fits.gz`` or ``.fit.gz`` (any case), sorted by path.
     """
     pattern = "**/*" if recursive else "*"
-    return sorted(
-        path for path in folder.glob(pattern) if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES)
-    )
+    return sorted(path for path in folder.glob(pattern) if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES))
 
 
 Header = fits.Header | dict[str, Any]
@@ -157,16 +156,13 @@ def _card(header: Header, *keywords: str) -> Any:
     look-ups are case-insensitive in both.
     """
     for keyword in keywords:
-        if isinstance(header, dict):
-            value = header.get(keyword.upper())
-        else:
-            value = header.get(keyword)
+        value = header.get(keyword.upper()) if isinstance(header, dict) else header.get(keyword)
         if value is not None and not isinstance(value, fits.card.Undefined):
             return value
     return None
 
 
-class _NotSimple(Exception):
+class _NotSimpleError(Exception):
     """The fast reader does not handle this file; astropy reads it instead."""
 
 
@@ -191,7 +187,7 @@ def _parse_value(text: str) -> Any:
                 return "".join(chars).rstrip()
             chars.append(char)
             index += 1
-        raise _NotSimple("unterminated string")
+        raise _NotSimpleError("unterminated string")
     value = text.split("/", 1)[0].strip()
     if value == "":
         return None
@@ -203,14 +199,14 @@ def _parse_value(text: str) -> Any:
         return int(value)
     if _NUMBER.fullmatch(value):
         return float(value.replace("D", "E").replace("d", "e"))
-    raise _NotSimple(f"value {value!r}")
+    raise _NotSimpleError(f"value {value!r}")
 
 
 def _parse_cards(raw: bytes) -> tuple[dict[str, Any], int] | None:
     """Parse the header blocks at the start of ``raw``; return (cards, header length) or None.
 
     Only the simple cases are handled here (value cards, HIERARCH, COMMENT-like cards); a
-    CONTINUE card or anything unusual raises :class:`_NotSimple`, and astropy takes over.
+    CONTINUE card or anything unusual raises :class:`_NotSimpleError`, and astropy takes over.
     """
     cards: dict[str, Any] = {}
     for start in range(0, len(raw) - _CARD + 1, _CARD):
@@ -224,7 +220,7 @@ def _parse_cards(raw: bytes) -> tuple[dict[str, Any], int] | None:
                 continue
             cards[name.strip().upper()] = _parse_value(value)
         elif keyword == "CONTINUE":
-            raise _NotSimple("long string")
+            raise _NotSimpleError("long string")
         elif card[8:10] == "= ":
             cards[keyword.upper()] = _parse_value(card[10:])
     return None
@@ -343,9 +339,10 @@ def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PixelLocation
 
 
 def _has_image(hdu: Any) -> bool:
-    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and int(
-        hdu.header.get("NAXIS", 0)
-    ) in (2, 3)
+    return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and int(hdu.header.get("NAXIS", 0)) in (
+        2,
+        3,
+    )
 
 
 def _find_diff(hdul: fits.HDUList) -> int | None:
@@ -413,17 +410,35 @@ def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
         If the file is not FITS, is truncated, has no usable image plane, or a keyword has a
         value of the wrong kind. The message names the file.
     """
-    compressed = path.name.lower().endswith(".gz")
-    if not compressed:
+    if not path.name.lower().endswith(".gz"):
         try:
             simple = _read_simple(path)
-        except (_NotSimple, UnicodeDecodeError, KeyError, TypeError, ValueError):
+        except (_NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError):
             simple = None
         except OSError as error:
             raise DataError(f"{path}: cannot read the file ({_describe(error)})") from None
         if simple is not None:
             cards, location = simple
             return _meta(cards, None, path), location
+    return read_header_with_astropy(path)
+
+
+def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
+    """Do what :func:`read_header` does, always through astropy (any FITS layout).
+
+    Parameters
+    ----------
+    path : Path
+        A cutout FITS file (optionally gzip-compressed).
+
+    Returns
+    -------
+    CutoutMeta
+        The candidate's keywords.
+    PixelLocation
+        Where the image plane lies.
+    """
+    compressed = path.name.lower().endswith(".gz")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)

@@ -125,13 +125,15 @@ class Datacube:
         except OSError as error:
             raise DataError(f"{path}: cannot write the datacube ({error.strerror or error})") from None
         try:
-            with os.fdopen(handle, "wb") as stream:
-                with zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
-                    for name, array in arrays.items():
-                        info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
-                        info.external_attr = 0o644 << 16
-                        with archive.open(info, "w", force_zip64=True) as member:
-                            np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+            with (
+                os.fdopen(handle, "wb") as stream,
+                zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+            ):
+                for name, array in arrays.items():
+                    info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
+                    info.external_attr = 0o644 << 16
+                    with archive.open(info, "w", force_zip64=True) as member:
+                        np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
             os.chmod(temporary, 0o644)
             os.replace(temporary, path)
         except BaseException as error:

@@ -39,22 +39,25 @@ from otrain.config import SimulateConfig
 from otrain.errors import DataError
 from otrain.parallel import map_chunks
 
-__all__ = ["BOGUS_KINDS", "REAL_KINDS", "SurveySummary", "Observation", "render_candidate", "simulate_survey"]
+__all__ = ["BOGUS_KINDS", "FAINT_FRACTION", "REAL_KINDS", "Observation", "SurveySummary", "render_candidate", "simulate_survey"]
 
 #: Kinds of real candidates and their shares.
 REAL_KINDS = {"point": 0.75, "point_on_galaxy": 0.25}
 #: Kinds of bogus candidates and their shares.
 BOGUS_KINDS = {
-    "noise_peak": 0.20,
-    "dipole": 0.17,
-    "psf_ring": 0.10,
-    "cosmic_ray": 0.09,
-    "cosmic_ray_track": 0.07,
+    "noise_peak": 0.14,
+    "dipole": 0.20,
+    "psf_ring": 0.12,
+    "cosmic_ray": 0.10,
+    "cosmic_ray_track": 0.08,
     "hot_pixel": 0.07,
     "bad_column": 0.06,
-    "saturated_star": 0.08,
-    "masked_edge": 0.16,
+    "saturated_star": 0.09,
+    "masked_edge": 0.14,
 }
+#: Share of real sources in the faint tail, from 0.3 mag above to 0.8 mag below the 5-sigma
+#: limit (signal-to-noise about 6.6 down to 2.4); the rest are brighter, up to 6 mag above it.
+FAINT_FRACTION = 0.12
 _FILTERS = ("g", "r", "i", "z", "Clear")
 _SET_CODES = {"true": 1, "false": 2, "night": 3, "injected": 4, "night_images": 5}
 _CANDID_BASE = {"true": 1_000_000, "false": 2_000_000, "night": 3_000_000}
@@ -146,9 +149,7 @@ def _bin(fine: np.ndarray, n: int) -> np.ndarray:
     return fine.reshape(n, _OVERSAMPLE, n, _OVERSAMPLE).mean(axis=(1, 3))
 
 
-def _elliptical_r2(
-    n: int, y0: float, x0: float, axis_ratio: float, angle: float
-) -> np.ndarray:
+def _elliptical_r2(n: int, y0: float, x0: float, axis_ratio: float, angle: float) -> np.ndarray:
     yy, xx = _grid(n)
     dy, dx = yy - y0, xx - x0
     cos, sin = math.cos(angle), math.sin(angle)
@@ -156,7 +157,9 @@ def _elliptical_r2(
     return u * u + v * v
 
 
-def moffat(n: int, y0: float, x0: float, fwhm: float, beta: float, axis_ratio: float = 1.0, angle: float = 0.0) -> np.ndarray:
+def moffat(
+    n: int, y0: float, x0: float, fwhm: float, beta: float, axis_ratio: float = 1.0, angle: float = 0.0
+) -> np.ndarray:
     """Unit-flux Moffat profile centred at (y0, x0), integrated over the pixels of an n x n grid."""
     alpha = fwhm / (2.0 * math.sqrt(2.0 ** (1.0 / beta) - 1.0))
     r2 = _elliptical_r2(n, y0, x0, axis_ratio, angle)
@@ -213,12 +216,16 @@ def _difference(scene: _Scene, observation: Observation, rng: np.random.Generato
     if scene.saturate:
         science_expected = np.minimum(science_expected, observation.saturation)
         reference_expected = np.minimum(reference_expected, observation.saturation)
-    science = rng.poisson(np.clip(science_expected, 0, None)) + rng.normal(0.0, observation.read_noise, science_expected.shape)
+    science = rng.poisson(np.clip(science_expected, 0, None)) + rng.normal(
+        0.0, observation.read_noise, science_expected.shape
+    )
     science = science + scene.deposits
     if scene.bleed is not None:
         science = np.maximum(science, scene.bleed)
     reference_noise = rng.poisson(np.clip(depth * reference_expected, 0, None)) / depth - reference_expected
-    reference_noise = reference_noise + rng.normal(0.0, observation.read_noise / math.sqrt(depth), reference_expected.shape)
+    reference_noise = reference_noise + rng.normal(
+        0.0, observation.read_noise / math.sqrt(depth), reference_expected.shape
+    )
     reference_noise = _shift_bilinear(reference_noise, rng.uniform(0, 1), rng.uniform(0, 1))
     background_error = rng.normal(0.0, 0.05 * observation.pixel_sigma)
     difference = science - sky - (reference_expected + reference_noise - sky) - background_error
@@ -226,8 +233,9 @@ def _difference(scene: _Scene, observation: Observation, rng: np.random.Generato
 
 
 def _real_mag(observation: Observation, rng: np.random.Generator) -> float:
-    # More faint sources than bright ones, down to 0.6 mag below the 5-sigma limit.
-    return observation.limiting_mag - 5.0 + 5.6 * math.sqrt(rng.uniform())
+    if rng.uniform() < FAINT_FRACTION:
+        return observation.limiting_mag + float(rng.uniform(-0.3, 0.8))
+    return observation.limiting_mag + float(rng.uniform(-6.0, -0.3))
 
 
 def _centre(n: int, rng: np.random.Generator, spread: float = 0.5) -> tuple[float, float]:
@@ -236,15 +244,23 @@ def _centre(n: int, rng: np.random.Generator, spread: float = 0.5) -> tuple[floa
     return c + float(rng.uniform(-spread, spread)), c + float(rng.uniform(-spread, spread))
 
 
-def _psf(n: int, observation: Observation, y: float, x: float, rng: np.random.Generator, fwhm: float | None = None) -> np.ndarray:
+def _psf(
+    n: int, observation: Observation, y: float, x: float, rng: np.random.Generator, fwhm: float | None = None
+) -> np.ndarray:
     return moffat(
-        n, y, x, fwhm or observation.fwhm, observation.beta, float(rng.uniform(0.85, 1.0)), float(rng.uniform(0, math.pi))
+        n,
+        y,
+        x,
+        fwhm or observation.fwhm,
+        observation.beta,
+        float(rng.uniform(0.85, 1.0)),
+        float(rng.uniform(0, math.pi)),
     )
 
 
 def _mask_region(n: int, rng: np.random.Generator) -> np.ndarray:
-    """A masked band along one side of the cutout (the image border or a bad region)."""
-    depth = int(round(n * rng.uniform(0.2, 0.45)))
+    """Mask a band along one side of the cutout (the image border or a bad region)."""
+    depth = round(n * rng.uniform(0.2, 0.45))
     mask = np.zeros((n, n), dtype=bool)
     side = int(rng.integers(4))
     if side == 0:
@@ -275,7 +291,9 @@ def _scene(kind: str, n: int, observation: Observation, rng: np.random.Generator
             smoothing = math.hypot(scale, observation.fwhm / 2.3548)
             q, angle = float(rng.uniform(0.4, 1.0)), float(rng.uniform(0, math.pi))
             galaxy = exponential_disc(n, gy, gx, smoothing, q, angle)
-            shifted = exponential_disc(n, gy + rng.normal(0, 0.15), gx + rng.normal(0, 0.15), smoothing * rng.uniform(0.93, 1.07), q, angle)
+            shifted = exponential_disc(
+                n, gy + rng.normal(0, 0.15), gx + rng.normal(0, 0.15), smoothing * rng.uniform(0.93, 1.07), q, angle
+            )
             scene.science = scene.science + galaxy_flux * galaxy
             scene.reference = galaxy_flux * (1 + rng.normal(0, 0.03)) * shifted
         if kind == "masked_real":
@@ -325,11 +343,13 @@ def _scene(kind: str, n: int, observation: Observation, rng: np.random.Generator
     if kind == "saturated_star":
         flux = observation.flux_of(observation.limiting_mag - rng.uniform(7.0, 10.0))
         science = flux * _psf(n, observation, y, x, rng)
-        reference = flux * (1 + rng.normal(0, 0.05)) * _psf(n, observation, y + rng.normal(0, 0.3), x + rng.normal(0, 0.3), rng)
+        reference = (
+            flux * (1 + rng.normal(0, 0.05)) * _psf(n, observation, y + rng.normal(0, 0.3), x + rng.normal(0, 0.3), rng)
+        )
         excess = float(np.clip(observation.sky + science - observation.saturation, 0, None).sum())
         half_length = min(int(excess / observation.saturation / 2) + 2, n // 2)
         bleed = np.zeros((n, n))
-        column = int(round(x))
+        column = round(x)
         bleed[max(0, int(y) - half_length) : int(y) + half_length + 1, column] = observation.saturation
         return _Scene(science=science, reference=reference, deposits=zeros.copy(), saturate=True, bleed=bleed)
     if kind == "masked_edge":
@@ -397,7 +417,12 @@ class _Candidate:
 
 
 def render_candidate(
-    kind: str, n: int, observation: Observation, rng: np.random.Generator, mag: float | None = None, nan_mask: bool = True
+    kind: str,
+    n: int,
+    observation: Observation,
+    rng: np.random.Generator,
+    mag: float | None = None,
+    nan_mask: bool = True,
 ) -> _Candidate:
     """Simulate one candidate cutout of ``kind`` observed under ``observation``.
 
@@ -532,17 +557,12 @@ def _write_job(job: _Job, root: Path) -> dict[str, object]:
         edge = bool(rng.uniform() < 0.5)
     elif kind == "masked_real":
         edge = True
-    candidate = render_candidate(
-        kind, job.cutout_size, observation, rng, mag=job.injected_mag, nan_mask=job.stdpipe
-    )
+    candidate = render_candidate(kind, job.cutout_size, observation, rng, mag=job.injected_mag, nan_mask=job.stdpipe)
     candidate = _Candidate(**{**candidate.__dict__, "edge": edge})
     candid = _CANDID_BASE[job.set_name] + job.index
     near_border = edge
     margin = job.cutout_size // 2
-    if near_border:
-        xpos = float(rng.uniform(0, margin))
-    else:
-        xpos = float(rng.uniform(margin, _IMAGE_SIZE - margin))
+    xpos = float(rng.uniform(0, margin)) if near_border else float(rng.uniform(margin, _IMAGE_SIZE - margin))
     ypos = float(rng.uniform(margin, _IMAGE_SIZE - margin))
     image = job.image if job.image >= 0 else int(job.index // 50)
     values: dict[str, object] = {
@@ -579,7 +599,9 @@ def _write_job(job: _Job, root: Path) -> dict[str, object]:
         "_ra": values["RA"],
         "_dec": values["DEC"],
         "_band": observation.band,
-        "_flux_adu": observation.flux_of(candidate.mag_true) / observation.gain if job.injected_mag is not None else 0.0,
+        "_flux_adu": observation.flux_of(candidate.mag_true) / observation.gain
+        if job.injected_mag is not None
+        else 0.0,
     }
 
 
@@ -595,7 +617,9 @@ _REAL_EDGE_FRACTION = 0.02
 
 def _kinds(shares: dict[str, float], count: int, rng: np.random.Generator) -> list[str]:
     names = list(shares)
-    return [names[i] for i in rng.choice(len(names), size=count, p=np.array(list(shares.values())) / sum(shares.values()))]
+    return [
+        names[i] for i in rng.choice(len(names), size=count, p=np.array(list(shares.values())) / sum(shares.values()))
+    ]
 
 
 def _labelled_jobs(config: SimulateConfig) -> list[_Job]:
@@ -608,7 +632,9 @@ def _labelled_jobs(config: SimulateConfig) -> list[_Job]:
             edge = rng.uniform(size=count) < _REAL_EDGE_FRACTION
             kinds = ["masked_real" if at_edge else kind for kind, at_edge in zip(kinds, edge, strict=True)]
         for index in range(count):
-            jobs.append(_Job(set_name, index, kinds[index], bool(stdpipe[index]), set_name, config.cutout_size, config.seed))
+            jobs.append(
+                _Job(set_name, index, kinds[index], bool(stdpipe[index]), set_name, config.cutout_size, config.seed)
+            )
     return jobs
 
 
@@ -624,9 +650,9 @@ def _night_jobs(config: SimulateConfig) -> tuple[list[_Job], list[_Injection]]:
     """Candidates of the night: real transients, injected sources and bogus detections."""
     rng = np.random.default_rng([config.seed, _SET_CODES["injected"], 0])
     observations = _night_observations(config.seed, _N_NIGHT_IMAGES)
-    n_injected_detected = int(round(config.n_night * 0.3))
+    n_injected_detected = round(config.n_night * 0.3)
     n_other = config.n_night - n_injected_detected
-    n_real_other = int(round(n_other * 0.3))
+    n_real_other = round(n_other * 0.3)
     kinds = ["point"] * n_real_other + _kinds(BOGUS_KINDS, n_other - n_real_other, rng)
     jobs: list[_Job] = []
     injections: list[_Injection] = []
@@ -644,7 +670,7 @@ def _night_jobs(config: SimulateConfig) -> tuple[list[_Job], list[_Injection]]:
             kind = kinds[position - n_injected_detected]
             jobs.append(_Job("night", index, kind, False, "night", config.cutout_size, config.seed, image))
     # Injected sources too faint to be detected: listed in crossmatch.dat, no cutout.
-    for _ in range(int(round(n_injected_detected * 0.2))):
+    for _ in range(round(n_injected_detected * 0.2)):
         image = int(rng.integers(_N_NIGHT_IMAGES))
         mag = observations[image].limiting_mag + float(rng.uniform(0.3, 1.5))
         injections.append(_Injection(image, per_image_idx[image], mag, None))
@@ -653,7 +679,9 @@ def _night_jobs(config: SimulateConfig) -> tuple[list[_Job], list[_Injection]]:
     return jobs, injections
 
 
-def _write_crossmatch(path: Path, injections: list[_Injection], rows_by_index: dict[int, dict[str, object]], config: SimulateConfig) -> None:
+def _write_crossmatch(
+    path: Path, injections: list[_Injection], rows_by_index: dict[int, dict[str, object]], config: SimulateConfig
+) -> None:
     rng = np.random.default_rng([config.seed, _SET_CODES["injected"], 1])
     observations = _night_observations(config.seed, _N_NIGHT_IMAGES)
     header = "idx filename Xpos Ypos RA Dec mag filter count_ADU filename2 Nmatches closest_candID all_candIDs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
@@ -29,10 +30,11 @@ def _convert(config: ConvertConfig) -> None:
     n_real, n_bogus = report.classes[1].n_kept, report.classes[0].n_kept
     height, width, channels = report.shape
     size_mb = (n_real + n_bogus) * height * width * channels * 4 / 1e6
-    print(f"datacube: {n_real + n_bogus} cutouts of {height}x{width}x{channels} ({n_real} real, {n_bogus} bogus), {size_mb:.1f} MB")
+    contents = f"{n_real} real, {n_bogus} bogus"
+    print(f"datacube: {n_real + n_bogus} cutouts of {height}x{width}x{channels} ({contents}), {size_mb:.1f} MB")
     print(f"written: {report.output}")
 
 
-def main() -> NoReturn:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run otrain-convert."""
-    run_command(ConvertConfig, _convert)
+    run_command(ConvertConfig, _convert, argv)

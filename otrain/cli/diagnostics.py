@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import not_implemented, run_command
@@ -10,6 +11,6 @@ from otrain.config import DiagnosticsConfig
 __all__ = ["main"]
 
 
-def main() -> NoReturn:
+def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run otrain-diagnostics."""
-    run_command(DiagnosticsConfig, not_implemented(issue=4))
+    run_command(DiagnosticsConfig, not_implemented(issue=4), argv)

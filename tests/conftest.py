@@ -1,0 +1,137 @@
+"""Shared helpers: real FITS cutouts written with astropy in both conventions."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from astropy.io import fits
+
+os.environ["OTRAIN_PROGRESS"] = "0"
+
+BIN = Path(sys.executable).parent
+
+#: Keywords of a complete gmadet cutout; None in an override removes the keyword.
+GMADET_DEFAULTS: dict[str, Any] = {
+    "CANDID": 1,
+    "RA": 150.1,
+    "DEC": 2.2,
+    "FILE": "image_001.fits",
+    "XPOS": 100.5,
+    "YPOS": 200.25,
+    "MAG": 18.5,
+    "MAGERR": 0.05,
+    "FILTER": "r",
+    "FWHM": 2.5,
+    "FWHMPSF": 2.4,
+    "EDGE": "False",
+}
+
+
+def pixels(size: int = 16, value: float | None = None, seed: int = 0) -> np.ndarray:
+    """A float32 test image; distinct values per pixel unless ``value`` is given."""
+    if value is not None:
+        return np.full((size, size), value, dtype=np.float32)
+    return np.random.default_rng(seed).normal(0.0, 10.0, (size, size)).astype(np.float32)
+
+
+def write_gmadet(path: Path, data: np.ndarray | None = None, **keywords: Any) -> Path:
+    """Write a gmadet-style cutout (one HDU, keywords in the primary header)."""
+    header = fits.Header()
+    for key, value in {**GMADET_DEFAULTS, **keywords}.items():
+        if value is not None:
+            header[key] = value
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.PrimaryHDU(pixels() if data is None else data, header).writeto(path, overwrite=True)
+    return path
+
+
+def write_stdpipe(
+    path: Path,
+    data: np.ndarray | None = None,
+    *,
+    diff_filter: str | None = None,
+    with_diff: bool = True,
+    primary_data: np.ndarray | None = None,
+    **keywords: Any,
+) -> Path:
+    """Write an STDPipe-style cutout: metadata in a primary HDU, planes in named extensions."""
+    values = {"NAME": "42", "mag_calib": 17.25, "mag_calib_err": 0.03, "MAG": -8.0, "MAGERR": 0.1, "FWHM": 3.0}
+    values.update(keywords)
+    primary = fits.PrimaryHDU(primary_data)
+    for key, value in values.items():
+        if value is not None:
+            primary.header[f"HIERARCH {key}" if len(key) > 8 else key] = value
+    data = pixels() if data is None else data
+    extensions = [fits.ImageHDU(np.zeros_like(data), name="IMAGE"), fits.ImageHDU(np.ones_like(data), name="TEMPLATE")]
+    if with_diff:
+        diff = fits.ImageHDU(data, name="DIFF")
+        if diff_filter is not None:
+            diff.header["FILTER"] = diff_filter
+        extensions.append(diff)
+    extensions.append(fits.ImageHDU(np.zeros(data.shape, np.uint8), name="MASK"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fits.HDUList([primary, *extensions]).writeto(path, overwrite=True)
+    return path
+
+
+def make_tree(
+    root: Path,
+    n_true: int,
+    n_false: int,
+    *,
+    size: int = 16,
+    edge_true: int = 0,
+    edge_false: int = 0,
+    logical_edge: bool = False,
+) -> Path:
+    """A labelled cutout tree: root/true and root/false, the first ``edge_*`` files flagged EDGE."""
+    for label, folder, count, n_edge in ((1, "true", n_true, edge_true), (0, "false", n_false, edge_false)):
+        for index in range(count):
+            is_edge = index < n_edge
+            edge: Any = is_edge if logical_edge else ("True" if is_edge else "False")
+            write_gmadet(
+                root / folder / f"c{index:04d}.fits",
+                pixels(size, seed=label * 10_000 + index),
+                CANDID=label * 10_000 + index,
+                EDGE=edge,
+            )
+    return root
+
+
+@pytest.fixture
+def tree_factory(tmp_path: Path) -> Callable[..., Path]:
+    """Build labelled trees under the test's temporary folder."""
+
+    def build(n_true: int, n_false: int, name: str = "cutouts", **options: Any) -> Path:
+        return make_tree(tmp_path / name, n_true, n_false, **options)
+
+    return build
+
+
+def run_command(command: str, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run an installed console script as a user would, capturing its output."""
+    executable = shutil.which(command, path=str(BIN)) or command
+    return subprocess.run(
+        [executable, *args], capture_output=True, text=True, cwd=cwd, env={**os.environ, "OTRAIN_PROGRESS": "0"}
+    )
+
+
+def call_main(main: Callable[[Sequence[str]], Any], *args: str | Path) -> int:
+    """Run a command's ``main`` in this process and return its exit status."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(arg) for arg in args])
+    code = exit_info.value.code
+    return 0 if code is None else int(code)
+
+
+def files_under(folder: Path) -> set[Path]:
+    """Every file below ``folder`` (to prove nothing partial was left behind)."""
+    return {path for path in folder.rglob("*") if path.is_file()} if folder.exists() else set()

@@ -1,0 +1,128 @@
+"""The command-line layer: console scripts, generated help, Fire parsing, exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import BIN, call_main, run_command
+
+from otrain import config as cfg
+from otrain.cli.app import parse_options, render_help
+from otrain.cli.checkinfer import main as checkinfer_main
+from otrain.cli.convert import main as convert_main
+
+COMMANDS = {
+    "otrain-simulate": cfg.SimulateConfig,
+    "otrain-convert": cfg.ConvertConfig,
+    "otrain-train": cfg.TrainConfig,
+    "otrain-infer": cfg.InferConfig,
+    "otrain-checkinfer": cfg.CheckInferConfig,
+    "otrain-diagnostics": cfg.DiagnosticsConfig,
+    "otrain-plot-results": cfg.PlotResultsConfig,
+    "otrain-optimise-dataset-size": cfg.OptimiseDatasetSizeConfig,
+    "otrain-grad-cam": cfg.GradCamConfig,
+}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_console_script_help_lists_every_option(command: str) -> None:
+    result = run_command(command, "--help")
+    assert result.returncode == 0, result.stderr
+    config = COMMANDS[command]
+    assert result.stdout.startswith(f"usage: {command} ")
+    for name, field in config.model_fields.items():
+        assert config.flag_of(name) in result.stdout
+        assert field.description in result.stdout
+    assert run_command(command, "-h").stdout == result.stdout
+
+
+def test_help_shows_types_and_defaults() -> None:
+    text = render_help(cfg.ConvertConfig)
+    assert "--frac-true FLOAT  (default: 0.5)" in text
+    assert "--cutout-size INT  (default: -1)" in text
+    assert "--path, --path-datacube PATH  (required)" in text
+    assert "--overwrite  (flag; default: off)" in text
+    assert "--maglim, --mag-lim FLOAT [FLOAT ...]  (default: 12 18 21)" in render_help(cfg.CheckInferConfig)
+    assert "--n_random INT  (default: 30)" in render_help(cfg.GradCamConfig)
+
+
+def test_help_does_not_import_tensorflow() -> None:
+    probe = (
+        "import sys\n"
+        "from otrain.cli import train, infer, grad_cam\n"
+        "for module in (train, infer, grad_cam):\n"
+        "    try:\n"
+        "        module.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [name for name in ('tensorflow', 'keras', 'mlflow', 'astropy') if name in sys.modules]\n"
+        "print('heavy:', heavy)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.strip().endswith("heavy: []")
+
+
+@pytest.mark.parametrize(("command", "issue"), [("otrain-train", 3), ("otrain-infer", 3), ("otrain-grad-cam", 4)])
+def test_commands_of_later_issues_validate_then_say_not_implemented(tmp_path: Path, command: str, issue: int) -> None:
+    cube = tmp_path / "cube.npz"
+    cube.write_bytes(b"")
+    arguments = {
+        "otrain-train": ["--cube", str(cube), "--model-path", str(tmp_path), "--model-name", "m"],
+        "otrain-infer": ["--cutouts", str(tmp_path), "--model", str(cube)],
+        "otrain-grad-cam": ["--cube", str(cube), "--model-path", str(cube), "--cam_path", str(tmp_path / "cam")],
+    }[command]
+    result = run_command(command, *arguments)
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"{command}: error: {command} is not implemented yet (planned in issue {issue})"
+
+
+def test_prob_ratio_zero_is_an_option_error_not_a_crash(tmp_path: Path) -> None:
+    model = tmp_path / "model.h5"
+    model.write_bytes(b"")
+    result = run_command("otrain-infer", "--cutouts", str(tmp_path), "--model", str(model), "--prob-ratio", "0")
+    assert result.returncode == 2
+    assert result.stderr.strip() == "otrain-infer: error: --prob-ratio: must be a positive ratio, got 0.0"
+
+
+def test_multi_value_options_like_the_original_nargs() -> None:
+    options = parse_options(
+        cfg.CheckInferConfig, ["--maglim", "12", "18", "21", "22", "--cnn-problim", "0.2", "0.9", "--plots", "p"]
+    )
+    assert options["maglim"] == [12, 18, 21, 22]
+    assert options["cnn_problim"] == [0.2, 0.9]
+    assert options["plots"] == "p"
+    assert parse_options(cfg.CheckInferConfig, ["--mag-lim", "15", "-3"])["mag_lim"] == [15, -3]
+
+
+def test_checkinfer_accepts_several_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = call_main(
+        checkinfer_main,
+        *("--plots", tmp_path, "--crossmatch", tmp_path, "--infer", tmp_path),
+        *("--maglim", "12", "18", "21", "23", "--cnn-problim", "0.1", "1.5"),
+    )
+    assert status == 2
+    assert capsys.readouterr().err.strip() == (
+        "otrain-checkinfer: error: --cnn-problim: must be a probability in [0, 1], got 1.5"
+    )
+
+
+def test_stray_positional_argument(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert call_main(convert_main, "--path", tmp_path, "oops") == 2
+    assert capsys.readouterr().err.strip() == (
+        "otrain-convert: error: unexpected argument 'oops': every option is given as --name value (see --help)"
+    )
+
+
+def test_unknown_and_missing_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert call_main(convert_main, "--path", tmp_path, "--cube", "c", "--cutouts", tmp_path, "--colour", "red") == 2
+    assert capsys.readouterr().err.strip() == "otrain-convert: error: unknown option --colour (see --help)"
+    assert call_main(convert_main, "--path", tmp_path, "--cube", "c") == 2
+    assert capsys.readouterr().err.strip() == "otrain-convert: error: --cutouts: required option is missing"
+
+
+def test_every_console_script_is_installed() -> None:
+    for command in COMMANDS:
+        assert (BIN / command).is_file(), command

@@ -1,0 +1,184 @@
+"""Every command's parameters: defaults, ranges and path checks live in otrain.config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from otrain import config as cfg
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> dict[str, Path]:
+    cube = tmp_path / "cube.npz"
+    cube.write_bytes(b"")
+    model = tmp_path / "model.h5"
+    model.write_bytes(b"")
+    cutouts = tmp_path / "cutouts"
+    cutouts.mkdir()
+    return {"cube": cube, "model": model, "cutouts": cutouts, "out": tmp_path / "out"}
+
+
+def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dict[str, object]]:
+    return {
+        cfg.SimulateConfig: {"out": files["out"]},
+        cfg.ConvertConfig: {"path": files["out"], "cube": "c", "cutouts": files["cutouts"]},
+        cfg.TrainConfig: {"cube": files["cube"], "model_path": files["out"], "model_name": "m"},
+        cfg.InferConfig: {"cutouts": files["cutouts"], "model": files["model"]},
+        cfg.CheckInferConfig: {"plots": files["out"], "crossmatch": files["cutouts"], "infer": files["cutouts"]},
+        cfg.DiagnosticsConfig: {"path_cube_validation": files["cube"], "model_path": files["model"]},
+        cfg.PlotResultsConfig: {
+            "path_cube_validation": files["cube"],
+            "model_path": files["model"],
+            "path_plots": files["out"],
+        },
+        cfg.OptimiseDatasetSizeConfig: {
+            "cube": files["cube"],
+            "model_path": files["out"],
+            "model_name": "m",
+            "outdir": files["out"],
+        },
+        cfg.GradCamConfig: {"cube": files["cube"], "model_path": files["model"]},
+    }
+
+
+def test_every_command_has_a_config_that_validates_minimal_options(files: dict[str, Path]) -> None:
+    options = minimal_options(files)
+    assert set(options) == set(cfg.CommandConfig.__subclasses__())
+    for model, values in options.items():
+        instance = model.model_validate(values)
+        assert instance.command.startswith("otrain-")
+
+
+def test_original_defaults_are_kept(files: dict[str, Path]) -> None:
+    options = minimal_options(files)
+    convert = cfg.ConvertConfig.model_validate(options[cfg.ConvertConfig])
+    assert (convert.frac_true, convert.cutout_size) == (0.5, -1)
+    train = cfg.TrainConfig.model_validate(options[cfg.TrainConfig])
+    assert (train.epochs, train.frac, train.dropout, train.threshold) == (10, 0.15, 0.3, 0.5)
+    check = cfg.CheckInferConfig.model_validate(options[cfg.CheckInferConfig])
+    assert check.maglim == (12.0, 18.0, 21.0)
+    assert check.cnn_problim == (0.1, 0.5, 0.7)
+    assert (check.fwhm_ratio_lower, check.fwhm_ratio_upper) == (0.5, 4.2)
+    diagnostics = cfg.DiagnosticsConfig.model_validate(options[cfg.DiagnosticsConfig])
+    assert diagnostics.path_diagnostics == Path("cnn_results")
+    optimise = cfg.OptimiseDatasetSizeConfig.model_validate(options[cfg.OptimiseDatasetSizeConfig])
+    assert (optimise.n_sections, optimise.epochs) == (20, 10)
+    assert cfg.GradCamConfig.model_validate(options[cfg.GradCamConfig]).n_random == 30
+
+
+def test_configs_are_frozen(files: dict[str, Path]) -> None:
+    convert = cfg.ConvertConfig.model_validate(minimal_options(files)[cfg.ConvertConfig])
+    with pytest.raises(ValidationError, match="frozen"):
+        convert.frac_true = 0.1  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (0, r"fraction in \(0, 1\)"),
+        (1.5, r"fraction in \(0, 1\)"),
+        (1, r"fraction in \(0, 1\)"),
+        (-0.5, r"fraction in \(0, 1\)"),
+        ("abc", "valid number"),
+    ],
+)
+def test_frac_true_range(files: dict[str, Path], value: object, message: str) -> None:
+    options = {**minimal_options(files)[cfg.ConvertConfig], "frac_true": value}
+    with pytest.raises(ValidationError, match=message):
+        cfg.ConvertConfig.model_validate(options)
+
+
+@pytest.mark.parametrize("value", [-1, 0.3, 0.5, 0.99])
+def test_frac_true_accepted_values(files: dict[str, Path], value: float) -> None:
+    options = {**minimal_options(files)[cfg.ConvertConfig], "frac_true": value}
+    assert cfg.ConvertConfig.model_validate(options).frac_true == value
+
+
+@pytest.mark.parametrize(("value", "ok"), [(-1, True), (32, True), (0, False), (-2, False)])
+def test_cutout_size_positive_or_minus_one(files: dict[str, Path], value: int, ok: bool) -> None:
+    options = {**minimal_options(files)[cfg.ConvertConfig], "cutout_size": value}
+    if ok:
+        assert cfg.ConvertConfig.model_validate(options).cutout_size == value
+    else:
+        with pytest.raises(ValidationError, match="positive number of pixels, or -1"):
+            cfg.ConvertConfig.model_validate(options)
+
+
+def test_path_datacube_alias_and_cube_name(files: dict[str, Path]) -> None:
+    options = minimal_options(files)[cfg.ConvertConfig]
+    config = cfg.ConvertConfig.model_validate(
+        {"path_datacube": options["path"], "cube": "mine.npz", "cutouts": options["cutouts"]}
+    )
+    assert config.output_file == files["out"] / "datacube" / "mine.npz"
+    with pytest.raises(ValidationError, match="plain file name"):
+        cfg.ConvertConfig.model_validate({**options, "cube": "a/b"})
+
+
+def test_unknown_option_is_refused(files: dict[str, Path]) -> None:
+    with pytest.raises(ValidationError, match="Extra inputs are not permitted"):
+        cfg.ConvertConfig.model_validate({**minimal_options(files)[cfg.ConvertConfig], "frac_tru": 0.5})
+
+
+def test_missing_input_paths_are_refused(tmp_path: Path, files: dict[str, Path]) -> None:
+    with pytest.raises(ValidationError, match="does not exist"):
+        cfg.ConvertConfig.model_validate({"path": tmp_path, "cube": "c", "cutouts": tmp_path / "nope"})
+    with pytest.raises(ValidationError, match="is not a folder"):
+        cfg.ConvertConfig.model_validate({"path": tmp_path, "cube": "c", "cutouts": files["cube"]})
+    with pytest.raises(ValidationError, match="does not exist"):
+        cfg.TrainConfig.model_validate({"cube": tmp_path / "x.npz", "model_path": tmp_path, "model_name": "m"})
+
+
+def test_output_folder_under_a_file_is_refused(files: dict[str, Path]) -> None:
+    options = {**minimal_options(files)[cfg.ConvertConfig], "path": files["cube"] / "sub"}
+    with pytest.raises(ValidationError, match="is not a folder"):
+        cfg.ConvertConfig.model_validate(options)
+
+
+def test_unwritable_output_folder_is_refused(files: dict[str, Path]) -> None:
+    # /proc refuses new files even to root, unlike a chmod-ed folder.
+    options = {**minimal_options(files)[cfg.ConvertConfig], "path": Path("/proc/otrain-test")}
+    with pytest.raises(ValidationError, match="cannot write in '/proc'"):
+        cfg.ConvertConfig.model_validate(options)
+
+
+def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str, Path]) -> None:
+    out = tmp_path / "fresh"
+    cfg.ConvertConfig.model_validate({**minimal_options(files)[cfg.ConvertConfig], "path": out})
+    assert not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.npz", "cutouts", "model.h5"]
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value", "message"),
+    [
+        (cfg.TrainConfig, "threshold", 1.5, r"probability in \[0, 1\]"),
+        (cfg.TrainConfig, "frac", 0.0, r"fraction in \(0, 1\)"),
+        (cfg.TrainConfig, "epochs", 0, "positive whole number"),
+        (cfg.TrainConfig, "dropout", 1.0, r"dropout rate in \[0, 1\)"),
+        (cfg.InferConfig, "prob_ratio", 0, "positive ratio"),
+        (cfg.InferConfig, "prob_ratio", -2.0, "positive ratio"),
+        (cfg.CheckInferConfig, "cnn_problim", (0.1, 1.2), r"probability in \[0, 1\]"),
+        (cfg.CheckInferConfig, "fwhm_ratio_lower", 5.0, "smaller than --fwhm-ratio-upper"),
+        (cfg.OptimiseDatasetSizeConfig, "n_sections", 1, "at least 2"),
+        (cfg.GradCamConfig, "n_random", 0, "positive whole number"),
+        (cfg.SimulateConfig, "mef_fraction", 1.1, r"probability in \[0, 1\]"),
+        (cfg.SimulateConfig, "cutout_size", 0, "positive whole number"),
+    ],
+)
+def test_ranges(
+    files: dict[str, Path], model: type[cfg.CommandConfig], field: str, value: object, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        model.model_validate({**minimal_options(files)[model], field: value})
+
+
+def test_flag_spellings_follow_the_original() -> None:
+    assert cfg.ConvertConfig.flag_of("frac_true") == "--frac-true"
+    assert cfg.ConvertConfig.flag_of("path_datacube") == "--path"
+    assert cfg.OptimiseDatasetSizeConfig.flag_of("n_sections") == "--n_sections"
+    assert cfg.GradCamConfig.flag_of("cam_path") == "--cam_path"
+    assert cfg.GradCamConfig.flag_of("n_random") == "--n_random"
+    assert cfg.CheckInferConfig.flag_of("mag_lim") == "--maglim"

@@ -1,0 +1,224 @@
+"""Reading one cutout: both FITS conventions, EDGE, 3-D cubes, NaN, crop, bad files."""
+
+from __future__ import annotations
+
+import gzip
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from conftest import pixels, write_gmadet, write_stdpipe
+from numpy.testing import assert_allclose, assert_array_equal
+
+from otrain.cutouts import (
+    TRAINING_KEYWORDS,
+    crop_center,
+    list_cutouts,
+    read_cutout,
+    read_header,
+    read_header_with_astropy,
+    require_keywords,
+)
+from otrain.errors import DataError
+
+
+def test_gmadet_cutout_pixels_and_keywords(tmp_path: Path) -> None:
+    data = pixels(20)
+    path = write_gmadet(tmp_path / "a.fits", data, CANDID=123, MAG=19.25, FILTER="g")
+    cutout = read_cutout(path)
+    assert cutout.pixels.dtype == np.float32
+    assert cutout.pixels.shape == (20, 20, 1)
+    assert_array_equal(cutout.pixels[:, :, 0], data)
+    meta = cutout.meta
+    assert meta.convention == "gmadet"
+    assert (meta.candid, meta.mag, meta.magerr, meta.filter, meta.fwhm) == (123, 19.25, 0.05, "g", 2.5)
+    assert (meta.ra, meta.dec, meta.file, meta.xpos, meta.ypos, meta.fwhmpsf) == (
+        150.1,
+        2.2,
+        "image_001.fits",
+        100.5,
+        200.25,
+        2.4,
+    )
+    assert meta.edge is False
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("True", True), ("False", False), (True, True), (False, False), ("T", True), ("false", False)],
+)
+def test_edge_as_string_or_logical_means_the_same(tmp_path: Path, value: object, expected: bool) -> None:
+    path = write_gmadet(tmp_path / "e.fits", EDGE=value)
+    assert read_header(path)[0].edge is expected
+    assert read_header_with_astropy(path)[0].edge is expected
+
+
+def test_edge_with_another_value_is_an_error(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "e.fits", EDGE="maybe")
+    with pytest.raises(DataError, match=r"e\.fits: keyword EDGE must be True or False"):
+        read_header(path)
+
+
+def test_stdpipe_cutout_uses_diff_and_fallbacks(tmp_path: Path) -> None:
+    data = pixels(16, seed=3)
+    path = write_stdpipe(tmp_path / "s.fits", data, diff_filter="i")
+    cutout = read_cutout(path)
+    assert_array_equal(cutout.pixels[:, :, 0], data)
+    meta = cutout.meta
+    assert meta.convention == "stdpipe"
+    assert meta.mag == 17.25  # HIERARCH mag_calib wins over MAG
+    assert meta.magerr == 0.03  # HIERARCH mag_calib_err wins over MAGERR
+    assert meta.candid == 42  # from NAME, as a number
+    assert meta.filter == "i"  # from the DIFF extension
+    assert meta.edge is None
+
+
+def test_stdpipe_fallbacks_when_keywords_are_absent(tmp_path: Path) -> None:
+    path = write_stdpipe(tmp_path / "s.fits", mag_calib=None, mag_calib_err=None, NAME="cand-7", CANDID=None)
+    meta = read_header(path)[0]
+    assert (meta.mag, meta.magerr) == (-8.0, 0.1)  # plain MAG, MAGERR
+    assert meta.candid == "cand-7"
+    assert meta.filter == "Clear"  # the original's last resort
+
+
+def test_stdpipe_pixels_come_from_diff_even_when_primary_has_edge_and_data(tmp_path: Path) -> None:
+    data = pixels(16, seed=5)
+    path = write_stdpipe(tmp_path / "s.fits", data, primary_data=pixels(16, value=-1.0), EDGE=False)
+    cutout = read_cutout(path)
+    assert_array_equal(cutout.pixels[:, :, 0], data)
+    assert cutout.meta.edge is False
+
+
+def test_multi_extension_without_diff_is_an_error(tmp_path: Path) -> None:
+    path = write_stdpipe(tmp_path / "nodiff.fits", with_diff=False)
+    with pytest.raises(DataError, match=r"nodiff\.fits: multi-extension cutout has no .*EXTNAME=DIFF"):
+        read_header(path)
+
+
+def test_three_dimensional_cutouts_become_channels_last_and_crop(tmp_path: Path) -> None:
+    cube = np.stack([pixels(12, seed=s) for s in range(3)])  # (C, H, W), the FITS way
+    path = write_gmadet(tmp_path / "rgb.fits", cube)
+    cutout = read_cutout(path, cutout_size=8)
+    assert cutout.pixels.shape == (8, 8, 3)
+    for channel in range(3):
+        assert_array_equal(cutout.pixels[:, :, channel], cube[channel, 2:10, 2:10])
+
+
+def test_centre_crop_matches_the_original_formula() -> None:
+    image = np.arange(15 * 15, dtype=np.float32).reshape(15, 15, 1)
+    cropped = crop_center(image, 6)
+    start = 15 // 2 - 6 // 2
+    assert_array_equal(cropped, image[start : start + 6, start : start + 6])
+    assert crop_center(image, -1) is image
+
+
+def test_cutout_smaller_than_crop_is_an_error(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "small.fits", pixels(10))
+    with pytest.raises(DataError, match=r"small\.fits: cutout is 10x10 pixels, smaller than --cutout-size 16"):
+        read_cutout(path, cutout_size=16)
+
+
+def test_non_finite_pixels_are_replaced_by_the_median_and_counted(tmp_path: Path) -> None:
+    data = np.arange(16, dtype=np.float32).reshape(4, 4)
+    data[0, 0], data[1, 1], data[2, 2] = np.nan, np.inf, -np.inf
+    cutout = read_cutout(write_gmadet(tmp_path / "nan.fits", data))
+    assert cutout.n_replaced == 3
+    assert np.isfinite(cutout.pixels).all()
+    finite = data[np.isfinite(data)]
+    assert_allclose(cutout.pixels[0, 0, 0], np.median(finite))
+
+
+def test_all_nan_cutout_is_an_error(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "allnan.fits", np.full((8, 8), np.nan, np.float32))
+    with pytest.raises(DataError, match=r"allnan\.fits: cutout has no finite pixel"):
+        read_cutout(path)
+
+
+def test_scaled_integer_data_and_blank(tmp_path: Path) -> None:
+    raw = np.arange(64, dtype=np.int16).reshape(8, 8)
+    hdu = fits.PrimaryHDU(raw)
+    hdu.header["BSCALE"] = 0.5
+    hdu.header["BZERO"] = 10.0
+    hdu.header["BLANK"] = 5
+    for key, value in {"CANDID": 1, "MAG": 1.0, "MAGERR": 0.1, "FILTER": "r", "FWHM": 2.0, "EDGE": "False"}.items():
+        hdu.header[key] = value
+    path = tmp_path / "int.fits"
+    fits.HDUList([hdu]).writeto(path)
+    cutout = read_cutout(path)
+    expected = raw.astype(np.float64) * 0.5 + 10.0
+    expected[raw == 5] = np.median(expected[raw != 5])
+    assert_allclose(cutout.pixels[:, :, 0], expected)
+    assert cutout.n_replaced == 1
+
+
+@pytest.mark.parametrize("suffix", [".fit", ".fits.gz", ".FITS"])
+def test_other_suffixes_are_read(tmp_path: Path, suffix: str) -> None:
+    plain = write_gmadet(tmp_path / "x.fits", pixels(8, seed=1))
+    target = tmp_path / f"y{suffix}"
+    if suffix.endswith(".gz"):
+        with open(plain, "rb") as source, gzip.open(target, "wb") as sink:
+            shutil.copyfileobj(source, sink)
+    else:
+        shutil.copy(plain, target)
+    assert_array_equal(read_cutout(target).pixels, read_cutout(plain).pixels)
+    assert read_cutout(target).meta == read_cutout(plain).meta
+
+
+def test_list_cutouts_is_sorted_and_filters_suffixes(tmp_path: Path) -> None:
+    for name in ("b.fits", "a.fit", "c.fits.gz", "notes.txt", "d.fits.bak"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "e.fits").write_bytes(b"")
+    assert [p.name for p in list_cutouts(tmp_path)] == ["a.fit", "b.fits", "c.fits.gz"]
+    assert [p.name for p in list_cutouts(tmp_path, recursive=True)][-1] == "e.fits"
+
+
+def test_not_a_fits_file(tmp_path: Path) -> None:
+    path = tmp_path / "text.fits"
+    path.write_text("this is not FITS\n" * 300)
+    with pytest.raises(DataError, match=r"text\.fits: not a readable FITS file"):
+        read_header(path)
+
+
+def test_truncated_fits_file(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "cut.fits", pixels(32))
+    path.write_bytes(path.read_bytes()[:3500])
+    with pytest.raises(DataError, match=r"cut\.fits: truncated FITS file"):
+        read_cutout(path)
+
+
+def test_truncated_header(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "head.fits", pixels(32))
+    path.write_bytes(path.read_bytes()[:1000])
+    with pytest.raises(DataError, match=r"head\.fits: not a readable FITS file"):
+        read_header(path)
+
+
+def test_missing_mandatory_keyword_names_file_and_keyword(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "nomag.fits", MAG=None)
+    meta = read_header(path)[0]
+    assert meta.mag is None
+    with pytest.raises(DataError, match=r"nomag\.fits: missing mandatory keyword MAG \(needed for training\)"):
+        require_keywords(meta, path, TRAINING_KEYWORDS, "training")
+
+
+def test_non_numeric_keyword_is_an_error(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "badmag.fits", MAG="bright")
+    with pytest.raises(DataError, match=r"badmag\.fits: keyword MAG must be a number, got 'bright'"):
+        read_header(path)
+
+
+def test_fast_reader_agrees_with_astropy(tmp_path: Path) -> None:
+    long_name = "x" * 100  # a CONTINUE card: the fast reader hands over to astropy
+    cases = [
+        write_gmadet(tmp_path / "plain.fits", pixels(16), FILTER="o'brien", MAG=-1.5e-3),
+        write_gmadet(tmp_path / "long.fits", pixels(16), FILE=long_name),
+        write_gmadet(tmp_path / "cube.fits", np.stack([pixels(8), pixels(8, seed=2)])),
+        write_stdpipe(tmp_path / "mef.fits"),
+    ]
+    for path in cases:
+        assert read_header(path) == read_header_with_astropy(path), path.name
+    assert read_header(cases[1])[0].file == long_name
+    assert read_header(cases[0])[0].filter == "o'brien"

@@ -1,0 +1,190 @@
+"""The Datacube: .npz compatibility, atomic reproducible writes, balancing and splits."""
+
+from __future__ import annotations
+
+import logging
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from numpy.testing import assert_array_equal
+
+from otrain.datacube import NPZ_KEYS, Datacube, balanced_counts, choose_rows, stratified_split
+from otrain.errors import DataError
+
+
+def small_cube(n: int = 6, candids: np.ndarray | None = None) -> Datacube:
+    rng = np.random.default_rng(0)
+    return Datacube(
+        cube=rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+        labels=np.array([1, 0] * (n // 2), dtype=np.int64),
+        mags=np.linspace(15, 20, n),
+        errmags=np.linspace(0.01, 0.2, n),
+        filters=np.array(["r"] * n),
+        fwhms=np.full(n, 2.5),
+        candids=np.arange(100, 100 + n) if candids is None else candids,
+    )
+
+
+def test_save_writes_the_original_keys_readable_by_numpy(tmp_path: Path) -> None:
+    cube = small_cube()
+    path = cube.save(tmp_path / "datacube" / "c.npz")
+    with np.load(path) as archive:
+        assert list(archive.files) == list(NPZ_KEYS)
+        assert archive["cube"].dtype == np.float32
+        assert archive["labels"].dtype == np.int64
+        assert_array_equal(archive["candids"], cube.candids)
+
+
+def test_round_trip_and_hash(tmp_path: Path) -> None:
+    cube = small_cube()
+    loaded = Datacube.load(cube.save(tmp_path / "c.npz"))
+    for name in NPZ_KEYS:
+        assert_array_equal(getattr(loaded, name), getattr(cube, name))
+    assert loaded.content_hash() == cube.content_hash()
+    assert small_cube(candids=np.arange(6) + 1).content_hash() != cube.content_hash()
+
+
+def test_saving_twice_gives_identical_bytes(tmp_path: Path) -> None:
+    first = small_cube().save(tmp_path / "a.npz").read_bytes()
+    second = small_cube().save(tmp_path / "b.npz").read_bytes()
+    assert first == second
+
+
+def test_one_hot_labels_are_written_and_read(tmp_path: Path) -> None:
+    cube = small_cube()
+    path = cube.save(tmp_path / "v.npz", one_hot_labels=True)
+    with np.load(path) as archive:
+        assert archive["labels"].shape == (6, 2)
+        assert_array_equal(np.argmax(archive["labels"], axis=1), cube.labels)
+    assert_array_equal(Datacube.load(path).labels, cube.labels)
+
+
+def test_original_validation_cube_without_filters_and_fwhms(tmp_path: Path) -> None:
+    path = tmp_path / "cube_validation.npz"
+    np.savez(
+        path,
+        cube=np.zeros((3, 4, 4, 1), np.float32),
+        labels=np.eye(2)[[1, 0, 1]],
+        mags=np.array(["18.1", "-99.0", "19.5"]),
+        errmags=np.array([0.1, 0.2, 0.3]),
+        candids=np.array([7, 8, 9]),
+    )
+    loaded = Datacube.load(path)
+    assert_array_equal(loaded.labels, [1, 0, 1])
+    assert_array_equal(loaded.mags, [18.1, np.nan, 19.5])
+    assert np.isnan(loaded.fwhms).all()
+    assert list(loaded.filters) == ["", "", ""]
+
+
+def test_misaligned_candids_of_the_original_are_replaced_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "buggy.npz"
+    np.savez(
+        path,
+        cube=np.zeros((2, 4, 4, 1), np.float32),
+        labels=np.array([1, 0]),
+        candids=np.array(list("/data/x.fits")),
+    )
+    with caplog.at_level(logging.WARNING, logger="otrain"):
+        loaded = Datacube.load(path)
+    assert_array_equal(loaded.candids, [0, 1])
+    assert "12 entries for 2 cutouts" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"not a zip", "not a readable datacube"),
+        (None, "datacube file does not exist"),
+    ],
+)
+def test_unreadable_cubes(tmp_path: Path, content: bytes | None, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DataError, match=message):
+        Datacube.load(path)
+
+
+def test_cube_without_labels(tmp_path: Path) -> None:
+    path = tmp_path / "nolabels.npz"
+    np.savez(path, cube=np.zeros((2, 4, 4, 1), np.float32))
+    with pytest.raises(DataError, match="has no 'labels' array"):
+        Datacube.load(path)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path: Path) -> None:
+    target = tmp_path / "taken.npz"
+    target.mkdir()  # a folder where the file should go: the final rename fails
+    with pytest.raises(DataError, match=r"taken\.npz: cannot write the datacube"):
+        small_cube().save(target)
+    assert [p.name for p in tmp_path.iterdir()] == ["taken.npz"]
+    assert list(target.iterdir()) == []
+
+
+def test_rows_must_line_up() -> None:
+    with pytest.raises(ValueError, match=r"mags must have shape \(6,\)"):
+        Datacube(**{**small_cube().__dict__, "mags": np.zeros(5)})
+
+
+@pytest.mark.parametrize(
+    ("n_real", "n_bogus", "frac", "expected"),
+    [
+        (100, 100, 0.5, (100, 100)),
+        (300, 100, 0.5, (100, 100)),
+        (100, 300, 0.5, (100, 100)),
+        (100, 100, 0.3, (42, 100)),  # 2m = 200 needs 140 bogus: shrink to 142 total
+        (1000, 100, 0.8, (160, 40)),  # the original formula: 2m = 200 split 0.8/0.2
+        (1000, 100, 0.2, (25, 100)),  # 100 bogus allow only 125 in all
+        (37, 5000, -1, (37, 5000)),
+        (3, 10, 0.3, (1, 5)),  # the total stays 2 * min, as in the original
+        (50, 1000, 0.29, (29, 71)),  # exact decimals: in floats, 100 * 0.29 < 29
+    ],
+)
+def test_balanced_counts(n_real: int, n_bogus: int, frac: float, expected: tuple[int, int]) -> None:
+    assert balanced_counts(n_real, n_bogus, frac) == expected
+
+
+def test_balanced_counts_honour_the_fraction() -> None:
+    for n_real in range(1, 60, 7):
+        for n_bogus in range(1, 60, 5):
+            for frac in (0.1, 0.25, 0.5, 0.6, 0.9):
+                keep_real, keep_bogus = balanced_counts(n_real, n_bogus, frac)
+                assert keep_real <= n_real
+                assert keep_bogus <= n_bogus
+                total = keep_real + keep_bogus
+                assert total <= 2 * min(n_real, n_bogus)
+                if total:
+                    assert abs(Fraction(keep_real, total) - Fraction(str(frac))) <= Fraction(1, total)
+
+
+def test_choose_rows_is_seeded() -> None:
+    first = choose_rows(100, 30, seed=1, stream=1)
+    assert_array_equal(first, choose_rows(100, 30, seed=1, stream=1))
+    assert not np.array_equal(first, choose_rows(100, 30, seed=2, stream=1))
+    assert not np.array_equal(first, choose_rows(100, 30, seed=1, stream=0))
+    assert len(set(first.tolist())) == 30
+    assert list(first) == sorted(first)
+    assert_array_equal(choose_rows(5, 5, seed=1, stream=1), np.arange(5))
+
+
+def test_stratified_split_is_disjoint_complete_and_stratified() -> None:
+    labels = np.array([1] * 300 + [0] * 100)
+    split = stratified_split(labels, validation_frac=0.15, test_frac=0.15, seed=3)
+    together = np.concatenate([split.train, split.validation, split.test])
+    assert sorted(together.tolist()) == list(range(400))
+    for part, expected_real, expected_bogus in ((split.validation, 45, 15), (split.test, 45, 15)):
+        assert (labels[part] == 1).sum() == expected_real
+        assert (labels[part] == 0).sum() == expected_bogus
+    again = stratified_split(labels, 0.15, 0.15, seed=3)
+    assert_array_equal(again.test, split.test)
+    assert not np.array_equal(stratified_split(labels, 0.15, 0.15, seed=4).test, split.test)
+
+
+def test_stratified_split_keeps_small_classes_in_every_part() -> None:
+    split = stratified_split(np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0]), 0.1, 0.1, seed=0)
+    for part in (split.train, split.validation, split.test):
+        assert {0, 1} <= set(np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])[part].tolist())
