@@ -25,7 +25,7 @@ import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import numpy as np
 from astropy.io import fits
@@ -226,52 +226,90 @@ def _parse_cards(raw: bytes) -> tuple[dict[str, Any], int] | None:
     return None
 
 
-def _read_simple(path: Path) -> tuple[dict[str, Any], PixelLocation] | None:
-    """Read a single-HDU, uncompressed cutout's header without astropy, or return None.
-
-    This is the fast path for gmadet cutouts, most of a typical training set: it reads the
-    header blocks once, parses only value cards, and finds the pixels right after them. Any
-    other layout (extensions, compression, unusual cards) returns None so that astropy reads
-    the file.
-    """
-    with open(path, "rb") as stream:
-        raw = stream.read(4 * _BLOCK)
-        size = os.fstat(stream.fileno()).st_size
-        if not raw.startswith(b"SIMPLE  ="):
+def _read_cards_at(stream: BinaryIO, offset: int) -> tuple[dict[str, Any], int] | None:
+    """Parse the header starting at byte ``offset``; return (cards, end of header) or None."""
+    stream.seek(offset)
+    raw = stream.read(4 * _BLOCK)
+    parsed = _parse_cards(raw)
+    while parsed is None and len(raw) < 64 * _BLOCK:
+        more = stream.read(4 * _BLOCK)
+        if not more:
             return None
+        raw += more
         parsed = _parse_cards(raw)
-        while parsed is None and len(raw) < 64 * _BLOCK:
-            more = stream.read(4 * _BLOCK)
-            if not more:
-                return None
-            raw += more
-            parsed = _parse_cards(raw)
     if parsed is None:
         return None
-    cards, header_length = parsed
-    naxis, bitpix = cards.get("NAXIS"), cards.get("BITPIX")
-    if cards.get("SIMPLE") is not True or naxis not in (2, 3) or bitpix not in _FITS_DTYPES:
-        return None
-    if cards.get("EXTEND") is True and cards.get("NEXTEND", 0):
-        return None
+    cards, length = parsed
+    return cards, offset + length
+
+
+def _data_length(cards: dict[str, Any]) -> int:
+    naxis = int(cards.get("NAXIS", 0))
+    if naxis == 0:
+        return 0
+    elements = math.prod(int(cards[f"NAXIS{axis}"]) for axis in range(1, naxis + 1))
+    return abs(int(cards["BITPIX"])) // 8 * int(cards.get("GCOUNT", 1)) * (int(cards.get("PCOUNT", 0)) + elements)
+
+
+def _is_image(cards: dict[str, Any]) -> bool:
+    return cards.get("NAXIS") in (2, 3) and cards.get("BITPIX") in _FITS_DTYPES
+
+
+def _plane_location(cards: dict[str, Any], index: int, offset: int, size: int, path: Path) -> PixelLocation:
+    naxis, bitpix = int(cards["NAXIS"]), int(cards["BITPIX"])
     shape = tuple(int(cards[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1))
-    data_length = abs(bitpix) // 8 * math.prod(shape)
-    padded_end = header_length + -(-data_length // _BLOCK) * _BLOCK
-    if size < header_length + data_length:
+    if size < offset + _data_length(cards):
         raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
-    if size > padded_end:
-        return None  # more HDUs follow
     blank = cards.get("BLANK") if bitpix > 0 else None
-    location = PixelLocation(
-        hdu_index=0,
-        offset=header_length,
+    return PixelLocation(
+        hdu_index=index,
+        offset=offset,
         shape=shape,
         dtype=_FITS_DTYPES[bitpix],
         bscale=float(cards.get("BSCALE", 1.0)),
         bzero=float(cards.get("BZERO", 0.0)),
         blank=int(blank) if blank is not None else None,
     )
-    return cards, location
+
+
+def _read_simple(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation] | None:
+    """Read an uncompressed cutout's headers without astropy, or return None.
+
+    This is the fast path for both conventions (astropy's header parsing costs about a
+    millisecond a file): it walks the HDUs by their headers, parsing only value cards, and
+    locates the image plane (the ``DIFF`` extension, else the primary image). Anything unusual
+    (long-string cards, compressed or table planes, a damaged header, no usable plane) returns
+    None so that astropy reads the file and reports the problem.
+
+    Returns
+    -------
+    tuple or None
+        (primary header cards, DIFF header cards or None, location of the plane).
+    """
+    with open(path, "rb") as stream:
+        size = os.fstat(stream.fileno()).st_size
+        if stream.read(9) != b"SIMPLE  =":
+            return None
+        parsed = _read_cards_at(stream, 0)
+        if parsed is None or parsed[0].get("SIMPLE") is not True:
+            return None
+        primary, data_start = parsed
+        position = data_start + -(-_data_length(primary) // _BLOCK) * _BLOCK
+        index = 0
+        while position < size:
+            index += 1
+            parsed = _read_cards_at(stream, position)
+            if parsed is None or "XTENSION" not in parsed[0]:
+                return None
+            cards, extension_data = parsed
+            if str(cards.get("EXTNAME", "")).strip().upper() == "DIFF":
+                if cards["XTENSION"] != "IMAGE" or not _is_image(cards):
+                    return None
+                return primary, cards, _plane_location(cards, index, extension_data, size, path)
+            position = extension_data + -(-_data_length(cards) // _BLOCK) * _BLOCK
+    if not _is_image(primary):
+        return None
+    return primary, None, _plane_location(primary, 0, data_start, size, path)
 
 
 def _as_float(value: Any, keyword: str, path: Path) -> float | None:
@@ -418,8 +456,8 @@ def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
         except OSError as error:
             raise DataError(f"{path}: cannot read the file ({_describe(error)})") from None
         if simple is not None:
-            cards, location = simple
-            return _meta(cards, None, path), location
+            primary, diff, location = simple
+            return _meta(primary, diff, path), location
     return read_header_with_astropy(path)
 
 

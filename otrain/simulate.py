@@ -39,7 +39,15 @@ from otrain.config import SimulateConfig
 from otrain.errors import DataError
 from otrain.parallel import map_chunks
 
-__all__ = ["BOGUS_KINDS", "FAINT_FRACTION", "REAL_KINDS", "Observation", "SurveySummary", "render_candidate", "simulate_survey"]
+__all__ = [
+    "BOGUS_KINDS",
+    "FAINT_FRACTION",
+    "REAL_KINDS",
+    "Observation",
+    "SurveySummary",
+    "render_candidate",
+    "simulate_survey",
+]
 
 #: Kinds of real candidates and their shares.
 REAL_KINDS = {"point": 0.75, "point_on_galaxy": 0.25}

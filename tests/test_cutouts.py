@@ -222,3 +222,29 @@ def test_fast_reader_agrees_with_astropy(tmp_path: Path) -> None:
         assert read_header(path) == read_header_with_astropy(path), path.name
     assert read_header(cases[1])[0].file == long_name
     assert read_header(cases[0])[0].filter == "o'brien"
+
+
+def test_multi_extension_with_a_table_and_a_compressed_diff(tmp_path: Path) -> None:
+    data = pixels(16, seed=11)
+    primary = fits.PrimaryHDU()
+    for key, value in {"CANDID": 5, "MAG": 18.0, "MAGERR": 0.1, "FWHM": 2.0, "FILTER": "r"}.items():
+        primary.header[key] = value
+    table = fits.BinTableHDU.from_columns([fits.Column(name="x", format="E", array=np.arange(3.0))], name="CAT")
+    plain = tmp_path / "table.fits"
+    fits.HDUList([primary, table, fits.ImageHDU(data, name="DIFF")]).writeto(plain)
+    compressed = tmp_path / "tiles.fits"
+    fits.HDUList([primary, fits.CompImageHDU(data, name="DIFF", compression_type="GZIP_1")]).writeto(compressed)
+    for path in (plain, compressed):
+        assert read_header(path) == read_header_with_astropy(path), path.name
+        cutout = read_cutout(path)
+        assert cutout.meta.convention == "stdpipe"
+        # Tile compression quantises floats: compare with what astropy itself decompresses.
+        assert_array_equal(cutout.pixels[:, :, 0], fits.getdata(path, extname="DIFF"))
+    assert_array_equal(read_cutout(plain).pixels[:, :, 0], data)
+
+
+def test_truncated_multi_extension_file(tmp_path: Path) -> None:
+    path = write_stdpipe(tmp_path / "cut.fits", pixels(32))
+    path.write_bytes(path.read_bytes()[: 8 * 2880 + 1000])  # into the DIFF data
+    with pytest.raises(DataError, match=r"cut\.fits: (truncated FITS file|not a readable FITS file)"):
+        read_cutout(path)
