@@ -6,8 +6,10 @@ import multiprocessing
 import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
+from otrain.errors import OtrainError
 from otrain.progress import progress_bar
 
 __all__ = ["default_workers", "map_chunks"]
@@ -84,6 +86,12 @@ def map_chunks(
             for chunk, result in zip(chunks, pool.map(function, chunks), strict=True):
                 bar.update(len(chunk))
                 yield chunk, result
+        except BrokenProcessPool as error:
+            raise OtrainError(
+                f"a worker process died while {description} ({error}); "
+                "if otrain was called from a script, guard it with `if __name__ == '__main__':`, "
+                "or use one worker (--workers 1)"
+            ) from None
         finally:
             # On an early exit (an error, an interrupt) drop the queued chunks instead of
             # finishing them.
