@@ -29,7 +29,7 @@ import math
 import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ __all__ = [
     "FAINT_FRACTION",
     "REAL_KINDS",
     "Observation",
+    "SimulatedCandidate",
     "SurveySummary",
     "render_candidate",
     "simulate_survey",
@@ -410,7 +411,9 @@ def _measure(difference: np.ndarray, observation: Observation) -> tuple[float, f
 
 
 @dataclass(frozen=True)
-class _Candidate:
+class SimulatedCandidate:
+    """One simulated cutout: its planes and what a detection pipeline would measure."""
+
     pixels: np.ndarray  # float32 ADU, NaN where masked (STDPipe) or 0 (gmadet)
     science: np.ndarray
     reference: np.ndarray
@@ -431,7 +434,7 @@ def render_candidate(
     rng: np.random.Generator,
     mag: float | None = None,
     nan_mask: bool = True,
-) -> _Candidate:
+) -> SimulatedCandidate:
     """Simulate one candidate cutout of ``kind`` observed under ``observation``.
 
     Parameters
@@ -451,7 +454,7 @@ def render_candidate(
 
     Returns
     -------
-    _Candidate
+    SimulatedCandidate
         Pixels, the science and reference planes, and what a pipeline would measure.
     """
     is_real = kind in REAL_KINDS or kind == "masked_real"
@@ -466,7 +469,7 @@ def render_candidate(
     mag_measured, magerr, fwhm = _measure(difference, observation)
     flux = observation.flux_of(mag) if mag is not None else 0.0
     snr = flux / observation.limiting_flux * 5.0
-    return _Candidate(
+    return SimulatedCandidate(
         pixels=difference.astype(np.float32),
         science=((observation.sky + scene.science) / observation.gain).astype(np.float32),
         reference=((observation.sky + scene.reference) / observation.gain).astype(np.float32),
@@ -485,7 +488,7 @@ def render_candidate(
 # Files.
 
 
-def _gmadet_hdul(candidate: _Candidate, header_values: dict[str, object]) -> fits.HDUList:
+def _gmadet_hdul(candidate: SimulatedCandidate, header_values: dict[str, object]) -> fits.HDUList:
     header = fits.Header()
     for key, value in header_values.items():
         header[key] = value
@@ -493,7 +496,9 @@ def _gmadet_hdul(candidate: _Candidate, header_values: dict[str, object]) -> fit
     return fits.HDUList([fits.PrimaryHDU(candidate.pixels, header)])
 
 
-def _stdpipe_hdul(candidate: _Candidate, header_values: dict[str, object], observation: Observation) -> fits.HDUList:
+def _stdpipe_hdul(
+    candidate: SimulatedCandidate, header_values: dict[str, object], observation: Observation
+) -> fits.HDUList:
     primary = fits.PrimaryHDU()
     header = primary.header
     header["NAME"] = str(header_values["CANDID"])
@@ -566,11 +571,10 @@ def _write_job(job: _Job, root: Path) -> dict[str, object]:
     elif kind == "masked_real":
         edge = True
     candidate = render_candidate(kind, job.cutout_size, observation, rng, mag=job.injected_mag, nan_mask=job.stdpipe)
-    candidate = _Candidate(**{**candidate.__dict__, "edge": edge})
+    candidate = replace(candidate, edge=edge)
     candid = _CANDID_BASE[job.set_name] + job.index
-    near_border = edge
     margin = job.cutout_size // 2
-    xpos = float(rng.uniform(0, margin)) if near_border else float(rng.uniform(margin, _IMAGE_SIZE - margin))
+    xpos = float(rng.uniform(0, margin)) if edge else float(rng.uniform(margin, _IMAGE_SIZE - margin))
     ypos = float(rng.uniform(margin, _IMAGE_SIZE - margin))
     image = job.image if job.image >= 0 else int(job.index // 50)
     values: dict[str, object] = {
@@ -606,10 +610,6 @@ def _write_job(job: _Job, root: Path) -> dict[str, object]:
         "_ypos": values["YPOS"],
         "_ra": values["RA"],
         "_dec": values["DEC"],
-        "_band": observation.band,
-        "_flux_adu": observation.flux_of(candidate.mag_true) / observation.gain
-        if job.injected_mag is not None
-        else 0.0,
     }
 
 
