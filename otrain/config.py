@@ -15,11 +15,12 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "COMMAND_CONFIGS",
     "CheckInferConfig",
     "CommandConfig",
     "ConvertConfig",
@@ -30,6 +31,7 @@ __all__ = [
     "PlotResultsConfig",
     "SimulateConfig",
     "TrainConfig",
+    "TrainingOptions",
     "option",
 ]
 
@@ -99,6 +101,12 @@ def _open_fraction(value: float) -> float:
 def _dropout_rate(value: float) -> float:
     if not 0.0 <= value < 1.0:
         raise ValueError(f"must be a dropout rate in [0, 1), got {value}")
+    return value
+
+
+def _positive_float(value: float) -> float:
+    if value <= 0:
+        raise ValueError(f"must be positive, got {value}")
     return value
 
 
@@ -304,34 +312,145 @@ class ConvertConfig(CommandConfig):
         return self.path / "datacube" / f"{self.cube}.npz"
 
 
-class TrainConfig(CommandConfig):
-    """Train the O'TRAIN CNN on a datacube."""
+def _model_name(value: str) -> str:
+    if not value or "/" in value or os.sep in value or value in {".", ".."}:
+        raise ValueError(f"must be a plain name without folders, got {value!r}")
+    return value
+
+
+def _batch_size(value: int | str) -> int | str:
+    if value == "auto":
+        return value
+    if isinstance(value, str) or value <= 0:
+        raise ValueError(f"must be a positive whole number or 'auto', got {value!r}")
+    return value
+
+
+class TrainingOptions(CommandConfig):
+    """Options shared by the commands that train models (otrain-train, dataset-size study)."""
+
+    epochs: PositiveInt = option(10, "Maximum number of training epochs.")
+    dropout: DropoutRate = option(0.3, "Rate of each of the three dropout layers.")
+    batch_size: Annotated[int | str, AfterValidator(_batch_size)] = option(
+        "auto",
+        "Cutouts per gradient step. 'auto' is the original's 1024 for large cubes, reduced so that an epoch "
+        "has at least 20 steps on small ones (never below 16).",
+    )
+    learning_rate: Annotated[float, AfterValidator(_positive_float)] = option(1e-3, "Adam learning rate.")
+    test_frac: OpenFraction = option(0.15, "Fraction of the cube held out as the test set (metrics come from it).")
+    seed: Seed = option(42, "Seed of the splits, the weights' initialisation and the augmentation.")
+    patience: NonNegativeInt = option(
+        5, "Stop after this many epochs without a lower validation loss and keep the best weights; 0 never stops."
+    )
+    augment: bool = option(False, "Augment the training set with random flips and 90-degree rotations.")
+    class_weight: Literal["balanced", "none"] = option(
+        "balanced", "'balanced' weights each class by the inverse of its frequency (useful with --frac-true -1)."
+    )
+    normalisation: Literal["none", "robust"] = option(
+        "none", "'none' feeds raw pixels (the original); 'robust' scales each cutout by its median and MAD."
+    )
+    mixed_precision: bool = option(False, "Compute in float16 on GPUs (mixed_float16 policy).")
+    tracking: bool = option(True, "Record the run in MLflow; --no-tracking turns it off.")
+    tracking_uri: str | None = option(
+        None, "MLflow tracking URI when MLFLOW_TRACKING_URI is not set (default: sqlite:///mlflow.db)."
+    )
+    experiment: str = option("otrain", "MLflow experiment name.")
+
+
+class TrainConfig(TrainingOptions):
+    """Train the O'TRAIN CNN on a datacube.
+
+    The cube is split, per class and with --seed, into disjoint training, validation (--frac)
+    and test (--test-frac) sets. Early stopping watches the validation loss; every reported
+    metric comes from the test set. Outputs go to <model-path>/CNN_training/<name>/: the model
+    (<name>.keras, or <name>.h5 when --model-name ends in .h5) with its model card,
+    validation_set/datacube/cube_validation.npz (one-hot labels, as the original),
+    test_set/datacube/cube_test.npz, history.csv, the loss and accuracy curves, metrics.json and
+    mlflow_run.json.
+    """
 
     command: ClassVar[str] = "otrain-train"
 
     cube: ExistingFile = option(..., "Path to the datacube (.npz) written by otrain-convert.")
     model_path: WritableFolder = option(..., "Base folder; outputs go to <model-path>/CNN_training/<model-name>/.")
-    model_name: str = option(..., "Name of the trained model.")
-    epochs: PositiveInt = option(10, "Number of training epochs.")
-    frac: OpenFraction = option(0.15, "Fraction of the cube used for validation.")
-    dropout: DropoutRate = option(0.3, "Rate of each of the three dropout layers.")
-    threshold: Probability = option(0.5, "Probability threshold for the diagnostics: real if P(real) > threshold.")
+    model_name: Annotated[str, AfterValidator(_model_name)] = option(
+        ..., "Name of the trained model; ending it in .h5 saves legacy HDF5 instead of .keras."
+    )
+    frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
+    threshold: Probability = option(0.5, "Probability threshold of the test metrics: real if P(real) > threshold.")
+    resume: bool = option(False, "Continue an interrupted training of the same name from its last epoch.")
+    overwrite: bool = option(False, "Replace an existing training of the same name.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if self.frac + self.test_frac >= 1:
+            raise ValueError(
+                f"--frac, --test-frac: together must leave data for training, got {self.frac} + {self.test_frac}"
+            )
+        if self.output_dir.exists() and any(self.output_dir.iterdir()) and not (self.resume or self.overwrite):
+            raise ValueError(
+                f"--model-name: {str(self.output_dir)!r} already holds a training; "
+                "pass --resume to continue it or --overwrite to replace it"
+            )
+        return self
+
+    @property
+    def name(self) -> str:
+        """The model name without a ``.h5``/``.keras`` suffix (names the folder and files)."""
+        for suffix in (".h5", ".keras"):
+            if self.model_name.endswith(suffix):
+                return self.model_name[: -len(suffix)]
+        return self.model_name
+
+    @property
+    def output_dir(self) -> Path:
+        """``<model-path>/CNN_training/<name>/``."""
+        return self.model_path / "CNN_training" / self.name
+
+    @property
+    def model_file(self) -> Path:
+        """The model file: ``<name>.h5`` when asked, else ``<name>.keras``."""
+        suffix = ".h5" if self.model_name.endswith(".h5") else ".keras"
+        return self.output_dir / f"{self.name}{suffix}"
 
 
 class InferConfig(CommandConfig):
-    """Score a folder of candidate cutouts with a trained model; writes infer_results.dat."""
+    """Score a folder of candidate cutouts with a trained model; writes infer_results.dat.
+
+    Reads gmadet and STDPipe cutouts, centre-crops them to the model's input size, skips EDGE
+    cutouts and unreadable files (counted and reported), and scores them batch by batch while
+    worker processes read the next files, so memory does not grow with the number of files.
+    The table has the original 13 columns (filename RA Dec originalFile Xpos Ypos mag magerr
+    FWHM FWHMPSF cand_ID label0 label1), then 'real' (label1 > --threshold).
+    """
 
     command: ClassVar[str] = "otrain-infer"
 
-    cutouts: ExistingFolder = option(..., "Folder of candidate cutouts (*.fits).")
-    model: ExistingFile = option(..., "Trained model file (.keras or .h5).")
-    prob_ratio: float | None = option(None, "Prior re-weighting p' = p / (p + (1 - p) * r); default: no re-weighting.")
+    cutouts: ExistingFolder = option(..., "Folder of candidate cutouts (*.fits, *.fit, *.fits.gz).")
+    model: ExistingFile = option(..., "Trained model file (.keras or .h5, original O'TRAIN models included).")
+    prob_ratio: float | None = option(
+        None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: no re-weighting."
+    )
+    output: Path | None = option(None, "Output table (default: <cutouts>/infer_results.dat).")
+    batch_size: PositiveInt = option(256, "Cutouts scored per batch.")
+    threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
+    recursive: bool = option(False, "Also score cutouts in sub-folders.")
+    workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
         if self.prob_ratio is not None and self.prob_ratio <= 0:
             raise ValueError(f"--prob-ratio: must be a positive ratio, got {self.prob_ratio}")
+        try:
+            _writable_folder(self.output_file.parent)
+        except ValueError as error:
+            raise ValueError(f"--output: {error}") from None
         return self
+
+    @property
+    def output_file(self) -> Path:
+        """Where the table goes."""
+        return self.output if self.output is not None else self.cutouts / "infer_results.dat"
 
 
 class CheckInferConfig(CommandConfig):
@@ -408,3 +527,17 @@ class GradCamConfig(CommandConfig):
         30, "Number of randomly chosen well-classified candidates per class.", flag="--n_random"
     )
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+
+
+#: Every command's config model, in the order of the original documentation.
+COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
+    SimulateConfig,
+    ConvertConfig,
+    TrainConfig,
+    InferConfig,
+    CheckInferConfig,
+    DiagnosticsConfig,
+    PlotResultsConfig,
+    OptimiseDatasetSizeConfig,
+    GradCamConfig,
+)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
@@ -21,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from otrain.atomic import atomic_path
 from otrain.errors import DataError
 
 __all__ = ["NPZ_KEYS", "Datacube", "Split", "balanced_counts", "choose_rows", "stratified_split"]
@@ -120,27 +119,17 @@ class Datacube:
         if one_hot_labels:
             arrays["labels"] = np.eye(2, dtype=np.float32)[self.labels]
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-        except OSError as error:
-            raise DataError(f"{path}: cannot write the datacube ({error.strerror or error})") from None
-        try:
             with (
-                os.fdopen(handle, "wb") as stream,
-                zipfile.ZipFile(stream, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
+                atomic_path(path) as temporary,
+                zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive,
             ):
                 for name, array in arrays.items():
                     info = zipfile.ZipInfo(f"{name}.npy", date_time=_ZIP_EPOCH)
                     info.external_attr = 0o644 << 16
                     with archive.open(info, "w", force_zip64=True) as member:
                         np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
-            os.chmod(temporary, 0o644)
-            os.replace(temporary, path)
-        except BaseException as error:
-            Path(temporary).unlink(missing_ok=True)
-            if isinstance(error, OSError):
-                raise DataError(f"{path}: cannot write the datacube ({error.strerror or error})") from None
-            raise
+        except OSError as error:
+            raise DataError(f"{path}: cannot write the datacube ({error.strerror or error})") from None
         return path
 
     @classmethod

@@ -59,6 +59,10 @@ def _type_label(annotation: Any) -> str:
     while typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
     origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return "{" + ",".join(str(value) for value in typing.get_args(annotation)) + "}"
+    if origin in (typing.Union, types.UnionType):
+        return "|".join(_type_label(member) for member in typing.get_args(annotation))
     if origin in (tuple, list):
         item = _type_label(typing.get_args(annotation)[0])
         return f"{item} [{item} ...]"
@@ -90,13 +94,29 @@ def _is_value(token: str) -> bool:
     return True
 
 
-def _gather_list_values(config: type[CommandConfig], argv: Sequence[str]) -> list[str]:
-    """Turn ``--maglim 12 18 21`` (the original's nargs='+') into one Fire list value."""
+def _negated_flags(config: type[CommandConfig]) -> dict[str, str]:
+    """Map ``--no-x``/``--no_x`` of every on-by-default switch to ``--x=False``."""
+    negated = {}
+    for name, field in config.model_fields.items():
+        if field.annotation is bool and field.default is True:
+            for spelled in (name, name.replace("_", "-")):
+                negated[f"--no-{spelled}"] = negated[f"--no_{spelled}"] = f"--{name}=False"
+    return negated
+
+
+def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[str]:
+    """Prepare argv for Fire.
+
+    ``--maglim 12 18 21`` (the original's nargs='+') becomes one Fire list value, and
+    ``--no-tracking`` becomes ``--tracking=False`` (Fire would otherwise read it as an option
+    named ``-tracking``).
+    """
     list_flags = _list_options(config)
+    negated = _negated_flags(config)
     result: list[str] = []
     index = 0
     while index < len(argv):
-        token = argv[index]
+        token = negated.get(argv[index], argv[index])
         result.append(token)
         index += 1
         if token in list_flags:
@@ -127,14 +147,17 @@ def render_help(config: type[CommandConfig]) -> str:
     lines = [f"usage: {config.command} {usage} [options]".replace("  ", " "), ""]
     lines += [line.strip() for line in (config.__doc__ or "").strip().splitlines()]
     lines += ["", "options:"]
-    for name, field in config.model_fields.items():
+    ordered = sorted(config.model_fields.items(), key=lambda item: not item[1].is_required())
+    for name, field in ordered:
         label = _type_label(field.annotation)
         flags = ", ".join(_flags(config, name))
+        if label == "" and field.default is True:
+            flags = "--no-" + flags.removeprefix("--")
         head = f"  {flags} {label}".rstrip()
         if field.is_required():
             detail = "required"
         elif label == "":
-            detail = "flag; default: off" if not field.default else "flag; default: on"
+            detail = "flag; default: off" if not field.default else "flag; default: on, this turns it off"
         elif field.default is None:
             detail = "default: none"
         elif isinstance(field.default, tuple):
@@ -217,7 +240,7 @@ def parse_options(config: type[CommandConfig], argv: Sequence[str]) -> dict[str,
             )
         captured.update(options)
 
-    fire.Fire(command_line, command=_gather_list_values(config, argv), name=config.command)
+    fire.Fire(command_line, command=_normalise_argv(config, argv), name=config.command)
     return captured
 
 

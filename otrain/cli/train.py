@@ -1,16 +1,40 @@
-"""otrain-train: Train the O'TRAIN CNN on a datacube (not implemented yet)."""
+"""otrain-train: train the O'TRAIN CNN on a datacube."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from otrain.cli.app import not_implemented, run_command
+from otrain.cli.app import run_command
 from otrain.config import TrainConfig
 
 __all__ = ["main"]
 
 
+def _train(config: TrainConfig) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from otrain.training import train
+
+    def announce(run: object) -> None:
+        if run is not None:
+            print(f"MLflow run {run.run_id} in {run.tracking_uri}")  # type: ignore[attr-defined]
+
+    result = train(config, on_ready=announce)
+    metrics = result.metrics
+    sizes = result.split_sizes
+    print(
+        f"trained {metrics['epochs_run']} epochs on {sizes['train']} cutouts (batch {result.batch_size}); "
+        f"validation {sizes['validation']}, test {sizes['test']}"
+    )
+    print(
+        "test: accuracy {accuracy:.4f}  precision {precision:.4f}  recall {recall:.4f}  F1 {f1:.4f}  "
+        "MCC {mcc:.4f}  ROC AUC {roc_auc:.4f}  (real if P(real) > {threshold})".format(**metrics)
+    )
+    print(f"model: {result.model_file}")
+    print(f"outputs: {result.output_dir}/")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run otrain-train."""
-    run_command(TrainConfig, not_implemented(issue=3), argv)
+    run_command(TrainConfig, _train, argv)

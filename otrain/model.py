@@ -1,0 +1,236 @@
+"""The O'TRAIN CNN: build, save and load it, with a JSON model card beside every model file.
+
+The architecture is the one of reference section 3, layer for layer (same order, shapes and
+parameter counts), for any H x W x C input: two 3x3 convolutions, average pooling, dropout, a
+convolution, max pooling, dropout, two convolutions, max pooling, then dense 512 / dropout /
+dense 256 / softmax over two classes (index 1 = real). An optional normalisation layer can
+sit in front of it, inside the model, so that every model always takes raw pixels.
+
+Models are saved as ``.keras`` by default and as legacy HDF5 when the file name ends in
+``.h5``; both are written atomically. :func:`load_model` reads both, including ``.h5`` files
+of the original O'TRAIN.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import keras
+import numpy as np
+from keras import layers, ops
+
+from otrain.atomic import atomic_path, write_text_atomic
+from otrain.errors import DataError
+
+__all__ = [
+    "NORMALISATIONS",
+    "RobustScaling",
+    "build_model",
+    "card_path",
+    "input_shape_of",
+    "last_conv_layer",
+    "load_model",
+    "read_card",
+    "save_model",
+    "write_card",
+]
+
+Normalisation = Literal["none", "robust"]
+NORMALISATIONS: tuple[str, ...] = ("none", "robust")
+
+
+@keras.saving.register_keras_serializable(package="otrain")
+class RobustScaling(layers.Layer):
+    """Scale each cutout by its own median and median absolute deviation.
+
+    ``(x - median) / (1.4826 * MAD)``, per cutout and channel, then clipped to
+    [-``clip``, ``clip``]. This makes a model independent of each telescope's flux scale and
+    zero point. A flat cutout (MAD = 0) is only shifted.
+    """
+
+    def __init__(self, clip: float = 1000.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.clip = float(clip)
+
+    def _median(self, values: Any) -> Any:
+        ordered = ops.sort(values, axis=1)
+        count = ops.shape(values)[1]
+        lower = ordered[:, (count - 1) // 2, :]
+        upper = ordered[:, count // 2, :]
+        return (lower + upper) / 2.0
+
+    def call(self, inputs: Any) -> Any:
+        """Scale a batch of (H, W, C) cutouts."""
+        shape = ops.shape(inputs)
+        flat = ops.reshape(inputs, (shape[0], shape[1] * shape[2], shape[3]))
+        median = self._median(flat)
+        mad = self._median(ops.abs(flat - median[:, None, :]))
+        scale = ops.where(mad > 0, 1.4826 * mad, ops.ones_like(mad))
+        scaled = (inputs - median[:, None, None, :]) / scale[:, None, None, :]
+        return ops.clip(scaled, -self.clip, self.clip)
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the layer's configuration, for saving."""
+        return {**super().get_config(), "clip": self.clip}
+
+
+def build_model(
+    input_shape: tuple[int, int, int],
+    *,
+    dropout: float = 0.3,
+    learning_rate: float = 1e-3,
+    normalisation: Normalisation = "none",
+    n_classes: int = 2,
+) -> keras.Sequential:
+    """Build and compile the O'TRAIN CNN.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (H, W, C) of the cutouts; H and W must be at least 8 (three 2x2 poolings).
+    dropout : float
+        Rate of the three dropout layers.
+    learning_rate : float
+        Adam learning rate.
+    normalisation : {"none", "robust"}
+        "none" feeds raw pixels, as the original; "robust" puts :class:`RobustScaling` first.
+    n_classes : int
+        Softmax outputs (2: bogus, real).
+
+    Returns
+    -------
+    keras.Sequential
+        The compiled model (categorical cross-entropy on one-hot labels, accuracy).
+    """
+    height, width, _ = input_shape
+    if height < 8 or width < 8:
+        raise ValueError(f"cutouts must be at least 8x8 pixels for this network, got {height}x{width}")
+    relu_conv = {"kernel_size": 3, "padding": "same", "activation": "relu"}
+    stack: list[layers.Layer] = [keras.Input(shape=input_shape, name="cutout")]
+    if normalisation == "robust":
+        stack.append(RobustScaling(name="robust_scaling"))
+    elif normalisation != "none":
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    stack += [
+        layers.Conv2D(16, **relu_conv),
+        layers.Conv2D(32, **relu_conv),
+        layers.AveragePooling2D(pool_size=2),
+        layers.Dropout(dropout),
+        layers.Conv2D(64, **relu_conv),
+        layers.MaxPooling2D(pool_size=2),
+        layers.Dropout(dropout),
+        layers.Conv2D(128, **relu_conv),
+        layers.Conv2D(256, **relu_conv),
+        layers.MaxPooling2D(pool_size=2),
+        layers.Flatten(),
+        layers.Dense(512, activation="relu"),
+        layers.Dropout(dropout),
+        layers.Dense(256, activation="relu"),
+        layers.Dense(n_classes, activation="softmax", dtype="float32"),
+    ]
+    model = keras.Sequential(stack, name="otrain_cnn")
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
+
+
+def input_shape_of(model: keras.Model) -> tuple[int, int, int]:
+    """Return the (H, W, C) cutout shape a model takes."""
+    shape = tuple(model.inputs[0].shape[1:])
+    if len(shape) != 3 or any(size is None for size in shape):
+        raise DataError(f"model input shape {shape} is not a fixed (H, W, C) cutout shape")
+    return int(shape[0]), int(shape[1]), int(shape[2])
+
+
+def last_conv_layer(model: keras.Model) -> layers.Conv2D:
+    """Return the last Conv2D layer, found by type (never by a name such as "conv2d_4")."""
+    convolutions = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    if not convolutions:
+        raise DataError("model has no Conv2D layer")
+    return convolutions[-1]
+
+
+def save_model(model: keras.Model, path: Path) -> Path:
+    """Save a model atomically: ``.h5`` as legacy HDF5, anything else as ``.keras``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model.
+    path : Path
+        Destination; a name without a known suffix gets ``.keras``.
+
+    Returns
+    -------
+    Path
+        The file written.
+    """
+    if path.suffix not in (".keras", ".h5"):
+        path = path.with_name(path.name + ".keras")
+    with atomic_path(path) as temporary:
+        temporary.unlink()  # Keras writes the file itself and may refuse to overwrite one
+        model.save(temporary)
+    return path
+
+
+def load_model(path: Path) -> keras.Model:
+    """Load a ``.keras`` or ``.h5`` model, including original O'TRAIN ``.h5`` files.
+
+    Raises
+    ------
+    DataError
+        If the file is missing or is not a Keras model; the message names the file.
+    """
+    if not path.is_file():
+        raise DataError(f"{path}: model file does not exist")
+    try:
+        model = keras.saving.load_model(path, custom_objects={"RobustScaling": RobustScaling}, compile=False)
+    except Exception as error:  # Keras raises many types for a bad file
+        text = str(error).strip().splitlines()
+        reason = text[0] if text else type(error).__name__
+        raise DataError(f"{path}: not a readable Keras model ({reason[:200]})") from None
+    output_shape = tuple(model.outputs[0].shape[1:])
+    if output_shape != (2,):
+        raise DataError(f"{path}: model must output 2 class probabilities (bogus, real), got shape {output_shape}")
+    input_shape_of(model)
+    return model
+
+
+def card_path(model_file: Path) -> Path:
+    """Return where the model card of ``model_file`` lives: ``<model>.card.json``."""
+    return model_file.with_name(model_file.name + ".card.json")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(key): _jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_card(model_file: Path, card: dict[str, Any]) -> Path:
+    """Write the model card beside a model file, atomically."""
+    path = card_path(model_file)
+    write_text_atomic(path, json.dumps(_jsonable(card), indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_card(model_file: Path) -> dict[str, Any] | None:
+    """Return the model card of ``model_file``, or None when it has none (original models)."""
+    path = card_path(model_file)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise DataError(f"{path}: model card is not valid JSON ({error})") from None

@@ -1,0 +1,154 @@
+"""Everything MLflow: the tracking URI rule, and opening, resuming and closing runs.
+
+The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else the one given in the parameters,
+else ``sqlite:///mlflow.db`` in the working directory. A training opens one run and writes its
+id to ``mlflow_run.json`` beside the model, so that later commands (other processes of a DVC
+pipeline) log into the same run. A run whose command fails is marked FAILED (KILLED on
+Ctrl-C), never left RUNNING.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from otrain.errors import OptionError
+
+__all__ = [
+    "DEFAULT_TRACKING_URI",
+    "RUN_FILE",
+    "RunInfo",
+    "check_tracking_uri",
+    "git_commit",
+    "open_run",
+    "read_run_file",
+    "resolve_tracking_uri",
+]
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+RUN_FILE = "mlflow_run.json"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """Return the tracking URI: the environment's, else ``configured``, else the default."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+
+
+def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
+    """Fail early, with one clear line, when the tracking store cannot be used.
+
+    HTTP(S) servers must answer ``/health``; SQLite files must be in a writable folder.
+
+    Raises
+    ------
+    OptionError
+        Naming the URI and what is wrong, and how to train without tracking.
+    """
+    hint = "set MLFLOW_TRACKING_URI to a reachable store, or pass --no-tracking"
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+                if response.status != 200:
+                    raise OptionError(f"MLflow tracking server {uri} answered {response.status} on /health; {hint}")
+        except (urllib.error.URLError, OSError, ValueError) as error:
+            reason = getattr(error, "reason", error)
+            raise OptionError(f"cannot reach MLflow tracking server {uri} ({reason}); {hint}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise OptionError(f"MLflow store {uri}: folder {folder} is not writable; {hint}")
+
+
+def git_commit(folder: Path | None = None) -> str | None:
+    """Return the current git commit of ``folder`` (default: the working directory), if any."""
+    try:
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=folder, timeout=10, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return result.stdout.strip() if result.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """Where a run lives: enough for another process to log into it."""
+
+    run_id: str
+    experiment_id: str
+    tracking_uri: str
+
+    def write(self, folder: Path) -> Path:
+        """Write ``mlflow_run.json`` into ``folder``."""
+        path = folder / RUN_FILE
+        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
+        return path
+
+
+def read_run_file(folder: Path) -> RunInfo | None:
+    """Read ``mlflow_run.json`` from ``folder``, or None when there is none."""
+    path = folder / RUN_FILE
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return RunInfo(run_id=data["run_id"], experiment_id=data["experiment_id"], tracking_uri=data["tracking_uri"])
+
+
+@contextmanager
+def open_run(
+    tracking_uri: str,
+    experiment: str,
+    *,
+    run_name: str | None = None,
+    run_id: str | None = None,
+    tags: dict[str, Any] | None = None,
+) -> Iterator[RunInfo]:
+    """Start (or resume, with ``run_id``) an MLflow run; end it FAILED/KILLED on error.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        Where to log.
+    experiment : str
+        Experiment name (created when missing).
+    run_name : str, optional
+        Name of a new run.
+    run_id : str, optional
+        Resume this run instead of starting one.
+    tags : dict, optional
+        Tags to set on the run.
+
+    Yields
+    ------
+    RunInfo
+        The active run.
+    """
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    if run_id is None:
+        experiment_id = mlflow.set_experiment(experiment).experiment_id
+        run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id)
+    else:
+        run = mlflow.start_run(run_id=run_id)
+    info = RunInfo(run.info.run_id, run.info.experiment_id, tracking_uri)
+    try:
+        if tags:
+            mlflow.set_tags({key: str(value) for key, value in tags.items() if value is not None})
+        yield info
+    except KeyboardInterrupt:
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
