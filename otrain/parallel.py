@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import os
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import TypeVar
 
@@ -42,6 +44,7 @@ def map_chunks(
     description: str,
     preload: Sequence[str] = (),
     chunk_size: int | None = None,
+    window_per_worker: int = 3,
 ) -> Iterator[tuple[Sequence[T], R]]:
     """Apply ``function`` to consecutive chunks of ``items``, in parallel, yielding in order.
 
@@ -62,6 +65,8 @@ def map_chunks(
         Modules the fork server imports once, so workers start warm.
     chunk_size : int, optional
         Items per task; by default about eight tasks per worker, at most 512 items each.
+    window_per_worker : int
+        Chunks submitted ahead per worker; bounds the memory held by finished results.
 
     Yields
     ------
@@ -71,7 +76,7 @@ def map_chunks(
     n_workers = default_workers() if workers is None else workers
     if chunk_size is None:
         chunk_size = max(16, min(512, -(-len(items) // (8 * n_workers))))
-    chunks = list(_chunks(items, chunk_size))
+    chunks = _chunks(items, chunk_size)
     with progress_bar(len(items), description) as bar:
         if n_workers == 1 or len(items) < MIN_ITEMS_FOR_POOL:
             for chunk in chunks:
@@ -81,9 +86,20 @@ def map_chunks(
             return
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(preload))
-        pool = ProcessPoolExecutor(max_workers=min(n_workers, len(chunks)), mp_context=context)
+        n_processes = min(n_workers, -(-len(items) // chunk_size))
+        pool = ProcessPoolExecutor(max_workers=n_processes, mp_context=context)
+        # A bounded window of chunks in flight: workers read ahead while the caller consumes,
+        # and memory does not grow with the number of items.
+        pending: deque[tuple[Sequence[T], Future[R]]] = deque()
         try:
-            for chunk, result in zip(chunks, pool.map(function, chunks), strict=True):
+            for chunk in itertools.islice(chunks, window_per_worker * n_processes):
+                pending.append((chunk, pool.submit(function, chunk)))
+            while pending:
+                chunk, future = pending.popleft()
+                result = future.result()
+                following = next(chunks, None)
+                if following is not None:
+                    pending.append((following, pool.submit(function, following)))
                 bar.update(len(chunk))
                 yield chunk, result
         except BrokenProcessPool as error:

@@ -1,16 +1,34 @@
-"""otrain-infer: Score candidate cutouts with a trained model (not implemented yet)."""
+"""otrain-infer: score candidate cutouts with a trained model."""
 
 from __future__ import annotations
 
+import os
+import time
 from collections.abc import Sequence
 from typing import NoReturn
 
-from otrain.cli.app import not_implemented, run_command
+from otrain.cli.app import run_command
 from otrain.config import InferConfig
 
 __all__ = ["main"]
 
 
+def _infer(config: InferConfig) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from otrain.inference import infer
+
+    started = time.perf_counter()
+    report = infer(config)
+    elapsed = time.perf_counter() - started
+    print(
+        f"scored {report.n_scored} of {report.n_files} cutouts in {elapsed:.1f} s "
+        f"({report.n_scored / max(elapsed, 1e-9):.0f}/s); skipped {report.n_edge} EDGE, "
+        f"{len(report.bad_files)} unreadable"
+    )
+    print(f"real (P(real) > {config.threshold}): {report.n_real}")
+    print(f"written: {report.output}")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run otrain-infer."""
-    run_command(InferConfig, not_implemented(issue=3), argv)
+    run_command(InferConfig, _infer, argv)

@@ -13,7 +13,7 @@ __all__ = ["main"]
 
 
 def _train(config: TrainConfig) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from otrain.training import train
 
     def announce(run: object) -> None:

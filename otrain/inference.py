@@ -1,0 +1,202 @@
+"""otrain-infer: score a folder of candidate cutouts, streaming, and write infer_results.dat.
+
+Worker processes read and crop the next files while this process scores the current batch,
+so reading is hidden behind the network and memory does not grow with the number of files.
+The table is written row by row into a temporary file and renamed into place at the end.
+
+Only the worker-side reading lives at module level; TensorFlow is imported when scoring
+starts, so the workers stay light.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from otrain.atomic import atomic_path
+from otrain.config import InferConfig
+from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
+from otrain.errors import DataError
+from otrain.parallel import map_chunks
+
+__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "reweight"]
+
+logger = logging.getLogger("otrain")
+
+#: The original 13 columns (reference section 2.5), then otrain's additions.
+INFER_COLUMNS = (
+    "filename",
+    "RA",
+    "Dec",
+    "originalFile",
+    "Xpos",
+    "Ypos",
+    "mag",
+    "magerr",
+    "FWHM",
+    "FWHMPSF",
+    "cand_ID",
+    "label0",
+    "label1",
+    "real",
+)
+_MAX_LISTED_BAD_FILES = 20
+_EDGE = "edge"
+
+
+@dataclass
+class InferenceReport:
+    """What one scoring run did."""
+
+    output: Path
+    n_files: int = 0
+    n_scored: int = 0
+    n_real: int = 0
+    n_edge: int = 0
+    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def reweight(probabilities: np.ndarray, ratio: float | None) -> np.ndarray:
+    """Prior re-weighting of P(real): p' = p / (p + (1 - p) * ratio); None leaves p unchanged."""
+    if ratio is None:
+        return probabilities
+    return probabilities / (probabilities + (1.0 - probabilities) * ratio)
+
+
+def _read_for_scoring(
+    jobs: Sequence[tuple[Path, tuple[int, int, int]]],
+) -> tuple[np.ndarray, list[CutoutMeta], list[str | None]]:
+    """Worker task: read and crop a chunk of files to the model's input shape.
+
+    Returns the pixels of the usable files (stacked, in order), their metadata, and for every
+    file None (scored), ``"edge"`` (skipped) or the message of the error that made it unusable.
+    """
+    height, width, channels = jobs[0][1]
+    pixels = np.empty((len(jobs), height, width, channels), dtype=np.float32)
+    metas: list[CutoutMeta] = []
+    statuses: list[str | None] = []
+    for path, _ in jobs:
+        try:
+            meta, location = read_header(path)
+            if meta.edge is True:
+                statuses.append(_EDGE)
+                continue
+            plane, _ = prepare_pixels(read_pixels(path, location), height, path)
+            if plane.shape != (height, width, channels):
+                raise DataError(
+                    f"{path}: cutout has shape {plane.shape[0]}x{plane.shape[1]}x{plane.shape[2]} after cropping, "
+                    f"the model takes {height}x{width}x{channels}"
+                )
+            pixels[len(metas)] = plane
+            metas.append(meta)
+            statuses.append(None)
+        except DataError as error:
+            statuses.append(str(error))
+    return pixels[: len(metas)], metas, statuses
+
+
+def _text(value: Any) -> str:
+    """One table cell in astropy's basic/commented_header syntax."""
+    if value is None:
+        return '""'
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else repr(value)
+    text = str(value)
+    if text == "" or any(char.isspace() for char in text) or '"' in text:
+        return '"' + text.replace('"', '""') + '"'
+    return text
+
+
+def _number(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _write_rows(
+    stream: TextIO, paths: Sequence[Path], metas: list[CutoutMeta], p_real: np.ndarray, threshold: float
+) -> None:
+    for path, meta, probability in zip(paths, metas, p_real, strict=True):
+        cells = (
+            str(path),
+            _number(meta.ra),
+            _number(meta.dec),
+            meta.file if meta.file is not None else "",
+            _number(meta.xpos),
+            _number(meta.ypos),
+            _number(meta.mag),
+            _number(meta.magerr),
+            _number(meta.fwhm),
+            _number(meta.fwhmpsf),
+            meta.candid if meta.candid is not None else "",
+            float(1.0 - probability),
+            float(probability),
+            int(probability > threshold),
+        )
+        stream.write(" ".join(_text(cell) for cell in cells) + "\n")
+
+
+def infer(config: InferConfig) -> InferenceReport:
+    """Score every cutout of ``config.cutouts`` and write the results table.
+
+    Parameters
+    ----------
+    config : InferConfig
+        Validated options of otrain-infer.
+
+    Returns
+    -------
+    InferenceReport
+        Counts (scored, real, EDGE, bad) and the output path.
+
+    Raises
+    ------
+    DataError
+        When the model cannot be read, the folder holds no cutout file, or no file could be
+        scored; nothing is written then.
+    """
+    from otrain.model import input_shape_of, load_model
+
+    model = load_model(config.model)
+    shape = input_shape_of(model)
+    files = list_cutouts(config.cutouts, recursive=config.recursive)
+    if not files:
+        raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
+    report = InferenceReport(output=config.output_file, n_files=len(files))
+    jobs = [(path, shape) for path in files]
+    with atomic_path(config.output_file) as temporary, open(temporary, "w") as stream:
+        stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
+        for chunk, (pixels, metas, statuses) in map_chunks(
+            _read_for_scoring,
+            jobs,
+            workers=config.workers,
+            description="scoring cutouts",
+            preload=["otrain.inference"],
+            chunk_size=config.batch_size,
+        ):
+            for (path, _), status in zip(chunk, statuses, strict=True):
+                if status == _EDGE:
+                    report.n_edge += 1
+                elif status is not None:
+                    report.bad_files.append((path, status))
+            if not metas:
+                continue
+            p_real = reweight(np.asarray(model.predict_on_batch(pixels))[:, 1].astype(np.float64), config.prob_ratio)
+            scored = [path for (path, _), status in zip(chunk, statuses, strict=True) if status is None]
+            _write_rows(stream, scored, metas, p_real, config.threshold)
+            report.n_scored += len(metas)
+            report.n_real += int(np.count_nonzero(p_real > config.threshold))
+        for _, message in report.bad_files[:_MAX_LISTED_BAD_FILES]:
+            logger.warning("skipped: %s", message)
+        if len(report.bad_files) > _MAX_LISTED_BAD_FILES:
+            logger.warning("... and %d more unreadable cutouts", len(report.bad_files) - _MAX_LISTED_BAD_FILES)
+        if report.n_scored == 0 and report.bad_files:
+            raise DataError(
+                f"{config.cutouts}: no cutout could be scored ({len(report.bad_files)} unreadable, "
+                f"{report.n_edge} flagged EDGE); the first problem: {report.bad_files[0][1]}"
+            )
+    return report
