@@ -309,6 +309,7 @@ def _fit_and_write(
         training,
         validation_data=validation,
         epochs=config.epochs,
+        shuffle=False,  # the dataset shuffles itself, reproducibly
         class_weight=_class_weights(cube.labels[split.train], config.class_weight),
         callbacks=_epoch_callbacks(config, checkpoint, history, run is not None),
         verbose=0,

@@ -1,0 +1,382 @@
+"""otrain-train and otrain-infer for real: tiny simulated cubes, real TensorFlow, real MLflow."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import ascii as astropy_ascii
+from conftest import BIN, call_main, pixels, write_gmadet
+from numpy.testing import assert_allclose
+
+from otrain.cli.convert import main as convert_main
+from otrain.cli.infer import main as infer_main
+from otrain.cli.simulate import main as simulate_main
+from otrain.cli.train import main as train_main
+from otrain.datacube import Datacube
+from otrain.inference import INFER_COLUMNS
+
+pytestmark = pytest.mark.slow
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated survey, its cube, and a second survey (other seed) to score."""
+    root = tmp_path_factory.mktemp("training")
+    common = ("--cutout-size", SIZE, "--mef-fraction", "0.25")
+    assert (
+        call_main(simulate_main, "--out", root / "survey", "--n-true", 260, "--n-false", 260, "--n-night", 40, *common)
+        == 0
+    )
+    assert call_main(convert_main, "--path", root, "--cube", "cube", "--cutouts", root / "survey") == 0
+    assert (
+        call_main(
+            simulate_main,
+            "--out",
+            root / "other",
+            "--n-true",
+            0,
+            "--n-false",
+            0,
+            "--n-night",
+            150,
+            "--seed",
+            7,
+            *common,
+        )
+        == 0
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def train(workspace: Path, name: str, *extra: str, models: str = "models") -> int:
+    return call_main(
+        train_main,
+        *("--cube", workspace / "datacube" / "cube.npz", "--model-path", workspace / models, "--model-name", name),
+        *("--normalisation", "robust", "--patience", "0"),
+        *extra,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(workspace: Path, tracking_uri: str) -> Path:
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        assert train(workspace, "tiny", "--epochs", "6") == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return workspace / "models" / "CNN_training" / "tiny"
+
+
+def test_training_writes_the_original_layout(trained: Path) -> None:
+    for name in (
+        "tiny.keras",
+        "tiny.keras.card.json",
+        "validation_set/datacube/cube_validation.npz",
+        "test_set/datacube/cube_test.npz",
+        "history.csv",
+        "tiny_loss_vs_epochs.png",
+        "tiny_accuracy_vs_epochs.png",
+        "metrics.json",
+        "mlflow_run.json",
+    ):
+        assert (trained / name).is_file(), name
+    assert not (trained / ".checkpoint").exists()
+    with np.load(trained / "validation_set" / "datacube" / "cube_validation.npz") as archive:
+        assert archive["labels"].shape[1] == 2  # one-hot, readable by the original tools
+    metrics = json.loads((trained / "metrics.json").read_text())
+    assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "mcc", "roc_auc"}
+    with open(trained / "history.csv", newline="") as stream:
+        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3, 4, 5, 6]
+    card = json.loads((trained / "tiny.keras.card.json").read_text())
+    assert card["input_shape"] == [SIZE, SIZE, 1]
+    assert card["normalisation"] == "robust"
+    assert card["data_hash"] == Datacube.load(trained.parents[2] / "datacube" / "cube.npz").content_hash()
+    assert card["test_metrics"]["accuracy"] == metrics["accuracy"]
+
+
+def test_splits_are_disjoint_and_test_only(trained: Path, workspace: Path) -> None:
+    validation = Datacube.load(trained / "validation_set" / "datacube" / "cube_validation.npz")
+    test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    assert not set(validation.candids.tolist()) & set(test.candids.tolist())
+    full = Datacube.load(workspace / "datacube" / "cube.npz")
+    assert abs(len(test) - 0.15 * len(full)) <= 2
+    assert abs(test.n_real - test.n_bogus) <= 1
+
+
+def test_model_beats_chance_on_another_survey(trained: Path, workspace: Path) -> None:
+    night = workspace / "other" / "night"
+    assert call_main(infer_main, "--cutouts", night, "--model", trained / "tiny.keras") == 0
+    table = astropy_ascii.read(night / "infer_results.dat", format="commented_header")
+    with open(workspace / "other" / "truth.csv", newline="") as stream:
+        truth = {row["path"].split("/")[-1]: int(row["label"]) for row in csv.DictReader(stream)}
+    labels = np.array([truth[Path(name).name] for name in table["filename"]])
+    accuracy = np.mean((np.asarray(table["label1"]) > 0.5) == labels)
+    assert accuracy > 0.75, accuracy
+
+
+def test_infer_results_round_trip(trained: Path, workspace: Path) -> None:
+    night = workspace / "survey" / "night"
+    output = workspace / "scores.dat"
+    status = call_main(infer_main, "--cutouts", night, "--model", trained / "tiny.keras", "--output", output)
+    assert status == 0
+    table = astropy_ascii.read(output, format="commented_header")
+    assert tuple(table.colnames) == INFER_COLUMNS
+    assert table.colnames[:13] == [
+        "filename",
+        "RA",
+        "Dec",
+        "originalFile",
+        "Xpos",
+        "Ypos",
+        "mag",
+        "magerr",
+        "FWHM",
+        "FWHMPSF",
+        "cand_ID",
+        "label0",
+        "label1",
+    ]
+    assert_allclose(np.asarray(table["label0"]) + np.asarray(table["label1"]), 1.0, atol=1e-6)
+    with open(workspace / "survey" / "truth.csv", newline="") as stream:
+        night_rows = [row for row in csv.DictReader(stream) if row["set"] == "night"]
+    assert len(table) == sum(1 for row in night_rows if row["edge"] == "False")
+    assert not (night / "infer_results.dat").exists() or night / "infer_results.dat" != output
+
+
+def test_prob_ratio_reweights(trained: Path, workspace: Path) -> None:
+    night = workspace / "survey" / "night"
+    plain, weighted = workspace / "plain.dat", workspace / "weighted.dat"
+    assert call_main(infer_main, "--cutouts", night, "--model", trained / "tiny.keras", "--output", plain) == 0
+    assert (
+        call_main(
+            infer_main, "--cutouts", night, "--model", trained / "tiny.keras", "--output", weighted, "--prob-ratio", "3"
+        )
+        == 0
+    )
+    p = np.asarray(astropy_ascii.read(plain, format="commented_header")["label1"])
+    q = np.asarray(astropy_ascii.read(weighted, format="commented_header")["label1"])
+    assert_allclose(q, p / (p + (1 - p) * 3), rtol=1e-6)
+
+
+def test_same_seed_same_metrics(workspace: Path) -> None:
+    for name in ("seed_a", "seed_b"):
+        assert train(workspace, name, "--epochs", "2", "--no-tracking", models="seeds") == 0
+    folder = workspace / "seeds" / "CNN_training"
+    first = json.loads((folder / "seed_a" / "metrics.json").read_text())
+    second = json.loads((folder / "seed_b" / "metrics.json").read_text())
+    assert first == second
+    assert not (folder / "seed_a" / "mlflow_run.json").exists()
+
+
+def test_h5_models_load_and_score_the_same(workspace: Path) -> None:
+    import keras
+
+    from otrain.model import load_model
+
+    assert train(workspace, "legacy.h5", "--epochs", "1", "--no-tracking", models="h5") == 0
+    ours = workspace / "h5" / "CNN_training" / "legacy" / "legacy.h5"
+    assert ours.is_file()
+    # A Keras-3 legacy .h5 written the way the original O'TRAIN wrote its models.
+    original = keras.Sequential(
+        [
+            keras.Input((SIZE, SIZE, 1)),
+            keras.layers.Conv2D(16, 3, padding="same", activation="relu"),
+            keras.layers.Flatten(),
+            keras.layers.Dense(2, activation="softmax"),
+        ]
+    )
+    original_file = workspace / "h5" / "original.h5"
+    original.save(original_file)
+    cube = Datacube.load(workspace / "datacube" / "cube.npz").cube[:16]
+    for path in (ours, original_file):
+        loaded = load_model(path)
+        again = load_model(path)
+        assert_allclose(loaded.predict(cube, verbose=0), again.predict(cube, verbose=0), rtol=1e-6)
+    assert_allclose(load_model(original_file).predict(cube, verbose=0), original.predict(cube, verbose=0), rtol=1e-5)
+
+
+def test_mlflow_run_has_params_metrics_artifacts_and_model(trained: Path, tracking_uri: str) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    run_info = json.loads((trained / "mlflow_run.json").read_text())
+    client = MlflowClient(tracking_uri)
+    run = client.get_run(run_info["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "6"
+    assert run.data.params["normalisation"] == "robust"
+    assert {"test_accuracy", "test_mcc", "test_roc_auc", "val_loss"} <= set(run.data.metrics)
+    assert len(client.get_metric_history(run.info.run_id, "val_loss")) == 6
+    assert run.data.tags["otrain.data_hash"]
+    assert run.data.tags["device"] == "CPU"
+    artifacts = {item.path for item in client.list_artifacts(run.info.run_id, "training")}
+    assert {"training/history.csv", "training/metrics.json", "training/tiny_loss_vs_epochs.png"} <= artifacts
+    mlflow.set_tracking_uri(tracking_uri)
+    model = mlflow.keras.load_model(f"runs:/{run.info.run_id}/model")
+    cube = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    assert model.predict(cube.cube[:4], verbose=0).shape == (4, 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input.
+
+
+def test_cube_with_one_class(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cube = Datacube.load(workspace / "datacube" / "cube.npz")
+    cube.subset(np.flatnonzero(cube.labels == 1)).save(workspace / "onlyreal.npz")
+    status = call_main(
+        train_main,
+        "--cube",
+        workspace / "onlyreal.npz",
+        "--model-path",
+        workspace / "bad",
+        "--model-name",
+        "m",
+        "--no-tracking",
+    )
+    assert status == 1
+    assert "holds only real cutouts" in capsys.readouterr().err
+    assert not (workspace / "bad" / "CNN_training" / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--batch-size", "5000"), "--batch-size: 5000 is larger than the training set"),
+        (("--frac", "0"), "--frac: must be a fraction in (0, 1)"),
+        (("--frac", "1"), "--frac: must be a fraction in (0, 1)"),
+        (("--frac", "0.5", "--test-frac", "0.5"), "--frac, --test-frac: together must leave data"),
+    ],
+)
+def test_bad_training_options(
+    workspace: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], message: str
+) -> None:
+    assert train(workspace, "bad", "--no-tracking", *options, models="badopts") == 2
+    assert message in capsys.readouterr().err
+    assert not (workspace / "badopts" / "CNN_training" / "bad" / "bad.keras").exists()
+
+
+def test_unreachable_tracking_server_fails_before_training(
+    workspace: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    assert train(workspace, "offline", "--epochs", "1", models="offline") == 2
+    err = capsys.readouterr().err
+    assert "cannot reach MLflow tracking server http://127.0.0.1:9" in err
+    assert "--no-tracking" in err
+    assert not (workspace / "offline" / "CNN_training" / "offline").exists()
+    assert train(workspace, "offline", "--epochs", "1", "--no-tracking", models="offline") == 0
+
+
+def test_existing_training_is_not_replaced_silently(
+    trained: Path, workspace: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = (trained / "tiny.keras").stat().st_mtime_ns
+    assert train(workspace, "tiny", "--no-tracking") == 2
+    assert "already holds a training; pass --resume" in capsys.readouterr().err
+    assert (trained / "tiny.keras").stat().st_mtime_ns == before
+
+
+def test_model_that_is_not_a_model(workspace: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    fake = workspace / "fake.keras"
+    fake.write_text("not a model")
+    assert (
+        call_main(
+            infer_main, "--cutouts", workspace / "survey" / "night", "--model", fake, "--output", workspace / "x.dat"
+        )
+        == 1
+    )
+    assert f"{fake}: not a readable Keras model" in capsys.readouterr().err
+    assert not (workspace / "x.dat").exists()
+
+
+def test_empty_folder_and_mismatched_cutouts(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert call_main(infer_main, "--cutouts", empty, "--model", trained / "tiny.keras") == 1
+    assert "no cutout files" in capsys.readouterr().err
+    small = tmp_path / "small"
+    write_gmadet(small / "a.fits", pixels(16))
+    assert call_main(infer_main, "--cutouts", small, "--model", trained / "tiny.keras") == 1
+    assert "cutout is 16x16 pixels, smaller than --cutout-size 32" in capsys.readouterr().err
+    rgb = tmp_path / "rgb"
+    write_gmadet(rgb / "a.fits", np.stack([pixels(40), pixels(40)]))
+    assert call_main(infer_main, "--cutouts", rgb, "--model", trained / "tiny.keras") == 1
+    assert "the model takes 32x32x1" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("infer_results.dat"))
+
+
+def test_good_and_corrupt_files(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    folder = tmp_path / "mixed"
+    for index in range(3):
+        write_gmadet(folder / f"good{index}.fits", pixels(40, seed=index), CANDID=index)
+    (folder / "broken.fits").write_text("garbage" * 500)
+    write_gmadet(folder / "edge.fits", pixels(40), EDGE="True")
+    write_gmadet(folder / "nomag.fits", pixels(40), MAG=None, RA=None, FILE=None)
+    assert call_main(infer_main, "--cutouts", folder, "--model", trained / "tiny.keras") == 0
+    captured = capsys.readouterr()
+    assert "scored 4 of 6 cutouts" in captured.out
+    assert "skipped 1 EDGE, 1 unreadable" in captured.out
+    assert f"skipped: {folder / 'broken.fits'}" in captured.err
+    table = astropy_ascii.read(folder / "infer_results.dat", format="commented_header")
+    row = table[[Path(name).name for name in table["filename"]].index("nomag.fits")]
+    assert np.isnan(row["mag"])
+    assert np.isnan(row["RA"])
+
+
+def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
+    """Ctrl-C leaves no model and a KILLED run; --resume finishes the same run."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'resume.db'}"
+    command = [
+        str(BIN / "otrain-train"),
+        *("--cube", str(workspace / "datacube" / "cube.npz"), "--model-path", str(tmp_path), "--model-name", "long"),
+        *("--epochs", "40", "--patience", "0"),
+    ]
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OTRAIN_PROGRESS": "0"}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    deadline = time.monotonic() + 240
+    for line in process.stdout:
+        if line.startswith("epoch 2/40") or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    process.communicate(timeout=120)
+    assert process.returncode == 130
+    output = tmp_path / "CNN_training" / "long"
+    assert not (output / "long.keras").exists()
+    assert not (output / "metrics.json").exists()
+    run_id = json.loads((output / ".checkpoint" / "mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+
+    resumed = subprocess.run(
+        [*command[:-4], "--epochs", "4", "--patience", "0", "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert (output / "long.keras").is_file()
+    assert json.loads((output / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
+    first_epoch_printed = resumed.stdout.splitlines()[1] if len(resumed.stdout.splitlines()) > 1 else ""
+    assert "epoch 1/4" not in resumed.stdout, first_epoch_printed
+    with open(output / "history.csv", newline="") as stream:
+        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3, 4]
