@@ -7,6 +7,7 @@ name, and an existing file is only replaced by a complete one.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,12 @@ __all__ = ["atomic_path", "write_text_atomic"]
 
 @contextmanager
 def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success it replaces ``path``.
+    """Yield a temporary path for ``path``; on success it is synced and renamed onto ``path``.
+
+    The temporary file lives in a hidden folder beside the target (same file system, so the
+    rename is atomic) and keeps the target's name, so writers that choose the format from the
+    suffix (Keras, Matplotlib) work, and a left-over after a hard kill never matches a glob
+    such as ``*.npz`` in the target's folder.
 
     Parameters
     ----------
@@ -29,19 +35,19 @@ def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
     Yields
     ------
     Path
-        An empty temporary file with the same suffix as ``path``, to be written by the caller
-        (it may also be deleted and re-created, as some writers insist on doing).
+        Where the caller writes; it does not exist yet.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(handle)
-    temporary = Path(name)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    temporary = staging / path.name
     try:
         yield temporary
         os.chmod(temporary, mode)
+        with open(temporary, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(temporary, path)
     finally:
-        temporary.unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

@@ -128,6 +128,12 @@ def _at_least_two(value: int) -> int:
     return value
 
 
+def _at_least_sixteen(value: int) -> int:
+    if value < 16:
+        raise ValueError(f"must be at least 16 pixels, got {value}")
+    return value
+
+
 def _positive_or_minus_one(value: int) -> int:
     if value <= 0 and value != -1:
         raise ValueError(f"must be a positive number of pixels, or -1 to keep the full size, got {value}")
@@ -253,23 +259,31 @@ class SimulateConfig(CommandConfig):
     n_true: NonNegativeInt = option(1500, "Number of labelled real cutouts (true/).")
     n_false: NonNegativeInt = option(1500, "Number of labelled bogus cutouts (false/).")
     n_night: NonNegativeInt = option(300, "Number of unlabelled candidates of the simulated night (night/).")
-    cutout_size: PositiveInt = option(64, "Cutout width and height in pixels (gmadet uses 64).")
+    cutout_size: Annotated[int, AfterValidator(_at_least_sixteen)] = option(
+        64, "Cutout width and height in pixels, at least 16 (gmadet uses 64)."
+    )
     seed: Seed = option(42, "Seed of every random draw; the same seed gives the same files.")
     mef_fraction: Probability = option(
         0.25, "Fraction of labelled cutouts written STDPipe-style (multi-extension, DIFF plane); the rest gmadet-style."
     )
-    overwrite: bool = option(False, "Replace a survey already in --out (only otrain's own files are replaced).")
+    overwrite: bool = option(
+        False, "Replace a survey that otrain-simulate wrote in --out (only the files it listed in truth.csv)."
+    )
     workers: PositiveInt | None = option(None, "Worker processes for writing files (default: one per core).")
 
     @model_validator(mode="after")
     def _refuse_to_overwrite(self) -> SimulateConfig:
-        if not self.overwrite:
-            clashing = [name for name in ("true", "false", "night", "truth.csv") if (self.out / name).exists()]
-            if clashing:
-                raise ValueError(
-                    f"--out: {str(self.out)!r} already holds a survey ({', '.join(clashing)}); "
-                    "pass --overwrite to replace it"
-                )
+        clashing = [name for name in ("true", "false", "night", "truth.csv") if (self.out / name).exists()]
+        if clashing and not self.overwrite:
+            raise ValueError(
+                f"--out: {str(self.out)!r} already holds a survey ({', '.join(clashing)}); "
+                "pass --overwrite to replace it"
+            )
+        if clashing and not (self.out / ".otrain-simulate.json").is_file():
+            raise ValueError(
+                f"--out: {str(self.out)!r} holds {', '.join(clashing)} that otrain-simulate did not write; "
+                "refusing to replace them, choose another folder"
+            )
         if self.n_true + self.n_false + self.n_night == 0:
             raise ValueError("--n-true, --n-false, --n-night: at least one must be positive")
         return self
@@ -302,6 +316,10 @@ class ConvertConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> ConvertConfig:
+        try:
+            _writable_folder(self.output_file.parent)
+        except ValueError as error:
+            raise ValueError(f"--path: {error}") from None
         if not self.overwrite and self.output_file.exists():
             raise ValueError(f"--cube: {str(self.output_file)!r} already exists; pass --overwrite to replace it")
         return self

@@ -86,6 +86,8 @@ def _read_headers(paths: Sequence[Path]) -> list[tuple[CutoutMeta, PixelLocation
             results.append((meta, location))
         except DataError as error:
             results.append(str(error))
+        except Exception as error:  # a worker must report, never die, on a strange file
+            results.append(f"{path}: unexpected error reading the file ({type(error).__name__}: {error})")
     return results
 
 
@@ -105,9 +107,9 @@ def _read_pixel_chunk(
             pixels[row], n_replaced = prepare_pixels(read_pixels(path, location), cutout_size, path)
             replaced.append(n_replaced)
             errors.append(None)
-        except DataError as error:
+        except Exception as error:  # a worker must report, never die, on a strange file
             replaced.append(0)
-            errors.append(str(error))
+            errors.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
     return pixels, replaced, errors
 
 
@@ -152,12 +154,12 @@ def _final_shape(headers: list[_Header], cutout_size: int) -> tuple[int, int, in
 
 
 def _fail_on_bad_files(bad: list[tuple[Path, str]]) -> None:
+    if len(bad) == 1:
+        raise DataError(f"{bad[0][1]} (pass --skip-bad-files to skip it)")
     for _, message in bad[:_MAX_LISTED_BAD_FILES]:
         logger.error("%s", message)
     if len(bad) > _MAX_LISTED_BAD_FILES:
         logger.error("... and %d more bad cutouts", len(bad) - _MAX_LISTED_BAD_FILES)
-    if len(bad) == 1:
-        raise DataError(f"{bad[0][1]} (pass --skip-bad-files to skip it)")
     raise DataError(f"{len(bad)} bad cutouts, the first: {bad[0][1]} (pass --skip-bad-files to skip them)")
 
 
@@ -213,6 +215,35 @@ def convert(config: ConvertConfig) -> ConversionReport:
             _fail_on_bad_files(report.bad_files)
         for _, message in report.bad_files:
             logger.warning("skipped: %s", message)
+    _check_usable(report, usable)
+    # Checked on every usable file, not just the selected ones, so that whether a tree
+    # converts does not depend on the seed.
+    report.shape = _final_shape(usable[1] + usable[0], config.cutout_size)
+
+    while True:
+        selected = _select(usable, config, report)
+        cube, failures = _read_selected(selected, config, report)
+        if not failures:
+            break
+        # A file that fails only when its pixels are read (all-NaN, damaged compressed data)
+        # leaves the usable set, and the selection is made again so the fractions still hold.
+        if not config.skip_bad_files:
+            _fail_on_bad_files([(header.path, message) for header, message in failures])
+        del cube
+        for header, message in failures:
+            logger.warning("skipped: %s", message)
+            report.bad_files.append((header.path, message))
+            report.classes[header.label].n_bad += 1
+            usable[header.label].remove(header)
+        _check_usable(report, usable)
+
+    for label in (1, 0):
+        report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
+    _datacube(cube, selected).save(config.output_file)
+    return report
+
+
+def _check_usable(report: ConversionReport, usable: dict[int, list[_Header]]) -> None:
     for label, headers in usable.items():
         if not headers:
             counts = report.classes[label]
@@ -221,18 +252,32 @@ def convert(config: ConvertConfig) -> ConversionReport:
                 f"{counts.n_bad} bad); a cube needs both classes"
             )
 
+
+def _select(usable: dict[int, list[_Header]], config: ConvertConfig, report: ConversionReport) -> list[_Header]:
+    """Choose the cutouts of the cube: balanced counts, seeded random choice per class."""
     keep = dict(zip((1, 0), balanced_counts(len(usable[1]), len(usable[0]), config.frac_true), strict=True))
+    for label in (1, 0):
+        if keep[label] == 0:
+            name = _CLASS_FOLDERS[label]
+            raise DataError(
+                f"--frac-true {config.frac_true} keeps no {name} cutout of the {len(usable[1])} real and "
+                f"{len(usable[0])} bogus usable ones; a cube needs both classes"
+            )
     selected: list[_Header] = []
     for label in (1, 0):
         rows = choose_rows(len(usable[label]), keep[label], config.seed, stream=label)
         selected.extend(usable[label][row] for row in rows)
         report.classes[label].n_unselected = len(usable[label]) - keep[label]
+    return selected
 
-    # Checked on every usable file, not just the selected ones, so that whether a tree
-    # converts does not depend on the seed.
-    report.shape = _final_shape(usable[1] + usable[0], config.cutout_size)
+
+def _read_selected(
+    selected: list[_Header], config: ConvertConfig, report: ConversionReport
+) -> tuple[np.ndarray, list[tuple[_Header, str]]]:
+    """Read the selected cutouts' pixels into one preallocated array."""
     cube = np.empty((len(selected), *report.shape), dtype=np.float32)
-    failed_rows: list[int] = []
+    failures: list[tuple[_Header, str]] = []
+    report.n_replaced_pixels = report.n_cutouts_with_replaced = 0
     jobs = [(header.path, header.location, config.cutout_size, report.shape) for header in selected]
     row = 0
     for chunk, (pixels, replaced, errors) in map_chunks(
@@ -241,37 +286,12 @@ def convert(config: ConvertConfig) -> ConversionReport:
         cube[row : row + len(chunk)] = pixels
         for offset, (n_replaced, error) in enumerate(zip(replaced, errors, strict=True)):
             if error is not None:
-                failed_rows.append(row + offset)
-                report.bad_files.append((chunk[offset][0], error))
+                failures.append((selected[row + offset], error))
             elif n_replaced:
                 report.n_replaced_pixels += n_replaced
                 report.n_cutouts_with_replaced += 1
         row += len(chunk)
-
-    if failed_rows:
-        if not config.skip_bad_files:
-            _fail_on_bad_files([bad for bad in report.bad_files if bad[0] in {selected[r].path for r in failed_rows}])
-        cube, selected = _drop_rows(cube, selected, failed_rows, report)
-
-    for label in (1, 0):
-        report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
-    _datacube(cube, selected).save(config.output_file)
-    return report
-
-
-def _drop_rows(
-    cube: np.ndarray, selected: list[_Header], rows: list[int], report: ConversionReport
-) -> tuple[np.ndarray, list[_Header]]:
-    """Remove rows in place (no second copy of the cube) and count them as bad files."""
-    dropped = set(rows)
-    kept = [index for index in range(len(selected)) if index not in dropped]
-    for destination, source in enumerate(kept):
-        if destination != source:
-            cube[destination] = cube[source]
-    for index in rows:
-        report.classes[selected[index].label].n_bad += 1
-        logger.warning("skipped: %s", next(msg for path, msg in report.bad_files if path == selected[index].path))
-    return cube[: len(kept)], [selected[index] for index in kept]
+    return cube, failures
 
 
 def _datacube(cube: np.ndarray, headers: list[_Header]) -> Datacube:

@@ -23,6 +23,7 @@ import math
 import os
 import re
 import warnings
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -218,11 +219,13 @@ def _parse_cards(raw: bytes) -> tuple[dict[str, Any], int] | None:
             name, sep, value = card[8:].partition("=")
             if not sep:
                 continue
-            cards[name.strip().upper()] = _parse_value(value)
+            cards.setdefault(name.strip().upper(), _parse_value(value))
         elif keyword == "CONTINUE":
             raise _NotSimpleError("long string")
         elif card[8:10] == "= ":
-            cards[keyword.upper()] = _parse_value(card[10:])
+            cards.setdefault(keyword.upper(), _parse_value(card[10:]))  # astropy keeps the first, too
+        elif card[8] == "=":
+            raise _NotSimpleError("non-standard value indicator")
     return None
 
 
@@ -323,22 +326,28 @@ def _as_float(value: Any, keyword: str, path: Path) -> float | None:
         raise DataError(f"{path}: keyword {keyword} must be a number, got {value!r}") from None
 
 
+_INT64_MAX = 2**63 - 1
+_FLOAT_EXACT = 2**53
+
+
 def _as_candid(value: Any, path: Path) -> int | str | None:
+    """Read a candidate id: whole numbers that round-trip exactly become ints, the rest text."""
     if value is None:
         return None
     if isinstance(value, bool):
         raise DataError(f"{path}: keyword CANDID must be an identifier, not a logical")
     if isinstance(value, (int, np.integer)):
-        return int(value)
+        number = int(value)
+        return number if abs(number) <= _INT64_MAX else str(number)
     if isinstance(value, float):
-        return int(value) if value.is_integer() else str(value)
+        return int(value) if value.is_integer() and abs(value) <= _FLOAT_EXACT else repr(value)
     text = str(value).strip()
     if not text:
         return None
-    try:
+    # "00123" stays text: turning it into 123 would lose the identifier.
+    if _INTEGER.fullmatch(text) and str(int(text)) == text and abs(int(text)) <= _INT64_MAX:
         return int(text)
-    except ValueError:
-        return text
+    return text
 
 
 def _as_edge(value: Any, path: Path) -> bool | None:
@@ -448,7 +457,7 @@ def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
         If the file is not FITS, is truncated, has no usable image plane, or a keyword has a
         value of the wrong kind. The message names the file.
     """
-    if not path.name.lower().endswith(".gz"):
+    if not _is_compressed(path):
         try:
             simple = _read_simple(path)
         except (_NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError):
@@ -476,7 +485,7 @@ def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
     PixelLocation
         Where the image plane lies.
     """
-    compressed = path.name.lower().endswith(".gz")
+    compressed = _is_compressed(path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
@@ -496,9 +505,18 @@ def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
                 meta = _meta(primary.header, diff_header, path)
     except DataError:
         raise
-    except (OSError, ValueError, KeyError, IndexError, EOFError) as error:
+    except (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: not a readable FITS file ({_describe(error)})") from None
     return meta, location
+
+
+def _is_compressed(path: Path) -> bool:
+    """Tell gzip-compressed files by their content, whatever their name."""
+    try:
+        with open(path, "rb") as stream:
+            return stream.read(2) == b"\x1f\x8b"
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the file ({_describe(error)})") from None
 
 
 def _describe(error: BaseException) -> str:
@@ -542,7 +560,7 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
                 raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
     except DataError:
         raise
-    except (OSError, ValueError, EOFError) as error:
+    except (OSError, ValueError, EOFError, zlib.error) as error:
         raise DataError(f"{path}: cannot read the image data ({_describe(error)})") from None
     pixels = raw.astype(np.float32)
     if location.blank is not None:

@@ -96,8 +96,8 @@ def _read_for_scoring(
             pixels[len(metas)] = plane
             metas.append(meta)
             statuses.append(None)
-        except DataError as error:
-            statuses.append(str(error))
+        except Exception as error:  # a worker must report, never die, on a strange file
+            statuses.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
     return pixels[: len(metas)], metas, statuses
 
 

@@ -173,7 +173,6 @@ def save_model(model: keras.Model, path: Path) -> Path:
     if path.suffix not in (".keras", ".h5"):
         path = path.with_name(path.name + ".keras")
     with atomic_path(path) as temporary:
-        temporary.unlink()  # Keras writes the file itself and may refuse to overwrite one
         model.save(temporary)
     return path
 

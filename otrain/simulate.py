@@ -25,7 +25,9 @@ files, byte for byte, whatever the number of worker processes.
 from __future__ import annotations
 
 import csv
+import json
 import math
+import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -72,6 +74,8 @@ _SET_CODES = {"true": 1, "false": 2, "night": 3, "injected": 4, "night_images": 
 _CANDID_BASE = {"true": 1_000_000, "false": 2_000_000, "night": 3_000_000}
 _IMAGE_SIZE = 2048
 _OUTPUTS = ("true", "false", "night", "truth.csv")
+#: Written last into --out: proves the survey there is otrain-simulate's own.
+MARKER = ".otrain-simulate.json"
 _TRUTH_COLUMNS = (
     "path",
     "set",
@@ -716,6 +720,26 @@ def _write_crossmatch(
     path.write_text("\n".join(lines) + "\n")
 
 
+def _remove_previous_survey(out: Path) -> None:
+    """Delete the files a previous otrain-simulate run listed in truth.csv, and nothing else."""
+    truth = out / "truth.csv"
+    if truth.is_file():
+        with open(truth, newline="") as stream:
+            for row in csv.DictReader(stream):
+                (out / row["path"]).unlink(missing_ok=True)
+    for name in ("truth.csv", "night/crossmatch.dat", MARKER):
+        (out / name).unlink(missing_ok=True)
+
+
+def _move_into_place(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; into an existing folder, move its files one by one."""
+    if source.is_dir() and target.is_dir():
+        for item in source.iterdir():
+            os.replace(item, target / item.name)
+        return
+    os.replace(source, target)
+
+
 @dataclass(frozen=True)
 class SurveySummary:
     """Counts of what :func:`simulate_survey` wrote."""
@@ -735,7 +759,8 @@ def simulate_survey(config: SimulateConfig) -> SurveySummary:
 
     The files are first written into a temporary folder inside ``config.out`` and moved into
     place at the end, so an interrupted run never leaves a half-written survey behind. With
-    ``overwrite``, only otrain's own outputs (true/, false/, night/, truth.csv) are replaced.
+    ``overwrite``, only the files of the previous survey (those listed in its truth.csv) are
+    replaced; anything else in the folders stays.
 
     Parameters
     ----------
@@ -772,13 +797,19 @@ def simulate_survey(config: SimulateConfig) -> SurveySummary:
             writer = csv.DictWriter(stream, fieldnames=_TRUTH_COLUMNS, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
+        _remove_previous_survey(config.out)
         for name in _OUTPUTS:
-            target = config.out / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-            (staging / name).rename(target)
+            _move_into_place(staging / name, config.out / name)
+        (config.out / MARKER).write_text(
+            json.dumps(
+                {
+                    "written_by": "otrain-simulate",
+                    **config.model_dump(mode="json", exclude={"out", "workers", "overwrite"}),
+                },
+                indent=2,
+            )
+            + "\n"
+        )
     except OSError as error:
         raise DataError(f"{config.out}: cannot write the survey ({error.strerror or error})") from None
     finally:

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, call_main, run_command
+from conftest import BIN, call_main, make_tree, run_command
 
 from otrain import config as cfg
 from otrain.cli.app import parse_options, render_help
@@ -65,13 +65,13 @@ def test_help_does_not_import_tensorflow() -> None:
     assert result.stdout.strip().endswith("heavy: []")
 
 
-@pytest.mark.parametrize(("command", "issue"), [("otrain-infer", 3), ("otrain-grad-cam", 4)])
+@pytest.mark.parametrize(("command", "issue"), [("otrain-diagnostics", 4), ("otrain-grad-cam", 4)])
 def test_commands_of_later_issues_validate_then_say_not_implemented(tmp_path: Path, command: str, issue: int) -> None:
     cube = tmp_path / "cube.npz"
     cube.write_bytes(b"")
     arguments = {
         "otrain-train": ["--cube", str(cube), "--model-path", str(tmp_path), "--model-name", "m"],
-        "otrain-infer": ["--cutouts", str(tmp_path), "--model", str(cube)],
+        "otrain-diagnostics": ["--path-cube-validation", str(cube), "--model-path", str(cube)],
         "otrain-grad-cam": ["--cube", str(cube), "--model-path", str(cube), "--cam_path", str(tmp_path / "cam")],
     }[command]
     result = run_command(command, *arguments)
@@ -87,14 +87,40 @@ def test_prob_ratio_zero_is_an_option_error_not_a_crash(tmp_path: Path) -> None:
     assert result.stderr.strip() == "otrain-infer: error: --prob-ratio: must be a positive ratio, got 0.0"
 
 
-def test_multi_value_options_like_the_original_nargs() -> None:
+def test_multi_value_options_like_the_original_nargs(tmp_path: Path) -> None:
     options = parse_options(
-        cfg.CheckInferConfig, ["--maglim", "12", "18", "21", "22", "--cnn-problim", "0.2", "0.9", "--plots", "p"]
+        cfg.CheckInferConfig,
+        ["--maglim", "12", "18", "21", "22", "--cnn-problim", "0.2", "0.9", "--plots", str(tmp_path)],
     )
-    assert options["maglim"] == [12, 18, 21, 22]
-    assert options["cnn_problim"] == [0.2, 0.9]
-    assert options["plots"] == "p"
-    assert parse_options(cfg.CheckInferConfig, ["--mag-lim", "15", "-3"])["mag_lim"] == [15, -3]
+    options.update(crossmatch=tmp_path, infer=tmp_path)
+    config = cfg.CheckInferConfig.model_validate(options)
+    assert config.maglim == (12.0, 18.0, 21.0, 22.0)
+    assert config.cnn_problim == (0.2, 0.9)
+    assert parse_options(cfg.CheckInferConfig, ["--mag-lim", "15", "-3"])["mag_lim"] == ["15", "-3"]
+
+
+def test_values_reach_the_config_exactly_as_typed(tmp_path: Path) -> None:
+    options = parse_options(cfg.ConvertConfig, ["--cutouts", "2024", "--cube", "1_000", "--path=1e3", "--seed", "007"])
+    assert options == {"cutouts": "2024", "cube": "1_000", "path": "1e3", "seed": "007"}
+    assert parse_options(cfg.ConvertConfig, ["--cutout-size", "-1"]) == {"cutout_size": "-1"}
+    assert parse_options(cfg.TrainConfig, ["--no-tracking", "--augment"]) == {"tracking": False, "augment": True}
+
+
+def test_date_named_folders_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    make_tree(tmp_path / "20211214", 3, 3)
+    assert call_main(convert_main, "--path", "out", "--cube", "1_000", "--cutouts", "20211214") == 0
+    assert (tmp_path / "out" / "datacube" / "1_000.npz").is_file()
+
+
+@pytest.mark.parametrize("option", ["--cutout-size", "--seed", "--frac-true", "--cube"])
+def test_option_without_its_value(tmp_path: Path, capsys: pytest.CaptureFixture[str], option: str) -> None:
+    arguments = ["--path", tmp_path / "o", "--cube", "c", "--cutouts", tmp_path]
+    assert call_main(convert_main, *arguments, option) == 2
+    assert capsys.readouterr().err.strip() == f"otrain-convert: error: {option}: needs a value (see --help)"
+    assert not (tmp_path / "o").exists()
 
 
 def test_checkinfer_accepts_several_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -165,7 +165,7 @@ def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str
         (cfg.OptimiseDatasetSizeConfig, "n_sections", 1, "at least 2"),
         (cfg.GradCamConfig, "n_random", 0, "positive whole number"),
         (cfg.SimulateConfig, "mef_fraction", 1.1, r"probability in \[0, 1\]"),
-        (cfg.SimulateConfig, "cutout_size", 0, "positive whole number"),
+        (cfg.SimulateConfig, "cutout_size", 8, "at least 16 pixels"),
     ],
 )
 def test_ranges(

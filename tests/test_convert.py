@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -266,3 +268,85 @@ def test_nothing_partial_is_left_when_writing_fails(
     status = convert(tree, out, "--overwrite")
     assert_refused(tmp_path, status, 1, capsys.readouterr().err, "cannot write the datacube")
     assert sorted(os.listdir(out / "datacube")) == ["cube.npz"]
+
+
+def test_compressed_fit_and_three_dimensional_cutouts(tmp_path: Path) -> None:
+    tree = tmp_path / "cutouts"
+    cube = np.stack([pixels(12, seed=1), pixels(12, seed=2)])
+    plain = write_gmadet(tmp_path / "plain.fits", cube, CANDID=5)
+    (tree / "true").mkdir(parents=True)
+    with open(plain, "rb") as source, gzip.open(tree / "true" / "a.fits.gz", "wb") as sink:
+        shutil.copyfileobj(source, sink)
+    write_gmadet(tree / "false" / "b.fit", np.stack([pixels(12, seed=3), pixels(12, seed=4)]), CANDID=6)
+    assert convert(tree, tmp_path / "out", "--cutout-size", "8") == 0
+    result = Datacube.load(tmp_path / "out" / "datacube" / "cube.npz")
+    assert result.cube.shape == (2, 8, 8, 2)
+    assert_array_equal(result.cube[0, :, :, 1], cube[1, 2:10, 2:10])
+
+
+def test_logical_edge_in_multi_extension_files_is_rejected(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tree = tmp_path / "cutouts"
+    write_stdpipe(tree / "true" / "edge.fits", EDGE=True, NAME="1")
+    write_stdpipe(tree / "true" / "inside.fits", EDGE=False, NAME="2")
+    write_gmadet(tree / "false" / "b.fits", CANDID=3)
+    assert convert(tree, tmp_path / "out") == 0
+    assert_array_equal(Datacube.load(tmp_path / "out" / "datacube" / "cube.npz").candids, [2, 3])
+    assert "true:  2 files, 1 kept; rejected: 1 EDGE" in capsys.readouterr().out
+
+
+def test_identifiers_that_are_not_numbers_make_a_text_column(tmp_path: Path) -> None:
+    tree = tmp_path / "cutouts"
+    write_gmadet(tree / "true" / "a.fits", CANDID=7)
+    write_gmadet(tree / "true" / "b.fits", CANDID="00123")
+    write_gmadet(tree / "false" / "c.fits", CANDID=99999999999999999999)
+    write_gmadet(tree / "false" / "d.fits", CANDID="SN2024abc")
+    assert convert(tree, tmp_path / "out") == 0
+    candids = Datacube.load(tmp_path / "out" / "datacube" / "cube.npz").candids
+    assert candids.dtype.kind == "U"
+    assert list(candids) == ["7", "00123", "99999999999999999999", "SN2024abc"]
+
+
+def test_fraction_that_empties_a_class(
+    tree_factory: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tree_factory(10, 10)
+    status = convert(tree, tmp_path / "out", "--frac-true", "0.01")
+    assert_refused(tmp_path, status, 1, capsys.readouterr().err, "--frac-true 0.01 keeps no true cutout")
+
+
+def test_files_failing_at_the_pixel_stage_are_replaced_when_skipped(
+    tree_factory: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tree_factory(4, 8)
+    for index in range(3):
+        write_gmadet(tree / "true" / f"nan{index}.fits", np.full((16, 16), np.nan, np.float32), CANDID=900 + index)
+    status = convert(tree, tmp_path / "out")
+    assert_refused(tmp_path, status, 1, capsys.readouterr().err, "cutout has no finite pixel")
+    assert convert(tree, tmp_path / "out", "--skip-bad-files") == 0
+    cube = Datacube.load(tmp_path / "out" / "datacube" / "cube.npz")
+    assert (cube.n_real, cube.n_bogus) == (4, 4)
+    assert "true:  7 files, 4 kept; rejected: 0 EDGE, 3 bad" in capsys.readouterr().out
+
+
+def test_corrupt_compressed_file_is_one_line(
+    tree_factory: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tree_factory(3, 3)
+    plain = write_gmadet(tmp_path / "p.fits", pixels(16))
+    packed = gzip.compress(plain.read_bytes())
+    (tree / "false" / "broken.fits.gz").write_bytes(packed[:30] + b"\x00" * 40 + packed[70:])
+    status = convert(tree, tmp_path / "out")
+    assert_refused(tmp_path, status, 1, capsys.readouterr().err, "broken.fits.gz")
+    (tree / "false" / "renamed.fits").write_bytes(packed)  # gzip content under a plain name
+    (tree / "false" / "broken.fits.gz").unlink()
+    assert convert(tree, tmp_path / "out") == 0
+
+
+def test_output_folder_taken_by_a_file_is_an_option_error(
+    tree_factory: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tree_factory(3, 3)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "datacube").write_text("a file where the folder goes")
+    status = convert(tree, tmp_path / "out")
+    assert_refused(tmp_path, status, 2, capsys.readouterr().err, "--path: cannot create folder")

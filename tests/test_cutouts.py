@@ -248,3 +248,17 @@ def test_truncated_multi_extension_file(tmp_path: Path) -> None:
     path.write_bytes(path.read_bytes()[: 8 * 2880 + 1000])  # into the DIFF data
     with pytest.raises(DataError, match=r"cut\.fits: (truncated FITS file|not a readable FITS file)"):
         read_cutout(path)
+
+
+def test_non_standard_cards_are_left_to_astropy(tmp_path: Path) -> None:
+    path = write_gmadet(tmp_path / "odd.fits", pixels(8))
+    raw = bytearray(path.read_bytes())
+    start = raw.index(b"MAG     = ")
+    raw[start : start + 80] = b"MAG     =18.5".ljust(80)
+    path.write_bytes(bytes(raw))
+    outcomes = []
+    for reader in (read_header, read_header_with_astropy):
+        with pytest.raises(DataError) as error:
+            reader(path)
+        outcomes.append(str(error.value))
+    assert outcomes[0] == outcomes[1]

@@ -58,7 +58,8 @@ def test_layout_and_counts(survey: Path) -> None:
     assert len(rows) == 380
     assert all((survey / row["path"]).is_file() for row in rows)
     assert {row["set"] for row in rows} == {"true", "false", "night"}
-    assert not [p for p in survey.iterdir() if p.name.startswith(".")]  # no staging folder left
+    hidden = [p.name for p in survey.iterdir() if p.name.startswith(".")]
+    assert hidden == [".otrain-simulate.json"]  # the marker, and no staging folder left
 
 
 def test_both_conventions_are_written(survey: Path) -> None:
@@ -134,13 +135,25 @@ def test_refuses_to_overwrite_and_keeps_user_files(tmp_path: Path, capsys: pytes
     out = tmp_path / "s"
     assert simulate(out, n_true=3, n_false=3, n_night=2) == 0
     (out / "my_notes.txt").write_text("mine")
+    (out / "true" / "my_own_cutout.fits").write_text("mine too")
     before = digests(out)
     assert simulate(out, "--seed", "9", n_true=3, n_false=3, n_night=2) == 2
     assert "--out: " in capsys.readouterr().err
     assert digests(out) == before
     assert simulate(out, "--seed", "9", "--overwrite", n_true=3, n_false=3, n_night=2) == 0
     assert (out / "my_notes.txt").read_text() == "mine"
+    assert (out / "true" / "my_own_cutout.fits").read_text() == "mine too"
     assert digests(out) != before
+    assert len(list((out / "true").iterdir())) == 4
+
+
+def test_never_replaces_folders_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "real_data"
+    (out / "true").mkdir(parents=True)
+    (out / "true" / "labelled.fits").write_text("a person sorted this")
+    assert simulate(out, "--overwrite", n_true=3, n_false=3, n_night=2) == 2
+    assert "that otrain-simulate did not write" in capsys.readouterr().err
+    assert [p.name for p in (out / "true").iterdir()] == ["labelled.fits"]
 
 
 def test_simulated_survey_converts_and_edge_cutouts_are_dropped(survey: Path, tmp_path: Path) -> None:

@@ -73,17 +73,6 @@ def _type_label(annotation: Any) -> str:
     return {int: "INT", float: "FLOAT", str: "TEXT"}.get(annotation, str(annotation).upper())
 
 
-def _list_options(config: type[CommandConfig]) -> set[str]:
-    """Every spelling (with dashes and underscores) of the options that take several values."""
-    spellings: set[str] = set()
-    for name, field in config.model_fields.items():
-        annotation, _ = _strip_optional(field.annotation)
-        if typing.get_origin(annotation) in (tuple, list):
-            for flag in [*_flags(config, name), "--" + name]:
-                spellings.update({flag, flag.replace("_", "-"), "--" + flag[2:].replace("-", "_")})
-    return spellings
-
-
 def _is_value(token: str) -> bool:
     if not token.startswith("-"):
         return True
@@ -104,28 +93,62 @@ def _negated_flags(config: type[CommandConfig]) -> dict[str, str]:
     return negated
 
 
-def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[str]:
-    """Prepare argv for Fire.
+def _field_for(config: type[CommandConfig], flag: str) -> tuple[str, Any] | None:
+    """Find the field an option spelling (``frac-true``, ``path_datacube``) refers to."""
+    key = flag.replace("-", "_")
+    for name, field in config.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        if key == name or key in (extra.get("aliases") or []):
+            return name, field
+    return None
 
-    ``--maglim 12 18 21`` (the original's nargs='+') becomes one Fire list value, and
-    ``--no-tracking`` becomes ``--tracking=False`` (Fire would otherwise read it as an option
-    named ``-tracking``).
+
+def _value_kind(field: Any) -> str:
+    annotation, _ = _strip_optional(field.annotation)
+    if annotation is bool:
+        return "switch"
+    if typing.get_origin(annotation) in (tuple, list):
+        return "list"
+    return "value"
+
+
+def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[str]:
+    """Prepare argv for Fire, so that every value reaches pydantic exactly as typed.
+
+    Values are passed as quoted Python strings: Fire would otherwise read ``--cutouts 2024``
+    as a number and ``--cube 1_000`` as 1000. ``--maglim 12 18 21`` (the original's
+    nargs='+') becomes one list value, ``--no-tracking`` becomes ``--tracking=False`` (Fire
+    would read it as an option named ``-tracking``), and an option given without its value is
+    an error rather than Fire's ``True``.
     """
-    list_flags = _list_options(config)
     negated = _negated_flags(config)
     result: list[str] = []
     index = 0
     while index < len(argv):
         token = negated.get(argv[index], argv[index])
-        result.append(token)
         index += 1
-        if token in list_flags:
-            values = []
-            while index < len(argv) and _is_value(argv[index]):
-                values.append(argv[index])
-                index += 1
-            if values:
-                result.append("[" + ",".join(values) + "]")
+        flag, has_inline, inline = token.partition("=")
+        found = _field_for(config, flag[2:]) if flag.startswith("--") else None
+        if found is None:
+            result.append(token)
+            continue
+        name, field = found
+        kind = _value_kind(field)
+        if kind == "switch":
+            result.append(token)
+            continue
+        values = [inline] if has_inline else []
+        while not has_inline and index < len(argv) and _is_value(argv[index]):
+            values.append(argv[index])
+            index += 1
+            if kind == "value":
+                break
+        if not values:
+            raise _CommandLineError(f"{config.flag_of(name)}: needs a value (see --help)")
+        if kind == "list":
+            result += [flag, "[" + ",".join(repr(value) for value in values) + "]"]
+        else:
+            result += [flag, repr(values[0])]
     return result
 
 
