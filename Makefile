@@ -30,11 +30,17 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: $(STAMP)
 	$(BIN)/otrain-simulate --out $(DEMO_DIR)/survey --overwrite
-	$(BIN)/otrain-convert --path $(DEMO_DIR) --cube survey --cutouts $(DEMO_DIR)/survey --overwrite
+	$(BIN)/otrain-convert --path $(DEMO_DIR) --cube survey --cutouts $(DEMO_DIR)/survey --cutout-size 32 --overwrite
+	$(BIN)/otrain-train --cube $(DEMO_DIR)/datacube/survey.npz --model-path $(DEMO_DIR)/models --model-name survey \
+		--epochs 15 --normalisation robust --overwrite
+	$(BIN)/otrain-infer --cutouts $(DEMO_DIR)/survey/night --model $(DEMO_DIR)/models/CNN_training/survey/survey.keras
 	@echo
 	@echo "Demo done. Look at:"
-	@echo "  $(DEMO_DIR)/survey/                  the synthetic survey (true/, false/, night/, truth.csv)"
-	@echo "  $(DEMO_DIR)/datacube/survey.npz      the training datacube"
+	@echo "  $(DEMO_DIR)/survey/                           the synthetic survey (true/, false/, night/, truth.csv)"
+	@echo "  $(DEMO_DIR)/datacube/survey.npz               the training datacube (32x32 crops)"
+	@echo "  $(DEMO_DIR)/models/CNN_training/survey/       the model, its card, metrics.json, curves"
+	@echo "  $(DEMO_DIR)/survey/night/infer_results.dat    the night's candidates, scored"
+	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   the tracked run (http://127.0.0.1:5000)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check otrain tests benchmarks
@@ -50,6 +56,8 @@ test: $(STAMP) lint
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
+	$(BIN)/python benchmarks/bench_infer.py
+	$(BIN)/python benchmarks/bench_train.py
 
 # Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
 lock:

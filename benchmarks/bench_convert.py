@@ -18,33 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import psutil
 from astropy.io import fits
-
-HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-RESULTS = HERE / "results"
-
-
-def simulate(folder: Path, n: int, seed: int) -> None:
-    marker = folder / f".complete-{n}-{seed}"
-    if marker.exists():
-        return
-    shutil.rmtree(folder, ignore_errors=True)
-    command = [str(BIN / "otrain-simulate"), "--out", str(folder), "--n-true", str(n // 2)]
-    command += ["--n-false", str(n - n // 2), "--n-night", "0", "--seed", str(seed)]
-    subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-    marker.touch()
+from common import BIN, RESULTS, run_measured, simulated_survey
 
 
 def baseline(files: list[Path]) -> float:
@@ -67,31 +49,7 @@ def run_convert(survey: Path, out: Path) -> tuple[float, int]:
     """Run otrain-convert; returns (seconds, peak summed RSS in bytes of its process tree)."""
     shutil.rmtree(out, ignore_errors=True)
     command = [str(BIN / "otrain-convert"), "--path", str(out), "--cube", "bench", "--cutouts", str(survey)]
-    command += ["--frac-true", "-1"]
-    started = time.perf_counter()
-    process = psutil.Popen(command, stdout=subprocess.DEVNULL, env={**os.environ, "OTRAIN_PROGRESS": "0"})
-    peak = 0
-    done = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not done.is_set():
-            try:
-                tree = [process, *process.children(recursive=True)]
-                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
-            except psutil.Error:
-                pass
-            time.sleep(0.02)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    status = process.wait()
-    elapsed = time.perf_counter() - started
-    done.set()
-    sampler.join()
-    if status != 0:
-        raise SystemExit(f"otrain-convert failed with status {status}")
-    return elapsed, peak
+    return run_measured([*command, "--frac-true", "-1"])
 
 
 def main() -> None:
@@ -104,7 +62,7 @@ def main() -> None:
 
     survey = arguments.data / "survey"
     print(f"simulating {arguments.n} cutouts into {survey} (cached between runs) ...", flush=True)
-    simulate(survey, arguments.n, arguments.seed)
+    simulated_survey(survey, arguments.n, arguments.seed)
     files = sorted((survey / "true").glob("*.fits")) + sorted((survey / "false").glob("*.fits"))
     cube_bytes = len(files) * 64 * 64 * 4
 

@@ -339,7 +339,7 @@ def _model_name(value: str) -> str:
 def _batch_size(value: int | str) -> int | str:
     if value == "auto":
         return value
-    if isinstance(value, str) or value <= 0:
+    if not isinstance(value, int) or value <= 0:
         raise ValueError(f"must be a positive whole number or 'auto', got {value!r}")
     return value
 
@@ -349,7 +349,7 @@ class TrainingOptions(CommandConfig):
 
     epochs: PositiveInt = option(10, "Maximum number of training epochs.")
     dropout: DropoutRate = option(0.3, "Rate of each of the three dropout layers.")
-    batch_size: Annotated[int | str, AfterValidator(_batch_size)] = option(
+    batch_size: Annotated[Literal["auto"] | int, AfterValidator(_batch_size)] = option(
         "auto",
         "Cutouts per gradient step. 'auto' is the original's 1024 for large cubes, reduced so that an epoch "
         "has at least 20 steps on small ones (never below 16).",
