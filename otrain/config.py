@@ -401,6 +401,11 @@ class TrainConfig(TrainingOptions):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        if self.mixed_precision and self.normalisation == "none":
+            raise ValueError(
+                "--mixed-precision: needs --normalisation robust (raw pixel values overflow float16 and training "
+                "diverges to NaN)"
+            )
         if self.frac + self.test_frac >= 1:
             raise ValueError(
                 f"--frac, --test-frac: together must leave data for training, got {self.frac} + {self.test_frac}"

@@ -110,7 +110,8 @@ def build_model(
     relu_conv = {"kernel_size": 3, "padding": "same", "activation": "relu"}
     stack: list[layers.Layer] = [keras.Input(shape=input_shape, name="cutout")]
     if normalisation == "robust":
-        stack.append(RobustScaling(name="robust_scaling"))
+        # Scaling runs in float32 even under mixed precision: raw pixels can exceed float16.
+        stack.append(RobustScaling(name="robust_scaling", dtype="float32"))
     elif normalisation != "none":
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     stack += [

@@ -158,6 +158,7 @@ def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str
         (cfg.TrainConfig, "frac", 0.0, r"fraction in \(0, 1\)"),
         (cfg.TrainConfig, "epochs", 0, "positive whole number"),
         (cfg.TrainConfig, "dropout", 1.0, r"dropout rate in \[0, 1\)"),
+        (cfg.TrainConfig, "mixed_precision", True, "needs --normalisation robust"),
         (cfg.InferConfig, "prob_ratio", 0, "positive ratio"),
         (cfg.InferConfig, "prob_ratio", -2.0, "positive ratio"),
         (cfg.CheckInferConfig, "cnn_problim", (0.1, 1.2), r"probability in \[0, 1\]"),
