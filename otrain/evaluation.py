@@ -5,12 +5,29 @@ The decision rule is the original one: a candidate is real when P(real) > thresh
 
 from __future__ import annotations
 
+import csv
+import json
 import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn import metrics
 
-__all__ = ["binary_metrics", "confusion"]
+from otrain.atomic import atomic_path, write_text_atomic
+
+__all__ = [
+    "THRESHOLDS",
+    "binary_metrics",
+    "calibration_curve",
+    "confusion",
+    "evaluate",
+    "expected_calibration_error",
+    "threshold_table",
+    "write_csv",
+    "write_json",
+]
 
 
 def confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, int]:
@@ -58,3 +75,123 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
         "n": len(labels),
         **confusion(labels, probabilities, threshold),
     }
+
+
+#: Thresholds of the threshold table, 0 to 1 in steps of 0.01.
+THRESHOLDS = np.round(np.arange(0, 101) / 100, 2)
+
+
+def threshold_table(labels: np.ndarray, probabilities: np.ndarray) -> list[dict[str, float | int]]:
+    """Metrics at every threshold from 0 to 1 in steps of 0.01 (real if p > t).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        1 = real, 0 = bogus.
+    probabilities : numpy.ndarray
+        P(real).
+
+    Returns
+    -------
+    list of dict
+        One row per threshold: threshold, accuracy, precision, recall, f1, mcc, fpr, fnr and
+        the confusion counts.
+    """
+    rows = []
+    for threshold in THRESHOLDS:
+        counts = confusion(labels, probabilities, float(threshold))
+        tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
+        rows.append(
+            {
+                "threshold": float(threshold),
+                "accuracy": (tp + tn) / max(len(labels), 1),
+                "precision": precision,
+                "recall": recall,
+                "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
+                "mcc": (tp * tn - fp * fn) / denominator if denominator else 0.0,
+                "fpr": fp / (fp + tn) if fp + tn else 0.0,
+                "fnr": fn / (fn + tp) if fn + tp else 0.0,
+                **counts,
+            }
+        )
+    return rows
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> float:
+    """Compute the expected calibration error: bin-weighted |mean P(real) - fraction real|, 10 equal bins."""
+    bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
+    error = 0.0
+    for index in range(n_bins):
+        members = bins == index
+        if members.any():
+            error += members.mean() * abs(probabilities[members].mean() - labels[members].mean())
+    return float(error)
+
+
+def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> list[dict[str, float | int]]:
+    """Per-bin mean P(real), fraction of real candidates and count (the reliability diagram)."""
+    bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
+    rows = []
+    for index in range(n_bins):
+        members = bins == index
+        rows.append(
+            {
+                "bin_low": index / n_bins,
+                "bin_high": (index + 1) / n_bins,
+                "mean_probability": float(probabilities[members].mean()) if members.any() else math.nan,
+                "fraction_real": float(labels[members].mean()) if members.any() else math.nan,
+                "count": int(members.sum()),
+            }
+        )
+    return rows
+
+
+def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int]:
+    """Every figure of merit of otrain-diagnostics, as one flat dictionary (JSON for DVC).
+
+    At ``threshold``: :func:`binary_metrics`, average precision, FPR and FNR. Over the threshold
+    table: the threshold giving FPR <= 1 % (and the FNR there), the one giving FNR <= 1 % (and
+    the FPR there), and the one maximising F1 + MCC (the original's "best threshold"). Plus the
+    expected calibration error.
+    """
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    result = binary_metrics(labels, probabilities, threshold)
+    both_classes = len(np.unique(labels)) == 2
+    result["average_precision"] = (
+        float(metrics.average_precision_score(labels, probabilities)) if both_classes else math.nan
+    )
+    result["fpr"] = result["fp"] / max(result["fp"] + result["tn"], 1)
+    result["fnr"] = result["fn"] / max(result["fn"] + result["tp"], 1)
+    table = threshold_table(labels, probabilities)
+    at_low_fpr = [row for row in table if row["fpr"] <= 0.01]
+    at_low_fnr = [row for row in table if row["fnr"] <= 0.01]
+    if at_low_fpr:
+        row = min(at_low_fpr, key=lambda item: item["threshold"])
+        result["threshold_at_fpr_1pc"], result["fnr_at_fpr_1pc"] = row["threshold"], row["fnr"]
+    if at_low_fnr:
+        row = max(at_low_fnr, key=lambda item: item["threshold"])
+        result["threshold_at_fnr_1pc"], result["fpr_at_fnr_1pc"] = row["threshold"], row["fpr"]
+    best = max(table, key=lambda item: item["f1"] + item["mcc"])
+    result["best_threshold"] = best["threshold"]
+    result["best_f1"], result["best_mcc"] = best["f1"], best["mcc"]
+    result["expected_calibration_error"] = expected_calibration_error(labels, probabilities)
+    return result
+
+
+def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write rows as CSV (header from the first row) atomically; the data behind a figure."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else [])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def write_json(path: Path, data: dict[str, Any]) -> Path:
+    """Write a flat metrics dictionary as JSON (NaN as null) atomically, for ``dvc metrics``."""
+    clean = {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in data.items()}
+    return write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")

@@ -4,17 +4,28 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 
 from otrain.atomic import atomic_path
 
-__all__ = ["plot_training_curve", "save_figure"]
+__all__ = [
+    "plot_calibration",
+    "plot_curves_by_bin",
+    "plot_cutout",
+    "plot_f1_mcc",
+    "plot_histograms",
+    "plot_probability_distribution",
+    "plot_training_curve",
+    "save_figure",
+]
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
@@ -55,4 +66,113 @@ def plot_training_curve(history: Sequence[dict[str, float]], metric: str, title:
     axes.set_title(title)
     axes.grid(alpha=0.3)
     axes.legend()
+    return save_figure(figure, path)
+
+
+def _zscale(image: np.ndarray) -> tuple[float, float]:
+    from astropy.visualization import ZScaleInterval
+
+    low, high = ZScaleInterval().get_limits(image)
+    return float(low), float(high)
+
+
+def plot_cutout(image: np.ndarray, title: str, path: Path) -> Path:
+    """Draw one cutout plane (ZScale, linear grey, origin upper, as the original) with a title."""
+    low, high = _zscale(image)
+    figure, axes = plt.subplots(figsize=(3, 3.3))
+    axes.imshow(image, cmap="gray", vmin=low, vmax=high, origin="upper", interpolation="nearest")
+    axes.set_title(title, fontsize=8)
+    axes.set_xticks([])
+    axes.set_yticks([])
+    return save_figure(figure, path)
+
+
+def plot_curves_by_bin(
+    curves: Sequence[dict[str, Any]], x: str, y: str, title: str, path: Path, diagonal: bool
+) -> Path:
+    """Draw one curve per value bin (ROC: x=fpr, y=tpr; precision-recall: x=recall, y=precision)."""
+    figure, axes = plt.subplots(figsize=(6, 5))
+    for curve in curves:
+        axes.plot(curve[x], curve[y], label=f"{curve['low']:.3g} to {curve['high']:.3g} (n={curve['n']})")
+    if diagonal:
+        axes.plot([0, 1], [0, 1], "k--", lw=1, label="no skill")
+        axes.plot([0, 0, 1], [0, 1, 1], "k:", lw=1, label="ideal")
+    axes.set_xlabel(x)
+    axes.set_ylabel(y)
+    axes.set_title(title)
+    axes.set_xlim(-0.02, 1.02)
+    axes.set_ylim(-0.02, 1.02)
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize=7, loc="lower right" if diagonal else "lower left")
+    return save_figure(figure, path)
+
+
+def plot_f1_mcc(table: Sequence[dict[str, float]], best: float, path: Path) -> Path:
+    """MCC against F1 over the thresholds, the best threshold (max F1 + MCC) marked."""
+    figure, axes = plt.subplots(figsize=(6, 5))
+    f1 = [row["f1"] for row in table]
+    mcc = [row["mcc"] for row in table]
+    axes.plot(f1, mcc, marker=".", lw=1)
+    best_row = next(row for row in table if row["threshold"] == best)
+    axes.plot(best_row["f1"], best_row["mcc"], "r*", ms=14, label=f"Best threshold = {best:.2f}")
+    axes.plot([0], [0], "kx", label="worst case")
+    axes.plot([1], [1], "go", label="best case")
+    axes.set_xlabel("F1 score")
+    axes.set_ylabel("MCC")
+    axes.set_title("F1 and MCC for thresholds 0 to 1")
+    axes.grid(alpha=0.3)
+    axes.legend()
+    return save_figure(figure, path)
+
+
+def plot_probability_distribution(labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path) -> Path:
+    """Histograms of P(real) for the truly real and the truly bogus candidates."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    edges = np.linspace(0, 1, 21)
+    axes.hist(probabilities[labels == 1], bins=edges, alpha=0.6, label="real (true class)", color="tab:blue")
+    axes.hist(probabilities[labels == 0], bins=edges, alpha=0.6, label="bogus (true class)", color="tab:red")
+    axes.axvline(threshold, color="k", ls="--", label=f"threshold {threshold:g}")
+    axes.set_yscale("log")
+    axes.set_xlabel("P(real)")
+    axes.set_ylabel("candidates")
+    axes.legend()
+    return save_figure(figure, path)
+
+
+def plot_calibration(rows: Sequence[dict[str, float]], ece: float, path: Path) -> Path:
+    """Reliability diagram: fraction of real candidates against mean P(real), per bin."""
+    figure, axes = plt.subplots(figsize=(5, 5))
+    used = [row for row in rows if row["count"]]
+    axes.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    axes.plot([row["mean_probability"] for row in used], [row["fraction_real"] for row in used], "o-", label="model")
+    axes.set_xlabel("mean P(real) in bin")
+    axes.set_ylabel("fraction of real candidates")
+    axes.set_title(f"Reliability (ECE = {ece:.3f})")
+    axes.legend()
+    return save_figure(figure, path)
+
+
+def plot_histograms(
+    groups: Sequence[tuple[str, np.ndarray]],
+    edges: np.ndarray,
+    title: str,
+    xlabel: str,
+    path: Path,
+    log: bool = False,
+    normalise: bool = False,
+    lines: Sequence[float] = (),
+) -> Path:
+    """Overlaid step histograms of several groups on the same bins, optional vertical lines."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, values in groups:
+        weights = np.full(len(values), 1.0 / len(values)) if normalise and len(values) else None
+        axes.hist(values, bins=edges, histtype="step", lw=1.5, label=f"{label} ({len(values)})", weights=weights)
+    for value in lines:
+        axes.axvline(value, color="r", ls="--", lw=1)
+    if log:
+        axes.set_yscale("log")
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("fraction" if normalise else "candidates")
+    axes.set_title(title)
+    axes.legend(fontsize=7)
     return save_figure(figure, path)

@@ -28,6 +28,7 @@ __all__ = [
     "RunInfo",
     "check_tracking_uri",
     "git_commit",
+    "log_into_training_run",
     "open_run",
     "read_run_file",
     "resolve_tracking_uri",
@@ -152,3 +153,46 @@ def open_run(
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def log_into_training_run(
+    model_file: Path,
+    *,
+    metrics: dict[str, float] | None = None,
+    artifacts: list[Path] | None = None,
+    artifact_path: str | None = None,
+    prefix: str = "",
+) -> str | None:
+    """Log metrics and files into the MLflow run of the training that made ``model_file``.
+
+    The run is the one named by ``mlflow_run.json`` beside the model. Nothing happens for a
+    model without one (for example an original O'TRAIN ``.h5``). The store is
+    ``MLFLOW_TRACKING_URI`` when set, else the one recorded in the run file.
+
+    Returns
+    -------
+    str or None
+        The run id logged into, or None.
+    """
+    run = read_run_file(model_file.parent)
+    if run is None:
+        return None
+    import mlflow
+
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or run.tracking_uri
+    with open_run(uri, "", run_id=run.run_id):
+        finite = {
+            f"{prefix}{key}": float(value)
+            for key, value in (metrics or {}).items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+        }
+        if finite:
+            mlflow.log_metrics(finite)
+        for path in artifacts or []:
+            if path.is_dir():
+                mlflow.log_artifacts(
+                    str(path), artifact_path=f"{artifact_path}/{path.name}" if artifact_path else path.name
+                )
+            else:
+                mlflow.log_artifact(str(path), artifact_path=artifact_path)
+    return run.run_id

@@ -1,16 +1,27 @@
-"""otrain-plot-results: Figures of a model's results on a validation cube (not implemented yet)."""
+"""otrain-plot-results: ROC, precision-recall, F1-MCC, probability and reliability figures."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from otrain.cli.app import not_implemented, run_command
+from otrain.cli.app import run_command
 from otrain.config import PlotResultsConfig
 
 __all__ = ["main"]
 
 
+def _plot_results(config: PlotResultsConfig) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from otrain.analysis import run_plot_results
+
+    written = run_plot_results(config)
+    print(f"{len(written)} files written to {config.path_plots}/:")
+    for path in written:
+        print(f"  {path.name}")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run otrain-plot-results."""
-    run_command(PlotResultsConfig, not_implemented(issue=4), argv)
+    run_command(PlotResultsConfig, _plot_results, argv)

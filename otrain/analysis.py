@@ -1,0 +1,282 @@
+"""otrain-diagnostics and otrain-plot-results: how good is a model on a labelled cube.
+
+Both load the model once and predict once. They accept cubes with 1-D or one-hot labels (the
+original tools took only one-hot ones), and write only into their own output folders: old
+exported cutouts are replaced file by file, and nothing else in a user's folder is touched.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otrain.config import DiagnosticsConfig, PlotResultsConfig
+from otrain.datacube import Datacube
+from otrain.errors import DataError
+from otrain.evaluation import calibration_curve, evaluate, threshold_table, write_csv, write_json
+from otrain.progress import track
+
+__all__ = ["DIAGNOSTIC_FOLDERS", "ScoredCube", "run_diagnostics", "run_plot_results", "score_cube"]
+
+logger = logging.getLogger("otrain")
+
+#: Outcome -> export folder, relative to --path-diagnostics (the original tree).
+DIAGNOSTIC_FOLDERS = {
+    "FP": Path("validation_set/misclassified/images_FP"),
+    "FN": Path("validation_set/misclassified/images_FN"),
+    "TP": Path("validation_set/well_classified/images_TP"),
+    "TN": Path("validation_set/well_classified/images_TN"),
+}
+#: Well-classified examples exported per class (the original's 30).
+N_EXAMPLES = 30
+
+
+@dataclass
+class ScoredCube:
+    """A labelled cube, the model, and P(real) of every cutout."""
+
+    cube: Datacube
+    model: Any
+    probabilities: np.ndarray
+
+
+def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
+    """Load a cube and a model, check they fit, and predict P(real) once.
+
+    A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
+    one, or one with another channel count, is an error.
+
+    Raises
+    ------
+    DataError
+        On an unreadable cube or model, or shapes that do not fit.
+    """
+    from otrain.model import input_shape_of, load_model
+
+    cube = Datacube.load(cube_path)
+    if len(cube) == 0:
+        raise DataError(f"{cube_path}: the cube is empty")
+    model = load_model(model_path)
+    height, width, channels = input_shape_of(model)
+    _, cube_height, cube_width, cube_channels = cube.cube.shape
+    if cube_channels != channels or cube_height < height or cube_width < width:
+        raise DataError(
+            f"{cube_path}: cutouts are {cube_height}x{cube_width}x{cube_channels}, "
+            f"the model {model_path.name} takes {height}x{width}x{channels}"
+        )
+    pixels = cube.cube
+    if (cube_height, cube_width) != (height, width):
+        top, left = cube_height // 2 - height // 2, cube_width // 2 - width // 2
+        pixels = np.ascontiguousarray(pixels[:, top : top + height, left : left + width, :])
+        cube = Datacube(**{**cube.__dict__, "cube": pixels})
+    probabilities = np.asarray(model.predict(pixels, batch_size=256, verbose=0))[:, 1].astype(np.float64)
+    return ScoredCube(cube=cube, model=model, probabilities=probabilities)
+
+
+def _outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    predicted = probabilities > threshold
+    real = labels == 1
+    return {
+        "TP": np.flatnonzero(predicted & real),
+        "TN": np.flatnonzero(~predicted & ~real),
+        "FP": np.flatnonzero(predicted & ~real),
+        "FN": np.flatnonzero(~predicted & real),
+    }
+
+
+def _title(cube: Datacube, row: int, probability: float) -> str:
+    magnitude = cube.mags[row]
+    error = cube.errmags[row]
+    mag_text = "unknown" if math.isnan(magnitude) else f"{magnitude:.2f} +/- {error:.2f}"
+    return f"Cand: {cube.candids[row]}  P(real) = {probability:.3f}\nMag: {mag_text}"
+
+
+@dataclass
+class DiagnosticsReport:
+    """What otrain-diagnostics produced."""
+
+    metrics: dict[str, Any]
+    exported: dict[str, int] = field(default_factory=dict)
+    outputs: list[Path] = field(default_factory=list)
+
+
+def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, seed: int = 42) -> DiagnosticsReport:
+    """Score the cube, write the metrics and export the cutouts of each outcome.
+
+    Writes ``<path-diagnostics>/diagnostics.json`` (every metric of
+    :func:`otrain.evaluation.evaluate`), ``threshold_table.csv``, and PNG cutouts: every false
+    positive and false negative, and a seeded sample of ``n_examples`` true positives and true
+    negatives, in the original folder tree.
+    """
+    from otrain.plots import plot_cutout
+
+    scored = score_cube(config.path_cube_validation, config.model_path)
+    cube, probabilities = scored.cube, scored.probabilities
+    metrics = evaluate(cube.labels, probabilities, config.threshold)
+    out = config.path_diagnostics
+    out.mkdir(parents=True, exist_ok=True)
+    report = DiagnosticsReport(metrics=metrics)
+    report.outputs.append(write_json(out / "diagnostics.json", metrics))
+    report.outputs.append(write_csv(out / "threshold_table.csv", threshold_table(cube.labels, probabilities)))
+
+    rng = np.random.default_rng(seed)
+    outcomes = _outcomes(cube.labels, probabilities, config.threshold)
+    jobs = []
+    for outcome, rows in outcomes.items():
+        if outcome in ("TP", "TN") and len(rows) > n_examples:
+            rows = np.sort(rng.choice(rows, size=n_examples, replace=False))
+        folder = out / DIAGNOSTIC_FOLDERS[outcome]
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.glob("cutout_*.png"):  # ours from a previous run; nothing else
+            old.unlink()
+        report.exported[outcome] = len(rows)
+        jobs += [(folder / f"cutout_{index}.png", int(row)) for index, row in enumerate(rows)]
+    for path, row in track(jobs, len(jobs), "exporting cutouts"):
+        plot_cutout(cube.cube[row, :, :, 0], _title(cube, row, probabilities[row]), path)
+    report.outputs += [out / folder for folder in DIAGNOSTIC_FOLDERS.values()]
+    _log(config.model_path, metrics, report.outputs[:2], "diagnostics")
+    return report
+
+
+def _bins(values: np.ndarray, vmax: float) -> np.ndarray:
+    """Bin edges of the original: [0, vmin], then 5 equal bins from vmin to vmax.
+
+    vmin is the smallest value other than 0 and 99 (the pipelines' placeholders). Unlike the
+    original, every bin but the last is half-open, so no candidate is counted twice.
+    """
+    usable = values[np.isfinite(values) & (values != 0) & (values != 99) & (values >= 0) & (values <= vmax)]
+    vmin = float(usable.min()) if usable.size else 0.0
+    return np.concatenate([[0.0], np.linspace(vmin, vmax, 6)])
+
+
+def _curves_by_bin(
+    values: np.ndarray, labels: np.ndarray, probabilities: np.ndarray, vmax: float, kind: str
+) -> list[dict[str, Any]]:
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    edges = _bins(values, vmax)
+    curves = []
+    for index, (low, high) in enumerate(itertools.pairwise(edges)):
+        last = index == len(edges) - 2
+        members = (values >= low) & ((values <= high) if last else (values < high))
+        if len(np.unique(labels[members])) < 2:
+            continue  # a curve needs both classes
+        if kind == "roc":
+            fpr, tpr, thresholds = roc_curve(labels[members], probabilities[members])
+            best = int(np.argmax(np.sqrt(tpr * (1 - fpr))))
+            curve = {"fpr": fpr, "tpr": tpr, "thresholds": thresholds, "best_threshold": float(thresholds[best])}
+        else:
+            precision, recall, thresholds = precision_recall_curve(labels[members], probabilities[members])
+            f_score = 2 * precision[:-1] * recall[:-1] / np.maximum(precision[:-1] + recall[:-1], 1e-12)
+            best = int(np.argmax(f_score))
+            curve = {
+                "precision": precision[:-1],
+                "recall": recall[:-1],
+                "thresholds": thresholds,
+                "best_threshold": float(thresholds[best]),
+            }
+        curves.append({"bin": index, "low": float(low), "high": float(high), "n": int(members.sum()), **curve})
+    return curves
+
+
+def _curve_rows(curves: list[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
+    rows = []
+    for curve in curves:
+        for x_value, y_value, threshold in zip(curve[x], curve[y], curve["thresholds"], strict=True):
+            rows.append(
+                {
+                    "bin": curve["bin"],
+                    "low": curve["low"],
+                    "high": curve["high"],
+                    "n": curve["n"],
+                    x: float(x_value),
+                    y: float(y_value),
+                    "threshold": float(min(threshold, 1.0)),
+                    "best_threshold": curve["best_threshold"],
+                }
+            )
+    return rows
+
+
+#: The six original figures, then otrain's reliability diagram.
+PLOT_FILES = (
+    "errmag_ROC.png",
+    "mag_ROC.png",
+    "errmag_recall.png",
+    "mag_recall.png",
+    "model_F1_MCC.png",
+    "prob_distribution.png",
+    "calibration.png",
+)
+
+
+def run_plot_results(config: PlotResultsConfig) -> list[Path]:
+    """Draw the six original figures and the reliability diagram, each with its CSV data.
+
+    Returns
+    -------
+    list of Path
+        Every file written (PNG and CSV), all inside ``--path-plots``.
+    """
+    from otrain import plots
+
+    scored = score_cube(config.path_cube_validation, config.model_path)
+    cube, probabilities, labels = scored.cube, scored.probabilities, scored.cube.labels
+    out = config.path_plots
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for name, values, vmax in (("errmag", cube.errmags, 0.4), ("mag", cube.mags, 25.0)):
+        roc = _curves_by_bin(values, labels, probabilities, vmax, "roc")
+        recall = _curves_by_bin(values, labels, probabilities, vmax, "pr")
+        written.append(write_csv(out / f"{name}_ROC.csv", _curve_rows(roc, "fpr", "tpr")))
+        written.append(
+            plots.plot_curves_by_bin(roc, "fpr", "tpr", f"ROC per {name} bin", out / f"{name}_ROC.png", True)
+        )
+        written.append(write_csv(out / f"{name}_recall.csv", _curve_rows(recall, "recall", "precision")))
+        written.append(
+            plots.plot_curves_by_bin(
+                recall, "recall", "precision", f"Precision-recall per {name} bin", out / f"{name}_recall.png", False
+            )
+        )
+        for curve in roc:
+            logger.info(
+                "%s bin %.3g-%.3g: best threshold (G-mean) %.3f",
+                name,
+                curve["low"],
+                curve["high"],
+                curve["best_threshold"],
+            )
+    table = threshold_table(labels, probabilities)
+    best = max(table, key=lambda row: row["f1"] + row["mcc"])["threshold"]
+    written.append(write_csv(out / "model_F1_MCC.csv", table))
+    written.append(plots.plot_f1_mcc(table, best, out / "model_F1_MCC.png"))
+    distribution = [
+        {"candid": candid, "label": int(label), "p_real": float(p)}
+        for candid, label, p in zip(cube.candids.tolist(), labels, probabilities, strict=True)
+    ]
+    written.append(write_csv(out / "prob_distribution.csv", distribution))
+    written.append(
+        plots.plot_probability_distribution(labels, probabilities, config.threshold, out / "prob_distribution.png")
+    )
+    calibration = calibration_curve(labels, probabilities)
+    ece = evaluate(labels, probabilities, config.threshold)["expected_calibration_error"]
+    written.append(write_csv(out / "calibration.csv", calibration))
+    written.append(plots.plot_calibration(calibration, ece, out / "calibration.png"))
+    _log(config.model_path, {"best_threshold": best, "expected_calibration_error": ece}, written, "plot_results")
+    return written
+
+
+def _log(model_path: Path, metrics: dict[str, Any], artifacts: list[Path], stage: str) -> None:
+    from otrain.tracking import log_into_training_run
+
+    run_id = log_into_training_run(
+        model_path, metrics=metrics, artifacts=artifacts, artifact_path=stage, prefix=f"{stage}_"
+    )
+    if run_id:
+        logger.info("logged to MLflow run %s", run_id)
