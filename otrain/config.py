@@ -550,6 +550,8 @@ class GradCamConfig(CommandConfig):
         30, "Number of randomly chosen well-classified candidates per class.", flag="--n_random"
     )
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    method: Literal["gradcam", "gradcam++"] = option("gradcam", "tf-keras-vis Gradcam or GradcamPlusPlus.")
+    seed: Seed = option(42, "Seed of the random choice of well-classified candidates.")
 
 
 #: Every command's config model, in the order of the original documentation.

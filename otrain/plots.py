@@ -22,6 +22,8 @@ __all__ = [
     "plot_cutout",
     "plot_f1_mcc",
     "plot_histograms",
+    "plot_overlay",
+    "plot_overlay_grid",
     "plot_probability_distribution",
     "plot_training_curve",
     "save_figure",
@@ -175,4 +177,36 @@ def plot_histograms(
     axes.set_ylabel("fraction" if normalise else "candidates")
     axes.set_title(title)
     axes.legend(fontsize=7)
+    return save_figure(figure, path)
+
+
+def _draw_overlay(axes: Any, image: np.ndarray, cam: np.ndarray) -> None:
+    low, high = _zscale(image)
+    axes.imshow(image, cmap="gray", vmin=low, vmax=high, origin="upper", interpolation="nearest")
+    axes.imshow(cam, cmap="jet", alpha=0.5, vmin=0, vmax=1, origin="upper", interpolation="bilinear")
+    axes.set_xticks([])
+    axes.set_yticks([])
+
+
+def plot_overlay(image: np.ndarray, cam: np.ndarray, title: str, path: Path) -> Path:
+    """Draw a cutout (ZScale grey) with its class activation map in "jet" at half opacity."""
+    figure, axes = plt.subplots(figsize=(3, 3.3))
+    _draw_overlay(axes, image, cam)
+    axes.set_title(title, fontsize=7)
+    return save_figure(figure, path)
+
+
+def plot_overlay_grid(
+    images: Sequence[np.ndarray], cams: Sequence[np.ndarray], labels: Sequence[str], title: str, path: Path
+) -> Path:
+    """Up to 25 overlays on a 5-column grid, one summary figure per outcome."""
+    columns = 5
+    rows = max(1, -(-len(images) // columns))
+    figure, axes_grid = plt.subplots(rows, columns, figsize=(2 * columns, 2 * rows + 0.5), squeeze=False)
+    for axes in axes_grid.flat:
+        axes.axis("off")
+    for axes, image, cam, label in zip(axes_grid.flat, images, cams, labels, strict=False):
+        _draw_overlay(axes, image, cam)
+        axes.set_title(label, fontsize=7)
+    figure.suptitle(title)
     return save_figure(figure, path)

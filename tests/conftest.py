@@ -135,3 +135,54 @@ def call_main(main: Callable[[Sequence[str]], Any], *args: str | Path) -> int:
 def files_under(folder: Path) -> set[Path]:
     """Every file below ``folder`` (to prove nothing partial was left behind)."""
     return {path for path in folder.rglob("*") if path.is_file()} if folder.exists() else set()
+
+
+# ---------------------------------------------------------------------------------------------
+# A small simulated survey, its cube and a model trained on it, shared by every test session
+# that needs TensorFlow (training them once keeps the suite fast).
+
+SIZE = 32
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small simulated survey, its cube, and a second survey (other seed) to score."""
+    from otrain.cli.convert import main as convert_main
+    from otrain.cli.simulate import main as simulate_main
+
+    root = tmp_path_factory.mktemp("training")
+    common = ("--cutout-size", SIZE, "--mef-fraction", "0.25")
+    survey = ("--n-true", 260, "--n-false", 260, "--n-night", 40)
+    assert call_main(simulate_main, "--out", root / "survey", *survey, *common) == 0
+    assert call_main(convert_main, "--path", root, "--cube", "cube", "--cutouts", root / "survey") == 0
+    other = ("--n-true", 0, "--n-false", 0, "--n-night", 150, "--seed", 7)
+    assert call_main(simulate_main, "--out", root / "other", *other, *common) == 0
+    return root
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+def train(workspace: Path, name: str, *extra: str, models: str = "models") -> int:
+    """Run otrain-train in this process on the workspace cube (robust scaling, no early stop)."""
+    from otrain.cli.train import main as train_main
+
+    return call_main(
+        train_main,
+        *("--cube", workspace / "datacube" / "cube.npz", "--model-path", workspace / models, "--model-name", name),
+        *("--normalisation", "robust", "--patience", "0"),
+        *extra,
+    )
+
+
+@pytest.fixture(scope="session")
+def trained(workspace: Path, tracking_uri: str) -> Path:
+    """The output folder of a 6-epoch training on the workspace cube, tracked in MLflow."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        assert train(workspace, "tiny", "--epochs", "6") == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return workspace / "models" / "CNN_training" / "tiny"

@@ -13,73 +13,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import BIN, call_main, pixels, write_gmadet
+from conftest import BIN, SIZE, call_main, pixels, train, write_gmadet
 from numpy.testing import assert_allclose
 
-from otrain.cli.convert import main as convert_main
 from otrain.cli.infer import main as infer_main
-from otrain.cli.simulate import main as simulate_main
 from otrain.cli.train import main as train_main
 from otrain.datacube import Datacube
 from otrain.inference import INFER_COLUMNS
 
 pytestmark = pytest.mark.slow
-
-SIZE = 32
-
-
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small simulated survey, its cube, and a second survey (other seed) to score."""
-    root = tmp_path_factory.mktemp("training")
-    common = ("--cutout-size", SIZE, "--mef-fraction", "0.25")
-    assert (
-        call_main(simulate_main, "--out", root / "survey", "--n-true", 260, "--n-false", 260, "--n-night", 40, *common)
-        == 0
-    )
-    assert call_main(convert_main, "--path", root, "--cube", "cube", "--cutouts", root / "survey") == 0
-    assert (
-        call_main(
-            simulate_main,
-            "--out",
-            root / "other",
-            "--n-true",
-            0,
-            "--n-false",
-            0,
-            "--n-night",
-            150,
-            "--seed",
-            7,
-            *common,
-        )
-        == 0
-    )
-    return root
-
-
-@pytest.fixture(scope="module")
-def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
-    return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-
-
-def train(workspace: Path, name: str, *extra: str, models: str = "models") -> int:
-    return call_main(
-        train_main,
-        *("--cube", workspace / "datacube" / "cube.npz", "--model-path", workspace / models, "--model-name", name),
-        *("--normalisation", "robust", "--patience", "0"),
-        *extra,
-    )
-
-
-@pytest.fixture(scope="module")
-def trained(workspace: Path, tracking_uri: str) -> Path:
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
-        assert train(workspace, "tiny", "--epochs", "6") == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
-    return workspace / "models" / "CNN_training" / "tiny"
 
 
 def test_training_writes_the_original_layout(trained: Path) -> None:

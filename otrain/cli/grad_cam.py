@@ -1,16 +1,27 @@
-"""otrain-grad-cam: Grad-CAM maps of a model's decisions (not implemented yet)."""
+"""otrain-grad-cam: Grad-CAM maps of a model's decisions on a labelled cube."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import NoReturn
 
-from otrain.cli.app import not_implemented, run_command
+from otrain.cli.app import run_command
 from otrain.config import GradCamConfig
 
 __all__ = ["main"]
 
 
+def _grad_cam(config: GradCamConfig) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from otrain.gradcam import run_grad_cam
+
+    report = run_grad_cam(config)
+    counts = ", ".join(f"{count} {outcome}" for outcome, count in report.counts.items())
+    print(f"Grad-CAM ({config.method}) maps: {counts}")
+    print(f"written: {config.cam_path}/{{TP,TN,FP,FN}}/cutout_CAM_<i>.png and <outcome>_summary.png")
+
+
 def main(argv: Sequence[str] | None = None) -> NoReturn:
     """Run otrain-grad-cam."""
-    run_command(GradCamConfig, not_implemented(issue=4), argv)
+    run_command(GradCamConfig, _grad_cam, argv)

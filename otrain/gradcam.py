@@ -1,0 +1,153 @@
+"""otrain-grad-cam: where the network looks, with tf-keras-vis Grad-CAM and Grad-CAM++.
+
+The map explains the predicted class of each candidate (TP and FP: real; TN and FN: bogus) on
+the last Conv2D layer, found by type. Under Keras 3, tf-keras-vis needs a functional model, so
+the Sequential O'TRAIN model is wrapped as ``keras.Model(model.inputs, model.outputs)``; its
+softmax is replaced by a linear output (``ReplaceToLinear``) on a clone, so the score is the
+class logit.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from otrain.config import GradCamConfig
+from otrain.progress import track
+
+__all__ = ["OUTCOMES", "GradCamReport", "gradcam_maps", "run_grad_cam"]
+
+logger = logging.getLogger("otrain")
+
+#: Outcome -> class the map explains (the predicted one).
+OUTCOMES = {"TP": 1, "TN": 0, "FP": 1, "FN": 0}
+_BATCH = 64
+_GRID = 25
+
+
+def gradcam_maps(
+    model: Any,
+    pixels: np.ndarray,
+    classes: np.ndarray,
+    method: Literal["gradcam", "gradcam++"] = "gradcam",
+    expand: bool = True,
+    normalise: bool = True,
+) -> np.ndarray:
+    """Class activation maps of ``classes`` for a batch of cutouts.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier (Sequential or functional, softmax output).
+    pixels : numpy.ndarray
+        (N, H, W, C) cutouts.
+    classes : numpy.ndarray
+        The class each map explains (0 bogus, 1 real).
+    method : {"gradcam", "gradcam++"}
+        tf-keras-vis ``Gradcam`` or ``GradcamPlusPlus``.
+    expand : bool
+        Resize the maps to the cutout size (else the last convolution's grid).
+    normalise : bool
+        Scale each map to [0, 1].
+
+    Returns
+    -------
+    numpy.ndarray
+        (N, H, W) maps, or (N, h, w) on the convolution grid when not expanded.
+    """
+    import keras
+    from tf_keras_vis.gradcam import Gradcam
+    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+    from tf_keras_vis.utils.scores import CategoricalScore
+
+    from otrain.model import last_conv_layer
+
+    functional = keras.Model(model.inputs, model.outputs)
+    visualiser = (GradcamPlusPlus if method == "gradcam++" else Gradcam)(
+        functional, model_modifier=ReplaceToLinear(), clone=True
+    )
+    maps = visualiser(
+        CategoricalScore([int(c) for c in classes]),
+        pixels,
+        penultimate_layer=last_conv_layer(model).name,
+        seek_penultimate_conv_layer=False,
+        expand_cam=expand,
+        normalize_cam=normalise,
+    )
+    return np.asarray(maps, dtype=np.float64).reshape(len(pixels), *np.shape(maps)[-2:])
+
+
+@dataclass
+class GradCamReport:
+    """What otrain-grad-cam wrote."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+    outputs: list[Path] = field(default_factory=list)
+
+
+def run_grad_cam(config: GradCamConfig) -> GradCamReport:
+    """Write Grad-CAM overlays for every FP and FN and a sample of TP and TN, and a grid per outcome.
+
+    Files: ``<cam_path>/<outcome>/cutout_CAM_<i>.png`` and ``<cam_path>/<outcome>_summary.png``.
+    A class with fewer candidates than ``--n_random`` simply gives fewer images.
+    """
+    from otrain import plots
+    from otrain.analysis import _log, score_cube
+
+    scored = score_cube(config.cube, config.model_path)
+    cube, probabilities = scored.cube, scored.probabilities
+    predicted = probabilities > config.threshold
+    real = cube.labels == 1
+    members = {
+        "TP": np.flatnonzero(predicted & real),
+        "TN": np.flatnonzero(~predicted & ~real),
+        "FP": np.flatnonzero(predicted & ~real),
+        "FN": np.flatnonzero(~predicted & real),
+    }
+    rng = np.random.default_rng(config.seed)
+    report = GradCamReport()
+    config.cam_path.mkdir(parents=True, exist_ok=True)
+    for outcome, rows in members.items():
+        if outcome in ("TP", "TN") and len(rows) > config.n_random:
+            rows = np.sort(rng.choice(rows, size=config.n_random, replace=False))
+        folder = config.cam_path / outcome
+        folder.mkdir(exist_ok=True)
+        for old in folder.glob("cutout_CAM_*.png"):  # ours from a previous run; nothing else
+            old.unlink()
+        report.counts[outcome] = len(rows)
+        if not len(rows):
+            continue
+        explained = OUTCOMES[outcome]
+        maps = np.concatenate(
+            [
+                gradcam_maps(scored.model, cube.cube[batch], np.full(len(batch), explained), config.method)
+                for batch in np.array_split(rows, -(-len(rows) // _BATCH))
+            ]
+        )
+        titles = [
+            f"Cand: {cube.candids[row]} P(real): {probabilities[row]:.3f}\n"
+            f"Mag: {cube.mags[row]:.2f} +/- {cube.errmags[row]:.2f}"
+            for row in rows
+        ]
+        for index, (row, cam, title) in enumerate(
+            track(list(zip(rows, maps, titles, strict=True)), len(rows), f"Grad-CAM {outcome}")
+        ):
+            path = folder / f"cutout_CAM_{index}.png"
+            plots.plot_overlay(cube.cube[row, :, :, 0], cam, title, path)
+        report.outputs.append(folder)
+        report.outputs.append(
+            plots.plot_overlay_grid(
+                [cube.cube[row, :, :, 0] for row in rows[:_GRID]],
+                list(maps[:_GRID]),
+                [str(cube.candids[row]) for row in rows[:_GRID]],
+                f"{outcome}: {len(rows)} candidates ({config.method})",
+                config.cam_path / f"{outcome}_summary.png",
+            )
+        )
+    _log(config.model_path, {}, report.outputs, "grad_cam")
+    return report
