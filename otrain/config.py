@@ -522,20 +522,28 @@ class PlotResultsConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
 
 
-class OptimiseDatasetSizeConfig(CommandConfig):
-    """Train on nested subsets of increasing size to see how much data the model needs."""
+class OptimiseDatasetSizeConfig(TrainingOptions):
+    """Train on nested subsets of increasing size to see how much data the model needs.
+
+    One validation set and one test set are drawn (per class, with --seed) and kept for every
+    size; the training pool is cut into --n_sections - 1 nested, stratified subsets of
+    increasing size. Each size is a full otrain-train run, a child of one MLflow parent run,
+    saved to <model-path>/CNN_training/<model-name>_size_<size>/. The table
+    <outdir>/<model-name>_dataset_size.csv and three figures go to --outdir.
+    """
 
     command: ClassVar[str] = "otrain-optimise-dataset-size"
 
     cube: ExistingFile = option(..., "Path to the datacube (.npz).")
     model_path: WritableFolder = option(..., "Base folder for the models of each size.")
-    model_name: str = option(..., "Base name of the models.")
-    epochs: PositiveInt = option(10, "Number of training epochs per size.")
+    model_name: Annotated[str, AfterValidator(_model_name)] = option(..., "Base name of the models.")
     n_sections: Annotated[int, AfterValidator(_at_least_two)] = option(
-        20, "Number of sections the cube is divided into (at least 2).", flag="--n_sections"
+        20, "Number of sections the training pool is divided into (at least 2).", flag="--n_sections"
     )
-    dropout: DropoutRate = option(0.3, "Rate of each dropout layer.")
     outdir: WritableFolder = option(..., "Folder for the figures and the table.")
+    frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
+    threshold: Probability = option(0.5, "Probability threshold of the test metrics: real if P(real) > threshold.")
+    overwrite: bool = option(False, "Replace the trainings of an earlier study with the same name.")
 
 
 class GradCamConfig(CommandConfig):

@@ -25,6 +25,7 @@ __all__ = [
     "plot_overlay",
     "plot_overlay_grid",
     "plot_probability_distribution",
+    "plot_series",
     "plot_training_curve",
     "save_figure",
 ]
@@ -209,4 +210,19 @@ def plot_overlay_grid(
         _draw_overlay(axes, image, cam)
         axes.set_title(label, fontsize=7)
     figure.suptitle(title)
+    return save_figure(figure, path)
+
+
+def plot_series(
+    x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str, path: Path
+) -> Path:
+    """One line per named series against a shared x axis."""
+    figure, axes = plt.subplots(figsize=(6, 4))
+    for label, values in series.items():
+        axes.plot(x, values, marker="o", label=label)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel(ylabel)
+    axes.set_title(title)
+    axes.grid(alpha=0.3)
+    axes.legend()
     return save_figure(figure, path)

@@ -123,7 +123,8 @@ def open_run(
     run_name : str, optional
         Name of a new run.
     run_id : str, optional
-        Resume this run instead of starting one.
+        Resume this run instead of starting one. A new run started while another is active
+        becomes its child (nested run).
     tags : dict, optional
         Tags to set on the run.
 
@@ -136,8 +137,9 @@ def open_run(
 
     mlflow.set_tracking_uri(tracking_uri)
     if run_id is None:
-        experiment_id = mlflow.set_experiment(experiment).experiment_id
-        run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id)
+        parent = mlflow.active_run()
+        experiment_id = parent.info.experiment_id if parent else mlflow.set_experiment(experiment).experiment_id
+        run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=parent is not None)
     else:
         run = mlflow.start_run(run_id=run_id)
     info = RunInfo(run.info.run_id, run.info.experiment_id, tracking_uri)

@@ -203,7 +203,13 @@ def _pip_requirements() -> list[str]:
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
 
 
-def train(config: TrainConfig, on_ready: Callable[[RunInfo | None], None] | None = None) -> TrainingResult:
+def train(
+    config: TrainConfig,
+    on_ready: Callable[[RunInfo | None], None] | None = None,
+    *,
+    cube: Datacube | None = None,
+    split: Split | None = None,
+) -> TrainingResult:
     """Train, evaluate on the test set, and write every output of otrain-train.
 
     Parameters
@@ -212,6 +218,11 @@ def train(config: TrainConfig, on_ready: Callable[[RunInfo | None], None] | None
         Validated options.
     on_ready : callable, optional
         Called with the MLflow run (or None) once tracking is set up, before training.
+    cube : Datacube, optional
+        The cube, when the caller has it in memory already (else read from ``config.cube``).
+    split : Split, optional
+        A split chosen by the caller (the dataset-size study keeps one test set for all sizes).
+        When an MLflow run is active, the training's run is nested in it.
 
     Returns
     -------
@@ -225,9 +236,10 @@ def train(config: TrainConfig, on_ready: Callable[[RunInfo | None], None] | None
     OptionError
         On an unreachable tracking store, or a batch size larger than the training set.
     """
-    cube = Datacube.load(config.cube)
+    cube = Datacube.load(config.cube) if cube is None else cube
     _check_cube(cube, config)
-    split = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
+    if split is None:
+        split = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
     batch_size = _batch_size(config, len(split.train))
     checkpoint = config.output_dir / CHECKPOINT_FOLDER
     previous_run = read_run_file(checkpoint) if config.resume else None

@@ -12,8 +12,11 @@ from conftest import SIZE, call_main
 from numpy.testing import assert_allclose
 from sklearn import metrics as skm
 
+from otrain.cli.checkinfer import main as checkinfer_main
 from otrain.cli.diagnostics import main as diagnostics_main
 from otrain.cli.grad_cam import main as grad_cam_main
+from otrain.cli.infer import main as infer_main
+from otrain.cli.optimise_dataset_size import main as optimise_main
 from otrain.cli.plot_results import main as plot_results_main
 from otrain.datacube import Datacube
 from otrain.evaluation import evaluate, expected_calibration_error, threshold_table
@@ -229,3 +232,111 @@ def test_bad_inputs_of_the_analysis_commands(trained: Path, tmp_path: Path, caps
     dense.save(dense_file)
     assert call_main(grad_cam_main, "--cube", cube_file, "--model-path", dense_file, "--cam_path", tmp_path / "c") == 1
     assert "model has no Conv2D layer" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# otrain-checkinfer
+
+
+def scored_night(workspace: Path, trained: Path) -> Path:
+    night = workspace / "survey" / "night"
+    if not (night / "infer_results.dat").exists():
+        assert call_main(infer_main, "--cutouts", night, "--model", trained / "tiny.keras") == 0
+    return night
+
+
+def test_checkinfer_matches_injected_sources(workspace: Path, trained: Path, tmp_path: Path) -> None:
+    from astropy.io import ascii as astropy_ascii
+
+    night = scored_night(workspace, trained)
+    (tmp_path / "mine.txt").write_text("mine")
+    status = call_main(
+        checkinfer_main,
+        *("--plots", tmp_path, "--crossmatch", night, "--infer", night / "infer_results.dat"),
+        *("--maglim", "12", "16", "18", "20", "--cnn-problim", "0.2", "0.5", "0.8", "0.9"),
+        *("--fwhm-ratio-lower", "0.3", "--fwhm-ratio-upper", "5"),
+    )
+    assert status == 0
+    out = tmp_path / "CheckInfer"
+    for name in (
+        "distrib_CNN_prob_sim.png",
+        "distrib_CNN_prob_all.png",
+        "distrib_CNNprob_all_and_sim.png",
+        "fraction_per_bin.png",
+        "distrib_FWHM_simulation.png",
+        "distrib_FWHM_real_vs_sim.png",
+    ):
+        assert (out / name).stat().st_size > 5000, name
+    assert (tmp_path / "mine.txt").read_text() == "mine"
+    crossmatch = astropy_ascii.read(night / "crossmatch.dat", format="commented_header")
+    scores = astropy_ascii.read(night / "infer_results.dat", format="commented_header")
+    p_of = {str(candid): float(p) for candid, p in zip(scores["cand_ID"], scores["label1"], strict=True)}
+    expected = [p_of[str(c)] for c in crossmatch["closest_candID"] if str(c) in p_of]
+    summary = json.loads((out / "checkinfer_summary.json").read_text())
+    assert summary["n_injected"] == len(crossmatch)
+    assert summary["n_detected"] == sum(1 for c in crossmatch["closest_candID"] if str(c) != "None")
+    assert summary["n_scored"] == len(expected) > 0
+    for limit in (0.2, 0.5, 0.8, 0.9):
+        assert summary[f"recovered_above_{limit:g}"] == sum(1 for p in expected if p > limit)
+    matches = read_csv(out / "checkinfer_matches.csv")
+    assert sorted(float(row["label1"]) for row in matches) == sorted(expected)
+
+
+def test_checkinfer_bad_inputs(
+    workspace: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    night = scored_night(workspace, trained)
+    empty = tmp_path / "crossmatch.dat"
+    empty.write_text(
+        "# idx filename Xpos Ypos RA Dec mag filter count_ADU filename2 Nmatches closest_candID all_candIDs\n"
+    )
+    assert call_main(checkinfer_main, "--plots", tmp_path, "--crossmatch", empty, "--infer", night) == 1
+    assert "crossmatch table has no injected source" in capsys.readouterr().err
+    assert call_main(checkinfer_main, "--plots", tmp_path, "--crossmatch", tmp_path / "nowhere", "--infer", night) == 1
+    assert "--crossmatch: " in capsys.readouterr().err
+    assert not (tmp_path / "CheckInfer" / "checkinfer_summary.json").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# otrain-optimise-dataset-size
+
+
+def test_dataset_size_study(
+    workspace: Path, tmp_path: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    status = call_main(
+        optimise_main,
+        *("--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "study"),
+        *("--epochs", "1", "--n_sections", "3", "--dropout", "0.1", "--outdir", tmp_path / "out"),
+        *("--normalisation", "robust", "--patience", "0"),
+    )
+    assert status == 0
+    rows = read_csv(tmp_path / "out" / "study_dataset_size.csv")
+    sizes = [int(row["size"]) for row in rows]
+    assert len(sizes) == 2
+    assert sizes[0] < sizes[1]
+    for name in ("study_scores_dataset_size.png", "study_ecart_accuracy_size.png", "study_loss_dataset_size.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 5000
+    tests = [
+        Datacube.load(tmp_path / "CNN_training" / f"study_size_{size}" / "test_set" / "datacube" / "cube_test.npz")
+        for size in sizes
+    ]
+    assert tests[0].content_hash() == tests[1].content_hash()  # one fixed test set for every size
+    cards = [
+        json.loads(
+            (tmp_path / "CNN_training" / f"study_size_{size}" / f"study_size_{size}.keras.card.json").read_text()
+        )
+        for size in sizes
+    ]
+    assert [card["split_sizes"]["train"] for card in cards] == sizes
+    assert all(card["params"]["dropout"] == 0.1 for card in cards)  # --dropout is honoured
+    client = MlflowClient(tracking_uri)
+    children = [
+        json.loads((tmp_path / "CNN_training" / f"study_size_{size}" / "mlflow_run.json").read_text()) for size in sizes
+    ]
+    parents = {client.get_run(child["run_id"]).data.tags.get("mlflow.parentRunId") for child in children}
+    assert len(parents) == 1
+    assert None not in parents
