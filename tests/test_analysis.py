@@ -143,6 +143,8 @@ def test_plot_results_figures_and_their_data(trained: Path, tmp_path: Path) -> N
 
 def test_grad_cam_outputs_and_small_classes(trained: Path, tmp_path: Path) -> None:
     cam = tmp_path / "cam"
+    (cam / "TP").mkdir(parents=True)
+    (cam / "TP" / "my_notes.txt").write_text("mine")
     cube_file = trained / "validation_set" / "datacube" / "cube_validation.npz"
     status = call_main(
         grad_cam_main, "--cube", cube_file, "--model-path", trained / "tiny.keras", "--cam_path", cam, "--n_random", 500
@@ -159,6 +161,15 @@ def test_grad_cam_outputs_and_small_classes(trained: Path, tmp_path: Path) -> No
     for outcome, count in expected.items():
         assert len(list((cam / outcome).glob("cutout_CAM_*.png"))) == count
         assert (cam / f"{outcome}_summary.png").is_file() == (count > 0)
+    assert (cam / "TP" / "my_notes.txt").read_text() == "mine"
+
+
+def test_grad_cam_plus_plus(trained: Path, tmp_path: Path) -> None:
+    cube_file = trained / "test_set" / "datacube" / "cube_test.npz"
+    arguments = ("--cube", cube_file, "--model-path", trained / "tiny.keras", "--cam_path", tmp_path, "--n_random", 2)
+    assert call_main(grad_cam_main, *arguments, "--method", "gradcam++") == 0
+    assert len(list((tmp_path / "TP").glob("cutout_CAM_*.png"))) <= 2
+    assert (tmp_path / "TN_summary.png").stat().st_size > 2000
 
 
 def test_grad_cam_map_is_the_real_grad_cam(trained: Path) -> None:

@@ -65,20 +65,6 @@ def test_help_does_not_import_tensorflow() -> None:
     assert result.stdout.strip().endswith("heavy: []")
 
 
-@pytest.mark.parametrize(("command", "issue"), [("otrain-diagnostics", 4), ("otrain-grad-cam", 4)])
-def test_commands_of_later_issues_validate_then_say_not_implemented(tmp_path: Path, command: str, issue: int) -> None:
-    cube = tmp_path / "cube.npz"
-    cube.write_bytes(b"")
-    arguments = {
-        "otrain-train": ["--cube", str(cube), "--model-path", str(tmp_path), "--model-name", "m"],
-        "otrain-diagnostics": ["--path-cube-validation", str(cube), "--model-path", str(cube)],
-        "otrain-grad-cam": ["--cube", str(cube), "--model-path", str(cube), "--cam_path", str(tmp_path / "cam")],
-    }[command]
-    result = run_command(command, *arguments)
-    assert result.returncode == 1
-    assert result.stderr.strip() == f"{command}: error: {command} is not implemented yet (planned in issue {issue})"
-
-
 def test_prob_ratio_zero_is_an_option_error_not_a_crash(tmp_path: Path) -> None:
     model = tmp_path / "model.h5"
     model.write_bytes(b"")

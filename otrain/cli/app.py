@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from otrain.config import CommandConfig
 from otrain.errors import OtrainError
 
-__all__ = ["EXIT_BAD_DATA", "EXIT_BAD_OPTION", "not_implemented", "render_help", "run_command"]
+__all__ = ["EXIT_BAD_DATA", "EXIT_BAD_OPTION", "parse_options", "render_help", "run_command"]
 
 EXIT_BAD_DATA = 1
 EXIT_BAD_OPTION = 2
@@ -304,23 +304,3 @@ def run_command(
     except KeyboardInterrupt:
         _fail(config.command, "interrupted", EXIT_INTERRUPTED)
     sys.exit(0)
-
-
-def not_implemented(issue: int) -> Callable[[CommandConfig], None]:
-    """Return an action that reports a command as not implemented yet.
-
-    Parameters
-    ----------
-    issue : int
-        The project issue that implements it.
-
-    Returns
-    -------
-    callable
-        An action raising :class:`~otrain.errors.OtrainError` (exit status 1).
-    """
-
-    def action(config: CommandConfig) -> None:
-        raise OtrainError(f"{config.command} is not implemented yet (planned in issue {issue})")
-
-    return action
