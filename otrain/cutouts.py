@@ -471,19 +471,10 @@ def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
 
 
 def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
-    """Do what :func:`read_header` does, always through astropy (any FITS layout).
+    """Do what :func:`read_header` does (same arguments, results and errors), always through astropy.
 
-    Parameters
-    ----------
-    path : Path
-        A cutout FITS file (optionally gzip-compressed).
-
-    Returns
-    -------
-    CutoutMeta
-        The candidate's keywords.
-    PixelLocation
-        Where the image plane lies.
+    This handles every FITS layout; :func:`read_header` uses it whenever its fast reader
+    declines a file.
     """
     compressed = _is_compressed(path)
     try:
