@@ -22,7 +22,7 @@ from otrain.errors import DataError
 from otrain.evaluation import calibration_curve, evaluate, threshold_table, write_csv, write_json
 from otrain.progress import track
 
-__all__ = ["DIAGNOSTIC_FOLDERS", "ScoredCube", "run_diagnostics", "run_plot_results", "score_cube"]
+__all__ = ["DIAGNOSTIC_FOLDERS", "ScoredCube", "log_stage", "run_diagnostics", "run_plot_results", "score_cube"]
 
 logger = logging.getLogger("otrain")
 
@@ -140,7 +140,7 @@ def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, see
     for path, row in track(jobs, len(jobs), "exporting cutouts"):
         plot_cutout(cube.cube[row, :, :, 0], _title(cube, row, probabilities[row]), path)
     report.outputs += [out / folder for folder in DIAGNOSTIC_FOLDERS.values()]
-    _log(config.model_path, metrics, report.outputs[:2], "diagnostics")
+    log_stage(config.model_path, metrics, report.outputs[:2], "diagnostics")
     return report
 
 
@@ -268,15 +268,16 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     ece = evaluate(labels, probabilities, config.threshold)["expected_calibration_error"]
     written.append(write_csv(out / "calibration.csv", calibration))
     written.append(plots.plot_calibration(calibration, ece, out / "calibration.png"))
-    _log(config.model_path, {"best_threshold": best, "expected_calibration_error": ece}, written, "plot_results")
+    log_stage(config.model_path, {"best_threshold": best, "expected_calibration_error": ece}, written, "plot_results")
     return written
 
 
-def _log(model_path: Path, metrics: dict[str, Any], artifacts: list[Path], stage: str) -> None:
+def log_stage(model_path: Path, metrics: dict[str, Any], artifacts: list[Path], stage: str) -> None:
+    """Log a stage's metrics (prefixed with its name) and files into the model's training run."""
     from otrain.tracking import log_into_training_run
 
     run_id = log_into_training_run(
-        model_path, metrics=metrics, artifacts=artifacts, artifact_path=stage, prefix=f"{stage}_"
+        model_path.parent, metrics=metrics, artifacts=artifacts, artifact_path=stage, prefix=f"{stage}_"
     )
     if run_id:
         logger.info("logged to MLflow run %s", run_id)

@@ -180,4 +180,11 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
         summary[f"recovered_fraction_above_{limit:g}"] = count / report.n_scored if report.n_scored else 0.0
     written.append(write_json(out / "checkinfer_summary.json", summary))
     report.outputs = written
+    if config.mlflow_run is not None:
+        from otrain.tracking import log_into_training_run
+
+        folder = config.mlflow_run.parent if config.mlflow_run.suffix == ".json" else config.mlflow_run
+        log_into_training_run(
+            folder, metrics=summary, artifacts=written, artifact_path="checkinfer", prefix="checkinfer_"
+        )
     return report

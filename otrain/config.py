@@ -21,6 +21,7 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 __all__ = [
     "COMMAND_CONFIGS",
+    "PARAMS_SECTIONS",
     "CheckInferConfig",
     "CommandConfig",
     "ConvertConfig",
@@ -29,10 +30,12 @@ __all__ = [
     "InferConfig",
     "OptimiseDatasetSizeConfig",
     "PlotResultsConfig",
+    "PromoteConfig",
     "SimulateConfig",
     "TrainConfig",
     "TrainingOptions",
     "option",
+    "validate_params",
 ]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
@@ -492,6 +495,9 @@ class CheckInferConfig(CommandConfig):
     )
     fwhm_ratio_lower: float = option(0.5, "Lower bound of FWHM / FWHM_PSF.")
     fwhm_ratio_upper: float = option(4.2, "Upper bound of FWHM / FWHM_PSF.")
+    mlflow_run: Path | None = option(
+        None, "mlflow_run.json of the training whose MLflow run gets this command's figures and counts."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> CheckInferConfig:
@@ -562,6 +568,104 @@ class GradCamConfig(CommandConfig):
     seed: Seed = option(42, "Seed of the random choice of well-classified candidates.")
 
 
+def _non_negative_float(value: float) -> float:
+    if value < 0:
+        raise ValueError(f"must be zero or positive, got {value}")
+    return value
+
+
+class PromoteConfig(CommandConfig):
+    """Register a trained model in the MLflow registry and promote it if it is not worse.
+
+    The new version gets its test metrics as version tags. It takes the alias 'champion' only
+    when, on the same test cube, its --metric is at least the current champion's minus
+    --tolerance (or when there is no champion yet); otherwise the alias stays and the reason
+    is printed. The decision is written to --report (JSON, for dvc metrics).
+    """
+
+    command: ClassVar[str] = "otrain-promote"
+
+    model_dir: ExistingFolder = option(..., "Training folder (<model-path>/CNN_training/<name>/) with mlflow_run.json.")
+    registered_name: Annotated[str, AfterValidator(_model_name)] = option(
+        "otrain-cnn", "Name of the model in the MLflow registry."
+    )
+    metric: Literal["mcc", "f1", "accuracy", "roc_auc", "average_precision"] = option(
+        "mcc", "Metric compared on the test cube."
+    )
+    tolerance: Annotated[float, AfterValidator(_non_negative_float)] = option(
+        0.005, "The new model may be worse than the champion by at most this much."
+    )
+    threshold: Probability = option(0.5, "Probability threshold of the comparison: real if P(real) > threshold.")
+    alias: Annotated[str, AfterValidator(_model_name)] = option("champion", "Alias given to the promoted version.")
+    report: Path | None = option(None, "Write the decision to this JSON file.")
+
+
+#: Options that dvc.yaml sets itself (paths and names of the pipeline's files): params.yaml
+#: sections hold only the tunable ones.
+PIPELINE_FIXED = {
+    "simulate": {"out", "overwrite", "workers"},
+    "convert": {"path", "cube", "cutouts", "overwrite", "workers", "skip_bad_files"},
+    "train": {"cube", "model_path", "resume", "overwrite"},
+    "infer": {"cutouts", "model", "output", "workers", "recursive"},
+    "checkinfer": {"plots", "crossmatch", "infer", "mlflow_run"},
+    "diagnostics": {"path_cube_validation", "model_path", "path_diagnostics"},
+    "plot_results": {"path_cube_validation", "model_path", "path_plots"},
+    "grad_cam": {"cube", "model_path", "cam_path"},
+    "optimise_dataset_size": {"cube", "model_path", "outdir", "overwrite"},
+    "promote": {"model_dir", "report"},
+}
+#: params.yaml section -> the command whose options it holds.
+PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
+    "simulate": SimulateConfig,
+    "convert": ConvertConfig,
+    "train": TrainConfig,
+    "infer": InferConfig,
+    "checkinfer": CheckInferConfig,
+    "diagnostics": DiagnosticsConfig,
+    "plot_results": PlotResultsConfig,
+    "grad_cam": GradCamConfig,
+    "optimise_dataset_size": OptimiseDatasetSizeConfig,
+    "promote": PromoteConfig,
+}
+
+
+def validate_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Check a params.yaml mapping against the commands' models; return the validated sections.
+
+    Each section may hold the tunable options of its command (not the pipeline's paths, which
+    dvc.yaml sets); unknown sections, unknown keys and bad values raise ``ValueError`` naming
+    the section and the key.
+    """
+    from pydantic import ValidationError, create_model
+
+    unknown = set(params) - set(PARAMS_SECTIONS)
+    if unknown:
+        raise ValueError(f"params.yaml: unknown section(s) {', '.join(sorted(unknown))}")
+    validated: dict[str, dict[str, Any]] = {}
+    for section, values in params.items():
+        model = PARAMS_SECTIONS[section]
+        fields = {
+            name: (field.annotation, field)
+            for name, field in model.model_fields.items()
+            if name not in PIPELINE_FIXED[section]
+        }
+        for name, field in model.model_fields.items():
+            if name in fields and field.metadata:
+                fields[name] = (Annotated[(field.annotation, *field.metadata)], field)
+        section_model = create_model(
+            f"{model.__name__}Params", __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True), **fields
+        )
+        try:
+            validated[section] = section_model.model_validate(values or {}).model_dump(mode="json")
+        except ValidationError as error:
+            first = error.errors(include_url=False)[0]
+            where = ".".join(str(part) for part in first.get("loc", ()))
+            raise ValueError(
+                f"params.yaml: {section}.{where}: {str(first['msg']).removeprefix('Value error, ')}"
+            ) from None
+    return validated
+
+
 #: Every command's config model, in the order of the original documentation.
 COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     SimulateConfig,
@@ -573,4 +677,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     PlotResultsConfig,
     OptimiseDatasetSizeConfig,
     GradCamConfig,
+    PromoteConfig,
 )

@@ -97,7 +97,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     A class with fewer candidates than ``--n_random`` simply gives fewer images.
     """
     from otrain import plots
-    from otrain.analysis import _log, score_cube
+    from otrain.analysis import log_stage, score_cube
 
     scored = score_cube(config.cube, config.model_path)
     cube, probabilities = scored.cube, scored.probabilities
@@ -149,5 +149,5 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
                 config.cam_path / f"{outcome}_summary.png",
             )
         )
-    _log(config.model_path, {}, report.outputs, "grad_cam")
+    log_stage(config.model_path, {}, report.outputs, "grad_cam")
     return report

@@ -199,4 +199,10 @@ def infer(config: InferConfig) -> InferenceReport:
                 f"{config.cutouts}: no cutout could be scored ({len(report.bad_files)} unreadable, "
                 f"{report.n_edge} flagged EDGE); the first problem: {report.bad_files[0][1]}"
             )
+    from otrain.tracking import log_into_training_run
+
+    counts = {"scored": report.n_scored, "real": report.n_real, "edge": report.n_edge, "bad": len(report.bad_files)}
+    log_into_training_run(
+        config.model.parent, metrics=counts, artifacts=[config.output_file], artifact_path="infer", prefix="infer_"
+    )
     return report

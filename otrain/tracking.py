@@ -158,17 +158,17 @@ def open_run(
 
 
 def log_into_training_run(
-    model_file: Path,
+    run_folder: Path,
     *,
     metrics: dict[str, float] | None = None,
     artifacts: list[Path] | None = None,
     artifact_path: str | None = None,
     prefix: str = "",
 ) -> str | None:
-    """Log metrics and files into the MLflow run of the training that made ``model_file``.
+    """Log metrics and files into the MLflow run recorded in ``run_folder/mlflow_run.json``.
 
-    The run is the one named by ``mlflow_run.json`` beside the model. Nothing happens for a
-    model without one (for example an original O'TRAIN ``.h5``). The store is
+    ``run_folder`` is a training's output folder (the model's folder). Nothing happens when it
+    has no run file (for example beside an original O'TRAIN ``.h5``). The store is
     ``MLFLOW_TRACKING_URI`` when set, else the one recorded in the run file.
 
     Returns
@@ -176,7 +176,7 @@ def log_into_training_run(
     str or None
         The run id logged into, or None.
     """
-    run = read_run_file(model_file.parent)
+    run = read_run_file(run_folder)
     if run is None:
         return None
     import mlflow

@@ -1,0 +1,31 @@
+"""otrain-promote: register a model and move the champion alias through a promotion gate."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import NoReturn
+
+from otrain.cli.app import run_command
+from otrain.config import PromoteConfig
+
+__all__ = ["main"]
+
+
+def _promote(config: PromoteConfig) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    from otrain.registry import promote
+
+    decision = promote(config)
+    print(
+        f"registered {decision.registered_name} version {decision.version} ({decision.metric} {decision.new_value:.4f})"
+    )
+    verdict = f"promoted to '{config.alias}'" if decision.promoted else "not promoted"
+    print(f"{verdict}: {decision.reason}")
+    if config.report is not None:
+        print(f"written: {config.report}")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run otrain-promote."""
+    run_command(PromoteConfig, _promote, argv)
