@@ -84,10 +84,10 @@ def _is_value(token: str) -> bool:
 
 
 def _negated_flags(config: type[CommandConfig]) -> dict[str, str]:
-    """Map ``--no-x``/``--no_x`` of every on-by-default switch to ``--x=False``."""
+    """Map ``--no-x``/``--no_x`` of every switch to ``--x=False`` (DVC writes false switches so)."""
     negated = {}
     for name, field in config.model_fields.items():
-        if field.annotation is bool and field.default is True:
+        if field.annotation is bool:
             for spelled in (name, name.replace("_", "-")):
                 negated[f"--no-{spelled}"] = negated[f"--no_{spelled}"] = f"--{name}=False"
     return negated
