@@ -29,17 +29,14 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $@
 
 demo: $(STAMP)
-	$(BIN)/otrain-simulate --out $(DEMO_DIR)/survey --overwrite
-	$(BIN)/otrain-convert --path $(DEMO_DIR) --cube survey --cutouts $(DEMO_DIR)/survey --cutout-size 32 --overwrite
-	$(BIN)/otrain-train --cube $(DEMO_DIR)/datacube/survey.npz --model-path $(DEMO_DIR)/models --model-name survey \
-		--epochs 15 --normalisation robust --overwrite
-	$(BIN)/otrain-infer --cutouts $(DEMO_DIR)/survey/night --model $(DEMO_DIR)/models/CNN_training/survey/survey.keras
+	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
+	$(BIN)/python -m otrain.summary
 	@echo
-	@echo "Demo done. Look at:"
-	@echo "  $(DEMO_DIR)/survey/                           the synthetic survey (true/, false/, night/, truth.csv)"
-	@echo "  $(DEMO_DIR)/datacube/survey.npz               the training datacube (32x32 crops)"
-	@echo "  $(DEMO_DIR)/models/CNN_training/survey/       the model, its card, metrics.json, curves"
-	@echo "  $(DEMO_DIR)/survey/night/infer_results.dat    the night's candidates, scored"
+	@echo "Look at:"
+	@echo "  data/survey/                          the synthetic survey (true/, false/, night/, truth.csv)"
+	@echo "  models/CNN_training/survey/           the model, its card, metrics.json, curves"
+	@echo "  reports/                              diagnostics, plots, Grad-CAM, scored night, CheckInfer"
+	@echo "  $(BIN)/dvc metrics show               every metric; $(BIN)/dvc plots show for the figures"
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   the tracked run (http://127.0.0.1:5000)"
 
 lint: $(STAMP)

@@ -27,6 +27,7 @@ __all__ = [
     "RUN_FILE",
     "RunInfo",
     "check_tracking_uri",
+    "dvc_tags",
     "git_commit",
     "log_into_training_run",
     "open_run",
@@ -77,6 +78,30 @@ def git_commit(folder: Path | None = None) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() if result.returncode == 0 else None
+
+
+def dvc_tags(data_file: Path) -> dict[str, str]:
+    """Tags tracing a run to its DVC data and experiment, when run by ``dvc repro``/``dvc exp run``.
+
+    ``dvc.data_md5`` is the md5 that ``dvc.lock`` (in the working directory) records for
+    ``data_file``; ``dvc.exp_name`` is the experiment name DVC exports to its stages.
+    """
+    tags: dict[str, str] = {}
+    lock = Path("dvc.lock")
+    if lock.is_file():
+        import yaml
+
+        try:
+            stages = (yaml.safe_load(lock.read_text()) or {}).get("stages", {})
+        except yaml.YAMLError:
+            stages = {}
+        for stage in stages.values():
+            for entry in stage.get("outs", []):
+                if Path(entry.get("path", "")) == Path(data_file) and "md5" in entry:
+                    tags["dvc.data_md5"] = entry["md5"]
+    if os.environ.get("DVC_EXP_NAME"):
+        tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    return tags
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,15 @@ from otrain.config import TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError
 from otrain.evaluation import binary_metrics
-from otrain.tracking import RunInfo, check_tracking_uri, git_commit, open_run, read_run_file, resolve_tracking_uri
+from otrain.tracking import (
+    RunInfo,
+    check_tracking_uri,
+    dvc_tags,
+    git_commit,
+    open_run,
+    read_run_file,
+    resolve_tracking_uri,
+)
 
 __all__ = ["TrainingResult", "auto_batch_size", "train"]
 
@@ -261,6 +269,7 @@ def train(
         "otrain.cube": str(config.cube),
         "git.commit": git_commit(),
         "mlflow.note.content": f"otrain-train {config.name} on {config.cube}",
+        **dvc_tags(config.cube),
     }
     if not config.tracking:
         return _fit_and_write(config, cube, split, batch_size, checkpoint, None, tags, on_ready)

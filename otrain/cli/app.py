@@ -11,6 +11,7 @@ Exit status: 0 success, 1 bad data or failed work, 2 bad options, 130 interrupte
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import types
 import typing
@@ -215,6 +216,10 @@ def _describe_validation_error(config: type[CommandConfig], error: ValidationErr
     return text
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def _fail(command: str, message: str, status: int) -> NoReturn:
     print(f"{command}: error: {message}", file=sys.stderr)
     sys.exit(status)
@@ -297,6 +302,9 @@ def run_command(
     except ValidationError as error:
         _fail(config.command, _describe_validation_error(config, error), EXIT_BAD_OPTION)
     _configure_logging(config.command)
+    # A pipeline that is stopped sends SIGTERM: unwind like Ctrl-C, so runs end KILLED and
+    # temporary files are removed.
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         action(validated)
     except OtrainError as error:
