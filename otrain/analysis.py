@@ -140,7 +140,7 @@ def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, see
     for path, row in track(jobs, len(jobs), "exporting cutouts"):
         plot_cutout(cube.cube[row, :, :, 0], _title(cube, row, probabilities[row]), path)
     report.outputs += [out / folder for folder in DIAGNOSTIC_FOLDERS.values()]
-    log_stage(config.model_path, metrics, report.outputs[:2], "diagnostics")
+    log_stage(config.model_path, metrics, report.outputs[:2], "diagnostics", config.tracking)
     return report
 
 
@@ -268,12 +268,22 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     ece = evaluate(labels, probabilities, config.threshold)["expected_calibration_error"]
     written.append(write_csv(out / "calibration.csv", calibration))
     written.append(plots.plot_calibration(calibration, ece, out / "calibration.png"))
-    log_stage(config.model_path, {"best_threshold": best, "expected_calibration_error": ece}, written, "plot_results")
+    log_stage(
+        config.model_path,
+        {"best_threshold": best, "expected_calibration_error": ece},
+        written,
+        "plot_results",
+        config.tracking,
+    )
     return written
 
 
-def log_stage(model_path: Path, metrics: dict[str, Any], artifacts: list[Path], stage: str) -> None:
+def log_stage(
+    model_path: Path, metrics: dict[str, Any], artifacts: list[Path], stage: str, enabled: bool = True
+) -> None:
     """Log a stage's metrics (prefixed with its name) and files into the model's training run."""
+    if not enabled:
+        return
     from otrain.tracking import log_into_training_run
 
     run_id = log_into_training_run(

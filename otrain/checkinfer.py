@@ -57,6 +57,18 @@ def _read_table(path: Path, required: tuple[str, ...]) -> Any:
     return table
 
 
+def _identifier(value: Any) -> str:
+    """One spelling for a candidate id, whatever the column type: 3000020, 3000020.0 and "3000020" match."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text.lower() if text.lower() in ("none", "nan", "--") else text
+    if number != number:
+        return "nan"
+    return str(int(number)) if number.is_integer() else text
+
+
 def _bands(values: np.ndarray, limits: tuple[float, ...], label: str) -> list[tuple[str, np.ndarray]]:
     """Masks for (l0, l1), (l1, l2), ... and > l_last, half-open so nothing is counted twice."""
     bands = []
@@ -98,10 +110,22 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
     if len(infer) == 0:
         raise DataError(f"{config.infer}: inference table has no candidate")
 
-    row_of = {str(candid).strip(): index for index, candid in enumerate(infer["cand_ID"])}
-    closest = [str(value).strip() for value in crossmatch["closest_candID"]]
-    detected = [i for i, value in enumerate(closest) if value not in ("None", "", "--", "nan")]
+    row_of: dict[str, int] = {}
+    for index, candid in enumerate(infer["cand_ID"]):
+        key = _identifier(candid)
+        if key in row_of:
+            logger.warning("cand_ID %s appears more than once in the inference table; its first row is used", key)
+            continue
+        row_of[key] = index
+    closest = [_identifier(value) for value in crossmatch["closest_candID"]]
+    detected = [i for i, value in enumerate(closest) if value not in ("none", "", "--", "nan")]
     matched = [(i, row_of[closest[i]]) for i in detected if closest[i] in row_of]
+    if detected and not matched:
+        logger.warning(
+            "none of the %d detected injected sources is in the inference table: are the two tables from the "
+            "same night?",
+            len(detected),
+        )
     probabilities = np.asarray(infer["label1"], dtype=float)
     ratio_all = np.asarray(infer["FWHM"], dtype=float) / np.asarray(infer["FWHMPSF"], dtype=float)
     sim_rows = np.array([row for _, row in matched], dtype=int)
@@ -180,7 +204,7 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
         summary[f"recovered_fraction_above_{limit:g}"] = count / report.n_scored if report.n_scored else 0.0
     written.append(write_json(out / "checkinfer_summary.json", summary))
     report.outputs = written
-    if config.mlflow_run is not None:
+    if config.mlflow_run is not None and config.tracking:
         from otrain.tracking import log_into_training_run
 
         folder = config.mlflow_run.parent if config.mlflow_run.suffix == ".json" else config.mlflow_run

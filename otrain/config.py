@@ -462,11 +462,16 @@ class InferConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+    tracking: bool = option(
+        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
         if self.prob_ratio is not None and self.prob_ratio <= 0:
             raise ValueError(f"--prob-ratio: must be a positive ratio, got {self.prob_ratio}")
+        if self.output_file.is_dir():
+            raise ValueError(f"--output: {str(self.output_file)!r} is a folder; give a file name")
         try:
             _writable_folder(self.output_file.parent)
         except ValueError as error:
@@ -498,11 +503,24 @@ class CheckInferConfig(CommandConfig):
     mlflow_run: Path | None = option(
         None, "mlflow_run.json of the training whose MLflow run gets this command's figures and counts."
     )
+    tracking: bool = option(True, "Log into the run given by --mlflow-run; --no-tracking skips it.")
 
     @model_validator(mode="after")
     def _check(self) -> CheckInferConfig:
         if self.fwhm_ratio_lower >= self.fwhm_ratio_upper:
             raise ValueError("--fwhm-ratio-lower: must be smaller than --fwhm-ratio-upper")
+        for flag, limits in (("--maglim", self.maglim), ("--cnn-problim", self.cnn_problim)):
+            if not limits or list(limits) != sorted(set(limits)):
+                raise ValueError(
+                    f"{flag}: give one or more values in increasing order, got {' '.join(map(str, limits))}"
+                )
+        for flag, given, name in (
+            ("--crossmatch", self.crossmatch, "crossmatch.dat"),
+            ("--infer", self.infer, "infer_results.dat"),
+        ):
+            path = given / name if given.is_dir() else given
+            if not path.is_file():
+                raise ValueError(f"{flag}: {str(path)!r} does not exist (give the file or the folder holding {name})")
         return self
 
 
@@ -515,6 +533,9 @@ class DiagnosticsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     path_diagnostics: WritableFolder = option(Path("cnn_results"), "Folder for the exported cutouts of each outcome.")
+    tracking: bool = option(
+        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
+    )
 
 
 class PlotResultsConfig(CommandConfig):
@@ -526,6 +547,9 @@ class PlotResultsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     path_plots: WritableFolder = option(..., "Folder for the figures.")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    tracking: bool = option(
+        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
+    )
 
 
 class OptimiseDatasetSizeConfig(TrainingOptions):
@@ -566,6 +590,9 @@ class GradCamConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     method: Literal["gradcam", "gradcam++"] = option("gradcam", "tf-keras-vis Gradcam or GradcamPlusPlus.")
     seed: Seed = option(42, "Seed of the random choice of well-classified candidates.")
+    tracking: bool = option(
+        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
+    )
 
 
 def _non_negative_float(value: float) -> float:

@@ -19,7 +19,7 @@ import numpy as np
 from otrain.config import GradCamConfig
 from otrain.progress import track
 
-__all__ = ["OUTCOMES", "GradCamReport", "gradcam_maps", "run_grad_cam"]
+__all__ = ["OUTCOMES", "GradCamExplainer", "GradCamReport", "gradcam_maps", "run_grad_cam"]
 
 logger = logging.getLogger("otrain")
 
@@ -27,6 +27,38 @@ logger = logging.getLogger("otrain")
 OUTCOMES = {"TP": 1, "TN": 0, "FP": 1, "FN": 0}
 _BATCH = 64
 _GRID = 25
+
+
+class GradCamExplainer:
+    """A tf-keras-vis visualiser built once for a model (wrapping and cloning cost seconds)."""
+
+    def __init__(self, model: Any, method: Literal["gradcam", "gradcam++"] = "gradcam") -> None:
+        import keras
+        from tf_keras_vis.gradcam import Gradcam
+        from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+        from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+        from otrain.model import last_conv_layer
+
+        self.layer = last_conv_layer(model).name
+        functional = keras.Model(model.inputs, model.outputs)
+        self.visualiser = (GradcamPlusPlus if method == "gradcam++" else Gradcam)(
+            functional, model_modifier=ReplaceToLinear(), clone=True
+        )
+
+    def maps(self, pixels: np.ndarray, classes: np.ndarray, expand: bool = True, normalise: bool = True) -> np.ndarray:
+        """Class activation maps of ``classes`` (0 bogus, 1 real) for a batch of cutouts."""
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        maps = self.visualiser(
+            CategoricalScore([int(c) for c in classes]),
+            pixels,
+            penultimate_layer=self.layer,
+            seek_penultimate_conv_layer=False,
+            expand_cam=expand,
+            normalize_cam=normalise,
+        )
+        return np.asarray(maps, dtype=np.float64).reshape(len(pixels), *np.shape(maps)[-2:])
 
 
 def gradcam_maps(
@@ -59,27 +91,7 @@ def gradcam_maps(
     numpy.ndarray
         (N, H, W) maps, or (N, h, w) on the convolution grid when not expanded.
     """
-    import keras
-    from tf_keras_vis.gradcam import Gradcam
-    from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-    from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-    from tf_keras_vis.utils.scores import CategoricalScore
-
-    from otrain.model import last_conv_layer
-
-    functional = keras.Model(model.inputs, model.outputs)
-    visualiser = (GradcamPlusPlus if method == "gradcam++" else Gradcam)(
-        functional, model_modifier=ReplaceToLinear(), clone=True
-    )
-    maps = visualiser(
-        CategoricalScore([int(c) for c in classes]),
-        pixels,
-        penultimate_layer=last_conv_layer(model).name,
-        seek_penultimate_conv_layer=False,
-        expand_cam=expand,
-        normalize_cam=normalise,
-    )
-    return np.asarray(maps, dtype=np.float64).reshape(len(pixels), *np.shape(maps)[-2:])
+    return GradCamExplainer(model, method).maps(pixels, classes, expand, normalise)
 
 
 @dataclass
@@ -100,6 +112,9 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     from otrain.analysis import log_stage, score_cube
 
     scored = score_cube(config.cube, config.model_path)
+    explainer = GradCamExplainer(
+        scored.model, config.method
+    )  # fails on a model without Conv2D, before any file changes
     cube, probabilities = scored.cube, scored.probabilities
     predicted = probabilities > config.threshold
     real = cube.labels == 1
@@ -125,7 +140,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
         explained = OUTCOMES[outcome]
         maps = np.concatenate(
             [
-                gradcam_maps(scored.model, cube.cube[batch], np.full(len(batch), explained), config.method)
+                explainer.maps(cube.cube[batch], np.full(len(batch), explained))
                 for batch in np.array_split(rows, -(-len(rows) // _BATCH))
             ]
         )
@@ -149,5 +164,5 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
                 config.cam_path / f"{outcome}_summary.png",
             )
         )
-    log_stage(config.model_path, {}, report.outputs, "grad_cam")
+    log_stage(config.model_path, {}, report.outputs, "grad_cam", config.tracking)
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +60,7 @@ class InferenceReport:
     n_scored: int = 0
     n_real: int = 0
     n_edge: int = 0
+    seconds: float = 0.0  #: reading and scoring, without loading the model
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -167,6 +169,7 @@ def infer(config: InferConfig) -> InferenceReport:
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
     report = InferenceReport(output=config.output_file, n_files=len(files))
+    started = time.perf_counter()
     jobs = [(path, shape) for path in files]
     with atomic_path(config.output_file) as temporary, open(temporary, "w") as stream:
         stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
@@ -190,6 +193,7 @@ def infer(config: InferConfig) -> InferenceReport:
             _write_rows(stream, scored, metas, p_real, config.threshold)
             report.n_scored += len(metas)
             report.n_real += int(np.count_nonzero(p_real > config.threshold))
+        report.seconds = time.perf_counter() - started
         for _, message in report.bad_files[:_MAX_LISTED_BAD_FILES]:
             logger.warning("skipped: %s", message)
         if len(report.bad_files) > _MAX_LISTED_BAD_FILES:
@@ -199,6 +203,8 @@ def infer(config: InferConfig) -> InferenceReport:
                 f"{config.cutouts}: no cutout could be scored ({len(report.bad_files)} unreadable, "
                 f"{report.n_edge} flagged EDGE); the first problem: {report.bad_files[0][1]}"
             )
+    if not config.tracking:
+        return report
     from otrain.tracking import log_into_training_run
 
     counts = {"scored": report.n_scored, "real": report.n_real, "edge": report.n_edge, "bad": len(report.bad_files)}

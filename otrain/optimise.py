@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from otrain.config import OptimiseDatasetSizeConfig, TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
-from otrain.errors import DataError
+from otrain.errors import DataError, OptionError
 
 __all__ = ["StudyReport", "nested_order", "run_study", "study_sizes"]
 
@@ -54,7 +55,11 @@ class StudyReport:
 
 def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
     shared = config.model_dump(exclude={"command", "n_sections", "outdir", "model_name"})
-    return TrainConfig.model_validate({**shared, "model_name": f"{config.model_name}_size_{size}"})
+    try:
+        return TrainConfig.model_validate({**shared, "model_name": f"{config.model_name}_size_{size}"})
+    except ValidationError as error:
+        message = str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        raise OptionError(message.replace("--model-name", "--model-name (a size of the study)")) from None
 
 
 def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
@@ -73,6 +78,8 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
     if not sizes:
         raise DataError(f"{config.cube}: too few cutouts ({len(cube)}) for a dataset-size study")
     report = StudyReport()
+    # Every size's options are checked before the first training starts.
+    configs = {size: _train_config(config, size) for size in sizes}
 
     def study() -> None:
         for size in sizes:
@@ -81,7 +88,7 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
                 logger.warning("size %d: one class only, skipped", size)
                 continue
             print(f"--- training on {size} of {len(pool)} cutouts", flush=True)
-            result = train(_train_config(config, size), cube=cube, split=subset)
+            result = train(configs[size], cube=cube, split=subset)
             best = min(result.history, key=lambda row: row["val_loss"])
             report.rows.append(
                 {

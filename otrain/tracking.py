@@ -10,6 +10,7 @@ Ctrl-C), never left RUNNING.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import urllib.error
@@ -35,13 +36,22 @@ __all__ = [
     "resolve_tracking_uri",
 ]
 
+logger = logging.getLogger("otrain")
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 RUN_FILE = "mlflow_run.json"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:
-    """Return the tracking URI: the environment's, else ``configured``, else the default."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+    """Return the tracking URI: the environment's, else ``configured``, else the default.
+
+    A relative SQLite path is made absolute, so that the URI recorded in ``mlflow_run.json``
+    still names the same store when a later command runs from another folder.
+    """
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    return uri
 
 
 def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
@@ -67,6 +77,14 @@ def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
         folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise OptionError(f"MLflow store {uri}: folder {folder} is not writable; {hint}")
+    else:
+        try:
+            from mlflow.tracking import MlflowClient
+
+            MlflowClient(uri).search_experiments(max_results=1)
+        except Exception as error:  # any backend: a driver missing, a refused connection...
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise OptionError(f"cannot use MLflow tracking store {uri} ({reason[:200]}); {hint}") from None
 
 
 def git_commit(folder: Path | None = None) -> str | None:
@@ -113,10 +131,10 @@ class RunInfo:
     tracking_uri: str
 
     def write(self, folder: Path) -> Path:
-        """Write ``mlflow_run.json`` into ``folder``."""
-        path = folder / RUN_FILE
-        path.write_text(json.dumps(self.__dict__, indent=2) + "\n")
-        return path
+        """Write ``mlflow_run.json`` into ``folder`` (atomically: it is a pipeline output)."""
+        from otrain.atomic import write_text_atomic
+
+        return write_text_atomic(folder / RUN_FILE, json.dumps(self.__dict__, indent=2) + "\n")
 
 
 def read_run_file(folder: Path) -> RunInfo | None:
@@ -204,9 +222,26 @@ def log_into_training_run(
     run = read_run_file(run_folder)
     if run is None:
         return None
+    try:
+        _log_into(run, metrics, artifacts, artifact_path, prefix)
+    except Exception as error:  # the outputs are written; a tracking problem must not fail the command
+        logger.warning("could not log to MLflow run %s (%s); use --no-tracking to skip it", run.run_id, error)
+        return None
+    return run.run_id
+
+
+def _log_into(
+    run: RunInfo,
+    metrics: dict[str, float] | None,
+    artifacts: list[Path] | None,
+    artifact_path: str | None,
+    prefix: str,
+) -> None:
     import mlflow
+    from mlflow.tracking import MlflowClient
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or run.tracking_uri
+    MlflowClient(uri).get_run(run.run_id)  # fails cleanly when this store does not hold the run
     with open_run(uri, "", run_id=run.run_id):
         finite = {
             f"{prefix}{key}": float(value)
@@ -222,4 +257,3 @@ def log_into_training_run(
                 )
             else:
                 mlflow.log_artifact(str(path), artifact_path=artifact_path)
-    return run.run_id

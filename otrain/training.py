@@ -10,7 +10,6 @@ from there (and in the same MLflow run).
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import shutil
 import tempfile
@@ -23,10 +22,10 @@ from typing import Any
 import numpy as np
 
 from otrain import __version__
-from otrain.atomic import atomic_path, write_text_atomic
+from otrain.atomic import atomic_path
 from otrain.config import TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
-from otrain.errors import DataError, OptionError
+from otrain.errors import DataError, OptionError, OtrainError
 from otrain.evaluation import binary_metrics
 from otrain.tracking import (
     RunInfo,
@@ -194,7 +193,9 @@ def _read_history(path: Path) -> list[dict[str, float]]:
 
 
 def _write_json(path: Path, data: dict[str, Any]) -> Path:
-    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    from otrain.evaluation import write_json
+
+    return write_json(path, data)
 
 
 def _device() -> str:
@@ -380,8 +381,13 @@ def _fit_and_write(
     }
     outputs.append(write_card(config.model_file, card))
     if run is not None:
+        try:
+            _log_to_mlflow(model, metrics, outputs, test_x)
+        except Exception as error:  # the store or the artifact server went away
+            raise OtrainError(
+                f"training finished and {output} is written, but logging to MLflow failed ({error})"
+            ) from None
         outputs.append(run.write(output))
-        _log_to_mlflow(model, metrics, outputs, test_x)
     shutil.rmtree(checkpoint, ignore_errors=True)
     return TrainingResult(
         output_dir=output,

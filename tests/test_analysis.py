@@ -136,7 +136,19 @@ def test_plot_results_figures_and_their_data(trained: Path, tmp_path: Path) -> N
     assert len(table) == 101
     roc = read_csv(out / "mag_ROC.csv")
     per_bin = {int(row["bin"]): int(row["n"]) for row in roc}
-    assert sum(per_bin.values()) <= len(cube)  # no candidate counted in two bins
+    usable = cube.mags[np.isfinite(cube.mags) & (cube.mags > 0) & (cube.mags != 99) & (cube.mags <= 25)]
+    edges = np.concatenate([[0.0], np.linspace(usable.min(), 25.0, 6)])
+    for index, count in per_bin.items():  # half-open bins, the last one closed: nobody twice
+        low, high = edges[index], edges[index + 1]
+        inside = (cube.mags >= low) & ((cube.mags <= high) if index == 5 else (cube.mags < high))
+        assert count == int(inside.sum())
+    first = min(per_bin)
+    low, high = edges[first], edges[first + 1]
+    inside = (cube.mags >= low) & ((cube.mags <= high) if first == 5 else (cube.mags < high))
+    fpr, tpr, _ = skm.roc_curve(cube.labels[inside], p_real[inside])
+    rows = [row for row in roc if int(row["bin"]) == first]
+    assert_allclose([float(row["tpr"]) for row in rows], tpr, atol=1e-6)
+    assert_allclose([float(row["fpr"]) for row in rows], fpr, atol=1e-6)
     calibration = read_csv(out / "calibration.csv")
     assert sum(int(row["count"]) for row in calibration) == len(cube)
 
@@ -303,8 +315,13 @@ def test_checkinfer_bad_inputs(
     )
     assert call_main(checkinfer_main, "--plots", tmp_path, "--crossmatch", empty, "--infer", night) == 1
     assert "crossmatch table has no injected source" in capsys.readouterr().err
-    assert call_main(checkinfer_main, "--plots", tmp_path, "--crossmatch", tmp_path / "nowhere", "--infer", night) == 1
+    assert call_main(checkinfer_main, "--plots", tmp_path, "--crossmatch", tmp_path / "nowhere", "--infer", night) == 2
     assert "--crossmatch: " in capsys.readouterr().err
+    status = call_main(
+        checkinfer_main, "--plots", tmp_path, "--crossmatch", night, "--infer", night, "--maglim", "21", "18"
+    )
+    assert status == 2
+    assert "--maglim: give one or more values in increasing order" in capsys.readouterr().err
     assert not (tmp_path / "CheckInfer" / "checkinfer_summary.json").exists()
 
 

@@ -24,6 +24,7 @@ COMMANDS = {
     "otrain-plot-results": cfg.PlotResultsConfig,
     "otrain-optimise-dataset-size": cfg.OptimiseDatasetSizeConfig,
     "otrain-grad-cam": cfg.GradCamConfig,
+    "otrain-promote": cfg.PromoteConfig,
 }
 
 
@@ -34,7 +35,10 @@ def test_console_script_help_lists_every_option(command: str) -> None:
     config = COMMANDS[command]
     assert result.stdout.startswith(f"usage: {command} ")
     for name, field in config.model_fields.items():
-        assert config.flag_of(name) in result.stdout
+        flag = config.flag_of(name)
+        if field.annotation is bool and field.default is True:
+            flag = "--no-" + flag[2:]  # on-by-default switches are shown as their negation
+        assert flag in result.stdout
         assert field.description in result.stdout
     assert run_command(command, "-h").stdout == result.stdout
 
@@ -74,6 +78,8 @@ def test_prob_ratio_zero_is_an_option_error_not_a_crash(tmp_path: Path) -> None:
 
 
 def test_multi_value_options_like_the_original_nargs(tmp_path: Path) -> None:
+    (tmp_path / "crossmatch.dat").write_text("")
+    (tmp_path / "infer_results.dat").write_text("")
     options = parse_options(
         cfg.CheckInferConfig,
         ["--maglim", "12", "18", "21", "22", "--cnn-problim", "0.2", "0.9", "--plots", str(tmp_path)],
@@ -110,6 +116,8 @@ def test_option_without_its_value(tmp_path: Path, capsys: pytest.CaptureFixture[
 
 
 def test_checkinfer_accepts_several_values(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "crossmatch.dat").write_text("")
+    (tmp_path / "infer_results.dat").write_text("")
     status = call_main(
         checkinfer_main,
         *("--plots", tmp_path, "--crossmatch", tmp_path, "--infer", tmp_path),

@@ -18,6 +18,8 @@ def files(tmp_path: Path) -> dict[str, Path]:
     model.write_bytes(b"")
     cutouts = tmp_path / "cutouts"
     cutouts.mkdir()
+    (cutouts / "crossmatch.dat").write_text("")
+    (cutouts / "infer_results.dat").write_text("")
     return {"cube": cube, "model": model, "cutouts": cutouts, "out": tmp_path / "out"}
 
 
@@ -41,6 +43,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
             "outdir": files["out"],
         },
         cfg.GradCamConfig: {"cube": files["cube"], "model_path": files["model"]},
+        cfg.PromoteConfig: {"model_dir": files["cutouts"]},
     }
 
 
@@ -149,6 +152,7 @@ def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str
     cfg.ConvertConfig.model_validate({**minimal_options(files)[cfg.ConvertConfig], "path": out})
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.npz", "cutouts", "model.h5"]
+    assert sorted(p.name for p in (tmp_path / "cutouts").iterdir()) == ["crossmatch.dat", "infer_results.dat"]
 
 
 @pytest.mark.parametrize(

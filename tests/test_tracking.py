@@ -10,12 +10,14 @@ from otrain.errors import OptionError
 from otrain.tracking import DEFAULT_TRACKING_URI, check_tracking_uri, open_run, read_run_file, resolve_tracking_uri
 
 
-def test_uri_rule_environment_then_params_then_default(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
-    assert resolve_tracking_uri("sqlite:///params.db") == "sqlite:///env.db"
+def test_uri_rule_environment_then_params_then_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert resolve_tracking_uri("sqlite:///params.db") == "http://127.0.0.1:5000"
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    assert resolve_tracking_uri("sqlite:///params.db") == "sqlite:///params.db"
-    assert resolve_tracking_uri(None) == DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    assert resolve_tracking_uri("sqlite:////abs/params.db") == "sqlite:////abs/params.db"
+    monkeypatch.chdir(tmp_path)
+    assert DEFAULT_TRACKING_URI == "sqlite:///mlflow.db"
+    assert resolve_tracking_uri(None) == f"sqlite:///{tmp_path / 'mlflow.db'}"  # made absolute
 
 
 def test_unusable_stores_are_refused_early(tmp_path: Path) -> None:
@@ -61,3 +63,22 @@ def test_a_run_can_be_resumed_by_id(tmp_path: Path) -> None:
     assert stored.data.params["stage"] == "train"
     assert stored.data.metrics["later"] == 1.0
     assert stored.info.status == "FINISHED"
+
+
+def test_a_store_that_cannot_be_used_is_an_option_error() -> None:
+    with pytest.raises(OptionError, match="cannot use MLflow tracking store postgresql://"):
+        check_tracking_uri("postgresql://nobody@127.0.0.1:9/none")
+
+
+def test_later_commands_warn_instead_of_failing_when_the_run_is_elsewhere(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import logging
+
+    from otrain.tracking import RunInfo, log_into_training_run
+
+    RunInfo("0123456789abcdef", "1", f"sqlite:///{tmp_path / 'gone.db'}").write(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")
+    with caplog.at_level(logging.WARNING, logger="otrain"):
+        assert log_into_training_run(tmp_path, metrics={"x": 1.0}) is None
+    assert "could not log to MLflow run 0123456789abcdef" in caplog.text

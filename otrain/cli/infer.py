@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -17,9 +16,8 @@ def _infer(config: InferConfig) -> None:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     from otrain.inference import infer
 
-    started = time.perf_counter()
     report = infer(config)
-    elapsed = time.perf_counter() - started
+    elapsed = report.seconds
     print(
         f"scored {report.n_scored} of {report.n_files} cutouts in {elapsed:.1f} s "
         f"({report.n_scored / max(elapsed, 1e-9):.0f}/s); skipped {report.n_edge} EDGE, "
