@@ -1,0 +1,153 @@
+"""The pipeline against a real MLflow tracking server backed by a real PostgreSQL.
+
+The test starts PostgreSQL (initdb into a temporary folder, a free loopback port) and
+``mlflow server`` (PostgreSQL backend, proxied artifact store, one worker), runs ``dvc repro``
+with tiny parameters against it, checks the run, the registry and the champion model through
+MlflowClient, and stops both servers. It is skipped only when PostgreSQL is not installed
+(``.ci/run`` installs Debian's ``postgresql``).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import BIN
+from test_pipeline import dvc, make_repo
+
+pytestmark = pytest.mark.slow
+
+
+def postgres_bin(name: str) -> str | None:
+    found = shutil.which(name)
+    if found:
+        return found
+    candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return candidates[-1] if candidates else None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def as_postgres_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: run it as the 'postgres' account the package creates."""
+    if os.geteuid() != 0:
+        return command
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
+    folder = tmp_path_factory.mktemp("postgres")
+    data = folder / "data"
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres")
+        os.chmod(folder, 0o755)
+    port = free_port()
+    subprocess.run(
+        as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
+        check=True,
+        capture_output=True,
+    )
+    options = f"-c listen_addresses=127.0.0.1 -p {port} -k {folder}"
+    subprocess.run(
+        as_postgres_user([pg_ctl, "-D", str(data), "-o", options, "-w", "-l", str(folder / "log"), "start"]),
+        check=True,
+        capture_output=True,
+    )
+    try:
+        createdb = postgres_bin("createdb")
+        assert createdb is not None
+        subprocess.run([createdb, "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "mlflow"], check=True)
+        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
+    finally:
+        subprocess.run(as_postgres_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def tracking_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    artifacts = tmp_path_factory.mktemp("artifacts")
+    port = free_port()
+    command = [
+        str(BIN / "mlflow"),
+        "server",
+        *("--backend-store-uri", postgres),
+        *("--artifacts-destination", artifacts.as_uri()),
+        "--serve-artifacts",
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+    ]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    "mlflow server did not start: " + (artifacts.parent / "mlflow-server.log").read_text()[-2000:]
+                )
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, 15)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, 9)
+        log.close()
+
+
+def test_pipeline_against_a_team_server(tracking_server: str, tmp_path: Path) -> None:
+    import mlflow
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    import otrain.model  # noqa: F401 - registers otrain's Keras layers before loading
+    from otrain.cutouts import list_cutouts, read_cutout
+
+    folder = make_repo(tmp_path / "pipeline")
+    dvc(folder, tracking_server, "repro")
+    run_file = json.loads((folder / "models" / "CNN_training" / "survey" / "mlflow_run.json").read_text())
+    assert run_file["tracking_uri"] == tracking_server
+    client = MlflowClient(tracking_server)
+    run = client.get_run(run_file["run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["epochs"] == "2"
+    assert {"test_accuracy", "test_mcc", "diagnostics_roc_auc", "val_loss"} <= set(run.data.metrics)
+    grad_cam = [item.path for item in client.list_artifacts(run.info.run_id, "grad_cam")]
+    assert any(path.endswith("_summary.png") for path in grad_cam)
+    plots = {item.path for item in client.list_artifacts(run.info.run_id, "plot_results")}
+    assert "plot_results/mag_ROC.png" in plots
+    assert "model/MLmodel" in {item.path for item in client.list_artifacts(run.info.run_id, "model")}
+    champion = client.get_model_version_by_alias("otrain-cnn", "champion")
+    assert champion.run_id == run.info.run_id
+    assert "test_mcc" in champion.tags
+
+    mlflow.set_tracking_uri(tracking_server)
+    model = mlflow.keras.load_model("models:/otrain-cnn@champion")
+    cutout = read_cutout(list_cutouts(folder / "data" / "survey" / "night")[0]).pixels[np.newaxis]
+    scores = model.predict(cutout, verbose=0)
+    assert scores.shape == (1, 2)
+    assert abs(float(scores.sum()) - 1.0) < 1e-5
