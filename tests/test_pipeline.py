@@ -196,3 +196,12 @@ def test_killed_training_then_repro_finishes_cleanly(tmp_path: Path) -> None:
     runs = client.search_runs([client.get_experiment_by_name("otrain").experiment_id])
     assert {run.info.status for run in runs} <= {"FINISHED", "KILLED"}
     assert "FINISHED" in {run.info.status for run in runs}
+
+
+@pytest.mark.slow
+def test_repro_again_gives_the_same_metrics(pipeline: tuple[Path, str]) -> None:
+    folder, uri = pipeline
+    metrics_file = folder / "models" / "CNN_training" / "survey" / "metrics.json"
+    before = json.loads(metrics_file.read_text())
+    dvc(folder, uri, "repro", "--force", "--single-item", "train")
+    assert json.loads(metrics_file.read_text()) == before

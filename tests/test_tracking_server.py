@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -49,15 +50,15 @@ def as_postgres_user(command: list[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def postgres() -> Iterator[str]:
     initdb, pg_ctl = postgres_bin("initdb"), postgres_bin("pg_ctl")
     if initdb is None or pg_ctl is None:
         pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
-    folder = tmp_path_factory.mktemp("postgres")
+    # Not under pytest's temporary folder: the 'postgres' account cannot enter root's 0700 tree.
+    folder = Path(tempfile.mkdtemp(prefix="otrain-postgres-"))
     data = folder / "data"
     if os.geteuid() == 0:
         shutil.chown(folder, "postgres")
-        os.chmod(folder, 0o755)
     port = free_port()
     subprocess.run(
         as_postgres_user([initdb, "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"]),
@@ -77,6 +78,7 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/mlflow"
     finally:
         subprocess.run(as_postgres_user([pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"]), capture_output=True)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
