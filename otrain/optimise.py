@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from otrain.config import OptimiseDatasetSizeConfig, TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError
+from otrain.progress import announce
 
 __all__ = ["StudyReport", "nested_order", "run_study", "study_sizes"]
 
@@ -87,7 +88,7 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
             if len(np.unique(cube.labels[subset.train])) < 2:
                 logger.warning("size %d: one class only, skipped", size)
                 continue
-            print(f"--- training on {size} of {len(pool)} cutouts", flush=True)
+            announce(f"--- training on {size} of {len(pool)} cutouts")
             result = train(configs[size], cube=cube, split=subset)
             best = min(result.history, key=lambda row: row["val_loss"])
             report.rows.append(

@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from tqdm import tqdm
 
-__all__ = ["progress_bar", "track"]
+__all__ = ["announce", "progress_bar", "track"]
 
 T = TypeVar("T")
 
@@ -80,3 +80,8 @@ def track(iterable: Iterable[T], total: int | None, description: str, unit: str 
         for item in iterable:
             yield item
             bar.update(1)
+
+
+def announce(line: str) -> None:
+    """Print one progress line (an epoch, a step of a study) to standard output, at once."""
+    print(line, flush=True)

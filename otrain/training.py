@@ -27,6 +27,7 @@ from otrain.config import TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError
 from otrain.evaluation import binary_metrics
+from otrain.progress import announce
 from otrain.tracking import (
     RunInfo,
     check_tracking_uri,
@@ -159,10 +160,9 @@ def _epoch_callbacks(
             history[:] = [previous for previous in history if previous["epoch"] < row["epoch"]] + [row]
             _write_history(history_file, history)
             elapsed = time.perf_counter() - self.started
-            print(
+            announce(
                 f"epoch {row['epoch']}/{config.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
                 f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} ({elapsed:.1f} s)",
-                flush=True,
             )
             if tracking:
                 import mlflow
