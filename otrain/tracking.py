@@ -178,7 +178,26 @@ def open_run(
     """
     import mlflow
 
+    # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in this process's environment;
+    # put back what was there, so that a library caller's later runs go where they expect.
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    try:
+        with _run(mlflow, tracking_uri, experiment, run_name, run_id, tags) as info:
+            yield info
+    finally:
+        mlflow.set_tracking_uri(previous)
+
+
+@contextmanager
+def _run(
+    mlflow: Any,
+    tracking_uri: str,
+    experiment: str,
+    run_name: str | None,
+    run_id: str | None,
+    tags: dict[str, Any] | None,
+) -> Iterator[RunInfo]:
     if run_id is None:
         parent = mlflow.active_run()
         experiment_id = parent.info.experiment_id if parent else mlflow.set_experiment(experiment).experiment_id
@@ -241,6 +260,7 @@ def _log_into(
     from mlflow.tracking import MlflowClient
 
     uri = os.environ.get("MLFLOW_TRACKING_URI") or run.tracking_uri
+    check_tracking_uri(uri, timeout=5)  # a server that is gone fails fast, not after minutes of retries
     MlflowClient(uri).get_run(run.run_id)  # fails cleanly when this store does not hold the run
     with open_run(uri, "", run_id=run.run_id):
         finite = {

@@ -6,7 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,21 @@ GMADET_DEFAULTS: dict[str, Any] = {
     "FWHMPSF": 2.4,
     "EDGE": "False",
 }
+
+
+@pytest.fixture(autouse=True)
+def _restore_tracking_uri() -> Iterator[None]:
+    """Keep one test's MLflow tracking URI (MLflow stores it in the environment) from leaking."""
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    yield
+    if "mlflow" in sys.modules:
+        import mlflow
+
+        mlflow.set_tracking_uri(before)  # None unsets the variable
+    elif before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
+    else:
+        os.environ["MLFLOW_TRACKING_URI"] = before
 
 
 def pixels(size: int = 16, value: float | None = None, seed: int = 0) -> np.ndarray:
