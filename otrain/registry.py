@@ -91,7 +91,7 @@ def promote(config: PromoteConfig) -> PromotionDecision:
         champion = client.get_model_version_by_alias(config.registered_name, config.alias)
     except MlflowException:
         champion = None
-    if champion is not None and champion.version != version.version:
+    if champion is not None and str(champion.version) != str(version.version):
         champion_model = mlflow.keras.load_model(f"models:/{config.registered_name}@{config.alias}")
         champion_value = _score(champion_model, cube, config.threshold, config.metric)
         decision.champion_version, decision.champion_value = str(champion.version), champion_value

@@ -351,3 +351,27 @@ def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     assert "epoch 1/4" not in resumed.stdout, first_epoch_printed
     with open(output / "history.csv", newline="") as stream:
         assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3, 4]
+
+
+def test_promotion_gate_keeps_a_better_champion(
+    trained: Path, workspace: Path, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from otrain.cli.promote import main as promote_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    first = tmp_path / "first.json"
+    assert call_main(promote_main, "--model-dir", trained, "--registered-name", "gate", "--report", first) == 0
+    assert json.loads(first.read_text())["promoted"] is True
+    # A model that has not learnt anything (a vanishing learning rate) must not take the alias.
+    assert train(workspace, "untrained", "--epochs", "1", "--learning-rate", "1e-12", models="gate") == 0
+    second = tmp_path / "second.json"
+    untrained = workspace / "gate" / "CNN_training" / "untrained"
+    assert call_main(promote_main, "--model-dir", untrained, "--registered-name", "gate", "--report", second) == 0
+    decision = json.loads(second.read_text())
+    assert decision["promoted"] is False
+    assert decision["champion_value"] > decision["new_value"] + 0.005
+    client = MlflowClient(tracking_uri)
+    assert str(client.get_model_version_by_alias("gate", "champion").version) == "1"
+    assert client.get_model_version("gate", "2").tags["promotion"].startswith("mcc ")
