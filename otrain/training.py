@@ -10,6 +10,7 @@ from there (and in the same MLflow run).
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import shutil
 import tempfile
@@ -22,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from otrain import __version__
-from otrain.atomic import atomic_path
+from otrain.atomic import atomic_path, write_text_atomic
 from otrain.config import TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError
@@ -47,6 +48,18 @@ _MIN_STEPS_PER_EPOCH = 20
 _MAX_BATCH = 1024
 _MIN_BATCH = 16
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+#: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
+RESUME_KEYS = (
+    "seed",
+    "frac",
+    "test_frac",
+    "dropout",
+    "learning_rate",
+    "normalisation",
+    "augment",
+    "class_weight",
+    "mixed_precision",
+)
 
 
 def auto_batch_size(n_train: int) -> int:
@@ -258,12 +271,25 @@ def train(
     if config.tracking:
         check_tracking_uri(tracking_uri)
 
+    data_hash = cube.content_hash()
+    options = config.model_dump(mode="json")
+    fingerprint = {"data_hash": data_hash, "batch_size_used": batch_size, **{key: options[key] for key in RESUME_KEYS}}
+    fingerprint_file = checkpoint / "options.json"
+    if config.resume and fingerprint_file.is_file():
+        saved = json.loads(fingerprint_file.read_text())
+        changed = sorted(key for key in fingerprint if saved.get(key) != fingerprint[key])
+        if changed:
+            raise OptionError(
+                f"--resume: the interrupted training used other values of {', '.join(changed)}; "
+                "resume with the same ones (only --epochs may change) or pass --overwrite to start again"
+            )
+
     if config.overwrite and not config.resume and config.output_dir.exists():
         shutil.rmtree(config.output_dir)
     config.output_dir.mkdir(parents=True, exist_ok=True)
     checkpoint.mkdir(exist_ok=True)
+    write_text_atomic(fingerprint_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
-    data_hash = cube.content_hash()
     tags = {
         "otrain.version": __version__,
         "otrain.data_hash": data_hash,

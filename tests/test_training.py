@@ -336,6 +336,15 @@ def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     run_id = json.loads((output / ".checkpoint" / "mlflow_run.json").read_text())["run_id"]
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
 
+    changed = subprocess.run(
+        [*command[:-4], "--epochs", "4", "--patience", "0", "--seed", "7", "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert changed.returncode == 2
+    assert "--resume: the interrupted training used other values of seed" in changed.stderr
     resumed = subprocess.run(
         [*command[:-4], "--epochs", "4", "--patience", "0", "--resume"],
         capture_output=True,
