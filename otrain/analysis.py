@@ -22,7 +22,15 @@ from otrain.errors import DataError
 from otrain.evaluation import calibration_curve, evaluate, threshold_table, write_csv, write_json
 from otrain.progress import track
 
-__all__ = ["DIAGNOSTIC_FOLDERS", "ScoredCube", "log_stage", "run_diagnostics", "run_plot_results", "score_cube"]
+__all__ = [
+    "DIAGNOSTIC_FOLDERS",
+    "ScoredCube",
+    "candidate_title",
+    "log_stage",
+    "run_diagnostics",
+    "run_plot_results",
+    "score_cube",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -90,7 +98,8 @@ def _outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -
     }
 
 
-def _title(cube: Datacube, row: int, probability: float) -> str:
+def candidate_title(cube: Datacube, row: int, probability: float) -> str:
+    """Return the title of one exported cutout: its id, P(real) and magnitude (or 'unknown')."""
     magnitude = cube.mags[row]
     error = cube.errmags[row]
     mag_text = "unknown" if math.isnan(magnitude) else f"{magnitude:.2f} +/- {error:.2f}"
@@ -138,7 +147,7 @@ def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, see
         report.exported[outcome] = len(rows)
         jobs += [(folder / f"cutout_{index}.png", int(row)) for index, row in enumerate(rows)]
     for path, row in track(jobs, len(jobs), "exporting cutouts"):
-        plot_cutout(cube.cube[row, :, :, 0], _title(cube, row, probabilities[row]), path)
+        plot_cutout(cube.cube[row, :, :, 0], candidate_title(cube, row, probabilities[row]), path)
     report.outputs += [out / folder for folder in DIAGNOSTIC_FOLDERS.values()]
     log_stage(config.model_path, metrics, report.outputs[:2], "diagnostics", config.tracking)
     return report

@@ -37,13 +37,6 @@ _PROBABILITY_EDGES = np.linspace(0, 1, 41)
 _RATIO_EDGES = np.linspace(0, 20, 61)
 
 
-def _table_file(given: Path, default_name: str, option: str) -> Path:
-    path = given / default_name if given.is_dir() else given
-    if not path.is_file():
-        raise DataError(f"{option}: {path} does not exist (give the file or the folder holding {default_name})")
-    return path
-
-
 def _read_table(path: Path, required: tuple[str, ...]) -> Any:
     from astropy.io import ascii as astropy_ascii
 
@@ -99,12 +92,8 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
     from otrain import plots
     from otrain.evaluation import write_csv, write_json
 
-    crossmatch = _read_table(
-        _table_file(config.crossmatch, "crossmatch.dat", "--crossmatch"), ("closest_candID", "mag")
-    )
-    infer = _read_table(
-        _table_file(config.infer, "infer_results.dat", "--infer"), ("cand_ID", "label1", "FWHM", "FWHMPSF")
-    )
+    crossmatch = _read_table(config.crossmatch_file, ("closest_candID", "mag"))
+    infer = _read_table(config.infer_file, ("cand_ID", "label1", "FWHM", "FWHMPSF"))
     if len(crossmatch) == 0:
         raise DataError(f"{config.crossmatch}: crossmatch table has no injected source")
     if len(infer) == 0:

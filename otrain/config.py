@@ -205,6 +205,13 @@ def option(
     return Field(default, description=help, json_schema_extra=extra)
 
 
+def _log_into_training_run() -> Any:
+    """Declare the ``--no-tracking`` switch of the commands that log into a training's MLflow run."""
+    return option(
+        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
+    )
+
+
 class CommandConfig(BaseModel):
     """Base of every command's parameters: frozen, unknown options refused."""
 
@@ -462,9 +469,7 @@ class InferConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
-    tracking: bool = option(
-        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
-    )
+    tracking: bool = _log_into_training_run()
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
@@ -514,14 +519,20 @@ class CheckInferConfig(CommandConfig):
                 raise ValueError(
                     f"{flag}: give one or more values in increasing order, got {' '.join(map(str, limits))}"
                 )
-        for flag, given, name in (
-            ("--crossmatch", self.crossmatch, "crossmatch.dat"),
-            ("--infer", self.infer, "infer_results.dat"),
-        ):
-            path = given / name if given.is_dir() else given
+        for flag, path in (("--crossmatch", self.crossmatch_file), ("--infer", self.infer_file)):
             if not path.is_file():
-                raise ValueError(f"{flag}: {str(path)!r} does not exist (give the file or the folder holding {name})")
+                raise ValueError(f"{flag}: {str(path)!r} does not exist (give the file or the folder holding it)")
         return self
+
+    @property
+    def crossmatch_file(self) -> Path:
+        """The crossmatch table: --crossmatch itself, or crossmatch.dat in that folder."""
+        return self.crossmatch / "crossmatch.dat" if self.crossmatch.is_dir() else self.crossmatch
+
+    @property
+    def infer_file(self) -> Path:
+        """The inference table: --infer itself, or infer_results.dat in that folder."""
+        return self.infer / "infer_results.dat" if self.infer.is_dir() else self.infer
 
 
 class DiagnosticsConfig(CommandConfig):
@@ -533,9 +544,7 @@ class DiagnosticsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     path_diagnostics: WritableFolder = option(Path("cnn_results"), "Folder for the exported cutouts of each outcome.")
-    tracking: bool = option(
-        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
-    )
+    tracking: bool = _log_into_training_run()
 
 
 class PlotResultsConfig(CommandConfig):
@@ -547,9 +556,7 @@ class PlotResultsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     path_plots: WritableFolder = option(..., "Folder for the figures.")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
-    tracking: bool = option(
-        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
-    )
+    tracking: bool = _log_into_training_run()
 
 
 class OptimiseDatasetSizeConfig(TrainingOptions):
@@ -590,9 +597,7 @@ class GradCamConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     method: Literal["gradcam", "gradcam++"] = option("gradcam", "tf-keras-vis Gradcam or GradcamPlusPlus.")
     seed: Seed = option(42, "Seed of the random choice of well-classified candidates.")
-    tracking: bool = option(
-        True, "Log into the training's MLflow run (mlflow_run.json beside the model); --no-tracking skips it."
-    )
+    tracking: bool = _log_into_training_run()
 
 
 def _non_negative_float(value: float) -> float:

@@ -258,21 +258,25 @@ def _is_image(cards: dict[str, Any]) -> bool:
     return cards.get("NAXIS") in (2, 3) and cards.get("BITPIX") in _FITS_DTYPES
 
 
-def _plane_location(cards: dict[str, Any], index: int, offset: int, size: int, path: Path) -> PixelLocation:
-    naxis, bitpix = int(cards["NAXIS"]), int(cards["BITPIX"])
-    shape = tuple(int(cards[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1))
-    if size < offset + _data_length(cards):
-        raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
-    blank = cards.get("BLANK") if bitpix > 0 else None
+def _plane(header: Header, index: int, offset: int | None) -> PixelLocation:
+    """Describe an image plane from its header (astropy's, or the fast reader's cards)."""
+    naxis, bitpix = int(header["NAXIS"]), int(header["BITPIX"])
+    blank = header.get("BLANK") if bitpix > 0 else None
     return PixelLocation(
         hdu_index=index,
         offset=offset,
-        shape=shape,
+        shape=tuple(int(header[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1)),
         dtype=_FITS_DTYPES[bitpix],
-        bscale=float(cards.get("BSCALE", 1.0)),
-        bzero=float(cards.get("BZERO", 0.0)),
+        bscale=float(header.get("BSCALE", 1.0)),
+        bzero=float(header.get("BZERO", 0.0)),
         blank=int(blank) if blank is not None else None,
     )
+
+
+def _plane_location(cards: dict[str, Any], index: int, offset: int, size: int, path: Path) -> PixelLocation:
+    if size < offset + _data_length(cards):
+        raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+    return _plane(cards, index, offset)
 
 
 def _read_simple(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation] | None:
@@ -367,22 +371,9 @@ def _as_edge(value: Any, path: Path) -> bool | None:
 
 
 def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PixelLocation:
-    header = hdul[index].header
-    naxis = int(header.get("NAXIS", 0))
-    shape = tuple(int(header[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1))
-    bitpix = int(header["BITPIX"])
     is_tile_compressed = isinstance(hdul[index], fits.CompImageHDU)
     offset = None if compressed or is_tile_compressed else int(hdul.fileinfo(index)["datLoc"])
-    blank = header.get("BLANK") if bitpix > 0 else None
-    return PixelLocation(
-        hdu_index=index,
-        offset=offset,
-        shape=shape,
-        dtype=_FITS_DTYPES[bitpix],
-        bscale=float(header.get("BSCALE", 1.0)),
-        bzero=float(header.get("BZERO", 0.0)),
-        blank=int(blank) if blank is not None else None,
-    )
+    return _plane(hdul[index].header, index, offset)
 
 
 def _has_image(hdu: Any) -> bool:

@@ -109,7 +109,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     A class with fewer candidates than ``--n_random`` simply gives fewer images.
     """
     from otrain import plots
-    from otrain.analysis import log_stage, score_cube
+    from otrain.analysis import candidate_title, log_stage, score_cube
 
     scored = score_cube(config.cube, config.model_path)
     explainer = GradCamExplainer(
@@ -144,11 +144,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
                 for batch in np.array_split(rows, -(-len(rows) // _BATCH))
             ]
         )
-        titles = [
-            f"Cand: {cube.candids[row]} P(real): {probabilities[row]:.3f}\n"
-            f"Mag: {cube.mags[row]:.2f} +/- {cube.errmags[row]:.2f}"
-            for row in rows
-        ]
+        titles = [candidate_title(cube, row, probabilities[row]) for row in rows]
         for index, (row, cam, title) in enumerate(
             track(list(zip(rows, maps, titles, strict=True)), len(rows), f"Grad-CAM {outcome}")
         ):

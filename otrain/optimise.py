@@ -65,8 +65,6 @@ def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
 
 def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
     """Train at every size, then write the table and the three original figures."""
-    from otrain import plots
-    from otrain.evaluation import write_csv
     from otrain.tracking import check_tracking_uri, open_run, resolve_tracking_uri
     from otrain.training import train
 
@@ -113,21 +111,20 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
             mlflow.log_params({"n_sections": config.n_sections, "sizes": ",".join(map(str, sizes))})
             study()
             for row in report.rows:
-                mlflow.log_metrics(
-                    {f"{key}": float(value) for key, value in row.items() if key != "size"}, step=row["size"]
-                )
-            report.outputs = _write_outputs(config, report.rows, plots, write_csv)
+                mlflow.log_metrics({key: float(value) for key, value in row.items() if key != "size"}, step=row["size"])
+            report.outputs = _write_outputs(config, report.rows)
             for path in report.outputs:
                 mlflow.log_artifact(str(path), artifact_path="dataset_size")
     else:
         study()
-        report.outputs = _write_outputs(config, report.rows, plots, write_csv)
+        report.outputs = _write_outputs(config, report.rows)
     return report
 
 
-def _write_outputs(
-    config: OptimiseDatasetSizeConfig, rows: list[dict[str, Any]], plots: Any, write_csv: Any
-) -> list[Path]:
+def _write_outputs(config: OptimiseDatasetSizeConfig, rows: list[dict[str, Any]]) -> list[Path]:
+    from otrain import plots
+    from otrain.evaluation import write_csv
+
     name, out = config.model_name, config.outdir
     out.mkdir(parents=True, exist_ok=True)
     sizes = [row["size"] for row in rows]

@@ -27,7 +27,7 @@ from otrain.atomic import atomic_path, write_text_atomic
 from otrain.config import TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError
-from otrain.evaluation import binary_metrics
+from otrain.evaluation import binary_metrics, write_json
 from otrain.progress import announce
 from otrain.tracking import (
     RunInfo,
@@ -205,12 +205,6 @@ def _read_history(path: Path) -> list[dict[str, float]]:
         return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
 
 
-def _write_json(path: Path, data: dict[str, Any]) -> Path:
-    from otrain.evaluation import write_json
-
-    return write_json(path, data)
-
-
 def _device() -> str:
     import tensorflow as tf
 
@@ -386,7 +380,7 @@ def _fit_and_write(
             history, "accuracy", f"{config.name}: accuracy", output / f"{config.name}_accuracy_vs_epochs.png"
         )
     )
-    outputs.append(_write_json(output / "metrics.json", metrics))
+    outputs.append(write_json(output / "metrics.json", metrics))
     card = {
         "model_file": config.model_file.name,
         "input_shape": list(input_shape),
