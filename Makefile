@@ -12,13 +12,24 @@ export OTRAIN_PROGRESS ?= 1
 # Never let a stray default tracking store appear in the working tree.
 export MLFLOW_TRACKING_URI ?= sqlite:///mlflow.db
 
-.PHONY: help install demo test lint format bench lock clean
+# Extra pytest arguments, e.g. PYTEST_ARGS='-m "not docker"' (the CI workflow splits the suite so).
+PYTEST_ARGS ?=
+# The set-up a target needs; in the images otrain is installed already: make ... VENV=/opt/venv SETUP=
+SETUP ?= $(STAMP)
+IMAGE ?= otrain:cpu
+GPU_IMAGE ?= otrain:gpu
+
+.PHONY: help install demo test lint format bench lock clean docker-image docker-image-gpu docker-test retrain
 
 help:
 	@echo "make demo    set up, then run the pipeline on the built-in synthetic survey"
 	@echo "make test    set up, then run ruff and the whole test suite"
 	@echo "make bench   run the benchmarks in benchmarks/"
 	@echo "make lock    re-resolve requirements/constraints.txt from pyproject.toml"
+	@echo "make docker-image      build the CPU image $(IMAGE) (docker/Dockerfile)"
+	@echo "make docker-image-gpu  build the GPU image $(GPU_IMAGE) (docker/Dockerfile.gpu)"
+	@echo "make docker-test       build the CPU image and run the pipeline in it (starts an engine if needed)"
+	@echo "make retrain           pull, retrain (PARAMS=...), promote, push, summarise: the retrain workflow"
 
 install: $(STAMP)
 
@@ -40,16 +51,61 @@ demo: $(STAMP)
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   the tracked run (http://127.0.0.1:5000)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check otrain tests benchmarks
-	$(BIN)/ruff format --check otrain tests benchmarks
+	$(BIN)/ruff check otrain tests benchmarks docker
+	$(BIN)/ruff format --check otrain tests benchmarks docker
 
 format: $(STAMP)
-	$(BIN)/ruff format otrain tests benchmarks
-	$(BIN)/ruff check --fix otrain tests benchmarks
+	$(BIN)/ruff format otrain tests benchmarks docker
+	$(BIN)/ruff check --fix otrain tests benchmarks docker
 
 test: $(STAMP) lint
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
-		$(BIN)/python -m pytest
+		$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The container tests alone (tests/test_docker.py): they start Debian's Docker engine when none
+# runs, build the CPU image with `make docker-image` and run the README's Docker commands.
+docker-test: $(STAMP)
+	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
+		$(BIN)/python -m pytest -m docker $(PYTEST_ARGS)
+
+# Needs a running engine (DOCKER_HOST is honoured). Without access to Docker Hub the base image
+# is a local Debian one built with debootstrap (docker/base-image.sh).
+docker-image:
+	base=$$(docker/base-image.sh) && \
+		docker build --network host --build-arg BASE_IMAGE=$$base -f docker/Dockerfile -t $(IMAGE) .
+
+docker-image-gpu:
+	docker build --network host -f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
+
+# Retraining, as .github/workflows/retrain.yml runs it (tests/test_retrain.py runs it too):
+#   DVC_REMOTE_URL       DVC remote pulled before and pushed after (unset: none);
+#                        DVC_REMOTE_USER and DVC_REMOTE_PASSWORD for an http(s) remote
+#   PARAMS               params.yaml overrides, e.g. PARAMS="train.epochs=30 train.dropout=0.4"
+#   SUMMARY              Markdown report to append to (the workflow: $$GITHUB_STEP_SUMMARY)
+# The remote and its credentials go to .dvc/config.local (ignored by git) and are removed after.
+# DVC experiments commit: a clone without a git identity (a runner's container) gets a local one.
+SUMMARY ?= reports/retrain_summary.md
+retrain: $(SETUP)
+	@set -euo pipefail; export PATH="$(abspath $(BIN)):$$PATH"; \
+	if [ -n "$${DVC_REMOTE_URL:-}" ]; then \
+		trap 'dvc remote remove --local otrain-retrain >/dev/null 2>&1 || true' EXIT; \
+		dvc remote add --local --force --default otrain-retrain "$$DVC_REMOTE_URL"; \
+		if [ -n "$${DVC_REMOTE_USER:-}" ]; then \
+			dvc remote modify --local otrain-retrain auth basic; \
+			dvc remote modify --local otrain-retrain user "$$DVC_REMOTE_USER"; \
+			dvc remote modify --local otrain-retrain password "$${DVC_REMOTE_PASSWORD:-}"; \
+		fi; \
+		echo "retrain: dvc pull"; dvc pull --allow-missing; \
+	fi; \
+	if [ -z "$$(git config user.email)" ]; then \
+		echo "retrain: no git identity; DVC experiments get this clone's local one: otrain retrain"; \
+		git config --local user.name "otrain retrain"; git config --local user.email "retrain@otrain.invalid"; \
+	fi; \
+	echo "retrain: dvc exp run $(foreach p,$(PARAMS),-S $(p))"; \
+	dvc exp run $(foreach p,$(PARAMS),-S '$(p)'); \
+	if [ -n "$${DVC_REMOTE_URL:-}" ]; then echo "retrain: dvc push"; dvc push; fi; \
+	python -m otrain.summary; \
+	python -m otrain.summary --markdown "$(SUMMARY)"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
@@ -65,6 +121,9 @@ lock:
 	{ echo "# Pinned versions for every install of otrain (Makefile, Dockerfiles, CI). Regenerate: make lock"; \
 	  .lock-venv/bin/python -m pip freeze --exclude otrain; \
 	  .lock-venv/bin/python -m pip freeze --exclude otrain | sed -n 's/^tensorflow[-_]cpu==/tensorflow==/p'; } > $(CONSTRAINTS)
+	.lock-venv/bin/python -m pip install --quiet --dry-run --ignore-installed --report .lock-venv/gpu.json \
+		--constraint $(CONSTRAINTS) "tensorflow[and-cuda]"
+	.lock-venv/bin/python docker/requirements.py cuda-pins .lock-venv/gpu.json > requirements/constraints-gpu.txt
 	rm -rf .lock-venv
 
 clean:

@@ -13,7 +13,9 @@ of the original O'TRAIN.
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,10 +34,13 @@ __all__ = [
     "input_shape_of",
     "last_conv_layer",
     "load_model",
+    "log_visible_devices",
     "read_card",
     "save_model",
     "write_card",
 ]
+
+logger = logging.getLogger("otrain")
 
 Normalisation = Literal["none", "robust"]
 NORMALISATIONS: tuple[str, ...] = ("none", "robust")
@@ -178,6 +183,25 @@ def save_model(model: keras.Model, path: Path) -> Path:
     return path
 
 
+@functools.cache
+def log_visible_devices() -> list[str]:
+    """Log, once per process, which GPUs TensorFlow sees (in a GPU container: did it get any?).
+
+    Returns
+    -------
+    list of str
+        The names of the visible GPUs; empty on the CPU.
+    """
+    import tensorflow as tf
+
+    gpus = [gpu.name.removeprefix("/physical_device:") for gpu in tf.config.list_physical_devices("GPU")]
+    if gpus:
+        logger.info("TensorFlow %s sees %d GPU(s): %s", tf.__version__, len(gpus), ", ".join(gpus))
+    else:
+        logger.info("TensorFlow %s sees no GPU; running on the CPU", tf.__version__)
+    return gpus
+
+
 def load_model(path: Path) -> keras.Model:
     """Load a ``.keras`` or ``.h5`` model, including original O'TRAIN ``.h5`` files.
 
@@ -188,6 +212,7 @@ def load_model(path: Path) -> keras.Model:
     """
     if not path.is_file():
         raise DataError(f"{path}: model file does not exist")
+    log_visible_devices()
     try:
         model = keras.saving.load_model(path, custom_objects={"RobustScaling": RobustScaling}, compile=False)
     except Exception as error:  # Keras raises many types for a bad file

@@ -17,6 +17,14 @@ from astropy.io import fits
 os.environ["OTRAIN_PROGRESS"] = "0"
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def constraint_pins() -> dict[str, str]:
+    """The exact versions of requirements/constraints.txt, by package name as written there."""
+    lines = (ROOT / "requirements" / "constraints.txt").read_text().splitlines()
+    return dict(line.split("==") for line in lines if "==" in line and not line.startswith("#"))
+
 
 #: Keywords of a complete gmadet cutout; None in an override removes the keyword.
 GMADET_DEFAULTS: dict[str, Any] = {

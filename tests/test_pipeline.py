@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -205,3 +206,54 @@ def test_repro_again_gives_the_same_metrics(pipeline: tuple[Path, str]) -> None:
     before = json.loads(metrics_file.read_text())
     dvc(folder, uri, "repro", "--force", "--single-item", "train")
     assert json.loads(metrics_file.read_text()) == before
+
+
+@pytest.mark.slow
+def test_make_retrain_pulls_trains_pushes_and_summarises(tmp_path: Path) -> None:
+    """The retrain workflow's job, `make retrain`, against a real (local folder) DVC remote, with
+    no git identity configured (as in a runner's container)."""
+    folder = make_repo(tmp_path / "retrain")
+    remote, summary = tmp_path / "remote", tmp_path / "summary.md"
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **{key: value for key, value in os.environ.items() if not key.startswith("GIT_")},
+        "HOME": str(home),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{folder / 'mlflow.db'}",
+        "OTRAIN_PROGRESS": "0",
+    }
+    command = [
+        "make", "--no-print-directory", "-f", str(ROOT / "Makefile"), "-C", str(folder), "retrain",
+        f"VENV={BIN.parent}", "SETUP=", f"DVC_REMOTE_URL={remote}", "PARAMS=train.epochs=1 grad_cam.n_random=1",
+        f"SUMMARY={summary}",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    assert params["train"]["epochs"] == 1
+    assert params["grad_cam"]["n_random"] == 1
+    assert json.loads((folder / "models/CNN_training/survey/metrics.json").read_text())["epochs_run"] == 1
+    report = summary.read_text()
+    assert "| mcc |" in report
+    assert "| champion before | none | n/a |" in report
+    assert "is now the champion" in report
+    assert "Registered model: otrain-cnn version 1 is now the champion" in result.stdout
+    assert not (folder / ".dvc" / "config.local").read_text().strip(), "the remote is removed after the run"
+
+    # What was pushed comes back from the remote alone.
+    model = folder / "models/CNN_training/survey/survey.keras"
+    before = model.read_bytes()
+    shutil.rmtree(folder / ".dvc" / "cache")
+    model.unlink()
+    subprocess.run([str(BIN / "dvc"), "remote", "add", "back", str(remote)], cwd=folder, check=True)
+    dvc(folder, env["MLFLOW_TRACKING_URI"], "pull", "--remote", "back", "models/CNN_training/survey/survey.keras")
+    assert model.read_bytes() == before
+
+    # A second retraining, with another override, meets the champion: the summary compares the two.
+    summary.unlink()
+    command[command.index("PARAMS=train.epochs=1 grad_cam.n_random=1")] = "PARAMS=train.epochs=2"
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = summary.read_text()
+    assert "| new | 2 |" in report
+    assert re.search(r"\| champion before \| 1 \| -?\d\.\d{4} \|", report)

@@ -1,0 +1,159 @@
+"""The CPU image for real: build it and run the pipeline in it, with the README's own commands.
+
+A Docker engine is reused when one answers, otherwise Debian's engine is started with its own
+data root and socket (docker/engine.sh) and stopped at the end. The README's "docker-test"
+blocks are what runs: the build block from the repository root, the run block in an empty
+folder bind-mounted into the container, as a non-root caller (when the tests run as root, as
+an unprivileged account in the engine's socket group), whose files must stay its own.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from astropy.table import Table
+from conftest import ROOT, constraint_pins
+
+IMAGE = "otrain:cpu"
+IMAGE_UID = 10001
+#: The unprivileged caller used when the tests run as root.
+CALLER_UID = 4242
+
+pytestmark = pytest.mark.docker
+
+
+def readme_block(name: str) -> str:
+    """Return the bash block that follows ``<!-- docker-test: NAME ... -->`` in the README."""
+    match = re.search(
+        rf"<!-- docker-test: {name}\b[^>]*-->\s*```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL
+    )
+    assert match, f"README.md has no docker-test block named {name}"
+    return match.group(1)
+
+
+def run_readme_block(name: str, cwd: Path, env: dict[str, str], **options: object) -> subprocess.CompletedProcess[str]:
+    """Run a README docker-test block with bash, as written (traced, stopping at the first error)."""
+    result = subprocess.run(
+        ["bash", "-euxo", "pipefail", "-c", readme_block(name)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=3000,
+        **options,  # type: ignore[arg-type]
+    )
+    assert result.returncode == 0, f"README block {name}: " + result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def docker_env() -> Iterator[dict[str, str]]:
+    """Environment whose DOCKER_HOST reaches an engine; an engine started here is stopped after."""
+    engine = ROOT / "docker" / "engine.sh"
+    started = subprocess.run([str(engine), "start"], capture_output=True, text=True, check=False, timeout=600)
+    assert started.returncode == 0, started.stderr
+    env = {**os.environ, "DOCKER_HOST": started.stdout.strip()}
+    try:
+        yield env
+    finally:
+        if "started dockerd" in started.stderr:
+            subprocess.run([str(engine), "stop"], check=True, timeout=120)
+
+
+def docker(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, env=env, check=False, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def image(docker_env: dict[str, str]) -> str:
+    """The CPU image, built by the README's build block."""
+    run_readme_block("build", ROOT, docker_env)
+    size = int(docker(docker_env, "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
+    print(f"\n{IMAGE}: {size / 1e9:.2f} GB")
+    return IMAGE
+
+
+def test_image_runs_as_a_fixed_non_root_user(docker_env: dict[str, str], image: str) -> None:
+    user = docker(docker_env, "image", "inspect", "--format", "{{.Config.User}}", image).stdout.strip()
+    assert user == f"{IMAGE_UID}:{IMAGE_UID}"
+    ids = docker(docker_env, "run", "--rm", "--network", "none", image, "id").stdout
+    assert f"uid={IMAGE_UID}(otrain)" in ids
+
+
+def test_image_has_the_tools_and_no_compilers_or_caches(docker_env: dict[str, str], image: str) -> None:
+    probe = (
+        "for tool in otrain-train otrain-infer otrain-simulate dvc mlflow git make; do command -v $tool; done; "
+        "for tool in gcc cc g++ clang; do if command -v $tool; then echo COMPILER $tool; fi; done; "
+        "ls -A /var/lib/apt/lists /root/.cache/pip $HOME/.cache/pip 2>/dev/null | grep -v '^/' | grep . "
+        "&& echo CACHE; python -c 'import otrain, tensorflow; print(tensorflow.__version__)'"
+    )
+    output = docker(docker_env, "run", "--rm", "--network", "none", image, "sh", "-c", probe).stdout
+    for tool in ("otrain-train", "otrain-infer", "otrain-simulate", "dvc", "mlflow", "git", "make"):
+        assert f"/{tool}\n" in output, f"{tool} is not on PATH in the image"
+    assert "COMPILER" not in output
+    assert "CACHE" not in output
+    assert output.strip().endswith(constraint_pins()["tensorflow_cpu"])
+
+
+@pytest.fixture(scope="module")
+def pipeline_folder(docker_env: dict[str, str], image: str) -> Iterator[tuple[Path, int, subprocess.CompletedProcess]]:
+    """An empty folder (outside pytest's private tmp, which the caller may not enter) after the
+    README's run block ran in it."""
+    folder = Path(tempfile.mkdtemp(prefix="otrain-docker-"))
+    user: dict[str, object] = {}
+    uid = os.geteuid()
+    env = {**docker_env, "HOME": str(folder), "DOCKER_CONFIG": str(folder / ".docker-config")}
+    if uid == 0:
+        uid = CALLER_UID
+        socket = Path(docker_env["DOCKER_HOST"].removeprefix("unix://"))
+        os.chown(folder, CALLER_UID, CALLER_UID)
+        user = {"user": CALLER_UID, "group": CALLER_UID, "extra_groups": [socket.stat().st_gid]}
+    try:
+        result = run_readme_block("run", folder, env, **user)
+        shutil.rmtree(folder / ".docker-config", ignore_errors=True)
+        yield folder, uid, result
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_help_runs_in_the_container(pipeline_folder: tuple[Path, int, subprocess.CompletedProcess]) -> None:
+    output = pipeline_folder[2].stdout
+    assert "otrain-train" in output
+    assert "--epochs" in output
+
+
+def test_pipeline_in_the_container_scores_the_night(
+    pipeline_folder: tuple[Path, int, subprocess.CompletedProcess],
+) -> None:
+    folder = pipeline_folder[0]
+    assert (folder / "datacube" / "survey.npz").stat().st_size > 0
+    model_dir = folder / "models" / "CNN_training" / "tiny"
+    assert (model_dir / "tiny.keras").is_file()
+    assert (model_dir / "metrics.json").is_file()
+    scored = Table.read(folder / "survey" / "night" / "infer_results.dat", format="ascii.commented_header")
+    night = list((folder / "survey" / "night").glob("*.fits*"))
+    assert 0 < len(scored) <= len(night)
+    assert ((scored["label1"] >= 0) & (scored["label1"] <= 1)).all()
+    assert (folder / "mlflow.db").is_file(), "training in the container is tracked (SQLite in the folder)"
+
+
+def test_files_written_by_the_container_belong_to_the_caller(
+    pipeline_folder: tuple[Path, int, subprocess.CompletedProcess],
+) -> None:
+    folder, uid, _ = pipeline_folder
+    paths = list(folder.rglob("*"))
+    assert len(paths) > 100
+    strangers = [path for path in paths if path.lstat().st_uid != uid]
+    assert not strangers, f"{len(strangers)} files are not the caller's, e.g. {strangers[:3]}"
+    assert uid != 0, "the run block ran as a non-root caller"
