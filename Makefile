@@ -77,35 +77,11 @@ docker-image:
 docker-image-gpu:
 	docker build --network host -f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
 
-# Retraining, as .github/workflows/retrain.yml runs it (tests/test_retrain.py runs it too):
-#   DVC_REMOTE_URL       DVC remote pulled before and pushed after (unset: none);
-#                        DVC_REMOTE_USER and DVC_REMOTE_PASSWORD for an http(s) remote
-#   PARAMS               params.yaml overrides, e.g. PARAMS="train.epochs=30 train.dropout=0.4"
-#   SUMMARY              Markdown report to append to (the workflow: $$GITHUB_STEP_SUMMARY)
-# The remote and its credentials go to .dvc/config.local (ignored by git) and are removed after.
-# DVC experiments commit: a clone without a git identity (a runner's container) gets a local one.
-SUMMARY ?= reports/retrain_summary.md
+# Retraining, as .github/workflows/retrain.yml runs it (tests/test_pipeline.py runs it too):
+# scripts/retrain.sh, configured by the environment: DVC_REMOTE_URL (DVC_REMOTE_USER,
+# DVC_REMOTE_PASSWORD), PARAMS (params.yaml overrides) and SUMMARY (Markdown report).
 retrain: $(SETUP)
-	@set -euo pipefail; export PATH="$(abspath $(BIN)):$$PATH"; \
-	if [ -n "$${DVC_REMOTE_URL:-}" ]; then \
-		trap 'dvc remote remove --local otrain-retrain >/dev/null 2>&1 || true' EXIT; \
-		dvc remote add --local --force --default otrain-retrain "$$DVC_REMOTE_URL"; \
-		if [ -n "$${DVC_REMOTE_USER:-}" ]; then \
-			dvc remote modify --local otrain-retrain auth basic; \
-			dvc remote modify --local otrain-retrain user "$$DVC_REMOTE_USER"; \
-			dvc remote modify --local otrain-retrain password "$${DVC_REMOTE_PASSWORD:-}"; \
-		fi; \
-		echo "retrain: dvc pull"; dvc pull --allow-missing; \
-	fi; \
-	if [ -z "$$(git config user.email)" ]; then \
-		echo "retrain: no git identity; DVC experiments get this clone's local one: otrain retrain"; \
-		git config --local user.name "otrain retrain"; git config --local user.email "retrain@otrain.invalid"; \
-	fi; \
-	echo "retrain: dvc exp run $(foreach p,$(PARAMS),-S $(p))"; \
-	dvc exp run $(foreach p,$(PARAMS),-S '$(p)'); \
-	if [ -n "$${DVC_REMOTE_URL:-}" ]; then echo "retrain: dvc push"; dvc push; fi; \
-	python -m otrain.summary; \
-	python -m otrain.summary --markdown "$(SUMMARY)"
+	PATH="$(abspath $(BIN)):$$PATH" scripts/retrain.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py

@@ -9,6 +9,7 @@ Ctrl-C), never left RUNNING.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -54,6 +55,17 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
     return uri
 
 
+def _server_credentials() -> dict[str, str]:
+    """Return the Authorization header that MLflow's client sends (for a server behind an authenticating proxy)."""
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
 def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
     """Fail early, with one clear line, when the tracking store cannot be used.
 
@@ -67,7 +79,8 @@ def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
     hint = "set MLFLOW_TRACKING_URI to a reachable store, or pass --no-tracking"
     if uri.startswith(("http://", "https://")):
         try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout) as response:
+            request = urllib.request.Request(uri.rstrip("/") + "/health", headers=_server_credentials())
+            with urllib.request.urlopen(request, timeout=timeout) as response:
                 if response.status != 200:
                     raise OptionError(f"MLflow tracking server {uri} answered {response.status} on /health; {hint}")
         except (urllib.error.URLError, OSError, ValueError) as error:

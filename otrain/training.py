@@ -123,9 +123,12 @@ def _configure_tensorflow(config: TrainConfig) -> Any:
     import keras
     import tensorflow as tf
 
+    from otrain.model import log_visible_devices
+
     keras.utils.set_random_seed(config.seed)
     tf.config.experimental.enable_op_determinism()
     gpus = tf.config.list_physical_devices("GPU")
+    log_visible_devices()
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")

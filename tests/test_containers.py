@@ -116,11 +116,12 @@ def test_ci_workflow_runs_lint_tests_on_two_pythons_and_the_image() -> None:
     assert {"push", "pull_request"} <= set(ci["on"])
     assert ci["permissions"] == {"contents": "read"}
     assert ci["jobs"]["test"]["strategy"]["matrix"]["python"] == ["3.11", "3.12"]
-    for job in ci["jobs"].values():
-        setup = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/setup-python"))
+    for name in ("lint", "test", "docker"):
+        steps = ci["jobs"][name]["steps"]
+        setup = next(step for step in steps if step.get("uses", "").startswith("actions/setup-python"))
         assert setup["with"]["cache"] == "pip"
     commands = "\n".join(step.get("run", "") for job in ci["jobs"].values() for step in job["steps"])
-    for target in ("make lint", "make test", "make docker-test"):
+    for target in ("make lint", "make test", "make docker-test", "make docker-image-gpu"):
         assert target in commands
 
 
@@ -139,8 +140,13 @@ def test_retrain_workflow_shape() -> None:
     assert "make docker-image-gpu" in script
     assert "make retrain" in script
     assert "GITHUB_STEP_SUMMARY" in script
-    # Inputs reach the script through the environment, never pasted into it (script injection).
+    # Inputs reach the script through the environment, never pasted into it nor given on make's
+    # command line (script injection).
     assert "${{" not in script
+    assert "PARAMS=" not in script
+    assert "-e PARAMS" in script
+    checkout = next(step for step in job["steps"] if step.get("uses", "").startswith("actions/checkout"))
+    assert checkout["with"] == {"fetch-depth": 0, "persist-credentials": False}, "dvc exp run needs full history"
     assert any(step.get("uses", "").startswith("actions/upload-artifact") for step in job["steps"])
 
 

@@ -95,10 +95,12 @@ def test_image_has_the_tools_and_no_compilers_or_caches(docker_env: dict[str, st
     probe = (
         "for tool in otrain-train otrain-infer otrain-simulate dvc mlflow git make; do command -v $tool; done; "
         "for tool in gcc cc g++ clang; do if command -v $tool; then echo COMPILER $tool; fi; done; "
-        "ls -A /var/lib/apt/lists /root/.cache/pip $HOME/.cache/pip 2>/dev/null | grep -v '^/' | grep . "
-        "&& echo CACHE; python -c 'import otrain, tensorflow; print(tensorflow.__version__)'"
+        "for cache in /var/lib/apt/lists /var/cache/apt/archives /root/.cache /home/otrain/.cache /tmp; do "
+        "find $cache -mindepth 1 -not -name partial -not -name lock | grep -q . && echo CACHE $cache; done; "
+        "python -c 'import otrain, tensorflow; print(tensorflow.__version__)'"
     )
-    output = docker(docker_env, "run", "--rm", "--network", "none", image, "sh", "-c", probe).stdout
+    # As root, so that no folder is out of the probe's sight.
+    output = docker(docker_env, "run", "--rm", "--network", "none", "--user", "0", image, "sh", "-c", probe).stdout
     for tool in ("otrain-train", "otrain-infer", "otrain-simulate", "dvc", "mlflow", "git", "make"):
         assert f"/{tool}\n" in output, f"{tool} is not on PATH in the image"
     assert "COMPILER" not in output
@@ -157,3 +159,10 @@ def test_files_written_by_the_container_belong_to_the_caller(
     strangers = [path for path in paths if path.lstat().st_uid != uid]
     assert not strangers, f"{len(strangers)} files are not the caller's, e.g. {strangers[:3]}"
     assert uid != 0, "the run block ran as a non-root caller"
+
+
+def test_commands_log_the_gpus_tensorflow_sees(pipeline_folder: tuple[Path, int, subprocess.CompletedProcess]) -> None:
+    log = pipeline_folder[2].stderr
+    assert "otrain-train: info: TensorFlow" in log
+    assert "otrain-infer: info: TensorFlow" in log
+    assert "sees no GPU; running on the CPU" in log

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import http.server
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -82,3 +86,40 @@ def test_later_commands_warn_instead_of_failing_when_the_run_is_elsewhere(
     with caplog.at_level(logging.WARNING, logger="otrain"):
         assert log_into_training_run(tmp_path, metrics={"x": 1.0}) is None
     assert "could not log to MLflow run 0123456789abcdef" in caplog.text
+
+
+@pytest.fixture
+def health_behind_basic_auth() -> Iterator[str]:
+    """A loopback HTTP server whose /health answers only with the right credentials (an
+    authenticating proxy in front of MLflow)."""
+    expected = "Basic " + base64.b64encode(b"trainer:s3cret").decode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.headers.get("Authorization") == expected else 401)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_server_check_sends_the_tracking_credentials(
+    health_behind_basic_auth: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_USERNAME", raising=False)
+    with pytest.raises(OptionError, match="Unauthorized"):
+        check_tracking_uri(health_behind_basic_auth, timeout=5)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "trainer")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    check_tracking_uri(health_behind_basic_auth, timeout=5)
