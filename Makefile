@@ -1,5 +1,7 @@
 # otrain: `make demo` and `make test` do all set-up on a fresh clone.
 SHELL := /bin/bash
+# This Makefile's folder: its scripts are found from any working directory (make -f .../Makefile).
+HERE := $(dir $(abspath $(lastword $(MAKEFILE_LIST))))
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -81,7 +83,7 @@ docker-image-gpu:
 # scripts/retrain.sh, configured by the environment: DVC_REMOTE_URL (DVC_REMOTE_USER,
 # DVC_REMOTE_PASSWORD), PARAMS (params.yaml overrides) and SUMMARY (Markdown report).
 retrain: $(SETUP)
-	PATH="$(abspath $(BIN)):$$PATH" scripts/retrain.sh
+	PATH="$(abspath $(BIN)):$$PATH" $(HERE)scripts/retrain.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
