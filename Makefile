@@ -20,6 +20,9 @@ PYTEST_ARGS ?=
 SETUP ?= $(STAMP)
 IMAGE ?= otrain:cpu
 GPU_IMAGE ?= otrain:gpu
+# Base images; empty: the Dockerfiles' defaults (for the CPU image, docker/base-image.sh decides).
+BASE_IMAGE ?=
+GPU_BASE_IMAGE ?=
 
 .PHONY: help install demo test lint format bench lock clean docker-image docker-image-gpu docker-test retrain
 
@@ -73,11 +76,12 @@ docker-test: $(STAMP)
 # Needs a running engine (DOCKER_HOST is honoured). Without access to Docker Hub the base image
 # is a local Debian one built with debootstrap (docker/base-image.sh).
 docker-image:
-	base=$$(docker/base-image.sh) && \
+	base=$(or $(BASE_IMAGE),$$(docker/base-image.sh)) && \
 		docker build --network host --build-arg BASE_IMAGE=$$base -f docker/Dockerfile -t $(IMAGE) .
 
 docker-image-gpu:
-	docker build --network host -f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
+	docker build --network host $(if $(GPU_BASE_IMAGE),--build-arg BASE_IMAGE=$(GPU_BASE_IMAGE)) \
+		-f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
 
 # Retraining, as .github/workflows/retrain.yml runs it (tests/test_pipeline.py runs it too):
 # scripts/retrain.sh, configured by the environment: DVC_REMOTE_URL (DVC_REMOTE_USER,

@@ -43,6 +43,18 @@ def test_console_script_help_lists_every_option(command: str) -> None:
     assert run_command(command, "-h").stdout == result.stdout
 
 
+def test_help_into_a_closed_pipe_is_quiet() -> None:
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", f"{BIN / 'otrain-convert'} --help | head -c 1"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.stdout == "u"
+    assert result.stderr == ""
+    assert result.returncode == 0
+
+
 def test_help_shows_types_and_defaults() -> None:
     text = render_help(cfg.ConvertConfig)
     assert "--frac-true FLOAT  (default: 0.5)" in text

@@ -11,6 +11,7 @@ Exit status: 0 success, 1 bad data or failed work, 2 bad options, 130 interrupte
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import types
@@ -289,7 +290,10 @@ def run_command(
     """
     arguments = list(sys.argv[1:] if argv is None else argv)
     if any(token in ("-h", "--help") for token in arguments):
-        print(render_help(config))
+        try:
+            print(render_help(config), flush=True)
+        except BrokenPipeError:  # `--help | head`: the reader has had enough, which is no error
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         sys.exit(0)
     try:
         options = parse_options(config, arguments)
