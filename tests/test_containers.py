@@ -71,7 +71,7 @@ def test_compose_stack_shape() -> None:
     assert {"postgres", "mlflow", "trainer", "trainer-cpu"} <= set(services)
     mlflow = services["mlflow"]
     command = " ".join(mlflow["command"])
-    assert "postgresql://" in command
+    assert "postgresql+psycopg2://" in command
     assert "--serve-artifacts" in command
     assert "mlflow-artifacts:/mlartifacts" in mlflow["volumes"]
     assert mlflow["healthcheck"]["test"]

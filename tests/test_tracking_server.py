@@ -1,14 +1,16 @@
 """The pipeline against a real MLflow tracking server backed by a real PostgreSQL.
 
 The test starts PostgreSQL (initdb into a temporary folder, a free loopback port) and
-``mlflow server`` (PostgreSQL backend, proxied artifact store, one worker), runs ``dvc repro``
-with tiny parameters against it, checks the run, the registry and the champion model through
-MlflowClient, and stops both servers. It is skipped only when PostgreSQL is not installed
-(``.ci/run`` installs Debian's ``postgresql``).
+``mlflow server`` (PostgreSQL backend, proxied artifact store, one worker) with the very command
+of docker/compose.yaml's ``mlflow`` service (its secrets from an env file's variables, only the
+addresses changed for loopback), runs ``dvc repro`` with tiny parameters against it, checks the
+run, the registry and the champion model through MlflowClient, and stops both servers. It is
+skipped only when PostgreSQL is not installed (``.ci/run`` installs Debian's ``postgresql``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -17,12 +19,14 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import BIN
+import yaml
+from conftest import BIN, ROOT
 from test_pipeline import dvc, make_repo
 
 pytestmark = pytest.mark.slow
@@ -81,19 +85,39 @@ def postgres() -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
+def compose_mlflow_command(postgres_port: int, port: int, artifacts: Path) -> list[str]:
+    """The ``mlflow`` service's command from docker/compose.yaml, as compose would run it, with
+    only its addresses moved to loopback: the database host, the listening port, the artifact
+    volume."""
+    compose = yaml.safe_load((ROOT / "docker" / "compose.yaml").read_text())
+    command = list(compose["services"]["mlflow"]["command"])
+    script = command[-1].replace("$$", "$")  # compose's escape for a literal $
+    for old, new in (
+        ("@postgres:5432/", f"@127.0.0.1:{postgres_port}/"),
+        ("--host 0.0.0.0 --port 5000", f"--host 127.0.0.1 --port {port}"),
+        ("--artifacts-destination /mlartifacts", f"--artifacts-destination {artifacts}"),
+    ):
+        assert old in script, f"docker/compose.yaml's mlflow command no longer has {old!r}"
+        script = script.replace(old, new)
+    return [*command[:-1], script]
+
+
 @pytest.fixture(scope="module")
 def tracking_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     artifacts = tmp_path_factory.mktemp("artifacts")
     port = free_port()
-    command = [
-        str(BIN / "mlflow"),
-        "server",
-        *("--backend-store-uri", postgres),
-        *("--artifacts-destination", artifacts.as_uri()),
-        "--serve-artifacts",
-        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-    ]
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    database = urllib.parse.urlsplit(postgres)
+    command = compose_mlflow_command(database.port or 5432, port, artifacts)
+    # What docker/otrain.env gives the container (PostgreSQL trusts loopback here, so any password).
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "POSTGRES_USER": database.username or "postgres",
+        "POSTGRES_PASSWORD": "not-used-by-trust-auth",
+        "POSTGRES_DB": database.path.lstrip("/"),
+        "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    }
     log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
@@ -113,7 +137,8 @@ def tracking_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> 
             time.sleep(1)
         yield url
     finally:
-        os.killpg(server.pid, 15)
+        with contextlib.suppress(ProcessLookupError):  # already gone when it failed to start
+            os.killpg(server.pid, 15)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
