@@ -97,7 +97,7 @@ def test_image_has_the_tools_and_no_compilers_or_caches(docker_env: dict[str, st
         "for tool in gcc cc g++ clang; do if command -v $tool; then echo COMPILER $tool; fi; done; "
         "for cache in /var/lib/apt/lists /var/cache/apt/archives /root/.cache /home/otrain/.cache /tmp; do "
         "find $cache -mindepth 1 -not -name partial -not -name lock | grep -q . && echo CACHE $cache; done; "
-        "python -c 'import otrain, tensorflow; print(tensorflow.__version__)'"
+        "python -c 'import otrain, psycopg2, tensorflow; print(tensorflow.__version__)'"
     )
     # As root, so that no folder is out of the probe's sight.
     output = docker(docker_env, "run", "--rm", "--network", "none", "--user", "0", image, "sh", "-c", probe).stdout
