@@ -68,10 +68,9 @@ def docker_env() -> Iterator[dict[str, str]]:
             subprocess.run([str(engine), "stop"], check=True, timeout=120)
 
 
-def docker(env: dict[str, str], *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+def docker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(["docker", *args], capture_output=True, text=True, env=env, check=False, timeout=600)
-    if check:
-        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
 
 

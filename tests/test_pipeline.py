@@ -13,11 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import BIN
+from conftest import BIN, ROOT
 
 from otrain.config import validate_params
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY = {
     "simulate": {"n_true": 120, "n_false": 120, "n_night": 30, "cutout_size": 32},
     "convert": {"cutout_size": -1},
