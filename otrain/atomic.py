@@ -1,19 +1,67 @@
 """Atomic file writes: write to a temporary file beside the target, then rename it into place.
 
 An interrupted or failed write therefore never leaves a half-written file under the final
-name, and an existing file is only replaced by a complete one.
+name, and an existing file is only replaced by a complete one. The hidden staging folder of a
+write is named after its process (``.<name>.<pid>@<host>.<random>.partial``), so that the
+next write of the same file removes what a killed process left behind, and never what a live
+one is still writing.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic"]
+from otrain.locking import hostname, process_is_alive
+
+__all__ = ["atomic_path", "remove_stale_staging", "write_text_atomic"]
+
+logger = logging.getLogger("otrain")
+
+_STAGING = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[^/]+)\.)?[a-z0-9_]{8}\.partial$")
+#: A staging folder of an older otrain (no owner in its name) is removed once it is this old.
+_LEGACY_AGE_SECONDS = 24 * 3600
+
+
+def _is_stale(entry: Path, name: str) -> bool:
+    match = _STAGING.match(entry.name)
+    if match is None or match["name"] != name or not entry.is_dir():
+        return False
+    if match["pid"] is None:
+        try:
+            return time.time() - entry.stat().st_mtime > _LEGACY_AGE_SECONDS
+        except OSError:
+            return False
+    return match["host"] == hostname() and not process_is_alive(int(match["pid"]))
+
+
+def remove_stale_staging(path: Path) -> int:
+    """Remove the staging folders that dead processes left beside ``path``.
+
+    Only folders named after a process of this host that no longer runs (or, from older
+    versions, nameless ones over a day old) are removed. Returns how many were removed.
+    """
+    if not path.parent.is_dir():
+        return 0
+    removed = 0
+    for entry in path.parent.glob(f".{glob_escape(path.name)}.*.partial"):
+        if _is_stale(entry, path.name):
+            shutil.rmtree(entry, ignore_errors=True)
+            logger.info("removed %s, left behind by an interrupted run", entry)
+            removed += 1
+    return removed
+
+
+def glob_escape(text: str) -> str:
+    """Escape the characters that :meth:`pathlib.Path.glob` treats as wildcards."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
 
 
 @contextmanager
@@ -38,7 +86,9 @@ def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
         Where the caller writes; it does not exist yet.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent))
+    remove_stale_staging(path)
+    owner = f"{os.getpid()}@{hostname()}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".partial", dir=path.parent))
     temporary = staging / path.name
     try:
         yield temporary
