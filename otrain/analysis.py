@@ -16,17 +16,21 @@ from typing import Any
 
 import numpy as np
 
-from otrain.config import DiagnosticsConfig, PlotResultsConfig
+from otrain import outputs as formats
+from otrain.config import DIAGNOSTIC_FOLDERS, DiagnosticsConfig, PlotResultsConfig
 from otrain.datacube import Datacube
 from otrain.errors import DataError
 from otrain.evaluation import calibration_curve, evaluate, threshold_table, write_csv, write_json
+from otrain.outputs import png_software
 from otrain.progress import track
 
 __all__ = [
     "DIAGNOSTIC_FOLDERS",
     "ScoredCube",
     "candidate_title",
+    "crop_to_model",
     "log_stage",
+    "remove_own_images",
     "run_diagnostics",
     "run_plot_results",
     "score_cube",
@@ -34,13 +38,6 @@ __all__ = [
 
 logger = logging.getLogger("otrain")
 
-#: Outcome -> export folder, relative to --path-diagnostics (the original tree).
-DIAGNOSTIC_FOLDERS = {
-    "FP": Path("validation_set/misclassified/images_FP"),
-    "FN": Path("validation_set/misclassified/images_FN"),
-    "TP": Path("validation_set/well_classified/images_TP"),
-    "TN": Path("validation_set/well_classified/images_TN"),
-}
 #: Well-classified examples exported per class (the original's 30).
 N_EXAMPLES = 30
 
@@ -54,6 +51,29 @@ class ScoredCube:
     probabilities: np.ndarray
 
 
+def crop_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
+    """Centre-crop (N, H, W, C) cutouts to the model's input, as otrain-convert would.
+
+    Raises
+    ------
+    DataError
+        When the cutouts are smaller than the model's input or have another channel count.
+    """
+    from otrain.model import input_shape_of
+
+    height, width, channels = input_shape_of(model)
+    _, cube_height, cube_width, cube_channels = pixels.shape
+    if cube_channels != channels or cube_height < height or cube_width < width:
+        raise DataError(
+            f"{what}: cutouts are {cube_height}x{cube_width}x{cube_channels}, "
+            f"the model takes {height}x{width}x{channels}"
+        )
+    if (cube_height, cube_width) == (height, width):
+        return pixels
+    top, left = cube_height // 2 - height // 2, cube_width // 2 - width // 2
+    return np.ascontiguousarray(pixels[:, top : top + height, left : left + width, :])
+
+
 def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
     """Load a cube and a model, check they fit, and predict P(real) once.
 
@@ -65,26 +85,22 @@ def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
     DataError
         On an unreadable cube or model, or shapes that do not fit.
     """
-    from otrain.model import input_shape_of, load_model
+    from otrain.model import load_model
 
     cube = Datacube.load(cube_path)
-    if len(cube) == 0:
-        raise DataError(f"{cube_path}: the cube is empty")
     model = load_model(model_path)
-    height, width, channels = input_shape_of(model)
-    _, cube_height, cube_width, cube_channels = cube.cube.shape
-    if cube_channels != channels or cube_height < height or cube_width < width:
-        raise DataError(
-            f"{cube_path}: cutouts are {cube_height}x{cube_width}x{cube_channels}, "
-            f"the model {model_path.name} takes {height}x{width}x{channels}"
-        )
-    pixels = cube.cube
-    if (cube_height, cube_width) != (height, width):
-        top, left = cube_height // 2 - height // 2, cube_width // 2 - width // 2
-        pixels = np.ascontiguousarray(pixels[:, top : top + height, left : left + width, :])
+    pixels = crop_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
+    if pixels is not cube.cube:
         cube = Datacube(**{**cube.__dict__, "cube": pixels})
     probabilities = np.asarray(model.predict(pixels, batch_size=256, verbose=0))[:, 1].astype(np.float64)
     return ScoredCube(cube=cube, model=model, probabilities=probabilities)
+
+
+def remove_own_images(folder: Path, pattern: str) -> None:
+    """Remove the numbered images of an earlier run in ``folder``: only PNGs otrain wrote."""
+    for old in folder.glob(pattern):
+        if png_software(old).startswith(formats.PNG_SOFTWARE):
+            old.unlink()
 
 
 def _outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
@@ -132,7 +148,11 @@ def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, see
     out.mkdir(parents=True, exist_ok=True)
     report = DiagnosticsReport(metrics=metrics)
     report.outputs.append(write_json(out / "diagnostics.json", metrics))
-    report.outputs.append(write_csv(out / "threshold_table.csv", threshold_table(cube.labels, probabilities)))
+    report.outputs.append(
+        write_csv(
+            out / "threshold_table.csv", threshold_table(cube.labels, probabilities), formats.THRESHOLD_TABLE_COLUMNS
+        )
+    )
 
     rng = np.random.default_rng(seed)
     outcomes = _outcomes(cube.labels, probabilities, config.threshold)
@@ -142,8 +162,7 @@ def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, see
             rows = np.sort(rng.choice(rows, size=n_examples, replace=False))
         folder = out / DIAGNOSTIC_FOLDERS[outcome]
         folder.mkdir(parents=True, exist_ok=True)
-        for old in folder.glob("cutout_*.png"):  # ours from a previous run; nothing else
-            old.unlink()
+        remove_own_images(folder, "cutout_*.png")
         report.exported[outcome] = len(rows)
         jobs += [(folder / f"cutout_{index}.png", int(row)) for index, row in enumerate(rows)]
     for path, row in track(jobs, len(jobs), "exporting cutouts"):
@@ -213,18 +232,6 @@ def _curve_rows(curves: list[dict[str, Any]], x: str, y: str) -> list[dict[str, 
     return rows
 
 
-#: The six original figures, then otrain's reliability diagram.
-PLOT_FILES = (
-    "errmag_ROC.png",
-    "mag_ROC.png",
-    "errmag_recall.png",
-    "mag_recall.png",
-    "model_F1_MCC.png",
-    "prob_distribution.png",
-    "calibration.png",
-)
-
-
 def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     """Draw the six original figures and the reliability diagram, each with its CSV data.
 
@@ -243,11 +250,13 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     for name, values, vmax in (("errmag", cube.errmags, 0.4), ("mag", cube.mags, 25.0)):
         roc = _curves_by_bin(values, labels, probabilities, vmax, "roc")
         recall = _curves_by_bin(values, labels, probabilities, vmax, "pr")
-        written.append(write_csv(out / f"{name}_ROC.csv", _curve_rows(roc, "fpr", "tpr")))
+        written.append(write_csv(out / f"{name}_ROC.csv", _curve_rows(roc, "fpr", "tpr"), formats.ROC_COLUMNS))
         written.append(
             plots.plot_curves_by_bin(roc, "fpr", "tpr", f"ROC per {name} bin", out / f"{name}_ROC.png", True)
         )
-        written.append(write_csv(out / f"{name}_recall.csv", _curve_rows(recall, "recall", "precision")))
+        written.append(
+            write_csv(out / f"{name}_recall.csv", _curve_rows(recall, "recall", "precision"), formats.PR_COLUMNS)
+        )
         written.append(
             plots.plot_curves_by_bin(
                 recall, "recall", "precision", f"Precision-recall per {name} bin", out / f"{name}_recall.png", False
@@ -263,19 +272,19 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
             )
     table = threshold_table(labels, probabilities)
     best = max(table, key=lambda row: row["f1"] + row["mcc"])["threshold"]
-    written.append(write_csv(out / "model_F1_MCC.csv", table))
+    written.append(write_csv(out / "model_F1_MCC.csv", table, formats.THRESHOLD_TABLE_COLUMNS))
     written.append(plots.plot_f1_mcc(table, best, out / "model_F1_MCC.png"))
     distribution = [
         {"candid": candid, "label": int(label), "p_real": float(p)}
         for candid, label, p in zip(cube.candids.tolist(), labels, probabilities, strict=True)
     ]
-    written.append(write_csv(out / "prob_distribution.csv", distribution))
+    written.append(write_csv(out / "prob_distribution.csv", distribution, formats.PROBABILITY_COLUMNS))
     written.append(
         plots.plot_probability_distribution(labels, probabilities, config.threshold, out / "prob_distribution.png")
     )
     calibration = calibration_curve(labels, probabilities)
     ece = evaluate(labels, probabilities, config.threshold)["expected_calibration_error"]
-    written.append(write_csv(out / "calibration.csv", calibration))
+    written.append(write_csv(out / "calibration.csv", calibration, formats.CALIBRATION_COLUMNS))
     written.append(plots.plot_calibration(calibration, ece, out / "calibration.png"))
     log_stage(
         config.model_path,

@@ -17,22 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from otrain.config import CheckInferConfig
+from otrain import outputs as formats
+from otrain.config import CHECKINFER_FIGURES as FIGURES
+from otrain.config import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
 from otrain.errors import DataError
 
 __all__ = ["FIGURES", "CheckInferReport", "run_checkinfer"]
 
 logger = logging.getLogger("otrain")
-
-#: The original six figures, written to <plots>/CheckInfer/.
-FIGURES = (
-    "distrib_CNN_prob_sim.png",
-    "distrib_CNN_prob_all.png",
-    "distrib_CNNprob_all_and_sim.png",
-    "fraction_per_bin.png",
-    "distrib_FWHM_simulation.png",
-    "distrib_FWHM_real_vs_sim.png",
-)
 _PROBABILITY_EDGES = np.linspace(0, 1, 41)
 _RATIO_EDGES = np.linspace(0, 20, 61)
 
@@ -40,10 +32,24 @@ _RATIO_EDGES = np.linspace(0, 20, 61)
 def _read_table(path: Path, required: tuple[str, ...]) -> Any:
     from astropy.io import ascii as astropy_ascii
 
+    expected = f"'# {' '.join(required)} ...'"
     try:
-        table = astropy_ascii.read(path, format="commented_header")
-    except Exception as error:  # astropy raises many types on a malformed table
-        raise DataError(f"{path}: not a readable commented_header table ({error})") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise DataError(f"{path}: not a readable commented_header table (not UTF-8 text)") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read the table ({error.strerror or error})") from None
+    if not text.strip():
+        raise DataError(f"{path}: the table is empty (expected a header line like {expected})")
+    try:
+        # Given the text, not the path: astropy leaves the file open when a table is malformed.
+        table = astropy_ascii.read(text, format="commented_header", guess=False)
+    except Exception as error:  # astropy raises many types, with many lines, on a malformed table
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        detail = f"{first[:160]}; " if " " in first else ""
+        raise DataError(
+            f"{path}: not a readable commented_header table ({detail}expected a header line like {expected})"
+        ) from None
     missing = [name for name in required if name not in table.colnames]
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
@@ -124,7 +130,7 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
     is_sim = np.zeros(len(infer), dtype=bool)
     is_sim[sim_rows] = True
 
-    out = config.plots / "CheckInfer"
+    out = config.output_folder
     out.mkdir(parents=True, exist_ok=True)
     report = CheckInferReport(
         n_candidates=len(infer), n_injected=len(crossmatch), n_detected=len(detected), n_scored=len(matched)
@@ -181,7 +187,7 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
         }
         for i, row in matched
     ]
-    written.append(write_csv(out / "checkinfer_matches.csv", matches))
+    written.append(write_csv(out / CHECKINFER_MATCHES, matches, formats.MATCHES_COLUMNS))
     summary: dict[str, Any] = {
         "n_candidates": report.n_candidates,
         "n_injected": report.n_injected,
@@ -191,7 +197,7 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
     for limit, count in report.recovered.items():
         summary[f"recovered_above_{limit:g}"] = count
         summary[f"recovered_fraction_above_{limit:g}"] = count / report.n_scored if report.n_scored else 0.0
-    written.append(write_json(out / "checkinfer_summary.json", summary))
+    written.append(write_json(out / CHECKINFER_SUMMARY, summary))
     report.outputs = written
     if config.mlflow_run is not None and config.tracking:
         from otrain.tracking import log_into_training_run

@@ -13,16 +13,21 @@ is accepted with either.
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
+from otrain import outputs as formats
+from otrain.outputs import Output, check_outputs, is_same_file
+
 __all__ = [
     "COMMAND_CONFIGS",
     "PARAMS_SECTIONS",
     "CheckInferConfig",
+    "CheckParamsConfig",
     "CommandConfig",
     "ConvertConfig",
     "DiagnosticsConfig",
@@ -222,10 +227,23 @@ class CommandConfig(BaseModel):
         validate_by_name=True,
         validate_by_alias=True,
         validate_default=False,
+        allow_inf_nan=False,
     )
 
     #: The console-script name, used in messages and help.
     command: ClassVar[str] = ""
+
+    @classmethod
+    def check_option_rules(cls, values: dict[str, Any]) -> None:
+        """Check the rules that tie options together (no file is looked at).
+
+        Shared by the command line and by ``params.yaml`` validation; raises ``ValueError``
+        naming the options. The base class has none.
+        """
+
+    def output_folders(self) -> list[Path]:
+        """Folders this command may create: removed again, when left empty, if the command fails."""
+        return []
 
     @classmethod
     def flag_of(cls, key: str) -> str:
@@ -281,8 +299,15 @@ class SimulateConfig(CommandConfig):
     )
     workers: PositiveInt | None = option(None, "Worker processes for writing files (default: one per core).")
 
+    @classmethod
+    def check_option_rules(cls, values: dict[str, Any]) -> None:
+        """At least one cutout must be asked for."""
+        if values["n_true"] + values["n_false"] + values["n_night"] == 0:
+            raise ValueError("--n-true, --n-false, --n-night: at least one must be positive")
+
     @model_validator(mode="after")
     def _refuse_to_overwrite(self) -> SimulateConfig:
+        self.check_option_rules(self.__dict__)
         clashing = [name for name in ("true", "false", "night", "truth.csv") if (self.out / name).exists()]
         if clashing and not self.overwrite:
             raise ValueError(
@@ -294,9 +319,11 @@ class SimulateConfig(CommandConfig):
                 f"--out: {str(self.out)!r} holds {', '.join(clashing)} that otrain-simulate did not write; "
                 "refusing to replace them, choose another folder"
             )
-        if self.n_true + self.n_false + self.n_night == 0:
-            raise ValueError("--n-true, --n-false, --n-night: at least one must be positive")
         return self
+
+    def output_folders(self) -> list[Path]:
+        """Return the survey folder."""
+        return [self.out]
 
 
 class ConvertConfig(CommandConfig):
@@ -338,6 +365,10 @@ class ConvertConfig(CommandConfig):
     def output_file(self) -> Path:
         """The cube this conversion writes: ``<path>/datacube/<cube>.npz``."""
         return self.path / "datacube" / f"{self.cube}.npz"
+
+    def output_folders(self) -> list[Path]:
+        """Return the cube's folder."""
+        return [self.output_file.parent]
 
 
 def _model_name(value: str) -> str:
@@ -384,6 +415,34 @@ class TrainingOptions(CommandConfig):
     )
     experiment: str = option("otrain", "MLflow experiment name.")
 
+    @classmethod
+    def check_option_rules(cls, values: dict[str, Any]) -> None:
+        """Mixed precision needs scaled inputs; validation and test must leave data for training."""
+        if values["mixed_precision"] and values["normalisation"] == "none":
+            raise ValueError(
+                "--mixed-precision: needs --normalisation robust (raw pixel values overflow float16 and training "
+                "diverges to NaN)"
+            )
+        frac, test_frac = values["frac"], values["test_frac"]
+        if frac + test_frac >= 1:
+            raise ValueError(f"--frac, --test-frac: together must leave data for training, got {frac} + {test_frac}")
+
+
+#: Inside a training folder: the checkpoint of an unfinished training (and its staged outputs),
+#: and the lock file of the training that runs there.
+CHECKPOINT_FOLDER = ".checkpoint"
+TRAINING_LOCK = ".otrain-train.lock"
+#: The files every training writes into its folder, besides the model and its card.
+TRAINING_FILES = (
+    "validation_set/datacube/cube_validation.npz",
+    "test_set/datacube/cube_test.npz",
+    "history.csv",
+    "{name}_loss_vs_epochs.png",
+    "{name}_accuracy_vs_epochs.png",
+    "metrics.json",
+    "mlflow_run.json",
+)
+
 
 class TrainConfig(TrainingOptions):
     """Train the O'TRAIN CNN on a datacube.
@@ -406,26 +465,61 @@ class TrainConfig(TrainingOptions):
     )
     frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
     threshold: Probability = option(0.5, "Probability threshold of the test metrics: real if P(real) > threshold.")
-    resume: bool = option(False, "Continue an interrupted training of the same name from its last epoch.")
-    overwrite: bool = option(False, "Replace an existing training of the same name.")
+    resume: bool = option(False, "Continue an interrupted training of the same name from its last finished epoch.")
+    overwrite: bool = option(
+        False,
+        "Replace an existing training of the same name: only the files a training writes are replaced, other "
+        "files in its folder are kept.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
-        if self.mixed_precision and self.normalisation == "none":
+        self.check_option_rules(self.__dict__)
+        folder = self.output_dir
+        if self.resume and self.overwrite:
+            raise ValueError("--resume, --overwrite: give one or the other")
+        if folder.resolve() in self.cube.resolve().parents:
             raise ValueError(
-                "--mixed-precision: needs --normalisation robust (raw pixel values overflow float16 and training "
-                "diverges to NaN)"
+                f"--cube: {str(self.cube)!r} lies inside the training folder {str(folder)!r}, whose files a training "
+                "replaces; move the cube out of it"
             )
-        if self.frac + self.test_frac >= 1:
-            raise ValueError(
-                f"--frac, --test-frac: together must leave data for training, got {self.frac} + {self.test_frac}"
+        interrupted = (folder / CHECKPOINT_FOLDER).is_dir()
+        if self.resume and not interrupted:
+            finished = (
+                " (it holds a finished training; pass --overwrite to train again)" if self.holds_training() else ""
             )
-        if self.output_dir.exists() and any(self.output_dir.iterdir()) and not (self.resume or self.overwrite):
+            raise ValueError(f"--resume: nothing to resume in {str(folder)!r}: no interrupted training{finished}")
+        if not (self.resume or self.overwrite) and interrupted:
             raise ValueError(
-                f"--model-name: {str(self.output_dir)!r} already holds a training; "
+                f"--model-name: {str(folder)!r} holds an interrupted training; "
                 "pass --resume to continue it or --overwrite to replace it"
             )
+        if not (self.resume or self.overwrite) and self.holds_training():
+            raise ValueError(f"--model-name: {str(folder)!r} already holds a training; pass --overwrite to replace it")
         return self
+
+    def output_names(self) -> list[str]:
+        """Return the files this training writes, relative to its folder."""
+        return [self.model_file.name, self.model_file.name + ".card.json"] + [
+            name.format(name=self.name) for name in TRAINING_FILES
+        ]
+
+    def any_training_names(self) -> list[str]:
+        """Return the files any training of this name writes (``.keras`` or ``.h5``), relative to its folder."""
+        models = [f"{self.name}{suffix}" for suffix in (".keras", ".h5")]
+        return (
+            models
+            + [model + ".card.json" for model in models]
+            + [name.format(name=self.name) for name in TRAINING_FILES]
+        )
+
+    def holds_training(self) -> bool:
+        """Tell whether the training folder holds files of an earlier training of this name."""
+        return any((self.output_dir / name).exists() for name in self.any_training_names())
+
+    def output_folders(self) -> list[Path]:
+        """Return the training folder."""
+        return [self.output_dir]
 
     @property
     def name(self) -> str:
@@ -464,29 +558,95 @@ class InferConfig(CommandConfig):
     prob_ratio: float | None = option(
         None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: no re-weighting."
     )
-    output: Path | None = option(None, "Output table (default: <cutouts>/infer_results.dat).")
+    output: Path | None = option(
+        None,
+        "Output table (default: <cutouts>/infer_results.dat). An existing file is replaced only when it is a table "
+        "otrain-infer wrote, or with --overwrite; never the model or a cutout.",
+    )
     batch_size: PositiveInt = option(256, "Cutouts scored per batch.")
     threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+    overwrite: bool = option(False, "Replace an existing --output file that otrain-infer did not write.")
     tracking: bool = _log_into_training_run()
+
+    @classmethod
+    def check_option_rules(cls, values: dict[str, Any]) -> None:
+        """Check that the prior ratio, when given, is positive."""
+        if values.get("prob_ratio") is not None and values["prob_ratio"] <= 0:
+            raise ValueError(f"--prob-ratio: must be a positive ratio, got {values['prob_ratio']}")
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
-        if self.prob_ratio is not None and self.prob_ratio <= 0:
-            raise ValueError(f"--prob-ratio: must be a positive ratio, got {self.prob_ratio}")
-        if self.output_file.is_dir():
-            raise ValueError(f"--output: {str(self.output_file)!r} is a folder; give a file name")
+        self.check_option_rules(self.__dict__)
+        output = self.output_file
+        if output.is_dir():
+            raise ValueError(f"--output: {str(output)!r} is a folder; give a file name")
         try:
-            _writable_folder(self.output_file.parent)
+            _writable_folder(output.parent)
         except ValueError as error:
             raise ValueError(f"--output: {error}") from None
+        if output.name.lower().endswith(FITS_SUFFIXES) and _is_under(output, self.cutouts, self.recursive):
+            raise ValueError(f"--output: {str(output)!r} is a cutout being scored; choose another path")
+        inputs = [self.model, card_file(self.model)]
+        check_outputs(
+            [Output(output, "table", formats.INFER_COLUMNS)],
+            flag="--output",
+            command=self.command,
+            inputs=inputs,
+            overwrite=self.overwrite,
+        )
         return self
 
     @property
     def output_file(self) -> Path:
         """Where the table goes."""
         return self.output if self.output is not None else self.cutouts / "infer_results.dat"
+
+    def output_folders(self) -> list[Path]:
+        """Return the table's folder."""
+        return [self.output_file.parent]
+
+
+def card_file(model_file: Path) -> Path:
+    """Return the model card of ``model_file``: ``<model>.card.json`` beside it."""
+    return model_file.with_name(model_file.name + ".card.json")
+
+
+def _is_under(path: Path, folder: Path, recursive: bool) -> bool:
+    """Tell whether ``path`` lies in ``folder`` (or below it, when ``recursive``)."""
+    parent, base = path.resolve().parent, folder.resolve()
+    return parent == base or (recursive and base in parent.parents)
+
+
+def _overwrite_option(command: str) -> Any:
+    """Declare the ``--overwrite`` switch of a command that writes into a folder the user names."""
+    return option(False, f"Replace existing output files that {command} did not write (its own are always replaced).")
+
+
+def _check_outputs(config: CommandConfig, flag: str, planned: list[Output], inputs: list[Path]) -> None:
+    check_outputs(
+        planned, flag=flag, command=config.command, inputs=inputs, overwrite=bool(getattr(config, "overwrite", False))
+    )
+
+
+def _existing(folder: Path, pattern: str) -> list[Path]:
+    """Return the files of ``folder`` matching ``pattern`` (the numbered images a command replaces)."""
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+#: <plots>/CheckInfer/: the original six figures, then otrain's tables.
+CHECKINFER_FOLDER = "CheckInfer"
+CHECKINFER_FIGURES = (
+    "distrib_CNN_prob_sim.png",
+    "distrib_CNN_prob_all.png",
+    "distrib_CNNprob_all_and_sim.png",
+    "fraction_per_bin.png",
+    "distrib_FWHM_simulation.png",
+    "distrib_FWHM_real_vs_sim.png",
+)
+CHECKINFER_MATCHES = "checkinfer_matches.csv"
+CHECKINFER_SUMMARY = "checkinfer_summary.json"
 
 
 class CheckInferConfig(CommandConfig):
@@ -508,20 +668,31 @@ class CheckInferConfig(CommandConfig):
     mlflow_run: Path | None = option(
         None, "mlflow_run.json of the training whose MLflow run gets this command's figures and counts."
     )
+    overwrite: bool = _overwrite_option("otrain-checkinfer")
     tracking: bool = option(True, "Log into the run given by --mlflow-run; --no-tracking skips it.")
 
-    @model_validator(mode="after")
-    def _check(self) -> CheckInferConfig:
-        if self.fwhm_ratio_lower >= self.fwhm_ratio_upper:
+    @classmethod
+    def check_option_rules(cls, values: dict[str, Any]) -> None:
+        """Check that the FWHM-ratio bounds are ordered and the limits given in increasing order."""
+        if values["fwhm_ratio_lower"] >= values["fwhm_ratio_upper"]:
             raise ValueError("--fwhm-ratio-lower: must be smaller than --fwhm-ratio-upper")
-        for flag, limits in (("--maglim", self.maglim), ("--cnn-problim", self.cnn_problim)):
+        for flag, limits in (("--maglim", values["maglim"]), ("--cnn-problim", values["cnn_problim"])):
             if not limits or list(limits) != sorted(set(limits)):
                 raise ValueError(
                     f"{flag}: give one or more values in increasing order, got {' '.join(map(str, limits))}"
                 )
+
+    @model_validator(mode="after")
+    def _check(self) -> CheckInferConfig:
+        self.check_option_rules(self.__dict__)
         for flag, path in (("--crossmatch", self.crossmatch_file), ("--infer", self.infer_file)):
             if not path.is_file():
                 raise ValueError(f"{flag}: {str(path)!r} does not exist (give the file or the folder holding it)")
+        out = self.output_folder
+        planned = [Output(out / name, "png") for name in CHECKINFER_FIGURES]
+        planned.append(Output(out / CHECKINFER_MATCHES, "csv", formats.MATCHES_COLUMNS))
+        planned.append(Output(out / CHECKINFER_SUMMARY, "json", formats.CHECKINFER_SUMMARY_KEYS))
+        _check_outputs(self, "--plots", planned, [self.crossmatch_file, self.infer_file])
         return self
 
     @property
@@ -534,6 +705,24 @@ class CheckInferConfig(CommandConfig):
         """The inference table: --infer itself, or infer_results.dat in that folder."""
         return self.infer / "infer_results.dat" if self.infer.is_dir() else self.infer
 
+    @property
+    def output_folder(self) -> Path:
+        """``<plots>/CheckInfer/``."""
+        return self.plots / CHECKINFER_FOLDER
+
+    def output_folders(self) -> list[Path]:
+        """``<plots>/CheckInfer/``."""
+        return [self.output_folder]
+
+
+#: Outcome -> folder of its exported cutouts, relative to --path-diagnostics (the original tree).
+DIAGNOSTIC_FOLDERS = {
+    "FP": Path("validation_set/misclassified/images_FP"),
+    "FN": Path("validation_set/misclassified/images_FN"),
+    "TP": Path("validation_set/well_classified/images_TP"),
+    "TN": Path("validation_set/well_classified/images_TN"),
+}
+
 
 class DiagnosticsConfig(CommandConfig):
     """Score a validation cube and export the misclassified and well-classified cutouts."""
@@ -544,7 +733,45 @@ class DiagnosticsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     path_diagnostics: WritableFolder = option(Path("cnn_results"), "Folder for the exported cutouts of each outcome.")
+    overwrite: bool = _overwrite_option("otrain-diagnostics")
     tracking: bool = _log_into_training_run()
+
+    @model_validator(mode="after")
+    def _check(self) -> DiagnosticsConfig:
+        out = self.path_diagnostics
+        planned = [
+            Output(out / "diagnostics.json", "json", formats.DIAGNOSTICS_KEYS),
+            Output(out / "threshold_table.csv", "csv", formats.THRESHOLD_TABLE_COLUMNS),
+        ]
+        for folder in DIAGNOSTIC_FOLDERS.values():
+            planned += [Output(path, "png") for path in _existing(out / folder, "cutout_*.png")]
+        _check_outputs(self, "--path-diagnostics", planned, [self.path_cube_validation, self.model_path])
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """--path-diagnostics and its export folders."""
+        return [self.path_diagnostics / folder for folder in DIAGNOSTIC_FOLDERS.values()]
+
+
+#: The six original figures, then otrain's reliability diagram; each with the CSV of its data.
+PLOT_FILES = (
+    "errmag_ROC.png",
+    "mag_ROC.png",
+    "errmag_recall.png",
+    "mag_recall.png",
+    "model_F1_MCC.png",
+    "prob_distribution.png",
+    "calibration.png",
+)
+_PLOT_COLUMNS = {
+    "errmag_ROC": formats.ROC_COLUMNS,
+    "mag_ROC": formats.ROC_COLUMNS,
+    "errmag_recall": formats.PR_COLUMNS,
+    "mag_recall": formats.PR_COLUMNS,
+    "model_F1_MCC": formats.THRESHOLD_TABLE_COLUMNS,
+    "prob_distribution": formats.PROBABILITY_COLUMNS,
+    "calibration": formats.CALIBRATION_COLUMNS,
+}
 
 
 class PlotResultsConfig(CommandConfig):
@@ -556,7 +783,29 @@ class PlotResultsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     path_plots: WritableFolder = option(..., "Folder for the figures.")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    overwrite: bool = _overwrite_option("otrain-plot-results")
     tracking: bool = _log_into_training_run()
+
+    @model_validator(mode="after")
+    def _check(self) -> PlotResultsConfig:
+        out = self.path_plots
+        planned = [Output(out / name, "png") for name in PLOT_FILES]
+        planned += [Output(out / f"{stem}.csv", "csv", columns) for stem, columns in _PLOT_COLUMNS.items()]
+        _check_outputs(self, "--path-plots", planned, [self.path_cube_validation, self.model_path])
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """--path-plots."""
+        return [self.path_plots]
+
+
+#: The dataset-size study's table and figures in --outdir, by --model-name.
+STUDY_FILES = (
+    "{name}_dataset_size.csv",
+    "{name}_scores_dataset_size.png",
+    "{name}_ecart_accuracy_size.png",
+    "{name}_loss_dataset_size.png",
+)
 
 
 class OptimiseDatasetSizeConfig(TrainingOptions):
@@ -564,8 +813,9 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
 
     One validation set and one test set are drawn (per class, with --seed) and kept for every
     size; the training pool is cut into --n_sections - 1 nested, stratified subsets of
-    increasing size. Each size is a full otrain-train run, a child of one MLflow parent run,
-    saved to <model-path>/CNN_training/<model-name>_size_<size>/. The table
+    increasing size, the smallest holding at least 10 cutouts. Each size is a full otrain-train
+    run, a child of one MLflow parent run, saved to
+    <model-path>/CNN_training/<model-name>_size_<size>/. The table
     <outdir>/<model-name>_dataset_size.csv and three figures go to --outdir.
     """
 
@@ -575,12 +825,37 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
     model_path: WritableFolder = option(..., "Base folder for the models of each size.")
     model_name: Annotated[str, AfterValidator(_model_name)] = option(..., "Base name of the models.")
     n_sections: Annotated[int, AfterValidator(_at_least_two)] = option(
-        20, "Number of sections the training pool is divided into (at least 2).", flag="--n_sections"
+        20,
+        "Number of sections the training pool is divided into (at least 2; at most one per 10 training cutouts).",
+        flag="--n_sections",
     )
     outdir: WritableFolder = option(..., "Folder for the figures and the table.")
     frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
     threshold: Probability = option(0.5, "Probability threshold of the test metrics: real if P(real) > threshold.")
-    overwrite: bool = option(False, "Replace the trainings of an earlier study with the same name.")
+    overwrite: bool = option(
+        False,
+        "Replace the trainings of an earlier study with the same name (their own files only), and files in "
+        "--outdir that otrain did not write.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimiseDatasetSizeConfig:
+        self.check_option_rules(self.__dict__)
+        planned = [
+            Output(self.outdir / name.format(name=self.model_name), "png" if name.endswith(".png") else "csv")
+            for name in STUDY_FILES
+        ]
+        planned[0] = Output(planned[0].path, "csv", formats.STUDY_COLUMNS)
+        _check_outputs(self, "--outdir", planned, [self.cube])
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """--outdir and the models' folder."""
+        return [self.outdir, self.model_path / "CNN_training"]
+
+
+#: Grad-CAM outcomes, each with a folder of numbered overlays and a summary grid.
+GRADCAM_OUTCOMES = ("TP", "TN", "FP", "FN")
 
 
 class GradCamConfig(CommandConfig):
@@ -597,7 +872,20 @@ class GradCamConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     method: Literal["gradcam", "gradcam++"] = option("gradcam", "tf-keras-vis Gradcam or GradcamPlusPlus.")
     seed: Seed = option(42, "Seed of the random choice of well-classified candidates.")
+    overwrite: bool = _overwrite_option("otrain-grad-cam")
     tracking: bool = _log_into_training_run()
+
+    @model_validator(mode="after")
+    def _check(self) -> GradCamConfig:
+        planned = [Output(self.cam_path / f"{outcome}_summary.png", "png") for outcome in GRADCAM_OUTCOMES]
+        for outcome in GRADCAM_OUTCOMES:
+            planned += [Output(path, "png") for path in _existing(self.cam_path / outcome, "cutout_CAM_*.png")]
+        _check_outputs(self, "--cam_path", planned, [self.cube, self.model_path])
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """--cam_path and its outcome folders."""
+        return [self.cam_path / outcome for outcome in GRADCAM_OUTCOMES]
 
 
 def _non_negative_float(value: float) -> float:
@@ -609,10 +897,12 @@ def _non_negative_float(value: float) -> float:
 class PromoteConfig(CommandConfig):
     """Register a trained model in the MLflow registry and promote it if it is not worse.
 
-    The new version gets its test metrics as version tags. It takes the alias 'champion' only
-    when, on the same test cube, its --metric is at least the current champion's minus
-    --tolerance (or when there is no champion yet); otherwise the alias stays and the reason
-    is printed. The decision is written to --report (JSON, for dvc metrics).
+    The new version gets its test metrics and the record of its split as version tags. It
+    takes the alias 'champion' only when its --metric is at least the current champion's minus
+    --tolerance (or when there is no champion yet), both scored on test rows that neither
+    model trained on; otherwise, or when no such rows can be found, the alias stays and the
+    reason is printed. The gate holds a lock, so two promotions at once compare in turn. The
+    decision is written to --report (JSON, for dvc metrics).
     """
 
     command: ClassVar[str] = "otrain-promote"
@@ -630,6 +920,50 @@ class PromoteConfig(CommandConfig):
     threshold: Probability = option(0.5, "Probability threshold of the comparison: real if P(real) > threshold.")
     alias: Annotated[str, AfterValidator(_model_name)] = option("champion", "Alias given to the promoted version.")
     report: Path | None = option(None, "Write the decision to this JSON file.")
+    overwrite: bool = option(False, "Replace an existing --report file that otrain-promote did not write.")
+
+    @model_validator(mode="after")
+    def _check(self) -> PromoteConfig:
+        if self.report is not None:
+            inputs = sorted(path for path in self.model_dir.rglob("*") if path.is_file())
+            _check_outputs(self, "--report", [Output(self.report, "json", formats.PROMOTION_KEYS)], inputs)
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """Return the report's folder."""
+        return [self.report.parent] if self.report is not None else []
+
+
+#: What otrain-check-params writes into --stamp: always the same, so that the stages that depend
+#: on the stamp rerun only when their own parameters or code change.
+PARAMS_STAMP = "params.yaml checked against the options of every otrain command\n"
+
+
+class CheckParamsConfig(CommandConfig):
+    """Check a pipeline's params.yaml against the options of every otrain command.
+
+    Every section must name a command, every key one of its options, every value must be valid,
+    and options that go together must agree (for example train.frac + train.test_frac < 1).
+    In the pipeline this is the first stage: a mistake stops dvc repro before any stage, and
+    DVC has not yet removed any output. With --stamp, a file of constant content is written when
+    the parameters are valid (the other stages depend on it).
+    """
+
+    command: ClassVar[str] = "otrain-check-params"
+
+    params: ExistingFile = option(Path("params.yaml"), "The parameters file.")
+    stamp: Path | None = option(None, "Write this file (always the same text) when the parameters are valid.")
+
+    @model_validator(mode="after")
+    def _check(self) -> CheckParamsConfig:
+        if self.stamp is not None:
+            if self.stamp.is_dir():
+                raise ValueError(f"--stamp: {str(self.stamp)!r} is a folder")
+            if self.stamp.exists() and self.stamp.read_bytes() != PARAMS_STAMP.encode():
+                raise ValueError(f"--stamp: {str(self.stamp)!r} exists and was not written by {self.command}")
+            if is_same_file(self.stamp, self.params):
+                raise ValueError(f"--stamp: {str(self.stamp)!r} is the parameters file")
+        return self
 
 
 #: Options that dvc.yaml sets itself (paths and names of the pipeline's files): params.yaml
@@ -638,13 +972,13 @@ PIPELINE_FIXED = {
     "simulate": {"out", "overwrite", "workers"},
     "convert": {"path", "cube", "cutouts", "overwrite", "workers", "skip_bad_files"},
     "train": {"cube", "model_path", "resume", "overwrite"},
-    "infer": {"cutouts", "model", "output", "workers", "recursive"},
-    "checkinfer": {"plots", "crossmatch", "infer", "mlflow_run"},
-    "diagnostics": {"path_cube_validation", "model_path", "path_diagnostics"},
-    "plot_results": {"path_cube_validation", "model_path", "path_plots"},
-    "grad_cam": {"cube", "model_path", "cam_path"},
+    "infer": {"cutouts", "model", "output", "workers", "recursive", "overwrite"},
+    "checkinfer": {"plots", "crossmatch", "infer", "mlflow_run", "overwrite"},
+    "diagnostics": {"path_cube_validation", "model_path", "path_diagnostics", "overwrite"},
+    "plot_results": {"path_cube_validation", "model_path", "path_plots", "overwrite"},
+    "grad_cam": {"cube", "model_path", "cam_path", "overwrite"},
     "optimise_dataset_size": {"cube", "model_path", "outdir", "overwrite"},
-    "promote": {"model_dir", "report"},
+    "promote": {"model_dir", "report", "overwrite"},
 }
 #: params.yaml section -> the command whose options it holds.
 PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
@@ -661,12 +995,18 @@ PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
 }
 
 
+def _params_key(section: str) -> Any:
+    """Return a ``re.sub`` replacement spelling ``--frac-true`` as ``<section>.frac_true``."""
+    return lambda match: f"{section}.{match[1].replace('-', '_')}"
+
+
 def validate_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Check a params.yaml mapping against the commands' models; return the validated sections.
 
     Each section may hold the tunable options of its command (not the pipeline's paths, which
-    dvc.yaml sets); unknown sections, unknown keys and bad values raise ``ValueError`` naming
-    the section and the key.
+    dvc.yaml sets); unknown sections, unknown keys, bad values and options that break a rule
+    together (for example ``train.frac`` + ``train.test_frac`` >= 1) raise ``ValueError``
+    naming the section and the keys.
     """
     from pydantic import ValidationError, create_model
 
@@ -685,16 +1025,27 @@ def validate_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
             if name in fields and field.metadata:
                 fields[name] = (Annotated[(field.annotation, *field.metadata)], field)
         section_model = create_model(
-            f"{model.__name__}Params", __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True), **fields
+            f"{model.__name__}Params",
+            __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False),
+            **fields,
         )
+        if values is not None and not isinstance(values, dict):
+            raise ValueError(f"params.yaml: {section}: must be a mapping of option names to values")
         try:
-            validated[section] = section_model.model_validate(values or {}).model_dump(mode="json")
+            checked = section_model.model_validate(values or {})
         except ValidationError as error:
             first = error.errors(include_url=False)[0]
             where = ".".join(str(part) for part in first.get("loc", ()))
             raise ValueError(
                 f"params.yaml: {section}.{where}: {str(first['msg']).removeprefix('Value error, ')}"
             ) from None
+        try:
+            model.check_option_rules(checked.model_dump())
+        except ValueError as error:
+            # The rules name command-line flags; here the keys are section.option.
+            message = re.sub(r"--([a-z][\w-]*)", _params_key(section), str(error))
+            raise ValueError(f"params.yaml: {message}") from None
+        validated[section] = checked.model_dump(mode="json")
     return validated
 
 
@@ -710,4 +1061,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     OptimiseDatasetSizeConfig,
     GradCamConfig,
     PromoteConfig,
+    CheckParamsConfig,
 )

@@ -182,10 +182,13 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float) ->
     return result
 
 
-def write_csv(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    """Write rows as CSV (header from the first row) atomically; the data behind a figure."""
+def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> Path:
+    """Write rows as CSV with the given columns, atomically; the data behind a figure.
+
+    The header is written even when there are no rows, so the file is always recognisable.
+    """
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=list(rows[0]) if rows else [])
+        writer = csv.DictWriter(stream, fieldnames=list(columns))
         writer.writeheader()
         writer.writerows(rows)
     return path

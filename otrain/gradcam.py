@@ -109,12 +109,14 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     A class with fewer candidates than ``--n_random`` simply gives fewer images.
     """
     from otrain import plots
-    from otrain.analysis import candidate_title, log_stage, score_cube
+    from otrain.analysis import candidate_title, log_stage, remove_own_images, score_cube
+    from otrain.errors import DataError
 
     scored = score_cube(config.cube, config.model_path)
-    explainer = GradCamExplainer(
-        scored.model, config.method
-    )  # fails on a model without Conv2D, before any file changes
+    try:  # fails on a model without Conv2D, before any file changes
+        explainer = GradCamExplainer(scored.model, config.method)
+    except DataError as error:
+        raise DataError(f"{config.model_path}: {error}; Grad-CAM explains a convolutional layer") from None
     cube, probabilities = scored.cube, scored.probabilities
     predicted = probabilities > config.threshold
     real = cube.labels == 1
@@ -132,8 +134,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
             rows = np.sort(rng.choice(rows, size=config.n_random, replace=False))
         folder = config.cam_path / outcome
         folder.mkdir(exist_ok=True)
-        for old in folder.glob("cutout_CAM_*.png"):  # ours from a previous run; nothing else
-            old.unlink()
+        remove_own_images(folder, "cutout_CAM_*.png")
         report.counts[outcome] = len(rows)
         if not len(rows):
             continue

@@ -17,16 +17,19 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from otrain.config import OptimiseDatasetSizeConfig, TrainConfig
+from otrain.config import STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError
+from otrain.outputs import STUDY_COLUMNS
 from otrain.progress import announce
 
 __all__ = ["StudyReport", "nested_order", "run_study", "study_sizes"]
 
 logger = logging.getLogger("otrain")
 
-TABLE_COLUMNS = ("size", "accuracy", "f1", "mcc", "roc_auc", "val_loss", "train_val_gap")
+TABLE_COLUMNS = STUDY_COLUMNS
+#: Fewest training cutouts of the smallest size (smaller sections make no meaningful training).
+MIN_SECTION = 10
 
 
 def nested_order(labels: np.ndarray, seed: int) -> np.ndarray:
@@ -43,6 +46,11 @@ def nested_order(labels: np.ndarray, seed: int) -> np.ndarray:
 def study_sizes(pool: int, n_sections: int) -> list[int]:
     """Sizes int(pool * i / (n_sections - 1)) for i = 1 .. n_sections - 1, as the original."""
     return sorted({int(pool * i / (n_sections - 1)) for i in range(1, n_sections)} - {0})
+
+
+def max_sections(pool: int) -> int:
+    """Return the largest --n_sections whose smallest size still holds :data:`MIN_SECTION` cutouts."""
+    return pool // MIN_SECTION + 1
 
 
 @dataclass
@@ -73,9 +81,14 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
         raise DataError(f"{config.cube}: the cube holds only one class; the study needs both")
     fixed = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
     pool = fixed.train[nested_order(cube.labels[fixed.train], config.seed)]
-    sizes = [size for size in study_sizes(len(pool), config.n_sections) if size >= 10]
-    if not sizes:
+    if len(pool) < MIN_SECTION:
         raise DataError(f"{config.cube}: too few cutouts ({len(cube)}) for a dataset-size study")
+    if config.n_sections > max_sections(len(pool)):
+        raise OptionError(
+            f"--n_sections: {config.n_sections} sections of the {len(pool)} training cutouts of {config.cube} would "
+            f"make sizes below {MIN_SECTION} cutouts; give at most {max_sections(len(pool))}"
+        )
+    sizes = study_sizes(len(pool), config.n_sections)
     report = StudyReport()
     # Every size's options are checked before the first training starts.
     configs = {size: _train_config(config, size) for size in sizes}
@@ -129,14 +142,14 @@ def _write_outputs(config: OptimiseDatasetSizeConfig, rows: list[dict[str, Any]]
     out.mkdir(parents=True, exist_ok=True)
     sizes = [row["size"] for row in rows]
     return [
-        write_csv(out / f"{name}_dataset_size.csv", rows),
+        write_csv(out / STUDY_FILES[0].format(name=name), rows, STUDY_COLUMNS),
         plots.plot_series(
             sizes,
             {key: [row[key] for row in rows] for key in ("mcc", "f1", "accuracy")},
             "training cutouts",
             "score on the test set",
             f"{name}: scores against dataset size",
-            out / f"{name}_scores_dataset_size.png",
+            out / STUDY_FILES[1].format(name=name),
         ),
         plots.plot_series(
             sizes,
@@ -144,7 +157,7 @@ def _write_outputs(config: OptimiseDatasetSizeConfig, rows: list[dict[str, Any]]
             "training cutouts",
             "accuracy gap",
             f"{name}: over-fitting against dataset size",
-            out / f"{name}_ecart_accuracy_size.png",
+            out / STUDY_FILES[2].format(name=name),
         ),
         plots.plot_series(
             sizes,
@@ -152,6 +165,6 @@ def _write_outputs(config: OptimiseDatasetSizeConfig, rows: list[dict[str, Any]]
             "training cutouts",
             "loss",
             f"{name}: validation loss against dataset size",
-            out / f"{name}_loss_dataset_size.png",
+            out / STUDY_FILES[3].format(name=name),
         ),
     ]

@@ -14,7 +14,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
+from otrain import __version__
 from otrain.atomic import atomic_path
+from otrain.outputs import PNG_SOFTWARE
 
 __all__ = [
     "plot_calibration",
@@ -32,10 +34,15 @@ __all__ = [
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Save ``figure`` as PNG to ``path`` atomically, then close it."""
+    """Save ``figure`` as PNG to ``path`` atomically, then close it.
+
+    The PNG's ``Software`` text chunk names otrain, so that a later run recognises the file as
+    its own and may replace it (and never replaces a user's image of the same name).
+    """
+    software = f"{PNG_SOFTWARE} {__version__} (matplotlib {matplotlib.__version__})"
     try:
         with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight")
+            figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight", metadata={"Software": software})
     finally:
         plt.close(figure)
     return path

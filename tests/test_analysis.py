@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -35,24 +36,43 @@ def probabilities_of(model_file: Path, cube: Datacube) -> np.ndarray:
     return load_model(model_file).predict(cube.cube, verbose=0)[:, 1].astype(np.float64)
 
 
-def test_metrics_against_a_hand_computed_confusion_matrix() -> None:
+def test_every_metric_against_a_hand_computed_case() -> None:
+    """Eight candidates worked out on paper; every figure of diagnostics.json is pinned here."""
     labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
     p_real = np.array([0.9, 0.6, 0.4, 0.7, 0.2, 0.1, 0.5, 0.5])
     result = evaluate(labels, p_real, 0.5)  # real if p > 0.5: 0.5 itself is bogus
     assert (result["tp"], result["fn"], result["fp"], result["tn"]) == (2, 2, 1, 3)
+    assert result["n"] == 8
     assert result["accuracy"] == pytest.approx(5 / 8)
     assert result["precision"] == pytest.approx(2 / 3)
     assert result["recall"] == pytest.approx(2 / 4)
+    assert result["f1"] == pytest.approx(2 * (2 / 3) * (1 / 2) / (2 / 3 + 1 / 2))  # 4/7
     assert result["fpr"] == pytest.approx(1 / 4)
     assert result["fnr"] == pytest.approx(2 / 4)
-    mcc = (2 * 3 - 1 * 2) / np.sqrt(3 * 4 * 4 * 5)
-    assert result["mcc"] == pytest.approx(mcc)
+    assert result["mcc"] == pytest.approx((2 * 3 - 1 * 2) / np.sqrt(3 * 4 * 4 * 5))
+    # ROC AUC: of the 16 (real, bogus) pairs, the real one scores higher in 11 and ties in 1 (0.5 vs 0.5).
+    assert result["roc_auc"] == pytest.approx(11.5 / 16)
+    # Average precision, ranks 0.9 R, 0.7 B, 0.6 R, {0.5 R, 0.5 B}, 0.4 R: precision at each recall step.
+    assert result["average_precision"] == pytest.approx(0.25 * 1 + 0.25 * 2 / 3 + 0.25 * 3 / 5 + 0.25 * 4 / 6)
+    # Thresholds: FPR <= 1 % needs no bogus above t (t >= 0.7, where 3 of 4 real are missed).
+    assert result["threshold_at_fpr_1pc"] == 0.7
+    assert result["fnr_at_fpr_1pc"] == pytest.approx(3 / 4)
+    # FNR <= 1 % needs every real above t (t < 0.4: 0.39); there 2 of 4 bogus (0.7, 0.5) are above it.
+    assert result["threshold_at_fnr_1pc"] == 0.39
+    assert result["fpr_at_fnr_1pc"] == pytest.approx(2 / 4)
+    # F1 + MCC is largest for 0.2 <= t < 0.4 (all real kept, 0.2 and 0.1 out); the lowest such t is given.
+    assert result["best_threshold"] == 0.2
+    assert result["best_f1"] == pytest.approx(2 * 4 / (2 * 4 + 2 + 0))
+    assert result["best_mcc"] == pytest.approx((4 * 2 - 2 * 0) / np.sqrt(6 * 4 * 4 * 2))
+    # Calibration: bins [0.1,0.2) [0.2,0.3) [0.4,0.5) [0.5,0.6) [0.6,0.7) [0.7,0.8) [0.9,1.0].
+    ece = (
+        abs(0.1 - 0) + abs(0.2 - 0) + abs(0.4 - 1) + 2 * abs(0.5 - 0.5) + abs(0.6 - 1) + abs(0.7 - 0) + abs(0.9 - 1)
+    ) / 8
+    assert result["expected_calibration_error"] == pytest.approx(ece)
     table = threshold_table(labels, p_real)
     assert len(table) == 101
     assert table[50]["threshold"] == 0.5
-    assert table[50]["tp"] == 2
-    assert result["best_threshold"] == max(table, key=lambda row: row["f1"] + row["mcc"])["threshold"]
-    assert result["threshold_at_fpr_1pc"] == 0.7  # first threshold leaving no bogus above it
+    assert (table[50]["tp"], table[50]["fp"], table[50]["tn"], table[50]["fn"]) == (2, 1, 3, 2)
 
 
 def test_calibration_error() -> None:
@@ -66,7 +86,12 @@ def test_calibration_error() -> None:
 @pytest.mark.parametrize(
     "cube_name", ["validation_set/datacube/cube_validation.npz", "test_set/datacube/cube_test.npz"]
 )
-def test_diagnostics_agree_with_scikit_learn(trained: Path, tmp_path: Path, cube_name: str) -> None:
+def test_diagnostics_json_holds_scikit_learns_figures_for_the_models_predictions(
+    trained: Path, tmp_path: Path, cube_name: str
+) -> None:
+    """Wiring, not arithmetic: otrain computes these with scikit-learn too, so this checks that the
+    right predictions and labels reach it and the right figure lands under each key (the
+    arithmetic is pinned by the hand-computed case above)."""
     out = tmp_path / "diag"
     (out / "validation_set" / "misclassified" / "images_FP").mkdir(parents=True)
     (out / "notes.txt").write_text("mine")
@@ -233,7 +258,7 @@ def test_bad_inputs_of_the_analysis_commands(trained: Path, tmp_path: Path, caps
         )
         == 1
     )
-    assert f"{bad_cube}: not a readable datacube" in capsys.readouterr().err
+    assert f"{bad_cube}: not a NumPy .npz file" in capsys.readouterr().err
     cube_file = trained / "test_set" / "datacube" / "cube_test.npz"
     assert (
         call_main(
@@ -256,7 +281,10 @@ def test_bad_inputs_of_the_analysis_commands(trained: Path, tmp_path: Path, caps
     dense_file = tmp_path / "dense.keras"
     dense.save(dense_file)
     assert call_main(grad_cam_main, "--cube", cube_file, "--model-path", dense_file, "--cam_path", tmp_path / "c") == 1
-    assert "model has no Conv2D layer" in capsys.readouterr().err
+    assert capsys.readouterr().err == (
+        f"otrain-grad-cam: error: {dense_file}: model has no Conv2D layer; Grad-CAM explains a convolutional layer\n"
+    )
+    assert not (tmp_path / "c").exists(), "no empty output folder is left behind"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,3 +398,133 @@ def test_dataset_size_study(
     parents = {client.get_run(child["run_id"]).data.tags.get("mlflow.parentRunId") for child in children}
     assert len(parents) == 1
     assert None not in parents
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "the table is empty (expected a header line like '# cand_ID label1 FWHM FWHMPSF ...')"),
+        ("\x00\x01 binary \xff garbage\n" * 5, "not a readable commented_header table"),
+        ("# cand_ID label1\n1 0.5 7 8 9\n2\n", "not a readable commented_header table"),
+    ],
+    ids=["empty", "binary", "ragged"],
+)
+def test_checkinfer_on_an_unreadable_table_is_one_line(
+    workspace: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+) -> None:
+    night = scored_night(workspace, trained)
+    bad = tmp_path / "infer_results.dat"
+    bad.write_text(content, errors="surrogateescape")
+    assert call_main(checkinfer_main, "--plots", tmp_path / "p", "--crossmatch", night, "--infer", bad) == 1
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1, err
+    assert err.startswith(f"otrain-checkinfer: error: {bad}: {message}")
+    assert not (tmp_path / "p").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Output folders a user names: a command replaces its own files there, never someone else's.
+
+
+def test_analysis_commands_replace_their_own_files_and_refuse_a_users(
+    trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = trained / "test_set" / "datacube" / "cube_test.npz"
+    model = trained / "tiny.keras"
+    night = scored_night(workspace, trained)
+    commands = {
+        "diagnostics": (
+            diagnostics_main,
+            ("--path-cube-validation", cube, "--model-path", model, "--path-diagnostics", tmp_path / "diag"),
+            tmp_path / "diag" / "validation_set" / "misclassified" / "images_FN" / "cutout_0.png",
+            "--path-diagnostics",
+        ),
+        "plot-results": (
+            plot_results_main,
+            ("--path-cube-validation", cube, "--model-path", model, "--path-plots", tmp_path / "plots"),
+            tmp_path / "plots" / "calibration.csv",
+            "--path-plots",
+        ),
+        "grad-cam": (
+            grad_cam_main,
+            ("--cube", cube, "--model-path", model, "--cam_path", tmp_path / "cam", "--n_random", "2"),
+            tmp_path / "cam" / "TP_summary.png",
+            "--cam_path",
+        ),
+        "checkinfer": (
+            checkinfer_main,
+            ("--plots", tmp_path / "check", "--crossmatch", night, "--infer", night),
+            tmp_path / "check" / "CheckInfer" / "checkinfer_summary.json",
+            "--plots",
+        ),
+    }
+    for name, (main, args, users_file, flag) in commands.items():
+        assert call_main(main, *args, "--no-tracking") == 0, name
+        assert call_main(main, *args, "--no-tracking") == 0, f"{name}: its own files are replaced"
+        capsys.readouterr()
+        users_file.parent.mkdir(parents=True, exist_ok=True)
+        users_file.write_bytes(b"a user's file, not a figure or table of otrain")
+        assert call_main(main, *args, "--no-tracking") == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"otrain-{name}: error: {flag}: '{users_file}' exists and was not written by"), err
+        assert users_file.read_bytes() == b"a user's file, not a figure or table of otrain"
+        assert call_main(main, *args, "--no-tracking", "--overwrite") == 0, name
+        assert users_file.read_bytes() != b"a user's file, not a figure or table of otrain"
+    # An output that is an input: never, even with --overwrite.
+    status = call_main(
+        diagnostics_main, "--path-cube-validation", cube, "--model-path", model, "--path-diagnostics", tmp_path / "x"
+    )
+    assert status == 0
+    shutil.copy(cube, tmp_path / "x" / "diagnostics.json")
+    same = tmp_path / "x" / "diagnostics.json"
+    status = call_main(
+        diagnostics_main, "--path-cube-validation", same, "--model-path", model, "--path-diagnostics", tmp_path / "x",
+        "--overwrite",
+    )  # fmt: skip
+    assert status == 2
+    assert f"--path-diagnostics: '{same}' is an input of otrain-diagnostics" in capsys.readouterr().err
+
+
+def test_promote_report_and_study_outputs_follow_the_same_rule(
+    trained: Path, workspace: Path, tmp_path: Path, tracking_uri: str, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    from otrain.cli.promote import main as promote_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    report = tmp_path / "promotion.json"
+    report.write_text('{"my": "numbers"}')
+    assert call_main(promote_main, "--model-dir", trained, "--registered-name", "rule", "--report", report) == 2
+    assert f"--report: '{report}' exists and was not written by otrain-promote" in capsys.readouterr().err
+    assert report.read_text() == '{"my": "numbers"}'
+    model_card = trained / "tiny.keras.card.json"
+    assert call_main(promote_main, "--model-dir", trained, "--report", model_card, "--overwrite") == 2
+    assert "is an input of otrain-promote" in capsys.readouterr().err
+    out = tmp_path / "study"
+    out.mkdir()
+    (out / "s_scores_dataset_size.png").write_bytes(b"\x89PNG not ours")
+    status = call_main(
+        optimise_main, "--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "s",
+        "--outdir", out, "--epochs", "1", "--n_sections", "2", "--no-tracking",
+    )  # fmt: skip
+    assert status == 2
+    assert f"--outdir: '{out / 's_scores_dataset_size.png'}' exists and was not written" in capsys.readouterr().err
+    assert not (tmp_path / "CNN_training").exists()
+
+
+def test_dataset_size_study_refuses_sections_smaller_than_ten_cutouts(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = workspace / "datacube" / "cube.npz"
+    status = call_main(
+        optimise_main, "--cube", cube, "--model-path", tmp_path, "--model-name", "s", "--outdir", tmp_path / "out",
+        "--epochs", "1", "--n_sections", "60", "--no-tracking",
+    )  # fmt: skip
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    pool = len(Datacube.load(cube)) - 2 * round(len(Datacube.load(cube)) / 2 * 0.15) * 2
+    assert err.startswith("otrain-optimise-dataset-size: error: --n_sections: 60 sections of the ")
+    assert "would make sizes below 10 cutouts; give at most " in err
+    assert int(err.rsplit(" ", 1)[-1]) <= pool // 10 + 1
+    assert not (tmp_path / "CNN_training").exists()
+    assert not (tmp_path / "out").exists()

@@ -25,6 +25,7 @@ COMMANDS = {
     "otrain-optimise-dataset-size": cfg.OptimiseDatasetSizeConfig,
     "otrain-grad-cam": cfg.GradCamConfig,
     "otrain-promote": cfg.PromoteConfig,
+    "otrain-check-params": cfg.CheckParamsConfig,
 }
 
 
@@ -158,3 +159,35 @@ def test_unknown_and_missing_options(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_every_console_script_is_installed() -> None:
     for command in COMMANDS:
         assert (BIN / command).is_file(), command
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "NaN"])
+def test_non_finite_numbers_are_option_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str) -> None:
+    from otrain.cli.train import main as train_main
+
+    cube = tmp_path / "cube.npz"
+    cube.write_bytes(b"")
+    status = call_main(
+        train_main, "--cube", cube, "--model-path", tmp_path, "--model-name", "m", "--learning-rate", value
+    )
+    assert status == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("otrain-train: error: --learning-rate: Input should be a finite number"), err
+    assert len(err.splitlines()) == 1
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cube.npz"]
+
+
+def test_a_failed_command_leaves_no_empty_folder_it_created(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The output folders (and their parents) that a failing command created go again; a folder
+    that existed before, or that holds anything, stays."""
+    tree = make_tree(tmp_path / "cutouts", 3, 0)
+    (tree / "false").mkdir()
+    out = tmp_path / "new" / "deeper"
+    assert call_main(convert_main, "--path", out, "--cube", "c", "--cutouts", tree) == 1
+    assert "no cutout files" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    assert call_main(convert_main, "--path", kept, "--cube", "c", "--cutouts", tree) == 1
+    assert kept.is_dir()
+    assert list(kept.iterdir()) == []

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from otrain import config as cfg
+from otrain.outputs import INFER_COLUMNS
 
 
 @pytest.fixture
@@ -19,7 +20,7 @@ def files(tmp_path: Path) -> dict[str, Path]:
     cutouts = tmp_path / "cutouts"
     cutouts.mkdir()
     (cutouts / "crossmatch.dat").write_text("")
-    (cutouts / "infer_results.dat").write_text("")
+    (cutouts / "infer_results.dat").write_text("# " + " ".join(INFER_COLUMNS) + "\n")
     return {"cube": cube, "model": model, "cutouts": cutouts, "out": tmp_path / "out"}
 
 
@@ -44,6 +45,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         },
         cfg.GradCamConfig: {"cube": files["cube"], "model_path": files["model"]},
         cfg.PromoteConfig: {"model_dir": files["cutouts"]},
+        cfg.CheckParamsConfig: {"params": files["cube"]},
     }
 
 
@@ -171,6 +173,15 @@ def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str
         (cfg.GradCamConfig, "n_random", 0, "positive whole number"),
         (cfg.SimulateConfig, "mef_fraction", 1.1, r"probability in \[0, 1\]"),
         (cfg.SimulateConfig, "cutout_size", 8, "at least 16 pixels"),
+        (cfg.TrainConfig, "learning_rate", float("nan"), "finite number"),
+        (cfg.TrainConfig, "learning_rate", float("inf"), "finite number"),
+        (cfg.TrainConfig, "dropout", float("nan"), "finite number"),
+        (cfg.InferConfig, "threshold", float("nan"), "finite number"),
+        (cfg.InferConfig, "prob_ratio", float("inf"), "finite number"),
+        (cfg.CheckInferConfig, "fwhm_ratio_upper", float("inf"), "finite number"),
+        (cfg.CheckInferConfig, "maglim", (12.0, float("nan")), "finite number"),
+        (cfg.PromoteConfig, "tolerance", float("nan"), "finite number"),
+        (cfg.ConvertConfig, "frac_true", float("nan"), "finite number"),
     ],
 )
 def test_ranges(

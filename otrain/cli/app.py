@@ -10,6 +10,7 @@ Exit status: 0 success, 1 bad data or failed work, 2 bad options, 130 interrupte
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -221,6 +222,24 @@ def _terminate(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+def _missing_folders(folders: Sequence[Path]) -> list[Path]:
+    """Return the folders (and their ancestors) that do not exist yet, deepest first."""
+    missing: set[Path] = set()
+    for folder in folders:
+        path = Path(os.path.abspath(folder))
+        while not path.exists() and path.parent != path:
+            missing.add(path)
+            path = path.parent
+    return sorted(missing, key=lambda path: len(path.parts), reverse=True)
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders a failed command created and left empty (deepest first); keep the rest."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def _fail(command: str, message: str, status: int) -> NoReturn:
     print(f"{command}: error: {message}", file=sys.stderr)
     sys.exit(status)
@@ -309,10 +328,16 @@ def run_command(
     # A pipeline that is stopped sends SIGTERM: unwind like Ctrl-C, so runs end KILLED and
     # temporary files are removed.
     signal.signal(signal.SIGTERM, _terminate)
+    created = _missing_folders(validated.output_folders())
     try:
         action(validated)
     except OtrainError as error:
+        _remove_empty(created)
         _fail(config.command, str(error), error.exit_code)
     except KeyboardInterrupt:
+        _remove_empty(created)
         _fail(config.command, "interrupted", EXIT_INTERRUPTED)
+    except BaseException:
+        _remove_empty(created)
+        raise
     sys.exit(0)
