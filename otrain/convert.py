@@ -212,7 +212,10 @@ def convert(config: ConvertConfig) -> ConversionReport:
 
     if report.bad_files:
         if not config.skip_bad_files:
-            _fail_on_bad_files(report.bad_files)
+            # Files whose headers read fine may still fail on their pixels (all NaN, damaged
+            # data): find those too, so that one run lists every bad file.
+            failures = _pixel_failures(usable[1] + usable[0], config)
+            _fail_on_bad_files(report.bad_files + [(header.path, message) for header, message in failures])
         for _, message in report.bad_files:
             logger.warning("skipped: %s", message)
     _check_usable(report, usable)
@@ -220,9 +223,16 @@ def convert(config: ConvertConfig) -> ConversionReport:
     # converts does not depend on the seed.
     report.shape = _final_shape(usable[1] + usable[0], config.cutout_size)
 
+    checked: set[Path] = set()
     while True:
         selected = _select(usable, config, report)
         cube, failures = _read_selected(selected, config, report)
+        # The files balancing left out are checked too (pixels read, not kept), so that whether
+        # a tree converts, and which files are reported, does not depend on the seed.
+        chosen = {header.path for header in selected}
+        unchosen = [header for header in usable[1] + usable[0] if header.path not in chosen | checked]
+        failures += _pixel_failures(unchosen, config)
+        checked |= {header.path for header in unchosen}
         if not failures:
             break
         # A file that fails only when its pixels are read (all-NaN, damaged compressed data)
@@ -292,6 +302,28 @@ def _read_selected(
                 report.n_cutouts_with_replaced += 1
         row += len(chunk)
     return cube, failures
+
+
+def _pixel_failures(headers: list[_Header], config: ConvertConfig) -> list[tuple[_Header, str]]:
+    """Read the pixels of ``headers`` only to find the files that fail there (nothing is kept)."""
+    failures: list[tuple[_Header, str]] = []
+    groups: dict[tuple[tuple[int, int, int], int], list[_Header]] = {}
+    for header in headers:
+        height, width, channels = header.location.height_width_channels
+        crop = config.cutout_size
+        if crop == -1 or min(height, width) < crop:  # too small: _final_shape reports those
+            groups.setdefault(((height, width, channels), -1), []).append(header)
+        else:
+            groups.setdefault(((crop, crop, channels), crop), []).append(header)
+    for (shape, crop), group in groups.items():
+        jobs = [(header.path, header.location, crop, shape) for header in group]
+        row = 0
+        for chunk, (_, _, errors) in map_chunks(
+            _read_pixel_chunk, jobs, workers=config.workers, description="checking pixels", preload=["otrain.convert"]
+        ):
+            failures += [(group[row + offset], error) for offset, error in enumerate(errors) if error is not None]
+            row += len(chunk)
+    return failures
 
 
 def _datacube(cube: np.ndarray, headers: list[_Header]) -> Datacube:

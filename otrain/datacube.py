@@ -155,13 +155,18 @@ class Datacube:
         DataError
             If the file is missing, not an npz archive, or lacks a key or a consistent shape.
         """
+        if not path.is_file():
+            raise DataError(f"{path}: datacube file does not exist")
+        if not zipfile.is_zipfile(path):
+            raise DataError(f"{path}: not a NumPy .npz file")
         try:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
-        except FileNotFoundError:
-            raise DataError(f"{path}: datacube file does not exist") from None
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-            raise DataError(f"{path}: not a readable datacube .npz ({error})") from None
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if "allow_pickle" in reason:
+                reason = "it holds Python objects, not plain arrays"
+            raise DataError(f"{path}: not a readable datacube .npz ({reason[:200]})") from None
         for key in ("cube", "labels"):
             if key not in arrays:
                 raise DataError(f"{path}: datacube has no '{key}' array (keys: {', '.join(sorted(arrays))})")
@@ -171,15 +176,36 @@ class Datacube:
         if cube.ndim != 4:
             raise DataError(f"{path}: 'cube' must be (N, H, W, C), got shape {cube.shape}")
         n = cube.shape[0]
+        if n == 0:
+            raise DataError(f"{path}: the cube holds no cutouts")
+        if cube.dtype.kind not in "fiu":
+            raise DataError(f"{path}: 'cube' holds {cube.dtype} values, not numbers")
+        cube = np.ascontiguousarray(cube, dtype=np.float32)
+        _check_finite(cube, path)
         labels = _labels_from(arrays["labels"], n, path)
         return cls(
-            cube=np.ascontiguousarray(cube, dtype=np.float32),
+            cube=cube,
             labels=labels,
             mags=_float_column(arrays, "mags", n, path),
             errmags=_float_column(arrays, "errmags", n, path),
             filters=_text_column(arrays, "filters", n, path),
             fwhms=_float_column(arrays, "fwhms", n, path),
             candids=_candid_column(arrays, n, path),
+        )
+
+
+def _check_finite(cube: np.ndarray, path: Path, chunk: int = 1024) -> None:
+    """Refuse a cube with NaN or infinite pixels (a network cannot learn from them), naming the count."""
+    bad_pixels = bad_cutouts = 0
+    for start in range(0, len(cube), chunk):
+        finite = np.isfinite(cube[start : start + chunk])
+        if not finite.all():
+            bad_pixels += int(finite.size - np.count_nonzero(finite))
+            bad_cutouts += int(np.count_nonzero(~finite.reshape(len(finite), -1).all(axis=1)))
+    if bad_pixels:
+        raise DataError(
+            f"{path}: the cube holds {bad_pixels} NaN or infinite pixels in {bad_cutouts} cutouts; "
+            "rebuild it with otrain-convert, which replaces them"
         )
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,30 +25,16 @@ from otrain.atomic import atomic_path
 from otrain.config import InferConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
 from otrain.errors import DataError
+from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import map_chunks
 
-__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "reweight"]
+__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "printable_path", "reweight"]
 
 logger = logging.getLogger("otrain")
 
-#: The original 13 columns (reference section 2.5), then otrain's additions.
-INFER_COLUMNS = (
-    "filename",
-    "RA",
-    "Dec",
-    "originalFile",
-    "Xpos",
-    "Ypos",
-    "mag",
-    "magerr",
-    "FWHM",
-    "FWHMPSF",
-    "cand_ID",
-    "label0",
-    "label1",
-    "real",
-)
 _MAX_LISTED_BAD_FILES = 20
+#: Headers read, at most, to find one cutout whose size is compared with the model's input.
+_HEADER_PROBES = 20
 _EDGE = "edge"
 
 
@@ -115,6 +102,15 @@ def _text(value: Any) -> str:
     return text
 
 
+def printable_path(path: Path) -> str:
+    r"""Spell a file name as valid UTF-8 text: bytes that are not UTF-8 are written as ``\xNN``.
+
+    File names on Linux are bytes; a name that is not valid UTF-8 (an old Latin-1 disk, say)
+    cannot be written into a UTF-8 table as it is.
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
 def _number(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
@@ -124,7 +120,7 @@ def _write_rows(
 ) -> None:
     for path, meta, probability in zip(paths, metas, p_real, strict=True):
         cells = (
-            str(path),
+            printable_path(path),
             _number(meta.ra),
             _number(meta.dec),
             meta.file if meta.file is not None else "",
@@ -140,6 +136,29 @@ def _write_rows(
             int(probability > threshold),
         )
         stream.write(" ".join(_text(cell) for cell in cells) + "\n")
+
+
+def _check_model_fits_cutouts(model_file: Path, shape: tuple[int, int, int], files: Sequence[Path]) -> None:
+    """Compare the model's input with the first readable cutout's size, before scoring starts.
+
+    A model for other cutouts (another size, other planes) is one mistake, not one problem per
+    file: say so once, naming the model and both shapes.
+    """
+    height, width, channels = shape
+    for path in files[:_HEADER_PROBES]:
+        try:
+            meta, location = read_header(path)
+        except Exception:  # a bad file is reported when scoring; look at the next one
+            continue
+        if meta.edge is True:
+            continue
+        cutout_height, cutout_width, cutout_channels = location.height_width_channels
+        if cutout_channels != channels or cutout_height < height or cutout_width < width:
+            raise DataError(
+                f"{model_file}: the model takes {height}x{width}x{channels} cutouts, but {path.name} (and probably "
+                f"the others in its folder) is {cutout_height}x{cutout_width}x{cutout_channels}"
+            )
+        return
 
 
 def infer(config: InferConfig) -> InferenceReport:
@@ -168,10 +187,11 @@ def infer(config: InferConfig) -> InferenceReport:
     files = list_cutouts(config.cutouts, recursive=config.recursive)
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
+    _check_model_fits_cutouts(config.model, shape, files)
     report = InferenceReport(output=config.output_file, n_files=len(files))
     started = time.perf_counter()
     jobs = [(path, shape) for path in files]
-    with atomic_path(config.output_file) as temporary, open(temporary, "w") as stream:
+    with atomic_path(config.output_file) as temporary, open(temporary, "w", encoding="utf-8") as stream:
         stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
         for chunk, (pixels, metas, statuses) in map_chunks(
             _read_for_scoring,

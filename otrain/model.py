@@ -24,9 +24,11 @@ import numpy as np
 from keras import layers, ops
 
 from otrain.atomic import atomic_path, write_text_atomic
+from otrain.config import card_file
 from otrain.errors import DataError
 
 __all__ = [
+    "MAD_TO_SIGMA",
     "NORMALISATIONS",
     "RobustScaling",
     "build_model",
@@ -42,6 +44,9 @@ __all__ = [
 
 logger = logging.getLogger("otrain")
 
+#: 1 / Phi^-1(3/4): the MAD of Gaussian noise times this is its standard deviation.
+MAD_TO_SIGMA = 1.482602218505602
+
 Normalisation = Literal["none", "robust"]
 NORMALISATIONS: tuple[str, ...] = ("none", "robust")
 
@@ -50,9 +55,11 @@ NORMALISATIONS: tuple[str, ...] = ("none", "robust")
 class RobustScaling(layers.Layer):
     """Scale each cutout by its own median and median absolute deviation.
 
-    ``(x - median) / (1.4826 * MAD)``, per cutout and channel, then clipped to
-    [-``clip``, ``clip``]. This makes a model independent of each telescope's flux scale and
-    zero point. A flat cutout (MAD = 0) is only shifted.
+    ``(x - median) / (k * MAD)``, per cutout and channel, then clipped to [-``clip``,
+    ``clip``], with k = 1 / Phi^-1(3/4) = 1.4826..., which makes ``k * MAD`` the standard
+    deviation of Gaussian noise (SciPy's ``median_abs_deviation(scale="normal")``). This makes
+    a model independent of each telescope's flux scale and zero point. A flat cutout (MAD = 0)
+    is only shifted.
     """
 
     def __init__(self, clip: float = 1000.0, **kwargs: Any) -> None:
@@ -72,7 +79,7 @@ class RobustScaling(layers.Layer):
         flat = ops.reshape(inputs, (shape[0], shape[1] * shape[2], shape[3]))
         median = self._median(flat)
         mad = self._median(ops.abs(flat - median[:, None, :]))
-        scale = ops.where(mad > 0, 1.4826 * mad, ops.ones_like(mad))
+        scale = ops.where(mad > 0, MAD_TO_SIGMA * mad, ops.ones_like(mad))
         scaled = (inputs - median[:, None, None, :]) / scale[:, None, None, :]
         return ops.clip(scaled, -self.clip, self.clip)
 
@@ -202,6 +209,26 @@ def log_visible_devices() -> list[str]:
     return gpus
 
 
+def _container_is_intact(path: Path) -> bool:
+    """Tell whether a model file's container (zip for .keras, HDF5 for .h5) reads end to end."""
+    import zipfile
+
+    import h5py
+
+    if path.suffix == ".keras":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return archive.testzip() is None
+        except (OSError, zipfile.BadZipFile, EOFError):
+            return False
+    try:
+        with h5py.File(path, "r") as stream:
+            stream.visit(lambda name: None)
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def load_model(path: Path) -> keras.Model:
     """Load a ``.keras`` or ``.h5`` model, including original O'TRAIN ``.h5`` files.
 
@@ -213,9 +240,13 @@ def load_model(path: Path) -> keras.Model:
     if not path.is_file():
         raise DataError(f"{path}: model file does not exist")
     log_visible_devices()
+    if path.suffix not in (".keras", ".h5", ".hdf5"):
+        raise DataError(f"{path}: not a Keras model file (expected a .keras or .h5 file)")
     try:
         model = keras.saving.load_model(path, custom_objects={"RobustScaling": RobustScaling}, compile=False)
-    except Exception as error:  # Keras raises many types for a bad file
+    except Exception as error:  # Keras raises many types, some misleading ("File not found"), for a damaged file
+        if not _container_is_intact(path):
+            raise DataError(f"{path}: not a readable Keras model (corrupt or truncated)") from None
         text = str(error).strip().splitlines()
         reason = text[0] if text else type(error).__name__
         raise DataError(f"{path}: not a readable Keras model ({reason[:200]})") from None
@@ -228,7 +259,7 @@ def load_model(path: Path) -> keras.Model:
 
 def card_path(model_file: Path) -> Path:
     """Return where the model card of ``model_file`` lives: ``<model>.card.json``."""
-    return model_file.with_name(model_file.name + ".card.json")
+    return card_file(model_file)
 
 
 def _jsonable(value: Any) -> Any:
@@ -261,3 +292,16 @@ def read_card(model_file: Path) -> dict[str, Any] | None:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise DataError(f"{path}: model card is not valid JSON ({error})") from None
+
+
+def main() -> None:
+    """Print which devices TensorFlow sees (``python -m otrain.model``: is a GPU container's GPU visible?)."""
+    import tensorflow as tf
+
+    gpus = log_visible_devices()
+    listing = ", ".join(gpus) if gpus else "none, running on the CPU"
+    print(f"TensorFlow {tf.__version__}: GPUs {listing}")
+
+
+if __name__ == "__main__":
+    main()

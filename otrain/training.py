@@ -1,10 +1,19 @@
 """otrain-train: fit the O'TRAIN CNN on a datacube, evaluate it on a held-out test set.
 
-Outputs go to ``<model-path>/CNN_training/<name>/`` (reference section 4.2), each written
-atomically once training has finished, so an interrupted run never leaves a model, cube or
-table that looks complete. While training, a checkpoint folder ``.checkpoint/`` holds the
-weights, the optimiser state and the history of the finished epochs: ``--resume`` continues
-from there (and in the same MLflow run).
+Outputs go to ``<model-path>/CNN_training/<name>/`` (the original's layout), and appear
+complete or not at all. While a training runs, its folder holds a lock (one training per
+folder) and a checkpoint, ``.checkpoint/``:
+
+- after every epoch, the weights and optimiser state, the best weights so far and the early
+  stopping state are written into a new ``epoch-NNNN/`` folder, then ``latest.json`` (the
+  history and the name of that folder) is replaced atomically: a checkpoint is always whole,
+  whenever the process dies;
+- when training has ended, every output is written into ``.checkpoint/final/``; a marker
+  listing them is written last, then they are renamed into the folder. A run interrupted
+  after the marker is finished by ``--resume``; one interrupted before it resumes from its
+  last epoch (in the same MLflow run).
+
+``--overwrite`` replaces only the files a training writes; other files in the folder stay.
 """
 
 from __future__ import annotations
@@ -12,10 +21,13 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
+import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,10 +36,12 @@ import numpy as np
 
 from otrain import __version__
 from otrain.atomic import atomic_path, write_text_atomic
-from otrain.config import TrainConfig
+from otrain.config import CHECKPOINT_FOLDER, TRAINING_LOCK, TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError
 from otrain.evaluation import binary_metrics, write_json
+from otrain.locking import exclusive_lock
+from otrain.outputs import HISTORY_COLUMNS
 from otrain.progress import announce
 from otrain.tracking import (
     RunInfo,
@@ -39,15 +53,19 @@ from otrain.tracking import (
     resolve_tracking_uri,
 )
 
-__all__ = ["TrainingResult", "auto_batch_size", "train"]
+__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "train"]
 
 logger = logging.getLogger("otrain")
 
-CHECKPOINT_FOLDER = ".checkpoint"
 _MIN_STEPS_PER_EPOCH = 20
 _MAX_BATCH = 1024
 _MIN_BATCH = 16
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+#: Inside the checkpoint: the pointer to the last finished epoch, and the staged final outputs.
+POINTER = "latest.json"
+STAGING = "final"
+COMPLETE = ".complete"
+_WEIGHTS = "latest.weights.h5"
+_BEST_WEIGHTS = "best.weights.h5"
 #: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
 RESUME_KEYS = (
     "seed",
@@ -70,6 +88,10 @@ def auto_batch_size(n_train: int) -> int:
     """
     size = min(_MAX_BATCH, max(_MIN_BATCH, n_train // _MIN_STEPS_PER_EPOCH))
     return max(1, min(size, n_train))
+
+
+class TrainingDivergedError(OtrainError):
+    """The loss became NaN or infinite (exit status 1)."""
 
 
 @dataclass
@@ -119,7 +141,11 @@ def _class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
 
 
 def _configure_tensorflow(config: TrainConfig) -> Any:
-    """Seed everything, choose the distribution strategy and the precision policy."""
+    """Seed everything, choose the distribution strategy and the precision policy.
+
+    Several GPUs, or several logical CPU devices (``tf.config.set_logical_device_configuration``),
+    are used together through ``tf.distribute.MirroredStrategy``.
+    """
     import keras
     import tensorflow as tf
 
@@ -132,16 +158,44 @@ def _configure_tensorflow(config: TrainConfig) -> Any:
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
-    if len(gpus) > 1:
-        logger.info("training on %d GPUs with MirroredStrategy", len(gpus))
-        return tf.distribute.MirroredStrategy()
+    kind = "GPU" if gpus else "CPU"
+    devices = [device.name for device in tf.config.list_logical_devices(kind)]
+    if len(devices) > 1:
+        logger.info("training on %d %s devices with MirroredStrategy", len(devices), kind)
+        return tf.distribute.MirroredStrategy(devices)
     logger.info("training on %s", "1 GPU" if gpus else "the CPU")
     return tf.distribute.get_strategy()
 
 
-def _dataset(x: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, train: bool) -> Any:
+def replica_batch_size(n: int, batch_size: int, replicas: int) -> int:
+    """Return the largest batch size up to ``batch_size`` whose last batch gives every replica a cutout.
+
+    For prediction with several replicas: a last batch smaller than their number leaves one with
+    an empty batch, which TensorFlow's convolutions reject. One replica takes any batch.
+    """
+    size = batch_size
+    while size > 1 and 0 < n % size < replicas:
+        size -= 1
+    return size
+
+
+def _dataset(
+    x: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, train: bool, replicas: int = 1
+) -> Any:
+    """Return a batched dataset; with several replicas, every batch splits evenly between them.
+
+    Keras under ``MirroredStrategy`` fails on a batch that does not split evenly, so the batch
+    size is rounded down to a multiple of the replicas; the training set drops its last partial
+    batch (the shuffle changes it every epoch), the validation set at most ``replicas - 1``
+    cutouts.
+    """
     import tensorflow as tf
 
+    if replicas > 1:
+        batch_size = max(replicas, batch_size - batch_size % replicas)
+        if not train:
+            keep = len(x) - len(x) % replicas
+            x, labels = x[:keep], labels[:keep]
     one_hot = np.eye(2, dtype=np.float32)[labels]
     dataset = tf.data.Dataset.from_tensor_slices((x, one_hot))
     if train:
@@ -154,18 +208,131 @@ def _dataset(x: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augm
             return image, label
 
         dataset = dataset.map(flip_rotate, num_parallel_calls=1)
-    return dataset.batch(batch_size).prefetch(2)
+    return dataset.batch(batch_size, drop_remainder=train and replicas > 1).prefetch(2)
 
 
-def _epoch_callbacks(
-    config: TrainConfig, checkpoint: Path, history: list[dict[str, float]], tracking: bool
-) -> list[Any]:
+@dataclass
+class Checkpoint:
+    """The checkpoint of a training: finished epochs, their history, early-stopping state.
+
+    Attributes
+    ----------
+    folder : Path
+        ``<training folder>/.checkpoint``.
+    epochs_done : int
+        Epochs finished (0: none yet).
+    history : list of dict
+        One row per finished epoch (the columns of ``history.csv``).
+    best_val_loss : float or None
+        Lowest validation loss so far.
+    best_epoch : int
+        The epoch that reached it (1-based; 0 when none).
+    wait : int
+        Epochs since then.
+    stopped : bool
+        Early stopping ended the training.
+    state : str or None
+        The ``epoch-NNNN`` folder holding the weights of the last finished epoch.
+    """
+
+    folder: Path
+    epochs_done: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+    best_val_loss: float | None = None
+    best_epoch: int = 0
+    wait: int = 0
+    stopped: bool = False
+    state: str | None = None
+
+    @classmethod
+    def read(cls, folder: Path) -> Checkpoint:
+        """Read the checkpoint of ``folder``; one without a finished epoch reads as epoch 0.
+
+        Raises
+        ------
+        DataError
+            When ``latest.json`` or the weights it names cannot be read; the message names the file.
+        """
+        pointer = folder / POINTER
+        if not pointer.is_file():
+            return cls(folder)
+        try:
+            data = json.loads(pointer.read_text())
+            checkpoint = cls(folder, **{key: data[key] for key in data if key != "folder"})
+        except (OSError, ValueError, TypeError) as error:
+            raise DataError(
+                f"{pointer}: the checkpoint cannot be read ({error}); pass --overwrite to start again"
+            ) from None
+        if checkpoint.state is None or not (folder / checkpoint.state / _WEIGHTS).is_file():
+            raise DataError(
+                f"{pointer}: the checkpoint names weights that do not exist; pass --overwrite to start again"
+            )
+        return checkpoint
+
+    @property
+    def weights(self) -> Path | None:
+        """The weights (and optimiser state) of the last finished epoch."""
+        return self.folder / self.state / _WEIGHTS if self.state else None
+
+    @property
+    def best_weights(self) -> Path | None:
+        """The weights of the epoch with the lowest validation loss, when kept."""
+        path = self.folder / self.state / _BEST_WEIGHTS if self.state else None
+        return path if path is not None and path.is_file() else None
+
+    def save(self, model: Any, improved: bool, keep_best: bool) -> None:
+        """Write the state of the epoch just finished, then point ``latest.json`` at it (atomically)."""
+        previous = self.best_weights
+        state = f"epoch-{self.epochs_done:04d}"
+        folder = self.folder / state
+        shutil.rmtree(folder, ignore_errors=True)  # a half-written one from a killed run
+        folder.mkdir(parents=True)
+        with atomic_path(folder / _WEIGHTS) as temporary:
+            model.save_weights(temporary)
+        if keep_best and improved:
+            os.link(folder / _WEIGHTS, folder / _BEST_WEIGHTS)
+        elif keep_best and previous is not None:
+            os.link(previous, folder / _BEST_WEIGHTS)
+        self.state = state
+        record = {key: value for key, value in self.__dict__.items() if key != "folder"}
+        write_text_atomic(self.folder / POINTER, json.dumps(record, indent=1) + "\n")
+        for old in self.folder.glob("epoch-*"):
+            if old.name != state:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load_into(self, model: Any, best: bool = False) -> None:
+        """Load the last (or best) weights and the optimiser state into a freshly built model.
+
+        Raises
+        ------
+        DataError
+            When the weights file cannot be read (corrupt or truncated); the message names it.
+        """
+        path = self.best_weights if best else self.weights
+        if path is None:
+            return
+        if not model.optimizer.built:  # its state is in the file too; building it twice adds variables
+            model.optimizer.build(model.trainable_variables)
+        try:
+            model.load_weights(path)
+        except Exception:  # h5py and Keras raise many types on a damaged file
+            raise DataError(
+                f"{path}: checkpoint cannot be read (corrupt or truncated); pass --overwrite to start again"
+            ) from None
+
+
+def _epoch_callback(config: TrainConfig, checkpoint: Checkpoint, model_epochs: int, tracking: bool) -> Any:
     import keras
 
-    history_file = checkpoint / "history.csv"
+    keep_best = config.patience > 0
 
-    class EpochReport(keras.callbacks.Callback):
-        """Print one line per epoch, keep the history on disk (for --resume), log to MLflow."""
+    class EpochEnd(keras.callbacks.Callback):
+        """After each epoch: check the loss, early stopping, the checkpoint, the progress line, MLflow.
+
+        Keras' EarlyStopping keeps its best weights in memory only; this callback keeps them,
+        and its counters, in the checkpoint, so that ``--resume`` continues the same early
+        stopping.
+        """
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             self.started = time.perf_counter()
@@ -173,11 +340,26 @@ def _epoch_callbacks(
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs or {}
             row = {"epoch": epoch + 1, **{key: float(logs.get(key, np.nan)) for key in HISTORY_COLUMNS[1:]}}
-            history[:] = [previous for previous in history if previous["epoch"] < row["epoch"]] + [row]
-            _write_history(history_file, history)
+            for key in ("loss", "val_loss"):
+                if not math.isfinite(row[key]):
+                    raise TrainingDivergedError(
+                        f"training diverged at epoch {epoch + 1}: {key.replace('_', ' ')} is {row[key]}; "
+                        "try a lower --learning-rate (or --normalisation robust)"
+                    )
+            improved = checkpoint.best_val_loss is None or row["val_loss"] < checkpoint.best_val_loss
+            if improved:
+                checkpoint.best_val_loss, checkpoint.best_epoch, checkpoint.wait = row["val_loss"], epoch + 1, 0
+            else:
+                checkpoint.wait += 1
+            checkpoint.stopped = keep_best and checkpoint.wait >= config.patience
+            checkpoint.history = [old for old in checkpoint.history if old["epoch"] < row["epoch"]] + [row]
+            checkpoint.epochs_done = epoch + 1
+            checkpoint.save(self.model, improved, keep_best)
+            if checkpoint.stopped:
+                self.model.stop_training = True
             elapsed = time.perf_counter() - self.started
             announce(
-                f"epoch {row['epoch']}/{config.epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
+                f"epoch {row['epoch']}/{model_epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
                 f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} ({elapsed:.1f} s)",
             )
             if tracking:
@@ -185,27 +367,15 @@ def _epoch_callbacks(
 
                 mlflow.log_metrics({key: value for key, value in row.items() if key != "epoch"}, step=row["epoch"])
 
-    callbacks: list[Any] = [keras.callbacks.BackupAndRestore(str(checkpoint / "state")), EpochReport()]
-    if config.patience > 0:
-        callbacks.insert(
-            0,
-            keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience, restore_best_weights=True),
-        )
-    return callbacks
+    return EpochEnd()
 
 
-def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+def _write_history(path: Path, history: list[dict[str, float]]) -> Path:
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
         writer = csv.DictWriter(stream, fieldnames=HISTORY_COLUMNS)
         writer.writeheader()
         writer.writerows(history)
-
-
-def _read_history(path: Path) -> list[dict[str, float]]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as stream:
-        return [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
+    return path
 
 
 def _device() -> str:
@@ -220,6 +390,18 @@ def _pip_requirements() -> list[str]:
     import tensorflow as tf
 
     return [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
+
+
+def _split_record(config: TrainConfig, data_hash: str, given: bool) -> dict[str, Any]:
+    """How the training rows were chosen: enough to recompute them (the promotion gate does)."""
+    return {
+        "method": "given" if given else "stratified",
+        "cube": str(config.cube),
+        "data_hash": data_hash,
+        "seed": config.seed,
+        "frac": config.frac,
+        "test_frac": config.test_frac,
+    }
 
 
 def train(
@@ -251,40 +433,70 @@ def train(
     Raises
     ------
     DataError
-        On a cube that cannot be trained on (one class, too few cutouts, too small).
+        On a cube that cannot be trained on (one class, too few cutouts, too small), a
+        checkpoint that cannot be read, or a training folder another training holds.
     OptionError
-        On an unreachable tracking store, or a batch size larger than the training set.
+        On an unreachable tracking store, a batch size larger than the training set, or
+        ``--resume`` with other options than the interrupted training's.
+    TrainingDivergedError
+        When the loss becomes NaN or infinite (the checkpoint is removed, the run is FAILED).
     """
     cube = Datacube.load(config.cube) if cube is None else cube
     _check_cube(cube, config)
+    given = split is not None
     if split is None:
         split = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
     batch_size = _batch_size(config, len(split.train))
-    checkpoint = config.output_dir / CHECKPOINT_FOLDER
-    previous_run = read_run_file(checkpoint) if config.resume else None
-    if config.resume and not checkpoint.is_dir():
-        raise OptionError(f"--resume: no interrupted training to continue in {config.output_dir}")
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     if config.tracking:
         check_tracking_uri(tracking_uri)
+    with exclusive_lock(config.output_dir / TRAINING_LOCK, f"the training folder {config.output_dir}"):
+        return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready)
+
+
+def _train_locked(
+    config: TrainConfig,
+    cube: Datacube,
+    split: Split,
+    given: bool,
+    batch_size: int,
+    tracking_uri: str,
+    on_ready: Callable[[RunInfo | None], None] | None,
+) -> TrainingResult:
+    checkpoint_folder = config.output_dir / CHECKPOINT_FOLDER
+    if not (config.resume or config.overwrite) and config.holds_training():  # another run finished meanwhile
+        raise OptionError(f"--model-name: {config.output_dir} already holds a training; pass --overwrite to replace it")
+    if config.overwrite:
+        shutil.rmtree(checkpoint_folder, ignore_errors=True)
+    previous_run = read_run_file(checkpoint_folder) if config.resume else None
+    staged = checkpoint_folder / STAGING
+    if config.resume and (staged / COMPLETE).is_file():
+        announce(f"resuming: the interrupted training had finished; moving its outputs into {config.output_dir}")
+        with _tracked(config, tracking_uri, previous_run, {}):
+            return _publish(config, staged)
 
     data_hash = cube.content_hash()
     options = config.model_dump(mode="json")
     fingerprint = {"data_hash": data_hash, "batch_size_used": batch_size, **{key: options[key] for key in RESUME_KEYS}}
-    fingerprint_file = checkpoint / "options.json"
-    if config.resume and fingerprint_file.is_file():
-        saved = json.loads(fingerprint_file.read_text())
-        changed = sorted(key for key in fingerprint if saved.get(key) != fingerprint[key])
-        if changed:
-            raise OptionError(
-                f"--resume: the interrupted training used other values of {', '.join(changed)}; "
-                "resume with the same ones (only --epochs may change) or pass --overwrite to start again"
-            )
-
-    if config.overwrite and not config.resume and config.output_dir.exists():
-        shutil.rmtree(config.output_dir)
-    config.output_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint.mkdir(exist_ok=True)
+    fingerprint_file = checkpoint_folder / "options.json"
+    checkpoint = Checkpoint(checkpoint_folder)
+    if config.resume:
+        if fingerprint_file.is_file():
+            saved = json.loads(fingerprint_file.read_text())
+            changed = sorted(key for key in fingerprint if saved.get(key) != fingerprint[key])
+            if changed:
+                raise OptionError(
+                    f"--resume: the interrupted training used other values of {', '.join(changed)}; "
+                    "resume with the same ones (only --epochs may change) or pass --overwrite to start again"
+                )
+        checkpoint = Checkpoint.read(checkpoint_folder)
+        if checkpoint.epochs_done == 0:
+            announce(f"resuming {checkpoint_folder}: no epoch had finished, starting from epoch 1")
+        else:
+            how = "stopped early" if checkpoint.stopped else f"of {config.epochs}"
+            announce(f"resuming {checkpoint_folder}: epoch {checkpoint.epochs_done} {how} had finished")
+    shutil.rmtree(staged, ignore_errors=True)
+    checkpoint_folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(fingerprint_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
 
     tags = {
@@ -295,27 +507,44 @@ def train(
         "mlflow.note.content": f"otrain-train {config.name} on {config.cube}",
         **dvc_tags(config.cube),
     }
+    split_record = _split_record(config, data_hash, given)
+    try:
+        with _tracked(config, tracking_uri, previous_run, tags) as run:
+            if run is not None:
+                run.write(checkpoint_folder)
+            return _fit_and_write(config, cube, split, split_record, batch_size, checkpoint, run, on_ready)
+    except TrainingDivergedError:
+        shutil.rmtree(checkpoint_folder, ignore_errors=True)
+        raise
+
+
+@contextmanager
+def _tracked(
+    config: TrainConfig, tracking_uri: str, previous: RunInfo | None, tags: dict[str, Any]
+) -> Iterator[RunInfo | None]:
+    """Open (or resume) the training's MLflow run, or nothing with --no-tracking."""
     if not config.tracking:
-        return _fit_and_write(config, cube, split, batch_size, checkpoint, None, tags, on_ready)
+        with nullcontext():
+            yield None
+        return
     with open_run(
         tracking_uri,
         config.experiment,
         run_name=config.name,
-        run_id=previous_run.run_id if previous_run else None,
+        run_id=previous.run_id if previous else None,
         tags=tags,
     ) as run:
-        run.write(checkpoint)
-        return _fit_and_write(config, cube, split, batch_size, checkpoint, run, tags, on_ready)
+        yield run
 
 
 def _fit_and_write(
     config: TrainConfig,
     cube: Datacube,
     split: Split,
+    split_record: dict[str, Any],
     batch_size: int,
-    checkpoint: Path,
+    checkpoint: Checkpoint,
     run: RunInfo | None,
-    tags: dict[str, Any],
     on_ready: Callable[[RunInfo | None], None] | None,
 ) -> TrainingResult:
     import keras
@@ -345,45 +574,56 @@ def _fit_and_write(
             learning_rate=config.learning_rate,
             normalisation=config.normalisation,
         )
-    history = _read_history(checkpoint / "history.csv") if config.resume else []
-    training = _dataset(cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True)
-    validation = _dataset(
-        cube.cube[split.validation], cube.labels[split.validation], batch_size, config.seed, False, False
-    )
-    model.fit(
-        training,
-        validation_data=validation,
-        epochs=config.epochs,
-        shuffle=False,  # the dataset shuffles itself, reproducibly
-        class_weight=_class_weights(cube.labels[split.train], config.class_weight),
-        callbacks=_epoch_callbacks(config, checkpoint, history, run is not None),
-        verbose=0,
-    )
+        checkpoint.load_into(model)
+    if checkpoint.epochs_done < config.epochs and not checkpoint.stopped:
+        replicas = strategy.num_replicas_in_sync
+        training = _dataset(
+            cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True, replicas
+        )
+        validation = _dataset(
+            cube.cube[split.validation], cube.labels[split.validation], batch_size, config.seed, False, False, replicas
+        )
+        model.fit(
+            training,
+            validation_data=validation,
+            epochs=config.epochs,
+            initial_epoch=checkpoint.epochs_done,
+            shuffle=False,  # the dataset shuffles itself, reproducibly
+            class_weight=_class_weights(cube.labels[split.train], config.class_weight),
+            callbacks=[_epoch_callback(config, checkpoint, config.epochs, run is not None)],
+            verbose=0,
+        )
+    if config.patience > 0 and checkpoint.best_weights is not None:
+        with strategy.scope():
+            checkpoint.load_into(model, best=True)  # keep the best weights, as Keras' EarlyStopping would
+    history = checkpoint.history
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
-    probabilities = model.predict(test_x, batch_size=256, verbose=0)[:, 1]
+    test_batch = replica_batch_size(len(test_x), 256, strategy.num_replicas_in_sync)
+    probabilities = model.predict(test_x, batch_size=test_batch, verbose=0)[:, 1]
     metrics = binary_metrics(test_labels, probabilities, config.threshold)
     metrics["epochs_run"] = len(history)
 
-    output = config.output_dir
-    outputs = [save_model(model, config.model_file)]
+    staged = checkpoint.folder / STAGING
+    shutil.rmtree(staged, ignore_errors=True)
+    model_file = staged / config.model_file.name
+    outputs = [save_model(model, model_file)]
     outputs.append(
         cube.subset(split.validation).save(
-            output / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
+            staged / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
         )
     )
-    outputs.append(cube.subset(split.test).save(output / "test_set" / "datacube" / "cube_test.npz"))
-    _write_history(output / "history.csv", history)
-    outputs.append(output / "history.csv")
+    outputs.append(cube.subset(split.test).save(staged / "test_set" / "datacube" / "cube_test.npz"))
+    outputs.append(_write_history(staged / "history.csv", history))
     outputs.append(
-        plot_training_curve(history, "loss", f"{config.name}: loss", output / f"{config.name}_loss_vs_epochs.png")
+        plot_training_curve(history, "loss", f"{config.name}: loss", staged / f"{config.name}_loss_vs_epochs.png")
     )
     outputs.append(
         plot_training_curve(
-            history, "accuracy", f"{config.name}: accuracy", output / f"{config.name}_accuracy_vs_epochs.png"
+            history, "accuracy", f"{config.name}: accuracy", staged / f"{config.name}_accuracy_vs_epochs.png"
         )
     )
-    outputs.append(write_json(output / "metrics.json", metrics))
+    outputs.append(write_json(staged / "metrics.json", metrics))
     card = {
         "model_file": config.model_file.name,
         "input_shape": list(input_shape),
@@ -393,8 +633,9 @@ def _fit_and_write(
         "decision_rule": "real if P(real) > threshold",
         "params": config.model_dump(mode="json"),
         "batch_size_used": batch_size,
-        "data_hash": tags["otrain.data_hash"],
+        "data_hash": split_record["data_hash"],
         "cube": str(config.cube),
+        "split": split_record,
         "split_sizes": {"train": len(split.train), "validation": len(split.validation), "test": len(split.test)},
         "test_metrics": metrics,
         "otrain_version": __version__,
@@ -402,25 +643,65 @@ def _fit_and_write(
         "keras_version": keras.__version__,
         "mlflow_run_id": run.run_id if run else None,
     }
-    outputs.append(write_card(config.model_file, card))
+    outputs.append(write_card(model_file, card))
+    logging_failed = None
     if run is not None:
         try:
             _log_to_mlflow(model, metrics, outputs, test_x)
         except Exception as error:  # the store or the artifact server went away
-            raise OtrainError(
-                f"training finished and {output} is written, but logging to MLflow failed ({error})"
-            ) from None
-        outputs.append(run.write(output))
-    shutil.rmtree(checkpoint, ignore_errors=True)
+            logging_failed = error
+        else:
+            run.write(staged)
+    result = _publish(config, staged, _mark_complete(config, staged))
+    if logging_failed is not None:
+        raise OtrainError(
+            f"training finished and {config.output_dir} is written, but logging to MLflow failed ({logging_failed})"
+        )
+    result.run = run
+    return result
+
+
+def _mark_complete(config: TrainConfig, staged: Path) -> list[str]:
+    """Write the commit marker: the staged outputs are whole, and these are their names."""
+    names = [name for name in config.output_names() if (staged / name).is_file()]
+    write_text_atomic(staged / COMPLETE, json.dumps(names) + "\n")
+    return names
+
+
+def _publish(config: TrainConfig, staged: Path, names: list[str] | None = None) -> TrainingResult:
+    """Move the staged outputs into the training folder and remove the checkpoint.
+
+    Files of an earlier training of the same name that this one does not write (the other
+    model format, a run file from a tracked training) are removed first; nothing else in the
+    folder is touched. Safe to run again after an interruption: the marker lists the names.
+    """
+    if names is None:
+        names = json.loads((staged / COMPLETE).read_text())
+    folder = config.output_dir
+    metrics = json.loads((staged / "metrics.json").read_text()) if (staged / "metrics.json").is_file() else None
+    card_name = config.model_file.name + ".card.json"
+    card = json.loads((staged / card_name).read_text()) if (staged / card_name).is_file() else None
+    for name in config.any_training_names():
+        if name not in names:
+            (folder / name).unlink(missing_ok=True)
+    for name in names:
+        source, target = staged / name, folder / name
+        if source.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(source, target)
+    metrics = metrics or json.loads((folder / "metrics.json").read_text())
+    card = card or json.loads((folder / card_name).read_text())
+    with open(folder / "history.csv", newline="") as stream:
+        history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
+    shutil.rmtree(folder / CHECKPOINT_FOLDER, ignore_errors=True)
     return TrainingResult(
-        output_dir=output,
+        output_dir=folder,
         model_file=config.model_file,
         metrics=metrics,
         history=history,
-        batch_size=batch_size,
+        batch_size=int(card["batch_size_used"]),
         split_sizes=card["split_sizes"],
-        run=run,
-        outputs=outputs,
+        outputs=[folder / name for name in names],
     )
 
 

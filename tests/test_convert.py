@@ -350,3 +350,50 @@ def test_output_folder_taken_by_a_file_is_an_option_error(
     (tmp_path / "out" / "datacube").write_text("a file where the folder goes")
     status = convert(tree, tmp_path / "out")
     assert_refused(tmp_path, status, 2, capsys.readouterr().err, "--path: cannot create folder")
+
+
+def test_one_run_lists_every_bad_file_whatever_stage_finds_it(
+    tree_factory: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A broken header and an all-NaN cutout (found only when its pixels are read) in one report, and
+    an all-NaN cutout that balancing would not have selected too."""
+    tree = tree_factory(4, 20)
+    (tree / "true" / "broken.fits").write_text("junk" * 1000)
+    all_nan = np.full((16, 16), np.nan, np.float32)
+    write_gmadet(tree / "false" / "allnan.fits", all_nan, CANDID=901)
+    status = convert(tree, tmp_path / "out")
+    err = capsys.readouterr().err
+    assert_refused(tmp_path, status, 1, err, "2 bad cutouts, the first:")
+    assert "broken.fits" in err
+    assert "allnan.fits: cutout has no finite pixel" in err
+    # Without the broken header, the all-NaN bogus cutout is one of 21 bogus files of which only
+    # 4 are selected: it is reported whether or not the seed selects it.
+    (tree / "true" / "broken.fits").unlink()
+    for seed in ("1", "2", "3"):
+        status = convert(tree, tmp_path / "out", "--seed", seed)
+        assert_refused(tmp_path, status, 1, capsys.readouterr().err, "allnan.fits: cutout has no finite pixel")
+
+
+def test_staging_left_by_a_killed_conversion_is_removed_by_the_next(
+    tree_factory: Callable[..., Path], tmp_path: Path
+) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    tree = tree_factory(4, 4)
+    folder = tmp_path / "out" / "datacube"
+    folder.mkdir(parents=True)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    host = socket.gethostname()
+    stale = folder / f".cube.npz.{int(dead.stdout)}@{host}.abcd1234.partial"
+    live = folder / f".cube.npz.{os.getpid()}@{host}.efgh5678.partial"
+    other_host = folder / f".cube.npz.{int(dead.stdout)}@elsewhere.ijkl9012.partial"
+    for staging in (stale, live, other_host):
+        staging.mkdir()
+        (staging / "cube.npz").write_bytes(b"half a cube")
+    assert convert(tree, tmp_path / "out") == 0
+    assert not stale.exists(), "the staging folder of a dead process is removed"
+    assert live.is_dir(), "a live process's staging folder is left alone"
+    assert other_host.is_dir(), "another host's process cannot be checked: its folder is left alone"
+    assert len(Datacube.load(folder / "cube.npz")) == 8

@@ -97,7 +97,8 @@ def test_misaligned_candids_of_the_original_are_replaced_with_a_warning(
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        (b"not a zip", "not a readable datacube"),
+        (b"not a zip", r"bad\.npz: not a NumPy \.npz file$"),
+        (b"", r"bad\.npz: not a NumPy \.npz file$"),
         (None, "datacube file does not exist"),
     ],
 )
@@ -106,6 +107,32 @@ def test_unreadable_cubes(tmp_path: Path, content: bytes | None, message: str) -
     if content is not None:
         path.write_bytes(content)
     with pytest.raises(DataError, match=message):
+        Datacube.load(path)
+
+
+def test_a_cube_of_python_objects_is_refused_without_advice_about_pickle(tmp_path: Path) -> None:
+    path = tmp_path / "objects.npz"
+    np.savez(path, cube=np.array([{"a": 1}], dtype=object), labels=np.zeros(1))
+    with pytest.raises(DataError, match="it holds Python objects, not plain arrays") as error:
+        Datacube.load(path)
+    assert "allow_pickle" not in str(error.value)
+
+
+def test_an_empty_cube_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "empty.npz"
+    np.savez(path, cube=np.zeros((0, 8, 8, 1), np.float32), labels=np.zeros(0, np.int64))
+    with pytest.raises(DataError, match=r"empty\.npz: the cube holds no cutouts"):
+        Datacube.load(path)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_pixels_are_refused_with_their_count(tmp_path: Path, bad: float) -> None:
+    cube = small_cube()
+    pixels = cube.cube.copy()
+    pixels[1, 0, :2, 0] = bad
+    pixels[3, 2, 2, 0] = bad
+    path = Datacube(**{**cube.__dict__, "cube": pixels}).save(tmp_path / "nan.npz")
+    with pytest.raises(DataError, match=r"nan\.npz: the cube holds 3 NaN or infinite pixels in 2 cutouts"):
         Datacube.load(path)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -60,7 +61,10 @@ def test_splits_are_disjoint_and_test_only(trained: Path, workspace: Path) -> No
     assert abs(test.n_real - test.n_bogus) <= 1
 
 
-def test_model_beats_chance_on_another_survey(trained: Path, workspace: Path) -> None:
+def test_model_scores_another_survey_as_its_seed_always_does(trained: Path, workspace: Path) -> None:
+    """The seeded 6-epoch training classifies 121 of the 143 usable candidates of a survey simulated
+    with another seed correctly, on every run (op determinism on the CPU); a few candidates of
+    tolerance allow for another CPU's floating-point rounding, not for a change of behaviour."""
     night = workspace / "other" / "night"
     assert call_main(infer_main, "--cutouts", night, "--model", trained / "tiny.keras") == 0
     table = astropy_ascii.read(night / "infer_results.dat", format="commented_header")
@@ -68,7 +72,8 @@ def test_model_beats_chance_on_another_survey(trained: Path, workspace: Path) ->
         truth = {row["path"].split("/")[-1]: int(row["label"]) for row in csv.DictReader(stream)}
     labels = np.array([truth[Path(name).name] for name in table["filename"]])
     accuracy = np.mean((np.asarray(table["label1"]) > 0.5) == labels)
-    assert accuracy > 0.75, accuracy
+    assert len(labels) == 143
+    assert accuracy == pytest.approx(121 / 143, abs=3 / 143), accuracy
 
 
 def test_infer_results_round_trip(trained: Path, workspace: Path) -> None:
@@ -259,7 +264,7 @@ def test_existing_training_is_not_replaced_silently(
 ) -> None:
     before = (trained / "tiny.keras").stat().st_mtime_ns
     assert train(workspace, "tiny", "--no-tracking") == 2
-    assert "already holds a training; pass --resume" in capsys.readouterr().err
+    assert "already holds a training; pass --overwrite to replace it" in capsys.readouterr().err
     assert (trained / "tiny.keras").stat().st_mtime_ns == before
 
 
@@ -277,18 +282,27 @@ def test_model_that_is_not_a_model(workspace: Path, capsys: pytest.CaptureFixtur
 
 
 def test_empty_folder_and_mismatched_cutouts(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = trained / "tiny.keras"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert call_main(infer_main, "--cutouts", empty, "--model", trained / "tiny.keras") == 1
+    assert call_main(infer_main, "--cutouts", empty, "--model", model) == 1
     assert "no cutout files" in capsys.readouterr().err
+    # A model for other cutouts is one mistake: one line naming the model and both shapes, not a
+    # warning per file.
     small = tmp_path / "small"
-    write_gmadet(small / "a.fits", pixels(16))
-    assert call_main(infer_main, "--cutouts", small, "--model", trained / "tiny.keras") == 1
-    assert "cutout is 16x16 pixels, smaller than --cutout-size 32" in capsys.readouterr().err
-    rgb = tmp_path / "rgb"
-    write_gmadet(rgb / "a.fits", np.stack([pixels(40), pixels(40)]))
-    assert call_main(infer_main, "--cutouts", rgb, "--model", trained / "tiny.keras") == 1
-    assert "the model takes 32x32x1" in capsys.readouterr().err
+    for index in range(5):
+        write_gmadet(small / f"a{index}.fits", pixels(16, seed=index))
+    assert call_main(infer_main, "--cutouts", small, "--model", model) == 1
+    assert capsys.readouterr().err == (
+        f"otrain-infer: error: {model}: the model takes 32x32x1 cutouts, but a0.fits (and probably the others "
+        "in its folder) is 16x16x1\n"
+    )
+    planes = tmp_path / "planes"
+    write_gmadet(planes / "a.fits", np.stack([pixels(40), pixels(40)]))
+    assert call_main(infer_main, "--cutouts", planes, "--model", model) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"otrain-infer: error: {model}: the model takes 32x32x1 cutouts, but a.fits")
+    assert err.strip().endswith("is 40x40x2")
     assert not list(tmp_path.rglob("infer_results.dat"))
 
 
@@ -310,56 +324,68 @@ def test_good_and_corrupt_files(trained: Path, tmp_path: Path, capsys: pytest.Ca
     assert np.isnan(row["RA"])
 
 
+def wait_for_epochs(checkpoint: Path, epochs: int, process: subprocess.Popen[str]) -> None:
+    """Wait (as long as it takes, on a slow machine) until the checkpoint holds ``epochs`` epochs."""
+    pointer = checkpoint / "latest.json"
+    while not (pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= epochs):
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+
+
 def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
-    """Ctrl-C leaves no model and a KILLED run; --resume finishes the same run."""
+    """Ctrl-C leaves no model and a KILLED run; --resume says where it resumes and finishes the same run."""
     from mlflow.tracking import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'resume.db'}"
     command = [
         str(BIN / "otrain-train"),
         *("--cube", str(workspace / "datacube" / "cube.npz"), "--model-path", str(tmp_path), "--model-name", "long"),
-        *("--epochs", "40", "--patience", "0"),
+        *("--epochs", "1000", "--patience", "0"),
     ]
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OTRAIN_PROGRESS": "0"}
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    assert process.stdout is not None
-    deadline = time.monotonic() + 240
-    for line in process.stdout:
-        if line.startswith("epoch 2/40") or time.monotonic() > deadline:
-            break
-    process.send_signal(signal.SIGINT)
-    process.communicate(timeout=120)
-    assert process.returncode == 130
     output = tmp_path / "CNN_training" / "long"
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    wait_for_epochs(output / ".checkpoint", 2, process)
+    interrupted = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    _out, err = process.communicate()
+    print(f"Ctrl-C to exit: {time.monotonic() - interrupted:.1f} s")
+    assert process.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "otrain-train: error: interrupted"
     assert not (output / "long.keras").exists()
     assert not (output / "metrics.json").exists()
     run_id = json.loads((output / ".checkpoint" / "mlflow_run.json").read_text())["run_id"]
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
+    finished = json.loads((output / ".checkpoint" / "latest.json").read_text())["epochs_done"]
 
     changed = subprocess.run(
         [*command[:-4], "--epochs", "4", "--patience", "0", "--seed", "7", "--resume"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
     )
     assert changed.returncode == 2
     assert "--resume: the interrupted training used other values of seed" in changed.stderr
+    total = finished + 2
     resumed = subprocess.run(
-        [*command[:-4], "--epochs", "4", "--patience", "0", "--resume"],
+        [*command[:-4], "--epochs", str(total), "--patience", "0", "--resume"],
         capture_output=True,
         text=True,
         env=env,
-        timeout=600,
     )
     assert resumed.returncode == 0, resumed.stderr
+    assert f"epoch {finished} of {total} had finished" in resumed.stdout
     assert (output / "long.keras").is_file()
     assert json.loads((output / "mlflow_run.json").read_text())["run_id"] == run_id
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
-    first_epoch_printed = resumed.stdout.splitlines()[1] if len(resumed.stdout.splitlines()) > 1 else ""
-    assert "epoch 1/4" not in resumed.stdout, first_epoch_printed
+    assert f"epoch 1/{total}" not in resumed.stdout
     with open(output / "history.csv", newline="") as stream:
-        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3, 4]
+        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == list(range(1, total + 1))
+    assert not (output / ".checkpoint").exists()
+    again = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env)
+    assert again.returncode == 2
+    assert "--resume: nothing to resume" in again.stderr
+    assert "it holds a finished training" in again.stderr
 
 
 def test_promotion_gate_keeps_a_better_champion(
@@ -384,3 +410,177 @@ def test_promotion_gate_keeps_a_better_champion(
     client = MlflowClient(tracking_uri)
     assert str(client.get_model_version_by_alias("gate", "champion").version) == "1"
     assert client.get_model_version("gate", "2").tags["promotion"].startswith("mcc ")
+
+
+# ---------------------------------------------------------------------------------------------
+# What otrain-infer may write.
+
+
+def test_infer_never_overwrites_what_it_did_not_write(
+    trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    night = tmp_path / "night"
+    shutil.copytree(workspace / "survey" / "night", night)
+    model = tmp_path / "model.keras"
+    shutil.copy(trained / "tiny.keras", model)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("path,label\na.fits,1\n")
+    cutout = sorted(night.glob("*.fits"))[0]
+    originals = {path: path.read_bytes() for path in (model, truth, cutout)}
+
+    def infer(*extra: object) -> int:
+        return call_main(infer_main, "--cutouts", night, "--model", model, *extra)
+
+    for target in (model, cutout):  # an input: never, even with --overwrite
+        for extra in ((), ("--overwrite",)):
+            assert infer("--output", target, *extra) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(f"otrain-infer: error: --output: '{target}' is ")
+            assert "input of otrain-infer" in err or "a cutout being scored" in err
+    assert infer("--output", truth) == 2  # a user's file: only with --overwrite
+    assert capsys.readouterr().err.strip() == (
+        f"otrain-infer: error: --output: '{truth}' exists and was not written by otrain-infer; "
+        "pass --overwrite to replace it, or choose another path"
+    )
+    for path, content in originals.items():
+        assert path.read_bytes() == content, path
+    table = tmp_path / "scores.dat"
+    assert infer("--output", table) == 0
+    first = table.read_text()
+    assert infer("--output", table, "--threshold", "0.9") == 0  # its own table: replaced
+    assert table.read_text() != first
+    assert infer("--output", truth, "--overwrite") == 0
+    assert truth.read_text().startswith("# filename RA Dec")
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped(
+    trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    night = tmp_path / "night"
+    night.mkdir()
+    source = sorted((workspace / "survey" / "night").glob("*.fits"))[:3]
+    for path in source:
+        shutil.copy(path, night / path.name)
+    latin1 = os.fsdecode(b"caf\xe9_cutout.fits")  # a Latin-1 name: not valid UTF-8
+    shutil.copy(source[0], night / latin1)
+    assert call_main(infer_main, "--cutouts", night, "--model", trained / "tiny.keras") == 0
+    text = (night / "infer_results.dat").read_bytes().decode("utf-8")  # the whole table is valid UTF-8
+    table = astropy_ascii.read(night / "infer_results.dat", format="commented_header")
+    assert len(table) == 4
+    names = [Path(name).name for name in table["filename"]]
+    assert "caf\\xe9_cutout.fits" in names
+    assert "scored 4 of 4" in capsys.readouterr().out
+    assert "\\xe9" in text
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("empty.keras", lambda data: b""),
+        ("truncated.keras", lambda data: data[: len(data) // 2]),
+        ("truncated.h5", None),
+        ("text.h5", lambda data: b"this is not HDF5\n" * 10),
+    ],
+)
+def test_a_damaged_model_file_is_named_as_such(
+    trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: object
+) -> None:
+    from otrain.model import build_model, save_model
+
+    path = tmp_path / name
+    if damage is None:
+        save_model(build_model((SIZE, SIZE, 1)), tmp_path / "whole.h5")
+        data = (tmp_path / "whole.h5").read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    else:
+        path.write_bytes(damage((trained / "tiny.keras").read_bytes()))  # type: ignore[operator]
+    status = call_main(
+        infer_main, "--cutouts", workspace / "survey" / "night", "--model", path, "--output", tmp_path / "x.dat"
+    )
+    assert status == 1
+    assert (
+        capsys.readouterr().err == f"otrain-infer: error: {path}: not a readable Keras model (corrupt or truncated)\n"
+    )
+    assert not (tmp_path / "x.dat").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The promotion gate.
+
+
+def test_promote_with_an_unreachable_server_is_one_line_at_once(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from otrain.cli.promote import main as promote_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    started = time.monotonic()
+    assert call_main(promote_main, "--model-dir", trained, "--report", tmp_path / "p.json") == 2
+    elapsed = time.monotonic() - started
+    err = capsys.readouterr().err
+    assert err.startswith("otrain-promote: error: cannot reach MLflow tracking server http://127.0.0.1:9")
+    assert len(err.strip().splitlines()) == 1
+    assert elapsed < 60, f"{elapsed:.0f} s: MLflow's own retries were not cut short"
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_the_gate_compares_on_rows_neither_model_trained_on(
+    trained: Path, workspace: Path, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from otrain.cli.promote import main as promote_main
+    from otrain.registry import SPLIT_TAG
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    assert (
+        call_main(promote_main, "--model-dir", trained, "--registered-name", "fair", "--report", tmp_path / "a.json")
+        == 0
+    )
+    client = MlflowClient(tracking_uri)
+    record = json.loads(client.get_model_version("fair", "1").tags[SPLIT_TAG])
+    card = json.loads((trained / "tiny.keras.card.json").read_text())
+    assert record == card["split"]
+    assert {"data_hash", "seed", "frac", "test_frac", "cube"} <= set(record)
+    # Another seed: another test set, part of which the champion trained on.
+    assert train(workspace, "reseeded", "--epochs", "2", "--seed", "5", "--test-frac", "0.4", models="fair") == 0
+    reseeded = workspace / "fair" / "CNN_training" / "reseeded"
+    assert (
+        call_main(promote_main, "--model-dir", reseeded, "--registered-name", "fair", "--report", tmp_path / "b.json")
+        == 0
+    )
+    decision = json.loads((tmp_path / "b.json").read_text())
+    test = Datacube.load(reseeded / "test_set" / "datacube" / "cube_test.npz")
+    full = Datacube.load(workspace / "datacube" / "cube.npz")
+    from otrain.datacube import stratified_split
+
+    champion_split = stratified_split(full.labels, record["frac"], record["test_frac"], record["seed"])
+    seen = {int(c) for c in full.candids[np.concatenate([champion_split.train, champion_split.validation])]}
+    held_out = [candid for candid in test.candids.tolist() if int(candid) not in seen]
+    assert 0 < decision["compared_on"] == len(held_out) < len(test), decision["reason"]
+    assert (
+        f"compared on the {len(held_out)} of {len(test)} test cutouts that champion v1 never saw" in decision["reason"]
+    )
+    # A champion whose cube is gone: its training rows cannot be told, so the gate refuses to
+    # compare, and says why.
+    temporary = tmp_path / "temporary.npz"
+    full.subset(np.arange(0, len(full), 2)).save(temporary)
+    status = call_main(
+        train_main, "--cube", temporary, "--model-path", tmp_path, "--model-name", "gone",
+        "--epochs", "1", "--normalisation", "robust",
+    )  # fmt: skip
+    assert status == 0
+    gone = tmp_path / "CNN_training" / "gone"
+    assert (
+        call_main(promote_main, "--model-dir", gone, "--registered-name", "gone", "--report", tmp_path / "c.json") == 0
+    )
+    temporary.unlink()
+    assert (
+        call_main(promote_main, "--model-dir", trained, "--registered-name", "gone", "--report", tmp_path / "d.json")
+        == 0
+    )
+    refused = json.loads((tmp_path / "d.json").read_text())
+    assert refused["promoted"] is False
+    assert refused["reason"].startswith("not compared: champion v1 was trained on cube ")
+    assert f"({temporary}), which is not available here" in refused["reason"]
+    assert str(client.get_model_version_by_alias("gone", "champion").version) == "1"

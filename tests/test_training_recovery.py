@@ -1,0 +1,397 @@
+"""otrain-train when things go wrong: interruptions at every step, two runs at once, divergence,
+--overwrite beside a user's files; and every training option trained once. Real TensorFlow on a
+tiny cube; faults are injected by making one real write fail as a kill would."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import BIN, call_main, files_under, train
+
+from otrain.cli.train import main as train_main
+from otrain.datacube import Datacube
+
+pytestmark = pytest.mark.slow
+
+#: Every file a finished training leaves in its folder.
+OUTPUTS = (
+    "m.keras",
+    "m.keras.card.json",
+    "validation_set/datacube/cube_validation.npz",
+    "test_set/datacube/cube_test.npz",
+    "history.csv",
+    "m_loss_vs_epochs.png",
+    "m_accuracy_vs_epochs.png",
+    "metrics.json",
+)
+
+
+def folder_of(root: Path, name: str = "m") -> Path:
+    return root / "CNN_training" / name
+
+
+def epochs_printed(out: str) -> list[int]:
+    return [int(line.split("/")[0].split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
+
+
+def history_epochs(folder: Path) -> list[int]:
+    import csv
+
+    with open(folder / "history.csv", newline="") as stream:
+        return [int(float(row["epoch"])) for row in csv.DictReader(stream)]
+
+
+# ---------------------------------------------------------------------------------------------
+# --overwrite and the user's files.
+
+
+def test_overwrite_replaces_only_the_files_a_training_writes(workspace: Path, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    assert train(workspace, "m.h5", "--epochs", "1", "--no-tracking", models=str(root)) == 0
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "mlflow_run.json").write_text('{"run_id": "stale", "experiment_id": "0", "tracking_uri": "x"}')
+    (folder / "extra").mkdir()
+    (folder / "extra" / "figure.pdf").write_text("my figure")
+    assert train(workspace, "m", "--epochs", "1", "--no-tracking", "--overwrite", models=str(root)) == 0
+    assert (folder / "notes.txt").read_text() == "my notes"
+    assert (folder / "extra" / "figure.pdf").read_text() == "my figure"
+    for name in OUTPUTS:
+        assert (folder / name).is_file(), name
+    # The earlier training's model in the other format, and its run file, are a training's files.
+    assert not (folder / "m.h5").exists()
+    assert not (folder / "m.h5.card.json").exists()
+    assert not (folder / "mlflow_run.json").exists()
+    assert not (folder / ".checkpoint").exists()
+
+
+def test_a_cube_inside_the_training_folder_is_refused(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    folder.mkdir(parents=True)
+    inside = folder / "test_set" / "datacube" / "cube_test.npz"
+    inside.parent.mkdir(parents=True)
+    inside.write_bytes((workspace / "datacube" / "cube.npz").read_bytes())
+    for extra in ((), ("--overwrite",)):
+        status = call_main(
+            train_main, "--cube", inside, "--model-path", root, "--model-name", "m", "--no-tracking", *extra
+        )
+        assert status == 2
+        assert "--cube: " in capsys.readouterr().err
+        assert inside.read_bytes() == (workspace / "datacube" / "cube.npz").read_bytes()
+
+
+# ---------------------------------------------------------------------------------------------
+# Two trainings of one folder, and a training killed outright.
+
+
+def test_a_second_training_of_the_same_folder_is_refused_and_a_killed_ones_lock_is_taken_over(
+    workspace: Path, tmp_path: Path
+) -> None:
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    base = [
+        str(BIN / "otrain-train"),
+        *("--cube", str(workspace / "datacube" / "cube.npz"), "--model-path", str(root), "--model-name", "m"),
+        *("--normalisation", "robust", "--patience", "0", "--no-tracking"),
+    ]
+    env = {**os.environ, "OTRAIN_PROGRESS": "0"}
+    first = subprocess.Popen(
+        [*base, "--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        while not (folder / ".checkpoint" / "latest.json").is_file():
+            assert first.poll() is None, first.communicate()
+            time.sleep(0.2)
+        second = subprocess.run([*base, "--epochs", "2", "--resume"], capture_output=True, text=True, env=env)
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert lines[-1].startswith(f"otrain-train: error: the training folder {folder} is in use by PID {first.pid}")
+        assert "Traceback" not in second.stderr
+    finally:
+        first.kill()  # SIGKILL: the lock file stays, with a dead owner
+        first.communicate()
+    assert (folder / ".otrain-train.lock").is_file()
+    done = json.loads((folder / ".checkpoint" / "latest.json").read_text())["epochs_done"]
+    resumed = subprocess.run([*base, "--epochs", str(done + 1), "--resume"], capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"took over the lock of PID {first.pid}" in resumed.stderr
+    assert epochs_printed(resumed.stdout) == [done + 1]
+    assert history_epochs(folder) == list(range(1, done + 2))
+    assert not (folder / ".otrain-train.lock").exists()
+
+
+def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The process dies while the second epoch's weights are written: what it wrote so far is a
+    truncated file, as after a SIGKILL; --resume continues from the first epoch."""
+    import keras
+
+    real_save = keras.Model.save_weights
+    calls = []
+
+    def dies_while_writing(model: object, path: str, *args: object, **kwargs: object) -> None:
+        calls.append(path)
+        real_save(model, path, *args, **kwargs)
+        if len(calls) == 2:
+            Path(path).write_bytes(Path(path).read_bytes()[:1000])
+            raise KeyboardInterrupt
+
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    monkeypatch.setattr(keras.Model, "save_weights", dies_while_writing)
+    assert train(workspace, "m", "--epochs", "3", "--no-tracking", models=str(root)) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    pointer = json.loads((folder / ".checkpoint" / "latest.json").read_text())
+    assert (pointer["epochs_done"], pointer["state"]) == (1, "epoch-0001")
+    assert not (folder / ".checkpoint" / "epoch-0002" / "latest.weights.h5").exists()
+    assert train(workspace, "m", "--epochs", "3", "--no-tracking", "--resume", models=str(root)) == 0
+    out = capsys.readouterr().out
+    assert "epoch 1 of 3 had finished" in out
+    assert epochs_printed(out) == [2, 3]
+    assert history_epochs(folder) == [1, 2, 3]
+
+
+def test_a_damaged_checkpoint_is_named_in_one_line(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import otrain.training
+
+    def interrupt(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    monkeypatch.setattr(otrain.training, "_mark_complete", interrupt)
+    assert train(workspace, "m", "--epochs", "1", "--no-tracking", models=str(root)) == 130
+    monkeypatch.undo()
+    weights = folder / ".checkpoint" / "epoch-0001" / "latest.weights.h5"
+    weights.write_bytes(weights.read_bytes()[:2000])
+    capsys.readouterr()
+    assert train(workspace, "m", "--epochs", "2", "--no-tracking", "--resume", models=str(root)) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.splitlines()[-1] == (
+        f"otrain-train: error: {weights}: checkpoint cannot be read (corrupt or truncated); "
+        "pass --overwrite to start again"
+    )
+    (folder / ".checkpoint" / "latest.json").write_text('{"epochs_done": 1, "state"')
+    assert train(workspace, "m", "--epochs", "2", "--no-tracking", "--resume", models=str(root)) == 1
+    assert "latest.json: the checkpoint cannot be read" in capsys.readouterr().err
+    assert not (folder / "m.keras").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Ctrl-C while the final files are written.
+
+
+def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_retrain(
+    workspace: Path,
+    tmp_path: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    import otrain.model
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    monkeypatch.setattr(otrain.model, "write_card", interrupted)  # after the model, cubes and history
+    assert train(workspace, "m", "--epochs", "2", models=str(root)) == 130
+    monkeypatch.undo()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    visible = {path.relative_to(folder).as_posix() for path in files_under(folder)}
+    assert not {name for name in visible if not name.startswith(".")}, visible
+    run_id = json.loads((folder / ".checkpoint" / "mlflow_run.json").read_text())["run_id"]
+    capsys.readouterr()
+    assert train(workspace, "m", "--epochs", "2", "--resume", models=str(root)) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2 of 2 had finished" in out
+    assert epochs_printed(out) == []  # nothing is trained again
+    for name in (*OUTPUTS, "mlflow_run.json"):
+        assert (folder / name).is_file(), name
+    assert json.loads((folder / "mlflow_run.json").read_text())["run_id"] == run_id
+    assert MlflowClient(tracking_uri).get_run(run_id).info.status == "FINISHED"
+
+
+def test_interrupted_while_moving_the_outputs_in_is_finished_by_resume(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    real_replace = os.replace
+    moved = []
+
+    def dies_after_three(source: object, target: object) -> None:
+        staged = f"{os.sep}.checkpoint{os.sep}final{os.sep}"
+        if staged in str(source) and staged not in str(target):  # publishing, not staging
+            if len(moved) == 3:
+                raise KeyboardInterrupt
+            moved.append(target)
+        real_replace(source, target)
+
+    monkeypatch.setattr(os, "replace", dies_after_three)
+    assert train(workspace, "m", "--epochs", "1", "--no-tracking", models=str(root)) == 130
+    monkeypatch.undo()
+    assert len(moved) == 3
+    capsys.readouterr()
+    assert train(workspace, "m", "--epochs", "1", "--no-tracking", "--resume", models=str(root)) == 0
+    out = capsys.readouterr().out
+    assert "the interrupted training had finished; moving its outputs" in out
+    assert epochs_printed(out) == []
+    for name in OUTPUTS:
+        assert (folder / name).is_file(), name
+    assert not (folder / ".checkpoint").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Divergence.
+
+
+def test_a_diverging_training_stops_with_one_line(
+    workspace: Path,
+    tmp_path: Path,
+    tracking_uri: str,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cube = Datacube.load(workspace / "datacube" / "cube.npz")
+    huge = Datacube(**{**cube.__dict__, "cube": np.full_like(cube.cube, 3e38)})
+    path = huge.save(tmp_path / "huge.npz")
+    root = tmp_path / "models"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    status = call_main(
+        train_main, "--cube", path, "--model-path", root, "--model-name", "m", "--epochs", "3", "--patience", "0"
+    )
+    assert status == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        "otrain-train: error: training diverged at epoch 1: loss is nan; try a lower --learning-rate "
+        "(or --normalisation robust)"
+    )
+    assert not root.exists(), "no checkpoint and no empty folder is left behind"
+    client = MlflowClient(tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("otrain").experiment_id], "tags.`otrain.cube` LIKE '%huge%'"
+    )
+    assert [run.info.status for run in runs] == ["FAILED"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Every training option, trained once.
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--augment",),
+        ("--class-weight", "none"),
+        ("--normalisation", "none"),
+        ("--mixed-precision",),
+        ("--batch-size", "32", "--learning-rate", "0.0005", "--dropout", "0.1", "--threshold", "0.4"),
+    ],
+    ids=["augment", "no-class-weight", "raw-pixels", "mixed-precision", "batch-lr-dropout-threshold"],
+)
+def test_every_training_option_trains(workspace: Path, tmp_path: Path, options: tuple[str, ...]) -> None:
+    from otrain.cli.train import main
+
+    extra = () if "--normalisation" in options else ("--normalisation", "robust")
+    status = call_main(
+        main,
+        *("--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "m"),
+        *("--epochs", "1", "--no-tracking", *extra, *options),
+    )
+    assert status == 0
+    folder = folder_of(tmp_path)
+    card = json.loads((folder / "m.keras.card.json").read_text())
+    flags = dict(zip(options[::2], options[1::2], strict=False)) if len(options) > 1 else {}
+    if "--augment" in options:
+        assert card["params"]["augment"] is True
+    if "--mixed-precision" in options:
+        assert card["params"]["mixed_precision"] is True
+    for flag, value in flags.items():
+        key = flag[2:].replace("-", "_")
+        assert str(card["params"][key]) == value or float(card["params"][key]) == float(value)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    assert metrics["epochs_run"] == 1
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
+MIRRORED = """
+import sys
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from otrain.cli.train import main
+main(sys.argv[1:])
+"""
+
+
+def test_two_replicas_on_two_logical_cpus_train_the_same_kind_of_model(workspace: Path, tmp_path: Path) -> None:
+    """The MirroredStrategy path (several GPUs in production) with two logical CPU devices."""
+    args = [
+        *("--cube", str(workspace / "datacube" / "cube.npz"), "--model-path", str(tmp_path)),
+        *("--epochs", "4", "--patience", "0", "--normalisation", "robust", "--no-tracking"),
+    ]
+    env = {**os.environ, "OTRAIN_PROGRESS": "0"}
+    mirrored = subprocess.run(
+        [sys.executable, "-c", MIRRORED, *args, "--model-name", "two"], capture_output=True, text=True, env=env
+    )
+    assert mirrored.returncode == 0, mirrored.stderr
+    assert "training on 2 CPU devices with MirroredStrategy" in mirrored.stderr
+    single = subprocess.run(
+        [str(BIN / "otrain-train"), *args, "--model-name", "one"], capture_output=True, text=True, env=env
+    )
+    assert single.returncode == 0, single.stderr
+    assert "training on the CPU" in single.stderr
+    from otrain.model import load_model
+
+    one, two = folder_of(tmp_path, "one"), folder_of(tmp_path, "two")
+    assert load_model(two / "two.keras").count_params() == load_model(one / "one.keras").count_params()
+    metrics = [json.loads((folder / "metrics.json").read_text()) for folder in (one, two)]
+    assert set(metrics[0]) == set(metrics[1])
+    assert metrics[1]["n"] == metrics[0]["n"]
+    assert abs(metrics[1]["accuracy"] - metrics[0]["accuracy"]) < 0.15, metrics
+    assert min(metrics[0]["roc_auc"], metrics[1]["roc_auc"]) > 0.9, metrics
+
+
+def test_sigterm_from_a_stopped_pipeline_ends_the_training_like_ctrl_c(workspace: Path, tmp_path: Path) -> None:
+    root = tmp_path / "models"
+    folder = folder_of(root)
+    command = [
+        str(BIN / "otrain-train"),
+        *("--cube", str(workspace / "datacube" / "cube.npz"), "--model-path", str(root), "--model-name", "m"),
+        *("--epochs", "1000", "--no-tracking", "--normalisation", "robust", "--patience", "0"),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while not (folder / ".checkpoint" / "latest.json").is_file():
+        assert process.poll() is None, process.communicate()
+        time.sleep(0.2)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate()
+    assert process.returncode == 130
+    assert err.strip().splitlines()[-1] == "otrain-train: error: interrupted"
+    assert (folder / ".checkpoint" / "latest.json").is_file()
+    assert not (folder / ".otrain-train.lock").exists()
