@@ -1,7 +1,10 @@
 """Everything MLflow: the tracking URI rule, and opening, resuming and closing runs.
 
 The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else the one given in the parameters,
-else ``sqlite:///mlflow.db`` in the working directory. A training opens one run and writes its
+else ``sqlite:///mlflow.db``. A relative SQLite path is taken from the root of the DVC
+repository when a command runs as a DVC stage (``DVC_ROOT``, which DVC points at the main
+repository also for queued and ``--temp`` experiments, whose stages run in a temporary copy),
+else from the working directory: every experiment logs into the same store. A training opens one run and writes its
 id to ``mlflow_run.json`` beside the model, so that later commands (other processes of a DVC
 pipeline) log into the same run. A run whose command fails is marked FAILED (KILLED on
 Ctrl-C), never left RUNNING.
@@ -35,6 +38,8 @@ __all__ = [
     "open_run",
     "read_run_file",
     "resolve_tracking_uri",
+    "sqlite_file",
+    "store_lock",
 ]
 
 logger = logging.getLogger("otrain")
@@ -46,13 +51,39 @@ RUN_FILE = "mlflow_run.json"
 def resolve_tracking_uri(configured: str | None = None) -> str:
     """Return the tracking URI: the environment's, else ``configured``, else the default.
 
-    A relative SQLite path is made absolute, so that the URI recorded in ``mlflow_run.json``
-    still names the same store when a later command runs from another folder.
+    A relative SQLite path is made absolute: from the DVC repository's root under DVC (the
+    main repository's, also in DVC's temporary copies for experiments), else from the working
+    directory. The URI recorded in ``mlflow_run.json`` therefore names the same store when a
+    later command runs from another folder, and experiments never log into a copy that DVC
+    deletes afterwards.
     """
     uri = os.environ.get("MLFLOW_TRACKING_URI") or configured or DEFAULT_TRACKING_URI
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+        base = Path(os.environ.get("DVC_ROOT") or ".")
+        uri = "sqlite:///" + str((base / uri.removeprefix("sqlite:///")).resolve())
     return uri
+
+
+def sqlite_file(uri: str) -> Path | None:
+    """Return the database file of a ``sqlite:///`` URI, or None for any other store."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+
+
+def store_lock(uri: str, purpose: str) -> Path:
+    """Return the lock file that serialises ``purpose`` on the store ``uri`` on this machine.
+
+    Beside the database for SQLite (shared by every user of the file), else in the user's
+    cache folder, keyed by the URI.
+    """
+    database = sqlite_file(uri)
+    if database is not None:
+        return database.with_name(f".{database.name}.{purpose}.lock")
+    import hashlib
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "otrain" / "locks"
+    return cache / f"{hashlib.sha256(uri.encode()).hexdigest()[:16]}.{purpose}.lock"
 
 
 def _server_credentials() -> dict[str, str]:
@@ -66,10 +97,13 @@ def _server_credentials() -> dict[str, str]:
     return {}
 
 
-def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     """Fail early, with one clear line, when the tracking store cannot be used.
 
-    HTTP(S) servers must answer ``/health``; SQLite files must be in a writable folder.
+    HTTP(S) servers must answer ``/health`` within ``timeout`` seconds (MLflow's own client
+    would retry for minutes); SQLite files must be in a writable folder, and are created (with
+    MLflow's tables) under a lock, so that two processes starting at once on a new store do
+    not both create it.
 
     Raises
     ------
@@ -87,9 +121,21 @@ def check_tracking_uri(uri: str, timeout: float = 10.0) -> None:
             reason = getattr(error, "reason", error)
             raise OptionError(f"cannot reach MLflow tracking server {uri} ({reason}); {hint}") from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).resolve().parent
+        database = sqlite_file(uri)
+        assert database is not None
+        folder = database.resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise OptionError(f"MLflow store {uri}: folder {folder} is not writable; {hint}")
+        from otrain.locking import exclusive_lock
+
+        with exclusive_lock(store_lock(uri, "init"), f"the creation of the MLflow store {uri}", wait=600):
+            try:
+                from mlflow.tracking import MlflowClient
+
+                MlflowClient(uri).search_experiments(max_results=1)
+            except Exception as error:  # a damaged database file, a newer schema...
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise OptionError(f"cannot use MLflow store {uri} ({reason[:200]}); {hint}") from None
     else:
         try:
             from mlflow.tracking import MlflowClient
@@ -272,7 +318,7 @@ def _log_into(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or run.tracking_uri
+    uri = resolve_tracking_uri(run.tracking_uri)
     check_tracking_uri(uri, timeout=5)  # a server that is gone fails fast, not after minutes of retries
     MlflowClient(uri).get_run(run.run_id)  # fails cleanly when this store does not hold the run
     with open_run(uri, "", run_id=run.run_id):

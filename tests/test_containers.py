@@ -123,6 +123,10 @@ def test_ci_workflow_runs_lint_tests_on_two_pythons_and_the_image() -> None:
     commands = "\n".join(step.get("run", "") for job in ci["jobs"].values() for step in job["steps"])
     for target in ("make lint", "make test", "make docker-test", "make docker-image-gpu"):
         assert target in commands
+    # The GPU image must import TensorFlow and list the GPUs it sees, not just print help (which
+    # never imports TensorFlow).
+    gpu_steps = [step.get("run", "") for step in ci["jobs"]["gpu-image"]["steps"]]
+    assert any(re.fullmatch(r"docker run --rm otrain:gpu python -m otrain\.model", run.strip()) for run in gpu_steps)
 
 
 def test_retrain_workflow_shape() -> None:

@@ -160,6 +160,12 @@ def test_files_written_by_the_container_belong_to_the_caller(
     assert uid != 0, "the run block ran as a non-root caller"
 
 
+def test_the_device_check_of_the_ci_workflow_imports_tensorflow(docker_env: dict[str, str], image: str) -> None:
+    """The command the CI workflow runs in the GPU image, run here in the CPU image."""
+    result = docker(docker_env, "run", "--rm", "--network", "none", image, "python", "-m", "otrain.model")
+    assert result.stdout.strip() == f"TensorFlow {constraint_pins()['tensorflow_cpu']}: GPUs none, running on the CPU"
+
+
 def test_commands_log_the_gpus_tensorflow_sees(pipeline_folder: tuple[Path, int, subprocess.CompletedProcess]) -> None:
     log = pipeline_folder[2].stderr
     assert "otrain-train: info: TensorFlow" in log
