@@ -2,7 +2,9 @@
 
 Builds the model (as otrain-train does, seeded, raw pixels), warms it up for one epoch, then
 times ``--epochs`` epochs on simulated cutouts at each size, batch 64, in this process. The
-64x64 figure is the baseline; the ratio shows what cropping to 32x32 buys.
+64x64 figure is the baseline; the ratio shows what cropping to 32x32 buys. At each size it
+also times otrain-train's per-epoch checkpoint (weights, optimiser state and best weights,
+written atomically and synced) and reports it as a share of one epoch's training time.
 Run: ``.venv/bin/python benchmarks/bench_train.py [--n 2000] [--epochs 2]``.
 """
 
@@ -40,7 +42,9 @@ def main() -> None:
     cutouts = [read_cutout(path) for path in paths]
     pixels64 = np.stack([cutout.pixels for cutout in cutouts])
     labels = np.eye(2, dtype=np.float32)[[1 if "true" in str(path.parent) else 0 for path in paths]]
-    rates = {}
+    from otrain.training import Checkpoint
+
+    rates, checkpoint_share = {}, {}
     for size in (64, 32):
         x = pixels64 if size == 64 else np.stack([crop_center(image, 32) for image in pixels64])
         keras.utils.set_random_seed(1)
@@ -50,10 +54,21 @@ def main() -> None:
         model.fit(x, labels, batch_size=arguments.batch_size, epochs=arguments.epochs, verbose=0)
         rates[size] = len(x) * arguments.epochs / (time.perf_counter() - started)
         print(f"{size}x{size}: {rates[size]:.1f} samples/s ({model.count_params():,} parameters)", flush=True)
+        checkpoint = Checkpoint(arguments.data / f"checkpoint-{size}")
+        started = time.perf_counter()
+        for epoch in range(1, 4):
+            checkpoint.epochs_done = epoch
+            checkpoint.save(model, improved=epoch % 2 == 1, keep_best=True)
+        seconds = (time.perf_counter() - started) / 3
+        checkpoint_share[size] = seconds / (len(x) / rates[size])
+        print(f"  checkpoint: {seconds:.2f} s per epoch, {checkpoint_share[size]:.1%} of an epoch of {len(x)}")
     result = {
         "samples_per_s_64": round(rates[64], 1),
         "samples_per_s_32": round(rates[32], 1),
         "speed_up_32_over_64": round(rates[32] / rates[64], 2),
+        "checkpoint_share_of_epoch_64": round(checkpoint_share[64], 4),
+        "checkpoint_share_of_epoch_32": round(checkpoint_share[32], 4),
+        "n_train": len(pixels64),
         "batch_size": arguments.batch_size,
         "cores": os.cpu_count(),
     }
