@@ -21,32 +21,40 @@ from pathlib import Path
 
 from otrain.locking import hostname, process_is_alive
 
-__all__ = ["atomic_path", "remove_stale_staging", "write_text_atomic"]
+__all__ = ["atomic_path", "glob_escape", "remove_stale_staging", "write_text_atomic"]
 
 logger = logging.getLogger("otrain")
 
 _STAGING = re.compile(r"^\.(?P<name>.+?)\.(?:(?P<pid>\d+)@(?P<host>[^/]+)\.)?[a-z0-9_]{8}\.partial$")
-#: A staging folder of an older otrain (no owner in its name) is removed once it is this old.
-_LEGACY_AGE_SECONDS = 24 * 3600
+#: A staging folder this old is removed whoever made it: no write takes a day.
+_ABANDONED_AFTER_SECONDS = 24 * 3600
 
 
 def _is_stale(entry: Path, name: str) -> bool:
     match = _STAGING.match(entry.name)
     if match is None or match["name"] != name or not entry.is_dir():
         return False
-    if match["pid"] is None:
-        try:
-            return time.time() - entry.stat().st_mtime > _LEGACY_AGE_SECONDS
-        except OSError:
-            return False
-    return match["host"] == hostname() and not process_is_alive(int(match["pid"]))
+    try:
+        if time.time() - entry.stat().st_mtime > _ABANDONED_AFTER_SECONDS:
+            return True
+    except OSError:
+        return False
+    return match["pid"] is not None and match["host"] == hostname() and not process_is_alive(int(match["pid"]))
 
 
 def remove_stale_staging(path: Path) -> int:
     """Remove the staging folders that dead processes left beside ``path``.
 
-    Only folders named after a process of this host that no longer runs (or, from older
-    versions, nameless ones over a day old) are removed. Returns how many were removed.
+    Parameters
+    ----------
+    path : Path
+        A file about to be written.
+
+    Returns
+    -------
+    int
+        How many folders were removed: those named after a process of this host that no longer
+        runs, and any over a day old.
     """
     if not path.parent.is_dir():
         return 0
@@ -60,7 +68,18 @@ def remove_stale_staging(path: Path) -> int:
 
 
 def glob_escape(text: str) -> str:
-    """Escape the characters that :meth:`pathlib.Path.glob` treats as wildcards."""
+    """Escape the characters that :meth:`pathlib.Path.glob` treats as wildcards.
+
+    Parameters
+    ----------
+    text : str
+        A file name.
+
+    Returns
+    -------
+    str
+        The name as a glob pattern that matches only itself.
+    """
     return re.sub(r"([*?\[])", r"[\1]", text)
 
 

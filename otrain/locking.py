@@ -24,7 +24,7 @@ from typing import Any
 
 from otrain.errors import DataError
 
-__all__ = ["LockHeldError", "describe_holder", "exclusive_lock", "hostname", "process_is_alive"]
+__all__ = ["LockHeldError", "describe_holder", "exclusive_lock", "hostname", "is_locked", "process_is_alive"]
 
 logger = logging.getLogger("otrain")
 
@@ -43,6 +43,16 @@ def process_is_alive(pid: int) -> bool:
 
     A PID that exists but belongs to another user counts as alive: the safe answer when the
     caller would otherwise delete that process's files.
+
+    Parameters
+    ----------
+    pid : int
+        The process id.
+
+    Returns
+    -------
+    bool
+        False only when no such process exists.
     """
     if pid <= 0:
         return False
@@ -64,12 +74,72 @@ def _read_holder(path: Path) -> dict[str, Any]:
 
 
 def describe_holder(holder: dict[str, Any]) -> str:
-    """Return "PID 123 on host h, started 2026-11-28 08:00:00 UTC" for a lock file's contents."""
+    """Describe the holder recorded in a lock file.
+
+    Parameters
+    ----------
+    holder : dict
+        The lock file's contents (``pid``, ``host``, ``started``); may be empty.
+
+    Returns
+    -------
+    str
+        For example "PID 123 on host h, started 2026-11-28 08:00:00 UTC".
+    """
     if not holder:
         return "another process"
     started = holder.get("started")
     when = time.strftime(", started %Y-%m-%d %H:%M:%S UTC", time.gmtime(started)) if started else ""
     return f"PID {holder.get('pid', '?')} on host {holder.get('host', '?')}{when}"
+
+
+def _open(path: Path) -> tuple[int, bool]:
+    """Open the lock file; read-only when it is another user's (flock works on either)."""
+    try:
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o644), True
+    except PermissionError:
+        try:
+            return os.open(path, os.O_RDONLY), False
+        except OSError as error:
+            raise DataError(f"{path}: cannot open the lock file ({error.strerror or error})") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot open the lock file ({error.strerror or error})") from None
+
+
+def _try_lock(descriptor: int, path: Path) -> bool:
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as error:
+        if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            raise DataError(f"{path}: cannot take the lock ({error.strerror or error})") from None
+        return False
+    return True
+
+
+def is_locked(path: Path) -> bool:
+    """Tell whether a live process holds the lock ``path`` (without taking it for long).
+
+    Parameters
+    ----------
+    path : Path
+        A lock file of :func:`exclusive_lock`.
+
+    Returns
+    -------
+    bool
+        True when another process holds it; False when nobody does or the file does not exist.
+    """
+    try:
+        descriptor = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        if not _try_lock(descriptor, path):
+            return True
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(descriptor)
 
 
 @contextmanager
@@ -85,26 +155,29 @@ def exclusive_lock(path: Path, what: str, wait: float = 0.0) -> Iterator[None]:
     wait : float
         Seconds to wait for a live holder to finish; 0 fails at once.
 
+    Yields
+    ------
+    None
+        While the lock is held.
+
     Raises
     ------
     LockHeldError
         When a live process holds the lock (after ``wait`` seconds); the message names it and
         the lock file.
+    DataError
+        When the lock file cannot be opened or locked at all.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait
     announced = False
     while True:
-        descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as error:
+        descriptor, writable = _open(path)
+        if not _try_lock(descriptor, path):
             os.close(descriptor)
-            if error.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                raise DataError(f"{path}: cannot take the lock ({error.strerror or error})") from None
             holder = describe_holder(_read_holder(path))
             if time.monotonic() >= deadline:
-                raise LockHeldError(f"{what} is in use by {holder}; wait for it to finish (lock file {path})") from None
+                raise LockHeldError(f"{what} is in use by {holder}; wait for it to finish (lock file {path})")
             if not announced:
                 logger.info("waiting for %s, which %s holds", what, holder)
                 announced = True
@@ -119,18 +192,21 @@ def exclusive_lock(path: Path, what: str, wait: float = 0.0) -> Iterator[None]:
         if same:
             break
         os.close(descriptor)
-    stale = _read_holder(path)
-    if stale:
-        logger.warning("took over the lock of %s, which ended without releasing it (%s)", describe_holder(stale), path)
-    record = {"pid": os.getpid(), "host": hostname(), "started": time.time(), "command": " ".join(sys.argv)}
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
     try:
+        stale = _read_holder(path)
+        if stale:
+            logger.warning(
+                "took over the lock of %s, which ended without releasing it (%s)", describe_holder(stale), path
+            )
+        if writable:
+            record = {"pid": os.getpid(), "host": hostname(), "started": time.time(), "command": " ".join(sys.argv)}
+            os.ftruncate(descriptor, 0)
+            os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
         yield
     finally:
         # Remove the file while still holding the lock, so that no one can take a lock on it
         # between the removal and the release (see the inode check above).
-        with contextlib.suppress(FileNotFoundError):
+        with contextlib.suppress(OSError):
             path.unlink()
         fcntl.flock(descriptor, fcntl.LOCK_UN)
         os.close(descriptor)

@@ -79,12 +79,18 @@ def test_atomic_writes_clean_up_after_dead_writers_only(tmp_path: Path) -> None:
     stale = tmp_path / f".table.dat.{int(dead.stdout)}@{hostname()}.abcd1234.partial"
     alive = tmp_path / f".table.dat.{os.getpid()}@{hostname()}.abcd1234.partial"
     other = tmp_path / f".other.dat.{int(dead.stdout)}@{hostname()}.abcd1234.partial"
-    for folder in (stale, alive, other):
+    elsewhere = tmp_path / ".table.dat.123@a-container-long-gone.abcd1234.partial"
+    abandoned = tmp_path / ".table.dat.456@a-container-long-gone.efgh5678.partial"
+    for folder in (stale, alive, other, elsewhere, abandoned):
         folder.mkdir()
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(abandoned, (two_days_ago, two_days_ago))
     with atomic_path(target) as temporary:
         temporary.write_text("complete")
     assert target.read_text() == "complete"
     assert not stale.exists()
+    assert elsewhere.exists(), "another host's process cannot be checked: its recent folder stays"
+    assert not abandoned.exists(), "a day-old staging folder is abandoned, whoever made it"
     assert alive.exists()
     assert other.exists()
     assert remove_stale_staging(tmp_path / "other.dat") == 1
