@@ -15,12 +15,14 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from otrain import outputs as formats
+from otrain.locking import is_locked
 from otrain.outputs import Output, check_outputs, is_same_file
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "SimulateConfig",
     "TrainConfig",
     "TrainingOptions",
+    "card_file",
     "option",
     "validate_params",
 ]
@@ -237,8 +240,17 @@ class CommandConfig(BaseModel):
     def check_option_rules(cls, values: dict[str, Any]) -> None:
         """Check the rules that tie options together (no file is looked at).
 
-        Shared by the command line and by ``params.yaml`` validation; raises ``ValueError``
-        naming the options. The base class has none.
+        Shared by the command line and by ``params.yaml`` validation. The base class has none.
+
+        Parameters
+        ----------
+        values : dict
+            Every option of the command, by field name, as validated.
+
+        Raises
+        ------
+        ValueError
+            Naming the options (``--frac, --test-frac: ...``) and the rule.
         """
 
     def output_folders(self) -> list[Path]:
@@ -483,6 +495,8 @@ class TrainConfig(TrainingOptions):
                 f"--cube: {str(self.cube)!r} lies inside the training folder {str(folder)!r}, whose files a training "
                 "replaces; move the cube out of it"
             )
+        if is_locked(folder / TRAINING_LOCK):
+            return self  # a training runs there now: otrain-train names it when it cannot take the lock
         interrupted = (folder / CHECKPOINT_FOLDER).is_dir()
         if self.resume and not interrupted:
             finished = (
@@ -995,7 +1009,7 @@ PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
 }
 
 
-def _params_key(section: str) -> Any:
+def _params_key(section: str) -> Callable[[re.Match[str]], str]:
     """Return a ``re.sub`` replacement spelling ``--frac-true`` as ``<section>.frac_true``."""
     return lambda match: f"{section}.{match[1].replace('-', '_')}"
 

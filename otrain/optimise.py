@@ -23,7 +23,7 @@ from otrain.errors import DataError, OptionError
 from otrain.outputs import STUDY_COLUMNS
 from otrain.progress import announce
 
-__all__ = ["StudyReport", "nested_order", "run_study", "study_sizes"]
+__all__ = ["StudyReport", "max_sections", "nested_order", "run_study", "study_sizes"]
 
 logger = logging.getLogger("otrain")
 
@@ -49,7 +49,18 @@ def study_sizes(pool: int, n_sections: int) -> list[int]:
 
 
 def max_sections(pool: int) -> int:
-    """Return the largest --n_sections whose smallest size still holds :data:`MIN_SECTION` cutouts."""
+    """Return the largest --n_sections whose smallest size still holds :data:`MIN_SECTION` cutouts.
+
+    Parameters
+    ----------
+    pool : int
+        Cutouts of the training pool.
+
+    Returns
+    -------
+    int
+        The largest number of sections.
+    """
     return pool // MIN_SECTION + 1
 
 
@@ -64,11 +75,17 @@ class StudyReport:
 
 def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
     shared = config.model_dump(exclude={"command", "n_sections", "outdir", "model_name"})
+    name = f"{config.model_name}_size_{size}"
     try:
-        return TrainConfig.model_validate({**shared, "model_name": f"{config.model_name}_size_{size}"})
+        return TrainConfig.model_validate({**shared, "model_name": name})
     except ValidationError as error:
         message = str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
-        raise OptionError(message.replace("--model-name", "--model-name (a size of the study)")) from None
+        if message.startswith("--model-name:"):  # a training of an earlier study is there
+            folder = config.model_path / "CNN_training" / name
+            raise OptionError(
+                f"--model-name: {folder} holds a training of an earlier study; pass --overwrite to replace it"
+            ) from None
+        raise OptionError(message) from None
 
 
 def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:

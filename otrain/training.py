@@ -24,6 +24,7 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -53,7 +54,7 @@ from otrain.tracking import (
     resolve_tracking_uri,
 )
 
-__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "train"]
+__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "replica_batch_size", "train"]
 
 logger = logging.getLogger("otrain")
 
@@ -77,6 +78,8 @@ RESUME_KEYS = (
     "augment",
     "class_weight",
     "mixed_precision",
+    "patience",
+    "threshold",
 )
 
 
@@ -167,11 +170,30 @@ def _configure_tensorflow(config: TrainConfig) -> Any:
     return tf.distribute.get_strategy()
 
 
+def _replica_batch(batch_size: int, replicas: int) -> int:
+    """Round a batch size down to a multiple of the replicas (at least one cutout each)."""
+    return max(replicas, batch_size - batch_size % replicas) if replicas > 1 else batch_size
+
+
 def replica_batch_size(n: int, batch_size: int, replicas: int) -> int:
     """Return the largest batch size up to ``batch_size`` whose last batch gives every replica a cutout.
 
     For prediction with several replicas: a last batch smaller than their number leaves one with
     an empty batch, which TensorFlow's convolutions reject. One replica takes any batch.
+
+    Parameters
+    ----------
+    n : int
+        Cutouts to predict.
+    batch_size : int
+        The largest batch wanted.
+    replicas : int
+        Replicas sharing each batch.
+
+    Returns
+    -------
+    int
+        The batch size to use.
     """
     size = batch_size
     while size > 1 and 0 < n % size < replicas:
@@ -184,18 +206,16 @@ def _dataset(
 ) -> Any:
     """Return a batched dataset; with several replicas, every batch splits evenly between them.
 
-    Keras under ``MirroredStrategy`` fails on a batch that does not split evenly, so the batch
-    size is rounded down to a multiple of the replicas; the training set drops its last partial
-    batch (the shuffle changes it every epoch), the validation set at most ``replicas - 1``
-    cutouts.
+    Keras under ``MirroredStrategy`` fails on a batch that does not split evenly: the batch size
+    is a multiple of the replicas (see :func:`_replica_batch`), the training set drops its last
+    partial batch (the shuffle changes it every epoch), the validation set at most
+    ``replicas - 1`` cutouts.
     """
     import tensorflow as tf
 
-    if replicas > 1:
-        batch_size = max(replicas, batch_size - batch_size % replicas)
-        if not train:
-            keep = len(x) - len(x) % replicas
-            x, labels = x[:keep], labels[:keep]
+    if replicas > 1 and not train:
+        keep = len(x) - len(x) % replicas
+        x, labels = x[:keep], labels[:keep]
     one_hot = np.eye(2, dtype=np.float32)[labels]
     dataset = tf.data.Dataset.from_tensor_slices((x, one_hot))
     if train:
@@ -209,6 +229,15 @@ def _dataset(
 
         dataset = dataset.map(flip_rotate, num_parallel_calls=1)
     return dataset.batch(batch_size, drop_remainder=train and replicas > 1).prefetch(2)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Hard-link ``source`` as ``target`` (no copy of the weights), or copy it where links are not supported."""
+    try:
+        os.link(source, target)
+    except OSError:
+        with atomic_path(target) as temporary:
+            shutil.copyfile(source, temporary)
 
 
 @dataclass
@@ -281,7 +310,17 @@ class Checkpoint:
         return path if path is not None and path.is_file() else None
 
     def save(self, model: Any, improved: bool, keep_best: bool) -> None:
-        """Write the state of the epoch just finished, then point ``latest.json`` at it (atomically)."""
+        """Write the state of the epoch just finished, then point ``latest.json`` at it (atomically).
+
+        Parameters
+        ----------
+        model : keras.Model
+            The compiled model; its weights and its optimiser's state are saved.
+        improved : bool
+            This epoch has the lowest validation loss so far (its weights become the best ones).
+        keep_best : bool
+            Keep the best weights (early stopping restores them).
+        """
         previous = self.best_weights
         state = f"epoch-{self.epochs_done:04d}"
         folder = self.folder / state
@@ -290,9 +329,9 @@ class Checkpoint:
         with atomic_path(folder / _WEIGHTS) as temporary:
             model.save_weights(temporary)
         if keep_best and improved:
-            os.link(folder / _WEIGHTS, folder / _BEST_WEIGHTS)
+            _link_or_copy(folder / _WEIGHTS, folder / _BEST_WEIGHTS)
         elif keep_best and previous is not None:
-            os.link(previous, folder / _BEST_WEIGHTS)
+            _link_or_copy(previous, folder / _BEST_WEIGHTS)
         self.state = state
         record = {key: value for key, value in self.__dict__.items() if key != "folder"}
         write_text_atomic(self.folder / POINTER, json.dumps(record, indent=1) + "\n")
@@ -302,6 +341,13 @@ class Checkpoint:
 
     def load_into(self, model: Any, best: bool = False) -> None:
         """Load the last (or best) weights and the optimiser state into a freshly built model.
+
+        Parameters
+        ----------
+        model : keras.Model
+            A compiled model of the same architecture.
+        best : bool
+            Load the best weights instead of the last ones.
 
         Raises
         ------
@@ -454,6 +500,16 @@ def train(
         return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready)
 
 
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: the checkpoint cannot be read ({error}); pass --overwrite to start again") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: the checkpoint cannot be read (not a JSON object); pass --overwrite to start again")
+    return data
+
+
 def _train_locked(
     config: TrainConfig,
     cube: Datacube,
@@ -464,31 +520,33 @@ def _train_locked(
     on_ready: Callable[[RunInfo | None], None] | None,
 ) -> TrainingResult:
     checkpoint_folder = config.output_dir / CHECKPOINT_FOLDER
-    if not (config.resume or config.overwrite) and config.holds_training():  # another run finished meanwhile
+    if not (config.resume or config.overwrite) and (config.holds_training() or checkpoint_folder.is_dir()):
+        # Another training of this folder finished, or was interrupted, since the options were checked.
         raise OptionError(f"--model-name: {config.output_dir} already holds a training; pass --overwrite to replace it")
     if config.overwrite:
         shutil.rmtree(checkpoint_folder, ignore_errors=True)
     previous_run = read_run_file(checkpoint_folder) if config.resume else None
-    staged = checkpoint_folder / STAGING
-    if config.resume and (staged / COMPLETE).is_file():
-        announce(f"resuming: the interrupted training had finished; moving its outputs into {config.output_dir}")
-        with _tracked(config, tracking_uri, previous_run, {}):
-            return _publish(config, staged)
 
     data_hash = cube.content_hash()
     options = config.model_dump(mode="json")
     fingerprint = {"data_hash": data_hash, "batch_size_used": batch_size, **{key: options[key] for key in RESUME_KEYS}}
+    fingerprint["model_file"] = config.model_file.name
     fingerprint_file = checkpoint_folder / "options.json"
+    staged = checkpoint_folder / STAGING
     checkpoint = Checkpoint(checkpoint_folder)
     if config.resume:
         if fingerprint_file.is_file():
-            saved = json.loads(fingerprint_file.read_text())
-            changed = sorted(key for key in fingerprint if saved.get(key) != fingerprint[key])
+            saved = _read_json(fingerprint_file)
+            changed = sorted(key for key in fingerprint if key in saved and saved[key] != fingerprint[key])
             if changed:
                 raise OptionError(
                     f"--resume: the interrupted training used other values of {', '.join(changed)}; "
                     "resume with the same ones (only --epochs may change) or pass --overwrite to start again"
                 )
+        if (staged / COMPLETE).is_file():
+            announce(f"resuming: the interrupted training had finished; moving its outputs into {config.output_dir}")
+            with _tracked(config, tracking_uri, previous_run, {}, only_resume=True):
+                return _publish(config, staged)
         checkpoint = Checkpoint.read(checkpoint_folder)
         if checkpoint.epochs_done == 0:
             announce(f"resuming {checkpoint_folder}: no epoch had finished, starting from epoch 1")
@@ -520,13 +578,27 @@ def _train_locked(
 
 @contextmanager
 def _tracked(
-    config: TrainConfig, tracking_uri: str, previous: RunInfo | None, tags: dict[str, Any]
+    config: TrainConfig,
+    tracking_uri: str,
+    previous: RunInfo | None,
+    tags: dict[str, Any],
+    only_resume: bool = False,
 ) -> Iterator[RunInfo | None]:
-    """Open (or resume) the training's MLflow run, or nothing with --no-tracking."""
-    if not config.tracking:
+    """Open (or resume) the training's MLflow run; nothing with --no-tracking (or nothing to resume)."""
+    if not config.tracking or (only_resume and previous is None):
         with nullcontext():
             yield None
         return
+    if previous is not None:
+        from mlflow.tracking import MlflowClient
+
+        try:
+            MlflowClient(tracking_uri).get_run(previous.run_id)
+        except Exception:  # not found, or another store
+            raise OptionError(
+                f"--resume: the interrupted training's MLflow run {previous.run_id} is not in {tracking_uri} (it was "
+                f"started in {previous.tracking_uri}); set MLFLOW_TRACKING_URI to that store, or pass --no-tracking"
+            ) from None
     with open_run(
         tracking_uri,
         config.experiment,
@@ -554,6 +626,16 @@ def _fit_and_write(
     from otrain.plots import plot_training_curve
 
     strategy = _configure_tensorflow(config)
+    replicas = strategy.num_replicas_in_sync
+    rounded = _replica_batch(batch_size, replicas)
+    if rounded != batch_size:
+        logger.info("batch size %d rounded down to %d for %d replicas", batch_size, rounded, replicas)
+        batch_size = rounded
+    if len(split.validation) < replicas:
+        raise DataError(
+            f"{config.cube}: the validation set holds {len(split.validation)} cutouts, fewer than the {replicas} "
+            "replicas that share each batch; use a larger --frac or cube"
+        )
     if run is not None:
         import mlflow
 
@@ -576,7 +658,6 @@ def _fit_and_write(
         )
         checkpoint.load_into(model)
     if checkpoint.epochs_done < config.epochs and not checkpoint.stopped:
-        replicas = strategy.num_replicas_in_sync
         training = _dataset(
             cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True, replicas
         )
@@ -599,7 +680,7 @@ def _fit_and_write(
     history = checkpoint.history
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
-    test_batch = replica_batch_size(len(test_x), 256, strategy.num_replicas_in_sync)
+    test_batch = replica_batch_size(len(test_x), 256, replicas)
     probabilities = model.predict(test_x, batch_size=test_batch, verbose=0)[:, 1]
     metrics = binary_metrics(test_labels, probabilities, config.threshold)
     metrics["epochs_run"] = len(history)
@@ -681,14 +762,20 @@ def _publish(config: TrainConfig, staged: Path, names: list[str] | None = None) 
     metrics = json.loads((staged / "metrics.json").read_text()) if (staged / "metrics.json").is_file() else None
     card_name = config.model_file.name + ".card.json"
     card = json.loads((staged / card_name).read_text()) if (staged / card_name).is_file() else None
-    for name in config.any_training_names():
-        if name not in names:
-            (folder / name).unlink(missing_ok=True)
-    for name in names:
-        source, target = staged / name, folder / name
-        if source.is_file():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(source, target)
+    # Ctrl-C and SIGTERM wait until every file is in place (a few renames); after a SIGKILL in
+    # between, --resume finishes the move, as the marker is still there.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        for name in names:
+            source, target = staged / name, folder / name
+            if source.is_file():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+        for name in config.any_training_names():
+            if name not in names:
+                (folder / name).unlink(missing_ok=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     metrics = metrics or json.loads((folder / "metrics.json").read_text())
     card = card or json.loads((folder / card_name).read_text())
     with open(folder / "history.csv", newline="") as stream:

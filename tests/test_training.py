@@ -327,8 +327,10 @@ def test_good_and_corrupt_files(trained: Path, tmp_path: Path, capsys: pytest.Ca
 def wait_for_epochs(checkpoint: Path, epochs: int, process: subprocess.Popen[str]) -> None:
     """Wait (as long as it takes, on a slow machine) until the checkpoint holds ``epochs`` epochs."""
     pointer = checkpoint / "latest.json"
+    deadline = time.monotonic() + 900
     while not (pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= epochs):
         assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"fewer than {epochs} epochs after 15 minutes"
         time.sleep(0.2)
 
 

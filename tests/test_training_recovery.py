@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +41,20 @@ def folder_of(root: Path, name: str = "m") -> Path:
 
 def epochs_printed(out: str) -> list[int]:
     return [int(line.split("/")[0].split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
+
+
+def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:
+    """Wait until ``condition`` holds, however slow the machine (a quarter of an hour at most)."""
+    deadline = time.monotonic() + 900
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} after 15 minutes"
+        time.sleep(0.2)
+
+
+def checkpointed(folder: Path, epochs: int = 1) -> Callable[[], bool]:
+    pointer = folder / ".checkpoint" / "latest.json"
+    return lambda: pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= epochs
 
 
 def history_epochs(folder: Path) -> list[int]:
@@ -110,14 +125,16 @@ def test_a_second_training_of_the_same_folder_is_refused_and_a_killed_ones_lock_
         [*base, "--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        while not (folder / ".checkpoint" / "latest.json").is_file():
-            assert first.poll() is None, first.communicate()
-            time.sleep(0.2)
-        second = subprocess.run([*base, "--epochs", "2", "--resume"], capture_output=True, text=True, env=env)
-        assert second.returncode == 1
-        lines = second.stderr.strip().splitlines()
-        assert lines[-1].startswith(f"otrain-train: error: the training folder {folder} is in use by PID {first.pid}")
-        assert "Traceback" not in second.stderr
+        wait_for(checkpointed(folder), first, "a checkpoint")
+        for extra in ((), ("--resume",), ("--overwrite",)):
+            second = subprocess.run([*base, "--epochs", "2", *extra], capture_output=True, text=True, env=env)
+            assert second.returncode == 1, (extra, second.stderr)
+            lines = second.stderr.strip().splitlines()
+            assert lines[-1].startswith(
+                f"otrain-train: error: the training folder {folder} is in use by PID {first.pid}"
+            ), (extra, lines)
+            assert "Traceback" not in second.stderr
+        assert first.poll() is None, "the running training was not disturbed"
     finally:
         first.kill()  # SIGKILL: the lock file stays, with a dead owner
         first.communicate()
@@ -131,37 +148,49 @@ def test_a_second_training_of_the_same_folder_is_refused_and_a_killed_ones_lock_
     assert not (folder / ".otrain-train.lock").exists()
 
 
+DIES_WHILE_WRITING = """
+import os, sys
+from pathlib import Path
+import keras
+real_save = keras.Model.save_weights
+calls = []
+def dies_while_writing(model, path, *args, **kwargs):
+    calls.append(path)
+    real_save(model, path, *args, **kwargs)
+    if len(calls) == 2:  # the second epoch's checkpoint: half of it is on disk when the process dies
+        Path(path).write_bytes(Path(path).read_bytes()[:1000])
+        os._exit(137)
+keras.Model.save_weights = dies_while_writing
+from otrain.cli.train import main
+main(sys.argv[1:])
+"""
+
+
 def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(
-    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The process dies while the second epoch's weights are written: what it wrote so far is a
-    truncated file, as after a SIGKILL; --resume continues from the first epoch."""
-    import keras
-
-    real_save = keras.Model.save_weights
-    calls = []
-
-    def dies_while_writing(model: object, path: str, *args: object, **kwargs: object) -> None:
-        calls.append(path)
-        real_save(model, path, *args, **kwargs)
-        if len(calls) == 2:
-            Path(path).write_bytes(Path(path).read_bytes()[:1000])
-            raise KeyboardInterrupt
-
+    """The process dies (no clean-up at all, as after SIGKILL) while the second epoch's weights are
+    written; --resume continues from the first epoch, whose checkpoint is whole."""
     root = tmp_path / "models"
     folder = folder_of(root)
-    monkeypatch.setattr(keras.Model, "save_weights", dies_while_writing)
-    assert train(workspace, "m", "--epochs", "3", "--no-tracking", models=str(root)) == 130
-    monkeypatch.undo()
-    capsys.readouterr()
+    args = [
+        *("--cube", str(workspace / "datacube" / "cube.npz"), "--model-path", str(root), "--model-name", "m"),
+        *("--epochs", "3", "--no-tracking", "--normalisation", "robust", "--patience", "0"),
+    ]
+    killed = subprocess.run([sys.executable, "-c", DIES_WHILE_WRITING, *args], capture_output=True, text=True)
+    assert killed.returncode == 137, killed.stderr
     pointer = json.loads((folder / ".checkpoint" / "latest.json").read_text())
     assert (pointer["epochs_done"], pointer["state"]) == (1, "epoch-0001")
+    half_written = list((folder / ".checkpoint" / "epoch-0002").glob(".latest.weights.h5.*.partial/*"))
+    assert len(half_written) == 1, "the killed write left its half file in its staging folder only"
     assert not (folder / ".checkpoint" / "epoch-0002" / "latest.weights.h5").exists()
+    assert (folder / ".otrain-train.lock").is_file(), "the lock file of the dead process is left"
     assert train(workspace, "m", "--epochs", "3", "--no-tracking", "--resume", models=str(root)) == 0
     out = capsys.readouterr().out
     assert "epoch 1 of 3 had finished" in out
     assert epochs_printed(out) == [2, 3]
     assert history_epochs(folder) == [1, 2, 3]
+    assert not (folder / ".checkpoint").exists()
 
 
 def test_a_damaged_checkpoint_is_named_in_one_line(
@@ -221,6 +250,12 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
     assert not {name for name in visible if not name.startswith(".")}, visible
     run_id = json.loads((folder / ".checkpoint" / "mlflow_run.json").read_text())["run_id"]
     capsys.readouterr()
+    # Other options or another format than the interrupted training's: refused, nothing moved.
+    assert train(workspace, "m", "--epochs", "2", "--resume", "--seed", "7", models=str(root)) == 2
+    assert "--resume: the interrupted training used other values of seed" in capsys.readouterr().err
+    assert train(workspace, "m.h5", "--epochs", "2", "--resume", models=str(root)) == 2
+    assert "other values of model_file" in capsys.readouterr().err
+    assert not (folder / "m.keras").exists()
     assert train(workspace, "m", "--epochs", "2", "--resume", models=str(root)) == 0
     out = capsys.readouterr().out
     assert "epoch 2 of 2 had finished" in out
@@ -300,6 +335,15 @@ def test_a_diverging_training_stops_with_one_line(
 # Every training option, trained once.
 
 
+@pytest.fixture
+def float32_afterwards() -> Iterator[None]:
+    """A mixed-precision training sets Keras' global policy: give the next test float32 back."""
+    yield
+    import keras
+
+    keras.mixed_precision.set_global_policy("float32")
+
+
 @pytest.mark.parametrize(
     "options",
     [
@@ -311,7 +355,9 @@ def test_a_diverging_training_stops_with_one_line(
     ],
     ids=["augment", "no-class-weight", "raw-pixels", "mixed-precision", "batch-lr-dropout-threshold"],
 )
-def test_every_training_option_trains(workspace: Path, tmp_path: Path, options: tuple[str, ...]) -> None:
+def test_every_training_option_trains(
+    workspace: Path, tmp_path: Path, options: tuple[str, ...], float32_afterwards: None
+) -> None:
     from otrain.cli.train import main
 
     extra = () if "--normalisation" in options else ("--normalisation", "robust")
@@ -334,9 +380,6 @@ def test_every_training_option_trains(workspace: Path, tmp_path: Path, options: 
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics["epochs_run"] == 1
-    import keras
-
-    keras.mixed_precision.set_global_policy("float32")
 
 
 MIRRORED = """
@@ -386,9 +429,7 @@ def test_sigterm_from_a_stopped_pipeline_ends_the_training_like_ctrl_c(workspace
         *("--epochs", "1000", "--no-tracking", "--normalisation", "robust", "--patience", "0"),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while not (folder / ".checkpoint" / "latest.json").is_file():
-        assert process.poll() is None, process.communicate()
-        time.sleep(0.2)
+    wait_for(checkpointed(folder), process, "a checkpoint")
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate()
     assert process.returncode == 130
