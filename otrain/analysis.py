@@ -97,7 +97,15 @@ def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
 
 
 def remove_own_images(folder: Path, pattern: str) -> None:
-    """Remove the numbered images of an earlier run in ``folder``: only PNGs otrain wrote."""
+    """Remove the numbered images of an earlier run in ``folder``: only PNGs otrain wrote.
+
+    Parameters
+    ----------
+    folder : Path
+        An export folder.
+    pattern : str
+        The glob of the images (``cutout_*.png``); a matching file otrain did not write stays.
+    """
     for old in folder.glob(pattern):
         if png_software(old).startswith(formats.PNG_SOFTWARE):
             old.unlink()

@@ -107,6 +107,16 @@ def printable_path(path: Path) -> str:
 
     File names on Linux are bytes; a name that is not valid UTF-8 (an old Latin-1 disk, say)
     cannot be written into a UTF-8 table as it is.
+
+    Parameters
+    ----------
+    path : Path
+        A file name as the operating system gave it.
+
+    Returns
+    -------
+    str
+        The name, with every byte that is not UTF-8 written as a backslash escape.
     """
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 

@@ -104,7 +104,18 @@ def _first_line(path: Path, limit: int = 4096) -> str:
 
 
 def png_software(path: Path) -> str:
-    """Return the ``Software`` text chunk of a PNG file, or "" when it has none or is no PNG."""
+    """Return the ``Software`` text chunk of a PNG file.
+
+    Parameters
+    ----------
+    path : Path
+        Any file.
+
+    Returns
+    -------
+    str
+        The chunk's text; "" when the file has none, is no PNG or cannot be read.
+    """
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -167,7 +178,18 @@ class Output:
 
 
 def is_same_file(first: Path, second: Path) -> bool:
-    """Tell whether two paths name the same file (links and relative spellings included)."""
+    """Tell whether two paths name the same file (links and relative spellings included).
+
+    Parameters
+    ----------
+    first, second : Path
+        The paths; either may not exist.
+
+    Returns
+    -------
+    bool
+        True when both exist and are one file, or (when one does not exist) resolve alike.
+    """
     try:
         return os.path.samefile(first, second)
     except OSError:

@@ -33,7 +33,7 @@ from otrain.evaluation import evaluate, write_json
 from otrain.locking import exclusive_lock
 from otrain.tracking import check_tracking_uri, read_run_file, resolve_tracking_uri, store_lock
 
-__all__ = ["SPLIT_TAG", "PromotionDecision", "comparison_rows", "promote"]
+__all__ = ["SPLIT_TAG", "PromotionDecision", "comparison_rows", "promote", "split_record"]
 
 logger = logging.getLogger("otrain")
 
@@ -82,7 +82,20 @@ def _training_card(model_dir: Path) -> dict[str, Any]:
 
 
 def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
-    """Return the record of a training's split from its card (cards of older otrain included)."""
+    """Return the record of a training's split from its model card.
+
+    Parameters
+    ----------
+    card : dict
+        A model card; cards of older otrain, without a ``split`` entry, are read from their
+        parameters and data hash.
+
+    Returns
+    -------
+    dict or None
+        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``; None when the
+        card does not say.
+    """
     if "split" in card:
         return card["split"]
     params = card.get("params") or {}
@@ -94,6 +107,21 @@ def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
         "data_hash": card["data_hash"],
         **{key: params[key] for key in ("seed", "frac", "test_frac")},
     }
+
+
+#: What a split record must hold for its rows to be recomputed.
+_RECORD_KEYS = ("method", "data_hash", "seed", "frac", "test_frac")
+
+
+def _parse_record(tag: str | None) -> dict[str, Any] | None:
+    """Read a version's split tag; a missing or malformed one reads as None (no record)."""
+    try:
+        record = json.loads(tag) if tag else None
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or not set(_RECORD_KEYS) <= set(record):
+        return None
+    return record
 
 
 def _same_split(first: dict[str, Any], second: dict[str, Any]) -> bool:
@@ -225,25 +253,38 @@ def promote(config: PromoteConfig) -> PromotionDecision:
             compared_on=len(cube),
         )
         for _ in range(_ATTEMPTS):
-            try:
-                champion = client.get_model_version_by_alias(name, config.alias)
-            except MlflowException:
-                champion = None
+            champion = _alias_holder(client, name, config.alias)
             if champion is None or str(champion.version) == str(version.version):
                 break
             _judge(decision, config, cube, record, champion, client)
             if not decision.promoted:
                 break
             # Another machine may have moved the alias while we compared: then compare again.
-            current = client.get_model_version_by_alias(name, config.alias)
-            if str(current.version) == str(champion.version):
+            current = _alias_holder(client, name, config.alias)
+            if current is not None and str(current.version) == str(champion.version):
                 break
+        else:
+            decision.promoted = False
+            decision.reason = (
+                f"not promoted: the alias '{config.alias}' moved {_ATTEMPTS} times while this model was compared "
+                "(other promotions at the same time); run otrain-promote again"
+            )
         if decision.promoted:
             client.set_registered_model_alias(name, config.alias, version.version)
         client.set_model_version_tag(name, version.version, "promotion", decision.reason)
     if config.report is not None:
         write_json(config.report, {key: value for key, value in asdict(decision).items() if value is not None})
     return decision
+
+
+def _alias_holder(client: Any, name: str, alias: str) -> Any:
+    """Return the version the alias names, or None when there is none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version_by_alias(name, alias)
+    except MlflowException:
+        return None
 
 
 def _judge(
@@ -259,7 +300,7 @@ def _judge(
 
     champion_version = str(champion.version)
     tag = client.get_model_version(config.registered_name, champion_version).tags.get(SPLIT_TAG)
-    rows, why = comparison_rows(cube, record, json.loads(tag) if tag else None, champion_version)
+    rows, why = comparison_rows(cube, record, _parse_record(tag), champion_version)
     decision.champion_version = champion_version
     if rows is None:
         decision.promoted = False
@@ -272,6 +313,7 @@ def _judge(
         champion_value = _score(champion_model, cube, rows, config.threshold, config.metric)
     except DataError as error:
         decision.promoted = False
+        decision.champion_value = decision.compared_on = None
         decision.reason = f"not compared: champion v{champion_version} cannot score this cube ({error})"
         return
     new_value = _score(new_model, cube, rows, config.threshold, config.metric)

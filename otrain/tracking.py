@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otrain.errors import OptionError
+from otrain.errors import DataError, OptionError
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -65,7 +65,18 @@ def resolve_tracking_uri(configured: str | None = None) -> str:
 
 
 def sqlite_file(uri: str) -> Path | None:
-    """Return the database file of a ``sqlite:///`` URI, or None for any other store."""
+    """Return the database file of a ``sqlite:///`` URI.
+
+    Parameters
+    ----------
+    uri : str
+        A tracking URI.
+
+    Returns
+    -------
+    Path or None
+        The file, or None for any other store.
+    """
     if not uri.startswith("sqlite:///"):
         return None
     return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
@@ -74,8 +85,18 @@ def sqlite_file(uri: str) -> Path | None:
 def store_lock(uri: str, purpose: str) -> Path:
     """Return the lock file that serialises ``purpose`` on the store ``uri`` on this machine.
 
-    Beside the database for SQLite (shared by every user of the file), else in the user's
-    cache folder, keyed by the URI.
+    Parameters
+    ----------
+    uri : str
+        The tracking URI.
+    purpose : str
+        What the lock serialises (``init``, ``promote-<name>``).
+
+    Returns
+    -------
+    Path
+        Beside the database for SQLite (shared by every user of the file), else in the user's
+        cache folder, keyed by the URI.
     """
     database = sqlite_file(uri)
     if database is not None:
@@ -197,12 +218,21 @@ class RunInfo:
 
 
 def read_run_file(folder: Path) -> RunInfo | None:
-    """Read ``mlflow_run.json`` from ``folder``, or None when there is none."""
+    """Read ``mlflow_run.json`` from ``folder``, or None when there is none.
+
+    Raises
+    ------
+    DataError
+        When the file is not the JSON object that :meth:`RunInfo.write` writes.
+    """
     path = folder / RUN_FILE
     if not path.is_file():
         return None
-    data = json.loads(path.read_text())
-    return RunInfo(run_id=data["run_id"], experiment_id=data["experiment_id"], tracking_uri=data["tracking_uri"])
+    try:
+        data = json.loads(path.read_text())
+        return RunInfo(run_id=data["run_id"], experiment_id=data["experiment_id"], tracking_uri=data["tracking_uri"])
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{path}: not a readable MLflow run file ({type(error).__name__}: {error})") from None
 
 
 @contextmanager
@@ -297,7 +327,11 @@ def log_into_training_run(
     str or None
         The run id logged into, or None.
     """
-    run = read_run_file(run_folder)
+    try:
+        run = read_run_file(run_folder)
+    except DataError as error:
+        logger.warning("could not log to MLflow (%s); use --no-tracking to skip it", error)
+        return None
     if run is None:
         return None
     try:

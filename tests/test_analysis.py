@@ -404,17 +404,22 @@ def test_dataset_size_study(
     ("content", "message"),
     [
         ("", "the table is empty (expected a header line like '# cand_ID label1 FWHM FWHMPSF ...')"),
-        ("\x00\x01 binary \xff garbage\n" * 5, "not a readable commented_header table"),
+        (b"\x00\x01 binary \xff garbage\n" * 5, "not a readable commented_header table (not UTF-8 text)"),
         ("# cand_ID label1\n1 0.5 7 8 9\n2\n", "not a readable commented_header table"),
     ],
     ids=["empty", "binary", "ragged"],
 )
 def test_checkinfer_on_an_unreadable_table_is_one_line(
-    workspace: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, message: str
+    workspace: Path,
+    trained: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    content: str | bytes,
+    message: str,
 ) -> None:
     night = scored_night(workspace, trained)
     bad = tmp_path / "infer_results.dat"
-    bad.write_text(content, errors="surrogateescape")
+    bad.write_bytes(content if isinstance(content, bytes) else content.encode())
     assert call_main(checkinfer_main, "--plots", tmp_path / "p", "--crossmatch", night, "--infer", bad) == 1
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1, err
@@ -500,6 +505,11 @@ def test_promote_report_and_study_outputs_follow_the_same_rule(
     model_card = trained / "tiny.keras.card.json"
     assert call_main(promote_main, "--model-dir", trained, "--report", model_card, "--overwrite") == 2
     assert "is an input of otrain-promote" in capsys.readouterr().err
+    assert (
+        call_main(promote_main, "--model-dir", trained, "--registered-name", "rule", "--report", report, "--overwrite")
+        == 0
+    )
+    assert json.loads(report.read_text())["registered_name"] == "rule"
     out = tmp_path / "study"
     out.mkdir()
     (out / "s_scores_dataset_size.png").write_bytes(b"\x89PNG not ours")
@@ -510,6 +520,14 @@ def test_promote_report_and_study_outputs_follow_the_same_rule(
     assert status == 2
     assert f"--outdir: '{out / 's_scores_dataset_size.png'}' exists and was not written" in capsys.readouterr().err
     assert not (tmp_path / "CNN_training").exists()
+    status = call_main(
+        optimise_main, "--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "s",
+        "--outdir", out, "--epochs", "1", "--n_sections", "2", "--no-tracking", "--overwrite",
+    )  # fmt: skip
+    assert status == 0
+    from otrain.outputs import png_software
+
+    assert png_software(out / "s_scores_dataset_size.png").startswith("otrain ")
 
 
 def test_dataset_size_study_refuses_sections_smaller_than_ten_cutouts(
@@ -522,9 +540,12 @@ def test_dataset_size_study_refuses_sections_smaller_than_ten_cutouts(
     )  # fmt: skip
     assert status == 2
     err = capsys.readouterr().err.strip()
-    pool = len(Datacube.load(cube)) - 2 * round(len(Datacube.load(cube)) / 2 * 0.15) * 2
-    assert err.startswith("otrain-optimise-dataset-size: error: --n_sections: 60 sections of the ")
-    assert "would make sizes below 10 cutouts; give at most " in err
-    assert int(err.rsplit(" ", 1)[-1]) <= pool // 10 + 1
+    from otrain.datacube import stratified_split
+
+    pool = len(stratified_split(Datacube.load(cube).labels, 0.15, 0.15, 42).train)
+    assert err == (
+        f"otrain-optimise-dataset-size: error: --n_sections: 60 sections of the {pool} training cutouts of {cube} "
+        f"would make sizes below 10 cutouts; give at most {pool // 10 + 1}"
+    )
     assert not (tmp_path / "CNN_training").exists()
     assert not (tmp_path / "out").exists()

@@ -191,3 +191,41 @@ def test_a_failed_command_leaves_no_empty_folder_it_created(tmp_path: Path, caps
     assert call_main(convert_main, "--path", kept, "--cube", "c", "--cutouts", tree) == 1
     assert kept.is_dir()
     assert list(kept.iterdir()) == []
+
+
+def test_check_params_passes_a_good_file_and_names_the_first_mistake(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+    from conftest import ROOT
+
+    from otrain.cli.check_params import main as check_params_main
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    good, stamp = tmp_path / "params.yaml", tmp_path / "reports" / "checked.txt"
+    good.write_text(yaml.safe_dump(params))
+    assert call_main(check_params_main, "--params", good, "--stamp", stamp) == 0
+    assert f"{good}: 10 sections, every option valid" in capsys.readouterr().out
+    first = stamp.read_bytes()
+    params["train"]["epochs"] = 99  # another valid file: the same stamp, so DVC reruns only what changed
+    good.write_text(yaml.safe_dump(params))
+    assert call_main(check_params_main, "--params", good, "--stamp", stamp) == 0
+    assert stamp.read_bytes() == first == cfg.PARAMS_STAMP.encode()
+    params["train"]["test_frac"] = 0.9
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(params))
+    capsys.readouterr()
+    assert call_main(check_params_main, "--params", bad, "--stamp", tmp_path / "other.txt") == 2
+    assert capsys.readouterr().err == (
+        f"otrain-check-params: error: {bad}: train.frac, train.test_frac: together must leave data for training, "
+        "got 0.15 + 0.9\n"
+    )
+    assert not (tmp_path / "other.txt").exists()
+    bad.write_text("train: [unclosed\n")
+    assert call_main(check_params_main, "--params", bad) == 2
+    assert capsys.readouterr().err.startswith(f"otrain-check-params: error: {bad}: not a readable YAML file (")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes")
+    assert call_main(check_params_main, "--params", good, "--stamp", notes) == 2
+    assert "--stamp: " in capsys.readouterr().err
+    assert notes.read_text() == "my notes"
