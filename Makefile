@@ -93,6 +93,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_infer.py
 	$(BIN)/python benchmarks/bench_train.py
+	$(BIN)/python benchmarks/bench_interrupt.py
 
 # Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
 lock:

@@ -26,9 +26,10 @@ import os
 import shutil
 import signal
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -367,7 +368,37 @@ class Checkpoint:
             ) from None
 
 
-def _epoch_callback(config: TrainConfig, checkpoint: Checkpoint, model_epochs: int, tracking: bool) -> Any:
+@contextmanager
+def _interrupt_between_steps() -> Iterator[Callable[[], None]]:
+    """Defer Ctrl-C and SIGTERM during ``fit`` to the next step boundary.
+
+    A KeyboardInterrupt raised at an arbitrary point inside TensorFlow's training loop has been
+    seen to crash the process (SIGSEGV) instead of ending it cleanly; raised from a callback
+    between two steps, it unwinds like any exception. Yields the check the callback calls.
+    Outside the main thread (a library caller's worker) signals cannot be caught: nothing changes.
+    """
+    pending: list[int] = []
+
+    def check() -> None:
+        if pending:
+            raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield check
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {number: signal.signal(number, lambda number, frame: pending.append(number)) for number in signals}
+    try:
+        yield check
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    check()  # a signal that came after the last step
+
+
+def _epoch_callback(
+    config: TrainConfig, checkpoint: Checkpoint, model_epochs: int, tracking: bool, interrupted: Callable[[], None]
+) -> Any:
     import keras
 
     keep_best = config.patience > 0
@@ -381,7 +412,14 @@ def _epoch_callback(config: TrainConfig, checkpoint: Checkpoint, model_epochs: i
         """
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+            interrupted()
             self.started = time.perf_counter()
+
+        def on_train_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            interrupted()
+
+        def on_test_batch_end(self, batch: int, logs: dict[str, float] | None = None) -> None:
+            interrupted()  # the validation that ends each epoch
 
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs or {}
@@ -586,8 +624,7 @@ def _tracked(
 ) -> Iterator[RunInfo | None]:
     """Open (or resume) the training's MLflow run; nothing with --no-tracking (or nothing to resume)."""
     if not config.tracking or (only_resume and previous is None):
-        with nullcontext():
-            yield None
+        yield None
         return
     if previous is not None:
         from mlflow.tracking import MlflowClient
@@ -664,16 +701,17 @@ def _fit_and_write(
         validation = _dataset(
             cube.cube[split.validation], cube.labels[split.validation], batch_size, config.seed, False, False, replicas
         )
-        model.fit(
-            training,
-            validation_data=validation,
-            epochs=config.epochs,
-            initial_epoch=checkpoint.epochs_done,
-            shuffle=False,  # the dataset shuffles itself, reproducibly
-            class_weight=_class_weights(cube.labels[split.train], config.class_weight),
-            callbacks=[_epoch_callback(config, checkpoint, config.epochs, run is not None)],
-            verbose=0,
-        )
+        with _interrupt_between_steps() as interrupted:
+            model.fit(
+                training,
+                validation_data=validation,
+                epochs=config.epochs,
+                initial_epoch=checkpoint.epochs_done,
+                shuffle=False,  # the dataset shuffles itself, reproducibly
+                class_weight=_class_weights(cube.labels[split.train], config.class_weight),
+                callbacks=[_epoch_callback(config, checkpoint, config.epochs, run is not None, interrupted)],
+                verbose=0,
+            )
     if config.patience > 0 and checkpoint.best_weights is not None:
         with strategy.scope():
             checkpoint.load_into(model, best=True)  # keep the best weights, as Keras' EarlyStopping would
@@ -733,7 +771,8 @@ def _fit_and_write(
             logging_failed = error
         else:
             run.write(staged)
-    result = _publish(config, staged, _mark_complete(config, staged))
+    _mark_complete(config, staged)
+    result = _publish(config, staged)
     if logging_failed is not None:
         raise OtrainError(
             f"training finished and {config.output_dir} is written, but logging to MLflow failed ({logging_failed})"
@@ -742,26 +781,21 @@ def _fit_and_write(
     return result
 
 
-def _mark_complete(config: TrainConfig, staged: Path) -> list[str]:
+def _mark_complete(config: TrainConfig, staged: Path) -> None:
     """Write the commit marker: the staged outputs are whole, and these are their names."""
     names = [name for name in config.output_names() if (staged / name).is_file()]
     write_text_atomic(staged / COMPLETE, json.dumps(names) + "\n")
-    return names
 
 
-def _publish(config: TrainConfig, staged: Path, names: list[str] | None = None) -> TrainingResult:
+def _publish(config: TrainConfig, staged: Path) -> TrainingResult:
     """Move the staged outputs into the training folder and remove the checkpoint.
 
-    Files of an earlier training of the same name that this one does not write (the other
-    model format, a run file from a tracked training) are removed first; nothing else in the
-    folder is touched. Safe to run again after an interruption: the marker lists the names.
+    Then files of an earlier training of the same name that this one does not write (the other
+    model format, a run file from a tracked training) are removed; nothing else in the folder is
+    touched. Safe to run again after an interruption: the marker lists the names.
     """
-    if names is None:
-        names = json.loads((staged / COMPLETE).read_text())
+    names = json.loads((staged / COMPLETE).read_text())
     folder = config.output_dir
-    metrics = json.loads((staged / "metrics.json").read_text()) if (staged / "metrics.json").is_file() else None
-    card_name = config.model_file.name + ".card.json"
-    card = json.loads((staged / card_name).read_text()) if (staged / card_name).is_file() else None
     # Ctrl-C and SIGTERM wait until every file is in place (a few renames); after a SIGKILL in
     # between, --resume finishes the move, as the marker is still there.
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
@@ -776,8 +810,8 @@ def _publish(config: TrainConfig, staged: Path, names: list[str] | None = None) 
                 (folder / name).unlink(missing_ok=True)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    metrics = metrics or json.loads((folder / "metrics.json").read_text())
-    card = card or json.loads((folder / card_name).read_text())
+    metrics = json.loads((folder / "metrics.json").read_text())
+    card = json.loads((folder / f"{config.model_file.name}.card.json").read_text())
     with open(folder / "history.csv", newline="") as stream:
         history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
     shutil.rmtree(folder / CHECKPOINT_FOLDER, ignore_errors=True)
