@@ -20,7 +20,7 @@ import numpy as np
 from otrain import outputs as formats
 from otrain.config import CHECKINFER_FIGURES as FIGURES
 from otrain.config import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
-from otrain.errors import DataError
+from otrain.errors import DataError, first_line
 
 __all__ = ["FIGURES", "CheckInferReport", "run_checkinfer"]
 
@@ -45,7 +45,7 @@ def _read_table(path: Path, required: tuple[str, ...]) -> Any:
         # Given the text, not the path: astropy leaves the file open when a table is malformed.
         table = astropy_ascii.read(text, format="commented_header", guess=False)
     except Exception as error:  # astropy raises many types, with many lines, on a malformed table
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        first = first_line(error)
         detail = f"{first[:160]}; " if " " in first else ""
         raise DataError(
             f"{path}: not a readable commented_header table ({detail}expected a header line like {expected})"

@@ -602,13 +602,8 @@ class InferConfig(CommandConfig):
             raise ValueError(f"--output: {error}") from None
         if output.name.lower().endswith(FITS_SUFFIXES) and _is_under(output, self.cutouts, self.recursive):
             raise ValueError(f"--output: {str(output)!r} is a cutout being scored; choose another path")
-        inputs = [self.model, card_file(self.model)]
-        check_outputs(
-            [Output(output, "table", formats.INFER_COLUMNS)],
-            flag="--output",
-            command=self.command,
-            inputs=inputs,
-            overwrite=self.overwrite,
+        _check_outputs(
+            self, "--output", [Output(output, "table", formats.INFER_COLUMNS)], [self.model, card_file(self.model)]
         )
         return self
 
@@ -855,11 +850,8 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
     @model_validator(mode="after")
     def _check(self) -> OptimiseDatasetSizeConfig:
         self.check_option_rules(self.__dict__)
-        planned = [
-            Output(self.outdir / name.format(name=self.model_name), "png" if name.endswith(".png") else "csv")
-            for name in STUDY_FILES
-        ]
-        planned[0] = Output(planned[0].path, "csv", formats.STUDY_COLUMNS)
+        table, *figures = (self.outdir / name.format(name=self.model_name) for name in STUDY_FILES)
+        planned = [Output(table, "csv", formats.STUDY_COLUMNS), *(Output(path, "png") for path in figures)]
         _check_outputs(self, "--outdir", planned, [self.cube])
         return self
 

@@ -33,7 +33,7 @@ from astropy.io import fits
 from astropy.utils.exceptions import AstropyWarning
 
 from otrain.config import FITS_SUFFIXES
-from otrain.errors import DataError
+from otrain.errors import DataError, first_line
 
 __all__ = [
     "TRAINING_KEYWORDS",
@@ -454,7 +454,7 @@ def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
         except (_NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError):
             simple = None
         except OSError as error:
-            raise DataError(f"{path}: cannot read the file ({_describe(error)})") from None
+            raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
         if simple is not None:
             primary, diff, location = simple
             return _meta(primary, diff, path), location
@@ -488,7 +488,7 @@ def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
     except DataError:
         raise
     except (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: not a readable FITS file ({_describe(error)})") from None
+        raise DataError(f"{path}: not a readable FITS file ({first_line(error)})") from None
     return meta, location
 
 
@@ -498,12 +498,7 @@ def _is_compressed(path: Path) -> bool:
         with open(path, "rb") as stream:
             return stream.read(2) == b"\x1f\x8b"
     except OSError as error:
-        raise DataError(f"{path}: cannot read the file ({_describe(error)})") from None
-
-
-def _describe(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
+        raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
 
 
 def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
@@ -543,7 +538,7 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zlib.error) as error:
-        raise DataError(f"{path}: cannot read the image data ({_describe(error)})") from None
+        raise DataError(f"{path}: cannot read the image data ({first_line(error)})") from None
     pixels = raw.astype(np.float32)
     if location.blank is not None:
         pixels[raw == location.blank] = np.nan

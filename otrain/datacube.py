@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from otrain.atomic import atomic_path
-from otrain.errors import DataError
+from otrain.errors import DataError, first_line
 
 __all__ = ["NPZ_KEYS", "Datacube", "Split", "balanced_counts", "choose_rows", "stratified_split"]
 
@@ -163,7 +163,7 @@ class Datacube:
             with np.load(path, allow_pickle=False) as archive:
                 arrays = {name: archive[name] for name in archive.files}
         except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             if "allow_pickle" in reason:
                 reason = "it holds Python objects, not plain arrays"
             raise DataError(f"{path}: not a readable datacube .npz ({reason[:200]})") from None

@@ -2,7 +2,24 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "OtrainError"]
+__all__ = ["DataError", "OptionError", "OtrainError", "first_line"]
+
+
+def first_line(error: BaseException) -> str:
+    """Return the first line of an exception's message (its type when it has none), for one-line errors.
+
+    Parameters
+    ----------
+    error : BaseException
+        An exception raised by a library (astropy, Keras, MLflow...), often with many lines.
+
+    Returns
+    -------
+    str
+        Its first non-empty line, or the exception's type name.
+    """
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
 
 
 class OtrainError(Exception):

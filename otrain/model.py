@@ -25,7 +25,7 @@ from keras import layers, ops
 
 from otrain.atomic import atomic_path, write_text_atomic
 from otrain.config import card_file
-from otrain.errors import DataError
+from otrain.errors import DataError, first_line
 
 __all__ = [
     "MAD_TO_SIGMA",
@@ -247,9 +247,7 @@ def load_model(path: Path) -> keras.Model:
     except Exception as error:  # Keras raises many types, some misleading ("File not found"), for a damaged file
         if not _container_is_intact(path):
             raise DataError(f"{path}: not a readable Keras model (corrupt or truncated)") from None
-        text = str(error).strip().splitlines()
-        reason = text[0] if text else type(error).__name__
-        raise DataError(f"{path}: not a readable Keras model ({reason[:200]})") from None
+        raise DataError(f"{path}: not a readable Keras model ({first_line(error)[:200]})") from None
     output_shape = tuple(model.outputs[0].shape[1:])
     if output_shape != (2,):
         raise DataError(f"{path}: model must output 2 class probabilities (bogus, real), got shape {output_shape}")

@@ -256,7 +256,7 @@ def promote(config: PromoteConfig) -> PromotionDecision:
             champion = _alias_holder(client, name, config.alias)
             if champion is None or str(champion.version) == str(version.version):
                 break
-            _judge(decision, config, cube, record, champion, client)
+            _judge(decision, config, cube, record, champion, client, new_model)
             if not decision.promoted:
                 break
             # Another machine may have moved the alias while we compared: then compare again.
@@ -294,6 +294,7 @@ def _judge(
     record: dict[str, Any] | None,
     champion: Any,
     client: Any,
+    new_model: Any,
 ) -> None:
     """Compare the new model with the champion on rows neither trained on; fill in ``decision``."""
     import mlflow
@@ -307,7 +308,6 @@ def _judge(
         decision.champion_value = decision.compared_on = None
         decision.reason = f"not compared: {why}; the alias '{config.alias}' stays on v{champion_version}"
         return
-    new_model = mlflow.keras.load_model(f"models:/{config.registered_name}/{decision.version}")
     champion_model = mlflow.keras.load_model(f"models:/{config.registered_name}/{champion_version}")
     try:
         champion_value = _score(champion_model, cube, rows, config.threshold, config.metric)

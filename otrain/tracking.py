@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from otrain.errors import DataError, OptionError
+from otrain.errors import DataError, OptionError, first_line
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -155,7 +155,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
                 MlflowClient(uri).search_experiments(max_results=1)
             except Exception as error:  # a damaged database file, a newer schema...
-                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                reason = first_line(error)
                 raise OptionError(f"cannot use MLflow store {uri} ({reason[:200]}); {hint}") from None
     else:
         try:
@@ -163,7 +163,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
 
             MlflowClient(uri).search_experiments(max_results=1)
         except Exception as error:  # any backend: a driver missing, a refused connection...
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            reason = first_line(error)
             raise OptionError(f"cannot use MLflow tracking store {uri} ({reason[:200]}); {hint}") from None
 
 

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.config import PARAMS_STAMP, CheckParamsConfig, validate_params
-from otrain.errors import OptionError
+from otrain.errors import OptionError, first_line
 
 __all__ = ["main"]
 
@@ -20,8 +20,7 @@ def _check_params(config: CheckParamsConfig) -> None:
     try:
         params = yaml.safe_load(config.params.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise OptionError(f"{config.params}: not a readable YAML file ({first})") from None
+        raise OptionError(f"{config.params}: not a readable YAML file ({first_line(error)})") from None
     if not isinstance(params, dict):
         raise OptionError(f"{config.params}: must be a mapping of sections (simulate, convert, train, ...)")
     try:
