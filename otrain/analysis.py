@@ -1,6 +1,6 @@
 """otrain-diagnostics and otrain-plot-results: how good is a model on a labelled cube.
 
-Both load the model once and predict once. They accept cubes with 1-D or one-hot labels (the
+Both load the model once and predict once (:mod:`otrain.scoring`). They accept cubes with 1-D or one-hot labels (the
 original tools took only one-hot ones), and write only into their own output folders: old
 exported cutouts are replaced file by file, and nothing else in a user's folder is touched.
 """
@@ -17,83 +17,30 @@ from typing import Any
 import numpy as np
 
 from otrain import outputs as formats
-from otrain.config import DIAGNOSTIC_FOLDERS, DiagnosticsConfig, PlotResultsConfig
+from otrain.config import BIN_LIMITS, DIAGNOSTIC_FOLDERS, DiagnosticsConfig, PlotResultsConfig
 from otrain.datacube import Datacube
-from otrain.errors import DataError
-from otrain.evaluation import calibration_curve, evaluate, threshold_table, write_csv, write_json
+from otrain.evaluation import (
+    best_threshold,
+    calibration_curve,
+    evaluate,
+    expected_calibration_error,
+    threshold_table,
+    write_csv,
+    write_json,
+)
 from otrain.outputs import png_software
 from otrain.progress import track
+from otrain.scoring import sample_outcomes, score_cube
 
 __all__ = [
-    "DIAGNOSTIC_FOLDERS",
-    "ScoredCube",
     "candidate_title",
-    "crop_to_model",
     "log_stage",
     "remove_own_images",
     "run_diagnostics",
     "run_plot_results",
-    "score_cube",
 ]
 
 logger = logging.getLogger("otrain")
-
-#: Well-classified examples exported per class (the original's 30).
-N_EXAMPLES = 30
-
-
-@dataclass
-class ScoredCube:
-    """A labelled cube, the model, and P(real) of every cutout."""
-
-    cube: Datacube
-    model: Any
-    probabilities: np.ndarray
-
-
-def crop_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
-    """Centre-crop (N, H, W, C) cutouts to the model's input, as otrain-convert would.
-
-    Raises
-    ------
-    DataError
-        When the cutouts are smaller than the model's input or have another channel count.
-    """
-    from otrain.model import input_shape_of
-
-    height, width, channels = input_shape_of(model)
-    _, cube_height, cube_width, cube_channels = pixels.shape
-    if cube_channels != channels or cube_height < height or cube_width < width:
-        raise DataError(
-            f"{what}: cutouts are {cube_height}x{cube_width}x{cube_channels}, "
-            f"the model takes {height}x{width}x{channels}"
-        )
-    if (cube_height, cube_width) == (height, width):
-        return pixels
-    top, left = cube_height // 2 - height // 2, cube_width // 2 - width // 2
-    return np.ascontiguousarray(pixels[:, top : top + height, left : left + width, :])
-
-
-def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
-    """Load a cube and a model, check they fit, and predict P(real) once.
-
-    A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
-    one, or one with another channel count, is an error.
-
-    Raises
-    ------
-    DataError
-        On an unreadable cube or model, or shapes that do not fit.
-    """
-    from otrain.model import load_model
-
-    cube = Datacube.load(cube_path)
-    model = load_model(model_path)
-    pixels = crop_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
-    if pixels is not cube.cube:
-        cube = Datacube(**{**cube.__dict__, "cube": pixels})
-    probabilities = np.asarray(model.predict(pixels, batch_size=256, verbose=0))[:, 1].astype(np.float64)
-    return ScoredCube(cube=cube, model=model, probabilities=probabilities)
 
 
 def remove_own_images(folder: Path, pattern: str) -> None:
@@ -109,17 +56,6 @@ def remove_own_images(folder: Path, pattern: str) -> None:
     for old in folder.glob(pattern):
         if png_software(old).startswith(formats.PNG_SOFTWARE):
             old.unlink()
-
-
-def _outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
-    predicted = probabilities > threshold
-    real = labels == 1
-    return {
-        "TP": np.flatnonzero(predicted & real),
-        "TN": np.flatnonzero(~predicted & ~real),
-        "FP": np.flatnonzero(predicted & ~real),
-        "FN": np.flatnonzero(~predicted & real),
-    }
 
 
 def candidate_title(cube: Datacube, row: int, probability: float) -> str:
@@ -139,35 +75,28 @@ class DiagnosticsReport:
     outputs: list[Path] = field(default_factory=list)
 
 
-def run_diagnostics(config: DiagnosticsConfig, n_examples: int = N_EXAMPLES, seed: int = 42) -> DiagnosticsReport:
+def run_diagnostics(config: DiagnosticsConfig) -> DiagnosticsReport:
     """Score the cube, write the metrics and export the cutouts of each outcome.
 
     Writes ``<path-diagnostics>/diagnostics.json`` (every metric of
     :func:`otrain.evaluation.evaluate`), ``threshold_table.csv``, and PNG cutouts: every false
-    positive and false negative, and a seeded sample of ``n_examples`` true positives and true
-    negatives, in the original folder tree.
+    positive and false negative, and a seeded sample of ``--n-examples`` true positives and
+    true negatives, in the original folder tree.
     """
     from otrain.plots import plot_cutout
 
     scored = score_cube(config.path_cube_validation, config.model_path)
     cube, probabilities = scored.cube, scored.probabilities
-    metrics = evaluate(cube.labels, probabilities, config.threshold)
+    table = threshold_table(cube.labels, probabilities)
+    metrics = evaluate(cube.labels, probabilities, config.threshold, table)
     out = config.path_diagnostics
     out.mkdir(parents=True, exist_ok=True)
     report = DiagnosticsReport(metrics=metrics)
     report.outputs.append(write_json(out / "diagnostics.json", metrics))
-    report.outputs.append(
-        write_csv(
-            out / "threshold_table.csv", threshold_table(cube.labels, probabilities), formats.THRESHOLD_TABLE_COLUMNS
-        )
-    )
+    report.outputs.append(write_csv(out / "threshold_table.csv", table, formats.THRESHOLD_TABLE_COLUMNS))
 
-    rng = np.random.default_rng(seed)
-    outcomes = _outcomes(cube.labels, probabilities, config.threshold)
     jobs = []
-    for outcome, rows in outcomes.items():
-        if outcome in ("TP", "TN") and len(rows) > n_examples:
-            rows = np.sort(rng.choice(rows, size=n_examples, replace=False))
+    for outcome, rows in sample_outcomes(scored.outcomes(config.threshold), config.n_examples, config.seed).items():
         folder = out / DIAGNOSTIC_FOLDERS[outcome]
         folder.mkdir(parents=True, exist_ok=True)
         remove_own_images(folder, "cutout_*.png")
@@ -255,7 +184,8 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     out = config.path_plots
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    for name, values, vmax in (("errmag", cube.errmags, 0.4), ("mag", cube.mags, 25.0)):
+    for name, values in (("errmag", cube.errmags), ("mag", cube.mags)):
+        vmax = BIN_LIMITS[name]
         roc = _curves_by_bin(values, labels, probabilities, vmax, "roc")
         recall = _curves_by_bin(values, labels, probabilities, vmax, "pr")
         written.append(write_csv(out / f"{name}_ROC.csv", _curve_rows(roc, "fpr", "tpr"), formats.ROC_COLUMNS))
@@ -279,7 +209,7 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
                 curve["best_threshold"],
             )
     table = threshold_table(labels, probabilities)
-    best = max(table, key=lambda row: row["f1"] + row["mcc"])["threshold"]
+    best = best_threshold(table)["threshold"]
     written.append(write_csv(out / "model_F1_MCC.csv", table, formats.THRESHOLD_TABLE_COLUMNS))
     written.append(plots.plot_f1_mcc(table, best, out / "model_F1_MCC.png"))
     distribution = [
@@ -291,7 +221,7 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
         plots.plot_probability_distribution(labels, probabilities, config.threshold, out / "prob_distribution.png")
     )
     calibration = calibration_curve(labels, probabilities)
-    ece = evaluate(labels, probabilities, config.threshold)["expected_calibration_error"]
+    ece = expected_calibration_error(labels, probabilities)
     written.append(write_csv(out / "calibration.csv", calibration, formats.CALIBRATION_COLUMNS))
     written.append(plots.plot_calibration(calibration, ece, out / "calibration.png"))
     log_stage(

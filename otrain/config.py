@@ -39,6 +39,7 @@ __all__ = [
     "PlotResultsConfig",
     "PromoteConfig",
     "SimulateConfig",
+    "SummaryConfig",
     "TrainConfig",
     "TrainingOptions",
     "card_file",
@@ -47,6 +48,33 @@ __all__ = [
 ]
 
 FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
+
+# --------------------------------------------------------------------------------------------
+# Defaults that are not options of their own (the options' defaults are in the models below).
+
+#: The O'TRAIN CNN's dropout rate and Adam learning rate (the original's; the training defaults).
+DEFAULT_DROPOUT = 0.3
+DEFAULT_LEARNING_RATE = 1e-3
+#: ``--batch-size auto``: the original's 1024, reduced so that an epoch has at least
+#: AUTO_BATCH_MIN_STEPS gradient steps, never below AUTO_BATCH_MIN cutouts.
+AUTO_BATCH_MAX = 1024
+AUTO_BATCH_MIN = 16
+AUTO_BATCH_MIN_STEPS = 20
+#: Cutouts per prediction batch: scoring a cube, and otrain-infer's default --batch-size.
+PREDICT_BATCH = 256
+#: Cutouts per Grad-CAM batch (gradients need more memory than a prediction).
+GRADCAM_BATCH = 64
+#: Candidates shown in each Grad-CAM summary grid.
+GRADCAM_GRID = 25
+#: Well-classified examples otrain-diagnostics exports per class, and the seed of their choice.
+DIAGNOSTICS_EXAMPLES = 30
+DIAGNOSTICS_SEED = 42
+#: Bins of the reliability diagram and of the expected calibration error (equal widths in [0, 1]).
+CALIBRATION_BINS = 10
+#: otrain-plot-results: the upper end of its magnitude-error and magnitude bins (the original's).
+BIN_LIMITS = {"errmag": 0.4, "mag": 25.0}
+#: Bad input files a command names one by one; the others are counted.
+MAX_LISTED_BAD_FILES = 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -94,12 +122,6 @@ def _writable_folder(path: Path) -> Path:
 def _probability(value: float) -> float:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"must be a probability in [0, 1], got {value}")
-    return value
-
-
-def _fraction(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"must be a fraction in (0, 1], got {value}")
     return value
 
 
@@ -172,7 +194,6 @@ ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 WritableFolder = Annotated[Path, AfterValidator(_writable_folder)]
 Probability = Annotated[float, AfterValidator(_probability)]
-Fraction = Annotated[float, AfterValidator(_fraction)]
 OpenFraction = Annotated[float, AfterValidator(_open_fraction)]
 DropoutRate = Annotated[float, AfterValidator(_dropout_rate)]
 PositiveInt = Annotated[int, AfterValidator(_positive)]
@@ -401,13 +422,15 @@ class TrainingOptions(CommandConfig):
     """Options shared by the commands that train models (otrain-train, dataset-size study)."""
 
     epochs: PositiveInt = option(10, "Maximum number of training epochs.")
-    dropout: DropoutRate = option(0.3, "Rate of each of the three dropout layers.")
+    dropout: DropoutRate = option(DEFAULT_DROPOUT, "Rate of each of the three dropout layers.")
     batch_size: Annotated[Literal["auto"] | int, AfterValidator(_batch_size)] = option(
         "auto",
-        "Cutouts per gradient step. 'auto' is the original's 1024 for large cubes, reduced so that an epoch "
-        "has at least 20 steps on small ones (never below 16).",
+        f"Cutouts per gradient step. 'auto' is the original's {AUTO_BATCH_MAX} for large cubes, reduced so that an "
+        f"epoch has at least {AUTO_BATCH_MIN_STEPS} steps on small ones (never below {AUTO_BATCH_MIN}).",
     )
-    learning_rate: Annotated[float, AfterValidator(_positive_float)] = option(1e-3, "Adam learning rate.")
+    learning_rate: Annotated[float, AfterValidator(_positive_float)] = option(
+        DEFAULT_LEARNING_RATE, "Adam learning rate."
+    )
     test_frac: OpenFraction = option(0.15, "Fraction of the cube held out as the test set (metrics come from it).")
     seed: Seed = option(42, "Seed of the splits, the weights' initialisation and the augmentation.")
     patience: NonNegativeInt = option(
@@ -577,7 +600,7 @@ class InferConfig(CommandConfig):
         "Output table (default: <cutouts>/infer_results.dat). An existing file is replaced only when it is a table "
         "otrain-infer wrote, or with --overwrite; never the model or a cutout.",
     )
-    batch_size: PositiveInt = option(256, "Cutouts scored per batch.")
+    batch_size: PositiveInt = option(PREDICT_BATCH, "Cutouts scored per batch.")
     threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
@@ -724,6 +747,9 @@ class CheckInferConfig(CommandConfig):
         return [self.output_folder]
 
 
+#: The four outcomes of a decision, in the order the commands report them, and the class each
+#: was given (the one Grad-CAM explains). Grad-CAM writes a folder and a summary grid per outcome.
+OUTCOMES = {"TP": 1, "TN": 0, "FP": 1, "FN": 0}
 #: Outcome -> folder of its exported cutouts, relative to --path-diagnostics (the original tree).
 DIAGNOSTIC_FOLDERS = {
     "FP": Path("validation_set/misclassified/images_FP"),
@@ -742,6 +768,10 @@ class DiagnosticsConfig(CommandConfig):
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
     path_diagnostics: WritableFolder = option(Path("cnn_results"), "Folder for the exported cutouts of each outcome.")
+    n_examples: NonNegativeInt = option(
+        DIAGNOSTICS_EXAMPLES, "True positives and true negatives exported, each (every FP and FN is exported)."
+    )
+    seed: Seed = option(DIAGNOSTICS_SEED, "Seed of the random choice of exported true positives and negatives.")
     overwrite: bool = _overwrite_option("otrain-diagnostics")
     tracking: bool = _log_into_training_run()
 
@@ -860,10 +890,6 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
         return [self.outdir, self.model_path / "CNN_training"]
 
 
-#: Grad-CAM outcomes, each with a folder of numbered overlays and a summary grid.
-GRADCAM_OUTCOMES = ("TP", "TN", "FP", "FN")
-
-
 class GradCamConfig(CommandConfig):
     """Show where the model looks: Grad-CAM maps of true/false positives and negatives."""
 
@@ -883,15 +909,15 @@ class GradCamConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> GradCamConfig:
-        planned = [Output(self.cam_path / f"{outcome}_summary.png", "png") for outcome in GRADCAM_OUTCOMES]
-        for outcome in GRADCAM_OUTCOMES:
+        planned = [Output(self.cam_path / f"{outcome}_summary.png", "png") for outcome in OUTCOMES]
+        for outcome in OUTCOMES:
             planned += [Output(path, "png") for path in _existing(self.cam_path / outcome, "cutout_CAM_*.png")]
         _check_outputs(self, "--cam_path", planned, [self.cube, self.model_path])
         return self
 
     def output_folders(self) -> list[Path]:
         """--cam_path and its outcome folders."""
-        return [self.cam_path / outcome for outcome in GRADCAM_OUTCOMES]
+        return [self.cam_path / outcome for outcome in OUTCOMES]
 
 
 def _non_negative_float(value: float) -> float:
@@ -969,6 +995,33 @@ class CheckParamsConfig(CommandConfig):
                 raise ValueError(f"--stamp: {str(self.stamp)!r} exists and was not written by {self.command}")
             if is_same_file(self.stamp, self.params):
                 raise ValueError(f"--stamp: {str(self.stamp)!r} is the parameters file")
+        return self
+
+
+class SummaryConfig(CommandConfig):
+    """Summarise a pipeline run: the test metrics, the promotion gate's decision, the champion.
+
+    Reads the reports the pipeline (dvc.yaml) wrote: the diagnostics of the test set and the
+    promotion decision. Prints a short text (what make demo ends with), or appends the same as
+    Markdown tables to --markdown (the retraining workflow passes $GITHUB_STEP_SUMMARY).
+    """
+
+    command: ClassVar[str] = "otrain-summary"
+
+    diagnostics: ExistingFile = option(
+        Path("reports/diagnostics/diagnostics.json"), "The test set's diagnostics.json (otrain-diagnostics)."
+    )
+    promotion: ExistingFile = option(Path("reports/promotion.json"), "The promotion report (otrain-promote --report).")
+    markdown: Path | None = option(None, "Append a Markdown report to this file instead of printing.")
+    title: str = option("otrain retraining", "Heading of the Markdown report.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SummaryConfig:
+        if self.markdown is not None:
+            if self.markdown.is_dir():
+                raise ValueError(f"--markdown: {str(self.markdown)!r} is a folder")
+            if is_same_file(self.markdown, self.diagnostics) or is_same_file(self.markdown, self.promotion):
+                raise ValueError(f"--markdown: {str(self.markdown)!r} is one of the reports it summarises")
         return self
 
 
@@ -1068,4 +1121,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     GradCamConfig,
     PromoteConfig,
     CheckParamsConfig,
+    SummaryConfig,
 )

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from otrain.config import ConvertConfig
+from otrain.config import MAX_LISTED_BAD_FILES, ConvertConfig
 from otrain.cutouts import (
     TRAINING_KEYWORDS,
     CutoutMeta,
@@ -37,7 +37,6 @@ __all__ = ["ClassReport", "ConversionReport", "convert"]
 logger = logging.getLogger("otrain")
 
 _CLASS_FOLDERS = {1: "true", 0: "false"}
-_MAX_LISTED_BAD_FILES = 20
 
 
 @dataclass
@@ -156,10 +155,10 @@ def _final_shape(headers: list[_Header], cutout_size: int) -> tuple[int, int, in
 def _fail_on_bad_files(bad: list[tuple[Path, str]]) -> None:
     if len(bad) == 1:
         raise DataError(f"{bad[0][1]} (pass --skip-bad-files to skip it)")
-    for _, message in bad[:_MAX_LISTED_BAD_FILES]:
+    for _, message in bad[:MAX_LISTED_BAD_FILES]:
         logger.error("%s", message)
-    if len(bad) > _MAX_LISTED_BAD_FILES:
-        logger.error("... and %d more bad cutouts", len(bad) - _MAX_LISTED_BAD_FILES)
+    if len(bad) > MAX_LISTED_BAD_FILES:
+        logger.error("... and %d more bad cutouts", len(bad) - MAX_LISTED_BAD_FILES)
     raise DataError(f"{len(bad)} bad cutouts, the first: {bad[0][1]} (pass --skip-bad-files to skip them)")
 
 

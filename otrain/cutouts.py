@@ -550,10 +550,10 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
 
 
 def crop_center(pixels: np.ndarray, size: int, path: Path | None = None) -> np.ndarray:
-    """Centre-crop a channels-last (H, W, C) cutout to (size, size, C).
+    """Centre-crop a channels-last (H, W, C) cutout, or an (N, H, W, C) cube, to size x size pixels.
 
     The crop starts at ``dim // 2 - size // 2`` on each axis, as in the original. ``size = -1``
-    returns the cutout unchanged.
+    returns the pixels unchanged. The result is a view.
 
     Raises
     ------
@@ -562,12 +562,12 @@ def crop_center(pixels: np.ndarray, size: int, path: Path | None = None) -> np.n
     """
     if size == -1:
         return pixels
-    height, width = pixels.shape[:2]
+    height, width = pixels.shape[-3:-1]
     if height < size or width < size:
         where = f"{path}: " if path is not None else ""
         raise DataError(f"{where}cutout is {height}x{width} pixels, smaller than --cutout-size {size}")
     top, left = height // 2 - size // 2, width // 2 - size // 2
-    return pixels[top : top + size, left : left + size, :]
+    return pixels[..., top : top + size, left : left + size, :]
 
 
 def prepare_pixels(pixels: np.ndarray, cutout_size: int, path: Path) -> tuple[np.ndarray, int]:

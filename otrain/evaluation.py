@@ -16,9 +16,11 @@ import numpy as np
 from sklearn import metrics
 
 from otrain.atomic import atomic_path, write_text_atomic
+from otrain.config import CALIBRATION_BINS
 
 __all__ = [
     "THRESHOLDS",
+    "best_threshold",
     "binary_metrics",
     "calibration_curve",
     "confusion",
@@ -32,13 +34,29 @@ __all__ = [
 
 def confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, int]:
     """Count true/false positives and negatives at ``threshold`` (real if p > threshold)."""
-    predicted = probabilities > threshold
-    real = labels == 1
+    predicted = (np.asarray(probabilities) > threshold).astype(int)
+    tn, fp, fn, tp = metrics.confusion_matrix(np.asarray(labels).astype(int), predicted, labels=[0, 1]).ravel()
+    return {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}
+
+
+def _decision_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
+    """Accuracy, precision, recall, F1, MCC, FPR, FNR and the counts of 0/1 decisions (scikit-learn)."""
+    tn, fp, fn, tp = (int(count) for count in metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+    precision, recall, f1, _ = metrics.precision_recall_fscore_support(
+        labels, predicted, average="binary", zero_division=0
+    )
     return {
-        "tp": int(np.count_nonzero(predicted & real)),
-        "fp": int(np.count_nonzero(predicted & ~real)),
-        "tn": int(np.count_nonzero(~predicted & ~real)),
-        "fn": int(np.count_nonzero(~predicted & real)),
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "precision": float(precision),
+        "recall": float(recall),
+        "f1": float(f1),
+        "mcc": float(metrics.matthews_corrcoef(labels, predicted)),
+        "fpr": fp / max(fp + tn, 1),
+        "fnr": fn / max(fn + tp, 1),
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
     }
 
 
@@ -57,24 +75,17 @@ def binary_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: flo
     Returns
     -------
     dict
-        ``accuracy``, ``precision``, ``recall``, ``f1``, ``mcc``, ``roc_auc`` (NaN when only
-        one class is present), ``threshold``, ``n`` and the confusion counts.
+        ``accuracy``, ``precision``, ``recall``, ``f1``, ``mcc`` and ``roc_auc`` (both NaN when
+        only one class is present), ``fpr``, ``fnr``, ``threshold``, ``n`` and the confusion counts.
     """
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
-    predicted = (probabilities > threshold).astype(int)
     both_classes = len(np.unique(labels)) == 2
-    return {
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "precision": float(metrics.precision_score(labels, predicted, zero_division=0)),
-        "recall": float(metrics.recall_score(labels, predicted, zero_division=0)),
-        "f1": float(metrics.f1_score(labels, predicted, zero_division=0)),
-        "mcc": float(metrics.matthews_corrcoef(labels, predicted)) if both_classes else math.nan,
-        "roc_auc": float(metrics.roc_auc_score(labels, probabilities)) if both_classes else math.nan,
-        "threshold": float(threshold),
-        "n": len(labels),
-        **confusion(labels, probabilities, threshold),
-    }
+    result = _decision_metrics(labels, (probabilities > threshold).astype(int))
+    if not both_classes:
+        result["mcc"] = math.nan
+    result["roc_auc"] = float(metrics.roc_auc_score(labels, probabilities)) if both_classes else math.nan
+    return {**result, "threshold": float(threshold), "n": len(labels)}
 
 
 #: Thresholds of the threshold table, 0 to 1 in steps of 0.01.
@@ -94,34 +105,24 @@ def threshold_table(labels: np.ndarray, probabilities: np.ndarray) -> list[dict[
     Returns
     -------
     list of dict
-        One row per threshold: threshold, accuracy, precision, recall, f1, mcc, fpr, fnr and
-        the confusion counts.
+        One row per threshold: threshold, accuracy, precision, recall, f1, mcc (0 when a class
+        is missing among the labels or the decisions), fpr, fnr and the confusion counts.
     """
-    rows = []
-    for threshold in THRESHOLDS:
-        counts = confusion(labels, probabilities, float(threshold))
-        tp, fp, tn, fn = counts["tp"], counts["fp"], counts["tn"], counts["fn"]
-        precision = tp / (tp + fp) if tp + fp else 0.0
-        recall = tp / (tp + fn) if tp + fn else 0.0
-        denominator = math.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-        rows.append(
-            {
-                "threshold": float(threshold),
-                "accuracy": (tp + tn) / max(len(labels), 1),
-                "precision": precision,
-                "recall": recall,
-                "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0,
-                "mcc": (tp * tn - fp * fn) / denominator if denominator else 0.0,
-                "fpr": fp / (fp + tn) if fp + tn else 0.0,
-                "fnr": fn / (fn + tp) if fn + tp else 0.0,
-                **counts,
-            }
-        )
-    return rows
+    labels = np.asarray(labels).astype(int)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    return [
+        {"threshold": float(threshold), **_decision_metrics(labels, (probabilities > threshold).astype(int))}
+        for threshold in THRESHOLDS
+    ]
 
 
-def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> float:
-    """Compute the expected calibration error: bin-weighted |mean P(real) - fraction real|, 10 equal bins."""
+def best_threshold(table: Sequence[dict[str, float | int]]) -> dict[str, float | int]:
+    """Return the row of a :func:`threshold_table` that maximises F1 + MCC (the original's best threshold)."""
+    return max(table, key=lambda row: row["f1"] + row["mcc"])
+
+
+def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
+    """Compute the expected calibration error: bin-weighted |mean P(real) - fraction real|, equal bins."""
     bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
     error = 0.0
     for index in range(n_bins):
@@ -131,7 +132,9 @@ def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_
     return float(error)
 
 
-def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = 10) -> list[dict[str, float | int]]:
+def calibration_curve(
+    labels: np.ndarray, probabilities: np.ndarray, n_bins: int = CALIBRATION_BINS
+) -> list[dict[str, float | int]]:
     """Per-bin mean P(real), fraction of real candidates and count (the reliability diagram)."""
     bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
     rows = []
@@ -149,13 +152,19 @@ def calibration_curve(labels: np.ndarray, probabilities: np.ndarray, n_bins: int
     return rows
 
 
-def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float | int]:
+def evaluate(
+    labels: np.ndarray,
+    probabilities: np.ndarray,
+    threshold: float,
+    table: Sequence[dict[str, float | int]] | None = None,
+) -> dict[str, float | int]:
     """Every figure of merit of otrain-diagnostics, as one flat dictionary (JSON for DVC).
 
     At ``threshold``: :func:`binary_metrics`, average precision, FPR and FNR. Over the threshold
     table: the threshold giving FPR <= 1 % (and the FNR there), the one giving FNR <= 1 % (and
     the FPR there), and the one maximising F1 + MCC (the original's "best threshold"). Plus the
-    expected calibration error.
+    expected calibration error. ``table``, when given, is the :func:`threshold_table` of the
+    same labels and probabilities, not computed again.
     """
     labels = np.asarray(labels).astype(int)
     probabilities = np.asarray(probabilities, dtype=np.float64)
@@ -164,9 +173,7 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float) ->
     result["average_precision"] = (
         float(metrics.average_precision_score(labels, probabilities)) if both_classes else math.nan
     )
-    result["fpr"] = result["fp"] / max(result["fp"] + result["tn"], 1)
-    result["fnr"] = result["fn"] / max(result["fn"] + result["tp"], 1)
-    table = threshold_table(labels, probabilities)
+    table = table if table is not None else threshold_table(labels, probabilities)
     at_low_fpr = [row for row in table if row["fpr"] <= 0.01]
     at_low_fnr = [row for row in table if row["fnr"] <= 0.01]
     if at_low_fpr:
@@ -175,7 +182,7 @@ def evaluate(labels: np.ndarray, probabilities: np.ndarray, threshold: float) ->
     if at_low_fnr:
         row = max(at_low_fnr, key=lambda item: item["threshold"])
         result["threshold_at_fnr_1pc"], result["fpr_at_fnr_1pc"] = row["threshold"], row["fpr"]
-    best = max(table, key=lambda item: item["f1"] + item["mcc"])
+    best = best_threshold(table)
     result["best_threshold"] = best["threshold"]
     result["best_f1"], result["best_mcc"] = best["f1"], best["mcc"]
     result["expected_calibration_error"] = expected_calibration_error(labels, probabilities)

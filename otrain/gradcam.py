@@ -16,17 +16,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-from otrain.config import GradCamConfig
+from otrain.config import GRADCAM_BATCH, GRADCAM_GRID, OUTCOMES, GradCamConfig
 from otrain.progress import track
 
-__all__ = ["OUTCOMES", "GradCamExplainer", "GradCamReport", "gradcam_maps", "run_grad_cam"]
+__all__ = ["GradCamExplainer", "GradCamReport", "gradcam_maps", "run_grad_cam"]
 
 logger = logging.getLogger("otrain")
-
-#: Outcome -> class the map explains (the predicted one).
-OUTCOMES = {"TP": 1, "TN": 0, "FP": 1, "FN": 0}
-_BATCH = 64
-_GRID = 25
 
 
 class GradCamExplainer:
@@ -109,8 +104,9 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     A class with fewer candidates than ``--n_random`` simply gives fewer images.
     """
     from otrain import plots
-    from otrain.analysis import candidate_title, log_stage, remove_own_images, score_cube
+    from otrain.analysis import candidate_title, log_stage, remove_own_images
     from otrain.errors import DataError
+    from otrain.scoring import sample_outcomes, score_cube
 
     scored = score_cube(config.cube, config.model_path)
     try:  # fails on a model without Conv2D, before any file changes
@@ -118,31 +114,20 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     except DataError as error:
         raise DataError(f"{config.model_path}: {error}; Grad-CAM explains a convolutional layer") from None
     cube, probabilities = scored.cube, scored.probabilities
-    predicted = probabilities > config.threshold
-    real = cube.labels == 1
-    members = {
-        "TP": np.flatnonzero(predicted & real),
-        "TN": np.flatnonzero(~predicted & ~real),
-        "FP": np.flatnonzero(predicted & ~real),
-        "FN": np.flatnonzero(~predicted & real),
-    }
-    rng = np.random.default_rng(config.seed)
     report = GradCamReport()
     config.cam_path.mkdir(parents=True, exist_ok=True)
-    for outcome, rows in members.items():
-        if outcome in ("TP", "TN") and len(rows) > config.n_random:
-            rows = np.sort(rng.choice(rows, size=config.n_random, replace=False))
+    for outcome, rows in sample_outcomes(scored.outcomes(config.threshold), config.n_random, config.seed).items():
         folder = config.cam_path / outcome
         folder.mkdir(exist_ok=True)
         remove_own_images(folder, "cutout_CAM_*.png")
         report.counts[outcome] = len(rows)
         if not len(rows):
             continue
-        explained = OUTCOMES[outcome]
+        explained = OUTCOMES[outcome]  # the predicted class
         maps = np.concatenate(
             [
                 explainer.maps(cube.cube[batch], np.full(len(batch), explained))
-                for batch in np.array_split(rows, -(-len(rows) // _BATCH))
+                for batch in np.array_split(rows, -(-len(rows) // GRADCAM_BATCH))
             ]
         )
         titles = [candidate_title(cube, row, probabilities[row]) for row in rows]
@@ -154,9 +139,9 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
         report.outputs.append(folder)
         report.outputs.append(
             plots.plot_overlay_grid(
-                [cube.cube[row, :, :, 0] for row in rows[:_GRID]],
-                list(maps[:_GRID]),
-                [str(cube.candids[row]) for row in rows[:_GRID]],
+                [cube.cube[row, :, :, 0] for row in rows[:GRADCAM_GRID]],
+                list(maps[:GRADCAM_GRID]),
+                [str(cube.candids[row]) for row in rows[:GRADCAM_GRID]],
                 f"{outcome}: {len(rows)} candidates ({config.method})",
                 config.cam_path / f"{outcome}_summary.png",
             )

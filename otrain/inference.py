@@ -22,7 +22,7 @@ from typing import Any, TextIO
 import numpy as np
 
 from otrain.atomic import atomic_path
-from otrain.config import InferConfig
+from otrain.config import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
 from otrain.errors import DataError
 from otrain.outputs import INFER_COLUMNS
@@ -32,7 +32,6 @@ __all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "printable_path", "rewei
 
 logger = logging.getLogger("otrain")
 
-_MAX_LISTED_BAD_FILES = 20
 #: Headers read, at most, to find one cutout whose size is compared with the model's input.
 _HEADER_PROBES = 20
 _EDGE = "edge"
@@ -224,10 +223,10 @@ def infer(config: InferConfig) -> InferenceReport:
             report.n_scored += len(metas)
             report.n_real += int(np.count_nonzero(p_real > config.threshold))
         report.seconds = time.perf_counter() - started
-        for _, message in report.bad_files[:_MAX_LISTED_BAD_FILES]:
+        for _, message in report.bad_files[:MAX_LISTED_BAD_FILES]:
             logger.warning("skipped: %s", message)
-        if len(report.bad_files) > _MAX_LISTED_BAD_FILES:
-            logger.warning("... and %d more unreadable cutouts", len(report.bad_files) - _MAX_LISTED_BAD_FILES)
+        if len(report.bad_files) > MAX_LISTED_BAD_FILES:
+            logger.warning("... and %d more unreadable cutouts", len(report.bad_files) - MAX_LISTED_BAD_FILES)
         if report.n_scored == 0 and report.bad_files:
             raise DataError(
                 f"{config.cutouts}: no cutout could be scored ({len(report.bad_files)} unreadable, "

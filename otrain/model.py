@@ -24,7 +24,7 @@ import numpy as np
 from keras import layers, ops
 
 from otrain.atomic import atomic_path, write_text_atomic
-from otrain.config import card_file
+from otrain.config import DEFAULT_DROPOUT, DEFAULT_LEARNING_RATE, card_file
 from otrain.errors import DataError, first_line
 
 __all__ = [
@@ -32,12 +32,10 @@ __all__ = [
     "NORMALISATIONS",
     "RobustScaling",
     "build_model",
-    "card_path",
     "input_shape_of",
     "last_conv_layer",
     "load_model",
     "log_visible_devices",
-    "read_card",
     "save_model",
     "write_card",
 ]
@@ -91,8 +89,8 @@ class RobustScaling(layers.Layer):
 def build_model(
     input_shape: tuple[int, int, int],
     *,
-    dropout: float = 0.3,
-    learning_rate: float = 1e-3,
+    dropout: float = DEFAULT_DROPOUT,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
     normalisation: Normalisation = "none",
     n_classes: int = 2,
 ) -> keras.Sequential:
@@ -255,11 +253,6 @@ def load_model(path: Path) -> keras.Model:
     return model
 
 
-def card_path(model_file: Path) -> Path:
-    """Return where the model card of ``model_file`` lives: ``<model>.card.json``."""
-    return card_file(model_file)
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, dict):
         return {str(key): _jsonable(item) for key, item in value.items()}
@@ -276,20 +269,9 @@ def _jsonable(value: Any) -> Any:
 
 def write_card(model_file: Path, card: dict[str, Any]) -> Path:
     """Write the model card beside a model file, atomically."""
-    path = card_path(model_file)
+    path = card_file(model_file)
     write_text_atomic(path, json.dumps(_jsonable(card), indent=2, sort_keys=True) + "\n")
     return path
-
-
-def read_card(model_file: Path) -> dict[str, Any] | None:
-    """Return the model card of ``model_file``, or None when it has none (original models)."""
-    path = card_path(model_file)
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise DataError(f"{path}: model card is not valid JSON ({error})") from None
 
 
 def main() -> None:

@@ -31,7 +31,14 @@ from otrain.datacube import Datacube, stratified_split
 from otrain.errors import DataError
 from otrain.evaluation import evaluate, write_json
 from otrain.locking import exclusive_lock
-from otrain.tracking import check_tracking_uri, read_run_file, resolve_tracking_uri, store_lock
+from otrain.tracking import (
+    RunInfo,
+    check_tracking_uri,
+    read_run_file,
+    resolve_tracking_uri,
+    store_lock,
+    using_tracking_uri,
+)
 
 __all__ = ["SPLIT_TAG", "PromotionDecision", "comparison_rows", "promote", "split_record"]
 
@@ -63,10 +70,9 @@ class PromotionDecision:
 
 
 def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float, metric: str) -> float:
-    from otrain.analysis import crop_to_model
+    from otrain.scoring import fit_to_model, predict
 
-    pixels = crop_to_model(cube.cube[rows], model, "the test cube")
-    probabilities = np.asarray(model.predict(pixels, batch_size=256, verbose=0))[:, 1]
+    probabilities = predict(model, fit_to_model(cube.cube[rows], model, "the test cube"))
     return float(evaluate(cube.labels[rows], probabilities, threshold)[metric])
 
 
@@ -205,10 +211,6 @@ def promote(config: PromoteConfig) -> PromotionDecision:
     OptionError
         When the tracking store cannot be reached (checked before anything is registered).
     """
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
     import otrain.model  # noqa: F401 - registers the custom layers for loading
 
     run = read_run_file(config.model_dir)
@@ -220,7 +222,21 @@ def promote(config: PromoteConfig) -> PromotionDecision:
     card = _training_card(config.model_dir)
     uri = resolve_tracking_uri(run.tracking_uri)
     check_tracking_uri(uri)
-    mlflow.set_tracking_uri(uri)
+    with using_tracking_uri(uri):
+        decision = _register_and_judge(config, run, card, test_file, uri)
+    if config.report is not None:
+        write_json(config.report, {key: value for key, value in asdict(decision).items() if value is not None})
+    return decision
+
+
+def _register_and_judge(
+    config: PromoteConfig, run: RunInfo, card: dict[str, Any], test_file: Path, uri: str
+) -> PromotionDecision:
+    """Register the training's model, compare it with the champion, and move the alias or not."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(uri)
     try:
         client.get_run(run.run_id)
@@ -272,8 +288,6 @@ def promote(config: PromoteConfig) -> PromotionDecision:
         if decision.promoted:
             client.set_registered_model_alias(name, config.alias, version.version)
         client.set_model_version_tag(name, version.version, "promotion", decision.reason)
-    if config.report is not None:
-        write_json(config.report, {key: value for key, value in asdict(decision).items() if value is not None})
     return decision
 
 

@@ -40,6 +40,7 @@ __all__ = [
     "resolve_tracking_uri",
     "sqlite_file",
     "store_lock",
+    "using_tracking_uri",
 ]
 
 logger = logging.getLogger("otrain")
@@ -267,13 +268,28 @@ def open_run(
     """
     import mlflow
 
-    # mlflow.set_tracking_uri also sets MLFLOW_TRACKING_URI in this process's environment;
-    # put back what was there, so that a library caller's later runs go where they expect.
+    with using_tracking_uri(tracking_uri), _run(mlflow, tracking_uri, experiment, run_name, run_id, tags) as info:
+        yield info
+
+
+@contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's module-level functions at ``tracking_uri``, then put back what was there.
+
+    ``mlflow.set_tracking_uri`` also sets ``MLFLOW_TRACKING_URI`` in this process's environment;
+    restoring it means a library caller's later runs go where they expect.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        The store to use inside the block.
+    """
+    import mlflow
+
     previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
     try:
-        with _run(mlflow, tracking_uri, experiment, run_name, run_id, tags) as info:
-            yield info
+        yield
     finally:
         mlflow.set_tracking_uri(previous)
 

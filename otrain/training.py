@@ -38,13 +38,22 @@ import numpy as np
 
 from otrain import __version__
 from otrain.atomic import atomic_path, write_text_atomic
-from otrain.config import CHECKPOINT_FOLDER, TRAINING_LOCK, TrainConfig
+from otrain.config import (
+    AUTO_BATCH_MAX,
+    AUTO_BATCH_MIN,
+    AUTO_BATCH_MIN_STEPS,
+    CHECKPOINT_FOLDER,
+    PREDICT_BATCH,
+    TRAINING_LOCK,
+    TrainConfig,
+)
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError
 from otrain.evaluation import binary_metrics, write_json
 from otrain.locking import exclusive_lock
 from otrain.outputs import HISTORY_COLUMNS
 from otrain.progress import announce
+from otrain.scoring import predict
 from otrain.tracking import (
     RunInfo,
     check_tracking_uri,
@@ -59,9 +68,6 @@ __all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_
 
 logger = logging.getLogger("otrain")
 
-_MIN_STEPS_PER_EPOCH = 20
-_MAX_BATCH = 1024
-_MIN_BATCH = 16
 #: Inside the checkpoint: the pointer to the last finished epoch, and the staged final outputs.
 POINTER = "latest.json"
 STAGING = "final"
@@ -88,9 +94,9 @@ def auto_batch_size(n_train: int) -> int:
     """Batch size for ``--batch-size auto``.
 
     The original's 1024, reduced so that an epoch has at least 20 gradient steps, never below
-    16 (nor above the training set).
+    16 (nor above the training set): ``otrain.config.AUTO_BATCH_*``.
     """
-    size = min(_MAX_BATCH, max(_MIN_BATCH, n_train // _MIN_STEPS_PER_EPOCH))
+    size = min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, n_train // AUTO_BATCH_MIN_STEPS))
     return max(1, min(size, n_train))
 
 
@@ -718,8 +724,7 @@ def _fit_and_write(
     history = checkpoint.history
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
-    test_batch = replica_batch_size(len(test_x), 256, replicas)
-    probabilities = model.predict(test_x, batch_size=test_batch, verbose=0)[:, 1]
+    probabilities = predict(model, test_x, replica_batch_size(len(test_x), PREDICT_BATCH, replicas))
     metrics = binary_metrics(test_labels, probabilities, config.threshold)
     metrics["epochs_run"] = len(history)
 

@@ -1,0 +1,171 @@
+"""Scoring a labelled cube with a model: the one place that loads, crops, predicts and splits.
+
+Every command that judges a model on a cube (otrain-diagnostics, otrain-plot-results,
+otrain-grad-cam, the promotion gate of otrain-promote, and the test metrics of otrain-train)
+goes through here, so they all crop the same way (:func:`otrain.cutouts.crop_center`, as
+otrain-convert does), predict in the same batches, and call the same candidates true or false
+positives.
+
+The decision rule is the original one: a candidate is real when P(real) > threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otrain.config import OUTCOMES, PREDICT_BATCH
+from otrain.cutouts import crop_center
+from otrain.datacube import Datacube
+from otrain.errors import DataError
+
+__all__ = [
+    "ScoredCube",
+    "fit_to_model",
+    "outcomes",
+    "predict",
+    "sample_outcomes",
+    "score_cube",
+]
+
+
+@dataclass(frozen=True)
+class ScoredCube:
+    """A labelled cube (cropped to the model's input), the model, and P(real) of every cutout."""
+
+    cube: Datacube
+    model: Any
+    probabilities: np.ndarray
+
+    def outcomes(self, threshold: float) -> dict[str, np.ndarray]:
+        """Return the rows of each outcome at ``threshold``; see :func:`outcomes`."""
+        return outcomes(self.cube.labels, self.probabilities, threshold)
+
+
+def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
+    """Centre-crop (N, H, W, C) cutouts to the model's input, as otrain-convert would.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Channels-last cutouts.
+    model : keras.Model
+        The classifier.
+    what : str
+        What the cutouts are, for the error message (a file name).
+
+    Returns
+    -------
+    numpy.ndarray
+        The cutouts themselves when they fit already, else a contiguous cropped copy.
+
+    Raises
+    ------
+    DataError
+        When the cutouts are smaller than the model's input or have another channel count.
+    """
+    from otrain.model import input_shape_of
+
+    height, width, channels = input_shape_of(model)
+    _, cube_height, cube_width, cube_channels = pixels.shape
+    if cube_channels != channels or cube_height < height or cube_width < width or height != width:
+        raise DataError(
+            f"{what}: cutouts are {cube_height}x{cube_width}x{cube_channels}, "
+            f"the model takes {height}x{width}x{channels}"
+        )
+    if (cube_height, cube_width) == (height, width):
+        return pixels
+    return np.ascontiguousarray(crop_center(pixels, height))
+
+
+def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Return P(real) of every cutout, predicted in batches of ``batch_size``.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A two-class softmax classifier (index 1 = real).
+    pixels : numpy.ndarray
+        (N, H, W, C) cutouts of the model's input shape.
+    batch_size : int
+        Cutouts per batch.
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 P(real), one per cutout.
+    """
+    return np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0))[:, 1].astype(np.float64)
+
+
+def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
+    """Load a cube and a model, check they fit, and predict P(real) once.
+
+    A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
+    one, or one with another channel count, is an error.
+
+    Raises
+    ------
+    DataError
+        On an unreadable cube or model, or shapes that do not fit.
+    """
+    from otrain.model import load_model
+
+    cube = Datacube.load(cube_path)
+    model = load_model(model_path)
+    pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
+    if pixels is not cube.cube:
+        cube = replace(cube, cube=pixels)
+    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels))
+
+
+def outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
+    """Split the rows into true/false positives/negatives at ``threshold`` (real if p > threshold).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        1 = real, 0 = bogus.
+    probabilities : numpy.ndarray
+        P(real).
+    threshold : float
+        The decision threshold.
+
+    Returns
+    -------
+    dict
+        ``TP``, ``TN``, ``FP``, ``FN`` (the order of ``otrain.config.OUTCOMES``) -> sorted row indices.
+    """
+    predicted = np.asarray(probabilities) > threshold
+    real = np.asarray(labels) == 1
+    members = {"TP": predicted & real, "TN": ~predicted & ~real, "FP": predicted & ~real, "FN": ~predicted & real}
+    return {outcome: np.flatnonzero(members[outcome]) for outcome in OUTCOMES}
+
+
+def sample_outcomes(rows: dict[str, np.ndarray], n_examples: int, seed: int) -> dict[str, np.ndarray]:
+    """Keep every misclassified row and a seeded sample of ``n_examples`` per well-classified outcome.
+
+    Parameters
+    ----------
+    rows : dict
+        The result of :func:`outcomes`.
+    n_examples : int
+        How many true positives and how many true negatives to keep (all when there are fewer).
+    seed : int
+        Seed of the choice: the same seed and rows give the same sample.
+
+    Returns
+    -------
+    dict
+        The same outcomes; TP and TN sampled, sorted; FP and FN whole.
+    """
+    rng = np.random.default_rng(seed)
+    sampled = {}
+    for outcome, members in rows.items():
+        if outcome in ("TP", "TN") and len(members) > n_examples:
+            members = np.sort(rng.choice(members, size=n_examples, replace=False))
+        sampled[outcome] = members
+    return sampled
