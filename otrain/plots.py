@@ -1,4 +1,8 @@
-"""Every figure otrain draws. Figures are written atomically and always closed."""
+"""Every figure otrain draws, written atomically.
+
+Figures are plain :class:`matplotlib.figure.Figure` objects, which need no pyplot and no GUI
+backend: importing this module changes no global matplotlib state, and nothing is left open.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -34,17 +34,14 @@ __all__ = [
 
 
 def save_figure(figure: Figure, path: Path) -> Path:
-    """Save ``figure`` as PNG to ``path`` atomically, then close it.
+    """Save ``figure`` as PNG to ``path`` atomically.
 
     The PNG's ``Software`` text chunk names otrain, so that a later run recognises the file as
     its own and may replace it (and never replaces a user's image of the same name).
     """
     software = f"{PNG_SOFTWARE} {__version__} (matplotlib {matplotlib.__version__})"
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight", metadata={"Software": software})
-    finally:
-        plt.close(figure)
+    with atomic_path(path) as temporary:
+        figure.savefig(temporary, format="png", dpi=100, bbox_inches="tight", metadata={"Software": software})
     return path
 
 
@@ -68,7 +65,8 @@ def plot_training_curve(history: Sequence[dict[str, float]], metric: str, title:
         ``path``.
     """
     epochs = [int(row["epoch"]) for row in history]
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     axes.plot(epochs, [row[metric] for row in history], marker="o", label="train")
     axes.plot(epochs, [row[f"val_{metric}"] for row in history], marker="o", label="validation")
     axes.set_xlabel("epoch")
@@ -89,7 +87,8 @@ def _zscale(image: np.ndarray) -> tuple[float, float]:
 def plot_cutout(image: np.ndarray, title: str, path: Path) -> Path:
     """Draw one cutout plane (ZScale, linear grey, origin upper, as the original) with a title."""
     low, high = _zscale(image)
-    figure, axes = plt.subplots(figsize=(3, 3.3))
+    figure = Figure(figsize=(3, 3.3))
+    axes = figure.subplots()
     axes.imshow(image, cmap="gray", vmin=low, vmax=high, origin="upper", interpolation="nearest")
     axes.set_title(title, fontsize=8)
     axes.set_xticks([])
@@ -101,7 +100,8 @@ def plot_curves_by_bin(
     curves: Sequence[dict[str, Any]], x: str, y: str, title: str, path: Path, diagonal: bool
 ) -> Path:
     """Draw one curve per value bin (ROC: x=fpr, y=tpr; precision-recall: x=recall, y=precision)."""
-    figure, axes = plt.subplots(figsize=(6, 5))
+    figure = Figure(figsize=(6, 5))
+    axes = figure.subplots()
     for curve in curves:
         axes.plot(curve[x], curve[y], label=f"{curve['low']:.3g} to {curve['high']:.3g} (n={curve['n']})")
     if diagonal:
@@ -119,7 +119,8 @@ def plot_curves_by_bin(
 
 def plot_f1_mcc(table: Sequence[dict[str, float]], best: float, path: Path) -> Path:
     """MCC against F1 over the thresholds, the best threshold (max F1 + MCC) marked."""
-    figure, axes = plt.subplots(figsize=(6, 5))
+    figure = Figure(figsize=(6, 5))
+    axes = figure.subplots()
     f1 = [row["f1"] for row in table]
     mcc = [row["mcc"] for row in table]
     axes.plot(f1, mcc, marker=".", lw=1)
@@ -137,7 +138,8 @@ def plot_f1_mcc(table: Sequence[dict[str, float]], best: float, path: Path) -> P
 
 def plot_probability_distribution(labels: np.ndarray, probabilities: np.ndarray, threshold: float, path: Path) -> Path:
     """Histograms of P(real) for the truly real and the truly bogus candidates."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     edges = np.linspace(0, 1, 21)
     axes.hist(probabilities[labels == 1], bins=edges, alpha=0.6, label="real (true class)", color="tab:blue")
     axes.hist(probabilities[labels == 0], bins=edges, alpha=0.6, label="bogus (true class)", color="tab:red")
@@ -151,7 +153,8 @@ def plot_probability_distribution(labels: np.ndarray, probabilities: np.ndarray,
 
 def plot_calibration(rows: Sequence[dict[str, float]], ece: float, path: Path) -> Path:
     """Reliability diagram: fraction of real candidates against mean P(real), per bin."""
-    figure, axes = plt.subplots(figsize=(5, 5))
+    figure = Figure(figsize=(5, 5))
+    axes = figure.subplots()
     used = [row for row in rows if row["count"]]
     axes.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
     axes.plot([row["mean_probability"] for row in used], [row["fraction_real"] for row in used], "o-", label="model")
@@ -173,7 +176,8 @@ def plot_histograms(
     lines: Sequence[float] = (),
 ) -> Path:
     """Overlaid step histograms of several groups on the same bins, optional vertical lines."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     for label, values in groups:
         weights = np.full(len(values), 1.0 / len(values)) if normalise and len(values) else None
         axes.hist(values, bins=edges, histtype="step", lw=1.5, label=f"{label} ({len(values)})", weights=weights)
@@ -198,7 +202,8 @@ def _draw_overlay(axes: Any, image: np.ndarray, cam: np.ndarray) -> None:
 
 def plot_overlay(image: np.ndarray, cam: np.ndarray, title: str, path: Path) -> Path:
     """Draw a cutout (ZScale grey) with its class activation map in "jet" at half opacity."""
-    figure, axes = plt.subplots(figsize=(3, 3.3))
+    figure = Figure(figsize=(3, 3.3))
+    axes = figure.subplots()
     _draw_overlay(axes, image, cam)
     axes.set_title(title, fontsize=7)
     return save_figure(figure, path)
@@ -210,7 +215,8 @@ def plot_overlay_grid(
     """Up to 25 overlays on a 5-column grid, one summary figure per outcome."""
     columns = 5
     rows = max(1, -(-len(images) // columns))
-    figure, axes_grid = plt.subplots(rows, columns, figsize=(2 * columns, 2 * rows + 0.5), squeeze=False)
+    figure = Figure(figsize=(2 * columns, 2 * rows + 0.5))
+    axes_grid = figure.subplots(rows, columns, squeeze=False)
     for axes in axes_grid.flat:
         axes.axis("off")
     for axes, image, cam, label in zip(axes_grid.flat, images, cams, labels, strict=False):
@@ -224,7 +230,8 @@ def plot_series(
     x: Sequence[float], series: dict[str, Sequence[float]], xlabel: str, ylabel: str, title: str, path: Path
 ) -> Path:
     """One line per named series against a shared x axis."""
-    figure, axes = plt.subplots(figsize=(6, 4))
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
     for label, values in series.items():
         axes.plot(x, values, marker="o", label=label)
     axes.set_xlabel(xlabel)
