@@ -46,7 +46,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 
 demo: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/dvc repro
-	$(BIN)/python -m otrain.summary
+	$(BIN)/otrain-summary
 	@echo
 	@echo "Look at:"
 	@echo "  data/survey/                          the synthetic survey (true/, false/, night/, truth.csv)"

@@ -2,7 +2,20 @@
 
 from __future__ import annotations
 
-__all__ = ["DataError", "OptionError", "OtrainError", "first_line"]
+__all__ = [
+    "EXIT_BAD_DATA",
+    "EXIT_BAD_OPTION",
+    "EXIT_INTERRUPTED",
+    "DataError",
+    "OptionError",
+    "OtrainError",
+    "first_line",
+]
+
+#: Exit statuses: bad data or failed work, bad options, interrupted (128 + SIGINT).
+EXIT_BAD_DATA = 1
+EXIT_BAD_OPTION = 2
+EXIT_INTERRUPTED = 130
 
 
 def first_line(error: BaseException) -> str:
@@ -31,16 +44,16 @@ class OtrainError(Exception):
         The process exit status the command-line layer uses for this error.
     """
 
-    exit_code = 1
+    exit_code = EXIT_BAD_DATA
 
 
 class DataError(OtrainError):
     """Input data (a file, a folder's content) breaks a rule; exit status 1."""
 
-    exit_code = 1
+    exit_code = EXIT_BAD_DATA
 
 
 class OptionError(OtrainError):
     """An option's value is wrong in a way only visible after validation; exit status 2."""
 
-    exit_code = 2
+    exit_code = EXIT_BAD_OPTION

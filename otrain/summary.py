@@ -1,24 +1,16 @@
 """Summarise a pipeline run: test metrics, the promotion gate's decision, the champion.
 
-``python -m otrain.summary`` prints the short text ``make demo`` ends with;
-``python -m otrain.summary --markdown FILE`` appends the same as Markdown tables to FILE (the
-retraining workflow passes ``$GITHUB_STEP_SUMMARY``). Run it in a folder where the pipeline
-(dvc.yaml) has run.
+The text and Markdown of ``otrain-summary`` (:mod:`otrain.cli.summary`), from the pipeline's
+``diagnostics.json`` and ``promotion.json``.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
 from typing import Any
 
-__all__ = ["main", "markdown_summary", "text_summary"]
+__all__ = ["markdown_summary", "text_summary"]
 
 _METRICS = ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "average_precision", "best_threshold")
-DIAGNOSTICS = Path("reports/diagnostics/diagnostics.json")
-PROMOTION = Path("reports/promotion.json")
 
 
 def _number(value: Any) -> str:
@@ -78,27 +70,3 @@ def markdown_summary(metrics: dict[str, Any], decision: dict[str, Any], title: s
         lines.append("| champion before | none | n/a |")
     lines += ["", f"**{_verdict(decision)}**: {decision['reason']}.", ""]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Print (or append as Markdown) the summary; return 1 when the pipeline's reports are missing."""
-    parser = argparse.ArgumentParser(prog="python -m otrain.summary", description=__doc__.splitlines()[0])
-    parser.add_argument("--markdown", type=Path, help="append a Markdown report to this file instead of printing")
-    parser.add_argument("--title", default="otrain retraining", help="heading of the Markdown report")
-    options = parser.parse_args(argv)
-    if not DIAGNOSTICS.is_file() or not PROMOTION.is_file():
-        print(f"no pipeline reports here ({DIAGNOSTICS}, {PROMOTION}): run `dvc repro` first", file=sys.stderr)
-        return 1
-    metrics = json.loads(DIAGNOSTICS.read_text())
-    decision = json.loads(PROMOTION.read_text())
-    if options.markdown is None:
-        print(text_summary(metrics, decision))
-        return 0
-    with open(options.markdown, "a") as stream:
-        stream.write(markdown_summary(metrics, decision, options.title))
-    print(f"summary appended to {options.markdown}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -53,5 +53,5 @@ if [ -n "${DVC_REMOTE_URL:-}" ]; then
     log "dvc push"
     dvc push
 fi
-python -m otrain.summary
-python -m otrain.summary --markdown "$summary"
+otrain-summary
+otrain-summary --markdown "$summary"

@@ -5,6 +5,21 @@ A command is a config model (:mod:`otrain.config`) plus an action taking the val
 turns every expected failure into one line on standard error with the right exit status,
 and prints generated help for ``-h``/``--help`` without importing anything heavy.
 
+Fire stays the parser (the commands are built on it), but used as is it would break the
+original commands' interface, so this layer corrects five of its behaviours, and nothing more:
+
+* **Values keep the text the user typed.** Fire evaluates values as Python literals:
+  ``--cutouts 2024`` becomes an int, ``--cube 1_000`` the number 1000, ``--name 1e3`` a float.
+  Each value is passed to Fire quoted, and pydantic does the typing.
+* **Several values after one option** (the original's ``--maglim 12 18 21``, argparse's
+  ``nargs='+'``) are gathered into one list; Fire would take the first and reject the others.
+* **``--no-x`` switches**: Fire only knows ``--nox``; DVC templating and users write
+  ``--no-tracking``.
+* **An option given without a value** is an error; Fire would silently make it ``True``.
+* **Help and errors**: Fire's help describes the Python function, and its errors print a usage
+  trace. Help is generated from the config model (every option, type, default), a stray
+  positional argument or an invalid value is one line naming the option, exit status 2.
+
 Exit status: 0 success, 1 bad data or failed work, 2 bad options, 130 interrupted.
 """
 
@@ -25,13 +40,9 @@ import fire
 from pydantic import ValidationError
 
 from otrain.config import CommandConfig
-from otrain.errors import OtrainError
+from otrain.errors import EXIT_BAD_OPTION, EXIT_INTERRUPTED, OtrainError
 
-__all__ = ["EXIT_BAD_DATA", "EXIT_BAD_OPTION", "parse_options", "render_help", "run_command"]
-
-EXIT_BAD_DATA = 1
-EXIT_BAD_OPTION = 2
-EXIT_INTERRUPTED = 130
+__all__ = ["parse_options", "render_help", "run_command"]
 
 
 class _CommandLineError(Exception):
