@@ -5,6 +5,9 @@
 # inside the build trusts the same certificates as pip on the host.
 #
 # usage: docker/base-image.sh [OFFICIAL_IMAGE]      (needs a running engine; DOCKER_HOST is honoured)
+#
+# Installing debootstrap needs root and OTRAIN_INSTALL_SYSTEM_PACKAGES=1 (.ci/run sets it);
+# otherwise its absence exits with status 3 and says what to run.
 set -euo pipefail
 
 official=${1:-python:3.11-slim}
@@ -24,9 +27,10 @@ if docker image inspect "$local_image" >/dev/null 2>&1; then
     exit 0
 fi
 if ! command -v debootstrap >/dev/null 2>&1; then
-    if [ "$(id -u)" != 0 ]; then
-        log "$official cannot be pulled and debootstrap is not installed (apt-get install debootstrap, as root)"
-        exit 1
+    if [ "$(id -u)" != 0 ] || [ "${OTRAIN_INSTALL_SYSTEM_PACKAGES:-0}" != 1 ]; then
+        log "$official cannot be pulled and debootstrap is not installed: install it (apt-get install" \
+            "debootstrap), or run OTRAIN_INSTALL_SYSTEM_PACKAGES=1 make docker-test as root to let otrain install it"
+        exit 3
     fi
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi

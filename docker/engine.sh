@@ -9,6 +9,9 @@
 # log; the data root is kept between runs as a layer cache. The engine creates no bridge network
 # and touches no iptables rules: builds use --network host, containers --network none or host.
 # OTRAIN_DOCKER_GROUP (default docker) owns its socket, as Debian's engine does.
+#
+# Installing Debian's docker.io needs root and OTRAIN_INSTALL_SYSTEM_PACKAGES=1 (.ci/run sets
+# it); otherwise a missing engine exits with status 3 and says what to run.
 set -euo pipefail
 
 root=${OTRAIN_DOCKER_ROOT:-/var/tmp/otrain-docker}
@@ -30,9 +33,14 @@ start() {
     fi
     if [ "$(id -u)" != 0 ]; then
         log "no Docker engine answers, and starting one needs root (or set DOCKER_HOST)"
-        exit 1
+        exit 3
     fi
     if ! command -v dockerd >/dev/null 2>&1; then
+        if [ "${OTRAIN_INSTALL_SYSTEM_PACKAGES:-0}" != 1 ]; then
+            log "no Docker engine answers and none is installed: install one (apt-get install docker.io), or run" \
+                "OTRAIN_INSTALL_SYSTEM_PACKAGES=1 make docker-test as root to let otrain install Debian's docker.io"
+            exit 3
+        fi
         log "installing Debian's docker.io"
         apt-get update -qq
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends docker.io >/dev/null

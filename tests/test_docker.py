@@ -1,8 +1,10 @@
 """The CPU image for real: build it and run the pipeline in it, with the README's own commands.
 
 A Docker engine is reused when one answers, otherwise Debian's engine is started with its own
-data root and socket (docker/engine.sh) and stopped at the end. The README's "docker-test"
-blocks are what runs: the build block from the repository root, the run block in an empty
+data root and socket (docker/engine.sh) and stopped at the end. Installing the engine or
+debootstrap is left to the machine's owner: without them (and without
+OTRAIN_INSTALL_SYSTEM_PACKAGES=1, which .ci/run sets) these tests are skipped with the reason.
+The README's "docker-test" blocks are what runs: the build block from the repository root, the run block in an empty
 folder bind-mounted into the container, as a non-root caller (when the tests run as root, as
 an unprivileged account in the engine's socket group), whose files must stay its own.
 """
@@ -27,6 +29,9 @@ IMAGE_UID = 10001
 CALLER_UID = 4242
 
 pytestmark = pytest.mark.docker
+#: docker/engine.sh and docker/base-image.sh: what they need is missing and may not be installed.
+ENGINE_UNAVAILABLE = 3
+RUN_THEM = "make docker-test"
 
 
 def readme_block(name: str) -> str:
@@ -59,6 +64,8 @@ def docker_env() -> Iterator[dict[str, str]]:
     """Environment whose DOCKER_HOST reaches an engine; an engine started here is stopped after."""
     engine = ROOT / "docker" / "engine.sh"
     started = subprocess.run([str(engine), "start"], capture_output=True, text=True, check=False, timeout=600)
+    if started.returncode == ENGINE_UNAVAILABLE:
+        pytest.skip(f"no Docker engine: {started.stderr.strip()} (then: {RUN_THEM})")
     assert started.returncode == 0, started.stderr
     env = {**os.environ, "DOCKER_HOST": started.stdout.strip()}
     try:
@@ -77,6 +84,11 @@ def docker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def image(docker_env: dict[str, str]) -> str:
     """The CPU image, built by the README's build block."""
+    base = subprocess.run(
+        [str(ROOT / "docker" / "base-image.sh")], capture_output=True, text=True, env=docker_env, timeout=1800
+    )
+    if base.returncode == ENGINE_UNAVAILABLE:
+        pytest.skip(f"no base image: {base.stderr.strip()} (then: {RUN_THEM})")
     run_readme_block("build", ROOT, docker_env)
     size = int(docker(docker_env, "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
     print(f"\n{IMAGE}: {size / 1e9:.2f} GB")
