@@ -1,6 +1,6 @@
 """Reading candidate cutout FITS files into pixels and metadata.
 
-Two conventions are understood (reference section 2.1):
+Two conventions are understood (docs/original-otrain.md#cutout-fits-files):
 
 * **gmadet**: one HDU; the image and the candidate's keywords are in the primary HDU, and
   ``EDGE`` is the string ``"True"``/``"False"``.
@@ -391,7 +391,7 @@ def _find_diff(hdul: fits.HDUList) -> int | None:
 
 
 def _meta(primary: Header, diff: Header | None, path: Path) -> CutoutMeta:
-    """Collect metadata; STDPipe files use the original's fallback order (reference 2.1)."""
+    """Collect metadata; STDPipe files use the original's fallbacks (docs/original-otrain.md#cutout-fits-files)."""
     if diff is None:
         convention: Literal["gmadet", "stdpipe"] = "gmadet"
         mag, magerr = _card(primary, "MAG"), _card(primary, "MAGERR")

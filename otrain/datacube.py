@@ -1,6 +1,6 @@
 """The Datacube: cutout pixels with labels and metadata, its ``.npz`` file, balancing and splits.
 
-The ``.npz`` layout is the original O'TRAIN one (reference section 2.2): keys ``cube``
+The ``.npz`` layout is the original O'TRAIN one (docs/original-otrain.md#datacubes): keys ``cube``
 (float32, N x H x W x C), ``labels`` (1 = real, 0 = bogus), ``mags``, ``errmags``, ``filters``,
 ``fwhms`` and ``candids``. Readers accept 1-D labels and one-hot (N, 2) labels (the original
 ``cube_validation.npz``). Files are written atomically and byte-for-byte reproducibly (fixed zip

@@ -1,9 +1,10 @@
 """The O'TRAIN CNN: build, save and load it, with a JSON model card beside every model file.
 
-The architecture is the one of reference section 3, layer for layer (same order, shapes and
-parameter counts), for any H x W x C input: two 3x3 convolutions, average pooling, dropout, a
-convolution, max pooling, dropout, two convolutions, max pooling, then dense 512 / dropout /
-dense 256 / softmax over two classes (index 1 = real). An optional normalisation layer can
+The architecture is the original O'TRAIN one (Makhlouf et al. 2022, A&A 664, A81; layer by
+layer in docs/original-otrain.md#the-network): same order, shapes and parameter counts, for
+any H x W x C input: two 3x3 convolutions, average pooling, dropout, a convolution, max
+pooling, dropout, two convolutions, max pooling, then dense 512 / dropout / dense 256 /
+softmax over two classes (index 1 = real). An optional normalisation layer can
 sit in front of it, inside the model, so that every model always takes raw pixels.
 
 Models are saved as ``.keras`` by default and as legacy HDF5 when the file name ends in

@@ -134,7 +134,7 @@ def test_same_seed_same_metrics(workspace: Path) -> None:
 
 
 def original_otrain_network(size: int) -> object:
-    """The network of reference section 3, built with plain Keras as the original did."""
+    """The original network (docs/original-otrain.md#the-network), built with plain Keras as the original did."""
     import keras
     from keras import layers
 
