@@ -73,6 +73,16 @@ def test_every_metric_against_a_hand_computed_case() -> None:
     assert len(table) == 101
     assert table[50]["threshold"] == 0.5
     assert (table[50]["tp"], table[50]["fp"], table[50]["tn"], table[50]["fn"]) == (2, 1, 3, 2)
+    at_half = {key: table[50][key] for key in ("accuracy", "precision", "recall", "f1", "mcc", "fpr", "fnr")}
+    assert at_half == pytest.approx({key: result[key] for key in at_half})
+    # t = 0.2: 0.2 and 0.1 bogus, everything else real: TP 4, FP 2, TN 2, FN 0.
+    assert table[20]["precision"] == pytest.approx(4 / 6)
+    assert table[20]["recall"] == 1.0
+    assert table[20]["mcc"] == pytest.approx(result["best_mcc"])
+    assert table[20]["fnr"] == 0.0
+    # t = 1: nothing is called real; precision and MCC have no value and read 0, as in scikit-learn.
+    assert (table[100]["tp"], table[100]["fp"], table[100]["precision"], table[100]["mcc"]) == (0, 0, 0.0, 0.0)
+    assert (table[100]["fpr"], table[100]["fnr"], table[100]["accuracy"]) == (0.0, 1.0, 0.5)
 
 
 def test_calibration_error() -> None:
@@ -123,6 +133,26 @@ def test_diagnostics_json_holds_scikit_learns_figures_for_the_models_predictions
     assert len(read_csv(out / "threshold_table.csv")) == 101
     assert (out / "notes.txt").read_text() == "mine"
     assert (folders / "misclassified" / "images_FP" / "keep.txt").read_text() == "mine too"
+
+
+def test_diagnostics_exports_n_examples_chosen_by_seed(trained: Path, tmp_path: Path) -> None:
+    cube_file, model = trained / "test_set/datacube/cube_test.npz", trained / "tiny.keras"
+
+    def exported(out: Path, *extra: str) -> dict[str, bytes]:
+        options = ("--path-cube-validation", cube_file, "--model-path", model, "--path-diagnostics", out)
+        assert call_main(diagnostics_main, *options, "--no-tracking", *extra) == 0
+        return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("cutout_*.png"))}
+
+    first = exported(tmp_path / "a", "--n-examples", "2", "--seed", "5")
+    again = exported(tmp_path / "b", "--n-examples", "2", "--seed", "5")
+    other = exported(tmp_path / "c", "--n-examples", "2", "--seed", "6")
+    metrics = json.loads((tmp_path / "a" / "diagnostics.json").read_text())
+    well = [name for name in first if "well_classified" in name]
+    assert len(well) == min(metrics["tp"], 2) + min(metrics["tn"], 2) == 4
+    assert len(first) - len(well) == metrics["fp"] + metrics["fn"]
+    assert first == again  # the same candidates, drawn the same way
+    assert {name: first[name] for name in well} != {name: other[name] for name in well}
+    assert len(exported(tmp_path / "d", "--n-examples", "0")) == metrics["fp"] + metrics["fn"]
 
 
 def test_plot_results_figures_and_their_data(trained: Path, tmp_path: Path) -> None:

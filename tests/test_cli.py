@@ -26,6 +26,7 @@ COMMANDS = {
     "otrain-grad-cam": cfg.GradCamConfig,
     "otrain-promote": cfg.PromoteConfig,
     "otrain-check-params": cfg.CheckParamsConfig,
+    "otrain-summary": cfg.SummaryConfig,
 }
 
 
@@ -229,3 +230,43 @@ def test_check_params_passes_a_good_file_and_names_the_first_mistake(
     assert call_main(check_params_main, "--params", good, "--stamp", notes) == 2
     assert "--stamp: " in capsys.readouterr().err
     assert notes.read_text() == "my notes"
+
+
+def test_summary_prints_the_pipelines_reports_and_appends_markdown(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otrain.cli.summary import main as summary_main
+
+    diagnostics, promotion = tmp_path / "diagnostics.json", tmp_path / "promotion.json"
+    diagnostics.write_text('{"n": 120, "threshold": 0.5, "accuracy": 0.9125, "mcc": 0.8, "roc_auc": null}')
+    promotion.write_text(
+        '{"registered_name": "otrain-cnn", "version": "3", "promoted": false, "metric": "mcc", "new_value": 0.8,'
+        ' "champion_version": "2", "champion_value": 0.85, "reason": "mcc 0.8000 < champion v2 0.8500 - 0.005"}'
+    )
+    reports = ("--diagnostics", diagnostics, "--promotion", promotion)
+    assert call_main(summary_main, *reports) == 0
+    text = capsys.readouterr().out
+    assert "Test set (120 candidates, real if P(real) > 0.5):" in text
+    assert "accuracy             0.9125" in text
+    assert "roc_auc              n/a" in text
+    assert "otrain-cnn version 3 is not the champion" in text
+    markdown = tmp_path / "summary.md"
+    markdown.write_text("# earlier\n")
+    for _ in range(2):
+        assert call_main(summary_main, *reports, "--markdown", markdown, "--title", "Nightly") == 0
+    appended = markdown.read_text()
+    assert appended.startswith("# earlier\n## Nightly\n")
+    assert appended.count("## Nightly") == 2
+    assert "| champion before | 2 | 0.8500 |" in appended
+    capsys.readouterr()
+    assert call_main(summary_main, "--diagnostics", tmp_path / "none.json", "--promotion", promotion) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"otrain-summary: error: --diagnostics: file '{tmp_path / 'none.json'}' does not exist"
+    )
+    promotion.write_text("{}")
+    assert call_main(summary_main, *reports) == 1
+    assert capsys.readouterr().err.strip() == (
+        f"otrain-summary: error: {promotion}: not an otrain report (no 'registered_name'); run `dvc repro` first"
+    )
+    assert call_main(summary_main, *reports, "--markdown", diagnostics) == 2
+    assert "is one of the reports it summarises" in capsys.readouterr().err

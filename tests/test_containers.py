@@ -6,7 +6,9 @@ The images themselves are built and run in test_docker.py.
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -203,3 +205,21 @@ def test_docker_context_is_an_allowlist() -> None:
         for sources in copied:
             for source in sources.split():
                 assert source.rstrip("/") in allowed, f"{dockerfile.name} copies {source}, which .dockerignore drops"
+
+
+@pytest.mark.parametrize("script", ["engine.sh", "base-image.sh"])
+def test_system_packages_are_installed_only_when_allowed(tmp_path: Path, script: str) -> None:
+    """Without an engine (or debootstrap) and without OTRAIN_INSTALL_SYSTEM_PACKAGES=1, the scripts
+    install nothing: status 3 (the container tests then skip) and the command that runs them."""
+    tools = tmp_path / "bin"  # what the scripts need, and no docker, dockerd, debootstrap or apt-get
+    tools.mkdir()
+    for tool in ("bash", "timeout", "id", "mkdir", "cat"):
+        (tools / tool).symlink_to(shutil.which(tool))
+    env = {"PATH": str(tools), "OTRAIN_DOCKER_ROOT": str(tmp_path / "engine"), "HOME": str(tmp_path)}
+    command = [str(ROOT / "docker" / script)] + (["start"] if script == "engine.sh" else [])
+    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=300)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == ""
+    if os.geteuid() == 0:
+        assert "OTRAIN_INSTALL_SYSTEM_PACKAGES=1 make docker-test" in result.stderr
+    assert not (tmp_path / "engine").exists()

@@ -412,6 +412,21 @@ def test_promotion_gate_keeps_a_better_champion(
     assert client.get_model_version("gate", "2").tags["promotion"].startswith("mcc ")
 
 
+def test_promote_leaves_the_processs_tracking_uri_as_it_found_it(
+    trained: Path, tracking_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without MLFLOW_TRACKING_URI the gate uses the store named in mlflow_run.json, and only inside."""
+    from mlflow.tracking import MlflowClient
+
+    from otrain.cli.promote import main as promote_main
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert json.loads((trained / "mlflow_run.json").read_text())["tracking_uri"] == tracking_uri
+    assert call_main(promote_main, "--model-dir", trained, "--registered-name", "restored") == 0
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    assert MlflowClient(tracking_uri).get_model_version_by_alias("restored", "champion").version == "1"
+
+
 # ---------------------------------------------------------------------------------------------
 # What otrain-infer may write.
 

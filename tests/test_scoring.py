@@ -1,0 +1,89 @@
+"""otrain.scoring: the crop, the batched prediction, the outcomes and the sampling, on a real model."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from otrain.errors import DataError
+from otrain.scoring import fit_to_model, outcomes, predict, sample_outcomes
+
+
+@pytest.fixture(scope="module")
+def model_16() -> object:
+    from otrain.model import build_model
+
+    return build_model((16, 16, 1))
+
+
+@pytest.mark.parametrize("size", [16, 17, 21, 24])
+def test_cubes_are_centre_cropped_like_otrain_convert(model_16: object, size: int) -> None:
+    cube = np.arange(3 * size * size, dtype=np.float32).reshape(3, size, size, 1)
+    cropped = fit_to_model(cube, model_16, "cube.npz")
+    start = size // 2 - 8  # the original's crop: from dim // 2 - size // 2
+    assert cropped.shape == (3, 16, 16, 1)
+    assert cropped.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(cropped, cube[:, start : start + 16, start : start + 16, :])
+    if size == 16:
+        assert cropped is cube  # nothing copied when the cube fits already
+
+
+@pytest.mark.parametrize(("shape", "described"), [((2, 12, 12, 1), "12x12x1"), ((2, 16, 16, 3), "16x16x3")])
+def test_cubes_that_do_not_fit_are_one_data_error(model_16: object, shape: tuple[int, ...], described: str) -> None:
+    with pytest.raises(DataError, match=f"^cube.npz: cutouts are {described}, the model takes 16x16x1$"):
+        fit_to_model(np.zeros(shape, np.float32), model_16, "cube.npz")
+
+
+def test_batched_prediction_is_the_models_own_in_any_batch_size(model_16: object) -> None:
+    cube = np.random.default_rng(1).normal(size=(37, 16, 16, 1)).astype(np.float32)
+    whole = np.asarray(model_16(cube, training=False))[:, 1]  # one call, no batching
+    for batch_size in (1, 5, 256):
+        p_real = predict(model_16, cube, batch_size)
+        assert p_real.dtype == np.float64
+        assert p_real.shape == (37,)
+        np.testing.assert_allclose(p_real, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_outcomes_of_a_hand_worked_case() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1])
+    p_real = np.array([0.9, 0.6, 0.4, 0.7, 0.2, 0.1, 0.5, 0.5])  # 0.5 itself is bogus at 0.5
+    rows = outcomes(labels, p_real, 0.5)
+    assert list(rows) == ["TP", "TN", "FP", "FN"]
+    assert {key: value.tolist() for key, value in rows.items()} == {
+        "TP": [0, 1],
+        "TN": [4, 5, 6],
+        "FP": [3],
+        "FN": [2, 7],
+    }
+
+
+def test_sampling_keeps_every_mistake_and_a_seeded_sample_of_the_rest() -> None:
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 2, 500)
+    p_real = rng.uniform(size=500)
+    rows = outcomes(labels, p_real, 0.5)
+    first = sample_outcomes(rows, 7, seed=11)
+    again = sample_outcomes(rows, 7, seed=11)
+    other = sample_outcomes(rows, 7, seed=12)
+    for outcome in ("FP", "FN"):
+        np.testing.assert_array_equal(first[outcome], rows[outcome])
+    for outcome in ("TP", "TN"):
+        assert len(first[outcome]) == 7
+        assert set(first[outcome]) <= set(rows[outcome])
+        assert np.all(np.diff(first[outcome]) > 0)  # sorted, no repeats
+        np.testing.assert_array_equal(first[outcome], again[outcome])
+    assert any(not np.array_equal(first[key], other[key]) for key in ("TP", "TN"))
+    few = sample_outcomes(rows, 10_000, seed=11)
+    assert all(np.array_equal(few[key], rows[key]) for key in rows)  # fewer than asked: all of them
+
+
+def test_importing_the_figures_sets_no_matplotlib_backend() -> None:
+    probe = (
+        "import sys, matplotlib; before = dict.__getitem__(matplotlib.rcParams, 'backend'); import otrain.plots; "
+        "print('matplotlib.pyplot' in sys.modules, dict.__getitem__(matplotlib.rcParams, 'backend') == before)"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "True"]
