@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from otrain.simulate.physics import (
+    FWHM_PER_SIGMA,
     Observation,
     Scene,
     centre_on_peak,
@@ -31,6 +32,7 @@ __all__ = [
     "KINDS",
     "REAL_KINDS",
     "Kind",
+    "KindFunction",
     "SimulatedCandidate",
     "Site",
     "render_candidate",
@@ -110,7 +112,7 @@ def point_on_galaxy(site: Site, rng: np.random.Generator) -> Scene:
     scale = float(rng.uniform(1.0, 4.0))
     offset_r, offset_angle = rng.uniform(0.0, 1.5) * scale * 1.7, rng.uniform(0, 2 * math.pi)
     gy, gx = site.y + offset_r * math.sin(offset_angle), site.x + offset_r * math.cos(offset_angle)
-    smoothing = math.hypot(scale, observation.fwhm / 2.3548)
+    smoothing = math.hypot(scale, observation.fwhm / FWHM_PER_SIGMA)
     q, angle = float(rng.uniform(0.4, 1.0)), float(rng.uniform(0, math.pi))
     galaxy = exponential_disc(n, gy, gx, smoothing, q, angle)
     shifted = exponential_disc(
@@ -232,7 +234,8 @@ def masked_edge(site: Site, rng: np.random.Generator) -> Scene:
     return _charge_only(site, ramp * rng.uniform(0.5, 1.5, (n, n)), mask=mask)
 
 
-#: Every candidate kind, by name. The order is part of the seeded draws: new kinds go last.
+#: Every candidate kind, by name. Within a class, the order maps the seeded draws to kinds:
+#: reordering changes every survey, so a new kind goes at the end.
 KINDS: dict[str, Kind] = {
     "point": Kind(point, real=True, share=0.75),
     "point_on_galaxy": Kind(point_on_galaxy, real=True, share=0.25),

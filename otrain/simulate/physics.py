@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "FWHM_PER_SIGMA",
     "Observation",
     "Scene",
     "centre_on_peak",
@@ -24,7 +25,11 @@ __all__ = [
     "psf",
 ]
 
-FILTERS = ("g", "r", "i", "z", "Clear")
+_FILTERS = ("g", "r", "i", "z", "Clear")
+#: FWHM of a Gaussian in units of its sigma, rounded: astropy's exact
+#: ``gaussian_sigma_to_fwhm`` (2.3548200) moves every limiting flux by 8.5e-6, enough to change
+#: some Poisson draws, and with them every later draw of a seeded survey.
+FWHM_PER_SIGMA = 2.3548
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class Observation:
     @property
     def limiting_flux(self) -> float:
         """5-sigma point-source flux, electrons (noise-equivalent area of the PSF)."""
-        sigma = self.fwhm / 2.3548
+        sigma = self.fwhm / FWHM_PER_SIGMA
         return 5.0 * self.pixel_sigma * math.sqrt(4.0 * math.pi * sigma**2)
 
     @property
@@ -77,7 +82,7 @@ def draw_observation(rng: np.random.Generator) -> Observation:
         gain=float(rng.uniform(0.8, 3.0)),
         zero_point=float(rng.uniform(24.0, 27.0)),
         reference_depth=int(rng.integers(3, 10)),
-        band=str(rng.choice(FILTERS, p=[0.2, 0.3, 0.2, 0.1, 0.2])),
+        band=str(rng.choice(_FILTERS, p=[0.2, 0.3, 0.2, 0.1, 0.2])),
         saturation=float(rng.uniform(4e4, 1.5e5)),
     )
 
@@ -176,7 +181,7 @@ def deposit_line(n: int, y0: float, x0: float, length: float, angle: float, tota
 # Exposure, noise and subtraction.
 
 
-@dataclass
+@dataclass(frozen=True)
 class Scene:
     """Expected electrons in the science and reference images, and extra science charge.
 
@@ -279,7 +284,7 @@ def measure(difference: np.ndarray, observation: Observation) -> tuple[float, fl
     weights = np.where(window, difference, 0.0)
     if weights.sum() > 0 and np.count_nonzero(window) >= 2:
         second_moment = float((weights * r2).sum() / weights.sum()) / 2.0
-        fwhm = 2.3548 * math.sqrt(max(second_moment, 0.05))
+        fwhm = FWHM_PER_SIGMA * math.sqrt(max(second_moment, 0.05))
     else:
         fwhm = observation.fwhm
     return mag, magerr, fwhm
