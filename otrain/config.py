@@ -303,6 +303,12 @@ class CommandConfig(BaseModel):
 # The commands.
 
 
+#: What otrain-simulate writes into --out, and replaces only with --overwrite.
+SIMULATE_OUTPUTS = ("true", "false", "night", "truth.csv")
+#: Written last into --out by otrain-simulate: proves the survey there is its own.
+SIMULATE_MARKER = ".otrain-simulate.json"
+
+
 class SimulateConfig(CommandConfig):
     """Write the built-in synthetic survey: labelled true/false cutouts, a night of candidates.
 
@@ -341,13 +347,13 @@ class SimulateConfig(CommandConfig):
     @model_validator(mode="after")
     def _refuse_to_overwrite(self) -> SimulateConfig:
         self.check_option_rules(self.__dict__)
-        clashing = [name for name in ("true", "false", "night", "truth.csv") if (self.out / name).exists()]
+        clashing = [name for name in SIMULATE_OUTPUTS if (self.out / name).exists()]
         if clashing and not self.overwrite:
             raise ValueError(
                 f"--out: {str(self.out)!r} already holds a survey ({', '.join(clashing)}); "
                 "pass --overwrite to replace it"
             )
-        if clashing and not (self.out / ".otrain-simulate.json").is_file():
+        if clashing and not (self.out / SIMULATE_MARKER).is_file():
             raise ValueError(
                 f"--out: {str(self.out)!r} holds {', '.join(clashing)} that otrain-simulate did not write; "
                 "refusing to replace them, choose another folder"

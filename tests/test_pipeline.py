@@ -420,7 +420,7 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
     before = changes(scratch, uri)
     changed_by = {
         "otrain/training.py": {"train", "optimise_dataset_size"},
-        "otrain/simulate.py": {"simulate"},
+        "otrain/simulate/physics.py": {"simulate"},
         "otrain/checkinfer.py": {"checkinfer"},
         "otrain/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer", "promote"}
         | {"optimise_dataset_size"},

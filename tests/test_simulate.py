@@ -17,7 +17,7 @@ from otrain.cli.convert import main as convert_main
 from otrain.cli.simulate import main as simulate_main
 from otrain.cutouts import list_cutouts, read_cutout, read_header
 from otrain.datacube import Datacube
-from otrain.simulate import BOGUS_KINDS, REAL_KINDS
+from otrain.simulate import BOGUS_KINDS, KINDS, REAL_KINDS, Kind, Scene, Site, draw_observation, render_candidate
 
 INFER_KEYWORDS = ("CANDID", "RA", "DEC", "FILE", "XPOS", "YPOS", "MAG", "MAGERR", "FWHM", "FWHMPSF", "EDGE")
 
@@ -192,3 +192,36 @@ def test_bad_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert simulate(tmp_path / "x", n_true=0, n_false=0, n_night=0) == 2
     assert "at least one must be positive" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def satellite_trail(site: Site, rng: np.random.Generator) -> Scene:
+    """A kind the simulator does not have: a bright trail along the whole central row."""
+    deposits = site.blank()
+    deposits[site.n // 2, :] = 50.0 * site.observation.pixel_sigma
+    return Scene(science=site.blank(), reference=site.blank(), deposits=deposits)
+
+
+def looks_like_a_trail(pixels: np.ndarray) -> bool:
+    n = pixels.shape[0]
+    return bool(np.median(pixels[n // 2, :]) > 10 * np.std(pixels[:4, :]))
+
+
+def test_a_new_kind_is_one_function_and_one_table_entry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    observation = draw_observation(np.random.default_rng(0))
+    with pytest.raises(ValueError, match="unknown candidate kind 'satellite_trail'"):
+        render_candidate("satellite_trail", 24, observation, np.random.default_rng(1))
+    assert not looks_like_a_trail(render_candidate("noise_peak", 24, observation, np.random.default_rng(1)).pixels)
+
+    monkeypatch.setitem(KINDS, "satellite_trail", Kind(satellite_trail, real=False, share=0.5))
+    candidate = render_candidate("satellite_trail", 24, observation, np.random.default_rng(1))
+    assert candidate.kind == "satellite_trail"
+    assert looks_like_a_trail(candidate.pixels)
+    assert BOGUS_KINDS["satellite_trail"] == 0.5
+    assert "satellite_trail" not in REAL_KINDS
+
+    # The survey draws it among the bogus cutouts, in its share (0.5 of 1.5), and labels it bogus.
+    assert simulate(tmp_path / "s", "--workers", "1", n_true=10, n_false=60, n_night=0) == 0
+    trails = [row for row in truth(tmp_path / "s") if row["kind"] == "satellite_trail"]
+    assert 10 <= len(trails) <= 30
+    assert {(row["set"], row["label"]) for row in trails} == {("false", "0")}
+    assert all(looks_like_a_trail(read_cutout(tmp_path / "s" / row["path"]).pixels[:, :, 0]) for row in trails)
