@@ -13,9 +13,9 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import numpy as np
+from astropy.stats import gaussian_fwhm_to_sigma
 
 from otrain.simulate.physics import (
-    FWHM_PER_SIGMA,
     Observation,
     Scene,
     centre_on_peak,
@@ -112,7 +112,7 @@ def point_on_galaxy(site: Site, rng: np.random.Generator) -> Scene:
     scale = float(rng.uniform(1.0, 4.0))
     offset_r, offset_angle = rng.uniform(0.0, 1.5) * scale * 1.7, rng.uniform(0, 2 * math.pi)
     gy, gx = site.y + offset_r * math.sin(offset_angle), site.x + offset_r * math.cos(offset_angle)
-    smoothing = math.hypot(scale, observation.fwhm / FWHM_PER_SIGMA)
+    smoothing = math.hypot(scale, observation.fwhm * gaussian_fwhm_to_sigma)
     q, angle = float(rng.uniform(0.4, 1.0)), float(rng.uniform(0, math.pi))
     galaxy = exponential_disc(n, gy, gx, smoothing, q, angle)
     shifted = exponential_disc(

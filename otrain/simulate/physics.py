@@ -10,9 +10,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
+from astropy.stats import gaussian_fwhm_to_sigma, gaussian_sigma_to_fwhm
 
 __all__ = [
-    "FWHM_PER_SIGMA",
     "Observation",
     "Scene",
     "centre_on_peak",
@@ -26,10 +26,6 @@ __all__ = [
 ]
 
 _FILTERS = ("g", "r", "i", "z", "Clear")
-#: FWHM of a Gaussian in units of its sigma, rounded: astropy's exact
-#: ``gaussian_sigma_to_fwhm`` (2.3548200) moves every limiting flux by 8.5e-6, enough to change
-#: some Poisson draws, and with them every later draw of a seeded survey.
-FWHM_PER_SIGMA = 2.3548
 
 
 @dataclass(frozen=True)
@@ -55,7 +51,7 @@ class Observation:
     @property
     def limiting_flux(self) -> float:
         """5-sigma point-source flux, electrons (noise-equivalent area of the PSF)."""
-        sigma = self.fwhm / FWHM_PER_SIGMA
+        sigma = self.fwhm * gaussian_fwhm_to_sigma
         return 5.0 * self.pixel_sigma * math.sqrt(4.0 * math.pi * sigma**2)
 
     @property
@@ -284,7 +280,7 @@ def measure(difference: np.ndarray, observation: Observation) -> tuple[float, fl
     weights = np.where(window, difference, 0.0)
     if weights.sum() > 0 and np.count_nonzero(window) >= 2:
         second_moment = float((weights * r2).sum() / weights.sum()) / 2.0
-        fwhm = FWHM_PER_SIGMA * math.sqrt(max(second_moment, 0.05))
+        fwhm = gaussian_sigma_to_fwhm * math.sqrt(max(second_moment, 0.05))
     else:
         fwhm = observation.fwhm
     return mag, magerr, fwhm
