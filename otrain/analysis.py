@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from otrain import outputs as formats
-from otrain.config import BIN_LIMITS, DIAGNOSTIC_FOLDERS, DiagnosticsConfig, PlotResultsConfig
+from otrain.config import BIN_LIMITS, DIAGNOSTIC_FOLDERS, PLOT_FILES, DiagnosticsConfig, PlotResultsConfig
 from otrain.datacube import Datacube
 from otrain.evaluation import (
     best_threshold,
@@ -184,22 +184,21 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     out = config.path_plots
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
+
+    def data(stem: str, rows: list[dict[str, Any]]) -> Path:
+        """Write ``<stem>.csv`` and return ``<stem>.png``, the figure drawn from it."""
+        written.append(write_csv(out / f"{stem}.csv", rows, PLOT_FILES[stem]))
+        return out / f"{stem}.png"
+
     for name, values in (("errmag", cube.errmags), ("mag", cube.mags)):
         vmax = BIN_LIMITS[name]
         roc = _curves_by_bin(values, labels, probabilities, vmax, "roc")
         recall = _curves_by_bin(values, labels, probabilities, vmax, "pr")
-        written.append(write_csv(out / f"{name}_ROC.csv", _curve_rows(roc, "fpr", "tpr"), formats.ROC_COLUMNS))
-        written.append(
-            plots.plot_curves_by_bin(roc, "fpr", "tpr", f"ROC per {name} bin", out / f"{name}_ROC.png", True)
-        )
-        written.append(
-            write_csv(out / f"{name}_recall.csv", _curve_rows(recall, "recall", "precision"), formats.PR_COLUMNS)
-        )
-        written.append(
-            plots.plot_curves_by_bin(
-                recall, "recall", "precision", f"Precision-recall per {name} bin", out / f"{name}_recall.png", False
-            )
-        )
+        figure = data(f"{name}_ROC", _curve_rows(roc, "fpr", "tpr"))
+        written.append(plots.plot_curves_by_bin(roc, "fpr", "tpr", f"ROC per {name} bin", figure, True))
+        figure = data(f"{name}_recall", _curve_rows(recall, "recall", "precision"))
+        title = f"Precision-recall per {name} bin"
+        written.append(plots.plot_curves_by_bin(recall, "recall", "precision", title, figure, False))
         for curve in roc:
             logger.info(
                 "%s bin %.3g-%.3g: best threshold (G-mean) %.3f",
@@ -210,20 +209,16 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
             )
     table = threshold_table(labels, probabilities)
     best = best_threshold(table)["threshold"]
-    written.append(write_csv(out / "model_F1_MCC.csv", table, formats.THRESHOLD_TABLE_COLUMNS))
-    written.append(plots.plot_f1_mcc(table, best, out / "model_F1_MCC.png"))
+    written.append(plots.plot_f1_mcc(table, best, data("model_F1_MCC", table)))
     distribution = [
         {"candid": candid, "label": int(label), "p_real": float(p)}
         for candid, label, p in zip(cube.candids.tolist(), labels, probabilities, strict=True)
     ]
-    written.append(write_csv(out / "prob_distribution.csv", distribution, formats.PROBABILITY_COLUMNS))
-    written.append(
-        plots.plot_probability_distribution(labels, probabilities, config.threshold, out / "prob_distribution.png")
-    )
+    figure = data("prob_distribution", distribution)
+    written.append(plots.plot_probability_distribution(labels, probabilities, config.threshold, figure))
     calibration = calibration_curve(labels, probabilities)
     ece = expected_calibration_error(labels, probabilities)
-    written.append(write_csv(out / "calibration.csv", calibration, formats.CALIBRATION_COLUMNS))
-    written.append(plots.plot_calibration(calibration, ece, out / "calibration.png"))
+    written.append(plots.plot_calibration(calibration, ece, data("calibration", calibration)))
     log_stage(
         config.model_path,
         {"best_threshold": best, "expected_calibration_error": ece},

@@ -798,17 +798,9 @@ class DiagnosticsConfig(CommandConfig):
         return [self.path_diagnostics / folder for folder in DIAGNOSTIC_FOLDERS.values()]
 
 
-#: The six original figures, then otrain's reliability diagram; each with the CSV of its data.
-PLOT_FILES = (
-    "errmag_ROC.png",
-    "mag_ROC.png",
-    "errmag_recall.png",
-    "mag_recall.png",
-    "model_F1_MCC.png",
-    "prob_distribution.png",
-    "calibration.png",
-)
-_PLOT_COLUMNS = {
+#: The six original figures, then otrain's reliability diagram, by stem: each is ``<stem>.png``
+#: with the data behind it in ``<stem>.csv`` (these columns).
+PLOT_FILES = {
     "errmag_ROC": formats.ROC_COLUMNS,
     "mag_ROC": formats.ROC_COLUMNS,
     "errmag_recall": formats.PR_COLUMNS,
@@ -834,8 +826,8 @@ class PlotResultsConfig(CommandConfig):
     @model_validator(mode="after")
     def _check(self) -> PlotResultsConfig:
         out = self.path_plots
-        planned = [Output(out / name, "png") for name in PLOT_FILES]
-        planned += [Output(out / f"{stem}.csv", "csv", columns) for stem, columns in _PLOT_COLUMNS.items()]
+        planned = [Output(out / f"{stem}.png", "png") for stem in PLOT_FILES]
+        planned += [Output(out / f"{stem}.csv", "csv", columns) for stem, columns in PLOT_FILES.items()]
         _check_outputs(self, "--path-plots", planned, [self.path_cube_validation, self.model_path])
         return self
 

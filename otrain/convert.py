@@ -29,7 +29,7 @@ from otrain.cutouts import (
     require_keywords,
 )
 from otrain.datacube import Datacube, balanced_counts, choose_rows
-from otrain.errors import DataError
+from otrain.errors import DataError, log_listed
 from otrain.parallel import map_chunks
 
 __all__ = ["ClassReport", "ConversionReport", "convert"]
@@ -155,10 +155,7 @@ def _final_shape(headers: list[_Header], cutout_size: int) -> tuple[int, int, in
 def _fail_on_bad_files(bad: list[tuple[Path, str]]) -> None:
     if len(bad) == 1:
         raise DataError(f"{bad[0][1]} (pass --skip-bad-files to skip it)")
-    for _, message in bad[:MAX_LISTED_BAD_FILES]:
-        logger.error("%s", message)
-    if len(bad) > MAX_LISTED_BAD_FILES:
-        logger.error("... and %d more bad cutouts", len(bad) - MAX_LISTED_BAD_FILES)
+    log_listed([message for _, message in bad], logging.ERROR, "bad cutouts", MAX_LISTED_BAD_FILES)
     raise DataError(f"{len(bad)} bad cutouts, the first: {bad[0][1]} (pass --skip-bad-files to skip them)")
 
 
@@ -215,8 +212,8 @@ def convert(config: ConvertConfig) -> ConversionReport:
             # data): find those too, so that one run lists every bad file.
             failures = _pixel_failures(usable[1] + usable[0], config)
             _fail_on_bad_files(report.bad_files + [(header.path, message) for header, message in failures])
-        for _, message in report.bad_files:
-            logger.warning("skipped: %s", message)
+        skipped = [f"skipped: {message}" for _, message in report.bad_files]
+        log_listed(skipped, logging.WARNING, "skipped cutouts", MAX_LISTED_BAD_FILES)
     _check_usable(report, usable)
     # Checked on every usable file, not just the selected ones, so that whether a tree
     # converts does not depend on the seed.

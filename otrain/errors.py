@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 __all__ = [
     "EXIT_BAD_DATA",
     "EXIT_BAD_OPTION",
@@ -10,6 +13,7 @@ __all__ = [
     "OptionError",
     "OtrainError",
     "first_line",
+    "log_listed",
 ]
 
 #: Exit statuses: bad data or failed work, bad options, interrupted (128 + SIGINT).
@@ -33,6 +37,27 @@ def first_line(error: BaseException) -> str:
     """
     text = str(error).strip().splitlines()
     return text[0] if text else type(error).__name__
+
+
+def log_listed(messages: Sequence[str], level: int, more: str, limit: int) -> None:
+    """Log the first ``limit`` messages one per line on otrain's logger, then how many were left out.
+
+    Parameters
+    ----------
+    messages : sequence of str
+        One per bad file, each naming the file and the problem.
+    level : int
+        A :mod:`logging` level.
+    more : str
+        What the rest are, after "... and N more" (for example "unreadable cutouts").
+    limit : int
+        How many to list (``otrain.config.MAX_LISTED_BAD_FILES``).
+    """
+    logger = logging.getLogger("otrain")
+    for message in messages[:limit]:
+        logger.log(level, "%s", message)
+    if len(messages) > limit:
+        logger.log(level, "... and %d more %s", len(messages) - limit, more)
 
 
 class OtrainError(Exception):

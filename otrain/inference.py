@@ -24,7 +24,7 @@ import numpy as np
 from otrain.atomic import atomic_path
 from otrain.config import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
-from otrain.errors import DataError
+from otrain.errors import DataError, log_listed
 from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import map_chunks
 
@@ -223,10 +223,8 @@ def infer(config: InferConfig) -> InferenceReport:
             report.n_scored += len(metas)
             report.n_real += int(np.count_nonzero(p_real > config.threshold))
         report.seconds = time.perf_counter() - started
-        for _, message in report.bad_files[:MAX_LISTED_BAD_FILES]:
-            logger.warning("skipped: %s", message)
-        if len(report.bad_files) > MAX_LISTED_BAD_FILES:
-            logger.warning("... and %d more unreadable cutouts", len(report.bad_files) - MAX_LISTED_BAD_FILES)
+        skipped = [f"skipped: {message}" for _, message in report.bad_files]
+        log_listed(skipped, logging.WARNING, "unreadable cutouts", MAX_LISTED_BAD_FILES)
         if report.n_scored == 0 and report.bad_files:
             raise DataError(
                 f"{config.cutouts}: no cutout could be scored ({len(report.bad_files)} unreadable, "

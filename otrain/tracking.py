@@ -142,9 +142,7 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
         except (urllib.error.URLError, OSError, ValueError) as error:
             reason = getattr(error, "reason", error)
             raise OptionError(f"cannot reach MLflow tracking server {uri} ({reason}); {hint}") from None
-    elif uri.startswith("sqlite:///"):
-        database = sqlite_file(uri)
-        assert database is not None
+    elif (database := sqlite_file(uri)) is not None:
         folder = database.resolve().parent
         if not folder.is_dir() or not os.access(folder, os.W_OK):
             raise OptionError(f"MLflow store {uri}: folder {folder} is not writable; {hint}")
