@@ -46,6 +46,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.GradCamConfig: {"cube": files["cube"], "model_path": files["model"]},
         cfg.PromoteConfig: {"model_dir": files["cutouts"]},
         cfg.CheckParamsConfig: {"params": files["cube"]},
+        cfg.SummaryConfig: {"diagnostics": files["cube"], "promotion": files["cube"]},
     }
 
 

@@ -424,7 +424,7 @@ def test_promote_leaves_the_processs_tracking_uri_as_it_found_it(
     assert json.loads((trained / "mlflow_run.json").read_text())["tracking_uri"] == tracking_uri
     assert call_main(promote_main, "--model-dir", trained, "--registered-name", "restored") == 0
     assert "MLFLOW_TRACKING_URI" not in os.environ
-    assert MlflowClient(tracking_uri).get_model_version_by_alias("restored", "champion").version == "1"
+    assert str(MlflowClient(tracking_uri).get_model_version_by_alias("restored", "champion").version) == "1"
 
 
 # ---------------------------------------------------------------------------------------------
