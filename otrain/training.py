@@ -232,6 +232,19 @@ def _dataset(
     return dataset.batch(batch_size, drop_remainder=train and replicas > 1).prefetch(2)
 
 
+def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Predict ``x`` batch by batch from a dataset without a map.
+
+    Given a NumPy array, Keras maps a function over the batches in parallel; under the op
+    determinism set by :func:`_configure_tensorflow`, tf.data rewrites that map into a sequential
+    one that keeps an attribute the sequential op lacks, and TensorFlow logs it at error level
+    ("NodeDef mentions attribute use_unbounded_threadpool"), harmless and alarming.
+    """
+    import tensorflow as tf
+
+    return np.asarray(model.predict(tf.data.Dataset.from_tensor_slices(x).batch(batch_size), verbose=0))
+
+
 def _link_or_copy(source: Path, target: Path) -> None:
     """Hard-link ``source`` as ``target`` (no copy of the weights), or copy it where links are not supported."""
     try:
@@ -719,7 +732,7 @@ def _fit_and_write(
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
     test_batch = replica_batch_size(len(test_x), 256, replicas)
-    probabilities = model.predict(test_x, batch_size=test_batch, verbose=0)[:, 1]
+    probabilities = _predict(model, test_x, test_batch)[:, 1]
     metrics = binary_metrics(test_labels, probabilities, config.threshold)
     metrics["epochs_run"] = len(history)
 
@@ -835,7 +848,7 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
         if path.suffix in (".png", ".csv", ".json") and path.name != "mlflow_run.json":
             mlflow.log_artifact(str(path), artifact_path="training")
     example = test_x[:2]
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    signature = infer_signature(example, _predict(model, example, len(example)))
     # mlflow.keras.log_model with an input example fails (mlflow issue #16183: it writes the
     # example before creating its folder), so save into a folder we create, then log it.
     with tempfile.TemporaryDirectory() as scratch:
