@@ -84,6 +84,11 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
 def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
     """Return P(real) of every cutout, predicted in batches of ``batch_size``.
 
+    Batch by batch with ``predict_on_batch``, as otrain-infer scores: ``model.predict`` on an
+    array builds a tf.data pipeline whose parallel map, under the op determinism of a training,
+    makes TensorFlow log a harmless error line ("NodeDef mentions attribute
+    use_unbounded_threadpool"), and it holds a second copy of the cube.
+
     Parameters
     ----------
     model : keras.Model
@@ -98,7 +103,11 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     numpy.ndarray
         float64 P(real), one per cutout.
     """
-    return np.asarray(model.predict(pixels, batch_size=batch_size, verbose=0))[:, 1].astype(np.float64)
+    batches = [
+        np.asarray(model.predict_on_batch(pixels[start : start + batch_size]))
+        for start in range(0, len(pixels), batch_size)
+    ]
+    return np.concatenate(batches)[:, 1].astype(np.float64) if batches else np.empty(0)
 
 
 def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:

@@ -840,7 +840,7 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
         if path.suffix in (".png", ".csv", ".json") and path.name != "mlflow_run.json":
             mlflow.log_artifact(str(path), artifact_path="training")
     example = test_x[:2]
-    signature = infer_signature(example, model.predict(example, verbose=0))
+    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
     # mlflow.keras.log_model with an input example fails (mlflow issue #16183: it writes the
     # example before creating its folder), so save into a folder we create, then log it.
     with tempfile.TemporaryDirectory() as scratch:

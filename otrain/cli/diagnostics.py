@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
+from otrain.cli.tf_setup import prepare_tensorflow
 from otrain.config import DiagnosticsConfig
 
 __all__ = ["main"]
@@ -26,7 +26,7 @@ _ROWS = (
 
 
 def _diagnostics(config: DiagnosticsConfig) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    prepare_tensorflow()
     from otrain.analysis import run_diagnostics
 
     report = run_diagnostics(config)

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
+from otrain.cli.tf_setup import prepare_tensorflow
 from otrain.config import OptimiseDatasetSizeConfig
 
 __all__ = ["main"]
 
 
 def _optimise(config: OptimiseDatasetSizeConfig) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    prepare_tensorflow()
     from otrain.optimise import TABLE_COLUMNS, run_study
 
     report = run_study(config)
