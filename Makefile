@@ -94,6 +94,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_infer.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_interrupt.py
+	$(BIN)/python benchmarks/bench_fits.py
 
 # Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
 lock:

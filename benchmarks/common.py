@@ -17,14 +17,20 @@ BIN = Path(sys.executable).parent
 RESULTS = HERE / "results"
 
 
-def simulated_survey(folder: Path, n: int, seed: int, cutout_size: int = 64) -> Path:
-    """Simulate ``n`` labelled cutouts into ``folder`` once; later runs reuse them."""
-    marker = folder / f".complete-{n}-{seed}-{cutout_size}"
+def simulated_survey(folder: Path, n: int, seed: int, cutout_size: int = 64, mef_fraction: float | None = None) -> Path:
+    """Simulate ``n`` labelled cutouts into ``folder`` once; later runs reuse them.
+
+    ``mef_fraction`` is otrain-simulate's ``--mef-fraction`` (None: its default).
+    """
+    fraction = "" if mef_fraction is None else f"-{mef_fraction}"
+    marker = folder / f".complete-{n}-{seed}-{cutout_size}{fraction}"
     if not marker.exists():
         shutil.rmtree(folder, ignore_errors=True)
         command = [str(BIN / "otrain-simulate"), "--out", str(folder), "--n-true", str(n // 2)]
         command += ["--n-false", str(n - n // 2), "--n-night", "0", "--seed", str(seed)]
         command += ["--cutout-size", str(cutout_size)]
+        if mef_fraction is not None:
+            command += ["--mef-fraction", str(mef_fraction)]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         marker.touch()
     return folder

@@ -13,20 +13,19 @@ ones in the same plane and counted, so they never reach the network.
 
 Reading is split in two steps so that a converter can decide which files it needs before
 touching their pixels: :func:`read_header` parses the headers and records where the image
-plane lies in the file (:class:`PixelLocation`); :func:`read_pixels` then reads the plane,
-directly from its byte offset when the file is not compressed.
+plane lies in the file (:class:`PixelLocation`); :func:`read_pixels` then reads the plane
+directly from its byte offset. Both use the fast reader of :mod:`otrain.fitsreader` (gzipped
+files included, decompressed once into memory) and astropy for what it leaves aside.
 """
 
 from __future__ import annotations
 
-import math
-import os
 import re
 import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import Any, Literal
 
 import numpy as np
 from astropy.io import fits
@@ -34,6 +33,7 @@ from astropy.utils.exceptions import AstropyWarning
 
 from otrain.config import FITS_SUFFIXES
 from otrain.errors import DataError, first_line
+from otrain.fitsreader import FITS_DTYPES, HDUHeader, NotSimpleError, is_image, iter_hdus, open_fits, read_array
 
 __all__ = [
     "TRAINING_KEYWORDS",
@@ -53,7 +53,7 @@ __all__ = [
 #: Keywords a labelled cutout must carry to enter a training cube (EDGE too for gmadet files).
 TRAINING_KEYWORDS = ("CANDID", "MAG", "MAGERR", "FILTER", "FWHM")
 
-_FITS_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
+_INTEGER = re.compile(r"[+-]?\d+")
 _TRUE_STRINGS = {"true", "t", "1", "yes", "y"}
 _FALSE_STRINGS = {"false", "f", "0", "no", "n"}
 
@@ -90,8 +90,8 @@ class PixelLocation:
     hdu_index : int
         Index of the HDU holding the plane.
     offset : int or None
-        Byte offset of the raw data in the file; ``None`` for compressed files, which are read
-        through astropy.
+        Byte offset of the raw data in the file (in its decompressed content when
+        ``compressed``); ``None`` for a tile-compressed plane, which astropy reads.
     shape : tuple of int
         Array shape in numpy order: (H, W) or (C, H, W).
     dtype : str
@@ -100,6 +100,8 @@ class PixelLocation:
         Linear scaling of the stored values.
     blank : int or None
         Integer value marking undefined pixels.
+    compressed : bool
+        The whole file is gzip-compressed.
     """
 
     hdu_index: int
@@ -109,6 +111,7 @@ class PixelLocation:
     bscale: float = 1.0
     bzero: float = 0.0
     blank: int | None = None
+    compressed: bool = False
 
     @property
     def height_width_channels(self) -> tuple[int, int, int]:
@@ -153,7 +156,7 @@ Header = fits.Header | dict[str, Any]
 def _card(header: Header, *keywords: str) -> Any:
     """Return the first defined value among ``keywords`` in ``header``, else None.
 
-    ``header`` is an astropy header or the upper-cased dictionary of :func:`_parse_cards`;
+    ``header`` is an astropy header or the upper-cased cards of :class:`otrain.fitsreader.HDUHeader`;
     look-ups are case-insensitive in both.
     """
     for keyword in keywords:
@@ -163,102 +166,7 @@ def _card(header: Header, *keywords: str) -> Any:
     return None
 
 
-class _NotSimpleError(Exception):
-    """The fast reader does not handle this file; astropy reads it instead."""
-
-
-_BLOCK = 2880
-_CARD = 80
-_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
-
-
-def _parse_value(text: str) -> Any:
-    """Parse the value field of a fixed-format or free-format FITS card."""
-    text = text.strip()
-    if text.startswith("'"):
-        chars, index = [], 1
-        while index < len(text):
-            char = text[index]
-            if char == "'":
-                if text[index + 1 : index + 2] == "'":
-                    chars.append("'")
-                    index += 2
-                    continue
-                return "".join(chars).rstrip()
-            chars.append(char)
-            index += 1
-        raise _NotSimpleError("unterminated string")
-    value = text.split("/", 1)[0].strip()
-    if value == "":
-        return None
-    if value == "T":
-        return True
-    if value == "F":
-        return False
-    if _INTEGER.fullmatch(value):
-        return int(value)
-    if _NUMBER.fullmatch(value):
-        return float(value.replace("D", "E").replace("d", "e"))
-    raise _NotSimpleError(f"value {value!r}")
-
-
-def _parse_cards(raw: bytes) -> tuple[dict[str, Any], int] | None:
-    """Parse the header blocks at the start of ``raw``; return (cards, header length) or None.
-
-    Only the simple cases are handled here (value cards, HIERARCH, COMMENT-like cards); a
-    CONTINUE card or anything unusual raises :class:`_NotSimpleError`, and astropy takes over.
-    """
-    cards: dict[str, Any] = {}
-    for start in range(0, len(raw) - _CARD + 1, _CARD):
-        card = raw[start : start + _CARD].decode("ascii")
-        keyword = card[:8].rstrip()
-        if keyword == "END" and not card[8:].strip():
-            return cards, (start // _BLOCK + 1) * _BLOCK
-        if keyword == "HIERARCH":
-            name, sep, value = card[8:].partition("=")
-            if not sep:
-                continue
-            cards.setdefault(name.strip().upper(), _parse_value(value))
-        elif keyword == "CONTINUE":
-            raise _NotSimpleError("long string")
-        elif card[8:10] == "= ":
-            cards.setdefault(keyword.upper(), _parse_value(card[10:]))  # astropy keeps the first, too
-        elif card[8] == "=":
-            raise _NotSimpleError("non-standard value indicator")
-    return None
-
-
-def _read_cards_at(stream: BinaryIO, offset: int) -> tuple[dict[str, Any], int] | None:
-    """Parse the header starting at byte ``offset``; return (cards, end of header) or None."""
-    stream.seek(offset)
-    raw = stream.read(4 * _BLOCK)
-    parsed = _parse_cards(raw)
-    while parsed is None and len(raw) < 64 * _BLOCK:
-        more = stream.read(4 * _BLOCK)
-        if not more:
-            return None
-        raw += more
-        parsed = _parse_cards(raw)
-    if parsed is None:
-        return None
-    cards, length = parsed
-    return cards, offset + length
-
-
-def _data_length(cards: dict[str, Any]) -> int:
-    naxis = int(cards.get("NAXIS", 0))
-    if naxis == 0:
-        return 0
-    elements = math.prod(int(cards[f"NAXIS{axis}"]) for axis in range(1, naxis + 1))
-    return abs(int(cards["BITPIX"])) // 8 * int(cards.get("GCOUNT", 1)) * (int(cards.get("PCOUNT", 0)) + elements)
-
-
-def _is_image(cards: dict[str, Any]) -> bool:
-    return cards.get("NAXIS") in (2, 3) and cards.get("BITPIX") in _FITS_DTYPES
-
-
-def _plane(header: Header, index: int, offset: int | None) -> PixelLocation:
+def _plane(header: Header, index: int, offset: int | None, compressed: bool) -> PixelLocation:
     """Describe an image plane from its header (astropy's, or the fast reader's cards)."""
     naxis, bitpix = int(header["NAXIS"]), int(header["BITPIX"])
     blank = header.get("BLANK") if bitpix > 0 else None
@@ -266,57 +174,44 @@ def _plane(header: Header, index: int, offset: int | None) -> PixelLocation:
         hdu_index=index,
         offset=offset,
         shape=tuple(int(header[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1)),
-        dtype=_FITS_DTYPES[bitpix],
+        dtype=FITS_DTYPES[bitpix],
         bscale=float(header.get("BSCALE", 1.0)),
         bzero=float(header.get("BZERO", 0.0)),
         blank=int(blank) if blank is not None else None,
+        compressed=compressed,
     )
 
 
-def _plane_location(cards: dict[str, Any], index: int, offset: int, size: int, path: Path) -> PixelLocation:
-    if size < offset + _data_length(cards):
+def _plane_location(hdu: HDUHeader, size: int, compressed: bool, path: Path) -> PixelLocation:
+    if size < hdu.data_offset + hdu.data_size:
         raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
-    return _plane(cards, index, offset)
+    return _plane(hdu.cards, hdu.index, hdu.data_offset, compressed)
 
 
-def _read_simple(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation] | None:
-    """Read an uncompressed cutout's headers without astropy, or return None.
+def _read_simple(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation]:
+    """Read a cutout's headers with the fast reader of :mod:`otrain.fitsreader`.
 
-    This is the fast path for both conventions (astropy's header parsing costs about a
-    millisecond a file): it walks the HDUs by their headers, parsing only value cards, and
-    locates the image plane (the ``DIFF`` extension, else the primary image). Anything unusual
-    (long-string cards, compressed or table planes, a damaged header, no usable plane) returns
-    None so that astropy reads the file and reports the problem.
+    It walks the HDUs by their headers and locates the image plane (the ``DIFF`` extension,
+    else the primary image). Anything it does not handle (long-string cards, compressed or
+    table planes, a damaged header, no usable plane) raises :class:`NotSimpleError`, and
+    astropy reads the file and reports the problem.
 
     Returns
     -------
-    tuple or None
+    tuple
         (primary header cards, DIFF header cards or None, location of the plane).
     """
-    with open(path, "rb") as stream:
-        size = os.fstat(stream.fileno()).st_size
-        if stream.read(9) != b"SIMPLE  =":
-            return None
-        parsed = _read_cards_at(stream, 0)
-        if parsed is None or parsed[0].get("SIMPLE") is not True:
-            return None
-        primary, data_start = parsed
-        position = data_start + -(-_data_length(primary) // _BLOCK) * _BLOCK
-        index = 0
-        while position < size:
-            index += 1
-            parsed = _read_cards_at(stream, position)
-            if parsed is None or "XTENSION" not in parsed[0]:
-                return None
-            cards, extension_data = parsed
-            if str(cards.get("EXTNAME", "")).strip().upper() == "DIFF":
-                if cards["XTENSION"] != "IMAGE" or not _is_image(cards):
-                    return None
-                return primary, cards, _plane_location(cards, index, extension_data, size, path)
-            position = extension_data + -(-_data_length(cards) // _BLOCK) * _BLOCK
-    if not _is_image(primary):
-        return None
-    return primary, None, _plane_location(primary, 0, data_start, size, path)
+    with open_fits(path) as (stream, size, compressed):
+        hdus = iter_hdus(stream, size)
+        primary = next(hdus)
+        for hdu in hdus:
+            if str(hdu.cards.get("EXTNAME", "")).strip().upper() == "DIFF":
+                if hdu.cards["XTENSION"] != "IMAGE" or not is_image(hdu.cards):
+                    raise NotSimpleError("DIFF is not an image")
+                return primary.cards, hdu.cards, _plane_location(hdu, size, compressed, path)
+    if not is_image(primary.cards):
+        raise NotSimpleError("no image in the primary HDU")
+    return primary.cards, None, _plane_location(primary, size, compressed, path)
 
 
 def _as_float(value: Any, keyword: str, path: Path) -> float | None:
@@ -372,8 +267,9 @@ def _as_edge(value: Any, path: Path) -> bool | None:
 
 def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PixelLocation:
     is_tile_compressed = isinstance(hdul[index], fits.CompImageHDU)
-    offset = None if compressed or is_tile_compressed else int(hdul.fileinfo(index)["datLoc"])
-    return _plane(hdul[index].header, index, offset)
+    # For a gzipped file astropy counts offsets in the decompressed content, as the fast reader.
+    offset = None if is_tile_compressed else int(hdul.fileinfo(index)["datLoc"])
+    return _plane(hdul[index].header, index, offset, compressed)
 
 
 def _has_image(hdu: Any) -> bool:
@@ -448,17 +344,15 @@ def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
         If the file is not FITS, is truncated, has no usable image plane, or a keyword has a
         value of the wrong kind. The message names the file.
     """
-    if not _is_compressed(path):
-        try:
-            simple = _read_simple(path)
-        except (_NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError):
-            simple = None
-        except OSError as error:
-            raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
-        if simple is not None:
-            primary, diff, location = simple
-            return _meta(primary, diff, path), location
-    return read_header_with_astropy(path)
+    try:
+        primary, diff, location = _read_simple(path)
+    except (NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError, EOFError, zlib.error):
+        return read_header_with_astropy(path)
+    except OSError as error:
+        if _is_compressed(path):  # not valid gzip: astropy says so, as it always did
+            return read_header_with_astropy(path)
+        raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
+    return _meta(primary, diff, path), location
 
 
 def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
@@ -501,6 +395,28 @@ def _is_compressed(path: Path) -> bool:
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
 
 
+def _read_raw(path: Path, location: PixelLocation) -> np.ndarray:
+    """Return the stored values of a plane: from its offset, else (tile compression) through astropy."""
+    if location.offset is not None:
+        try:
+            raw = read_array(path, location.offset, location.dtype, location.shape, location.compressed)
+        except (OSError, EOFError, zlib.error):
+            if not location.compressed:
+                raise
+            raw = None  # a damaged gzip stream: astropy reads it below and names the problem, as it always did
+        if raw is not None:
+            return raw
+        if not location.compressed:
+            raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", AstropyWarning)
+        with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
+            raw = np.asarray(hdul[location.hdu_index].data)
+    if raw.shape != location.shape:
+        raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+    return raw
+
+
 def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
     """Read a located image plane as float32, channels-last (H, W, C), unscaled values applied.
 
@@ -521,20 +437,8 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
     DataError
         If the file is shorter than its header says (truncated) or cannot be read.
     """
-    count = math.prod(location.shape)
     try:
-        if location.offset is not None:
-            raw = np.fromfile(path, dtype=location.dtype, count=count, offset=location.offset)
-            if raw.size != count:
-                raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
-            raw = raw.reshape(location.shape)
-        else:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", AstropyWarning)
-                with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
-                    raw = np.asarray(hdul[location.hdu_index].data)
-            if raw.shape != location.shape:
-                raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+        raw = _read_raw(path, location)
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zlib.error) as error:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -262,3 +263,49 @@ def test_non_standard_cards_are_left_to_astropy(tmp_path: Path) -> None:
             reader(path)
         outcomes.append(str(error.value))
     assert outcomes[0] == outcomes[1]
+
+
+@pytest.mark.parametrize(
+    ("writer", "cut", "expected"),
+    [
+        (write_gmadet, 1000, "not a readable FITS file"),  # in the header
+        (write_gmadet, 2880, "truncated FITS file"),  # at the end of the header
+        (write_gmadet, 3500, "truncated FITS file"),
+        (write_stdpipe, 8 * 2880 + 1000, "truncated FITS file"),  # in the IMAGE extension, before DIFF
+    ],
+)
+def test_truncated_gzipped_cutout_reports_what_the_uncompressed_one_reports(
+    tmp_path: Path, writer: Callable[..., Path], cut: int, expected: str
+) -> None:
+    plain = tmp_path / "cut.fits"
+    plain.write_bytes(writer(tmp_path / "whole.fits", pixels(32)).read_bytes()[:cut])
+    packed = tmp_path / "cut.fits.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    messages = []
+    for path in (plain, packed):
+        with pytest.raises(DataError) as error:
+            read_cutout(path)
+        messages.append(str(error.value).replace(str(path), "<file>"))
+    assert messages[0] == messages[1]
+    assert messages[1].startswith(f"<file>: {expected}")
+
+
+def test_damaged_gzip_stream_is_not_a_readable_fits_file(tmp_path: Path) -> None:
+    packed = gzip.compress(write_gmadet(tmp_path / "x.fits", pixels(32)).read_bytes())
+    path = tmp_path / "damaged.fits.gz"
+    path.write_bytes(packed[: len(packed) // 3])
+    with pytest.raises(DataError, match=r"damaged\.fits\.gz: not a readable FITS file"):
+        read_cutout(path)
+
+
+def test_a_gzipped_cutout_replaced_between_two_reads_is_read_anew(tmp_path: Path) -> None:
+    path = tmp_path / "c.fits.gz"
+    for seed, candid in ((1, 11), (2, 22)):
+        data = pixels(16, seed=seed)
+        packed = gzip.compress(write_gmadet(tmp_path / f"{seed}.fits", data, CANDID=candid).read_bytes())
+        staged = tmp_path / "staged.gz"
+        staged.write_bytes(packed)
+        staged.replace(path)
+        cutout = read_cutout(path)
+        assert cutout.meta.candid == candid
+        assert_array_equal(cutout.pixels[:, :, 0], data)
