@@ -35,8 +35,9 @@ if ! command -v debootstrap >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
 fi
 if [ "$(id -u)" != 0 ]; then
-    log "$official cannot be pulled, and building $local_image with debootstrap needs root"
-    exit 1
+    log "$official cannot be pulled, and building $local_image with debootstrap needs root" \
+        "(sudo OTRAIN_INSTALL_SYSTEM_PACKAGES=1 make docker-test)"
+    exit 3
 fi
 
 log "$official cannot be pulled; building $local_image with debootstrap from $mirror"

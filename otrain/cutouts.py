@@ -20,7 +20,6 @@ files included, decompressed once into memory) and astropy for what it leaves as
 
 from __future__ import annotations
 
-import re
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -33,7 +32,17 @@ from astropy.utils.exceptions import AstropyWarning
 
 from otrain.config import FITS_SUFFIXES
 from otrain.errors import DataError, first_line
-from otrain.fitsreader import FITS_DTYPES, HDUHeader, NotSimpleError, is_image, iter_hdus, open_fits, read_array
+from otrain.fitsreader import (
+    FITS_DTYPES,
+    INTEGER,
+    HDUHeader,
+    NotSimpleError,
+    is_gzipped,
+    is_image,
+    iter_hdus,
+    open_fits,
+    read_array,
+)
 
 __all__ = [
     "TRAINING_KEYWORDS",
@@ -53,7 +62,6 @@ __all__ = [
 #: Keywords a labelled cutout must carry to enter a training cube (EDGE too for gmadet files).
 TRAINING_KEYWORDS = ("CANDID", "MAG", "MAGERR", "FILTER", "FWHM")
 
-_INTEGER = re.compile(r"[+-]?\d+")
 _TRUE_STRINGS = {"true", "t", "1", "yes", "y"}
 _FALSE_STRINGS = {"false", "f", "0", "no", "n"}
 
@@ -244,7 +252,7 @@ def _as_candid(value: Any, path: Path) -> int | str | None:
     if not text:
         return None
     # "00123" stays text: turning it into 123 would lose the identifier.
-    if _INTEGER.fullmatch(text) and str(int(text)) == text and abs(int(text)) <= _INT64_MAX:
+    if INTEGER.fullmatch(text) and str(int(text)) == text and abs(int(text)) <= _INT64_MAX:
         return int(text)
     return text
 
@@ -387,10 +395,8 @@ def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
 
 
 def _is_compressed(path: Path) -> bool:
-    """Tell gzip-compressed files by their content, whatever their name."""
     try:
-        with open(path, "rb") as stream:
-            return stream.read(2) == b"\x1f\x8b"
+        return is_gzipped(path)
     except OSError as error:
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
 
@@ -453,11 +459,12 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(pixels, 0, -1))
 
 
-def crop_center(pixels: np.ndarray, size: int, path: Path | None = None) -> np.ndarray:
-    """Centre-crop a channels-last (H, W, C) cutout, or an (N, H, W, C) cube, to size x size pixels.
+def crop_center(pixels: np.ndarray, size: int | tuple[int, int], path: Path | None = None) -> np.ndarray:
+    """Centre-crop a channels-last (H, W, C) cutout, or an (N, H, W, C) cube.
 
-    The crop starts at ``dim // 2 - size // 2`` on each axis, as in the original. ``size = -1``
-    returns the pixels unchanged. The result is a view.
+    The crop starts at ``dim // 2 - size // 2`` on each axis, as in the original. ``size`` is
+    one side (a square) or (height, width); ``size = -1`` returns the pixels unchanged. The
+    result is a view.
 
     Raises
     ------
@@ -466,12 +473,14 @@ def crop_center(pixels: np.ndarray, size: int, path: Path | None = None) -> np.n
     """
     if size == -1:
         return pixels
+    crop_height, crop_width = size if isinstance(size, tuple) else (size, size)
     height, width = pixels.shape[-3:-1]
-    if height < size or width < size:
+    if height < crop_height or width < crop_width:
         where = f"{path}: " if path is not None else ""
-        raise DataError(f"{where}cutout is {height}x{width} pixels, smaller than --cutout-size {size}")
-    top, left = height // 2 - size // 2, width // 2 - size // 2
-    return pixels[..., top : top + size, left : left + size, :]
+        wanted = f"{crop_height}x{crop_width}" if isinstance(size, tuple) else f"--cutout-size {size}"
+        raise DataError(f"{where}cutout is {height}x{width} pixels, smaller than {wanted}")
+    top, left = height // 2 - crop_height // 2, width // 2 - crop_width // 2
+    return pixels[..., top : top + crop_height, left : left + crop_width, :]
 
 
 def prepare_pixels(pixels: np.ndarray, cutout_size: int, path: Path) -> tuple[np.ndarray, int]:

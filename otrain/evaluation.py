@@ -23,7 +23,6 @@ __all__ = [
     "best_threshold",
     "binary_metrics",
     "calibration_curve",
-    "confusion",
     "evaluate",
     "expected_calibration_error",
     "threshold_table",
@@ -32,25 +31,28 @@ __all__ = [
 ]
 
 
-def confusion(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, int]:
-    """Count true/false positives and negatives at ``threshold`` (real if p > threshold)."""
-    predicted = (np.asarray(probabilities) > threshold).astype(int)
-    tn, fp, fn, tp = metrics.confusion_matrix(np.asarray(labels).astype(int), predicted, labels=[0, 1]).ravel()
-    return {"tp": int(tp), "fp": int(fp), "tn": int(tn), "fn": int(fn)}
+#: The four outcomes of a decision as (truth, decision) pairs, in the order of their counts.
+_TRUTH, _DECIDED = np.array([1, 0, 0, 1]), np.array([1, 1, 0, 0])
 
 
 def _decision_metrics(labels: np.ndarray, predicted: np.ndarray) -> dict[str, float | int]:
-    """Accuracy, precision, recall, F1, MCC, FPR, FNR and the counts of 0/1 decisions (scikit-learn)."""
+    """Accuracy, precision, recall, F1, MCC, FPR, FNR and the counts of 0/1 decisions (scikit-learn).
+
+    scikit-learn counts the outcomes once; the figures are then its own metrics of the four
+    (truth, decision) pairs weighted by their counts, which are the figures of the whole set,
+    computed in constant time: the threshold table needs them at 101 thresholds.
+    """
     tn, fp, fn, tp = (int(count) for count in metrics.confusion_matrix(labels, predicted, labels=[0, 1]).ravel())
+    weight = np.array([tp, fp, tn, fn])
     precision, recall, f1, _ = metrics.precision_recall_fscore_support(
-        labels, predicted, average="binary", zero_division=0
+        _TRUTH, _DECIDED, sample_weight=weight, average="binary", zero_division=0
     )
     return {
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "accuracy": float(metrics.accuracy_score(_TRUTH, _DECIDED, sample_weight=weight)),
         "precision": float(precision),
         "recall": float(recall),
         "f1": float(f1),
-        "mcc": float(metrics.matthews_corrcoef(labels, predicted)),
+        "mcc": float(metrics.matthews_corrcoef(_TRUTH, _DECIDED, sample_weight=weight)),
         "fpr": fp / max(fp + tn, 1),
         "fnr": fn / max(fn + tp, 1),
         "tp": tp,

@@ -30,8 +30,10 @@ import numpy as np
 __all__ = [
     "BLOCK",
     "FITS_DTYPES",
+    "INTEGER",
     "HDUHeader",
     "NotSimpleError",
+    "is_gzipped",
     "is_image",
     "iter_hdus",
     "open_fits",
@@ -52,7 +54,8 @@ _COMMENTARY = frozenset({"COMMENT", "HISTORY", ""})
 FITS_DTYPES = {8: "u1", 16: ">i2", 32: ">i4", 64: ">i8", -32: ">f4", -64: ">f8"}
 
 _NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([EeDd][+-]?\d+)?")
-_INTEGER = re.compile(r"[+-]?\d+")
+#: A FITS integer value (also how otrain tells a whole-number candidate id written as text).
+INTEGER = re.compile(r"[+-]?\d+")
 
 
 class NotSimpleError(Exception):
@@ -105,7 +108,7 @@ def _parse_value(text: str) -> Any:
         return True
     if value == "F":
         return False
-    if _INTEGER.fullmatch(value):
+    if INTEGER.fullmatch(value):
         return int(value)
     if _NUMBER.fullmatch(value):
         return float(value.replace("D", "E").replace("d", "e"))
@@ -224,6 +227,18 @@ def is_image(cards: dict[str, Any]) -> bool:
     return cards.get("NAXIS") in (2, 3) and cards.get("BITPIX") in FITS_DTYPES
 
 
+def is_gzipped(path: Path) -> bool:
+    """Tell a gzip-compressed file by its content, whatever its name.
+
+    Raises
+    ------
+    OSError
+        If the file cannot be read.
+    """
+    with open(path, "rb") as stream:
+        return stream.read(2) == _GZIP_MAGIC
+
+
 @contextmanager
 def open_fits(path: Path) -> Iterator[tuple[BinaryIO, int, bool]]:
     """Open a FITS file for :func:`iter_hdus`, decompressing it into memory when it is gzipped.
@@ -256,7 +271,9 @@ def open_fits(path: Path) -> Iterator[tuple[BinaryIO, int, bool]]:
 
 
 #: The last file decompressed, when small: its identity and content. A reader asks for a file's
-#: headers and then for its pixels; this spares the second decompression.
+#: headers and then for its pixels; this spares the second decompression. The identity is
+#: (device, inode, size, modification time): a file rewritten in place with the same size within
+#: the file system's time resolution would be read stale, which a cutout pipeline does not do.
 _last_gunzipped: tuple[tuple[int, int, int, int], bytes] | None = None
 _MAX_CACHED_BYTES = 16 * 2**20
 

@@ -27,6 +27,7 @@ from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header
 from otrain.errors import DataError, log_listed
 from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import map_chunks
+from otrain.scoring import predict
 
 __all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "printable_path", "reweight"]
 
@@ -217,7 +218,7 @@ def infer(config: InferConfig) -> InferenceReport:
                     report.bad_files.append((path, status))
             if not metas:
                 continue
-            p_real = reweight(np.asarray(model.predict_on_batch(pixels))[:, 1].astype(np.float64), config.prob_ratio)
+            p_real = reweight(predict(model, pixels, config.batch_size), config.prob_ratio)
             scored = [path for (path, _), status in zip(chunk, statuses, strict=True) if status is None]
             _write_rows(stream, scored, metas, p_real, config.threshold)
             report.n_scored += len(metas)

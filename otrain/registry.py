@@ -29,7 +29,7 @@ import numpy as np
 from otrain.config import PromoteConfig
 from otrain.datacube import Datacube, stratified_split
 from otrain.errors import DataError
-from otrain.evaluation import evaluate, write_json
+from otrain.evaluation import binary_metrics, evaluate, write_json
 from otrain.locking import exclusive_lock
 from otrain.tracking import (
     RunInfo,
@@ -73,7 +73,9 @@ def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float, metri
     from otrain.scoring import fit_to_model, predict
 
     probabilities = predict(model, fit_to_model(cube.cube[rows], model, "the test cube"))
-    return float(evaluate(cube.labels[rows], probabilities, threshold)[metric])
+    labels = cube.labels[rows]
+    figures = binary_metrics(labels, probabilities, threshold)  # no threshold table unless needed
+    return float(figures[metric] if metric in figures else evaluate(labels, probabilities, threshold)[metric])
 
 
 def _training_card(model_dir: Path) -> dict[str, Any]:

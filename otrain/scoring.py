@@ -71,14 +71,14 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
 
     height, width, channels = input_shape_of(model)
     _, cube_height, cube_width, cube_channels = pixels.shape
-    if cube_channels != channels or cube_height < height or cube_width < width or height != width:
+    if (cube_height, cube_width, cube_channels) == (height, width, channels):
+        return pixels
+    if cube_channels != channels or cube_height < height or cube_width < width:
         raise DataError(
             f"{what}: cutouts are {cube_height}x{cube_width}x{cube_channels}, "
             f"the model takes {height}x{width}x{channels}"
         )
-    if (cube_height, cube_width) == (height, width):
-        return pixels
-    return np.ascontiguousarray(crop_center(pixels, height))
+    return np.ascontiguousarray(crop_center(pixels, (height, width)))
 
 
 def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
@@ -87,7 +87,10 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     Batch by batch with ``predict_on_batch``, as otrain-infer scores: ``model.predict`` on an
     array builds a tf.data pipeline whose parallel map, under the op determinism of a training,
     makes TensorFlow log a harmless error line ("NodeDef mentions attribute
-    use_unbounded_threadpool"), and it holds a second copy of the cube.
+    use_unbounded_threadpool"), and it holds a second copy of the cube. A model built under a
+    distribution strategy with several replicas (a training on several devices) is called
+    directly instead: Keras' ``predict_on_batch`` then gives every replica the whole batch and
+    returns each replica's outputs, one after the other.
 
     Parameters
     ----------
@@ -103,10 +106,14 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     numpy.ndarray
         float64 P(real), one per cutout.
     """
-    batches = [
-        np.asarray(model.predict_on_batch(pixels[start : start + batch_size]))
-        for start in range(0, len(pixels), batch_size)
-    ]
+    strategy = getattr(model, "distribute_strategy", None)
+    if strategy is not None and strategy.num_replicas_in_sync > 1:
+
+        def step(batch: np.ndarray) -> Any:
+            return model(batch, training=False)
+    else:
+        step = model.predict_on_batch
+    batches = [np.asarray(step(pixels[start : start + batch_size])) for start in range(0, len(pixels), batch_size)]
     return np.concatenate(batches)[:, 1].astype(np.float64) if batches else np.empty(0)
 
 

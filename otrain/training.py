@@ -43,7 +43,6 @@ from otrain.config import (
     AUTO_BATCH_MIN,
     AUTO_BATCH_MIN_STEPS,
     CHECKPOINT_FOLDER,
-    PREDICT_BATCH,
     TRAINING_LOCK,
     TrainConfig,
 )
@@ -64,7 +63,7 @@ from otrain.tracking import (
     resolve_tracking_uri,
 )
 
-__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "replica_batch_size", "train"]
+__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "train"]
 
 logger = logging.getLogger("otrain")
 
@@ -93,8 +92,9 @@ RESUME_KEYS = (
 def auto_batch_size(n_train: int) -> int:
     """Batch size for ``--batch-size auto``.
 
-    The original's 1024, reduced so that an epoch has at least 20 gradient steps, never below
-    16 (nor above the training set): ``otrain.config.AUTO_BATCH_*``.
+    The original's batch (``AUTO_BATCH_MAX`` in :mod:`otrain.config`), reduced so that an epoch
+    has at least ``AUTO_BATCH_MIN_STEPS`` gradient steps, never below ``AUTO_BATCH_MIN`` (nor
+    above the training set).
     """
     size = min(AUTO_BATCH_MAX, max(AUTO_BATCH_MIN, n_train // AUTO_BATCH_MIN_STEPS))
     return max(1, min(size, n_train))
@@ -180,32 +180,6 @@ def _configure_tensorflow(config: TrainConfig) -> Any:
 def _replica_batch(batch_size: int, replicas: int) -> int:
     """Round a batch size down to a multiple of the replicas (at least one cutout each)."""
     return max(replicas, batch_size - batch_size % replicas) if replicas > 1 else batch_size
-
-
-def replica_batch_size(n: int, batch_size: int, replicas: int) -> int:
-    """Return the largest batch size up to ``batch_size`` whose last batch gives every replica a cutout.
-
-    For prediction with several replicas: a last batch smaller than their number leaves one with
-    an empty batch, which TensorFlow's convolutions reject. One replica takes any batch.
-
-    Parameters
-    ----------
-    n : int
-        Cutouts to predict.
-    batch_size : int
-        The largest batch wanted.
-    replicas : int
-        Replicas sharing each batch.
-
-    Returns
-    -------
-    int
-        The batch size to use.
-    """
-    size = batch_size
-    while size > 1 and 0 < n % size < replicas:
-        size -= 1
-    return size
 
 
 def _dataset(
@@ -724,7 +698,7 @@ def _fit_and_write(
     history = checkpoint.history
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
-    probabilities = predict(model, test_x, replica_batch_size(len(test_x), PREDICT_BATCH, replicas))
+    probabilities = predict(model, test_x)
     metrics = binary_metrics(test_labels, probabilities, config.threshold)
     metrics["epochs_run"] = len(history)
 

@@ -31,7 +31,7 @@ CALLER_UID = 4242
 pytestmark = pytest.mark.docker
 #: docker/engine.sh and docker/base-image.sh: what they need is missing and may not be installed.
 ENGINE_UNAVAILABLE = 3
-RUN_THEM = "make docker-test"
+RUN_THEM = "sudo OTRAIN_INSTALL_SYSTEM_PACKAGES=1 make docker-test, or DOCKER_HOST set to a running engine"
 
 
 def readme_block(name: str) -> str:
@@ -65,7 +65,7 @@ def docker_env() -> Iterator[dict[str, str]]:
     engine = ROOT / "docker" / "engine.sh"
     started = subprocess.run([str(engine), "start"], capture_output=True, text=True, check=False, timeout=600)
     if started.returncode == ENGINE_UNAVAILABLE:
-        pytest.skip(f"no Docker engine: {started.stderr.strip()} (then: {RUN_THEM})")
+        pytest.skip(f"no Docker engine: {started.stderr.strip()} (to run them: {RUN_THEM})")
     assert started.returncode == 0, started.stderr
     env = {**os.environ, "DOCKER_HOST": started.stdout.strip()}
     try:
@@ -88,7 +88,7 @@ def image(docker_env: dict[str, str]) -> str:
         [str(ROOT / "docker" / "base-image.sh")], capture_output=True, text=True, env=docker_env, timeout=1800
     )
     if base.returncode == ENGINE_UNAVAILABLE:
-        pytest.skip(f"no base image: {base.stderr.strip()} (then: {RUN_THEM})")
+        pytest.skip(f"no base image: {base.stderr.strip()} (to run them: {RUN_THEM})")
     run_readme_block("build", ROOT, docker_env)
     size = int(docker(docker_env, "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
     print(f"\n{IMAGE}: {size / 1e9:.2f} GB")

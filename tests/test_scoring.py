@@ -31,6 +31,21 @@ def test_cubes_are_centre_cropped_like_otrain_convert(model_16: object, size: in
         assert cropped is cube  # nothing copied when the cube fits already
 
 
+def test_a_model_for_oblong_cutouts_takes_its_cube_and_larger_ones_cropped_per_axis() -> None:
+    from otrain.model import build_model
+
+    model = build_model((16, 24, 1))
+    fitting = np.zeros((2, 16, 24, 1), np.float32)
+    assert fit_to_model(fitting, model, "cube.npz") is fitting
+    larger = np.arange(2 * 21 * 30, dtype=np.float32).reshape(2, 21, 30, 1)
+    top, left = 21 // 2 - 8, 30 // 2 - 12
+    np.testing.assert_array_equal(
+        fit_to_model(larger, model, "cube.npz"), larger[:, top : top + 16, left : left + 24, :]
+    )
+    with pytest.raises(DataError, match="cutouts are 24x16x1, the model takes 16x24x1"):
+        fit_to_model(np.zeros((2, 24, 16, 1), np.float32), model, "cube.npz")
+
+
 @pytest.mark.parametrize(("shape", "described"), [((2, 12, 12, 1), "12x12x1"), ((2, 16, 16, 3), "16x16x3")])
 def test_cubes_that_do_not_fit_are_one_data_error(model_16: object, shape: tuple[int, ...], described: str) -> None:
     with pytest.raises(DataError, match=f"^cube.npz: cutouts are {described}, the model takes 16x16x1$"):

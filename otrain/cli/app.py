@@ -13,8 +13,8 @@ original commands' interface, so this layer corrects five of its behaviours, and
   Each value is passed to Fire quoted, and pydantic does the typing.
 * **Several values after one option** (the original's ``--maglim 12 18 21``, argparse's
   ``nargs='+'``) are gathered into one list; Fire would take the first and reject the others.
-* **``--no-x`` switches**: Fire only knows ``--nox``; DVC templating and users write
-  ``--no-tracking``.
+* **``--no-x`` switches**: Fire understands ``--notracking``; the ``--no-tracking`` that DVC
+  templating and users write it reads as ``_tracking=False``, an option that does not exist.
 * **An option given without a value** is an error; Fire would silently make it ``True``.
 * **Help and errors**: Fire's help describes the Python function, and its errors print a usage
   trace. Help is generated from the config model (every option, type, default), a stray
@@ -132,7 +132,7 @@ def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[st
     Values are passed as quoted Python strings: Fire would otherwise read ``--cutouts 2024``
     as a number and ``--cube 1_000`` as 1000. ``--maglim 12 18 21`` (the original's
     nargs='+') becomes one list value, ``--no-tracking`` becomes ``--tracking=False`` (Fire
-    would read it as an option named ``-tracking``), and an option given without its value is
+    would read it as ``_tracking=False``), and an option given without its value is
     an error rather than Fire's ``True``.
     """
     negated = _negated_flags(config)
