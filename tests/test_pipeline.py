@@ -423,7 +423,8 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
         "otrain/simulate/physics.py": {"simulate"},
         "otrain/checkinfer.py": {"checkinfer"},
         "otrain/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer", "optimise_dataset_size"},
-        "otrain/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "optimise_dataset_size"},
+        "otrain/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}
+        | {"optimise_dataset_size"},
     }
     for module, stages in changed_by.items():
         original = (scratch / module).read_text()
