@@ -190,6 +190,22 @@ def _cube_name(value: str) -> str:
     return name
 
 
+def _plane_name(value: str) -> str:
+    name = value.strip().upper()
+    if not re.fullmatch(r"[A-Z0-9_-]{1,68}", name):
+        raise ValueError(f"must be plane names such as IMAGE TEMPLATE DIFF (letters, digits, _ or -), got {value!r}")
+    return name
+
+
+def _unique_planes(planes: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if planes is not None:
+        if not planes:
+            raise ValueError("needs at least one plane name")
+        if len(set(planes)) != len(planes):
+            raise ValueError(f"names a plane twice: {' '.join(planes)}")
+    return planes
+
+
 ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 WritableFolder = Annotated[Path, AfterValidator(_writable_folder)]
@@ -200,6 +216,8 @@ PositiveInt = Annotated[int, AfterValidator(_positive)]
 NonNegativeInt = Annotated[int, AfterValidator(_non_negative)]
 CutoutSize = Annotated[int, AfterValidator(_positive_or_minus_one)]
 Seed = Annotated[int, AfterValidator(_non_negative)]
+#: Image planes by name, in channel order (IMAGE, TEMPLATE, DIFF...), upper-cased, each once.
+Planes = Annotated[tuple[Annotated[str, AfterValidator(_plane_name)], ...] | None, AfterValidator(_unique_planes)]
 
 
 def option(
@@ -330,6 +348,11 @@ class SimulateConfig(CommandConfig):
         64, "Cutout width and height in pixels, at least 16 (gmadet uses 64)."
     )
     seed: Seed = option(42, "Seed of every random draw; the same seed gives the same files.")
+    planes: Annotated[tuple[Literal["IMAGE", "TEMPLATE", "DIFF"], ...], AfterValidator(_unique_planes)] = option(
+        ("DIFF",),
+        "Planes of the gmadet-style cutouts (and the night), in file order: DIFF alone is a 2-D difference image; "
+        "several (IMAGE TEMPLATE DIFF) make a (C, H, W) image. STDPipe-style cutouts always carry all three.",
+    )
     mef_fraction: Probability = option(
         0.25, "Fraction of labelled cutouts written STDPipe-style (multi-extension, DIFF plane); the rest gmadet-style."
     )
@@ -385,6 +408,12 @@ class ConvertConfig(CommandConfig):
         0.5, "Fraction of real cutouts in the cube, in (0, 1); -1 keeps every cutout, unbalanced."
     )
     cutout_size: CutoutSize = option(-1, "Centre-crop every cutout to NxN pixels; -1 keeps the full size.")
+    planes: Planes = option(
+        None,
+        "Image planes stacked as channels, in order: extensions of STDPipe cutouts (IMAGE TEMPLATE DIFF: "
+        "science, reference, difference); a gmadet cutout gives its planes in file order and must hold as many. "
+        "Default: DIFF of STDPipe cutouts, the whole image of gmadet ones (as O'TRAIN).",
+    )
     seed: Seed = option(42, "Seed of the random balancing selection.")
     skip_bad_files: bool = option(False, "Skip unreadable or incomplete cutouts with a warning instead of failing.")
     overwrite: bool = option(False, "Replace an existing cube of the same name.")
@@ -608,6 +637,11 @@ class InferConfig(CommandConfig):
     )
     batch_size: PositiveInt = option(PREDICT_BATCH, "Cutouts scored per batch.")
     threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
+    planes: Planes = option(
+        None,
+        "Image planes to read, in channel order (see otrain-convert). Default: those the model was trained on "
+        "(its card); for a model without a card, DIFF of STDPipe cutouts and the whole image of gmadet ones.",
+    )
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
     overwrite: bool = option(False, "Replace an existing --output file that otrain-infer did not write.")
@@ -1026,8 +1060,8 @@ class SummaryConfig(CommandConfig):
 #: Options that dvc.yaml sets itself (paths and names of the pipeline's files): params.yaml
 #: sections hold only the tunable ones.
 PIPELINE_FIXED = {
-    "simulate": {"out", "overwrite", "workers"},
-    "convert": {"path", "cube", "cutouts", "overwrite", "workers", "skip_bad_files"},
+    "simulate": {"out", "overwrite", "workers", "planes"},
+    "convert": {"path", "cube", "cutouts", "overwrite", "workers", "skip_bad_files", "planes"},
     "train": {"cube", "model_path", "resume", "overwrite"},
     "infer": {"cutouts", "model", "output", "workers", "recursive", "overwrite"},
     "checkinfer": {"plots", "crossmatch", "infer", "mlflow_run", "overwrite"},
@@ -1036,6 +1070,12 @@ PIPELINE_FIXED = {
     "grad_cam": {"cube", "model_path", "cam_path", "overwrite"},
     "optimise_dataset_size": {"cube", "model_path", "outdir", "overwrite"},
     "promote": {"model_dir", "report", "overwrite"},
+}
+#: params.yaml sections that dvc.yaml passes to several commands: section -> (its options, the
+#: commands that take them). ``images.planes`` makes the survey and reads the cube with the same
+#: planes: ``dvc exp run -S 'images.planes=[IMAGE,TEMPLATE,DIFF]'`` trains on triplets.
+SHARED_SECTIONS: dict[str, tuple[tuple[str, ...], tuple[type[CommandConfig], ...]]] = {
+    "images": (("planes",), (SimulateConfig, ConvertConfig)),
 }
 #: params.yaml section -> the command whose options it holds.
 PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
@@ -1063,47 +1103,52 @@ def validate_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     Each section may hold the tunable options of its command (not the pipeline's paths, which
     dvc.yaml sets); unknown sections, unknown keys, bad values and options that break a rule
     together (for example ``train.frac`` + ``train.test_frac`` >= 1) raise ``ValueError``
-    naming the section and the keys.
+    naming the section and the keys. Shared sections (:data:`SHARED_SECTIONS`) must suit every
+    command that takes them.
     """
-    from pydantic import ValidationError, create_model
-
-    unknown = set(params) - set(PARAMS_SECTIONS)
+    unknown = set(params) - set(PARAMS_SECTIONS) - set(SHARED_SECTIONS)
     if unknown:
         raise ValueError(f"params.yaml: unknown section(s) {', '.join(sorted(unknown))}")
     validated: dict[str, dict[str, Any]] = {}
     for section, values in params.items():
-        model = PARAMS_SECTIONS[section]
-        fields = {
-            name: (field.annotation, field)
-            for name, field in model.model_fields.items()
-            if name not in PIPELINE_FIXED[section]
-        }
-        for name, field in model.model_fields.items():
-            if name in fields and field.metadata:
-                fields[name] = (Annotated[(field.annotation, *field.metadata)], field)
-        section_model = create_model(
-            f"{model.__name__}Params",
-            __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False),
-            **fields,
-        )
-        if values is not None and not isinstance(values, dict):
-            raise ValueError(f"params.yaml: {section}: must be a mapping of option names to values")
-        try:
-            checked = section_model.model_validate(values or {})
-        except ValidationError as error:
-            first = error.errors(include_url=False)[0]
-            where = ".".join(str(part) for part in first.get("loc", ()))
-            raise ValueError(
-                f"params.yaml: {section}.{where}: {str(first['msg']).removeprefix('Value error, ')}"
-            ) from None
+        if section in SHARED_SECTIONS:
+            names, commands = SHARED_SECTIONS[section]
+            for command in commands:  # the values must suit every command that takes them
+                validated[section] = _validate_section(section, values, command, set(command.model_fields) - set(names))
+            continue
+        validated[section] = _validate_section(section, values, PARAMS_SECTIONS[section], PIPELINE_FIXED[section])
+    return validated
+
+
+def _validate_section(section: str, values: Any, model: type[CommandConfig], excluded: set[str]) -> dict[str, Any]:
+    """Validate one params.yaml section against the options of ``model`` not in ``excluded``."""
+    from pydantic import ValidationError, create_model
+
+    fields = {name: (field.annotation, field) for name, field in model.model_fields.items() if name not in excluded}
+    for name, field in model.model_fields.items():
+        if name in fields and field.metadata:
+            fields[name] = (Annotated[(field.annotation, *field.metadata)], field)
+    section_model = create_model(
+        f"{model.__name__}Params",
+        __config__=ConfigDict(extra="forbid", coerce_numbers_to_str=True, allow_inf_nan=False),
+        **fields,
+    )
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"params.yaml: {section}: must be a mapping of option names to values")
+    try:
+        checked = section_model.model_validate(values or {})
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first.get("loc", ()))
+        raise ValueError(f"params.yaml: {section}.{where}: {str(first['msg']).removeprefix('Value error, ')}") from None
+    if section not in SHARED_SECTIONS:
         try:
             model.check_option_rules(checked.model_dump())
         except ValueError as error:
             # The rules name command-line flags; here the keys are section.option.
             message = re.sub(r"--([a-z][\w-]*)", _params_key(section), str(error))
             raise ValueError(f"params.yaml: {message}") from None
-        validated[section] = checked.model_dump(mode="json")
-    return validated
+    return checked.model_dump(mode="json")
 
 
 #: Every command's config model, in the order of the original documentation.

@@ -72,12 +72,14 @@ class _Header:
     location: PixelLocation
 
 
-def _read_headers(paths: Sequence[Path]) -> list[tuple[CutoutMeta, PixelLocation] | str]:
-    """Worker task: read the headers of a chunk of files; an error becomes its message."""
+def _read_headers(
+    jobs: Sequence[tuple[Path, tuple[str, ...] | None]],
+) -> list[tuple[CutoutMeta, PixelLocation] | str]:
+    """Worker task: read the headers of a chunk of (file, planes); an error becomes its message."""
     results: list[tuple[CutoutMeta, PixelLocation] | str] = []
-    for path in paths:
+    for path, planes in jobs:
         try:
-            meta, location = read_header(path)
+            meta, location = read_header(path, planes)
             if meta.edge is not True:
                 require_keywords(meta, path, TRAINING_KEYWORDS, "training")
                 if meta.convention == "gmadet" and meta.edge is None:
@@ -187,14 +189,14 @@ def convert(config: ConvertConfig) -> ConversionReport:
     usable: dict[int, list[_Header]] = {1: [], 0: []}
     header_results = map_chunks(
         _read_headers,
-        [path for _, path in all_paths],
+        [(path, config.planes) for _, path in all_paths],
         workers=config.workers,
         description="reading headers",
         preload=["otrain.convert"],
     )
     labels = iter(label for label, _ in all_paths)
     for chunk, results in header_results:
-        for path, result in zip(chunk, results, strict=True):
+        for (path, _), result in zip(chunk, results, strict=True):
             label = next(labels)
             counts = report.classes[label]
             counts.n_files += 1
@@ -245,7 +247,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
 
     for label in (1, 0):
         report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
-    _datacube(cube, selected).save(config.output_file)
+    _datacube(cube, selected, config.planes).save(config.output_file)
     return report
 
 
@@ -322,7 +324,10 @@ def _pixel_failures(headers: list[_Header], config: ConvertConfig) -> list[tuple
     return failures
 
 
-def _datacube(cube: np.ndarray, headers: list[_Header]) -> Datacube:
+def _datacube(cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] | None) -> Datacube:
+    """Assemble the cube; its planes are those asked for, else ``DIFF`` for one plane (as O'TRAIN)."""
+    if planes is None and cube.shape[3] == 1:
+        planes = ("DIFF",)
     metas = [header.meta for header in headers]
     candids = [meta.candid for meta in metas]
     if all(isinstance(candid, int) for candid in candids):
@@ -337,4 +342,5 @@ def _datacube(cube: np.ndarray, headers: list[_Header]) -> Datacube:
         filters=np.array([meta.filter for meta in metas], dtype=str),
         fwhms=np.array([meta.fwhm for meta in metas], dtype=np.float64),
         candids=candid_column,
+        planes=planes,
     )

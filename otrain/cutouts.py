@@ -5,11 +5,13 @@ Two conventions are understood (docs/original-otrain.md#cutout-fits-files):
 * **gmadet**: one HDU; the image and the candidate's keywords are in the primary HDU, and
   ``EDGE`` is the string ``"True"``/``"False"``.
 * **STDPipe**: a data-less primary HDU holding the metadata (``HIERARCH mag_calib``, ``NAME``,
-  ...) and named image extensions; only ``EXTNAME=DIFF`` is used.
+  ...) and named image extensions: ``DIFF`` by default, or the planes asked for by name
+  (``IMAGE``, ``TEMPLATE``, ``DIFF``: science, reference, difference), stacked as channels.
 
 ``EDGE`` may be a string or a FITS logical; both mean the same everywhere. 3-D images laid
-out (C, H, W) become channels-last. Non-finite pixels are replaced by the median of the finite
-ones in the same plane and counted, so they never reach the network.
+out (C, H, W) become channels-last: a gmadet cutout gives its planes in file order. Non-finite
+pixels are replaced by the median of the finite ones in the same plane and counted, so they
+never reach the network.
 
 Reading is split in two steps so that a converter can decide which files it needs before
 touching their pixels: :func:`read_header` parses the headers and records where the image
@@ -49,6 +51,7 @@ __all__ = [
     "Cutout",
     "CutoutMeta",
     "PixelLocation",
+    "PlaneLocation",
     "crop_center",
     "list_cutouts",
     "prepare_pixels",
@@ -90,8 +93,8 @@ class CutoutMeta:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PixelLocation:
-    """Where a cutout's image plane is stored, so it can be read without re-parsing headers.
+class PlaneLocation:
+    """Where one HDU's image array is stored, so it can be read without re-parsing headers.
 
     Attributes
     ----------
@@ -127,6 +130,28 @@ class PixelLocation:
         if len(self.shape) == 2:
             return self.shape[0], self.shape[1], 1
         return self.shape[1], self.shape[2], self.shape[0]
+
+
+@dataclass(frozen=True)
+class PixelLocation:
+    """Where a cutout's image planes are stored: one :class:`PlaneLocation` per HDU read.
+
+    An STDPipe cutout has one HDU per plane (``IMAGE``, ``TEMPLATE``, ``DIFF``); a gmadet cutout
+    holds its planes in one 2-D or 3-D (C, H, W) array. Read with :func:`read_pixels`.
+    """
+
+    planes: tuple[PlaneLocation, ...]
+
+    @property
+    def height_width_channels(self) -> tuple[int, int, int]:
+        """The (H, W, C) shape of the planes once stacked channels-last."""
+        shapes = [plane.height_width_channels for plane in self.planes]
+        return shapes[0][0], shapes[0][1], sum(channels for _, _, channels in shapes)
+
+    @property
+    def compressed(self) -> bool:
+        """Whether the file is gzip-compressed."""
+        return self.planes[0].compressed
 
 
 @dataclass(frozen=True)
@@ -174,11 +199,11 @@ def _card(header: Header, *keywords: str) -> Any:
     return None
 
 
-def _plane(header: Header, index: int, offset: int | None, compressed: bool) -> PixelLocation:
-    """Describe an image plane from its header (astropy's, or the fast reader's cards)."""
+def _plane(header: Header, index: int, offset: int | None, compressed: bool) -> PlaneLocation:
+    """Describe an image array from its header (astropy's, or the fast reader's cards)."""
     naxis, bitpix = int(header["NAXIS"]), int(header["BITPIX"])
     blank = header.get("BLANK") if bitpix > 0 else None
-    return PixelLocation(
+    return PlaneLocation(
         hdu_index=index,
         offset=offset,
         shape=tuple(int(header[f"NAXIS{axis}"]) for axis in range(naxis, 0, -1)),
@@ -190,36 +215,85 @@ def _plane(header: Header, index: int, offset: int | None, compressed: bool) -> 
     )
 
 
-def _plane_location(hdu: HDUHeader, size: int, compressed: bool, path: Path) -> PixelLocation:
+def _plane_location(hdu: HDUHeader, size: int, compressed: bool, path: Path) -> PlaneLocation:
     if size < hdu.data_offset + hdu.data_size:
         raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
     return _plane(hdu.cards, hdu.index, hdu.data_offset, compressed)
 
 
-def _read_simple(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation]:
+def _extension_name(cards: Header) -> str:
+    return str(_card(cards, "EXTNAME") or "").strip().upper()
+
+
+def _select_planes(
+    path: Path, planes: tuple[str, ...] | None, extensions: dict[str, Any], primary: Any, channels_of: Any
+) -> list[Any]:
+    """Pick the HDUs holding ``planes``: named extensions of an STDPipe file, else the primary image.
+
+    ``extensions`` maps EXTNAME to an HDU of an STDPipe file (empty for gmadet files);
+    ``channels_of`` gives an HDU's number of planes. Raises :class:`DataError` naming the file
+    and the missing plane, or the plane count of a gmadet file that does not match.
+    """
+    if extensions:
+        wanted = planes or ("DIFF",)
+        missing = [name for name in wanted if name not in extensions]
+        if missing:
+            raise DataError(f"{path}: no {missing[0]} plane (extensions: {', '.join(extensions)})")
+        return [extensions[name] for name in wanted]
+    if planes is not None and channels_of(primary) != len(planes):
+        raise DataError(
+            f"{path}: holds {channels_of(primary)} plane(s) in one image, --planes names {len(planes)} "
+            f"({' '.join(planes)}); a gmadet cutout gives its planes in file order"
+        )
+    return [primary]
+
+
+def _check_same_size(path: Path, locations: list[PlaneLocation]) -> PixelLocation:
+    shapes = {location.height_width_channels[:2] for location in locations}
+    if len(shapes) > 1:
+        sizes = ", ".join(f"{height}x{width}" for height, width in sorted(shapes))
+        raise DataError(f"{path}: its planes differ in size ({sizes})")
+    return PixelLocation(tuple(locations))
+
+
+def _read_simple(
+    path: Path, planes: tuple[str, ...] | None
+) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation]:
     """Read a cutout's headers with the fast reader of :mod:`otrain.fitsreader`.
 
-    It walks the HDUs by their headers and locates the image plane (the ``DIFF`` extension,
-    else the primary image). Anything it does not handle (long-string cards, compressed or
-    table planes, a damaged header, no usable plane) raises :class:`NotSimpleError`, and
-    astropy reads the file and reports the problem.
+    It walks the HDUs by their headers and locates the image planes (named extensions of an
+    STDPipe file, ``DIFF`` by default; else the primary image). Anything it does not handle
+    (long-string cards, compressed or table planes, a damaged header, no usable plane) raises
+    :class:`NotSimpleError`, and astropy reads the file and reports the problem.
 
     Returns
     -------
     tuple
-        (primary header cards, DIFF header cards or None, location of the plane).
+        (primary header cards, DIFF header cards or None, location of the planes).
     """
     with open_fits(path) as (stream, size, compressed):
         hdus = iter_hdus(stream, size)
         primary = next(hdus)
+        extensions = {}
         for hdu in hdus:
-            if str(hdu.cards.get("EXTNAME", "")).strip().upper() == "DIFF":
-                if hdu.cards["XTENSION"] != "IMAGE" or not is_image(hdu.cards):
-                    raise NotSimpleError("DIFF is not an image")
-                return primary.cards, hdu.cards, _plane_location(hdu, size, compressed, path)
-    if not is_image(primary.cards):
-        raise NotSimpleError("no image in the primary HDU")
-    return primary.cards, None, _plane_location(primary, size, compressed, path)
+            name = _extension_name(hdu.cards)
+            if name and name not in extensions:
+                extensions[name] = hdu
+        if "DIFF" not in extensions:
+            extensions = {}  # not an STDPipe cutout: the primary image is the cutout
+        elif not is_image(extensions["DIFF"].cards):
+            raise NotSimpleError("DIFF is not an image")
+        if not extensions and not is_image(primary.cards):
+            raise NotSimpleError("no image in the primary HDU")
+        chosen = _select_planes(
+            path, planes, extensions, primary, lambda hdu: _plane(hdu.cards, 0, 0, False).height_width_channels[2]
+        )
+        for hdu in chosen:
+            if hdu is not primary and (hdu.cards.get("XTENSION") != "IMAGE" or not is_image(hdu.cards)):
+                raise NotSimpleError("a plane is not an image")
+        location = _check_same_size(path, [_plane_location(hdu, size, compressed, path) for hdu in chosen])
+        diff = extensions["DIFF"].cards if extensions else None
+        return primary.cards, diff, location
 
 
 def _as_float(value: Any, keyword: str, path: Path) -> float | None:
@@ -273,7 +347,7 @@ def _as_edge(value: Any, path: Path) -> bool | None:
     raise DataError(f"{path}: keyword EDGE must be True or False, got {value!r}")
 
 
-def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PixelLocation:
+def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PlaneLocation:
     is_tile_compressed = isinstance(hdul[index], fits.CompImageHDU)
     # For a gzipped file astropy counts offsets in the decompressed content, as the fast reader.
     offset = None if is_tile_compressed else int(hdul.fileinfo(index)["datLoc"])
@@ -331,39 +405,44 @@ def _meta(primary: Header, diff: Header | None, path: Path) -> CutoutMeta:
     )
 
 
-def read_header(path: Path) -> tuple[CutoutMeta, PixelLocation]:
-    """Read a cutout's metadata and locate its image plane, without reading the pixels.
+def read_header(path: Path, planes: tuple[str, ...] | None = None) -> tuple[CutoutMeta, PixelLocation]:
+    """Read a cutout's metadata and locate its image planes, without reading the pixels.
 
     Parameters
     ----------
     path : Path
         A cutout FITS file (optionally gzip-compressed).
+    planes : tuple of str, optional
+        The planes to read, by name: the extensions (EXTNAME, upper case) of an STDPipe
+        cutout, in this order; a gmadet cutout gives its planes in file order and must hold as
+        many. None: the ``DIFF`` extension of an STDPipe cutout, the whole image of a gmadet one
+        (as O'TRAIN).
 
     Returns
     -------
     CutoutMeta
         The candidate's keywords.
     PixelLocation
-        Where the image plane lies.
+        Where the image planes lie.
 
     Raises
     ------
     DataError
-        If the file is not FITS, is truncated, has no usable image plane, or a keyword has a
-        value of the wrong kind. The message names the file.
+        If the file is not FITS, is truncated, lacks a plane, has planes of different sizes or
+        no usable image, or a keyword has a value of the wrong kind. The message names the file.
     """
     try:
-        primary, diff, location = _read_simple(path)
+        primary, diff, location = _read_simple(path, planes)
     except (NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError, EOFError, zlib.error):
-        return read_header_with_astropy(path)
+        return read_header_with_astropy(path, planes)
     except OSError as error:
         if _is_compressed(path):  # not valid gzip: astropy says so, as it always did
-            return read_header_with_astropy(path)
+            return read_header_with_astropy(path, planes)
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
     return _meta(primary, diff, path), location
 
 
-def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
+def read_header_with_astropy(path: Path, planes: tuple[str, ...] | None = None) -> tuple[CutoutMeta, PixelLocation]:
     """Do what :func:`read_header` does (same arguments, results and errors), always through astropy.
 
     This handles every FITS layout; :func:`read_header` uses it whenever its fast reader
@@ -376,15 +455,20 @@ def read_header_with_astropy(path: Path) -> tuple[CutoutMeta, PixelLocation]:
             with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
                 diff_index = _find_diff(hdul)
                 primary = hdul[0]
+                extensions: dict[str, int] = {}
                 if diff_index is not None:
-                    index = diff_index
-                elif _has_image(primary):
-                    index = 0
-                elif len(hdul) > 1:
-                    raise DataError(f"{path}: multi-extension cutout has no image extension with EXTNAME=DIFF")
-                else:
+                    for index in range(1, len(hdul)):
+                        name = _extension_name(hdul[index].header)
+                        if name and name not in extensions and _has_image(hdul[index]):
+                            extensions[name] = index
+                elif not _has_image(primary):
+                    if len(hdul) > 1:
+                        raise DataError(f"{path}: multi-extension cutout has no image extension with EXTNAME=DIFF")
                     raise DataError(f"{path}: no 2-D or 3-D image in the primary HDU")
-                location = _location(hdul, index, compressed)
+                chosen = _select_planes(
+                    path, planes, extensions, 0, lambda index: _location(hdul, index, False).height_width_channels[2]
+                )
+                location = _check_same_size(path, [_location(hdul, index, compressed) for index in chosen])
                 diff_header = hdul[diff_index].header if diff_index is not None else None
                 meta = _meta(primary.header, diff_header, path)
     except DataError:
@@ -401,7 +485,7 @@ def _is_compressed(path: Path) -> bool:
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
 
 
-def _read_raw(path: Path, location: PixelLocation) -> np.ndarray:
+def _read_raw(path: Path, location: PlaneLocation) -> np.ndarray:
     """Return the stored values of a plane: from its offset, else (tile compression) through astropy."""
     if location.offset is not None:
         try:
@@ -424,7 +508,7 @@ def _read_raw(path: Path, location: PixelLocation) -> np.ndarray:
 
 
 def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
-    """Read a located image plane as float32, channels-last (H, W, C), unscaled values applied.
+    """Read located image planes as float32, channels-last (H, W, C), unscaled values applied.
 
     Parameters
     ----------
@@ -436,13 +520,19 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
     Returns
     -------
     numpy.ndarray
-        float32 array of shape (H, W, C); undefined integer pixels (BLANK) become NaN.
+        float32 array of shape (H, W, C), the planes in the order asked; undefined integer
+        pixels (BLANK) become NaN.
 
     Raises
     ------
     DataError
         If the file is shorter than its header says (truncated) or cannot be read.
     """
+    stacked = [_read_plane(path, plane) for plane in location.planes]
+    return stacked[0] if len(stacked) == 1 else np.concatenate(stacked, axis=2)
+
+
+def _read_plane(path: Path, location: PlaneLocation) -> np.ndarray:
     try:
         raw = _read_raw(path, location)
     except DataError:
@@ -538,7 +628,7 @@ def require_keywords(meta: CutoutMeta, path: Path, keywords: tuple[str, ...], pu
             raise DataError(f"{path}: missing mandatory keyword {keyword} (needed for {purpose})")
 
 
-def read_cutout(path: Path, cutout_size: int = -1) -> Cutout:
+def read_cutout(path: Path, cutout_size: int = -1, planes: tuple[str, ...] | None = None) -> Cutout:
     """Read one cutout: metadata, cropped channels-last float32 pixels, non-finite replaced.
 
     Parameters
@@ -547,12 +637,14 @@ def read_cutout(path: Path, cutout_size: int = -1) -> Cutout:
         A cutout FITS file in either convention.
     cutout_size : int
         Centre-crop size in pixels; -1 keeps the full size.
+    planes : tuple of str, optional
+        The planes to read (see :func:`read_header`).
 
     Returns
     -------
     Cutout
         The cutout; ``n_replaced`` counts the non-finite pixels that were replaced.
     """
-    meta, location = read_header(path)
+    meta, location = read_header(path, planes)
     pixels, n_replaced = prepare_pixels(read_pixels(path, location), cutout_size, path)
     return Cutout(path=path, pixels=pixels, meta=meta, n_replaced=n_replaced)

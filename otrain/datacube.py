@@ -1,10 +1,11 @@
 """The Datacube: cutout pixels with labels and metadata, its ``.npz`` file, balancing and splits.
 
-The ``.npz`` layout is the original O'TRAIN one (docs/original-otrain.md#datacubes): keys ``cube``
-(float32, N x H x W x C), ``labels`` (1 = real, 0 = bogus), ``mags``, ``errmags``, ``filters``,
-``fwhms`` and ``candids``. Readers accept 1-D labels and one-hot (N, 2) labels (the original
-``cube_validation.npz``). Files are written atomically and byte-for-byte reproducibly (fixed zip
-timestamps), so the same inputs and seed give the same file.
+The ``.npz`` layout is the original O'TRAIN one (docs/original-otrain.md#datacubes): keys
+``cube`` (float32, N x H x W x C), ``labels`` (1 = real, 0 = bogus), ``mags``, ``errmags``,
+``filters``, ``fwhms`` and ``candids``, plus ``planes`` (the channels' names) when known.
+Readers accept 1-D labels and one-hot (N, 2) labels (the original ``cube_validation.npz``).
+Files are written atomically and byte-for-byte reproducibly (fixed zip timestamps), so the same
+inputs and seed give the same file.
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ class Datacube:
         Unicode, shape (N,); empty where unknown.
     candids : numpy.ndarray
         int64 when every identifier is a whole number, else unicode; shape (N,).
+    planes : tuple of str or None
+        The name of each channel (``IMAGE``, ``TEMPLATE``, ``DIFF``...), in order; None when
+        unknown (cubes of the original O'TRAIN, gmadet cutouts of several unnamed planes).
+        Stored under the extra key ``planes``, which the original tools ignore.
     """
 
     cube: np.ndarray
@@ -57,10 +62,13 @@ class Datacube:
     filters: np.ndarray
     fwhms: np.ndarray
     candids: np.ndarray
+    planes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.cube.ndim != 4 or self.cube.dtype != np.float32:
             raise ValueError(f"cube must be float32 (N, H, W, C), got {self.cube.dtype} {self.cube.shape}")
+        if self.planes is not None and len(self.planes) != self.cube.shape[3]:
+            raise ValueError(f"planes {self.planes} do not match the cube's {self.cube.shape[3]} channel(s)")
         n = self.cube.shape[0]
         for name in NPZ_KEYS[1:]:
             column = getattr(self, name)
@@ -84,7 +92,7 @@ class Datacube:
 
     def subset(self, rows: np.ndarray) -> Datacube:
         """Return a new cube with the given rows, in the given order."""
-        return Datacube(**{name: getattr(self, name)[rows] for name in NPZ_KEYS})
+        return Datacube(**{name: getattr(self, name)[rows] for name in NPZ_KEYS}, planes=self.planes)
 
     def content_hash(self) -> str:
         """Return the SHA-256 of every array's dtype, shape and bytes (the cube's data hash)."""
@@ -93,6 +101,8 @@ class Datacube:
             array = np.ascontiguousarray(getattr(self, name))
             digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
             digest.update(memoryview(array).cast("B"))
+        if self.planes is not None:  # cubes without named planes keep the hash they always had
+            digest.update(f"planes:{','.join(self.planes)};".encode())
         return digest.hexdigest()
 
     def save(self, path: Path, *, one_hot_labels: bool = False) -> Path:
@@ -118,6 +128,8 @@ class Datacube:
         arrays = {name: getattr(self, name) for name in NPZ_KEYS}
         if one_hot_labels:
             arrays["labels"] = np.eye(2, dtype=np.float32)[self.labels]
+        if self.planes is not None:
+            arrays["planes"] = np.array(self.planes, dtype=str)
         try:
             with (
                 atomic_path(path) as temporary,
@@ -191,7 +203,18 @@ class Datacube:
             filters=_text_column(arrays, "filters", n, path),
             fwhms=_float_column(arrays, "fwhms", n, path),
             candids=_candid_column(arrays, n, path),
+            planes=_planes_of(arrays, cube.shape[3], path),
         )
+
+
+def _planes_of(arrays: dict[str, np.ndarray], channels: int, path: Path) -> tuple[str, ...] | None:
+    """Read the names of the cube's planes, when it records them."""
+    if "planes" not in arrays:
+        return None
+    names = arrays["planes"]
+    if names.ndim != 1 or names.dtype.kind != "U" or len(names) != channels:
+        raise DataError(f"{path}: 'planes' must name each of the cube's {channels} channel(s), got {names!r}")
+    return tuple(str(name) for name in names)
 
 
 def _check_finite(cube: np.ndarray, path: Path, chunk: int = 1024) -> None:

@@ -10,6 +10,7 @@ starts, so the workers stay light.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -22,14 +23,14 @@ from typing import Any, TextIO
 import numpy as np
 
 from otrain.atomic import atomic_path
-from otrain.config import MAX_LISTED_BAD_FILES, InferConfig
+from otrain.config import MAX_LISTED_BAD_FILES, InferConfig, card_file
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
-from otrain.errors import DataError, log_listed
+from otrain.errors import DataError, first_line, log_listed
 from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import map_chunks
 from otrain.scoring import predict
 
-__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "printable_path", "reweight"]
+__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "model_planes", "printable_path", "reweight"]
 
 logger = logging.getLogger("otrain")
 
@@ -59,9 +60,9 @@ def reweight(probabilities: np.ndarray, ratio: float | None) -> np.ndarray:
 
 
 def _read_for_scoring(
-    jobs: Sequence[tuple[Path, tuple[int, int, int]]],
+    jobs: Sequence[tuple[Path, tuple[int, int, int], tuple[str, ...] | None]],
 ) -> tuple[np.ndarray, list[CutoutMeta], list[str | None]]:
-    """Worker task: read and crop a chunk of files to the model's input shape.
+    """Worker task: read the planes of a chunk of files and crop them to the model's input shape.
 
     Returns the pixels of the usable files (stacked, in order), their metadata, and for every
     file None (scored), ``"edge"`` (skipped) or the message of the error that made it unusable.
@@ -70,9 +71,9 @@ def _read_for_scoring(
     pixels = np.empty((len(jobs), height, width, channels), dtype=np.float32)
     metas: list[CutoutMeta] = []
     statuses: list[str | None] = []
-    for path, _ in jobs:
+    for path, _, planes in jobs:
         try:
-            meta, location = read_header(path)
+            meta, location = read_header(path, planes)
             if meta.edge is True:
                 statuses.append(_EDGE)
                 continue
@@ -148,16 +149,44 @@ def _write_rows(
         stream.write(" ".join(_text(cell) for cell in cells) + "\n")
 
 
-def _check_model_fits_cutouts(model_file: Path, shape: tuple[int, int, int], files: Sequence[Path]) -> None:
+def model_planes(model_file: Path) -> tuple[str, ...] | None:
+    """Return the planes a model was trained on, from its card; None for a model without (original ones).
+
+    Raises
+    ------
+    DataError
+        If the card cannot be read or records planes that are not a list of names.
+    """
+    card = card_file(model_file)
+    if not card.is_file():
+        return None
+    try:
+        planes = json.loads(card.read_text()).get("planes")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
+    if planes is None:
+        return None
+    if not isinstance(planes, list) or not all(isinstance(name, str) and name for name in planes):
+        raise DataError(f"{card}: 'planes' must be a list of plane names, got {planes!r}")
+    return tuple(planes)
+
+
+def _check_model_fits_cutouts(
+    model_file: Path, shape: tuple[int, int, int], files: Sequence[Path], planes: tuple[str, ...] | None
+) -> None:
     """Compare the model's input with the first readable cutout's size, before scoring starts.
 
     A model for other cutouts (another size, other planes) is one mistake, not one problem per
     file: say so once, naming the model and both shapes.
     """
     height, width, channels = shape
+    if planes is not None and len(planes) != channels:
+        raise DataError(
+            f"{model_file}: the model takes {channels} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
+        )
     for path in files[:_HEADER_PROBES]:
         try:
-            meta, location = read_header(path)
+            meta, location = read_header(path, planes)
         except Exception:  # a bad file is reported when scoring; look at the next one
             continue
         if meta.edge is True:
@@ -197,10 +226,11 @@ def infer(config: InferConfig) -> InferenceReport:
     files = list_cutouts(config.cutouts, recursive=config.recursive)
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
-    _check_model_fits_cutouts(config.model, shape, files)
+    planes = config.planes if config.planes is not None else model_planes(config.model)
+    _check_model_fits_cutouts(config.model, shape, files, planes)
     report = InferenceReport(output=config.output_file, n_files=len(files))
     started = time.perf_counter()
-    jobs = [(path, shape) for path in files]
+    jobs = [(path, shape, planes) for path in files]
     with atomic_path(config.output_file) as temporary, open(temporary, "w", encoding="utf-8") as stream:
         stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
         for chunk, (pixels, metas, statuses) in map_chunks(
@@ -211,7 +241,7 @@ def infer(config: InferConfig) -> InferenceReport:
             preload=["otrain.inference"],
             chunk_size=config.batch_size,
         ):
-            for (path, _), status in zip(chunk, statuses, strict=True):
+            for (path, _, _), status in zip(chunk, statuses, strict=True):
                 if status == _EDGE:
                     report.n_edge += 1
                 elif status is not None:
@@ -219,7 +249,7 @@ def infer(config: InferConfig) -> InferenceReport:
             if not metas:
                 continue
             p_real = reweight(predict(model, pixels, config.batch_size), config.prob_ratio)
-            scored = [path for (path, _), status in zip(chunk, statuses, strict=True) if status is None]
+            scored = [path for (path, _, _), status in zip(chunk, statuses, strict=True) if status is None]
             _write_rows(stream, scored, metas, p_real, config.threshold)
             report.n_scored += len(metas)
             report.n_real += int(np.count_nonzero(p_real > config.threshold))

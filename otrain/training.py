@@ -725,6 +725,7 @@ def _fit_and_write(
     card = {
         "model_file": config.model_file.name,
         "input_shape": list(input_shape),
+        "planes": list(cube.planes) if cube.planes is not None else None,
         "normalisation": config.normalisation,
         "classes": {"0": "bogus", "1": "real"},
         "threshold": config.threshold,

@@ -198,7 +198,9 @@ def render_help(config: type[CommandConfig]) -> str:
         elif field.default is None:
             detail = "default: none"
         elif isinstance(field.default, tuple):
-            detail = "default: " + " ".join(f"{value:g}" for value in field.default)
+            detail = "default: " + " ".join(
+                f"{value:g}" if isinstance(value, float) else str(value) for value in field.default
+            )
         else:
             detail = f"default: {field.default}"
         lines.append(f"{head}  ({detail})")

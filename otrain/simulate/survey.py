@@ -60,6 +60,7 @@ class _Job:
     seed: int
     image: int = -1  # night only: which image of the night
     injected_mag: float | None = None
+    planes: tuple[str, ...] = ("DIFF",)  # of a gmadet-style cutout, in file order
 
 
 def _night_observations(seed: int, n_images: int) -> list[Observation]:
@@ -117,7 +118,10 @@ def _write_job(job: _Job, root: Path) -> dict[str, object]:
         "FWHMPSF": round(observation.fwhm, 3),
     }
     relative = Path(job.folder) / f"cand_{candid:07d}.fits"
-    hdul = stdpipe_hdul(candidate, values, observation.zero_point) if job.stdpipe else gmadet_hdul(candidate, values)
+    if job.stdpipe:
+        hdul = stdpipe_hdul(candidate, values, observation.zero_point)
+    else:
+        hdul = gmadet_hdul(candidate, values, job.planes)
     hdul.writeto(root / relative)
     return {
         "path": relative.as_posix(),
@@ -162,7 +166,16 @@ def _labelled_jobs(config: SimulateConfig) -> list[_Job]:
             kinds = ["masked_real" if at_edge else kind for kind, at_edge in zip(kinds, edge, strict=True)]
         for index in range(count):
             jobs.append(
-                _Job(set_name, index, kinds[index], bool(stdpipe[index]), set_name, config.cutout_size, config.seed)
+                _Job(
+                    set_name,
+                    index,
+                    kinds[index],
+                    bool(stdpipe[index]),
+                    set_name,
+                    config.cutout_size,
+                    config.seed,
+                    planes=config.planes,
+                )
             )
     return jobs
 
@@ -192,12 +205,18 @@ def _night_jobs(config: SimulateConfig) -> tuple[list[_Job], list[_Injection]]:
         image = int(rng.integers(_N_NIGHT_IMAGES))
         if position < n_injected_detected:
             mag = observations[image].limiting_mag - 4.0 + 4.4 * math.sqrt(rng.uniform())
-            jobs.append(_Job("night", index, "point", False, "night", config.cutout_size, config.seed, image, mag))
+            jobs.append(
+                _Job(
+                    "night", index, "point", False, "night", config.cutout_size, config.seed, image, mag, config.planes
+                )
+            )
             injections.append(_Injection(image, per_image_idx[image], mag, index))
             per_image_idx[image] += 1
         else:
             kind = kinds[position - n_injected_detected]
-            jobs.append(_Job("night", index, kind, False, "night", config.cutout_size, config.seed, image))
+            jobs.append(
+                _Job("night", index, kind, False, "night", config.cutout_size, config.seed, image, planes=config.planes)
+            )
     # Injected sources too faint to be detected: listed in crossmatch.dat, no cutout.
     for _ in range(round(n_injected_detected * 0.2)):
         image = int(rng.integers(_N_NIGHT_IMAGES))

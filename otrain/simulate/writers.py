@@ -31,8 +31,10 @@ TRUTH_COLUMNS = (
 )
 
 
-def gmadet_hdul(candidate: SimulatedCandidate, header_values: Mapping[str, object]) -> fits.HDUList:
-    """Build a gmadet cutout: the difference in one HDU, the candidate's keywords, string EDGE.
+def gmadet_hdul(
+    candidate: SimulatedCandidate, header_values: Mapping[str, object], planes: tuple[str, ...] = ("DIFF",)
+) -> fits.HDUList:
+    """Build a gmadet cutout: the image in one HDU, the candidate's keywords, string EDGE.
 
     Parameters
     ----------
@@ -40,6 +42,9 @@ def gmadet_hdul(candidate: SimulatedCandidate, header_values: Mapping[str, objec
         The cutout.
     header_values : mapping
         CANDID, RA, DEC, FILE, XPOS, YPOS, MAG, MAGERR, FILTER, FWHM, FWHMPSF.
+    planes : tuple of str
+        ``DIFF`` alone: the difference as a 2-D image (gmadet's usual cutout). Several of
+        ``IMAGE``, ``TEMPLATE``, ``DIFF``: a (C, H, W) image of those planes in this order.
 
     Returns
     -------
@@ -50,7 +55,10 @@ def gmadet_hdul(candidate: SimulatedCandidate, header_values: Mapping[str, objec
     for key, value in header_values.items():
         header[key] = value
     header["EDGE"] = "True" if candidate.edge else "False"
-    return fits.HDUList([fits.PrimaryHDU(candidate.pixels, header)])
+    if planes == ("DIFF",):
+        return fits.HDUList([fits.PrimaryHDU(candidate.pixels, header)])
+    by_name = {"IMAGE": candidate.science, "TEMPLATE": candidate.reference, "DIFF": candidate.pixels}
+    return fits.HDUList([fits.PrimaryHDU(np.stack([by_name[name] for name in planes]), header)])
 
 
 def stdpipe_hdul(candidate: SimulatedCandidate, header_values: Mapping[str, object], zero_point: float) -> fits.HDUList:
