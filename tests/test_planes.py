@@ -145,3 +145,21 @@ def test_the_pipeline_takes_its_planes_from_one_section() -> None:
     params["convert"]["planes"] = ["DIFF"]  # set once, in images: never per stage
     with pytest.raises(ValueError, match=r"params\.yaml: convert\.planes"):
         validate_params(params)
+
+
+def test_dvc_renders_the_planes_into_both_commands(tmp_path: Path) -> None:
+    """What `dvc exp run -S 'images.planes=[IMAGE,TEMPLATE,DIFF]'` runs: DVC's own rendering."""
+    import subprocess
+
+    from conftest import BIN
+    from dvc.repo import Repo
+
+    for name in ("dvc.yaml", "params.yaml"):
+        (tmp_path / name).write_text((ROOT / name).read_text())
+    subprocess.run([str(BIN / "dvc"), "init", "--no-scm", "-q"], cwd=tmp_path, check=True)
+    params = yaml.safe_load((tmp_path / "params.yaml").read_text())
+    params["images"]["planes"] = ["IMAGE", "TEMPLATE", "DIFF"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    commands = {stage.name: stage.cmd for stage in Repo(str(tmp_path)).index.stages}
+    for stage in ("simulate", "convert"):
+        assert commands[stage].endswith(" --planes IMAGE TEMPLATE DIFF"), commands[stage]
