@@ -541,11 +541,20 @@ class TrainConfig(TrainingOptions):
         "Replace an existing training of the same name: only the files a training writes are replaced, other "
         "files in its folder are kept.",
     )
+    init_from: ExistingFile | None = option(
+        None,
+        "Start from the weights of this trained model (.keras or .h5) instead of random ones: fine-tuning, for "
+        "example on real cutouts after the synthetic survey. Same network, input size and planes.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         self.check_option_rules(self.__dict__)
         folder = self.output_dir
+        if self.init_from is not None and is_same_file(self.init_from, self.model_file):
+            raise ValueError(
+                f"--init-from: {str(self.init_from)!r} is the model this training writes; copy it elsewhere first"
+            )
         if self.resume and self.overwrite:
             raise ValueError("--resume, --overwrite: give one or the other")
         if folder.resolve() in self.cube.resolve().parents:

@@ -10,7 +10,6 @@ starts, so the workers stay light.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -23,14 +22,14 @@ from typing import Any, TextIO
 import numpy as np
 
 from otrain.atomic import atomic_path
-from otrain.config import MAX_LISTED_BAD_FILES, InferConfig, card_file
+from otrain.config import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
-from otrain.errors import DataError, first_line, log_listed
+from otrain.errors import DataError, log_listed
 from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import map_chunks
 from otrain.scoring import predict
 
-__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "model_planes", "printable_path", "reweight"]
+__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "printable_path", "reweight"]
 
 logger = logging.getLogger("otrain")
 
@@ -149,28 +148,6 @@ def _write_rows(
         stream.write(" ".join(_text(cell) for cell in cells) + "\n")
 
 
-def model_planes(model_file: Path) -> tuple[str, ...] | None:
-    """Return the planes a model was trained on, from its card; None for a model without (original ones).
-
-    Raises
-    ------
-    DataError
-        If the card cannot be read or records planes that are not a list of names.
-    """
-    card = card_file(model_file)
-    if not card.is_file():
-        return None
-    try:
-        planes = json.loads(card.read_text()).get("planes")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
-    if planes is None:
-        return None
-    if not isinstance(planes, list) or not all(isinstance(name, str) and name for name in planes):
-        raise DataError(f"{card}: 'planes' must be a list of plane names, got {planes!r}")
-    return tuple(planes)
-
-
 def _check_model_fits_cutouts(
     model_file: Path, shape: tuple[int, int, int], files: Sequence[Path], planes: tuple[str, ...] | None
 ) -> None:
@@ -219,14 +196,14 @@ def infer(config: InferConfig) -> InferenceReport:
         When the model cannot be read, the folder holds no cutout file, or no file could be
         scored; nothing is written then.
     """
-    from otrain.model import input_shape_of, load_model
+    from otrain.model import card_planes, input_shape_of, load_model
 
     model = load_model(config.model)
     shape = input_shape_of(model)
     files = list_cutouts(config.cutouts, recursive=config.recursive)
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
-    planes = config.planes if config.planes is not None else model_planes(config.model)
+    planes = config.planes if config.planes is not None else card_planes(config.model)
     _check_model_fits_cutouts(config.model, shape, files, planes)
     report = InferenceReport(output=config.output_file, n_files=len(files))
     started = time.perf_counter()

@@ -33,6 +33,7 @@ __all__ = [
     "NORMALISATIONS",
     "RobustScaling",
     "build_model",
+    "card_planes",
     "input_shape_of",
     "last_conv_layer",
     "load_model",
@@ -273,6 +274,28 @@ def write_card(model_file: Path, card: dict[str, Any]) -> Path:
     path = card_file(model_file)
     write_text_atomic(path, json.dumps(_jsonable(card), indent=2, sort_keys=True) + "\n")
     return path
+
+
+def card_planes(model_file: Path) -> tuple[str, ...] | None:
+    """Return the planes a model was trained on, from its card; None for a model without (original ones).
+
+    Raises
+    ------
+    DataError
+        If the card cannot be read or records planes that are not a list of names.
+    """
+    card = card_file(model_file)
+    if not card.is_file():
+        return None
+    try:
+        planes = json.loads(card.read_text()).get("planes")
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
+    if planes is None:
+        return None
+    if not isinstance(planes, list) or not all(isinstance(name, str) and name for name in planes):
+        raise DataError(f"{card}: 'planes' must be a list of plane names, got {planes!r}")
+    return tuple(planes)
 
 
 def main() -> None:

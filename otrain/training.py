@@ -86,6 +86,7 @@ RESUME_KEYS = (
     "mixed_precision",
     "patience",
     "threshold",
+    "init_from",
 )
 
 
@@ -210,6 +211,39 @@ def _dataset(
 
         dataset = dataset.map(flip_rotate, num_parallel_calls=1)
     return dataset.batch(batch_size, drop_remainder=train and replicas > 1).prefetch(2)
+
+
+def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -> None:
+    """Copy the weights of the trained model ``source`` into ``model`` (``--init-from``).
+
+    Raises
+    ------
+    DataError
+        When ``source`` is another network (layers or weight shapes), takes other cutouts, or
+        was trained on other planes than the cube's (as its card says).
+    """
+    from otrain.model import card_planes, input_shape_of, load_model
+
+    trained = load_model(source)
+    ours, theirs = input_shape_of(model), input_shape_of(trained)
+    if theirs != ours:
+        raise DataError(
+            f"--init-from: {source} takes {'x'.join(map(str, theirs))} cutouts, this cube has "
+            f"{'x'.join(map(str, ours))}; use the same --cutout-size and planes"
+        )
+    source_planes = card_planes(source)
+    if source_planes is not None and planes is not None and source_planes != planes:
+        raise DataError(
+            f"--init-from: {source} was trained on planes {' '.join(source_planes)}, this cube holds {' '.join(planes)}"
+        )
+    weights = [layer.get_weights() for layer in model.layers if layer.weights]
+    trained_weights = [layer.get_weights() for layer in trained.layers if layer.weights]
+    shapes = [[array.shape for array in layer] for layer in weights]
+    if shapes != [[array.shape for array in layer] for layer in trained_weights]:
+        raise DataError(f"--init-from: {source} is another network than the one this training builds")
+    for layer, values in zip((layer for layer in model.layers if layer.weights), trained_weights, strict=True):
+        layer.set_weights(values)
+    logger.info("weights initialised from %s", source)
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -673,6 +707,8 @@ def _fit_and_write(
             learning_rate=config.learning_rate,
             normalisation=config.normalisation,
         )
+        if config.init_from is not None and checkpoint.epochs_done == 0:
+            _initialise_from(model, config.init_from, cube.planes)
         checkpoint.load_into(model)
     if checkpoint.epochs_done < config.epochs and not checkpoint.stopped:
         training = _dataset(
@@ -726,6 +762,7 @@ def _fit_and_write(
         "model_file": config.model_file.name,
         "input_shape": list(input_shape),
         "planes": list(cube.planes) if cube.planes is not None else None,
+        "init_from": str(config.init_from) if config.init_from is not None else None,
         "normalisation": config.normalisation,
         "classes": {"0": "bogus", "1": "real"},
         "threshold": config.threshold,

@@ -117,6 +117,22 @@ def test_triplets_from_simulation_to_scoring(tmp_path: Path, capsys: pytest.Capt
     out = capsys.readouterr().out
     assert f"of {len(night)} cutouts" in out
     assert "EDGE, 0 unreadable" in out
+    # Fine-tuning needs the planes the model was trained on, in the same order.
+    swapped = ("--planes", "TEMPLATE", "IMAGE", "DIFF")
+    assert (
+        call_main(convert_main, "--path", tmp_path, "--cube", "swapped", "--cutouts", tmp_path / "survey", *swapped)
+        == 0
+    )
+    options = ("--cube", tmp_path / "datacube" / "swapped.npz", "--model-path", tmp_path, "--model-name", "swapped")
+    capsys.readouterr()
+    assert call_main(train_main, *options, "--epochs", "1", "--no-tracking", "--init-from", model) == 1
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .endswith(
+            f"--init-from: {model} was trained on planes IMAGE TEMPLATE DIFF, this cube holds TEMPLATE IMAGE DIFF"
+        )
+    )
     # Difference-only cutouts: every one is skipped and counted, with the reason.
     plain = tmp_path / "plain"
     assert call_main(simulate_main, "--out", plain, "--n-true", "0", "--n-false", "0", "--n-night", "5") == 0

@@ -597,3 +597,38 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
     assert refused["reason"].startswith("not compared: champion v1 was trained on cube ")
     assert f"({temporary}), which is not available here" in refused["reason"]
     assert str(client.get_model_version_by_alias("gone", "champion").version) == "1"
+
+
+def test_init_from_starts_from_the_trained_weights(trained: Path, workspace: Path, tmp_path: Path) -> None:
+    """A vanishing learning rate keeps the starting weights: they must be the source model's."""
+    from otrain.model import load_model
+
+    source = trained / "tiny.keras"
+    options = ("--epochs", "1", "--learning-rate", "1e-12", "--no-tracking", "--init-from", str(source))
+    assert train(workspace, "tuned", *options, models="tuned") == 0
+    tuned = load_model(workspace / "tuned" / "CNN_training" / "tuned" / "tuned.keras")
+    for ours, theirs in zip(tuned.get_weights(), load_model(source).get_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    card = json.loads((workspace / "tuned" / "CNN_training" / "tuned" / "tuned.keras.card.json").read_text())
+    assert card["init_from"] == str(source)
+    assert train(workspace, "fresh", "--epochs", "1", "--learning-rate", "1e-12", "--no-tracking", models="tuned") == 0
+    fresh = load_model(workspace / "tuned" / "CNN_training" / "fresh" / "fresh.keras")
+    assert not np.allclose(fresh.get_weights()[0], tuned.get_weights()[0])
+
+
+def test_init_from_refuses_another_network_or_itself(
+    trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otrain.model import build_model, save_model
+
+    other = save_model(build_model((SIZE + 8, SIZE + 8, 1)), tmp_path / "bigger.keras")
+    assert train(workspace, "x", "--epochs", "1", "--no-tracking", "--init-from", str(other), models="refused") == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"--init-from: {other} takes 40x40x1 cutouts, this cube has 32x32x1; use the same --cutout-size and planes"
+    ), err
+    target = workspace / "refused" / "CNN_training" / "x" / "x.keras"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(trained / "tiny.keras", target)
+    assert train(workspace, "x", "--overwrite", "--no-tracking", "--init-from", str(target), models="refused") == 2
+    assert "is the model this training writes" in capsys.readouterr().err
