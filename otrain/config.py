@@ -17,7 +17,7 @@ import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
@@ -55,6 +55,19 @@ FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 #: The O'TRAIN CNN's dropout rate and Adam learning rate (the original's; the training defaults).
 DEFAULT_DROPOUT = 0.3
 DEFAULT_LEARNING_RATE = 1e-3
+#: The networks otrain-train builds, by --architecture: the original O'TRAIN CNN (the default),
+#: and a small VGG-like network with batch normalisation for small real sets.
+Architecture = Literal["otrain", "vgg"]
+ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+DEFAULT_ARCHITECTURE: Architecture = "otrain"
+#: The vgg network: filters of the convolutions of each of its two blocks, the side of the grid
+#: its last feature maps are average-pooled onto (whatever the cutout size), units of its dense layer.
+VGG_FILTERS = (32, 64)
+VGG_GRID = 4
+VGG_DENSE_UNITS = 64
+#: Momentum of its batch normalisation's moving averages: Keras' 0.99 needs hundreds of steps to
+#: forget the initial statistics; a small set makes few steps (20 per epoch with --batch-size auto).
+VGG_BN_MOMENTUM = 0.9
 #: ``--batch-size auto``: the original's 1024, reduced so that an epoch has at least
 #: AUTO_BATCH_MIN_STEPS gradient steps, never below AUTO_BATCH_MIN cutouts.
 AUTO_BATCH_MAX = 1024
@@ -457,7 +470,7 @@ class TrainingOptions(CommandConfig):
     """Options shared by the commands that train models (otrain-train, dataset-size study)."""
 
     epochs: PositiveInt = option(10, "Maximum number of training epochs.")
-    dropout: DropoutRate = option(DEFAULT_DROPOUT, "Rate of each of the three dropout layers.")
+    dropout: DropoutRate = option(DEFAULT_DROPOUT, "Rate of each of the three dropout layers (in either network).")
     batch_size: Annotated[Literal["auto"] | int, AfterValidator(_batch_size)] = option(
         "auto",
         f"Cutouts per gradient step. 'auto' is the original's {AUTO_BATCH_MAX} for large cubes, reduced so that an "
@@ -474,6 +487,11 @@ class TrainingOptions(CommandConfig):
     augment: bool = option(False, "Augment the training set with random flips and 90-degree rotations.")
     class_weight: Literal["balanced", "none"] = option(
         "balanced", "'balanced' weights each class by the inverse of its frequency (useful with --frac-true -1)."
+    )
+    architecture: Architecture = option(
+        DEFAULT_ARCHITECTURE,
+        "Network: 'otrain' is the original O'TRAIN CNN; 'vgg' a small VGG-like CNN with batch normalisation "
+        "(two blocks of two 3x3 convolutions, about 130 000 weights), for small real sets.",
     )
     normalisation: Literal["none", "robust"] = option(
         "none", "'none' feeds raw pixels (the original); 'robust' scales each cutout by its median and MAD."
@@ -515,7 +533,7 @@ TRAINING_FILES = (
 
 
 class TrainConfig(TrainingOptions):
-    """Train the O'TRAIN CNN on a datacube.
+    """Train the O'TRAIN CNN (or, with --architecture vgg, a small VGG-like CNN) on a datacube.
 
     The cube is split, per class and with --seed, into disjoint training, validation (--frac)
     and test (--test-frac) sets. Early stopping watches the validation loss; every reported

@@ -1,8 +1,10 @@
 """otrain-grad-cam: where the network looks, with tf-keras-vis Grad-CAM and Grad-CAM++.
 
 The map explains the predicted class of each candidate (TP and FP: real; TN and FN: bogus) on
-the last Conv2D layer, found by type. Under Keras 3, tf-keras-vis needs a functional model, so
-the Sequential O'TRAIN model is wrapped as ``keras.Model(model.inputs, model.outputs)``; its
+the feature maps of the last Conv2D layer, found by type, as the rest of the network sees them:
+after the batch normalisation and ReLU that directly follow it in the vgg network (see
+:func:`explained_layer`). Under Keras 3, tf-keras-vis needs a functional model, so
+a Sequential model is wrapped as ``keras.Model(model.inputs, model.outputs)``; its
 softmax is replaced by a linear output (``ReplaceToLinear``) on a clone, so the score is the
 class logit.
 """
@@ -19,9 +21,44 @@ import numpy as np
 from otrain.config import GRADCAM_BATCH, GRADCAM_GRID, OUTCOMES, GradCamConfig
 from otrain.progress import track
 
-__all__ = ["GradCamExplainer", "GradCamReport", "gradcam_maps", "run_grad_cam"]
+__all__ = ["GradCamExplainer", "GradCamReport", "explained_layer", "gradcam_maps", "run_grad_cam"]
 
 logger = logging.getLogger("otrain")
+
+
+def explained_layer(model: Any) -> Any:
+    """Return the layer whose feature maps Grad-CAM weighs.
+
+    The last Conv2D layer (found by type), or, when batch normalisation and activation layers
+    follow it directly (the vgg network's Conv2D, BatchNormalization, ReLU), the last of them.
+    Grad-CAM weighs rectified feature maps: the O'TRAIN convolutions carry their ReLU, the vgg
+    ones do not, and at their raw output each map would be shifted by its normalisation's offset.
+
+    Parameters
+    ----------
+    model : keras.Model
+        The classifier; "directly" follows its layer order.
+
+    Returns
+    -------
+    keras.layers.Layer
+        The layer.
+
+    Raises
+    ------
+    otrain.errors.DataError
+        When the model has no Conv2D layer.
+    """
+    from keras import layers
+
+    from otrain.model import last_conv_layer
+
+    found = last_conv_layer(model)
+    for layer in model.layers[model.layers.index(found) + 1 :]:
+        if not isinstance(layer, (layers.BatchNormalization, layers.ReLU, layers.Activation)):
+            break
+        found = layer
+    return found
 
 
 class GradCamExplainer:
@@ -33,9 +70,7 @@ class GradCamExplainer:
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
         from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
-        from otrain.model import last_conv_layer
-
-        self.layer = last_conv_layer(model).name
+        self.layer = explained_layer(model).name
         functional = keras.Model(model.inputs, model.outputs)
         self.visualiser = (GradcamPlusPlus if method == "gradcam++" else Gradcam)(
             functional, model_modifier=ReplaceToLinear(), clone=True

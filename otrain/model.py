@@ -1,11 +1,21 @@
-"""The O'TRAIN CNN: build, save and load it, with a JSON model card beside every model file.
+"""The networks: build, save and load them, with a JSON model card beside every model file.
 
-The architecture is the original O'TRAIN one (Makhlouf et al. 2022, A&A 664, A81; layer by
-layer in docs/original-otrain.md#the-network): same order, shapes and parameter counts, for
-any H x W x C input: two 3x3 convolutions, average pooling, dropout, a convolution, max
-pooling, dropout, two convolutions, max pooling, then dense 512 / dropout / dense 256 /
-softmax over two classes (index 1 = real). An optional normalisation layer can
-sit in front of it, inside the model, so that every model always takes raw pixels.
+``otrain`` (the default) is the original O'TRAIN CNN (Makhlouf et al. 2022, A&A 664, A81;
+layer by layer in docs/original-otrain.md#the-network): same order, shapes and parameter
+counts, for any H x W x C input: two 3x3 convolutions, average pooling, dropout, a
+convolution, max pooling, dropout, two convolutions, max pooling, then dense 512 / dropout /
+dense 256 / softmax over two classes (index 1 = real).
+
+``vgg`` is a small VGG-like network for small real sets, in the spirit of ZTF's braai
+real/bogus classifier (Duev et al. 2019, MNRAS 489, 3582), with batch normalisation: two
+blocks of two 3x3 convolutions (each followed by batch normalisation and ReLU), max pooling
+and dropout, then average pooling onto a fixed 4x4 grid, a small dense layer, dropout and the
+same softmax. The fixed grid keeps its size independent of the cutout size (about 130 000
+weights) and, unlike global average pooling, keeps where a feature lies: a real candidate sits
+at the centre of its cutout.
+
+An optional normalisation layer can sit in front of either, inside the model, so that every
+model always takes raw pixels.
 
 Models are saved as ``.keras`` by default and as legacy HDF5 when the file name ends in
 ``.h5``; both are written atomically. :func:`load_model` reads both, including ``.h5`` files
@@ -25,7 +35,18 @@ import numpy as np
 from keras import layers, ops
 
 from otrain.atomic import atomic_path, write_text_atomic
-from otrain.config import DEFAULT_DROPOUT, DEFAULT_LEARNING_RATE, card_file
+from otrain.config import (
+    ARCHITECTURES,
+    DEFAULT_ARCHITECTURE,
+    DEFAULT_DROPOUT,
+    DEFAULT_LEARNING_RATE,
+    VGG_BN_MOMENTUM,
+    VGG_DENSE_UNITS,
+    VGG_FILTERS,
+    VGG_GRID,
+    Architecture,
+    card_file,
+)
 from otrain.errors import DataError, first_line
 
 __all__ = [
@@ -88,45 +109,10 @@ class RobustScaling(layers.Layer):
         return {**super().get_config(), "clip": self.clip}
 
 
-def build_model(
-    input_shape: tuple[int, int, int],
-    *,
-    dropout: float = DEFAULT_DROPOUT,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
-    normalisation: Normalisation = "none",
-    n_classes: int = 2,
-) -> keras.Sequential:
-    """Build and compile the O'TRAIN CNN.
-
-    Parameters
-    ----------
-    input_shape : tuple of int
-        (H, W, C) of the cutouts; H and W must be at least 8 (three 2x2 poolings).
-    dropout : float
-        Rate of the three dropout layers.
-    learning_rate : float
-        Adam learning rate.
-    normalisation : {"none", "robust"}
-        "none" feeds raw pixels, as the original; "robust" puts :class:`RobustScaling` first.
-    n_classes : int
-        Softmax outputs (2: bogus, real).
-
-    Returns
-    -------
-    keras.Sequential
-        The compiled model (categorical cross-entropy on one-hot labels, accuracy).
-    """
-    height, width, _ = input_shape
-    if height < 8 or width < 8:
-        raise ValueError(f"cutouts must be at least 8x8 pixels for this network, got {height}x{width}")
+def _otrain_layers(dropout: float, n_classes: int) -> list[layers.Layer]:
+    """Return the layers of the original O'TRAIN CNN that follow its input (and normalisation) layers."""
     relu_conv = {"kernel_size": 3, "padding": "same", "activation": "relu"}
-    stack: list[layers.Layer] = [keras.Input(shape=input_shape, name="cutout")]
-    if normalisation == "robust":
-        # Scaling runs in float32 even under mixed precision: raw pixels can exceed float16.
-        stack.append(RobustScaling(name="robust_scaling", dtype="float32"))
-    elif normalisation != "none":
-        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
-    stack += [
+    return [
         layers.Conv2D(16, **relu_conv),
         layers.Conv2D(32, **relu_conv),
         layers.AveragePooling2D(pool_size=2),
@@ -143,7 +129,83 @@ def build_model(
         layers.Dense(256, activation="relu"),
         layers.Dense(n_classes, activation="softmax", dtype="float32"),
     ]
-    model = keras.Sequential(stack, name="otrain_cnn")
+
+
+def _vgg_layers(dropout: float, n_classes: int) -> list[layers.Layer]:
+    """Return the layers of the small VGG-like network that follow its input (and normalisation) layers."""
+    stack: list[layers.Layer] = []
+    for filters in VGG_FILTERS:
+        for _ in range(2):
+            # No bias: the batch normalisation that follows has its own offset.
+            stack += [
+                layers.Conv2D(filters, kernel_size=3, padding="same", use_bias=False),
+                layers.BatchNormalization(momentum=VGG_BN_MOMENTUM),
+                layers.ReLU(),
+            ]
+        stack += [layers.MaxPooling2D(pool_size=2), layers.Dropout(dropout)]
+    return [
+        *stack,
+        layers.AdaptiveAveragePooling2D(VGG_GRID),
+        layers.Flatten(),
+        layers.Dense(VGG_DENSE_UNITS, activation="relu"),
+        layers.Dropout(dropout),
+        layers.Dense(n_classes, activation="softmax", dtype="float32"),
+    ]
+
+
+#: Each network's layers (after the input) and the smallest cutout side its poolings allow.
+_NETWORKS = {"otrain": (_otrain_layers, 8), "vgg": (_vgg_layers, 4)}
+
+
+def build_model(
+    input_shape: tuple[int, int, int],
+    *,
+    architecture: Architecture = DEFAULT_ARCHITECTURE,
+    dropout: float = DEFAULT_DROPOUT,
+    learning_rate: float = DEFAULT_LEARNING_RATE,
+    normalisation: Normalisation = "none",
+    n_classes: int = 2,
+) -> keras.Sequential:
+    """Build and compile a network: the O'TRAIN CNN, or the small VGG-like one.
+
+    Parameters
+    ----------
+    input_shape : tuple of int
+        (H, W, C) of the cutouts; H and W must be at least 8 for "otrain" (three 2x2 poolings),
+        4 for "vgg" (two).
+    architecture : {"otrain", "vgg"}
+        The network (see the module's description).
+    dropout : float
+        Rate of the three dropout layers.
+    learning_rate : float
+        Adam learning rate.
+    normalisation : {"none", "robust"}
+        "none" feeds raw pixels, as the original; "robust" puts :class:`RobustScaling` first.
+    n_classes : int
+        Softmax outputs (2: bogus, real).
+
+    Returns
+    -------
+    keras.Sequential
+        The compiled model (categorical cross-entropy on one-hot labels, accuracy), named
+        ``otrain_cnn`` or ``vgg_cnn``.
+    """
+    if architecture not in _NETWORKS:
+        raise ValueError(f"architecture must be one of {ARCHITECTURES}, got {architecture!r}")
+    network, smallest = _NETWORKS[architecture]
+    height, width, _ = input_shape
+    if height < smallest or width < smallest:
+        raise ValueError(
+            f"cutouts must be at least {smallest}x{smallest} pixels for the {architecture} network, "
+            f"got {height}x{width}"
+        )
+    stack: list[layers.Layer] = [keras.Input(shape=input_shape, name="cutout")]
+    if normalisation == "robust":
+        # Scaling runs in float32 even under mixed precision: raw pixels can exceed float16.
+        stack.append(RobustScaling(name="robust_scaling", dtype="float32"))
+    elif normalisation != "none":
+        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+    model = keras.Sequential(stack + network(dropout, n_classes), name=f"{architecture}_cnn")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="categorical_crossentropy",

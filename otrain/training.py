@@ -1,4 +1,4 @@
-"""otrain-train: fit the O'TRAIN CNN on a datacube, evaluate it on a held-out test set.
+"""otrain-train: fit a network on a datacube, evaluate it on a held-out test set.
 
 Outputs go to ``<model-path>/CNN_training/<name>/`` (the original's layout), and appear
 complete or not at all. While a training runs, its folder holds a lock (one training per
@@ -75,6 +75,7 @@ _WEIGHTS = "latest.weights.h5"
 _BEST_WEIGHTS = "best.weights.h5"
 #: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
 RESUME_KEYS = (
+    "architecture",
     "seed",
     "frac",
     "test_frac",
@@ -589,6 +590,7 @@ def _train_locked(
     if config.resume:
         if fingerprint_file.is_file():
             saved = _read_json(fingerprint_file)
+            saved.setdefault("architecture", "otrain")  # a checkpoint from before --architecture
             changed = sorted(key for key in fingerprint if key in saved and saved[key] != fingerprint[key])
             if changed:
                 raise OptionError(
@@ -703,6 +705,7 @@ def _fit_and_write(
     with strategy.scope():
         model = build_model(
             input_shape,  # type: ignore[arg-type]
+            architecture=config.architecture,
             dropout=config.dropout,
             learning_rate=config.learning_rate,
             normalisation=config.normalisation,
@@ -761,6 +764,7 @@ def _fit_and_write(
     card = {
         "model_file": config.model_file.name,
         "input_shape": list(input_shape),
+        "architecture": config.architecture,
         "planes": list(cube.planes) if cube.planes is not None else None,
         "init_from": str(config.init_from) if config.init_from is not None else None,
         "normalisation": config.normalisation,

@@ -209,3 +209,14 @@ def trained(workspace: Path, tracking_uri: str) -> Path:
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     return workspace / "models" / "CNN_training" / "tiny"
+
+
+@pytest.fixture(scope="session")
+def trained_vgg(workspace: Path, tracking_uri: str) -> Path:
+    """The output folder of a 3-epoch training of the vgg network on the workspace cube, tracked in MLflow."""
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        assert train(workspace, "tiny_vgg", "--architecture", "vgg", "--epochs", "3", models="vgg") == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    return workspace / "vgg" / "CNN_training" / "tiny_vgg"

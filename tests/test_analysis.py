@@ -241,19 +241,46 @@ def test_grad_cam_plus_plus(trained: Path, tmp_path: Path) -> None:
     assert (tmp_path / "TN_summary.png").stat().st_size > 2000
 
 
-def test_grad_cam_map_is_the_real_grad_cam(trained: Path) -> None:
-    """tf-keras-vis against an independent GradientTape Grad-CAM on the last Conv2D."""
-    import tensorflow as tf
+def test_grad_cam_explains_the_vgg_network(trained_vgg: Path, tmp_path: Path) -> None:
+    model_file = trained_vgg / "tiny_vgg.keras"
+    cube_file = trained_vgg / "test_set" / "datacube" / "cube_test.npz"
+    arguments = ("--cube", cube_file, "--model-path", model_file, "--cam_path", tmp_path, "--n_random", 3)
+    assert call_main(grad_cam_main, *arguments) == 0
+    cube = Datacube.load(cube_file)
+    predicted = probabilities_of(model_file, cube) > 0.5
+    for outcome, cases in {"TP": predicted & (cube.labels == 1), "TN": ~predicted & (cube.labels == 0)}.items():
+        assert len(list((tmp_path / outcome).glob("cutout_CAM_*.png"))) == min(3, int(np.sum(cases)))
+    assert (tmp_path / "TP_summary.png").stat().st_size > 2000
 
-    from otrain.gradcam import gradcam_maps
+
+@pytest.mark.parametrize(
+    ("training", "model_name", "grid"),
+    [("trained", "tiny.keras", SIZE // 4), ("trained_vgg", "tiny_vgg.keras", SIZE // 2)],  # after 2 or 1 poolings
+)
+def test_grad_cam_map_is_the_real_grad_cam(
+    request: pytest.FixtureRequest, training: str, model_name: str, grid: int
+) -> None:
+    """tf-keras-vis against an independent GradientTape Grad-CAM on the last convolution's rectified maps."""
+    import tensorflow as tf
+    from keras import layers
+
+    from otrain.gradcam import explained_layer, gradcam_maps
     from otrain.model import last_conv_layer, load_model
 
-    model = load_model(trained / "tiny.keras")
-    pixels = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz").cube[:8]
+    folder = request.getfixturevalue(training)
+    model = load_model(folder / model_name)
+    pixels = Datacube.load(folder / "test_set" / "datacube" / "cube_test.npz").cube[:8]
     classes = np.array([1, 0] * 4)
     ours = gradcam_maps(model, pixels, classes, expand=False, normalise=False)
 
-    convolution, output = last_conv_layer(model), model.layers[-1]
+    convolution, output = explained_layer(model), model.layers[-1]
+    last = model.layers.index(last_conv_layer(model))
+    if training == "trained":  # the O'TRAIN convolutions carry their ReLU
+        assert convolution is model.layers[last]
+    else:  # vgg: Conv2D, BatchNormalization, ReLU
+        assert isinstance(model.layers[last + 1], layers.BatchNormalization)
+        assert convolution is model.layers[last + 2]
+        assert isinstance(convolution, layers.ReLU)
     with tf.GradientTape() as tape:
         hidden = tf.convert_to_tensor(pixels)
         for layer in model.layers[:-1]:
@@ -266,7 +293,8 @@ def test_grad_cam_map_is_the_real_grad_cam(trained: Path) -> None:
     gradients = tape.gradient(score, features)
     weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)
     reference = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1)).numpy()
-    assert ours.shape == reference.shape == (8, SIZE // 4, SIZE // 4)
+    assert ours.shape == reference.shape == (8, grid, grid)
+    assert np.ptp(reference) > 0
     assert_allclose(ours, reference, atol=1e-5)
 
 
@@ -399,7 +427,7 @@ def test_dataset_size_study(
         optimise_main,
         *("--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "study"),
         *("--epochs", "1", "--n_sections", "3", "--dropout", "0.1", "--outdir", tmp_path / "out"),
-        *("--normalisation", "robust", "--patience", "0"),
+        *("--normalisation", "robust", "--patience", "0", "--architecture", "vgg"),
     )
     assert status == 0
     rows = read_csv(tmp_path / "out" / "study_dataset_size.csv")
@@ -421,6 +449,7 @@ def test_dataset_size_study(
     ]
     assert [card["split_sizes"]["train"] for card in cards] == sizes
     assert all(card["params"]["dropout"] == 0.1 for card in cards)  # --dropout is honoured
+    assert all(card["architecture"] == "vgg" for card in cards)
     client = MlflowClient(tracking_uri)
     children = [
         json.loads((tmp_path / "CNN_training" / f"study_size_{size}" / "mlflow_run.json").read_text()) for size in sizes

@@ -64,6 +64,7 @@ def test_original_defaults_are_kept(files: dict[str, Path]) -> None:
     assert (convert.frac_true, convert.cutout_size) == (0.5, -1)
     train = cfg.TrainConfig.model_validate(options[cfg.TrainConfig])
     assert (train.epochs, train.frac, train.dropout, train.threshold) == (10, 0.15, 0.3, 0.5)
+    assert train.architecture == "otrain"
     check = cfg.CheckInferConfig.model_validate(options[cfg.CheckInferConfig])
     assert check.maglim == (12.0, 18.0, 21.0)
     assert check.cnn_problim == (0.1, 0.5, 0.7)
@@ -71,7 +72,7 @@ def test_original_defaults_are_kept(files: dict[str, Path]) -> None:
     diagnostics = cfg.DiagnosticsConfig.model_validate(options[cfg.DiagnosticsConfig])
     assert diagnostics.path_diagnostics == Path("cnn_results")
     optimise = cfg.OptimiseDatasetSizeConfig.model_validate(options[cfg.OptimiseDatasetSizeConfig])
-    assert (optimise.n_sections, optimise.epochs) == (20, 10)
+    assert (optimise.n_sections, optimise.epochs, optimise.architecture) == (20, 10, "otrain")
     assert cfg.GradCamConfig.model_validate(options[cfg.GradCamConfig]).n_random == 30
 
 
@@ -171,6 +172,8 @@ def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str
         (cfg.CheckInferConfig, "cnn_problim", (0.1, 1.2), r"probability in \[0, 1\]"),
         (cfg.CheckInferConfig, "fwhm_ratio_lower", 5.0, "smaller than --fwhm-ratio-upper"),
         (cfg.OptimiseDatasetSizeConfig, "n_sections", 1, "at least 2"),
+        (cfg.TrainConfig, "architecture", "resnet", "Input should be 'otrain' or 'vgg'"),
+        (cfg.OptimiseDatasetSizeConfig, "architecture", "VGG", "Input should be 'otrain' or 'vgg'"),
         (cfg.GradCamConfig, "n_random", 0, "positive whole number"),
         (cfg.SimulateConfig, "mef_fraction", 1.1, r"probability in \[0, 1\]"),
         (cfg.SimulateConfig, "cutout_size", 8, "at least 16 pixels"),

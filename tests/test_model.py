@@ -1,4 +1,4 @@
-"""The network's own layers against independent references (NumPy, SciPy)."""
+"""The networks' own layers against independent references (NumPy, SciPy), and the vgg network's shape."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy.stats import median_abs_deviation
 
-from otrain.model import RobustScaling
+from otrain.model import RobustScaling, build_model
 
 
 def reference_scaling(cutouts: np.ndarray, clip: float) -> np.ndarray:
@@ -37,3 +37,38 @@ def test_robust_scaling_of_constant_and_clipped_cutouts() -> None:
     scaled = np.asarray(RobustScaling(clip=50.0)(spike))
     assert scaled.max() == pytest.approx(50.0)
     assert_allclose(scaled, reference_scaling(spike, 50.0), rtol=1e-6)
+
+
+def vgg_weights(planes: int) -> int:
+    """The vgg network's weights, counted by hand: 3x3 convolutions without bias, 32, 32, 64, 64
+    filters, each with a batch normalisation (4 numbers per filter), a 4x4 grid of the 64 last
+    maps, a dense layer of 64, two outputs."""
+    convolutions = 9 * (planes * 32 + 32 * 32 + 32 * 64 + 64 * 64)
+    normalisations = 4 * (32 + 32 + 64 + 64)
+    head = (4 * 4 * 64 + 1) * 64 + (64 + 1) * 2
+    return convolutions + normalisations + head
+
+
+@pytest.mark.parametrize("shape", [(32, 32, 1), (20, 28, 3), (64, 64, 3), (9, 5, 2)])
+def test_vgg_network_takes_any_cutout_and_gives_two_probabilities(shape: tuple[int, int, int]) -> None:
+    from keras import layers
+
+    model = build_model(shape, architecture="vgg", normalisation="robust")
+    assert model.name == "vgg_cnn"
+    assert model.count_params() == vgg_weights(shape[2])  # the same for every cutout size
+    assert model.count_params() < 200_000
+    kinds = [type(layer) for layer in model.layers]
+    assert kinds.count(layers.Conv2D) == kinds.count(layers.BatchNormalization) == 4
+    cutouts = np.random.default_rng(1).normal(300.0, 20.0, (5, *shape)).astype(np.float32)
+    probabilities = np.asarray(model(cutouts, training=False))
+    assert probabilities.shape == (5, 2)
+    assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-6)
+
+
+def test_unknown_architecture_and_too_small_cutouts_are_refused() -> None:
+    with pytest.raises(ValueError, match=r"architecture must be one of \('otrain', 'vgg'\), got 'resnet'"):
+        build_model((32, 32, 1), architecture="resnet")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at least 4x4 pixels for the vgg network, got 3x16"):
+        build_model((3, 16, 1), architecture="vgg")
+    with pytest.raises(ValueError, match="at least 8x8 pixels for the otrain network, got 16x7"):
+        build_model((16, 7, 1))

@@ -46,6 +46,7 @@ def test_params_yaml_is_valid() -> None:
         ({"train": {"mixed_precision": True, "normalisation": "none"}}, "train.mixed_precision: needs"),
         ({"checkinfer": {"maglim": [21, 18]}}, "checkinfer.maglim: give one or more values in increasing order"),
         ({"train": {"learning_rate": float("nan")}}, "train.learning_rate: Input should be a finite number"),
+        ({"train": {"architecture": "resnet"}}, "train.architecture: Input should be 'otrain' or 'vgg'"),
     ],
 )
 def test_params_yaml_mistakes_are_caught(change: dict, message: str) -> None:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
 from conftest import BIN, SIZE, call_main, pixels, train, write_gmadet
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.train import main as train_main
@@ -47,6 +47,7 @@ def test_training_writes_the_original_layout(trained: Path) -> None:
         assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3, 4, 5, 6]
     card = json.loads((trained / "tiny.keras.card.json").read_text())
     assert card["input_shape"] == [SIZE, SIZE, 1]
+    assert card["architecture"] == "otrain"
     assert card["normalisation"] == "robust"
     assert card["data_hash"] == Datacube.load(trained.parents[2] / "datacube" / "cube.npz").content_hash()
     assert card["test_metrics"]["accuracy"] == metrics["accuracy"]
@@ -160,6 +161,25 @@ def original_otrain_network(size: int) -> object:
     )
 
 
+def test_the_default_network_is_the_original_layer_for_layer() -> None:
+    """Same layers, settings and, from the same seed, the same initial weights as the plain-Keras original."""
+    import keras
+
+    from otrain.model import build_model
+
+    networks = []
+    for build in (lambda: build_model((SIZE, SIZE, 1)), lambda: original_otrain_network(SIZE)):
+        keras.utils.set_random_seed(11)
+        networks.append(build())
+    ours, original = networks
+    assert [type(layer) for layer in ours.layers] == [type(layer) for layer in original.layers]
+    configs = [[{**layer.get_config(), "name": None} for layer in model.layers] for model in networks]
+    assert configs[0] == configs[1]
+    assert ours.count_params() == original.count_params() == 2_621_826
+    for mine, theirs in zip(ours.get_weights(), original.get_weights(), strict=True):
+        assert_array_equal(mine, theirs)
+
+
 def test_h5_models_load_and_score_the_same(workspace: Path, tmp_path: Path) -> None:
     from otrain.model import build_model, load_model, save_model
 
@@ -209,6 +229,47 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(trained: Path, tracki
 
 
 # ---------------------------------------------------------------------------------------------
+# The vgg network.
+
+
+def test_vgg_training_records_its_network(trained_vgg: Path, tracking_uri: str) -> None:
+    from keras import layers
+    from mlflow.tracking import MlflowClient
+
+    from otrain.model import load_model
+
+    card = json.loads((trained_vgg / "tiny_vgg.keras.card.json").read_text())
+    assert card["architecture"] == card["params"]["architecture"] == "vgg"
+    model = load_model(trained_vgg / "tiny_vgg.keras")
+    assert model.name == "vgg_cnn"
+    assert sum(isinstance(layer, layers.BatchNormalization) for layer in model.layers) == 4
+    with open(trained_vgg / "history.csv", newline="") as stream:
+        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3]
+    metrics = json.loads((trained_vgg / "metrics.json").read_text())
+    assert metrics["roc_auc"] > 0.8, metrics  # it learnt (the test set's ROC AUC is 0.96 on this CPU)
+    run_id = json.loads((trained_vgg / "mlflow_run.json").read_text())["run_id"]
+    assert MlflowClient(tracking_uri).get_run(run_id).data.params["architecture"] == "vgg"
+
+
+def test_vgg_model_saves_and_loads_in_both_formats(trained_vgg: Path, tmp_path: Path) -> None:
+    from keras import layers
+
+    from otrain.model import load_model, save_model
+
+    model = load_model(trained_vgg / "tiny_vgg.keras")
+    normalisation = next(layer for layer in model.layers if isinstance(layer, layers.BatchNormalization))
+    assert np.abs(np.asarray(normalisation.moving_mean)).max() > 0.01  # statistics learnt, saved with the model
+    test = Datacube.load(trained_vgg / "test_set" / "datacube" / "cube_test.npz")
+    expected = model.predict(test.cube, verbose=0)
+    card = json.loads((trained_vgg / "tiny_vgg.keras.card.json").read_text())
+    accuracy = np.mean((expected[:, 1] > card["threshold"]) == test.labels)
+    assert accuracy == pytest.approx(card["test_metrics"]["accuracy"])  # the model the metrics come from
+    for name in ("copy.keras", "copy.h5"):
+        again = load_model(save_model(model, tmp_path / name))
+        assert_array_equal(again.predict(test.cube, verbose=0), expected)
+
+
+# ---------------------------------------------------------------------------------------------
 # Bad input.
 
 
@@ -237,13 +298,16 @@ def test_cube_with_one_class(workspace: Path, capsys: pytest.CaptureFixture[str]
         (("--frac", "0"), "--frac: must be a fraction in (0, 1)"),
         (("--frac", "1"), "--frac: must be a fraction in (0, 1)"),
         (("--frac", "0.5", "--test-frac", "0.5"), "--frac, --test-frac: together must leave data"),
+        (("--architecture", "resnet"), "--architecture: Input should be 'otrain' or 'vgg'"),
     ],
 )
 def test_bad_training_options(
     workspace: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], message: str
 ) -> None:
     assert train(workspace, "bad", "--no-tracking", *options, models="badopts") == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err
+    assert len(err.strip().splitlines()) == 1
     assert not (workspace / "badopts" / "CNN_training" / "bad" / "bad.keras").exists()
 
 
@@ -366,6 +430,14 @@ def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     )
     assert changed.returncode == 2
     assert "--resume: the interrupted training used other values of seed" in changed.stderr
+    network = subprocess.run(
+        [*command[:-4], "--epochs", "4", "--patience", "0", "--architecture", "vgg", "--resume"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert network.returncode == 2
+    assert "--resume: the interrupted training used other values of architecture;" in network.stderr
     total = finished + 2
     resumed = subprocess.run(
         [*command[:-4], "--epochs", str(total), "--patience", "0", "--resume"],
