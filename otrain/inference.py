@@ -204,6 +204,8 @@ def infer(config: InferConfig) -> InferenceReport:
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
     planes = config.planes if config.planes is not None else card_planes(config.model)
+    if config.planes is None and planes == ("DIFF",):
+        planes = None  # the difference alone, read as O'TRAIN did: a gmadet cutout's whole image
     _check_model_fits_cutouts(config.model, shape, files, planes)
     report = InferenceReport(output=config.output_file, n_files=len(files))
     started = time.perf_counter()
