@@ -38,6 +38,7 @@ __all__ = [
     "remove_own_images",
     "run_diagnostics",
     "run_plot_results",
+    "shown_plane",
 ]
 
 logger = logging.getLogger("otrain")
@@ -56,6 +57,11 @@ def remove_own_images(folder: Path, pattern: str) -> None:
     for old in folder.glob(pattern):
         if png_software(old).startswith(formats.PNG_SOFTWARE):
             old.unlink()
+
+
+def shown_plane(cube: Datacube) -> int:
+    """Return the channel exported pictures show: the difference (``DIFF``) when the cube names it, else the first."""
+    return cube.planes.index("DIFF") if cube.planes is not None and "DIFF" in cube.planes else 0
 
 
 def candidate_title(cube: Datacube, row: int, probability: float) -> str:
@@ -102,8 +108,9 @@ def run_diagnostics(config: DiagnosticsConfig) -> DiagnosticsReport:
         remove_own_images(folder, "cutout_*.png")
         report.exported[outcome] = len(rows)
         jobs += [(folder / f"cutout_{index}.png", int(row)) for index, row in enumerate(rows)]
+    plane = shown_plane(cube)
     for path, row in track(jobs, len(jobs), "exporting cutouts"):
-        plot_cutout(cube.cube[row, :, :, 0], candidate_title(cube, row, probabilities[row]), path)
+        plot_cutout(cube.cube[row, :, :, plane], candidate_title(cube, row, probabilities[row]), path)
     report.outputs += [out / folder for folder in DIAGNOSTIC_FOLDERS.values()]
     log_stage(config.model_path, metrics, report.outputs[:2], "diagnostics", config.tracking)
     return report

@@ -139,7 +139,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     A class with fewer candidates than ``--n_random`` simply gives fewer images.
     """
     from otrain import plots
-    from otrain.analysis import candidate_title, log_stage, remove_own_images
+    from otrain.analysis import candidate_title, log_stage, remove_own_images, shown_plane
     from otrain.errors import DataError
     from otrain.scoring import sample_outcomes, score_cube
 
@@ -149,6 +149,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     except DataError as error:
         raise DataError(f"{config.model_path}: {error}; Grad-CAM explains a convolutional layer") from None
     cube, probabilities = scored.cube, scored.probabilities
+    plane = shown_plane(cube)
     report = GradCamReport()
     config.cam_path.mkdir(parents=True, exist_ok=True)
     for outcome, rows in sample_outcomes(scored.outcomes(config.threshold), config.n_random, config.seed).items():
@@ -170,11 +171,11 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
             track(list(zip(rows, maps, titles, strict=True)), len(rows), f"Grad-CAM {outcome}")
         ):
             path = folder / f"cutout_CAM_{index}.png"
-            plots.plot_overlay(cube.cube[row, :, :, 0], cam, title, path)
+            plots.plot_overlay(cube.cube[row, :, :, plane], cam, title, path)
         report.outputs.append(folder)
         report.outputs.append(
             plots.plot_overlay_grid(
-                [cube.cube[row, :, :, 0] for row in rows[:GRADCAM_GRID]],
+                [cube.cube[row, :, :, plane] for row in rows[:GRADCAM_GRID]],
                 list(maps[:GRADCAM_GRID]),
                 [str(cube.candids[row]) for row in rows[:GRADCAM_GRID]],
                 f"{outcome}: {len(rows)} candidates ({config.method})",

@@ -80,8 +80,13 @@ def plot_training_curve(history: Sequence[dict[str, float]], metric: str, title:
 def _zscale(image: np.ndarray) -> tuple[float, float]:
     from astropy.visualization import ZScaleInterval
 
-    low, high = ZScaleInterval().get_limits(image)
-    return float(low), float(high)
+    low, high = (float(limit) for limit in ZScaleInterval().get_limits(image))
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):  # a flat or degenerate plane
+        finite = image[np.isfinite(image)]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+        if low >= high:
+            low, high = low - 0.5, high + 0.5
+    return low, high
 
 
 def plot_cutout(image: np.ndarray, title: str, path: Path) -> Path:

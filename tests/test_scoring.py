@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -102,3 +103,23 @@ def test_importing_the_figures_sets_no_matplotlib_backend() -> None:
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "True"]
+
+
+def test_pictures_of_flat_or_degenerate_planes_are_drawn(tmp_path: Path) -> None:
+    """A flat plane (a saturated or masked science image) has no ZScale range: drawn, not an error."""
+    from otrain.plots import plot_cutout
+
+    for name, image in (("flat", np.full((32, 32), 371.8286)), ("one", np.pad(np.ones((1, 1)), 7) * 1e30)):
+        path = plot_cutout(image.astype(np.float32), name, tmp_path / f"{name}.png")
+        assert path.stat().st_size > 0
+
+
+def test_pictures_show_the_difference_plane_of_a_triplet_cube() -> None:
+    from otrain.analysis import shown_plane
+    from otrain.datacube import Datacube
+
+    columns = {name: np.zeros(2) for name in ("mags", "errmags", "fwhms")}
+    common = {**columns, "labels": np.array([0, 1]), "filters": np.array(["r", "r"]), "candids": np.arange(2)}
+    cube = np.zeros((2, 4, 4, 3), np.float32)
+    assert shown_plane(Datacube(cube=cube, **common, planes=("IMAGE", "TEMPLATE", "DIFF"))) == 2
+    assert shown_plane(Datacube(cube=cube, **common)) == 0
