@@ -422,22 +422,15 @@ def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     assert MlflowClient(uri).get_run(run_id).info.status == "KILLED"
     finished = json.loads((output / ".checkpoint" / "latest.json").read_text())["epochs_done"]
 
-    changed = subprocess.run(
-        [*command[:-4], "--epochs", "4", "--patience", "0", "--seed", "7", "--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert changed.returncode == 2
-    assert "--resume: the interrupted training used other values of seed" in changed.stderr
-    network = subprocess.run(
-        [*command[:-4], "--epochs", "4", "--patience", "0", "--architecture", "vgg", "--resume"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    assert network.returncode == 2
-    assert "--resume: the interrupted training used other values of architecture;" in network.stderr
+    for option, value in (("seed", "7"), ("architecture", "vgg")):
+        changed = subprocess.run(
+            [*command[:-4], "--epochs", "4", "--patience", "0", f"--{option}", value, "--resume"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert changed.returncode == 2
+        assert f"--resume: the interrupted training used other values of {option}" in changed.stderr
     total = finished + 2
     resumed = subprocess.run(
         [*command[:-4], "--epochs", str(total), "--patience", "0", "--resume"],
