@@ -12,6 +12,7 @@ is accepted with either.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tempfile
@@ -22,6 +23,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
 
 from otrain import outputs as formats
+from otrain.errors import first_line
 from otrain.locking import is_locked
 from otrain.outputs import Output, check_outputs, is_same_file
 
@@ -496,6 +498,22 @@ class TrainingOptions(CommandConfig):
     normalisation: Literal["none", "robust"] = option(
         "none", "'none' feeds raw pixels (the original); 'robust' scales each cutout by its median and MAD."
     )
+    calibration: Literal["temperature", "platt", "none"] = option(
+        "temperature",
+        "Calibrate P(real) on the validation set, inside the saved model: 'temperature' fits one temperature "
+        "of the log-odds, 'platt' a temperature and an offset (also undoes the prior of --class-weight "
+        "balanced), 'none' keeps the network's output (the original).",
+    )
+    target_fnr: OpenFraction | None = option(
+        None,
+        "Choose the threshold on the validation set so that at most this fraction of real cutouts is missed "
+        "(for example 0.01); the card stores it and otrain-infer uses it. Excludes --threshold and --target-fpr.",
+    )
+    target_fpr: OpenFraction | None = option(
+        None,
+        "Choose the threshold on the validation set so that at most this fraction of bogus cutouts is kept; "
+        "stored as with --target-fnr. Excludes --threshold and --target-fnr.",
+    )
     mixed_precision: bool = option(False, "Compute in float16 on GPUs (mixed_float16 policy).")
     tracking: bool = option(True, "Record the run in MLflow; --no-tracking turns it off.")
     tracking_uri: str | None = option(
@@ -511,6 +529,10 @@ class TrainingOptions(CommandConfig):
                 "--mixed-precision: needs --normalisation robust (raw pixel values overflow float16 and training "
                 "diverges to NaN)"
             )
+        chosen = [name for name in ("threshold", "target_fnr", "target_fpr") if values.get(name) is not None]
+        if len(chosen) > 1:
+            flags = ", ".join("--" + name.replace("_", "-") for name in chosen)
+            raise ValueError(f"{flags}: give one way of choosing the threshold, not {len(chosen)}")
         frac, test_frac = values["frac"], values["test_frac"]
         if frac + test_frac >= 1:
             raise ValueError(f"--frac, --test-frac: together must leave data for training, got {frac} + {test_frac}")
@@ -552,7 +574,11 @@ class TrainConfig(TrainingOptions):
         ..., "Name of the trained model; ending it in .h5 saves legacy HDF5 instead of .keras."
     )
     frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
-    threshold: Probability = option(0.5, "Probability threshold of the test metrics: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None,
+        "Probability threshold of the test metrics and the card: real if P(real) > threshold. Default 0.5, or "
+        "the one --target-fnr or --target-fpr chooses.",
+    )
     resume: bool = option(False, "Continue an interrupted training of the same name from its last finished epoch.")
     overwrite: bool = option(
         False,
@@ -663,7 +689,11 @@ class InferConfig(CommandConfig):
         "otrain-infer wrote, or with --overwrite; never the model or a cutout.",
     )
     batch_size: PositiveInt = option(PREDICT_BATCH, "Cutouts scored per batch.")
-    threshold: Probability = option(0.5, "Probability threshold of the 'real' column: real if label1 > threshold.")
+    threshold: Probability | None = option(
+        None,
+        "Probability threshold of the 'real' column: real if label1 > threshold. Default: the model card's "
+        "(chosen by otrain-train, for example with --target-fnr), 0.5 for a model without a card.",
+    )
     planes: Planes = option(
         None,
         "Image planes to read, in channel order (see otrain-convert). Default: those the model was trained on "
@@ -682,6 +712,7 @@ class InferConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
+        _use_card_threshold(self, self.model)
         self.check_option_rules(self.__dict__)
         output = self.output_file
         if output.is_dir():
@@ -710,6 +741,33 @@ class InferConfig(CommandConfig):
 def card_file(model_file: Path) -> Path:
     """Return the model card of ``model_file``: ``<model>.card.json`` beside it."""
     return model_file.with_name(model_file.name + ".card.json")
+
+
+def card_threshold(model_file: Path) -> float:
+    """Return the decision threshold a model's card records; 0.5 for a model without a card or threshold.
+
+    Raises
+    ------
+    ValueError
+        If the card cannot be read or its threshold is not a probability; the message names the card.
+    """
+    card = card_file(model_file)
+    if not card.is_file():
+        return 0.5
+    try:
+        value = json.loads(card.read_text()).get("threshold", 0.5)
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
+        raise ValueError(f"{card}: not a readable model card ({first_line(error)})") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{card}: 'threshold' must be a probability, got {value!r}")
+    return float(value)
+
+
+def _use_card_threshold(config: CommandConfig, model_file: Path) -> None:
+    """Fill an omitted --threshold with the model card's (see :func:`card_threshold`)."""
+    if getattr(config, "threshold", None) is None:
+        # The options are frozen once validated; this validator is where they are completed.
+        object.__setattr__(config, "threshold", card_threshold(model_file))
 
 
 def _is_under(path: Path, folder: Path, recursive: bool) -> bool:
@@ -833,7 +891,9 @@ class DiagnosticsConfig(CommandConfig):
 
     path_cube_validation: ExistingFile = option(..., "Validation datacube (.npz).")
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
-    threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None, "Probability threshold: real if P(real) > threshold. Default: the model card's (0.5 without one)."
+    )
     path_diagnostics: WritableFolder = option(Path("cnn_results"), "Folder for the exported cutouts of each outcome.")
     n_examples: NonNegativeInt = option(
         DIAGNOSTICS_EXAMPLES, "True positives and true negatives exported, each (every FP and FN is exported)."
@@ -844,6 +904,7 @@ class DiagnosticsConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> DiagnosticsConfig:
+        _use_card_threshold(self, self.model_path)
         out = self.path_diagnostics
         planned = [
             Output(out / "diagnostics.json", "json", formats.DIAGNOSTICS_KEYS),
@@ -880,12 +941,15 @@ class PlotResultsConfig(CommandConfig):
     path_cube_validation: ExistingFile = option(..., "Validation datacube (.npz).")
     model_path: ExistingFile = option(..., "Trained model file (.keras or .h5).")
     path_plots: WritableFolder = option(..., "Folder for the figures.")
-    threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None, "Probability threshold: real if P(real) > threshold. Default: the model card's (0.5 without one)."
+    )
     overwrite: bool = _overwrite_option("otrain-plot-results")
     tracking: bool = _log_into_training_run()
 
     @model_validator(mode="after")
     def _check(self) -> PlotResultsConfig:
+        _use_card_threshold(self, self.model_path)
         out = self.path_plots
         planned = [Output(out / f"{stem}.png", "png") for stem in PLOT_FILES]
         planned += [Output(out / f"{stem}.csv", "csv", columns) for stem, columns in PLOT_FILES.items()]
@@ -929,7 +993,11 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
     )
     outdir: WritableFolder = option(..., "Folder for the figures and the table.")
     frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
-    threshold: Probability = option(0.5, "Probability threshold of the test metrics: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None,
+        "Probability threshold of the test metrics and the card: real if P(real) > threshold. Default 0.5, or "
+        "the one --target-fnr or --target-fpr chooses.",
+    )
     overwrite: bool = option(
         False,
         "Replace the trainings of an earlier study with the same name (their own files only), and files in "
@@ -960,7 +1028,9 @@ class GradCamConfig(CommandConfig):
     n_random: PositiveInt = option(
         30, "Number of randomly chosen well-classified candidates per class.", flag="--n_random"
     )
-    threshold: Probability = option(0.5, "Probability threshold: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None, "Probability threshold: real if P(real) > threshold. Default: the model card's (0.5 without one)."
+    )
     method: Literal["gradcam", "gradcam++"] = option("gradcam", "tf-keras-vis Gradcam or GradcamPlusPlus.")
     seed: Seed = option(42, "Seed of the random choice of well-classified candidates.")
     overwrite: bool = _overwrite_option("otrain-grad-cam")
@@ -968,6 +1038,7 @@ class GradCamConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> GradCamConfig:
+        _use_card_threshold(self, self.model_path)
         planned = [Output(self.cam_path / f"{outcome}_summary.png", "png") for outcome in OUTCOMES]
         for outcome in OUTCOMES:
             planned += [Output(path, "png") for path in _existing(self.cam_path / outcome, "cutout_CAM_*.png")]

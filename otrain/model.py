@@ -52,6 +52,7 @@ from otrain.errors import DataError, first_line
 __all__ = [
     "MAD_TO_SIGMA",
     "NORMALISATIONS",
+    "Calibration",
     "RobustScaling",
     "build_model",
     "card_planes",
@@ -60,6 +61,7 @@ __all__ = [
     "load_model",
     "log_visible_devices",
     "save_model",
+    "with_calibration",
     "write_card",
 ]
 
@@ -107,6 +109,44 @@ class RobustScaling(layers.Layer):
     def get_config(self) -> dict[str, Any]:
         """Return the layer's configuration, for saving."""
         return {**super().get_config(), "clip": self.clip}
+
+
+@keras.saving.register_keras_serializable(package="otrain")
+class Calibration(layers.Layer):
+    """Calibrate the (bogus, real) probabilities of the layer before: P = sigmoid(z / T + b).
+
+    z is the log-odds of P(real), clipped at ``epsilon`` from 0 and 1 (see
+    :mod:`otrain.calibration`, which fits T and b on the validation set). T and b are part of
+    the layer's configuration, so they are saved with the model, ``.keras`` and ``.h5`` alike.
+    """
+
+    def __init__(self, temperature: float = 1.0, bias: float = 0.0, epsilon: float = 1e-7, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.temperature = float(temperature)
+        self.bias = float(bias)
+        self.epsilon = float(epsilon)
+
+    def call(self, inputs: Any) -> Any:
+        """Calibrate a batch of (P(bogus), P(real)) rows."""
+        p = ops.clip(ops.cast(inputs[:, 1], "float32"), self.epsilon, 1.0 - self.epsilon)
+        z = (ops.log(p) - ops.log1p(-p)) / self.temperature + self.bias
+        real = ops.sigmoid(z)
+        return ops.stack([1.0 - real, real], axis=1)
+
+    def get_config(self) -> dict[str, Any]:
+        """Return the layer's configuration, for saving."""
+        return {**super().get_config(), "temperature": self.temperature, "bias": self.bias, "epsilon": self.epsilon}
+
+
+def with_calibration(model: keras.Model, temperature: float, bias: float) -> keras.Sequential:
+    """Return ``model`` followed by a :class:`Calibration` layer (sharing its layers and weights).
+
+    A model that ends in a calibration layer already has it replaced, not stacked.
+    """
+    body = [layer for layer in model.layers if not isinstance(layer, (Calibration, layers.InputLayer))]
+    stack = [keras.Input(shape=input_shape_of(model), name="cutout"), *body]
+    stack.append(Calibration(temperature=temperature, bias=bias, name="calibration", dtype="float32"))
+    return keras.Sequential(stack, name=model.name)
 
 
 def _otrain_layers(dropout: float, n_classes: int) -> list[layers.Layer]:
@@ -305,7 +345,8 @@ def load_model(path: Path) -> keras.Model:
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise DataError(f"{path}: not a Keras model file (expected a .keras or .h5 file)")
     try:
-        model = keras.saving.load_model(path, custom_objects={"RobustScaling": RobustScaling}, compile=False)
+        custom = {"RobustScaling": RobustScaling, "Calibration": Calibration}
+        model = keras.saving.load_model(path, custom_objects=custom, compile=False)
     except Exception as error:  # Keras raises many types, some misleading ("File not found"), for a damaged file
         if not _container_is_intact(path):
             raise DataError(f"{path}: not a readable Keras model (corrupt or truncated)") from None

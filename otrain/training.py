@@ -88,6 +88,9 @@ RESUME_KEYS = (
     "patience",
     "threshold",
     "init_from",
+    "calibration",
+    "target_fnr",
+    "target_fpr",
 )
 
 
@@ -245,6 +248,73 @@ def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -
     for layer, values in zip((layer for layer in model.layers if layer.weights), trained_weights, strict=True):
         layer.set_weights(values)
     logger.info("weights initialised from %s", source)
+
+
+def _calibrate(
+    model: Any, config: TrainConfig, cube: Datacube, split: Split, test_x: np.ndarray, test_labels: np.ndarray
+) -> tuple[Any, dict[str, Any], np.ndarray, np.ndarray]:
+    """Fit ``--calibration`` on the validation set.
+
+    Returns
+    -------
+    tuple
+        The calibrated model; the card's record (fitted parameters, expected calibration error
+        of the validation and test sets before and after); the calibrated P(real) of the
+        validation and of the test set, as that model computes them.
+    """
+    from otrain.calibration import fit_calibration
+    from otrain.evaluation import expected_calibration_error
+    from otrain.model import with_calibration
+
+    validation_x, validation_labels = cube.cube[split.validation], cube.labels[split.validation]
+    raw_validation, raw_test = predict(model, validation_x), predict(model, test_x)
+    fit = fit_calibration(validation_labels, raw_validation, config.calibration)
+    if fit.method != "none":
+        model = with_calibration(model, fit.temperature, fit.bias)
+        logger.info("calibration (%s): temperature %.4g, offset %.4g", fit.method, fit.temperature, fit.bias)
+    validation, test = (
+        (predict(model, validation_x), predict(model, test_x)) if fit.method != "none" else (raw_validation, raw_test)
+    )
+    record = {
+        "method": fit.method,
+        "temperature": fit.temperature,
+        "bias": fit.bias,
+        "fitted_on": fit.fitted_on,
+        "ece_validation_before": expected_calibration_error(validation_labels, raw_validation),
+        "ece_validation_after": expected_calibration_error(validation_labels, validation),
+        "ece_test_before": expected_calibration_error(test_labels, raw_test),
+        "ece_test_after": expected_calibration_error(test_labels, test),
+    }
+    return model, record, validation, test
+
+
+def _choose_threshold(
+    config: TrainConfig, labels: np.ndarray, probabilities: np.ndarray
+) -> tuple[float, dict[str, Any]]:
+    """Return the decision threshold (``--threshold``, or chosen by a target rate) and how it was chosen."""
+    from otrain.calibration import threshold_for_fnr, threshold_for_fpr
+
+    if config.target_fnr is None and config.target_fpr is None:
+        threshold = 0.5 if config.threshold is None else config.threshold
+        return threshold, {"method": "given" if config.threshold is not None else "default"}
+    if config.target_fnr is not None:
+        method, target = "target_fnr", config.target_fnr
+        threshold = threshold_for_fnr(labels, probabilities, target)
+    else:
+        method, target = "target_fpr", float(config.target_fpr)  # type: ignore[arg-type]
+        threshold = threshold_for_fpr(labels, probabilities, target)
+    decided = probabilities > threshold
+    rule = {
+        "method": method,
+        "target": target,
+        "chosen_on": "validation set",
+        "n_real": int(np.count_nonzero(labels == 1)),
+        "n_bogus": int(np.count_nonzero(labels == 0)),
+        "validation_fnr": float(np.mean(~decided[labels == 1])) if np.any(labels == 1) else None,
+        "validation_fpr": float(np.mean(decided[labels == 0])) if np.any(labels == 0) else None,
+    }
+    announce(f"threshold {threshold:.6g}, chosen on the validation set for {method.replace('_', ' ')} {target}")
+    return threshold, rule
 
 
 def _link_or_copy(source: Path, target: Path) -> None:
@@ -737,8 +807,11 @@ def _fit_and_write(
     history = checkpoint.history
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
-    probabilities = predict(model, test_x)
-    metrics = binary_metrics(test_labels, probabilities, config.threshold)
+    with strategy.scope():
+        model, calibration, validation_p, probabilities = _calibrate(model, config, cube, split, test_x, test_labels)
+    threshold, threshold_rule = _choose_threshold(config, cube.labels[split.validation], validation_p)
+    metrics = binary_metrics(test_labels, probabilities, threshold)
+    metrics["expected_calibration_error"] = calibration["ece_test_after"]
     metrics["epochs_run"] = len(history)
 
     staged = checkpoint.folder / STAGING
@@ -769,8 +842,10 @@ def _fit_and_write(
         "init_from": str(config.init_from) if config.init_from is not None else None,
         "normalisation": config.normalisation,
         "classes": {"0": "bogus", "1": "real"},
-        "threshold": config.threshold,
+        "threshold": threshold,
+        "threshold_rule": threshold_rule,
         "decision_rule": "real if P(real) > threshold",
+        "calibration": calibration,
         "params": config.model_dump(mode="json"),
         "batch_size_used": batch_size,
         "data_hash": split_record["data_hash"],

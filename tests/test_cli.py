@@ -112,6 +112,14 @@ def test_values_reach_the_config_exactly_as_typed(tmp_path: Path) -> None:
     assert parse_options(cfg.TrainConfig, ["--no-tracking", "--augment"]) == {"tracking": False, "augment": True}
 
 
+def test_none_unsets_an_option_that_may_be_unset_as_dvc_writes_null() -> None:
+    assert parse_options(cfg.TrainConfig, ["--target_fnr", "None", "--threshold=None"]) == {
+        "target_fnr": None,
+        "threshold": None,
+    }
+    assert parse_options(cfg.TrainConfig, ["--model-name", "None"]) == {"model_name": "None"}  # a name, not unset
+
+
 def test_date_named_folders_work(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

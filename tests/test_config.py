@@ -63,7 +63,9 @@ def test_original_defaults_are_kept(files: dict[str, Path]) -> None:
     convert = cfg.ConvertConfig.model_validate(options[cfg.ConvertConfig])
     assert (convert.frac_true, convert.cutout_size) == (0.5, -1)
     train = cfg.TrainConfig.model_validate(options[cfg.TrainConfig])
-    assert (train.epochs, train.frac, train.dropout, train.threshold) == (10, 0.15, 0.3, 0.5)
+    assert (train.epochs, train.frac, train.dropout) == (10, 0.15, 0.3)
+    # The threshold is the original 0.5 unless a target rate chooses it (None: neither given).
+    assert (train.threshold, train.target_fnr, train.target_fpr) == (None, None, None)
     assert train.architecture == "otrain"
     check = cfg.CheckInferConfig.model_validate(options[cfg.CheckInferConfig])
     assert check.maglim == (12.0, 18.0, 21.0)

@@ -10,7 +10,9 @@ original commands' interface, so this layer corrects five of its behaviours, and
 
 * **Values keep the text the user typed.** Fire evaluates values as Python literals:
   ``--cutouts 2024`` becomes an int, ``--cube 1_000`` the number 1000, ``--name 1e3`` a float.
-  Each value is passed to Fire quoted, and pydantic does the typing.
+  Each value is passed to Fire quoted, and pydantic does the typing. The one exception is
+  ``None`` given to an option that may be unset: it unsets it, as DVC writes a ``null``
+  parameter of ``params.yaml`` (``--target-fnr None``).
 * **Several values after one option** (the original's ``--maglim 12 18 21``, argparse's
   ``nargs='+'``) are gathered into one list; Fire would take the first and reject the others.
 * **``--no-x`` switches**: Fire understands ``--notracking``; the ``--no-tracking`` that DVC
@@ -161,6 +163,8 @@ def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[st
             raise _CommandLineError(f"{config.flag_of(name)}: needs a value (see --help)")
         if kind == "list":
             result += [flag, "[" + ",".join(repr(value) for value in values) + "]"]
+        elif values[0] == "None" and _strip_optional(field.annotation)[1]:
+            result += [flag, "None"]
         else:
             result += [flag, repr(values[0])]
     return result

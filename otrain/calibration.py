@@ -1,0 +1,186 @@
+"""Calibrated probabilities and operating points, chosen on the validation set.
+
+A network trained with class weights, or on a few hundred cutouts, gives a P(real) that is a
+ranking more than a probability. Training therefore fits, on the validation set, one of:
+
+- ``temperature``: P = sigmoid(z / T), with z = log(p / (1 - p)) the network's log-odds and one
+  parameter T > 0 (Guo et al. 2017, "On calibration of modern neural networks");
+- ``platt``: P = sigmoid(a z + b), two parameters (Platt 1999): the temperature and an offset,
+  which also corrects the prior that class weights impose (balanced classes while training);
+- ``none``: the network's output as it is.
+
+The fitted parameters live in the model (its last layer, :class:`otrain.model.Calibration`),
+so every command reads calibrated probabilities without knowing about them.
+
+The operating point is the threshold of the decision "real if P(real) > threshold". Surveys
+choose theirs from a miss rate they accept (ATLAS quotes its false-positive rate at 1 % missed
+detections): :func:`threshold_for_fnr` and :func:`threshold_for_fpr` pick it on the validation
+set.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+from scipy.optimize import minimize_scalar
+from sklearn.linear_model import LogisticRegression
+
+from otrain.errors import DataError
+
+__all__ = [
+    "CALIBRATIONS",
+    "CalibrationFit",
+    "apply_calibration",
+    "fit_calibration",
+    "log_odds",
+    "threshold_for_fnr",
+    "threshold_for_fpr",
+]
+
+CalibrationMethod = Literal["temperature", "platt", "none"]
+CALIBRATIONS: tuple[str, ...] = ("temperature", "platt", "none")
+
+#: Probabilities are clipped to [EPSILON, 1 - EPSILON] before taking log-odds (about +-16.1).
+EPSILON = 1e-7
+#: Search range of log(T): T from 1/50 to 50.
+_LOG_T_RANGE = (-math.log(50.0), math.log(50.0))
+
+
+@dataclass(frozen=True)
+class CalibrationFit:
+    """A fitted calibration: P = sigmoid(z / temperature + bias).
+
+    Attributes
+    ----------
+    method : str
+        ``temperature``, ``platt`` or ``none``.
+    temperature : float
+        Divides the log-odds (1: unchanged).
+    bias : float
+        Added to the scaled log-odds (0 for ``temperature`` and ``none``).
+    fitted_on : int
+        Cutouts of the validation set it was fitted on (0 when not fitted).
+    """
+
+    method: str
+    temperature: float = 1.0
+    bias: float = 0.0
+    fitted_on: int = 0
+
+    @property
+    def is_identity(self) -> bool:
+        """True when the calibration changes nothing."""
+        return self.temperature == 1.0 and self.bias == 0.0
+
+
+def log_odds(probabilities: np.ndarray) -> np.ndarray:
+    """Return log(p / (1 - p)) of P(real), clipped at :data:`EPSILON` from 0 and 1 (float64)."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1 - EPSILON)
+    return np.log(p) - np.log1p(-p)
+
+
+def apply_calibration(probabilities: np.ndarray, fit: CalibrationFit) -> np.ndarray:
+    """Return calibrated P(real) (float64), as the model's calibration layer computes it."""
+    z = log_odds(probabilities) / fit.temperature + fit.bias
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _negative_log_likelihood(z: np.ndarray, labels: np.ndarray) -> float:
+    # log(1 + exp(-z)) for real, log(1 + exp(z)) for bogus, without overflow.
+    signed = np.where(labels == 1, z, -z)
+    return float(np.mean(np.logaddexp(0.0, -signed)))
+
+
+def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, method: CalibrationMethod) -> CalibrationFit:
+    """Fit a calibration of P(real) by maximum likelihood on labelled cutouts (the validation set).
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        1 = real, 0 = bogus.
+    probabilities : numpy.ndarray
+        The network's P(real) of the same cutouts.
+    method : {"temperature", "platt", "none"}
+        See the module's description.
+
+    Returns
+    -------
+    CalibrationFit
+        The identity for ``none``.
+
+    Raises
+    ------
+    DataError
+        When the cutouts hold only one class: nothing to calibrate against.
+    """
+    labels = np.asarray(labels).astype(int)
+    if method == "none":
+        return CalibrationFit("none")
+    if len(np.unique(labels)) < 2:
+        raise DataError(
+            f"calibration ({method}) needs real and bogus cutouts in the validation set, it holds only "
+            f"{'real' if labels.any() else 'bogus'} ones; use a larger --frac or --calibration none"
+        )
+    z = log_odds(probabilities)
+    if method == "temperature":
+        best = minimize_scalar(
+            lambda log_t: _negative_log_likelihood(z / math.exp(log_t), labels),
+            bounds=_LOG_T_RANGE,
+            method="bounded",
+        )
+        return CalibrationFit("temperature", temperature=math.exp(float(best.x)), fitted_on=len(labels))
+    if method == "platt":
+        regression = LogisticRegression(C=np.inf).fit(z[:, None], labels)
+        slope, bias = float(regression.coef_[0, 0]), float(regression.intercept_[0])
+        if slope <= 0:
+            raise DataError(
+                "calibration (platt): on the validation set P(real) ranks bogus cutouts above real ones; the "
+                "network has not learnt, so it cannot be calibrated (check the data, or --calibration none)"
+            )
+        return CalibrationFit("platt", temperature=1.0 / slope, bias=bias, fitted_on=len(labels))
+    raise ValueError(f"method must be one of {CALIBRATIONS}, got {method!r}")
+
+
+def threshold_for_fnr(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:
+    """Return the highest threshold that misses at most a fraction ``target`` of the real cutouts.
+
+    With the decision "real if P(real) > threshold", the threshold sits just below the score of
+    the real cutout that must still be kept, so the false-negative rate of these cutouts is at
+    most ``target`` (ties keep more, never fewer).
+
+    Raises
+    ------
+    DataError
+        When the cutouts hold no real one.
+    """
+    scores = np.sort(np.asarray(probabilities, dtype=np.float64)[np.asarray(labels).astype(int) == 1])
+    if len(scores) == 0:
+        raise DataError("--target-fnr: the validation set holds no real cutout to choose a threshold on")
+    allowed = math.floor(target * len(scores) + 1e-9)
+    if allowed >= len(scores):
+        return 1.0
+    return float(max(np.nextafter(scores[allowed], -np.inf), 0.0))
+
+
+def threshold_for_fpr(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:
+    """Return the lowest threshold that accepts at most a fraction ``target`` of the bogus cutouts.
+
+    With the decision "real if P(real) > threshold", the threshold is the score of the bogus
+    cutout ranked just after the accepted ones, so the false-positive rate of these cutouts is
+    at most ``target``.
+
+    Raises
+    ------
+    DataError
+        When the cutouts hold no bogus one.
+    """
+    scores = np.sort(np.asarray(probabilities, dtype=np.float64)[np.asarray(labels).astype(int) == 0])[::-1]
+    if len(scores) == 0:
+        raise DataError("--target-fpr: the validation set holds no bogus cutout to choose a threshold on")
+    allowed = math.floor(target * len(scores) + 1e-9)
+    if allowed >= len(scores):
+        return 0.0
+    return float(scores[allowed])
