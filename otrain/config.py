@@ -219,6 +219,13 @@ def _unique_planes(planes: tuple[str, ...] | None) -> tuple[str, ...] | None:
     return planes
 
 
+def _keyword_name(value: str) -> str:
+    name = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,68}", name):
+        raise ValueError(f"must be a FITS keyword name such as FILE (letters, digits, _ or -), got {value!r}")
+    return name
+
+
 ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
 ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
 WritableFolder = Annotated[Path, AfterValidator(_writable_folder)]
@@ -426,6 +433,12 @@ class ConvertConfig(CommandConfig):
         "Image planes stacked as channels, in order: extensions of STDPipe cutouts (IMAGE TEMPLATE DIFF: "
         "science, reference, difference); a gmadet cutout gives its planes in file order and must hold as many. "
         "Default: DIFF of STDPipe cutouts, the whole image of gmadet ones (as O'TRAIN).",
+    )
+    group_keyword: Annotated[str, AfterValidator(_keyword_name)] | None = option(
+        None,
+        "Store this primary-header keyword's value per cutout as its group (for example FILE, the ZTF objectId in "
+        "STDPipe cutouts of ZTF alerts), so that otrain-cross-validate keeps each group in one fold. A cutout "
+        "without it is a bad file.",
     )
     seed: Seed = option(42, "Seed of the random balancing selection.")
     skip_bad_files: bool = option(False, "Skip unreadable or incomplete cutouts with a warning instead of failing.")
