@@ -979,9 +979,9 @@ class CrossValidateConfig(TrainingOptions):
     about --frac of the other folds, and the rest trains. Every cutout is scored once, by the
     model that never saw its group. Outputs in --output: oof_scores.csv (one row per cutout:
     index in the cube, candid, group, label, fold, P(real)), cv_metrics.json (metrics of each
-    fold, their mean and standard deviation, and the metrics of all out-of-fold scores pooled),
-    and each fold's training in <output>/CNN_training/fold-<k>/. Tracked as one MLflow parent run
-    (the mean and spread, the two files) with one child run per fold.
+    fold, their mean and sample standard deviation, and the metrics of all out-of-fold scores
+    pooled), and each fold's training in <output>/CNN_training/fold-<k>/. Tracked as one MLflow
+    parent run (the mean and spread, the two files) with one child run per fold.
     """
 
     command: ClassVar[str] = "otrain-cross-validate"
