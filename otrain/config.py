@@ -34,6 +34,7 @@ __all__ = [
     "CheckParamsConfig",
     "CommandConfig",
     "ConvertConfig",
+    "CrossValidateConfig",
     "DiagnosticsConfig",
     "GradCamConfig",
     "InferConfig",
@@ -219,6 +220,13 @@ def _unique_planes(planes: tuple[str, ...] | None) -> tuple[str, ...] | None:
         if len(set(planes)) != len(planes):
             raise ValueError(f"names a plane twice: {' '.join(planes)}")
     return planes
+
+
+def _keyword_name(value: str) -> str:
+    name = value.strip()
+    if not re.fullmatch(r"[A-Za-z0-9_-]{1,68}", name):
+        raise ValueError(f"must be a FITS keyword name such as FILE (letters, digits, _ or -), got {value!r}")
+    return name
 
 
 ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
@@ -428,6 +436,12 @@ class ConvertConfig(CommandConfig):
         "Image planes stacked as channels, in order: extensions of STDPipe cutouts (IMAGE TEMPLATE DIFF: "
         "science, reference, difference); a gmadet cutout gives its planes in file order and must hold as many. "
         "Default: DIFF of STDPipe cutouts, the whole image of gmadet ones (as O'TRAIN).",
+    )
+    group_keyword: Annotated[str, AfterValidator(_keyword_name)] | None = option(
+        None,
+        "Store this primary-header keyword's value per cutout as its group (for example FILE, the ZTF objectId in "
+        "STDPipe cutouts of ZTF alerts), so that otrain-cross-validate keeps each group in one fold. A cutout "
+        "without it is a bad file.",
     )
     seed: Seed = option(42, "Seed of the random balancing selection.")
     skip_bad_files: bool = option(False, "Skip unreadable or incomplete cutouts with a warning instead of failing.")
@@ -1017,6 +1031,80 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
         return [self.outdir, self.model_path / "CNN_training"]
 
 
+#: What otrain-cross-validate writes into --output, besides one training per fold.
+CROSSVAL_FILES = ("oof_scores.csv", "cv_metrics.json")
+#: Name of the training of fold k (1-based): <output>/CNN_training/fold-<k>/.
+CROSSVAL_FOLD_NAME = "fold-{fold}"
+
+
+class CrossValidateConfig(TrainingOptions):
+    """Judge the training options by grouped, stratified K-fold cross-validation on one cube.
+
+    The cube's groups (otrain-convert --group-keyword, for example the ZTF objectId) are split
+    into --folds folds with the same class mix (scikit-learn's StratifiedGroupKFold, shuffled
+    with --seed); a cube without groups counts each cutout as its own group. Fold k is the test
+    set of training k; its validation set (early stopping) is a grouped, stratified share of
+    about --frac of the other folds, and the rest trains. Every cutout is scored once, by the
+    model that never saw its group. Outputs in --output: oof_scores.csv (one row per cutout:
+    index in the cube, candid, group, label, fold, P(real)), cv_metrics.json (metrics of each
+    fold, their mean and sample standard deviation, and the metrics of all out-of-fold scores
+    pooled), and each fold's training in <output>/CNN_training/fold-<k>/. Tracked as one MLflow
+    parent run (the mean and spread, the two files) with one child run per fold.
+    """
+
+    command: ClassVar[str] = "otrain-cross-validate"
+
+    cube: ExistingFile = option(..., "Path to the datacube (.npz) written by otrain-convert.")
+    folds: Annotated[int, AfterValidator(_at_least_two)] = option(
+        5, "Number of folds, at least 2 and at most the number of groups holding each class."
+    )
+    output: WritableFolder = option(..., "Folder for the scores, the metrics and the fold trainings.")
+    frac: OpenFraction = option(
+        0.15, "Fraction of the other folds used for validation (early stopping), drawn by groups and classes."
+    )
+    threshold: Probability = option(0.5, "Probability threshold of the metrics: real if P(real) > threshold.")
+    test_frac: OpenFraction | None = option(None, "Not used: each fold is in turn the test set.")
+    init_from: ExistingFile | None = option(
+        None, "Start every fold from the weights of this trained model (see otrain-train --init-from)."
+    )
+    overwrite: bool = option(False, "Replace a cross-validation in --output (its files and fold trainings).")
+
+    @classmethod
+    def check_option_rules(cls, values: dict[str, Any]) -> None:
+        """Check the training options' rules, and refuse --test-frac (each fold is the test set)."""
+        if values.get("test_frac") is not None:
+            raise ValueError("--test-frac: not used by otrain-cross-validate: each fold is in turn the test set")
+        super().check_option_rules({**values, "test_frac": 0.0})
+
+    @model_validator(mode="after")
+    def _check(self) -> CrossValidateConfig:
+        self.check_option_rules(self.__dict__)
+        present = [self.output / name for name in CROSSVAL_FILES if (self.output / name).exists()]
+        present += [folder for folder in self.fold_folders() if folder.exists()]
+        if present and not self.overwrite:
+            raise ValueError(
+                f"--output: {str(self.output)!r} already holds a cross-validation ({present[0]}); "
+                "pass --overwrite to replace it"
+            )
+        outputs = [
+            Output(self.output / CROSSVAL_FILES[0], "csv", formats.OOF_COLUMNS),
+            Output(self.output / CROSSVAL_FILES[1], "json", formats.CROSSVAL_KEYS),
+        ]
+        inputs = [self.cube] + ([self.init_from] if self.init_from is not None else [])
+        _check_outputs(self, "--output", outputs, inputs)
+        return self
+
+    def fold_folders(self) -> list[Path]:
+        """Return the training folder of each fold."""
+        return [
+            self.output / "CNN_training" / CROSSVAL_FOLD_NAME.format(fold=fold) for fold in range(1, self.folds + 1)
+        ]
+
+    def output_folders(self) -> list[Path]:
+        """--output and its folder of trainings."""
+        return [self.output / "CNN_training"]
+
+
 class GradCamConfig(CommandConfig):
     """Show where the model looks: Grad-CAM maps of true/false positives and negatives."""
 
@@ -1263,4 +1351,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     PromoteConfig,
     CheckParamsConfig,
     SummaryConfig,
+    CrossValidateConfig,
 )

@@ -62,6 +62,7 @@ class ConversionReport:
     n_replaced_pixels: int = 0
     n_cutouts_with_replaced: int = 0
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    n_groups: int | None = None
 
 
 @dataclass(frozen=True)
@@ -73,17 +74,19 @@ class _Header:
 
 
 def _read_headers(
-    jobs: Sequence[tuple[Path, tuple[str, ...] | None]],
+    jobs: Sequence[tuple[Path, tuple[str, ...] | None, str | None]],
 ) -> list[tuple[CutoutMeta, PixelLocation] | str]:
-    """Worker task: read the headers of a chunk of (file, planes); an error becomes its message."""
+    """Worker task: read the headers of a chunk of (file, planes, group keyword); an error becomes its message."""
     results: list[tuple[CutoutMeta, PixelLocation] | str] = []
-    for path, planes in jobs:
+    for path, planes, group_keyword in jobs:
         try:
-            meta, location = read_header(path, planes)
+            meta, location = read_header(path, planes, group_keyword)
             if meta.edge is not True:
                 require_keywords(meta, path, TRAINING_KEYWORDS, "training")
                 if meta.convention == "gmadet" and meta.edge is None:
                     require_keywords(meta, path, ("EDGE",), "training")
+                if group_keyword is not None and meta.group is None:
+                    raise DataError(f"{path}: missing keyword {group_keyword} (needed for --group-keyword)")
             results.append((meta, location))
         except DataError as error:
             results.append(str(error))
@@ -189,14 +192,14 @@ def convert(config: ConvertConfig) -> ConversionReport:
     usable: dict[int, list[_Header]] = {1: [], 0: []}
     header_results = map_chunks(
         _read_headers,
-        [(path, config.planes) for _, path in all_paths],
+        [(path, config.planes, config.group_keyword) for _, path in all_paths],
         workers=config.workers,
         description="reading headers",
         preload=["otrain.convert"],
     )
     labels = iter(label for label, _ in all_paths)
     for chunk, results in header_results:
-        for (path, _), result in zip(chunk, results, strict=True):
+        for (path, *_), result in zip(chunk, results, strict=True):
             label = next(labels)
             counts = report.classes[label]
             counts.n_files += 1
@@ -247,7 +250,10 @@ def convert(config: ConvertConfig) -> ConversionReport:
 
     for label in (1, 0):
         report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
-    _datacube(cube, selected, config.planes).save(config.output_file)
+    datacube = _datacube(cube, selected, config.planes, config.group_keyword is not None)
+    if datacube.groups is not None:
+        report.n_groups = len(np.unique(datacube.groups))
+    datacube.save(config.output_file)
     return report
 
 
@@ -324,8 +330,11 @@ def _pixel_failures(headers: list[_Header], config: ConvertConfig) -> list[tuple
     return failures
 
 
-def _datacube(cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] | None) -> Datacube:
-    """Assemble the cube; its planes are those asked for, else ``DIFF`` for one plane (as O'TRAIN)."""
+def _datacube(cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] | None, grouped: bool) -> Datacube:
+    """Assemble the cube; its planes are those asked for, else ``DIFF`` for one plane (as O'TRAIN).
+
+    ``grouped``: the headers were read with a group keyword, whose values the cube records.
+    """
     if planes is None and cube.shape[3] == 1:
         planes = ("DIFF",)
     metas = [header.meta for header in headers]
@@ -343,4 +352,5 @@ def _datacube(cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] 
         fwhms=np.array([meta.fwhm for meta in metas], dtype=np.float64),
         candids=candid_column,
         planes=planes,
+        groups=np.array([str(meta.group) for meta in metas], dtype=str) if grouped else None,
     )

@@ -71,7 +71,11 @@ _FALSE_STRINGS = {"false", "f", "0", "no", "n"}
 
 @dataclass(frozen=True, kw_only=True)
 class CutoutMeta:
-    """Candidate metadata from a cutout's header; ``None`` where a keyword is absent."""
+    """Candidate metadata from a cutout's header; ``None`` where a keyword is absent.
+
+    ``group`` is the value, as text, of the keyword asked for by ``group_keyword`` in
+    :func:`read_header` (for example ``FILE``, a ZTF objectId in STDPipe cutouts of ZTF alerts).
+    """
 
     convention: Literal["gmadet", "stdpipe"]
     candid: int | str | None
@@ -86,6 +90,7 @@ class CutoutMeta:
     xpos: float | None = None
     ypos: float | None = None
     fwhmpsf: float | None = None
+    group: str | None = None
 
     def value_of(self, keyword: str) -> Any:
         """Return the value standing for a FITS keyword name such as ``"MAGERR"``."""
@@ -368,7 +373,15 @@ def _find_diff(hdul: fits.HDUList) -> int | None:
     return None
 
 
-def _meta(primary: Header, diff: Header | None, path: Path) -> CutoutMeta:
+def _as_group(value: Any) -> str | None:
+    """Read a group keyword's value as text; a blank value counts as absent."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def _meta(primary: Header, diff: Header | None, path: Path, group_keyword: str | None = None) -> CutoutMeta:
     """Collect metadata; STDPipe files use the original's fallbacks (docs/original-otrain.md#cutout-fits-files)."""
     if diff is None:
         convention: Literal["gmadet", "stdpipe"] = "gmadet"
@@ -402,10 +415,13 @@ def _meta(primary: Header, diff: Header | None, path: Path) -> CutoutMeta:
         xpos=_as_float(xpos, "XPOS", path),
         ypos=_as_float(ypos, "YPOS", path),
         fwhmpsf=_as_float(_card(primary, "FWHMPSF"), "FWHMPSF", path),
+        group=_as_group(_card(primary, group_keyword)) if group_keyword is not None else None,
     )
 
 
-def read_header(path: Path, planes: tuple[str, ...] | None = None) -> tuple[CutoutMeta, PixelLocation]:
+def read_header(
+    path: Path, planes: tuple[str, ...] | None = None, group_keyword: str | None = None
+) -> tuple[CutoutMeta, PixelLocation]:
     """Read a cutout's metadata and locate its image planes, without reading the pixels.
 
     Parameters
@@ -417,6 +433,9 @@ def read_header(path: Path, planes: tuple[str, ...] | None = None) -> tuple[Cuto
         cutout, in this order; a gmadet cutout gives its planes in file order and must hold as
         many. None: the ``DIFF`` extension of an STDPipe cutout, the whole image of a gmadet one
         (as O'TRAIN).
+    group_keyword : str, optional
+        A keyword of the primary header (where the other metadata are, in both conventions)
+        whose value becomes :attr:`CutoutMeta.group`.
 
     Returns
     -------
@@ -434,15 +453,17 @@ def read_header(path: Path, planes: tuple[str, ...] | None = None) -> tuple[Cuto
     try:
         primary, diff, location = _read_simple(path, planes)
     except (NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError, EOFError, zlib.error):
-        return read_header_with_astropy(path, planes)
+        return read_header_with_astropy(path, planes, group_keyword)
     except OSError as error:
         if _is_compressed(path):  # not valid gzip: astropy says so, as it always did
-            return read_header_with_astropy(path, planes)
+            return read_header_with_astropy(path, planes, group_keyword)
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
-    return _meta(primary, diff, path), location
+    return _meta(primary, diff, path, group_keyword), location
 
 
-def read_header_with_astropy(path: Path, planes: tuple[str, ...] | None = None) -> tuple[CutoutMeta, PixelLocation]:
+def read_header_with_astropy(
+    path: Path, planes: tuple[str, ...] | None = None, group_keyword: str | None = None
+) -> tuple[CutoutMeta, PixelLocation]:
     """Do what :func:`read_header` does (same arguments, results and errors), always through astropy.
 
     This handles every FITS layout; :func:`read_header` uses it whenever its fast reader
@@ -470,7 +491,7 @@ def read_header_with_astropy(path: Path, planes: tuple[str, ...] | None = None) 
                 )
                 location = _check_same_size(path, [_location(hdul, index, compressed) for index in chosen])
                 diff_header = hdul[diff_index].header if diff_index is not None else None
-                meta = _meta(primary.header, diff_header, path)
+                meta = _meta(primary.header, diff_header, path, group_keyword)
     except DataError:
         raise
     except (OSError, ValueError, KeyError, IndexError, EOFError, zlib.error) as error:

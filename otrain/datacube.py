@@ -2,7 +2,8 @@
 
 The ``.npz`` layout is the original O'TRAIN one (docs/original-otrain.md#datacubes): keys
 ``cube`` (float32, N x H x W x C), ``labels`` (1 = real, 0 = bogus), ``mags``, ``errmags``,
-``filters``, ``fwhms`` and ``candids``, plus ``planes`` (the channels' names) when known.
+``filters``, ``fwhms`` and ``candids``, plus ``planes`` (the channels' names) when known and
+``groups`` (a header keyword's value per cutout, for grouped cross-validation) when recorded.
 Readers accept 1-D labels and one-hot (N, 2) labels (the original ``cube_validation.npz``).
 Files are written atomically and byte-for-byte reproducibly (fixed zip timestamps), so the same
 inputs and seed give the same file.
@@ -53,6 +54,11 @@ class Datacube:
         The name of each channel (``IMAGE``, ``TEMPLATE``, ``DIFF``...), in order; None when
         unknown (cubes of the original O'TRAIN, gmadet cutouts of several unnamed planes).
         Stored under the extra key ``planes``, which the original tools ignore.
+    groups : numpy.ndarray or None
+        Unicode, shape (N,): the group of each cutout (the value of the header keyword that
+        ``otrain-convert --group-keyword`` read, for example a ZTF objectId), so that the
+        cutouts of one object never straddle cross-validation folds; None when not recorded.
+        Stored under the extra key ``groups``.
     """
 
     cube: np.ndarray
@@ -63,6 +69,7 @@ class Datacube:
     fwhms: np.ndarray
     candids: np.ndarray
     planes: tuple[str, ...] | None = None
+    groups: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.cube.ndim != 4 or self.cube.dtype != np.float32:
@@ -74,6 +81,8 @@ class Datacube:
             column = getattr(self, name)
             if column.shape != (n,):
                 raise ValueError(f"{name} must have shape ({n},), got {column.shape}")
+        if self.groups is not None and (self.groups.shape != (n,) or self.groups.dtype.kind != "U"):
+            raise ValueError(f"groups must be text of shape ({n},), got {self.groups.dtype} {self.groups.shape}")
         if n and not np.isin(self.labels, (0, 1)).all():
             raise ValueError("labels must be 0 (bogus) or 1 (real)")
 
@@ -92,7 +101,8 @@ class Datacube:
 
     def subset(self, rows: np.ndarray) -> Datacube:
         """Return a new cube with the given rows, in the given order."""
-        return Datacube(**{name: getattr(self, name)[rows] for name in NPZ_KEYS}, planes=self.planes)
+        groups = self.groups[rows] if self.groups is not None else None
+        return Datacube(**{name: getattr(self, name)[rows] for name in NPZ_KEYS}, planes=self.planes, groups=groups)
 
     def content_hash(self) -> str:
         """Return the SHA-256 of every array's dtype, shape and bytes (the cube's data hash)."""
@@ -103,6 +113,10 @@ class Datacube:
             digest.update(memoryview(array).cast("B"))
         if self.planes is not None:  # cubes without named planes keep the hash they always had
             digest.update(f"planes:{','.join(self.planes)};".encode())
+        if self.groups is not None:  # likewise for cubes without groups
+            groups = np.ascontiguousarray(self.groups)
+            digest.update(f"groups:{groups.dtype.str}:{groups.shape};".encode())
+            digest.update(memoryview(groups).cast("B"))
         return digest.hexdigest()
 
     def save(self, path: Path, *, one_hot_labels: bool = False) -> Path:
@@ -130,6 +144,8 @@ class Datacube:
             arrays["labels"] = np.eye(2, dtype=np.float32)[self.labels]
         if self.planes is not None:
             arrays["planes"] = np.array(self.planes, dtype=str)
+        if self.groups is not None:
+            arrays["groups"] = self.groups
         try:
             with (
                 atomic_path(path) as temporary,
@@ -204,6 +220,7 @@ class Datacube:
             fwhms=_float_column(arrays, "fwhms", n, path),
             candids=_candid_column(arrays, n, path),
             planes=_planes_of(arrays, cube.shape[3], path),
+            groups=_groups_of(arrays, n, path),
         )
 
 
@@ -215,6 +232,16 @@ def _planes_of(arrays: dict[str, np.ndarray], channels: int, path: Path) -> tupl
     if names.ndim != 1 or names.dtype.kind != "U" or len(names) != channels:
         raise DataError(f"{path}: 'planes' must name each of the cube's {channels} channel(s), got {names!r}")
     return tuple(str(name) for name in names)
+
+
+def _groups_of(arrays: dict[str, np.ndarray], n: int, path: Path) -> np.ndarray | None:
+    """Read the group of each cutout, when the cube records them."""
+    if "groups" not in arrays:
+        return None
+    groups = arrays["groups"]
+    if groups.shape != (n,) or groups.dtype.kind != "U":
+        raise DataError(f"{path}: 'groups' must hold one text per cutout ({n}), got {groups.dtype} {groups.shape}")
+    return groups
 
 
 def _check_finite(cube: np.ndarray, path: Path, chunk: int = 1024) -> None:

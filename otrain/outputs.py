@@ -23,12 +23,14 @@ __all__ = [
     "CALIBRATION_COLUMNS",
     "CARD_KEYS",
     "CHECKINFER_SUMMARY_KEYS",
+    "CROSSVAL_KEYS",
     "CUBE_KEYS",
     "DIAGNOSTICS_KEYS",
     "HISTORY_COLUMNS",
     "INFER_COLUMNS",
     "MATCHES_COLUMNS",
     "METRICS_KEYS",
+    "OOF_COLUMNS",
     "PNG_SOFTWARE",
     "PROBABILITY_COLUMNS",
     "PROMOTION_KEYS",
@@ -80,6 +82,8 @@ PR_COLUMNS = ("bin", "low", "high", "n", "recall", "precision", "threshold", "be
 PROBABILITY_COLUMNS = ("candid", "label", "p_real")
 CALIBRATION_COLUMNS = ("bin_low", "bin_high", "mean_probability", "fraction_real", "count")
 MATCHES_COLUMNS = ("idx", "cand_ID", "mag_injected", "label1", "fwhm_ratio")
+OOF_COLUMNS = ("index", "candid", "group", "label", "fold", "p_real")
+CROSSVAL_KEYS = ("folds", "per_fold", "mean", "std", "pooled")
 STUDY_COLUMNS = ("size", "accuracy", "f1", "mcc", "roc_auc", "val_loss", "train_val_gap")
 HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
 DIAGNOSTICS_KEYS = ("accuracy", "average_precision", "best_threshold", "expected_calibration_error")

@@ -27,6 +27,7 @@ COMMANDS = {
     "otrain-promote": cfg.PromoteConfig,
     "otrain-check-params": cfg.CheckParamsConfig,
     "otrain-summary": cfg.SummaryConfig,
+    "otrain-cross-validate": cfg.CrossValidateConfig,
 }
 
 

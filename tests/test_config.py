@@ -47,6 +47,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.PromoteConfig: {"model_dir": files["cutouts"]},
         cfg.CheckParamsConfig: {"params": files["cube"]},
         cfg.SummaryConfig: {"diagnostics": files["cube"], "promotion": files["cube"]},
+        cfg.CrossValidateConfig: {"cube": files["cube"], "output": files["out"]},
     }
 
 

@@ -32,6 +32,8 @@ def _convert(config: ConvertConfig) -> None:
     size_mb = (n_real + n_bogus) * height * width * channels * 4 / 1e6
     contents = f"{n_real} real, {n_bogus} bogus"
     print(f"datacube: {n_real + n_bogus} cutouts of {height}x{width}x{channels} ({contents}), {size_mb:.1f} MB")
+    if report.n_groups is not None:
+        print(f"  groups: {report.n_groups} distinct values of {config.group_keyword}")
     print(f"written: {report.output}")
 
 

@@ -1,0 +1,297 @@
+"""Grouped cross-validation: groups in the cube (otrain-convert --group-keyword), otrain-cross-validate."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import call_main, write_gmadet, write_stdpipe
+from numpy.testing import assert_allclose, assert_array_equal
+
+from otrain.cli.convert import main as convert_main
+from otrain.cli.cross_validate import main as cross_validate_main
+from otrain.datacube import Datacube
+from otrain.errors import DataError
+
+FOLDS = 3
+
+
+def read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as stream:
+        return list(csv.DictReader(stream))
+
+
+def columns(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return {
+        "cube": rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
+        "labels": np.array([1, 0] * (n // 2), dtype=np.int64),
+        "mags": np.linspace(15, 20, n),
+        "errmags": np.linspace(0.01, 0.2, n),
+        "filters": np.array(["r"] * n),
+        "fwhms": np.full(n, 2.5),
+        "candids": np.arange(100, 100 + n),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# The cube's groups
+
+
+def test_groups_round_trip_and_a_cube_without_groups_keeps_its_hash(tmp_path: Path) -> None:
+    plain = Datacube(**columns(6), planes=("DIFF",))
+    # The hash this cube had before cubes could hold groups: cubes without groups keep theirs.
+    assert plain.content_hash() == "bcddb144ff17aa2fb523b3a863759c988c4ebf78adf4fc084d5dc1c2ccb28386"
+    plain.save(tmp_path / "plain.npz")
+    assert "groups" not in np.load(tmp_path / "plain.npz").files
+    assert Datacube.load(tmp_path / "plain.npz").groups is None
+
+    groups = np.array(["ZTF21aaa", "ZTF21aaa", "ZTF21bbb", "ZTF21ccc", "ZTF21bbb", "ZTF21ddd"])
+    grouped = Datacube(**columns(6), planes=("DIFF",), groups=groups)
+    assert grouped.content_hash() != plain.content_hash()
+    loaded = Datacube.load(grouped.save(tmp_path / "grouped.npz"))
+    assert_array_equal(loaded.groups, groups)
+    assert loaded.content_hash() == grouped.content_hash()
+    rows = np.array([4, 0, 2])
+    assert_array_equal(loaded.subset(rows).groups, ["ZTF21bbb", "ZTF21aaa", "ZTF21bbb"])
+    assert_array_equal(Datacube.load(loaded.subset(rows).save(tmp_path / "sub.npz")).groups, groups[rows])
+    other = Datacube(**columns(6), planes=("DIFF",), groups=np.roll(groups, 1))
+    assert other.content_hash() != grouped.content_hash()
+
+    with pytest.raises(ValueError, match=r"groups must be text of shape \(6,\)"):
+        Datacube(**columns(6), groups=groups[:5])
+    arrays = dict(np.load(tmp_path / "grouped.npz"))
+    np.savez(tmp_path / "bad.npz", **{**arrays, "groups": np.arange(6)})
+    with pytest.raises(DataError, match=r"bad\.npz: 'groups' must hold one text per cutout \(6\)"):
+        Datacube.load(tmp_path / "bad.npz")
+
+
+def test_convert_stores_the_group_keyword_and_skips_files_without_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tree = tmp_path / "cutouts"
+    expected = {}
+    for index in range(6):
+        candid = 100 + index
+        expected[candid] = f"ZTF24obj{index // 2}"
+        write_gmadet(tree / "true" / f"g{index}.fits", CANDID=candid, FILE=expected[candid])
+    for index in range(4):
+        candid = 200 + index
+        expected[candid] = f"ZTF24obj{index}"  # objects with real and bogus alerts
+        # STDPipe files hold their metadata (FILE too) in the primary header.
+        write_stdpipe(tree / "false" / f"s{index}.fits", NAME=str(candid), FILE=expected[candid])
+    write_gmadet(tree / "true" / "nofile.fits", CANDID=300, FILE=None)
+    write_stdpipe(tree / "false" / "nofile.fits", NAME="301")
+    write_stdpipe(tree / "false" / "blank.fits", NAME="302", FILE="  ")
+    write_gmadet(tree / "true" / "edge.fits", CANDID=303, FILE=None, EDGE="True")  # EDGE: dropped before
+    common = ("--path", tmp_path, "--cutouts", tree, "--frac-true", "-1", "--group-keyword", "FILE")
+
+    assert call_main(convert_main, *common, "--cube", "strict") == 1
+    err = capsys.readouterr().err
+    assert "3 bad cutouts, the first:" in err
+    assert f"{tree / 'true' / 'nofile.fits'}: missing keyword FILE (needed for --group-keyword)" in err
+    assert not (tmp_path / "datacube" / "strict.npz").exists()
+
+    assert call_main(convert_main, *common, "--cube", "grouped", "--skip-bad-files") == 0
+    captured = capsys.readouterr()
+    assert "true:  8 files, 6 kept; rejected: 1 EDGE, 1 bad" in captured.out
+    assert "false: 6 files, 4 kept; rejected: 0 EDGE, 2 bad" in captured.out
+    assert "groups: 4 distinct values of FILE" in captured.out
+    assert f"skipped: {tree / 'false' / 'blank.fits'}: missing keyword FILE" in captured.err
+    cube = Datacube.load(tmp_path / "datacube" / "grouped.npz")
+    assert {int(candid): str(group) for candid, group in zip(cube.candids, cube.groups, strict=True)} == expected
+
+    assert call_main(convert_main, "--path", tmp_path, "--cutouts", tree, "--cube", "plain", "--skip-bad-files") == 0
+    assert Datacube.load(tmp_path / "datacube" / "plain.npz").groups is None
+
+
+# ---------------------------------------------------------------------------------------------
+# otrain-cross-validate
+
+
+def learnable_cube(path: Path, *, grouped: bool, n_objects: int = 30, per_object: int = 3) -> Path:
+    """Objects of several alerts each, most of one class, some of both; real alerts show a source."""
+    rng = np.random.default_rng(1)
+    n = n_objects * per_object
+    groups = np.repeat([f"obj{index:03d}" for index in range(n_objects)], per_object)
+    object_class = rng.permutation(np.arange(n_objects) % 2)
+    labels = np.repeat(object_class, per_object)
+    labels[::7] = 1 - labels[::7]  # some objects have alerts of both classes
+    y, x = np.mgrid[:16, :16]
+    source = np.exp(-((x - 7.5) ** 2 + (y - 7.5) ** 2) / (2 * 1.5**2))
+    pixels = rng.normal(0, 1, (n, 16, 16)) + 6 * labels[:, None, None] * source
+    cube = Datacube(
+        **{**columns(n), "cube": pixels[..., None].astype(np.float32), "labels": labels.astype(np.int64)},
+        planes=("DIFF",),
+        groups=groups if grouped else None,
+    )
+    return cube.save(path)
+
+
+@pytest.fixture(scope="module")
+def crossval(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]:
+    """One tracked 3-fold cross-validation of a grouped cube: (cube, output folder, tracking URI)."""
+    root = tmp_path_factory.mktemp("crossval")
+    cube = learnable_cube(root / "grouped.npz", grouped=True)
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    try:
+        status = call_main(
+            cross_validate_main,
+            *("--cube", cube, "--folds", FOLDS, "--output", root / "cv", "--epochs", "2", "--patience", "0"),
+            *("--normalisation", "robust", "--frac", "0.2", "--experiment", "cv"),
+        )
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    assert status == 0
+    return cube, root / "cv", uri
+
+
+def test_no_group_is_in_two_folds(crossval: tuple[Path, Path, str]) -> None:
+    cube_file, out, _ = crossval
+    rows = read_csv(out / "oof_scores.csv")
+    folds_of_group: dict[str, set[int]] = defaultdict(set)
+    for row in rows:
+        folds_of_group[row["group"]].add(int(row["fold"]))
+    assert all(len(folds) == 1 for folds in folds_of_group.values()), folds_of_group
+    assert {fold for folds in folds_of_group.values() for fold in folds} == set(range(1, FOLDS + 1))
+    cube = Datacube.load(cube_file)
+    assert [row["group"] for row in rows] == list(cube.groups)  # the cube's own groups, row by row
+    for fold in range(1, FOLDS + 1):
+        folder = out / "CNN_training" / f"fold-{fold}"
+        test = Datacube.load(folder / "test_set" / "datacube" / "cube_test.npz")
+        validation = Datacube.load(folder / "validation_set" / "datacube" / "cube_validation.npz")
+        assert set(test.groups) == {group for group, folds in folds_of_group.items() if folds == {fold}}
+        assert not set(validation.groups) & set(test.groups)
+        assert validation.n_real > 0
+        assert validation.n_bogus > 0
+
+
+def test_every_cutout_has_one_out_of_fold_score_from_the_model_that_did_not_train_on_it(
+    crossval: tuple[Path, Path, str],
+) -> None:
+    from otrain.model import load_model
+
+    cube_file, out, _ = crossval
+    cube = Datacube.load(cube_file)
+    rows = read_csv(out / "oof_scores.csv")
+    assert [int(row["index"]) for row in rows] == list(range(len(cube)))
+    assert [int(row["label"]) for row in rows] == list(cube.labels)
+    assert [int(row["candid"]) for row in rows] == list(cube.candids)
+    folds = np.array([int(row["fold"]) for row in rows])
+    p_real = np.array([float(row["p_real"]) for row in rows])
+    assert np.all((p_real >= 0) & (p_real <= 1))
+    for fold in range(1, FOLDS + 1):
+        folder = out / "CNN_training" / f"fold-{fold}"
+        members = np.flatnonzero(folds == fold)
+        model = load_model(folder / f"fold-{fold}.keras")
+        assert_allclose(p_real[members], model.predict(cube.cube[members], verbose=0)[:, 1], rtol=1e-5, atol=1e-6)
+        card = json.loads((folder / f"fold-{fold}.keras.card.json").read_text())
+        assert card["split_sizes"]["test"] == len(members)
+        assert sum(card["split_sizes"].values()) == len(cube)
+
+
+def test_metrics_per_fold_their_spread_and_pooled(crossval: tuple[Path, Path, str]) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    _, out, _ = crossval
+    report = json.loads((out / "cv_metrics.json").read_text())
+    rows = read_csv(out / "oof_scores.csv")
+    assert report["folds"] == FOLDS
+    assert report["grouped"] is True
+    assert report["n_groups"] == 30
+    assert [row["fold"] for row in report["per_fold"]] == list(range(1, FOLDS + 1))
+    for name in ("roc_auc", "average_precision", "accuracy", "mcc", "expected_calibration_error"):
+        values = [row[name] for row in report["per_fold"]]
+        assert report["mean"][name] == pytest.approx(sum(values) / FOLDS)
+        assert report["std"][name] == pytest.approx(np.std(values, ddof=1))
+    # Wiring: the pooled figure is that of the CSV's scores, the per-fold one that of the fold's rows.
+    labels = [int(row["label"]) for row in rows]
+    p_real = [float(row["p_real"]) for row in rows]
+    assert report["pooled"]["roc_auc"] == pytest.approx(roc_auc_score(labels, p_real))
+    first = [(label, p) for label, p, row in zip(labels, p_real, rows, strict=True) if row["fold"] == "1"]
+    assert report["per_fold"][0]["roc_auc"] == pytest.approx(roc_auc_score(*zip(*first, strict=True)))
+    assert report["per_fold"][0]["n_test"] == len(first)
+    assert report["pooled"]["roc_auc"] > 0.8  # a source anyone can see: the folds did learn
+
+
+def test_one_parent_run_with_a_child_run_per_fold(crossval: tuple[Path, Path, str]) -> None:
+    from mlflow.tracking import MlflowClient
+
+    _, out, uri = crossval
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("cv")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(run.info.run_name for run in children) == [f"fold-{fold}" for fold in range(1, FOLDS + 1)]
+    assert len(runs) == FOLDS + 1
+    report = json.loads((out / "cv_metrics.json").read_text())
+    assert parent.data.metrics["mean_roc_auc"] == pytest.approx(report["mean"]["roc_auc"])
+    assert parent.data.metrics["std_mcc"] == pytest.approx(report["std"]["mcc"])
+    assert parent.data.metrics["pooled_roc_auc"] == pytest.approx(report["pooled"]["roc_auc"])
+    artifacts = {item.path for item in client.list_artifacts(parent.info.run_id, "cross_validation")}
+    assert artifacts == {"cross_validation/oof_scores.csv", "cross_validation/cv_metrics.json"}
+    for child in children:
+        run_file = json.loads((out / "CNN_training" / child.info.run_name / "mlflow_run.json").read_text())
+        assert run_file["run_id"] == child.info.run_id
+
+
+def test_a_cube_without_groups_has_one_group_per_cutout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cube = learnable_cube(tmp_path / "plain.npz", grouped=False, n_objects=12)
+    out = tmp_path / "cv"
+    status = call_main(
+        cross_validate_main,
+        *("--cube", cube, "--folds", "2", "--output", out, "--epochs", "1", "--no-tracking"),
+    )
+    assert status == 0
+    assert "records no groups (otrain-convert --group-keyword): each cutout is its own group" in capsys.readouterr().err
+    rows = read_csv(out / "oof_scores.csv")
+    assert [row["group"] for row in rows] == [str(index) for index in range(36)]
+    assert sorted({row["fold"] for row in rows}) == ["1", "2"]
+    assert json.loads((out / "cv_metrics.json").read_text())["grouped"] is False
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (("--folds", "1"), "--folds: must be at least 2, got 1"),
+        (("--test-frac", "0.2"), "--test-frac: not used by otrain-cross-validate: each fold is in turn the test set"),
+        (
+            ("--folds", "21"),
+            "--folds: 21 folds need at least 21 groups of each class; {cube} has 23 holding real cutouts and 20 "
+            "holding bogus ones; give at most 20",
+        ),
+    ],
+    ids=["one-fold", "test-frac", "more-folds-than-groups"],
+)
+def test_bad_options_are_one_line_and_write_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], message: str
+) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=30)
+    written = Datacube.load(cube)  # the figures the message names: objects with real and with bogus alerts
+    assert (len(set(written.groups[written.labels == 1])), len(set(written.groups[written.labels == 0]))) == (23, 20)
+    out = tmp_path / "out" / "cv"
+    assert call_main(cross_validate_main, "--cube", cube, "--output", out, "--no-tracking", *options) == 2
+    err = capsys.readouterr().err
+    assert err == f"otrain-cross-validate: error: {message.format(cube=cube)}\n"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_earlier_cross_validation_is_replaced_only_with_overwrite(
+    crossval: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube, out, _ = crossval
+    before = (out / "oof_scores.csv").read_bytes()
+    assert call_main(cross_validate_main, "--cube", cube, "--output", out, "--folds", FOLDS, "--no-tracking") == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"otrain-cross-validate: error: --output: '{out}' already holds a cross-validation")
+    assert err.rstrip().endswith("pass --overwrite to replace it")
+    assert (out / "oof_scores.csv").read_bytes() == before
