@@ -1046,7 +1046,7 @@ class CrossValidateConfig(TrainingOptions):
     set of training k; its validation set (early stopping) is a grouped, stratified share of
     about --frac of the other folds, and the rest trains. Every cutout is scored once, by the
     model that never saw its group. Outputs in --output: oof_scores.csv (one row per cutout:
-    index in the cube, candid, group, label, fold, P(real)), cv_metrics.json (metrics of each
+    index in the cube, candid, group, label, fold, P(real), the fold's threshold), cv_metrics.json (metrics of each
     fold, their mean and sample standard deviation, and the metrics of all out-of-fold scores
     pooled), and each fold's training in <output>/CNN_training/fold-<k>/. Tracked as one MLflow
     parent run (the mean and spread, the two files) with one child run per fold.
@@ -1062,7 +1062,11 @@ class CrossValidateConfig(TrainingOptions):
     frac: OpenFraction = option(
         0.15, "Fraction of the other folds used for validation (early stopping), drawn by groups and classes."
     )
-    threshold: Probability = option(0.5, "Probability threshold of the metrics: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None,
+        "Probability threshold of the metrics: real if P(real) > threshold. Default 0.5, or the one each fold's "
+        "training chooses with --target-fnr or --target-fpr.",
+    )
     test_frac: OpenFraction | None = option(None, "Not used: each fold is in turn the test set.")
     init_from: ExistingFile | None = option(
         None, "Start every fold from the weights of this trained model (see otrain-train --init-from)."

@@ -143,6 +143,10 @@ def fold_splits(labels: np.ndarray, groups: np.ndarray, folds: int, frac: float,
     return splits
 
 
+#: The figures of a decision at a threshold (the others do not depend on it).
+_DECISION_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
+
+
 def fold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, float]:
     """Return the :data:`METRICS` of P(real) against the labels, real if P(real) > ``threshold``."""
     from otrain.evaluation import evaluate
@@ -203,7 +207,7 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     splits = fold_splits(cube.labels, groups, config.folds, config.frac, config.seed)
     configs = [_train_config(config, fold) for fold in range(1, config.folds + 1)]
     report = CrossValidationReport(n_groups=len(np.unique(groups)), grouped=grouped)
-    scores = np.full(len(cube), np.nan)
+    scores, thresholds = np.full(len(cube), np.nan), np.full(len(cube), np.nan)
     fold_of = np.zeros(len(cube), dtype=np.int64)
 
     def run_folds() -> None:
@@ -215,17 +219,24 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
             )
             row = _run_fold(train_config, cube, split)
             scores[split.test] = row.pop("_scores")
+            thresholds[split.test] = row["threshold"]
             fold_of[split.test] = fold
             report.per_fold.append({"fold": fold, **row})
             _log_fold(config, fold, row)
 
     def summarise() -> None:
+        from otrain.evaluation import binary_metrics
+
         for name in METRICS:
             values = np.array([row[name] for row in report.per_fold], dtype=np.float64)
             finite = values[np.isfinite(values)]
             report.mean[name] = float(finite.mean()) if len(finite) else math.nan
             report.std[name] = float(finite.std(ddof=1)) if len(finite) > 1 else math.nan
-        report.pooled.update(fold_metrics(cube.labels, scores, config.threshold))
+        report.pooled.update(fold_metrics(cube.labels, scores, 0.5))
+        # Each cutout is decided by its own fold's threshold (they differ with --target-fnr):
+        # P(real) > t exactly when P(real) - t > 0.
+        decided = binary_metrics(cube.labels, scores - thresholds, 0.0)
+        report.pooled.update({name: float(decided[name]) for name in _DECISION_METRICS})
 
     if config.tracking:
         import mlflow
@@ -248,13 +259,13 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
             summary.update({f"std_{key}": value for key, value in report.std.items()})
             summary.update({f"pooled_{key}": value for key, value in report.pooled.items()})
             mlflow.log_metrics({key: value for key, value in summary.items() if math.isfinite(value)})
-            report.outputs = _write_outputs(config, cube, groups, fold_of, scores, report)
+            report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
             for path in report.outputs:
                 mlflow.log_artifact(str(path), artifact_path="cross_validation")
     else:
         run_folds()
         summarise()
-        report.outputs = _write_outputs(config, cube, groups, fold_of, scores, report)
+        report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
     return report
 
 
@@ -266,12 +277,14 @@ def _run_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, An
 
     result = train(config, cube=cube, split=split)
     probabilities = predict(load_model(result.model_file), cube.cube[split.test])
+    threshold = float(result.metrics["threshold"])  # the training's own: given, 0.5, or chosen for a target rate
     return {
         "n_train": len(split.train),
         "n_validation": len(split.validation),
         "n_test": len(split.test),
         "epochs_run": int(result.metrics["epochs_run"]),
-        **fold_metrics(cube.labels[split.test], probabilities, config.threshold),
+        "threshold": threshold,
+        **fold_metrics(cube.labels[split.test], probabilities, threshold),
         "_scores": probabilities,
     }
 
@@ -303,6 +316,7 @@ def _write_outputs(
     groups: np.ndarray,
     fold_of: np.ndarray,
     scores: np.ndarray,
+    thresholds: np.ndarray,
     report: CrossValidationReport,
 ) -> list[Path]:
     from otrain.evaluation import write_csv
@@ -315,6 +329,7 @@ def _write_outputs(
             "label": int(cube.labels[index]),
             "fold": int(fold_of[index]),
             "p_real": float(scores[index]),
+            "threshold": float(thresholds[index]),
         }
         for index in range(len(cube))
     ]
@@ -327,7 +342,6 @@ def _write_outputs(
         "n_cutouts": len(cube),
         "n_groups": report.n_groups,
         "seed": config.seed,
-        "threshold": config.threshold,
         "per_fold": report.per_fold,
         "mean": report.mean,
         "std": report.std,

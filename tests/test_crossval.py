@@ -193,6 +193,7 @@ def test_every_cutout_has_one_out_of_fold_score_from_the_model_that_did_not_trai
         assert_allclose(p_real[members], model.predict(cube.cube[members], verbose=0)[:, 1], rtol=1e-5, atol=1e-6)
         card = json.loads((folder / f"fold-{fold}.keras.card.json").read_text())
         assert card["split_sizes"]["test"] == len(members)
+        assert {float(rows[index]["threshold"]) for index in members} == {card["threshold"]}
         assert sum(card["split_sizes"].values()) == len(cube)
 
 
@@ -218,6 +219,9 @@ def test_metrics_per_fold_their_spread_and_pooled(crossval: tuple[Path, Path, st
     assert report["per_fold"][0]["roc_auc"] == pytest.approx(roc_auc_score(*zip(*first, strict=True)))
     assert report["per_fold"][0]["n_test"] == len(first)
     assert report["pooled"]["roc_auc"] > 0.8  # a source anyone can see: the folds did learn
+    thresholds = np.array([float(row["threshold"]) for row in rows])
+    decided = np.asarray(p_real) > thresholds
+    assert report["pooled"]["accuracy"] == pytest.approx(np.mean(decided == np.asarray(labels, dtype=bool)))
 
 
 def test_one_parent_run_with_a_child_run_per_fold(crossval: tuple[Path, Path, str]) -> None:
