@@ -280,6 +280,8 @@ def _calibrate(
         "temperature": fit.temperature,
         "bias": fit.bias,
         "fitted_on": fit.fitted_on,
+        # The prior P(real) is calibrated to (see --prob-ratio of otrain-infer for another night's).
+        "fraction_real": float(np.mean(validation_labels == 1)),
         "ece_validation_before": expected_calibration_error(validation_labels, raw_validation),
         "ece_validation_after": expected_calibration_error(validation_labels, validation),
         "ece_test_before": expected_calibration_error(test_labels, raw_test),

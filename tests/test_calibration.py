@@ -134,6 +134,8 @@ def test_training_fits_and_stores_the_calibration(trained: Path) -> None:
     assert calibration["temperature"] > 0
     assert calibration["temperature"] != 1.0
     assert calibration["fitted_on"] == card["split_sizes"]["validation"]
+    validation = np.load(trained / "validation_set" / "datacube" / "cube_validation.npz")
+    assert calibration["fraction_real"] == pytest.approx(np.mean(np.argmax(validation["labels"], axis=1) == 1))
     for key in ("ece_validation_before", "ece_validation_after", "ece_test_before", "ece_test_after"):
         assert 0 <= calibration[key] <= 1
     # Fitted by likelihood on the validation set, the temperature cannot make its NLL worse, and
