@@ -211,16 +211,23 @@ def centre_share(cv_folder: Path, cube_file: Path, table: dict[str, np.ndarray])
     return result
 
 
-def run_setting(key: str, data: Path, work: Path, size: int, folds: int, seed: int) -> dict[str, Any]:
-    """Cross-validate one setting; return its figures."""
+def run_setting(
+    key: str, data: Path, work: Path, size: int, folds: int, seed: int, epochs: int | None = None
+) -> dict[str, Any]:
+    """Cross-validate one setting (``epochs``, when given, replaces the setting's); return its figures."""
     from otrain.config import CrossValidateConfig
     from otrain.crossval import cross_validate
 
     setting = SETTINGS[key]
     cube = build_cube(data, work, setting["planes"], size)
     options = dict(setting["options"])
+    if epochs is not None:
+        options["epochs"] = epochs
+    pretrain_seconds = 0.0
     if setting.get("pretrain"):
+        started = time.perf_counter()
         options["init_from"] = pretrained_model(work, setting["planes"], size, options)
+        pretrain_seconds = time.perf_counter() - started
     output = work / f"cv_{key}"
     config = CrossValidateConfig.model_validate(
         {**options, "cube": cube, "folds": folds, "output": output, "seed": seed, "tracking": False, "overwrite": True}
@@ -235,6 +242,7 @@ def run_setting(key: str, data: Path, work: Path, size: int, folds: int, seed: i
         "options": {name: str(value) for name, value in options.items()},
         "planes": list(setting["planes"]),
         "train_seconds": seconds,
+        "pretrain_seconds": pretrain_seconds,
         "fold_roc_auc_mean": report.mean["roc_auc"],
         "fold_roc_auc_std": report.std["roc_auc"],
         **figures(table),
@@ -269,6 +277,7 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cutout-size", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--epochs", type=int, default=None, help="replace every setting's epochs (a quick look)")
     arguments = parser.parse_args()
     keys = [key.strip() for key in arguments.settings.split(",") if key.strip()]
     unknown = sorted(set(keys) - set(SETTINGS))
