@@ -6,22 +6,24 @@ after the batch normalisation and ReLU that directly follow it in the vgg networ
 :func:`explained_layer`). Under Keras 3, tf-keras-vis needs a functional model, so
 a Sequential model is wrapped as ``keras.Model(model.inputs, model.outputs)``; its
 softmax is replaced by a linear output (``ReplaceToLinear``) on a clone, so the score is the
-class logit.
+class logit. A model's calibration layer (:class:`otrain.model.Calibration`) is left out: the
+map explains the network's decision, which the calibration only rescales.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
-from otrain.config import GRADCAM_BATCH, GRADCAM_GRID, OUTCOMES, GradCamConfig
+from otrain.config import CENTRE_RADIUS_FWHM, GRADCAM_BATCH, GRADCAM_GRID, OUTCOMES, GradCamConfig
 from otrain.progress import track
 
-__all__ = ["GradCamExplainer", "GradCamReport", "explained_layer", "gradcam_maps", "run_grad_cam"]
+__all__ = ["GradCamExplainer", "GradCamReport", "centre_share", "explained_layer", "gradcam_maps", "run_grad_cam"]
 
 logger = logging.getLogger("otrain")
 
@@ -70,8 +72,13 @@ class GradCamExplainer:
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
         from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
+        from otrain.model import Calibration
+
         self.layer = explained_layer(model).name
-        functional = keras.Model(model.inputs, model.outputs)
+        # A calibration is monotonic: the network's softmax, before it, makes the same decision,
+        # and its class logit (ReplaceToLinear) is the score Grad-CAM is defined on.
+        calibrated = isinstance(model.layers[-1], Calibration)
+        functional = keras.Model(model.inputs, model.layers[-2].output if calibrated else model.outputs)
         self.visualiser = (GradcamPlusPlus if method == "gradcam++" else Gradcam)(
             functional, model_modifier=ReplaceToLinear(), clone=True
         )
@@ -124,12 +131,49 @@ def gradcam_maps(
     return GradCamExplainer(model, method).maps(pixels, classes, expand, normalise)
 
 
+def centre_share(maps: np.ndarray, fwhms: np.ndarray, radius: float = CENTRE_RADIUS_FWHM) -> tuple[float, float]:
+    """How much of the maps lies on the candidate: the share within ``radius`` FWHM of the cutout centre.
+
+    Parameters
+    ----------
+    maps : numpy.ndarray
+        (N, H, W) non-negative maps on the cutouts' pixels.
+    fwhms : numpy.ndarray
+        The FWHM of each candidate, in pixels; a missing or non-positive one counts as the median
+        of the others.
+    radius : float
+        The radius of the disc, in FWHM.
+
+    Returns
+    -------
+    tuple of float
+        The mean share of the maps' sum inside the disc (maps that are zero everywhere are left
+        out), and the mean share of the pixels inside it: what a map spread evenly would give.
+        NaN when there is no map.
+    """
+    maps = np.asarray(maps, dtype=np.float64)
+    if len(maps) == 0:
+        return math.nan, math.nan
+    fwhms = np.asarray(fwhms, dtype=np.float64)
+    known = np.isfinite(fwhms) & (fwhms > 0)
+    fwhms = np.where(known, fwhms, np.median(fwhms[known]) if known.any() else 1.0)
+    height, width = maps.shape[1:]
+    y, x = np.mgrid[0:height, 0:width]
+    distance = np.hypot(y - (height - 1) / 2, x - (width - 1) / 2)
+    inside = distance[None] <= radius * fwhms[:, None, None]
+    totals = maps.sum(axis=(1, 2))
+    shares = (maps * inside).sum(axis=(1, 2))[totals > 0] / totals[totals > 0]
+    return (float(shares.mean()) if len(shares) else math.nan), float(inside.mean())
+
+
 @dataclass
 class GradCamReport:
-    """What otrain-grad-cam wrote."""
+    """What otrain-grad-cam wrote, and how much of the true positives' maps lies on the candidate."""
 
     counts: dict[str, int] = field(default_factory=dict)
     outputs: list[Path] = field(default_factory=list)
+    tp_centre_share: float = math.nan
+    tp_centre_area: float = math.nan
 
 
 def run_grad_cam(config: GradCamConfig) -> GradCamReport:
@@ -166,6 +210,8 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
                 for batch in np.array_split(rows, -(-len(rows) // GRADCAM_BATCH))
             ]
         )
+        if outcome == "TP":
+            report.tp_centre_share, report.tp_centre_area = centre_share(maps, cube.fwhms[rows])
         titles = [candidate_title(cube, row, probabilities[row]) for row in rows]
         for index, (row, cam, title) in enumerate(
             track(list(zip(rows, maps, titles, strict=True)), len(rows), f"Grad-CAM {outcome}")
@@ -182,5 +228,12 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
                 config.cam_path / f"{outcome}_summary.png",
             )
         )
-    log_stage(config.model_path, {}, report.outputs, "grad_cam", config.tracking)
+    shares = {"tp_centre_share": report.tp_centre_share, "tp_centre_area": report.tp_centre_area}
+    log_stage(
+        config.model_path,
+        {key: value for key, value in shares.items() if math.isfinite(value)},
+        report.outputs,
+        "grad_cam",
+        config.tracking,
+    )
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -214,7 +215,9 @@ def test_grad_cam_outputs_and_small_classes(trained: Path, tmp_path: Path) -> No
     (cam / "TP" / "my_notes.txt").write_text("mine")
     cube_file = trained / "validation_set" / "datacube" / "cube_validation.npz"
     status = call_main(
-        grad_cam_main, "--cube", cube_file, "--model-path", trained / "tiny.keras", "--cam_path", cam, "--n_random", 500
+        grad_cam_main,
+        *("--cube", cube_file, "--model-path", trained / "tiny.keras", "--cam_path", cam, "--n_random", 500),
+        *("--method", "gradcam"),
     )
     assert status == 0
     cube = Datacube.load(cube_file)
@@ -231,10 +234,33 @@ def test_grad_cam_outputs_and_small_classes(trained: Path, tmp_path: Path) -> No
     assert (cam / "TP" / "my_notes.txt").read_text() == "mine"
 
 
-def test_grad_cam_plus_plus(trained: Path, tmp_path: Path) -> None:
+def test_centre_share_of_maps() -> None:
+    from otrain.gradcam import centre_share
+
+    size = 21
+    y, x = np.mgrid[0:size, 0:size]
+    distance = np.hypot(y - 10, x - 10)
+    on_source = np.exp(-0.5 * (distance / 1.0) ** 2)  # sigma 1 px: all within 2 FWHM of 3 px
+    uniform = np.ones((size, size))
+    border = (distance > 9).astype(float)
+    share, area = centre_share(np.stack([on_source]), np.array([3.0]))
+    assert share == pytest.approx(1.0, abs=1e-6)
+    assert area == pytest.approx(np.mean(distance <= 6))
+    assert centre_share(np.stack([uniform]), np.array([3.0]))[0] == pytest.approx(area)
+    assert centre_share(np.stack([border]), np.array([3.0]))[0] == 0.0
+    # An unknown FWHM counts as the median of the others; a map that is zero everywhere is left out.
+    share, _ = centre_share(np.stack([on_source, np.zeros((size, size)), border]), np.array([3.0, 3.0, np.nan]))
+    assert share == pytest.approx(0.5)
+    assert np.isnan(centre_share(np.zeros((0, size, size)), np.zeros(0))[0])
+
+
+def test_grad_cam_plus_plus(trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cube_file = trained / "test_set" / "datacube" / "cube_test.npz"
     arguments = ("--cube", cube_file, "--model-path", trained / "tiny.keras", "--cam_path", tmp_path, "--n_random", 2)
     assert call_main(grad_cam_main, *arguments, "--method", "gradcam++") == 0
+    out = capsys.readouterr().out
+    assert "Grad-CAM (gradcam++) maps:" in out
+    assert re.search(r"true positives: \d+% of the maps within 2 FWHM of the centre, on \d+% of the pixels", out)
     cube = Datacube.load(cube_file)
     true_positives = int(np.sum((probabilities_of(trained / "tiny.keras", cube) > 0.5) & (cube.labels == 1)))
     assert len(list((tmp_path / "TP").glob("cutout_CAM_*.png"))) == min(2, true_positives)
@@ -273,7 +299,10 @@ def test_grad_cam_map_is_the_real_grad_cam(
     classes = np.array([1, 0] * 4)
     ours = gradcam_maps(model, pixels, classes, expand=False, normalise=False)
 
-    convolution, output = explained_layer(model), model.layers[-1]
+    from otrain.model import Calibration
+
+    assert isinstance(model.layers[-1], Calibration)  # the map explains the network before it
+    convolution, output = explained_layer(model), model.layers[-2]
     last = model.layers.index(last_conv_layer(model))
     if training == "trained":  # the O'TRAIN convolutions carry their ReLU
         assert convolution is model.layers[last]
@@ -283,7 +312,7 @@ def test_grad_cam_map_is_the_real_grad_cam(
         assert isinstance(convolution, layers.ReLU)
     with tf.GradientTape() as tape:
         hidden = tf.convert_to_tensor(pixels)
-        for layer in model.layers[:-1]:
+        for layer in model.layers[:-2]:
             hidden = layer(hidden, training=False)
             if layer is convolution:
                 features = hidden

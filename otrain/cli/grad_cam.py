@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import GradCamConfig
+from otrain.config import CENTRE_RADIUS_FWHM, GradCamConfig
 
 __all__ = ["main"]
 
@@ -19,6 +19,11 @@ def _grad_cam(config: GradCamConfig) -> None:
     report = run_grad_cam(config)
     counts = ", ".join(f"{count} {outcome}" for outcome, count in report.counts.items())
     print(f"Grad-CAM ({config.method}) maps: {counts}")
+    if report.tp_centre_share == report.tp_centre_share:  # not NaN: there were true positives
+        print(
+            f"true positives: {report.tp_centre_share:.0%} of the maps within {CENTRE_RADIUS_FWHM:g} FWHM of the "
+            f"centre, on {report.tp_centre_area:.0%} of the pixels"
+        )
     print(f"written: {config.cam_path}/{{TP,TN,FP,FN}}/cutout_CAM_<i>.png and <outcome>_summary.png")
 
 
