@@ -177,37 +177,29 @@ def figures(table: dict[str, np.ndarray]) -> dict[str, float]:
     }
 
 
-def centre_share(cv_folder: Path, cube_file: Path, table: dict[str, np.ndarray]) -> dict[str, float]:
+def centre_shares(cv_folder: Path, cube_file: Path, table: dict[str, np.ndarray]) -> dict[str, float]:
     """Share of the Grad-CAM maps of true positives within two FWHM of the centre, per method."""
     import keras
 
     from otrain.datacube import Datacube
-    from otrain.gradcam import GradCamExplainer
+    from otrain.gradcam import GradCamExplainer, centre_share
     from otrain.model import load_model
 
     cube = Datacube.load(cube_file)
-    height, width = cube.cube.shape[1:3]
-    y, x = np.mgrid[0:height, 0:width]
-    radius = np.hypot(y - (height - 1) / 2, x - (width - 1) / 2)
-    fwhm = np.where(np.isfinite(cube.fwhms) & (cube.fwhms > 0), cube.fwhms, np.nanmedian(cube.fwhms))
     result: dict[str, float] = {}
     for method in ("gradcam", "gradcam++"):
-        shares, areas = [], []
+        maps, fwhms = [], []
         for fold in np.unique(table["fold"]):
             rows = (table["fold"] == fold) & (table["label"] == 1) & (table["p"] > table["threshold"])
             if not rows.any():
                 continue
             index = table["index"][rows]
             model = load_model(cv_folder / "CNN_training" / f"fold-{fold}" / f"fold-{fold}.keras")
-            maps = GradCamExplainer(model, method).maps(cube.cube[index], np.ones(len(index), dtype=int))
-            for map_, width_ in zip(maps, fwhm[index], strict=True):
-                inside = radius <= 2 * width_
-                total = map_.sum()
-                shares.append(map_[inside].sum() / total if total > 0 else math.nan)
-                areas.append(inside.mean())
+            maps.append(GradCamExplainer(model, method).maps(cube.cube[index], np.ones(len(index), dtype=int)))
+            fwhms.append(cube.fwhms[index])
             keras.backend.clear_session()
-        result[f"centre_share_{method}"] = float(np.nanmean(shares)) if shares else math.nan
-        result["centre_area"] = float(np.mean(areas)) if areas else math.nan
+        share, area = centre_share(np.concatenate(maps), np.concatenate(fwhms)) if maps else (math.nan, math.nan)
+        result[f"centre_share_{method}"], result["centre_area"] = share, area
     return result
 
 
@@ -247,7 +239,7 @@ def run_setting(
         "fold_roc_auc_std": report.std["roc_auc"],
         **figures(table),
     }
-    result.update(centre_share(output, cube, table))
+    result.update(centre_shares(output, cube, table))
     return result
 
 
