@@ -12,8 +12,10 @@ import subprocess
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+from astropy.io import ascii as astropy_ascii
 from conftest import BIN, ROOT
 
 from otrain.config import validate_params
@@ -174,12 +176,18 @@ def test_experiment_with_a_changed_parameter(pipeline: tuple[Path, str]) -> None
     folder, uri = pipeline
     baseline = yaml.safe_load((folder / "params.yaml").read_text())["train"]["epochs"]
     assert baseline != 1
-    run = dvc(folder, uri, "exp", "run", "-S", "train.epochs=1", "-S", "optimise_dataset_size.epochs=1")
+    overrides = ("-S", "train.epochs=1", "-S", "optimise_dataset_size.epochs=1", "-S", "train.target_fnr=0.05")
+    run = dvc(folder, uri, "exp", "run", *overrides)
     name = re.search(r"Ran experiment\(s\): (\S+)", run.stdout)
     assert name, run.stdout
     rows = experiment_rows(json.loads(dvc(folder, uri, "exp", "show", "--json").stdout))
     assert param(rows[name[1]], "train", "epochs") == 1
     assert param(rows["workspace"], "train", "epochs") == 1
+    # The threshold chosen for the target reaches the card, and the night is decided with it.
+    card = json.loads((folder / "models" / "CNN_training" / "survey" / "survey.keras.card.json").read_text())
+    assert card["threshold_rule"]["method"] == "target_fnr"
+    table = astropy_ascii.read(folder / "reports" / "infer_results.dat", format="commented_header")
+    assert np.array_equal(np.asarray(table["real"]), (np.asarray(table["label1"]) > card["threshold"]).astype(int))
     from mlflow.tracking import MlflowClient
 
     runs = MlflowClient(uri).search_runs(
