@@ -162,7 +162,7 @@ def build_model(
     *,
     architecture: Architecture = DEFAULT_ARCHITECTURE,
     dropout: float = DEFAULT_DROPOUT,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = DEFAULT_LEARNING_RATE,
     normalisation: Normalisation = "none",
     n_classes: int = 2,
 ) -> keras.Sequential:
@@ -177,8 +177,8 @@ def build_model(
         The network (see the module's description).
     dropout : float
         Rate of the three dropout layers.
-    learning_rate : float
-        Adam learning rate.
+    learning_rate : float or keras.optimizers.schedules.LearningRateSchedule
+        Adam learning rate, or its schedule.
     normalisation : {"none", "robust"}
         "none" feeds raw pixels, as the original; "robust" puts :class:`RobustScaling` first.
     n_classes : int
@@ -187,7 +187,8 @@ def build_model(
     Returns
     -------
     keras.Sequential
-        The compiled model (categorical cross-entropy on one-hot labels, accuracy), named
+        The compiled model (categorical cross-entropy on one-hot labels; accuracy, and the ROC
+        and precision-recall AUCs of the last class, ``roc_auc`` and ``pr_auc``), named
         ``otrain_cnn`` or ``vgg_cnn``.
     """
     if architecture not in _NETWORKS:
@@ -209,9 +210,18 @@ def build_model(
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=["accuracy", *_auc_metrics(n_classes)],
     )
     return model
+
+
+def _auc_metrics(n_classes: int) -> list[keras.metrics.Metric]:
+    """ROC and PR AUCs of the last class (real) alone: the other labels weigh zero."""
+    weights = [0.0] * (n_classes - 1) + [1.0]
+    return [
+        keras.metrics.AUC(curve=curve, multi_label=True, num_labels=n_classes, label_weights=weights, name=name)
+        for curve, name in (("ROC", "roc_auc"), ("PR", "pr_auc"))
+    ]
 
 
 def input_shape_of(model: keras.Model) -> tuple[int, int, int]:

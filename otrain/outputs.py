@@ -81,7 +81,18 @@ PROBABILITY_COLUMNS = ("candid", "label", "p_real")
 CALIBRATION_COLUMNS = ("bin_low", "bin_high", "mean_probability", "fraction_real", "count")
 MATCHES_COLUMNS = ("idx", "cand_ID", "mag_injected", "label1", "fwhm_ratio")
 STUDY_COLUMNS = ("size", "accuracy", "f1", "mcc", "roc_auc", "val_loss", "train_val_gap")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+HISTORY_COLUMNS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "val_roc_auc",
+    "val_pr_auc",
+    "learning_rate",
+)
 DIAGNOSTICS_KEYS = ("accuracy", "average_precision", "best_threshold", "expected_calibration_error")
 METRICS_KEYS = ("accuracy", "roc_auc", "epochs_run")
 PROMOTION_KEYS = ("registered_name", "version", "promoted", "reason")
