@@ -514,8 +514,10 @@ class TrainingOptions(CommandConfig):
         "Network: 'otrain' is the original O'TRAIN CNN; 'vgg' a small VGG-like CNN with batch normalisation "
         "(two blocks of two 3x3 convolutions, about 130 000 weights), for small real sets.",
     )
-    normalisation: Literal["none", "robust"] = option(
-        "none", "'none' feeds raw pixels (the original); 'robust' scales each cutout by its median and MAD."
+    normalisation: Literal["none", "robust", "asinh"] = option(
+        "none",
+        "'none' feeds raw pixels (the original); 'robust' scales each cutout and plane by its median and MAD; "
+        "'asinh' then takes the arcsinh (linear in the noise, logarithmic for bright stars and galaxies).",
     )
     mixed_precision: bool = option(False, "Compute in float16 on GPUs (mixed_float16 policy).")
     tracking: bool = option(True, "Record the run in MLflow; --no-tracking turns it off.")
@@ -529,8 +531,8 @@ class TrainingOptions(CommandConfig):
         """Mixed precision needs scaled inputs; validation and test must leave data for training."""
         if values["mixed_precision"] and values["normalisation"] == "none":
             raise ValueError(
-                "--mixed-precision: needs --normalisation robust (raw pixel values overflow float16 and training "
-                "diverges to NaN)"
+                "--mixed-precision: needs --normalisation robust or asinh (raw pixel values overflow float16 and "
+                "training diverges to NaN)"
             )
         frac, test_frac = values["frac"], values["test_frac"]
         if frac + test_frac >= 1:
