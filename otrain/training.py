@@ -511,7 +511,8 @@ def _epoch_callback(
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> Path:
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=HISTORY_COLUMNS)
+        # restval: rows of a checkpoint written before a column existed (resumed across versions).
+        writer = csv.DictWriter(stream, fieldnames=HISTORY_COLUMNS, restval="nan")
         writer.writeheader()
         writer.writerows(history)
     return path
