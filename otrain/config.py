@@ -71,6 +71,16 @@ VGG_DENSE_UNITS = 64
 #: Momentum of its batch normalisation's moving averages: Keras' 0.99 needs hundreds of steps to
 #: forget the initial statistics; a small set makes few steps (20 per epoch with --batch-size auto).
 VGG_BN_MOMENTUM = 0.9
+#: --lr-schedule: 'constant' (the original's Adam rate), 'plateau' (halved after PLATEAU_PATIENCE epochs
+#: without a better --monitor value, and again every PLATEAU_PATIENCE epochs while none comes), 'cosine'
+#: (Keras' CosineDecay from --learning-rate to zero over the --epochs planned).
+LrSchedule = Literal["constant", "plateau", "cosine"]
+PLATEAU_PATIENCE = 3
+PLATEAU_FACTOR = 0.5
+#: --monitor: the validation metric that early stopping and the best weights follow, and whether
+#: lower or higher is better. The AUCs are those of P(real) for the real class (Keras' AUC metric).
+Monitor = Literal["val_loss", "val_roc_auc", "val_pr_auc"]
+MONITOR_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
 #: ``--batch-size auto``: the original's 1024, reduced so that an epoch has at least
 #: AUTO_BATCH_MIN_STEPS gradient steps, never below AUTO_BATCH_MIN cutouts.
 AUTO_BATCH_MAX = 1024
@@ -501,7 +511,18 @@ class TrainingOptions(CommandConfig):
     test_frac: OpenFraction = option(0.15, "Fraction of the cube held out as the test set (metrics come from it).")
     seed: Seed = option(42, "Seed of the splits, the weights' initialisation and the augmentation.")
     patience: NonNegativeInt = option(
-        5, "Stop after this many epochs without a lower validation loss and keep the best weights; 0 never stops."
+        5, "Stop after this many epochs without a better --monitor value and keep the best weights; 0 never stops."
+    )
+    monitor: Monitor = option(
+        "val_loss",
+        "Validation metric that early stopping and the best weights follow: 'val_loss' (the original), or the "
+        "ROC or precision-recall AUC of the real class ('val_roc_auc', 'val_pr_auc'), steadier on imbalanced sets.",
+    )
+    lr_schedule: LrSchedule = option(
+        "constant",
+        f"Learning rate over the training: 'constant' (the original); 'plateau' halves it after {PLATEAU_PATIENCE} "
+        "epochs without a better --monitor value (and again every "
+        f"{PLATEAU_PATIENCE} while none comes); 'cosine' decays it to zero over --epochs (Keras' CosineDecay).",
     )
     augment: bool = option(False, "Augment the training set with random flips and 90-degree rotations.")
     class_weight: Literal["balanced", "none"] = option(
@@ -512,8 +533,10 @@ class TrainingOptions(CommandConfig):
         "Network: 'otrain' is the original O'TRAIN CNN; 'vgg' a small VGG-like CNN with batch normalisation "
         "(two blocks of two 3x3 convolutions, about 130 000 weights), for small real sets.",
     )
-    normalisation: Literal["none", "robust"] = option(
-        "none", "'none' feeds raw pixels (the original); 'robust' scales each cutout by its median and MAD."
+    normalisation: Literal["none", "robust", "asinh"] = option(
+        "none",
+        "'none' feeds raw pixels (the original); 'robust' scales each cutout and plane by its median and MAD; "
+        "'asinh' then takes the arcsinh (linear in the noise, logarithmic for bright stars and galaxies).",
     )
     calibration: Literal["temperature", "platt", "none"] = option(
         "temperature",
@@ -543,8 +566,8 @@ class TrainingOptions(CommandConfig):
         """Mixed precision needs scaled inputs; validation and test must leave data for training."""
         if values["mixed_precision"] and values["normalisation"] == "none":
             raise ValueError(
-                "--mixed-precision: needs --normalisation robust (raw pixel values overflow float16 and training "
-                "diverges to NaN)"
+                "--mixed-precision: needs --normalisation robust or asinh (raw pixel values overflow float16 and "
+                "training diverges to NaN)"
             )
         chosen = [name for name in ("threshold", "target_fnr", "target_fpr") if values.get(name) is not None]
         if len(chosen) > 1:

@@ -53,6 +53,7 @@ __all__ = [
     "MAD_TO_SIGMA",
     "NORMALISATIONS",
     "Calibration",
+    "RealClassAUC",
     "RobustScaling",
     "build_model",
     "card_planes",
@@ -70,8 +71,8 @@ logger = logging.getLogger("otrain")
 #: 1 / Phi^-1(3/4): the MAD of Gaussian noise times this is its standard deviation.
 MAD_TO_SIGMA = 1.482602218505602
 
-Normalisation = Literal["none", "robust"]
-NORMALISATIONS: tuple[str, ...] = ("none", "robust")
+Normalisation = Literal["none", "robust", "asinh"]
+NORMALISATIONS: tuple[str, ...] = ("none", "robust", "asinh")
 
 
 @keras.saving.register_keras_serializable(package="otrain")
@@ -83,11 +84,16 @@ class RobustScaling(layers.Layer):
     deviation of Gaussian noise (SciPy's ``median_abs_deviation(scale="normal")``). This makes
     a model independent of each telescope's flux scale and zero point. A flat cutout (MAD = 0)
     is only shifted.
+
+    With ``asinh``, the scaled values then go through arcsinh: linear within the noise
+    (|x| < 1), logarithmic beyond, so that a saturated star or a galaxy core in a science or
+    reference plane no longer spans a thousand times the range of a faint transient.
     """
 
-    def __init__(self, clip: float = 1000.0, **kwargs: Any) -> None:
+    def __init__(self, clip: float = 1000.0, asinh: bool = False, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.clip = float(clip)
+        self.asinh = bool(asinh)
 
     def _median(self, values: Any) -> Any:
         ordered = ops.sort(values, axis=1)
@@ -103,12 +109,12 @@ class RobustScaling(layers.Layer):
         median = self._median(flat)
         mad = self._median(ops.abs(flat - median[:, None, :]))
         scale = ops.where(mad > 0, MAD_TO_SIGMA * mad, ops.ones_like(mad))
-        scaled = (inputs - median[:, None, None, :]) / scale[:, None, None, :]
-        return ops.clip(scaled, -self.clip, self.clip)
+        scaled = ops.clip((inputs - median[:, None, None, :]) / scale[:, None, None, :], -self.clip, self.clip)
+        return ops.arcsinh(scaled) if self.asinh else scaled
 
     def get_config(self) -> dict[str, Any]:
         """Return the layer's configuration, for saving."""
-        return {**super().get_config(), "clip": self.clip}
+        return {**super().get_config(), "clip": self.clip, "asinh": self.asinh}
 
 
 @keras.saving.register_keras_serializable(package="otrain")
@@ -202,7 +208,7 @@ def build_model(
     *,
     architecture: Architecture = DEFAULT_ARCHITECTURE,
     dropout: float = DEFAULT_DROPOUT,
-    learning_rate: float = DEFAULT_LEARNING_RATE,
+    learning_rate: float | keras.optimizers.schedules.LearningRateSchedule = DEFAULT_LEARNING_RATE,
     normalisation: Normalisation = "none",
     n_classes: int = 2,
 ) -> keras.Sequential:
@@ -217,17 +223,19 @@ def build_model(
         The network (see the module's description).
     dropout : float
         Rate of the three dropout layers.
-    learning_rate : float
-        Adam learning rate.
-    normalisation : {"none", "robust"}
-        "none" feeds raw pixels, as the original; "robust" puts :class:`RobustScaling` first.
+    learning_rate : float or keras.optimizers.schedules.LearningRateSchedule
+        Adam learning rate, or its schedule.
+    normalisation : {"none", "robust", "asinh"}
+        "none" feeds raw pixels, as the original; "robust" puts :class:`RobustScaling` first;
+        "asinh" the same followed by arcsinh.
     n_classes : int
         Softmax outputs (2: bogus, real).
 
     Returns
     -------
     keras.Sequential
-        The compiled model (categorical cross-entropy on one-hot labels, accuracy), named
+        The compiled model (categorical cross-entropy on one-hot labels; accuracy, and the ROC
+        and precision-recall AUCs of the last class, ``roc_auc`` and ``pr_auc``), named
         ``otrain_cnn`` or ``vgg_cnn``.
     """
     if architecture not in _NETWORKS:
@@ -240,18 +248,35 @@ def build_model(
             f"got {height}x{width}"
         )
     stack: list[layers.Layer] = [keras.Input(shape=input_shape, name="cutout")]
-    if normalisation == "robust":
+    if normalisation in ("robust", "asinh"):
         # Scaling runs in float32 even under mixed precision: raw pixels can exceed float16.
-        stack.append(RobustScaling(name="robust_scaling", dtype="float32"))
+        stack.append(RobustScaling(asinh=normalisation == "asinh", name="robust_scaling", dtype="float32"))
     elif normalisation != "none":
         raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     model = keras.Sequential(stack + network(dropout, n_classes), name=f"{architecture}_cnn")
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=learning_rate),
         loss="categorical_crossentropy",
-        metrics=["accuracy"],
+        metrics=["accuracy", *_auc_metrics()],
     )
     return model
+
+
+@keras.saving.register_keras_serializable(package="otrain")
+class RealClassAUC(keras.metrics.AUC):
+    """Keras' AUC (ROC or precision-recall) of P(real) alone: the last column of labels and outputs.
+
+    On one-hot labels Keras' AUC would pool both columns; the real class's PR AUC is the one
+    that tells how well the rare bogus cutouts are ranked below the real ones.
+    """
+
+    def update_state(self, y_true: Any, y_pred: Any, sample_weight: Any = None) -> Any:
+        """Accumulate a batch of one-hot labels and softmax outputs."""
+        return super().update_state(y_true[:, -1], y_pred[:, -1], sample_weight=sample_weight)
+
+
+def _auc_metrics() -> list[keras.metrics.Metric]:
+    return [RealClassAUC(curve="ROC", name="roc_auc"), RealClassAUC(curve="PR", name="pr_auc")]
 
 
 def input_shape_of(model: keras.Model) -> tuple[int, int, int]:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from otrain.config import STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
+from otrain.config import MONITOR_MODES, STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError
 from otrain.outputs import STUDY_COLUMNS
@@ -73,6 +73,13 @@ class StudyReport:
     parent_run_id: str | None = None
 
 
+def _best_epoch(history: list[dict[str, float]], monitor: str) -> dict[str, float]:
+    """Return the history row of the epoch with the best --monitor value (whose weights early stopping keeps)."""
+    sign = 1.0 if MONITOR_MODES[monitor] == "min" else -1.0
+    finite = [row for row in history if np.isfinite(row[monitor])] or history
+    return min(finite, key=lambda row: sign * row[monitor])
+
+
 def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
     shared = config.model_dump(exclude={"command", "n_sections", "outdir", "model_name"})
     name = f"{config.model_name}_size_{size}"
@@ -118,7 +125,7 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
                 continue
             announce(f"--- training on {size} of {len(pool)} cutouts")
             result = train(configs[size], cube=cube, split=subset)
-            best = min(result.history, key=lambda row: row["val_loss"])
+            best = _best_epoch(result.history, config.monitor)
             report.rows.append(
                 {
                     "size": size,

@@ -85,7 +85,18 @@ MATCHES_COLUMNS = ("idx", "cand_ID", "mag_injected", "label1", "fwhm_ratio")
 OOF_COLUMNS = ("index", "candid", "group", "label", "fold", "p_real", "threshold")
 CROSSVAL_KEYS = ("folds", "per_fold", "mean", "std", "pooled")
 STUDY_COLUMNS = ("size", "accuracy", "f1", "mcc", "roc_auc", "val_loss", "train_val_gap")
-HISTORY_COLUMNS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy")
+HISTORY_COLUMNS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "roc_auc",
+    "pr_auc",
+    "val_roc_auc",
+    "val_pr_auc",
+    "learning_rate",
+)
 DIAGNOSTICS_KEYS = ("accuracy", "average_precision", "best_threshold", "expected_calibration_error")
 METRICS_KEYS = ("accuracy", "roc_auc", "epochs_run")
 PROMOTION_KEYS = ("registered_name", "version", "promoted", "reason")

@@ -43,6 +43,9 @@ from otrain.config import (
     AUTO_BATCH_MIN,
     AUTO_BATCH_MIN_STEPS,
     CHECKPOINT_FOLDER,
+    MONITOR_MODES,
+    PLATEAU_FACTOR,
+    PLATEAU_PATIENCE,
     TRAINING_LOCK,
     TrainConfig,
 )
@@ -91,6 +94,8 @@ RESUME_KEYS = (
     "calibration",
     "target_fnr",
     "target_fpr",
+    "monitor",
+    "lr_schedule",
 )
 
 
@@ -217,6 +222,21 @@ def _dataset(
     return dataset.batch(batch_size, drop_remainder=train and replicas > 1).prefetch(2)
 
 
+def _learning_rate(config: TrainConfig, n_train: int, batch_size: int, replicas: int) -> Any:
+    """Return the optimiser's learning rate: a number, or Keras' cosine decay over the planned steps.
+
+    The cosine is a function of the optimiser's step count, which the checkpoint keeps: a resumed
+    training continues the same curve (stretched to the new total when --epochs changed).
+    """
+    if config.lr_schedule != "cosine":
+        return config.learning_rate
+    import keras
+
+    # The training set drops its last partial batch only with several replicas (see _dataset).
+    steps = n_train // batch_size if replicas > 1 else math.ceil(n_train / batch_size)
+    return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, steps * config.epochs))
+
+
 def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -> None:
     """Copy the weights of the trained model ``source`` into ``model`` (``--init-from``).
 
@@ -340,12 +360,14 @@ class Checkpoint:
         Epochs finished (0: none yet).
     history : list of dict
         One row per finished epoch (the columns of ``history.csv``).
-    best_val_loss : float or None
-        Lowest validation loss so far.
+    best_value : float or None
+        Best value so far of the monitored validation metric (``--monitor``).
     best_epoch : int
         The epoch that reached it (1-based; 0 when none).
     wait : int
         Epochs since then.
+    learning_rate : float or None
+        The learning rate reached by ``--lr-schedule plateau`` (None: the initial one).
     stopped : bool
         Early stopping ended the training.
     state : str or None
@@ -355,11 +377,12 @@ class Checkpoint:
     folder: Path
     epochs_done: int = 0
     history: list[dict[str, float]] = field(default_factory=list)
-    best_val_loss: float | None = None
+    best_value: float | None = None
     best_epoch: int = 0
     wait: int = 0
     stopped: bool = False
     state: str | None = None
+    learning_rate: float | None = None
 
     @classmethod
     def read(cls, folder: Path) -> Checkpoint:
@@ -375,6 +398,8 @@ class Checkpoint:
             return cls(folder)
         try:
             data = json.loads(pointer.read_text())
+            if "best_val_loss" in data:  # a checkpoint from before --monitor, which watched the loss
+                data["best_value"] = data.pop("best_val_loss")
             checkpoint = cls(folder, **{key: data[key] for key in data if key != "folder"})
         except (OSError, ValueError, TypeError) as error:
             raise DataError(
@@ -393,7 +418,7 @@ class Checkpoint:
 
     @property
     def best_weights(self) -> Path | None:
-        """The weights of the epoch with the lowest validation loss, when kept."""
+        """The weights of the epoch with the best monitored value, when kept."""
         path = self.folder / self.state / _BEST_WEIGHTS if self.state else None
         return path if path is not None and path.is_file() else None
 
@@ -405,7 +430,7 @@ class Checkpoint:
         model : keras.Model
             The compiled model; its weights and its optimiser's state are saved.
         improved : bool
-            This epoch has the lowest validation loss so far (its weights become the best ones).
+            This epoch has the best monitored value so far (its weights become the best ones).
         keep_best : bool
             Keep the best weights (early stopping restores them).
         """
@@ -489,13 +514,20 @@ def _epoch_callback(
     import keras
 
     keep_best = config.patience > 0
+    monitor, lower_is_better = config.monitor, MONITOR_MODES[config.monitor] == "min"
+
+    def better(value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        best = checkpoint.best_value
+        return best is None or (value < best if lower_is_better else value > best)
 
     class EpochEnd(keras.callbacks.Callback):
-        """After each epoch: check the loss, early stopping, the checkpoint, the progress line, MLflow.
+        """After each epoch: the loss, early stopping, the learning rate, the checkpoint, progress, MLflow.
 
-        Keras' EarlyStopping keeps its best weights in memory only; this callback keeps them,
-        and its counters, in the checkpoint, so that ``--resume`` continues the same early
-        stopping.
+        Keras' EarlyStopping and ReduceLROnPlateau keep their state in memory only; this
+        callback keeps it (best weights, counters, the plateau's learning rate) in the
+        checkpoint, so that ``--resume`` continues the same training.
         """
 
         def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -511,27 +543,35 @@ def _epoch_callback(
         def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
             logs = logs or {}
             row = {"epoch": epoch + 1, **{key: float(logs.get(key, np.nan)) for key in HISTORY_COLUMNS[1:]}}
+            # The rate this epoch trained with (a schedule's value after its last step).
+            row["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
             for key in ("loss", "val_loss"):
                 if not math.isfinite(row[key]):
                     raise TrainingDivergedError(
                         f"training diverged at epoch {epoch + 1}: {key.replace('_', ' ')} is {row[key]}; "
                         "try a lower --learning-rate (or --normalisation robust)"
                     )
-            improved = checkpoint.best_val_loss is None or row["val_loss"] < checkpoint.best_val_loss
+            improved = better(row[monitor])
             if improved:
-                checkpoint.best_val_loss, checkpoint.best_epoch, checkpoint.wait = row["val_loss"], epoch + 1, 0
+                checkpoint.best_value, checkpoint.best_epoch, checkpoint.wait = row[monitor], epoch + 1, 0
             else:
                 checkpoint.wait += 1
             checkpoint.stopped = keep_best and checkpoint.wait >= config.patience
+            if config.lr_schedule == "plateau" and checkpoint.wait and checkpoint.wait % PLATEAU_PATIENCE == 0:
+                checkpoint.learning_rate = row["learning_rate"] * PLATEAU_FACTOR
+                self.model.optimizer.learning_rate = checkpoint.learning_rate
             checkpoint.history = [old for old in checkpoint.history if old["epoch"] < row["epoch"]] + [row]
             checkpoint.epochs_done = epoch + 1
             checkpoint.save(self.model, improved, keep_best)
             if checkpoint.stopped:
                 self.model.stop_training = True
             elapsed = time.perf_counter() - self.started
+            watched = f" {monitor} {row[monitor]:.4f}" if monitor != "val_loss" else ""
+            rate = f" learning_rate {row['learning_rate']:.3g}" if config.lr_schedule != "constant" else ""
             announce(
                 f"epoch {row['epoch']}/{model_epochs}: loss {row['loss']:.4f} accuracy {row['accuracy']:.4f} "
-                f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f} ({elapsed:.1f} s)",
+                f"val_loss {row['val_loss']:.4f} val_accuracy {row['val_accuracy']:.4f}{watched}{rate} "
+                f"({elapsed:.1f} s)",
             )
             if tracking:
                 import mlflow
@@ -543,7 +583,8 @@ def _epoch_callback(
 
 def _write_history(path: Path, history: list[dict[str, float]]) -> Path:
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=HISTORY_COLUMNS)
+        # restval: rows of a checkpoint written before a column existed (resumed across versions).
+        writer = csv.DictWriter(stream, fieldnames=HISTORY_COLUMNS, restval="nan")
         writer.writeheader()
         writer.writerows(history)
     return path
@@ -779,12 +820,14 @@ def _fit_and_write(
             input_shape,  # type: ignore[arg-type]
             architecture=config.architecture,
             dropout=config.dropout,
-            learning_rate=config.learning_rate,
+            learning_rate=_learning_rate(config, len(split.train), batch_size, replicas),
             normalisation=config.normalisation,
         )
         if config.init_from is not None and checkpoint.epochs_done == 0:
             _initialise_from(model, config.init_from, cube.planes)
         checkpoint.load_into(model)
+        if config.lr_schedule == "plateau" and checkpoint.learning_rate is not None:
+            model.optimizer.learning_rate = checkpoint.learning_rate
     if checkpoint.epochs_done < config.epochs and not checkpoint.stopped:
         training = _dataset(
             cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True, replicas

@@ -456,7 +456,8 @@ def test_dataset_size_study(
         optimise_main,
         *("--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "study"),
         *("--epochs", "1", "--n_sections", "3", "--dropout", "0.1", "--outdir", tmp_path / "out"),
-        *("--normalisation", "robust", "--patience", "0", "--architecture", "vgg"),
+        *("--normalisation", "asinh", "--patience", "0", "--architecture", "vgg"),
+        *("--monitor", "val_roc_auc", "--lr-schedule", "cosine"),
     )
     assert status == 0
     rows = read_csv(tmp_path / "out" / "study_dataset_size.csv")
@@ -479,6 +480,8 @@ def test_dataset_size_study(
     assert [card["split_sizes"]["train"] for card in cards] == sizes
     assert all(card["params"]["dropout"] == 0.1 for card in cards)  # --dropout is honoured
     assert all(card["architecture"] == "vgg" for card in cards)
+    assert all((card["normalisation"], card["params"]["monitor"]) == ("asinh", "val_roc_auc") for card in cards)
+    assert all(card["params"]["lr_schedule"] == "cosine" for card in cards)
     client = MlflowClient(tracking_uri)
     children = [
         json.loads((tmp_path / "CNN_training" / f"study_size_{size}" / "mlflow_run.json").read_text()) for size in sizes

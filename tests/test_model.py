@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose
@@ -37,6 +39,25 @@ def test_robust_scaling_of_constant_and_clipped_cutouts() -> None:
     scaled = np.asarray(RobustScaling(clip=50.0)(spike))
     assert scaled.max() == pytest.approx(50.0)
     assert_allclose(scaled, reference_scaling(spike, 50.0), rtol=1e-6)
+
+
+def test_asinh_scaling_is_the_arcsinh_of_the_robust_scaling_and_survives_saving(tmp_path: Path) -> None:
+    import keras
+
+    from otrain.model import load_model, save_model
+
+    rng = np.random.default_rng(3)
+    cutouts = (rng.normal(200.0, 15.0, (4, 16, 16, 3)) + 1e4 * rng.standard_cauchy((4, 16, 16, 3))).astype(np.float32)
+    expected = np.arcsinh(reference_scaling(cutouts, 1000.0))
+    assert_allclose(np.asarray(RobustScaling(asinh=True)(cutouts)), expected, rtol=1e-5, atol=1e-4)
+    model = build_model((16, 16, 3), architecture="vgg", normalisation="asinh")
+    for suffix in (".keras", ".h5"):
+        loaded = load_model(save_model(model, tmp_path / f"m{suffix}"))
+        (scaling,) = [layer for layer in loaded.layers if isinstance(layer, RobustScaling)]
+        assert scaling.asinh, suffix
+        assert_allclose(loaded.predict_on_batch(cutouts), model.predict_on_batch(cutouts), rtol=1e-5, atol=1e-6)
+    assert not build_model((16, 16, 3), normalisation="robust").layers[0].asinh
+    keras.backend.clear_session()
 
 
 def vgg_weights(planes: int) -> int:

@@ -4,7 +4,9 @@ tiny cube; faults are injected by making one real write fail as a kill would."""
 
 from __future__ import annotations
 
+import csv
 import json
+import math
 import os
 import signal
 import subprocess
@@ -16,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import BIN, call_main, files_under, train
+from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.train import main as train_main
 from otrain.datacube import Datacube
@@ -58,8 +61,6 @@ def checkpointed(folder: Path, epochs: int = 1) -> Callable[[], bool]:
 
 
 def history_epochs(folder: Path) -> list[int]:
-    import csv
-
     with open(folder / "history.csv", newline="") as stream:
         return [int(float(row["epoch"])) for row in csv.DictReader(stream)]
 
@@ -352,8 +353,9 @@ def float32_afterwards() -> Iterator[None]:
         ("--normalisation", "none"),
         ("--mixed-precision",),
         ("--batch-size", "32", "--learning-rate", "0.0005", "--dropout", "0.1", "--threshold", "0.4"),
+        ("--lr-schedule", "cosine", "--monitor", "val_pr_auc"),
     ],
-    ids=["augment", "no-class-weight", "raw-pixels", "mixed-precision", "batch-lr-dropout-threshold"],
+    ids=["augment", "no-class-weight", "raw-pixels", "mixed-precision", "batch-lr-dropout-threshold", "cosine-pr-auc"],
 )
 def test_every_training_option_trains(
     workspace: Path, tmp_path: Path, options: tuple[str, ...], float32_afterwards: None
@@ -380,6 +382,98 @@ def test_every_training_option_trains(
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics["epochs_run"] == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Learning-rate schedules and the monitored validation metric.
+
+
+def read_history(folder: Path) -> dict[str, np.ndarray]:
+    with open(folder / "history.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    return {key: np.array([float(row[key]) for row in rows]) for key in rows[0]}
+
+
+def test_plateau_halves_the_rate_and_resume_continues_it(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rate too small to move the weights keeps the validation AUC still: a plateau from epoch 1.
+
+    The rate is halved after the 3rd and 6th epochs without a better AUC (epochs 4 and 7); a
+    training interrupted after epoch 5 and resumed goes on at the halved rate, and halves it again
+    at the same epoch.
+    """
+    import otrain.training
+
+    root = tmp_path / "models"
+    rate = 1e-12
+    options = ("--epochs", "8", "--no-tracking", "--lr-schedule", "plateau", "--monitor", "val_roc_auc")
+    options += ("--learning-rate", str(rate))
+    assert train(workspace, "whole", *options, models=str(root)) == 0
+    whole = read_history(folder_of(root, "whole"))
+    assert np.all(whole["val_roc_auc"] == whole["val_roc_auc"][0]), whole["val_roc_auc"]
+    assert_allclose(whole["learning_rate"], rate * np.array([1, 1, 1, 1, 0.5, 0.5, 0.5, 0.25]), rtol=1e-6)
+
+    save = otrain.training.Checkpoint.save
+
+    def save_then_interrupt(self: otrain.training.Checkpoint, *args: object, **kwargs: object) -> None:
+        save(self, *args, **kwargs)
+        if self.epochs_done == 5:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(otrain.training.Checkpoint, "save", save_then_interrupt)
+    assert train(workspace, "cut", *options, models=str(root)) == 130
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert train(workspace, "cut", *options, "--resume", models=str(root)) == 0
+    out = capsys.readouterr().out
+    assert "epoch 5 of 8 had finished" in out
+    assert epochs_printed(out) == [6, 7, 8]
+    assert_array_equal(read_history(folder_of(root, "cut"))["learning_rate"], whole["learning_rate"])
+
+
+def test_cosine_decays_the_rate_to_zero_over_the_planned_epochs(workspace: Path, tmp_path: Path) -> None:
+    options = ("--epochs", "4", "--batch-size", "64", "--learning-rate", "0.002", "--lr-schedule", "cosine")
+    assert train(workspace, "m", *options, "--no-tracking", models=str(tmp_path)) == 0
+    folder = folder_of(tmp_path)
+    n_train = json.loads((folder / "m.keras.card.json").read_text())["split_sizes"]["train"]
+    steps = math.ceil(n_train / 64)
+    done = steps * np.arange(1, 5)  # the optimiser's steps at the end of each epoch
+    expected = 0.002 * 0.5 * (1 + np.cos(np.pi * done / (4 * steps)))
+    assert_allclose(read_history(folder)["learning_rate"], expected, rtol=1e-5, atol=1e-9)
+
+
+def test_early_stopping_follows_the_pr_auc_of_the_real_class(workspace: Path, tmp_path: Path) -> None:
+    """On an imbalanced cube (four real cutouts per bogus one) the PR AUC of each class differs."""
+    from sklearn.metrics import average_precision_score
+
+    from otrain.model import load_model
+    from otrain.scoring import predict
+
+    cube = Datacube.load(workspace / "datacube" / "cube.npz")
+    real, bogus = np.flatnonzero(cube.labels == 1), np.flatnonzero(cube.labels == 0)
+    imbalanced = cube.subset(np.sort(np.concatenate([real, bogus[: len(bogus) // 4]])))
+    path = imbalanced.save(tmp_path / "imbalanced.npz")
+
+    def train_on_it(name: str, *options: str) -> dict[str, np.ndarray]:
+        common = ("--normalisation", "robust", "--monitor", "val_pr_auc", "--no-tracking")
+        args = ("--cube", path, "--model-path", tmp_path, "--model-name", name, *common, *options)
+        assert call_main(train_main, *args) == 0
+        return read_history(folder_of(tmp_path, name))
+
+    history = train_on_it("long", "--epochs", "12", "--patience", "2")
+    best = int(np.argmax(history["val_pr_auc"]))
+    assert len(history["epoch"]) == min(12, best + 1 + 2), history["val_pr_auc"]
+
+    # One epoch, before the classes separate perfectly: its PR AUC is that of P(real) for the real class.
+    (value,) = train_on_it("short", "--epochs", "1")["val_pr_auc"]
+    folder = folder_of(tmp_path, "short")
+    validation = Datacube.load(folder / "validation_set" / "datacube" / "cube_validation.npz")
+    p_real = predict(load_model(folder / "short.keras"), validation.cube)
+    of_real = average_precision_score(validation.labels, p_real)
+    of_bogus = average_precision_score(1 - validation.labels, 1 - p_real)
+    assert abs(of_real - value) < 0.02, (value, of_real, of_bogus)
+    assert abs(of_bogus - value) > 0.05, (value, of_real, of_bogus)
 
 
 MIRRORED = """
