@@ -1094,6 +1094,12 @@ class CrossValidateConfig(TrainingOptions):
         "training chooses with --target-fnr or --target-fpr.",
     )
     test_frac: OpenFraction | None = option(None, "Not used: each fold is in turn the test set.")
+    group_keyword: str | None = option(
+        None,
+        "Require the cube's groups to be the values of this header keyword (for example FILE, the ZTF objectId), "
+        "as otrain-convert --group-keyword stored them; without it, the cube's groups whatever their keyword, or "
+        "one group per cutout for a cube without groups.",
+    )
     init_from: ExistingFile | None = option(
         None, "Start every fold from the weights of this trained model (see otrain-train --init-from)."
     )

@@ -250,7 +250,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
 
     for label in (1, 0):
         report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
-    datacube = _datacube(cube, selected, config.planes, config.group_keyword is not None)
+    datacube = _datacube(cube, selected, config.planes, config.group_keyword)
     if datacube.groups is not None:
         report.n_groups = len(np.unique(datacube.groups))
     datacube.save(config.output_file)
@@ -330,10 +330,12 @@ def _pixel_failures(headers: list[_Header], config: ConvertConfig) -> list[tuple
     return failures
 
 
-def _datacube(cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] | None, grouped: bool) -> Datacube:
+def _datacube(
+    cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] | None, group_keyword: str | None
+) -> Datacube:
     """Assemble the cube; its planes are those asked for, else ``DIFF`` for one plane (as O'TRAIN).
 
-    ``grouped``: the headers were read with a group keyword, whose values the cube records.
+    ``group_keyword``: the headers were read with it, and the cube records its values.
     """
     if planes is None and cube.shape[3] == 1:
         planes = ("DIFF",)
@@ -352,5 +354,6 @@ def _datacube(cube: np.ndarray, headers: list[_Header], planes: tuple[str, ...] 
         fwhms=np.array([meta.fwhm for meta in metas], dtype=np.float64),
         candids=candid_column,
         planes=planes,
-        groups=np.array([str(meta.group) for meta in metas], dtype=str) if grouped else None,
+        groups=np.array([str(meta.group) for meta in metas], dtype=str) if group_keyword is not None else None,
+        group_keyword=group_keyword,
     )

@@ -82,6 +82,23 @@ def groups_of(cube: Datacube) -> tuple[np.ndarray, bool]:
     return np.arange(len(cube)).astype(str), False
 
 
+def _check_group_keyword(config: CrossValidateConfig, cube: Datacube) -> None:
+    """With --group-keyword, the cube must hold the groups of that keyword."""
+    wanted = config.group_keyword
+    if wanted is None:
+        return
+    if cube.groups is None:
+        raise DataError(
+            f"{config.cube}: the cube records no groups; convert the cutouts with "
+            f"otrain-convert --group-keyword {wanted}"
+        )
+    if cube.group_keyword is not None and cube.group_keyword.upper() != wanted.upper():
+        raise DataError(
+            f"{config.cube}: the cube's groups are values of {cube.group_keyword}, not {wanted}; convert the cutouts "
+            f"with otrain-convert --group-keyword {wanted}"
+        )
+
+
 def _groups_per_class(labels: np.ndarray, groups: np.ndarray) -> dict[int, int]:
     """Count the distinct groups holding at least one cutout of each class."""
     return {label: len(np.unique(groups[labels == label])) for label in (1, 0)}
@@ -167,7 +184,7 @@ def _check_folds(config: CrossValidateConfig, labels: np.ndarray, groups: np.nda
 
 
 def _train_config(config: CrossValidateConfig, fold: int) -> TrainConfig:
-    shared = config.model_dump(exclude={"folds", "output", "test_frac"})
+    shared = config.model_dump(exclude={"folds", "output", "test_frac", "group_keyword"})
     name = CROSSVAL_FOLD_NAME.format(fold=fold)
     try:
         return TrainConfig.model_validate({**shared, "model_path": config.output, "model_name": name})
@@ -200,6 +217,7 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     cube = Datacube.load(config.cube)
     if cube.n_real == 0 or cube.n_bogus == 0:
         raise DataError(f"{config.cube}: the cube holds only one class; cross-validation needs both")
+    _check_group_keyword(config, cube)
     groups, grouped = groups_of(cube)
     if not grouped:
         logger.info("%s records no groups (otrain-convert --group-keyword): each cutout is its own group", config.cube)

@@ -59,6 +59,9 @@ class Datacube:
         ``otrain-convert --group-keyword`` read, for example a ZTF objectId), so that the
         cutouts of one object never straddle cross-validation folds; None when not recorded.
         Stored under the extra key ``groups``.
+    group_keyword : str or None
+        The header keyword the groups were read from (``FILE``...), stored under the extra key
+        ``group_keyword``; None when not recorded.
     """
 
     cube: np.ndarray
@@ -70,6 +73,7 @@ class Datacube:
     candids: np.ndarray
     planes: tuple[str, ...] | None = None
     groups: np.ndarray | None = None
+    group_keyword: str | None = None
 
     def __post_init__(self) -> None:
         if self.cube.ndim != 4 or self.cube.dtype != np.float32:
@@ -102,7 +106,12 @@ class Datacube:
     def subset(self, rows: np.ndarray) -> Datacube:
         """Return a new cube with the given rows, in the given order."""
         groups = self.groups[rows] if self.groups is not None else None
-        return Datacube(**{name: getattr(self, name)[rows] for name in NPZ_KEYS}, planes=self.planes, groups=groups)
+        return Datacube(
+            **{name: getattr(self, name)[rows] for name in NPZ_KEYS},
+            planes=self.planes,
+            groups=groups,
+            group_keyword=self.group_keyword,
+        )
 
     def content_hash(self) -> str:
         """Return the SHA-256 of every array's dtype, shape and bytes (the cube's data hash)."""
@@ -146,6 +155,8 @@ class Datacube:
             arrays["planes"] = np.array(self.planes, dtype=str)
         if self.groups is not None:
             arrays["groups"] = self.groups
+        if self.group_keyword is not None:
+            arrays["group_keyword"] = np.array(self.group_keyword, dtype=str)
         try:
             with (
                 atomic_path(path) as temporary,
@@ -221,6 +232,7 @@ class Datacube:
             candids=_candid_column(arrays, n, path),
             planes=_planes_of(arrays, cube.shape[3], path),
             groups=_groups_of(arrays, n, path),
+            group_keyword=str(arrays["group_keyword"]) if "group_keyword" in arrays else None,
         )
 
 

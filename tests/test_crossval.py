@@ -105,6 +105,8 @@ def test_convert_stores_the_group_keyword_and_skips_files_without_it(
     assert f"skipped: {tree / 'false' / 'blank.fits'}: missing keyword FILE" in captured.err
     cube = Datacube.load(tmp_path / "datacube" / "grouped.npz")
     assert {int(candid): str(group) for candid, group in zip(cube.candids, cube.groups, strict=True)} == expected
+    assert cube.group_keyword == "FILE"
+    assert cube.subset(np.array([1, 0])).group_keyword == "FILE"
 
     assert call_main(convert_main, "--path", tmp_path, "--cutouts", tree, "--cube", "plain", "--skip-bad-files") == 0
     assert Datacube.load(tmp_path / "datacube" / "plain.npz").groups is None
@@ -261,6 +263,28 @@ def test_a_cube_without_groups_has_one_group_per_cutout(tmp_path: Path, capsys: 
     assert [row["group"] for row in rows] == [str(index) for index in range(36)]
     assert sorted({row["fold"] for row in rows}) == ["1", "2"]
     assert json.loads((out / "cv_metrics.json").read_text())["grouped"] is False
+
+
+def test_group_keyword_requires_the_cubes_groups_of_that_keyword(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plain = learnable_cube(tmp_path / "plain.npz", grouped=False, n_objects=12)
+    grouped = Datacube.load(learnable_cube(tmp_path / "grouped.npz", grouped=True, n_objects=12))
+    by_file = Datacube(**{**grouped.__dict__, "group_keyword": "FILE"}).save(tmp_path / "by_file.npz")
+    common = ("--folds", "2", "--epochs", "1", "--no-tracking", "--group-keyword", "FILE")
+    assert call_main(cross_validate_main, "--cube", plain, "--output", tmp_path / "a", *common) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(
+        f"{plain}: the cube records no groups; convert the cutouts with otrain-convert --group-keyword FILE"
+    )
+    assert len(err.splitlines()) == 1
+    other = ("--folds", "2", "--epochs", "1", "--no-tracking", "--group-keyword", "OBJECT")
+    assert call_main(cross_validate_main, "--cube", by_file, "--output", tmp_path / "b", *other) == 1
+    assert "the cube's groups are values of FILE, not OBJECT" in capsys.readouterr().err
+    assert not (tmp_path / "a").exists()
+    assert not (tmp_path / "b").exists()
+    assert call_main(cross_validate_main, "--cube", by_file, "--output", tmp_path / "c", *common) == 0
+    assert json.loads((tmp_path / "c" / "cv_metrics.json").read_text())["grouped"] is True
 
 
 @pytest.mark.parametrize(
