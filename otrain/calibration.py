@@ -5,7 +5,7 @@ ranking more than a probability. Training therefore fits, on the validation set,
 
 - ``temperature``: P = sigmoid(z / T), with z = log(p / (1 - p)) the network's log-odds and one
   parameter T > 0 (Guo et al. 2017, "On calibration of modern neural networks");
-- ``platt``: P = sigmoid(a z + b), two parameters (Platt 1999): the temperature and an offset,
+- ``platt``: P = sigmoid(z / T + b), two parameters (Platt 1999): the temperature and an offset,
   which also corrects the prior that class weights impose (balanced classes while training);
 - ``none``: the network's output as it is.
 
@@ -25,8 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import minimize_scalar
-from sklearn.linear_model import LogisticRegression
+from scipy.optimize import minimize
 
 from otrain.errors import DataError
 
@@ -45,8 +44,13 @@ CALIBRATIONS: tuple[str, ...] = ("temperature", "platt", "none")
 
 #: Probabilities are clipped to [EPSILON, 1 - EPSILON] before taking log-odds (about +-16.1).
 EPSILON = 1e-7
-#: Search range of log(T): T from 1/50 to 50.
+#: Search range of log(T): T from 1/50 to 50; and of the offset b.
 _LOG_T_RANGE = (-math.log(50.0), math.log(50.0))
+_MAX_BIAS = 20.0
+#: Widths of the priors of the fit (see :func:`fit_calibration`): T within about a factor 2.7 of 1,
+#: the offset within a few units of log-odds, unless the data say otherwise.
+PRIOR_SIGMA_LOG_T = 0.5
+PRIOR_SIGMA_BIAS = 3.0
 
 
 @dataclass(frozen=True)
@@ -94,8 +98,21 @@ def _negative_log_likelihood(z: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, -signed)))
 
 
+def _objective(params: np.ndarray, z: np.ndarray, labels: np.ndarray, with_bias: bool) -> float:
+    """Mean negative log-likelihood plus the priors' penalty, both per cutout (a MAP fit)."""
+    log_t, bias = params[0], (params[1] if with_bias else 0.0)
+    penalty = log_t**2 / (2 * PRIOR_SIGMA_LOG_T**2) + bias**2 / (2 * PRIOR_SIGMA_BIAS**2)
+    return _negative_log_likelihood(z / math.exp(log_t) + bias, labels) + penalty / len(labels)
+
+
 def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, method: CalibrationMethod) -> CalibrationFit:
-    """Fit a calibration of P(real) by maximum likelihood on labelled cutouts (the validation set).
+    """Fit a calibration of P(real) on labelled cutouts (the validation set).
+
+    The parameters maximise the likelihood of the labels times weak priors, log T ~ N(0,
+    :data:`PRIOR_SIGMA_LOG_T`) and b ~ N(0, :data:`PRIOR_SIGMA_BIAS`). With hundreds of
+    cutouts the priors change nothing; with a few dozen that the network separates perfectly,
+    the likelihood alone would drive T towards 0 (every P(real) pushed to exactly 0 or 1,
+    which merges distinct scores into ties and loses the ranking), and the priors keep T near 1.
 
     Parameters
     ----------
@@ -119,29 +136,25 @@ def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, method: Calib
     labels = np.asarray(labels).astype(int)
     if method == "none":
         return CalibrationFit("none")
+    if method not in CALIBRATIONS:
+        raise ValueError(f"method must be one of {CALIBRATIONS}, got {method!r}")
     if len(np.unique(labels)) < 2:
         raise DataError(
             f"calibration ({method}) needs real and bogus cutouts in the validation set, it holds only "
             f"{'real' if labels.any() else 'bogus'} ones; use a larger --frac or --calibration none"
         )
     z = log_odds(probabilities)
-    if method == "temperature":
-        best = minimize_scalar(
-            lambda log_t: _negative_log_likelihood(z / math.exp(log_t), labels),
-            bounds=_LOG_T_RANGE,
-            method="bounded",
-        )
-        return CalibrationFit("temperature", temperature=math.exp(float(best.x)), fitted_on=len(labels))
-    if method == "platt":
-        regression = LogisticRegression(C=np.inf).fit(z[:, None], labels)
-        slope, bias = float(regression.coef_[0, 0]), float(regression.intercept_[0])
-        if slope <= 0:
-            raise DataError(
-                "calibration (platt): on the validation set P(real) ranks bogus cutouts above real ones; the "
-                "network has not learnt, so it cannot be calibrated (check the data, or --calibration none)"
-            )
-        return CalibrationFit("platt", temperature=1.0 / slope, bias=bias, fitted_on=len(labels))
-    raise ValueError(f"method must be one of {CALIBRATIONS}, got {method!r}")
+    with_bias = method == "platt"
+    best = minimize(
+        _objective,
+        x0=np.zeros(2 if with_bias else 1),
+        args=(z, labels, with_bias),
+        method="L-BFGS-B",
+        bounds=[_LOG_T_RANGE] + ([(-_MAX_BIAS, _MAX_BIAS)] if with_bias else []),
+    )
+    temperature = math.exp(float(best.x[0]))
+    bias = float(best.x[1]) if with_bias else 0.0
+    return CalibrationFit(method, temperature=temperature, bias=bias, fitted_on=len(labels))
 
 
 def threshold_for_fnr(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:

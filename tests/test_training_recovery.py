@@ -355,7 +355,14 @@ def float32_afterwards() -> Iterator[None]:
         ("--batch-size", "32", "--learning-rate", "0.0005", "--dropout", "0.1", "--threshold", "0.4"),
         ("--lr-schedule", "cosine", "--monitor", "val_pr_auc"),
     ],
-    ids=["augment", "balanced-class-weight", "raw-pixels", "mixed-precision", "batch-lr-dropout-threshold", "cosine-pr-auc"],
+    ids=[
+        "augment",
+        "balanced-class-weight",
+        "raw-pixels",
+        "mixed-precision",
+        "batch-lr-dropout-threshold",
+        "cosine-pr-auc",
+    ],
 )
 def test_every_training_option_trains(
     workspace: Path, tmp_path: Path, options: tuple[str, ...], float32_afterwards: None
