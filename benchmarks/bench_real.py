@@ -279,6 +279,9 @@ def main() -> None:
     if unknown:
         parser.error(f"--settings: unknown {', '.join(unknown)} (choose among {', '.join(SETTINGS)})")
     arguments.work.mkdir(parents=True, exist_ok=True)
+    from otrain.cli.tf_setup import prepare_tensorflow
+
+    prepare_tensorflow()  # without TensorFlow's C++ start-up lines
     results_file = RESULTS / "bench_real.json"
     previous = json.loads(results_file.read_text()) if results_file.is_file() else {}
     results = {row["setting"]: row for row in previous.get("results", [])}
