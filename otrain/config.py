@@ -600,9 +600,11 @@ class TrainConfig(TrainingOptions):
     """Train the O'TRAIN CNN (or, with --architecture vgg, a small VGG-like CNN) on a datacube.
 
     The cube is split, per class and with --seed, into disjoint training, validation (--frac)
-    and test (--test-frac) sets. Early stopping watches the validation loss; every reported
-    metric comes from the test set. Outputs go to <model-path>/CNN_training/<name>/: the model
-    (<name>.keras, or <name>.h5 when --model-name ends in .h5) with its model card,
+    and test (--test-frac) sets. Early stopping watches a validation metric (--monitor); the
+    validation set then calibrates P(real) (--calibration) and can choose the threshold
+    (--target-fnr, --target-fpr). Every reported metric comes from the test set. Outputs go to
+    <model-path>/CNN_training/<name>/: the model (<name>.keras, or <name>.h5 when --model-name
+    ends in .h5) with its model card,
     validation_set/datacube/cube_validation.npz (one-hot labels, as the original),
     test_set/datacube/cube_test.npz, history.csv, the loss and accuracy curves, metrics.json and
     mlflow_run.json.
