@@ -9,6 +9,7 @@ one is still writing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -18,10 +19,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from otrain.locking import hostname, process_is_alive
 
-__all__ = ["atomic_path", "glob_escape", "remove_stale_staging", "write_text_atomic"]
+__all__ = ["atomic_path", "glob_escape", "jsonable", "remove_stale_staging", "write_json_atomic", "write_text_atomic"]
 
 logger = logging.getLogger("otrain")
 
@@ -124,3 +128,23 @@ def write_text_atomic(path: Path, text: str) -> Path:
     with atomic_path(path) as temporary:
         temporary.write_text(text)
     return path
+
+
+def jsonable(value: Any) -> Any:
+    """Return ``value`` as JSON can hold it: NaN as None, paths as text, NumPy scalars as Python ones."""
+    if isinstance(value, dict):
+        return {str(key): jsonable(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value != value:
+        return None  # JSON has no NaN
+    return value
+
+
+def write_json_atomic(path: Path, data: dict[str, Any]) -> Path:
+    """Write ``data`` (see :func:`jsonable`) as sorted, indented JSON, atomically."""
+    return write_text_atomic(path, json.dumps(jsonable(data), indent=2, sort_keys=True) + "\n")

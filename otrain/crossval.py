@@ -12,7 +12,6 @@ fold k then scores fold k: every cutout gets exactly one out-of-fold P(real).
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from otrain.atomic import write_text_atomic
+from otrain.atomic import write_json_atomic
 from otrain.config import CROSSVAL_FILES, CROSSVAL_FOLD_NAME, CrossValidateConfig, TrainConfig
 from otrain.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
@@ -317,17 +316,6 @@ def _log_fold(config: CrossValidateConfig, fold: int, row: dict[str, Any]) -> No
     mlflow.log_metrics(values, step=fold)
 
 
-def _clean(value: Any) -> Any:
-    """Replace NaN by None (JSON null), through lists and dictionaries."""
-    if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_clean(item) for item in value]
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    return value
-
-
 def _write_outputs(
     config: CrossValidateConfig,
     cube: Datacube,
@@ -365,7 +353,5 @@ def _write_outputs(
         "std": report.std,
         "pooled": report.pooled,
     }
-    metrics = write_text_atomic(
-        config.output / CROSSVAL_FILES[1], json.dumps(_clean(summary), indent=2, sort_keys=True) + "\n"
-    )
+    metrics = write_json_atomic(config.output / CROSSVAL_FILES[1], summary)
     return [table, metrics]

@@ -6,7 +6,6 @@ The decision rule is the original one: a candidate is real when P(real) > thresh
 from __future__ import annotations
 
 import csv
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics
 
-from otrain.atomic import atomic_path, write_text_atomic
+from otrain.atomic import atomic_path, write_json_atomic
 from otrain.config import CALIBRATION_BINS
 
 __all__ = [
@@ -204,6 +203,5 @@ def write_csv(path: Path, rows: Sequence[dict[str, Any]], columns: Sequence[str]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> Path:
-    """Write a flat metrics dictionary as JSON (NaN as null) atomically, for ``dvc metrics``."""
-    clean = {key: (None if isinstance(value, float) and math.isnan(value) else value) for key, value in data.items()}
-    return write_text_atomic(path, json.dumps(clean, indent=2, sort_keys=True) + "\n")
+    """Write a metrics dictionary as JSON (NaN as null) atomically, for ``dvc metrics``."""
+    return write_json_atomic(path, data)

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import keras
-import numpy as np
 from keras import layers, ops
 
-from otrain.atomic import atomic_path, write_text_atomic
+from otrain.atomic import atomic_path, write_json_atomic
 from otrain.config import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -383,25 +382,9 @@ def load_model(path: Path) -> keras.Model:
     return model
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(key): _jsonable(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and value != value:
-        return None  # JSON has no NaN
-    return value
-
-
 def write_card(model_file: Path, card: dict[str, Any]) -> Path:
     """Write the model card beside a model file, atomically."""
-    path = card_file(model_file)
-    write_text_atomic(path, json.dumps(_jsonable(card), indent=2, sort_keys=True) + "\n")
-    return path
+    return write_json_atomic(card_file(model_file), card)
 
 
 def card_planes(model_file: Path) -> tuple[str, ...] | None:
