@@ -20,11 +20,12 @@ PYTEST_ARGS ?=
 SETUP ?= $(STAMP)
 IMAGE ?= otrain:cpu
 GPU_IMAGE ?= otrain:gpu
+SPARK_IMAGE ?= otrain:spark
 # Base images; empty: the Dockerfiles' defaults (for the CPU image, docker/base-image.sh decides).
 BASE_IMAGE ?=
 GPU_BASE_IMAGE ?=
 
-.PHONY: help install demo test lint format bench lock clean docker-image docker-image-gpu docker-test retrain
+.PHONY: help install demo test lint format bench lock clean docker-image docker-image-gpu docker-image-spark docker-test retrain
 
 help:
 	@echo "make demo    set up, then run the pipeline on the built-in synthetic survey"
@@ -33,6 +34,7 @@ help:
 	@echo "make lock    re-resolve requirements/constraints.txt from pyproject.toml"
 	@echo "make docker-image      build the CPU image $(IMAGE) (docker/Dockerfile)"
 	@echo "make docker-image-gpu  build the GPU image $(GPU_IMAGE) (docker/Dockerfile.gpu)"
+	@echo "make docker-image-spark  build $(SPARK_IMAGE): the CPU image plus Java and pyspark (docker/Dockerfile.spark)"
 	@echo "make docker-test       build the CPU image and run the pipeline in it (starts an engine if needed)"
 	@echo "make retrain           pull, retrain (PARAMS=...), promote, push, summarise: the retrain workflow"
 
@@ -78,6 +80,10 @@ docker-test: $(STAMP)
 docker-image:
 	base=$(or $(BASE_IMAGE),$$(docker/base-image.sh)) && \
 		docker build --network host --build-arg BASE_IMAGE=$$base -f docker/Dockerfile -t $(IMAGE) .
+
+# The CPU image plus Java and pyspark, for otrain-infer-spark (docker/Dockerfile.spark).
+docker-image-spark: docker-image
+	docker build --network host --build-arg OTRAIN_IMAGE=$(IMAGE) -f docker/Dockerfile.spark -t $(SPARK_IMAGE) .
 
 docker-image-gpu:
 	docker build --network host $(if $(GPU_BASE_IMAGE),--build-arg BASE_IMAGE=$(GPU_BASE_IMAGE)) \

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from conftest import BIN, ROOT, constraint_pins
 
-DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu"]
+DOCKERFILES = [ROOT / "docker" / name for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.spark")]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
