@@ -359,7 +359,7 @@ def save_mlflow_model(
     card : dict, optional
         The model card; :data:`MLFLOW_METADATA_KEYS` of it go into the metadata.
     pip_requirements : list of str, optional
-        Exact requirements written beside the model.
+        Exact requirements written beside the model; default: this TensorFlow, Keras and NumPy.
 
     Returns
     -------
@@ -370,6 +370,10 @@ def save_mlflow_model(
     import numpy as np
     from mlflow.models import Model, infer_signature
 
+    if pip_requirements is None:
+        import tensorflow as tf
+
+        pip_requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
     example = np.asarray(example, dtype=np.float32)
     signature = infer_signature(example, np.asarray(model.predict_on_batch(example), dtype=np.float32))
     metadata = {key: value for key, value in (card or {}).items() if key in MLFLOW_METADATA_KEYS}
