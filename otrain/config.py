@@ -41,6 +41,7 @@ __all__ = [
     "OptimiseDatasetSizeConfig",
     "PlotResultsConfig",
     "PromoteConfig",
+    "ServeConfig",
     "SimulateConfig",
     "SummaryConfig",
     "TrainConfig",
@@ -1228,6 +1229,81 @@ class PromoteConfig(CommandConfig):
         return [self.report.parent] if self.report is not None else []
 
 
+#: What otrain-serve serves by default, and the port of its server (MLflow's 5000 is often a tracking server's).
+DEFAULT_SERVED_MODEL = "models:/otrain-cnn@champion"
+DEFAULT_SERVE_PORT = 5001
+_KERAS_SUFFIXES = (".keras", ".h5", ".hdf5")
+
+
+def _model_uri(value: str) -> str:
+    uri = value.strip()
+    if uri.lower().endswith(_KERAS_SUFFIXES):
+        raise ValueError(
+            f"{uri!r} is a Keras model file, not an MLflow model; serve a registered model "
+            f"({DEFAULT_SERVED_MODEL}, see otrain-promote) or a training's runs:/<run id>/model"
+        )
+    if uri.startswith("models:/"):
+        if not re.fullmatch(r"models:/[^/@]+(/[0-9]+|@[A-Za-z0-9_-]+)", uri):
+            raise ValueError(f"must be models:/<name>/<version> or models:/<name>@<alias>, got {uri!r}")
+    elif uri.startswith("runs:/"):
+        if not re.fullmatch(r"runs:/[0-9a-f]{32}/[^/].*", uri):
+            raise ValueError(f"must be runs:/<32-hex-digit run id>/<artifact path>, got {uri!r}")
+    elif not uri:
+        raise ValueError(f"must be an MLflow model URI such as {DEFAULT_SERVED_MODEL}")
+    return uri
+
+
+def _host(value: str) -> str:
+    import ipaddress
+
+    host = value.strip()
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        label = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+        if len(host) > 253 or not re.fullmatch(rf"{label}(\.{label})*", host):
+            raise ValueError(
+                f"must be an IP address or a host name (127.0.0.1, 0.0.0.0, localhost), got {value!r}"
+            ) from None
+    return host
+
+
+def _port(value: int) -> int:
+    if not 1 <= value <= 65535:
+        raise ValueError(f"must be a TCP port in [1, 65535], got {value}")
+    return value
+
+
+class ServeConfig(CommandConfig):
+    """Serve an MLflow model (by default the registered champion) over HTTP with MLflow's scoring server.
+
+    Checks that the model exists (a registry alias is resolved to its version, which is what gets
+    served), then runs 'mlflow models serve' in this environment (--env-manager local), with the
+    tracking URI of the other commands (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here).
+    POST {"inputs": [cutouts as (H, W, C) nested lists]} to http://HOST:PORT/invocations; the
+    answer is {"predictions": [[P(bogus), P(real)], ...]}. GET /ping answers 200 once the model is
+    loaded. With --print-request, prints the JSON body for the given cutout files instead
+    (centre-cropped to the model's input, its planes, as otrain-infer reads them) and exits.
+    """
+
+    command: ClassVar[str] = "otrain-serve"
+
+    model: Annotated[str, AfterValidator(_model_uri)] = option(
+        DEFAULT_SERVED_MODEL,
+        "MLflow model URI: models:/<name>@<alias>, models:/<name>/<version>, runs:/<run id>/model, or an MLflow "
+        "model folder. A plain .keras/.h5 file is refused (log it by training, or register it).",
+    )
+    host: Annotated[str, AfterValidator(_host)] = option(
+        "127.0.0.1", "Interface the server listens on (0.0.0.0: every interface, as in a container)."
+    )
+    port: Annotated[int, AfterValidator(_port)] = option(DEFAULT_SERVE_PORT, "TCP port the server listens on.")
+    workers: PositiveInt = option(1, "Server worker processes; each loads its own copy of the model.")
+    print_request: tuple[ExistingFile, ...] | None = option(
+        None,
+        "Print the request body scoring these cutout files (.fits) and exit, instead of serving.",
+    )
+
+
 #: What otrain-check-params writes into --stamp: always the same, so that the stages that depend
 #: on the stamp rerun only when their own parameters or code change.
 PARAMS_STAMP = "params.yaml checked against the options of every otrain command\n"
@@ -1396,4 +1472,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     CheckParamsConfig,
     SummaryConfig,
     CrossValidateConfig,
+    ServeConfig,
 )

@@ -39,6 +39,7 @@ from otrain.config import (
     DEFAULT_ARCHITECTURE,
     DEFAULT_DROPOUT,
     DEFAULT_LEARNING_RATE,
+    PREDICT_BATCH,
     VGG_BN_MOMENTUM,
     VGG_DENSE_UNITS,
     VGG_FILTERS,
@@ -60,6 +61,7 @@ __all__ = [
     "last_conv_layer",
     "load_model",
     "log_visible_devices",
+    "save_mlflow_model",
     "save_model",
     "with_calibration",
     "write_card",
@@ -314,6 +316,117 @@ def save_model(model: keras.Model, path: Path) -> Path:
     with atomic_path(path) as temporary:
         model.save(temporary)
     return path
+
+
+#: Entries of a model card copied into an MLflow model's metadata (``metadata.otrain`` in its MLmodel file).
+MLFLOW_METADATA_KEYS = (
+    "input_shape",
+    "planes",
+    "normalisation",
+    "classes",
+    "threshold",
+    "decision_rule",
+    "calibration",
+)
+
+
+def save_mlflow_model(
+    model: keras.Model,
+    path: Path,
+    example: Any,
+    *,
+    card: dict[str, Any] | None = None,
+    pip_requirements: list[str] | None = None,
+) -> Path:
+    """Save a model as an MLflow model folder that ``mlflow models serve`` can load.
+
+    The folder has MLflow's Keras flavor (``mlflow.keras.load_model`` gives the Keras model),
+    a tensor signature (float32 ``(-1, H, W, C)`` raw pixels in, float32 ``(-1, 2)``
+    (P(bogus), P(real)) out), ``example`` as its input example, and the card's input shape,
+    planes and threshold as metadata. Its Python-function flavor is loaded by this module
+    (:func:`_load_pyfunc`), so that otrain's layers (:class:`RobustScaling`,
+    :class:`Calibration`) are registered before Keras reads the model: a server needs otrain
+    installed, and no other code.
+
+    Parameters
+    ----------
+    model : keras.Model
+        A two-class classifier taking raw pixels (normalisation inside).
+    path : Path
+        A folder that does not exist yet, or an empty one.
+    example : numpy.ndarray
+        A few (N, H, W, C) float32 cutouts: the input example, and the signature's source.
+    card : dict, optional
+        The model card; :data:`MLFLOW_METADATA_KEYS` of it go into the metadata.
+    pip_requirements : list of str, optional
+        Exact requirements written beside the model; default: this TensorFlow, Keras and NumPy.
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    import mlflow
+    import numpy as np
+    from mlflow.models import Model, infer_signature
+
+    if pip_requirements is None:
+        import tensorflow as tf
+
+        pip_requirements = [f"tensorflow=={tf.__version__}", f"keras=={keras.__version__}", f"numpy=={np.__version__}"]
+    example = np.asarray(example, dtype=np.float32)
+    signature = infer_signature(example, np.asarray(model.predict_on_batch(example), dtype=np.float32))
+    metadata = {key: value for key, value in (card or {}).items() if key in MLFLOW_METADATA_KEYS}
+    metadata.setdefault("input_shape", list(input_shape_of(model)))
+    metadata["output"] = "(P(bogus), P(real)) per cutout"
+    path.mkdir(parents=True, exist_ok=True)
+    # mlflow.keras.log_model with an input example fails (mlflow issue #16183: it writes the
+    # example before creating its folder); save_model into a folder that exists works.
+    mlflow.keras.save_model(
+        model,
+        path=str(path),
+        signature=signature,
+        input_example=example,
+        pip_requirements=pip_requirements,
+        metadata={"otrain": metadata},
+    )
+    description = Model.load(str(path / "MLmodel"))
+    description.flavors["python_function"]["loader_module"] = __name__
+    description.save(str(path / "MLmodel"))
+    return path
+
+
+class _ServedModel:
+    """What MLflow's Python-function interface calls: (N, H, W, C) pixels to (N, 2) probabilities."""
+
+    def __init__(self, model: keras.Model) -> None:
+        self.model = model
+
+    def get_raw_model(self) -> keras.Model:
+        """Return the Keras model."""
+        return self.model
+
+    def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
+        """Return (P(bogus), P(real)) of each cutout, predicted in batches as otrain-infer does."""
+        import numpy as np
+
+        pixels = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data, dtype=np.float32)
+        batches = [
+            np.asarray(self.model.predict_on_batch(pixels[start : start + PREDICT_BATCH]), dtype=np.float32)
+            for start in range(0, len(pixels), PREDICT_BATCH)
+        ]
+        return np.concatenate(batches) if batches else np.empty((0, 2), np.float32)
+
+
+def _load_pyfunc(path: str) -> _ServedModel:
+    """Load a model saved by :func:`save_mlflow_model` for MLflow's Python-function interface.
+
+    MLflow calls this (the model's ``loader_module``) in ``mlflow models serve`` and
+    ``mlflow.pyfunc.load_model``; importing this module has registered otrain's layers.
+    """
+    import mlflow
+
+    return _ServedModel(mlflow.keras.load_model(path, load_model_kwargs={"compile": False}))
 
 
 @functools.cache

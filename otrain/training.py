@@ -969,22 +969,17 @@ def _publish(config: TrainConfig, staged: Path) -> TrainingResult:
 
 def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], test_x: np.ndarray) -> None:
     import mlflow
-    from mlflow.models import infer_signature
+
+    from otrain.model import save_mlflow_model
 
     mlflow.log_metrics({f"test_{key}": float(value) for key, value in metrics.items() if np.isfinite(value)})
     for path in outputs:
         if path.suffix in (".png", ".csv", ".json") and path.name != "mlflow_run.json":
             mlflow.log_artifact(str(path), artifact_path="training")
-    example = test_x[:2]
-    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
-    # mlflow.keras.log_model with an input example fails (mlflow issue #16183: it writes the
-    # example before creating its folder), so save into a folder we create, then log it.
+    cards = [path for path in outputs if path.name.endswith(".card.json")]
+    card = json.loads(cards[0].read_text()) if cards else None
     with tempfile.TemporaryDirectory() as scratch:
-        mlflow.keras.save_model(
-            model,
-            path=scratch,
-            signature=signature,
-            input_example=example,
-            pip_requirements=_pip_requirements(),
+        folder = save_mlflow_model(
+            model, Path(scratch) / "model", test_x[:2], card=card, pip_requirements=_pip_requirements()
         )
-        mlflow.log_artifacts(scratch, artifact_path="model")
+        mlflow.log_artifacts(str(folder), artifact_path="model")

@@ -48,6 +48,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.CheckParamsConfig: {"params": files["cube"]},
         cfg.SummaryConfig: {"diagnostics": files["cube"], "promotion": files["cube"]},
         cfg.CrossValidateConfig: {"cube": files["cube"], "output": files["out"]},
+        cfg.ServeConfig: {},
     }
 
 

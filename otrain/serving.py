@@ -1,0 +1,169 @@
+"""Scoring over HTTP: MLflow's scoring server (``mlflow models serve``) and the requests it answers.
+
+otrain-train logs its model as an MLflow model (:func:`otrain.model.save_mlflow_model`): raw
+float32 pixels ``(-1, H, W, C)`` in, ``(P(bogus), P(real))`` out, normalisation inside the
+model, and the card's input shape and planes in its metadata. MLflow's own server serves it;
+this module finds out what a model URI names (:func:`describe_model`), builds the command
+that serves it (:func:`server_command`), and turns cutout files into a request body
+(:func:`request_body`), read as otrain-infer reads them.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otrain.cutouts import crop_center, prepare_pixels, read_header, read_pixels
+from otrain.errors import DataError, first_line
+from otrain.tracking import check_tracking_uri, using_tracking_uri
+
+__all__ = ["ModelDescription", "describe_model", "request_body", "server_command"]
+
+
+@dataclass(frozen=True)
+class ModelDescription:
+    """What a model URI names: the exact model served, and the cutouts it takes."""
+
+    #: The URI given.
+    requested: str
+    #: What is served: the same, with a registry alias replaced by the version it names now.
+    uri: str
+    #: (H, W, C) of the cutouts, from the model's signature.
+    input_shape: tuple[int, int, int]
+    #: The planes it was trained on (its card's), None for the default reading.
+    planes: tuple[str, ...] | None
+
+
+def _resolve_alias(uri: str) -> str:
+    """Return ``models:/<name>/<version>`` for ``models:/<name>@<alias>``; other URIs unchanged."""
+    if not (uri.startswith("models:/") and "@" in uri):
+        return uri
+    from mlflow.tracking import MlflowClient
+
+    name, alias = uri.removeprefix("models:/").split("@", 1)
+    try:
+        version = MlflowClient().get_model_version_by_alias(name, alias)
+    except Exception as error:  # MlflowException: no such model or alias
+        raise DataError(f"{uri}: no such registered model alias ({first_line(error)[:200]})") from None
+    return f"models:/{name}/{version.version}"
+
+
+def describe_model(uri: str, tracking_uri: str) -> ModelDescription:
+    """Check that an MLflow model exists and read what it takes, without loading it.
+
+    Parameters
+    ----------
+    uri : str
+        ``models:/<name>@<alias>``, ``models:/<name>/<version>``, ``runs:/<run id>/<path>``, or
+        an MLflow model folder.
+    tracking_uri : str
+        The store holding the registry and the runs.
+
+    Returns
+    -------
+    ModelDescription
+        The model to serve (an alias resolved to its version), its input shape and planes.
+
+    Raises
+    ------
+    DataError
+        When the model does not exist, or is not an otrain model (a ``(-1, H, W, C)`` tensor in).
+    """
+    import mlflow
+
+    if uri.startswith(("models:/", "runs:/")):
+        check_tracking_uri(tracking_uri)
+    elif "://" not in uri and not (Path(uri) / "MLmodel").is_file():
+        raise DataError(f"{uri}: no MLflow model there (no MLmodel file)")
+    with using_tracking_uri(tracking_uri):
+        resolved = _resolve_alias(uri)
+        try:
+            info = mlflow.models.get_model_info(resolved)
+        except Exception as error:  # MlflowException, OSError: no such model, version or run
+            raise DataError(f"{uri}: no such MLflow model ({first_line(error)[:200]})") from None
+    inputs = info.signature.inputs.inputs if info.signature is not None else []
+    shape = tuple(getattr(inputs[0], "shape", ())) if len(inputs) == 1 else ()
+    if len(shape) != 4 or shape[0] != -1 or any(size <= 0 for size in shape[1:]):
+        raise DataError(f"{uri}: not an otrain model (its signature does not take one (-1, H, W, C) tensor)")
+    metadata: dict[str, Any] = (info.metadata or {}).get("otrain") or {}
+    planes = metadata.get("planes")
+    return ModelDescription(
+        requested=uri,
+        uri=resolved,
+        input_shape=(int(shape[1]), int(shape[2]), int(shape[3])),
+        planes=tuple(planes) if planes else None,
+    )
+
+
+def request_body(
+    paths: Sequence[Path], input_shape: tuple[int, int, int], planes: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    """Build the JSON body that scores cutout files: ``{"inputs": [(H, W, C) nested lists]}``.
+
+    Each file is read as otrain-infer reads it: the planes named (by default, the difference of
+    an STDPipe cutout, the whole image of a gmadet one), centre-cropped to the model's input,
+    non-finite pixels replaced by their plane's median. Unlike otrain-infer, cutouts flagged EDGE
+    are scored too: every file asked for gets its answer, in order.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Cutout FITS files.
+    input_shape : tuple of int
+        The model's (H, W, C).
+    planes : tuple of str, optional
+        The model's planes (:attr:`ModelDescription.planes`); ``("DIFF",)`` reads as the default.
+
+    Returns
+    -------
+    dict
+        The body; ``json.dumps`` it. float32 values survive the trip through JSON exactly.
+
+    Raises
+    ------
+    DataError
+        Naming the first file that cannot be read or has another shape than the model's input.
+    """
+    height, width, channels = input_shape
+    if planes == ("DIFF",):
+        planes = None  # the difference alone, read as O'TRAIN did: a gmadet cutout's whole image
+    pixels = np.empty((len(paths), height, width, channels), dtype=np.float32)
+    for index, path in enumerate(paths):
+        try:
+            _, location = read_header(path, planes)
+            cropped = crop_center(read_pixels(path, location), (height, width), path)
+            plane, _ = prepare_pixels(cropped, -1, path)
+        except DataError:
+            raise
+        except Exception as error:  # astropy raises many types for a damaged file
+            raise DataError(f"{path}: not a readable cutout ({type(error).__name__}: {first_line(error)})") from None
+        if plane.shape != (height, width, channels):
+            raise DataError(
+                f"{path}: cutout is {plane.shape[0]}x{plane.shape[1]}x{plane.shape[2]} after cropping, "
+                f"the model takes {height}x{width}x{channels}"
+            )
+        pixels[index] = plane
+    return {"inputs": pixels.tolist()}
+
+
+def server_command(uri: str, host: str, port: int, workers: int) -> list[str]:
+    """Return the command that serves ``uri`` with MLflow's scoring server in this environment.
+
+    ``--env-manager local``: the model is loaded by this Python, where otrain (whose module
+    registers the model's layers) is installed; MLflow would otherwise build a virtualenv.
+
+    Returns
+    -------
+    list of str
+        ``python -m mlflow models serve ...``, with this interpreter.
+    """
+    return [
+        *(sys.executable, "-m", "mlflow", "models", "serve"),
+        *("--model-uri", uri, "--host", host, "--port", str(port), "--workers", str(workers)),
+        *("--env-manager", "local"),
+    ]
