@@ -28,6 +28,7 @@ COMMANDS = {
     "otrain-check-params": cfg.CheckParamsConfig,
     "otrain-summary": cfg.SummaryConfig,
     "otrain-cross-validate": cfg.CrossValidateConfig,
+    "otrain-serve": cfg.ServeConfig,
 }
 
 
