@@ -971,6 +971,8 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
     import mlflow
     from mlflow.models import infer_signature
 
+    from otrain.mlflow_loader import use_otrain_loader
+
     mlflow.log_metrics({f"test_{key}": float(value) for key, value in metrics.items() if np.isfinite(value)})
     for path in outputs:
         if path.suffix in (".png", ".csv", ".json") and path.name != "mlflow_run.json":
@@ -987,4 +989,5 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
             input_example=example,
             pip_requirements=_pip_requirements(),
         )
+        use_otrain_loader(scratch)
         mlflow.log_artifacts(scratch, artifact_path="model")
