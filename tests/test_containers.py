@@ -17,7 +17,11 @@ import pytest
 import yaml
 from conftest import BIN, ROOT, constraint_pins
 
-DOCKERFILES = [ROOT / "docker" / "Dockerfile", ROOT / "docker" / "Dockerfile.gpu", ROOT / "docker" / "Dockerfile.postgres"]
+DOCKERFILES = [
+    ROOT / "docker" / "Dockerfile",
+    ROOT / "docker" / "Dockerfile.gpu",
+    ROOT / "docker" / "Dockerfile.postgres",
+]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
@@ -241,7 +245,7 @@ def test_system_packages_are_installed_only_when_allowed(tmp_path: Path, script:
     for tool in ("bash", "timeout", "id", "mkdir", "cat"):
         (tools / tool).symlink_to(shutil.which(tool))
     env = {"PATH": str(tools), "OTRAIN_DOCKER_ROOT": str(tmp_path / "engine"), "HOME": str(tmp_path)}
-    command = [str(ROOT / "docker" / script)] + {"engine.sh": ["start"], "compose.sh": ["version"]}.get(script, [])
+    command = [str(ROOT / "docker" / script), *{"engine.sh": ["start"], "compose.sh": ["version"]}.get(script, [])]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=300)
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""
