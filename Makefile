@@ -69,8 +69,10 @@ test: $(STAMP) lint
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The container tests alone (tests/test_docker.py): they start Debian's Docker engine when none
-# runs, build the CPU image with `make docker-image` and run the README's Docker commands.
+# The container tests alone (tests/test_docker.py, tests/test_compose.py): they start Debian's
+# Docker engine when none runs, build the CPU image with `make docker-image`, run the README's
+# Docker commands, and bring the compose stack up and down (docker/compose.sh: Compose v2, or
+# Debian's docker-compose, installed as root with OTRAIN_INSTALL_SYSTEM_PACKAGES=1).
 docker-test: $(STAMP)
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
 		$(BIN)/python -m pytest -m docker $(PYTEST_ARGS)

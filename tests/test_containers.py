@@ -17,7 +17,9 @@ import pytest
 import yaml
 from conftest import BIN, ROOT, constraint_pins
 
-DOCKERFILES = [ROOT / "docker" / name for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.spark")]
+DOCKERFILES = [
+    ROOT / "docker" / name for name in ("Dockerfile", "Dockerfile.gpu", "Dockerfile.spark", "Dockerfile.postgres")
+]
 COMPOSE = ROOT / "docker" / "compose.yaml"
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 
@@ -86,6 +88,30 @@ def test_compose_stack_shape() -> None:
     assert trainer["build"]["dockerfile"] == "docker/Dockerfile.gpu"
     assert services["trainer-cpu"]["profiles"] == ["cpu"]
     assert "deploy" not in services["trainer-cpu"]
+    # Nothing from Docker Hub: PostgreSQL is built from Debian's package, on a base of the user's choice.
+    postgres = services["postgres"]
+    assert postgres["build"]["dockerfile"] == "docker/Dockerfile.postgres"
+    assert postgres["build"]["args"]["BASE_IMAGE"].startswith("${OTRAIN_BASE_IMAGE:-")
+    serve = services["serve"]
+    assert serve["profiles"] == ["serve"]
+    assert serve["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert serve["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert "/ping" in " ".join(serve["healthcheck"]["test"])
+    for service in (mlflow, serve):
+        assert all(port.startswith("127.0.0.1:${OTRAIN_") for port in service["ports"]), "published on loopback only"
+
+
+def test_compose_file_is_read_by_compose_v1(tmp_path: Path) -> None:
+    """Debian bookworm's docker-compose 1.29 (Compose v1) rejects keys that v2 accepts."""
+    compose_v1 = shutil.which("docker-compose")
+    if compose_v1 is None:
+        pytest.skip("docker-compose (v1) is not installed (docker/compose.sh installs it for make docker-test)")
+    folder = tmp_path / "docker"
+    shutil.copytree(ROOT / "docker", folder, ignore=shutil.ignore_patterns("otrain.env"))
+    (folder / "otrain.env").write_text("POSTGRES_PASSWORD=x\n")
+    result = run(compose_v1, "-f", folder / "compose.yaml", "--profile", "serve", "config", "--services", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert {"postgres", "mlflow", "serve"} <= set(result.stdout.split())
 
 
 def test_compose_file_holds_no_secret() -> None:
@@ -199,6 +225,7 @@ def test_docker_context_is_an_allowlist() -> None:
         "requirements",
         "docker/requirements.py",
         "docker/entrypoint.sh",
+        "docker/postgres-entrypoint.sh",
     }
     for dockerfile in DOCKERFILES:
         copied = re.findall(r"^COPY (?!--from)(.+) \S+$", dockerfile.read_text(), re.MULTILINE)
@@ -207,16 +234,16 @@ def test_docker_context_is_an_allowlist() -> None:
                 assert source.rstrip("/") in allowed, f"{dockerfile.name} copies {source}, which .dockerignore drops"
 
 
-@pytest.mark.parametrize("script", ["engine.sh", "base-image.sh"])
+@pytest.mark.parametrize("script", ["engine.sh", "base-image.sh", "compose.sh"])
 def test_system_packages_are_installed_only_when_allowed(tmp_path: Path, script: str) -> None:
-    """Without an engine (or debootstrap) and without OTRAIN_INSTALL_SYSTEM_PACKAGES=1, the scripts
+    """Without an engine (or debootstrap, or Compose) and without OTRAIN_INSTALL_SYSTEM_PACKAGES=1, the scripts
     install nothing: status 3 (the container tests then skip) and the command that runs them."""
     tools = tmp_path / "bin"  # what the scripts need, and no docker, dockerd, debootstrap or apt-get
     tools.mkdir()
     for tool in ("bash", "timeout", "id", "mkdir", "cat"):
         (tools / tool).symlink_to(shutil.which(tool))
     env = {"PATH": str(tools), "OTRAIN_DOCKER_ROOT": str(tmp_path / "engine"), "HOME": str(tmp_path)}
-    command = [str(ROOT / "docker" / script)] + (["start"] if script == "engine.sh" else [])
+    command = [str(ROOT / "docker" / script), *{"engine.sh": ["start"], "compose.sh": ["version"]}.get(script, [])]
     result = subprocess.run(command, capture_output=True, text=True, env=env, check=False, timeout=300)
     assert result.returncode == 3, result.stderr
     assert result.stdout == ""

@@ -228,6 +228,34 @@ def test_mlflow_run_has_params_metrics_artifacts_and_model(trained: Path, tracki
     assert model.predict(cube.cube[:4], verbose=0).shape == (4, 2)
 
 
+def test_logged_model_loads_as_a_python_function_without_importing_otrain(
+    trained: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """What `mlflow models serve` does: mlflow.pyfunc.load_model in a fresh process, where nothing
+    imported otrain.model (whose Keras layers the model holds) beforehand."""
+    from otrain.model import load_model
+
+    run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
+    cutouts = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz").cube[:4]
+    np.save(tmp_path / "cutouts.npy", cutouts)
+    script = (
+        "import sys, mlflow, numpy as np; "
+        f"model = mlflow.pyfunc.load_model('runs:/{run_id}/model'); "
+        "np.save(sys.argv[2], model.predict(np.load(sys.argv[1])))"
+    )
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    result = subprocess.run(
+        [str(BIN / "python"), "-c", script, str(tmp_path / "cutouts.npy"), str(tmp_path / "scores.npy")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    expected = load_model(trained / "tiny.keras").predict(cutouts, verbose=0)
+    assert_allclose(np.load(tmp_path / "scores.npy"), expected, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------------------------
 # The vgg network.
 
