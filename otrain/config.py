@@ -20,10 +20,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
-from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from otrain import outputs as formats
-from otrain.errors import first_line
+from otrain.errors import OptionError, first_line
 from otrain.locking import is_locked
 from otrain.outputs import Output, check_outputs, is_same_file
 
@@ -32,6 +32,7 @@ __all__ = [
     "PARAMS_SECTIONS",
     "CheckInferConfig",
     "CheckParamsConfig",
+    "Cluster",
     "CommandConfig",
     "ConvertConfig",
     "CrossValidateConfig",
@@ -47,6 +48,7 @@ __all__ = [
     "TrainConfig",
     "TrainingOptions",
     "card_file",
+    "cluster_from_environment",
     "option",
     "validate_params",
 ]
@@ -709,6 +711,113 @@ class TrainConfig(TrainingOptions):
         """The model file: ``<name>.h5`` when asked, else ``<name>.keras``."""
         suffix = ".h5" if self.model_name.endswith(".h5") else ".keras"
         return self.output_dir / f"{self.name}{suffix}"
+
+
+#: The jobs of a ``TF_CONFIG`` cluster that train with MultiWorkerMirroredStrategy (the chief is a
+#: worker that also writes the outputs); parameter servers and evaluators are other strategies.
+TRAINING_JOBS = ("chief", "worker")
+_TF_CONFIG_SHAPE = 'expected {"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": 0}}'
+
+
+class _TfConfigTask(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["chief", "worker"]
+    index: Annotated[int, Field(ge=0)]
+
+
+class _TfConfig(BaseModel):
+    """The part of ``TF_CONFIG`` otrain reads (TensorFlow's other keys, such as rpc_layer, are allowed)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    cluster: dict[Literal["chief", "worker"], list[Annotated[str, Field(pattern=r"^\S+:\d+$")]]]
+    task: _TfConfigTask
+
+
+class Cluster(BaseModel):
+    """Where this process stands in a multi-worker training (``TF_CONFIG``).
+
+    Attributes
+    ----------
+    workers : int
+        Training processes in the cluster (chief included); 1 without ``TF_CONFIG``.
+    task_type : str
+        ``chief`` or ``worker``.
+    index : int
+        This task's index in its job.
+    has_chief : bool
+        The cluster names a chief task (else worker 0 is the chief).
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    workers: int = 1
+    task_type: Literal["chief", "worker"] = "worker"
+    index: int = 0
+    has_chief: bool = False
+
+    @property
+    def is_chief(self) -> bool:
+        """Tell whether this process writes the outputs: the chief task, or worker 0 of a cluster without one."""
+        return self.task_type == "chief" or (self.index == 0 and not self.has_chief)
+
+    @property
+    def task(self) -> str:
+        """Name this task as TF_CONFIG does (``worker 1``)."""
+        return f"{self.task_type} {self.index}"
+
+
+def cluster_from_environment(environ: dict[str, str] | None = None) -> Cluster:
+    """Read ``TF_CONFIG`` (TensorFlow's description of a multi-worker cluster).
+
+    Parameters
+    ----------
+    environ : dict, optional
+        The environment (default: ``os.environ``).
+
+    Returns
+    -------
+    Cluster
+        One worker when ``TF_CONFIG`` is unset or empty.
+
+    Raises
+    ------
+    OptionError
+        When ``TF_CONFIG`` is not JSON, not a cluster of chief and worker tasks with ``host:port``
+        addresses, or does not list this task; the message names TF_CONFIG and the rule.
+    """
+    text = (os.environ if environ is None else environ).get("TF_CONFIG", "").strip()
+    if not text:
+        return Cluster()
+    try:
+        data = json.loads(text)
+    except ValueError as error:
+        raise OptionError(f"TF_CONFIG: not valid JSON ({error})") from None
+    if not isinstance(data, dict):
+        raise OptionError(f"TF_CONFIG: must be a JSON object, got {type(data).__name__} ({_TF_CONFIG_SHAPE})")
+    if isinstance(data.get("cluster"), dict):
+        others = sorted(job for job in data["cluster"] if job not in TRAINING_JOBS)
+        if others:
+            raise OptionError(
+                f"TF_CONFIG: cluster jobs {', '.join(others)} are not supported; otrain-train trains with "
+                "MultiWorkerMirroredStrategy, whose cluster holds only 'chief' and 'worker' tasks"
+            )
+    try:
+        parsed = _TfConfig.model_validate(data)
+    except ValidationError as error:
+        first = error.errors(include_url=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the value"
+        raise OptionError(f"TF_CONFIG: {where}: {first['msg']} ({_TF_CONFIG_SHAPE})") from None
+    task = parsed.task
+    hosts = parsed.cluster.get(task.type, [])
+    if task.index >= len(hosts):
+        sizes = ", ".join(f"{len(addresses)} {job}" for job, addresses in parsed.cluster.items()) or "no task"
+        raise OptionError(f"TF_CONFIG: this task ({task.type} {task.index}) is not in the cluster ({sizes})")
+    if len(parsed.cluster.get("chief", [])) > 1:
+        raise OptionError("TF_CONFIG: cluster.chief: a cluster has at most one chief")
+    workers = sum(len(addresses) for addresses in parsed.cluster.values())
+    return Cluster(workers=workers, task_type=task.type, index=task.index, has_chief="chief" in parsed.cluster)
 
 
 class InferConfig(CommandConfig):

@@ -14,6 +14,13 @@ folder) and a checkpoint, ``.checkpoint/``:
   last epoch (in the same MLflow run).
 
 ``--overwrite`` replaces only the files a training writes; other files in the folder stay.
+
+When ``TF_CONFIG`` describes a cluster of several workers, they train together with
+``tf.distribute.MultiWorkerMirroredStrategy`` (``--batch-size`` is the global batch). The chief
+(task ``chief``, else ``worker 0``) does everything above; the other workers only train, with their
+checkpoint in a private temporary folder, and never touch the training folder. ``--resume`` makes
+every worker start from the chief's checkpoint, which they read from the training folder (shared
+storage, or a copy at the same path).
 """
 
 from __future__ import annotations
@@ -47,10 +54,12 @@ from otrain.config import (
     PLATEAU_FACTOR,
     PLATEAU_PATIENCE,
     TRAINING_LOCK,
+    Cluster,
     TrainConfig,
+    cluster_from_environment,
 )
 from otrain.datacube import Datacube, Split, stratified_split
-from otrain.errors import DataError, OptionError, OtrainError
+from otrain.errors import DataError, OptionError, OtrainError, first_line
 from otrain.evaluation import binary_metrics, write_json
 from otrain.locking import exclusive_lock
 from otrain.outputs import HISTORY_COLUMNS
@@ -126,6 +135,7 @@ class TrainingResult:
     split_sizes: dict[str, int]
     run: RunInfo | None = None
     outputs: list[Path] = field(default_factory=list)
+    chief: bool = True
 
 
 def _check_cube(cube: Datacube, config: TrainConfig) -> None:
@@ -160,24 +170,39 @@ def _class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
     return {label: float(len(labels) / (2.0 * counts[label])) for label in (0, 1)}
 
 
-def _configure_tensorflow(config: TrainConfig) -> Any:
+def _configure_tensorflow(config: TrainConfig, cluster: Cluster | None = None) -> Any:
     """Seed everything, choose the distribution strategy and the precision policy.
 
-    Several GPUs, or several logical CPU devices (``tf.config.set_logical_device_configuration``),
-    are used together through ``tf.distribute.MirroredStrategy``.
+    A cluster of several workers (``TF_CONFIG``) trains with
+    ``tf.distribute.MultiWorkerMirroredStrategy``. On one machine, several GPUs, or several
+    logical CPU devices (``tf.config.set_logical_device_configuration``), are used together
+    through ``tf.distribute.MirroredStrategy``.
     """
     import keras
     import tensorflow as tf
 
     from otrain.model import log_visible_devices
 
-    keras.utils.set_random_seed(config.seed)
-    tf.config.experimental.enable_op_determinism()
     gpus = tf.config.list_physical_devices("GPU")
-    log_visible_devices()
     for gpu in gpus:
         tf.config.experimental.set_memory_growth(gpu, True)
+    multi_worker = None
+    if cluster is not None and cluster.workers > 1:
+        # Created before anything starts TensorFlow's runtime (TensorFlow's rule); it reads TF_CONFIG
+        # and waits, without a time limit, until every worker has started.
+        announce(f"{cluster.task} of a cluster of {cluster.workers} workers: waiting for the others")
+        multi_worker = tf.distribute.MultiWorkerMirroredStrategy()
+    keras.utils.set_random_seed(config.seed)
+    tf.config.experimental.enable_op_determinism()
+    log_visible_devices()
     keras.mixed_precision.set_global_policy("mixed_float16" if config.mixed_precision else "float32")
+    if multi_worker is not None:
+        logger.info(
+            "training on %d workers with MultiWorkerMirroredStrategy (%d replicas)",
+            cluster.workers,  # type: ignore[union-attr]
+            multi_worker.num_replicas_in_sync,
+        )
+        return multi_worker
     kind = "GPU" if gpus else "CPU"
     devices = [device.name for device in tf.config.list_logical_devices(kind)]
     if len(devices) > 1:
@@ -219,6 +244,11 @@ def _dataset(
             return image, label
 
         dataset = dataset.map(flip_rotate, num_parallel_calls=1)
+    options = tf.data.Options()
+    # Under MultiWorkerMirroredStrategy every worker builds this same dataset, then keeps its share
+    # of each batch; there are no files to shard by.
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.with_options(options)
     return dataset.batch(batch_size, drop_remainder=train and replicas > 1).prefetch(2)
 
 
@@ -622,6 +652,7 @@ def train(
     *,
     cube: Datacube | None = None,
     split: Split | None = None,
+    cluster: Cluster | None = None,
 ) -> TrainingResult:
     """Train, evaluate on the test set, and write every output of otrain-train.
 
@@ -636,6 +667,10 @@ def train(
     split : Split, optional
         A split chosen by the caller (the dataset-size study keeps one test set for all sizes).
         When an MLflow run is active, the training's run is nested in it.
+    cluster : Cluster, optional
+        This process's place in a multi-worker training (default: read from ``TF_CONFIG``). A
+        worker other than the chief only trains: its result has ``chief`` False, no outputs and
+        no test metrics.
 
     Returns
     -------
@@ -648,22 +683,26 @@ def train(
         On a cube that cannot be trained on (one class, too few cutouts, too small), a
         checkpoint that cannot be read, or a training folder another training holds.
     OptionError
-        On an unreachable tracking store, a batch size larger than the training set, or
-        ``--resume`` with other options than the interrupted training's.
+        On an unreachable tracking store, a batch size larger than the training set, a
+        ``TF_CONFIG`` that is not a cluster holding this task, or ``--resume`` with other options
+        than the interrupted training's.
     TrainingDivergedError
         When the loss becomes NaN or infinite (the checkpoint is removed, the run is FAILED).
     """
+    cluster = cluster_from_environment() if cluster is None else cluster
     cube = Datacube.load(config.cube) if cube is None else cube
     _check_cube(cube, config)
     given = split is not None
     if split is None:
         split = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
     batch_size = _batch_size(config, len(split.train))
+    if not cluster.is_chief:
+        return _train_worker(config, cube, split, batch_size, cluster)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
     if config.tracking:
         check_tracking_uri(tracking_uri)
     with exclusive_lock(config.output_dir / TRAINING_LOCK, f"the training folder {config.output_dir}"):
-        return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready)
+        return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready, cluster)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -684,6 +723,7 @@ def _train_locked(
     batch_size: int,
     tracking_uri: str,
     on_ready: Callable[[RunInfo | None], None] | None,
+    cluster: Cluster,
 ) -> TrainingResult:
     checkpoint_folder = config.output_dir / CHECKPOINT_FOLDER
     if not (config.resume or config.overwrite) and (config.holds_training() or checkpoint_folder.is_dir()):
@@ -737,7 +777,7 @@ def _train_locked(
         with _tracked(config, tracking_uri, previous_run, tags) as run:
             if run is not None:
                 run.write(checkpoint_folder)
-            return _fit_and_write(config, cube, split, split_record, batch_size, checkpoint, run, on_ready)
+            return _fit_and_write(config, cube, split, split_record, batch_size, checkpoint, run, on_ready, cluster)
     except TrainingDivergedError:
         shutil.rmtree(checkpoint_folder, ignore_errors=True)
         raise
@@ -784,30 +824,22 @@ def _fit_and_write(
     checkpoint: Checkpoint,
     run: RunInfo | None,
     on_ready: Callable[[RunInfo | None], None] | None,
+    cluster: Cluster,
 ) -> TrainingResult:
     import keras
     import tensorflow as tf
 
-    from otrain.model import build_model, save_model, write_card
+    from otrain.model import save_model, write_card
     from otrain.plots import plot_training_curve
 
-    strategy = _configure_tensorflow(config)
-    replicas = strategy.num_replicas_in_sync
-    rounded = _replica_batch(batch_size, replicas)
-    if rounded != batch_size:
-        logger.info("batch size %d rounded down to %d for %d replicas", batch_size, rounded, replicas)
-        batch_size = rounded
-    if len(split.validation) < replicas:
-        raise DataError(
-            f"{config.cube}: the validation set holds {len(split.validation)} cutouts, fewer than the {replicas} "
-            "replicas that share each batch; use a larger --frac or cube"
-        )
+    strategy = _configure_tensorflow(config, cluster)
+    batch_size = _distributed_batch(config, split, batch_size, strategy.num_replicas_in_sync)
     if run is not None:
         import mlflow
 
         params = {key: value for key, value in config.model_dump(mode="json").items() if value is not None}
         params.update(batch_size_used=batch_size, n_train=len(split.train), n_validation=len(split.validation))
-        params.update(n_test=len(split.test))
+        params.update(n_test=len(split.test), n_workers=cluster.workers)
         existing = mlflow.get_run(run.run_id).data.params
         mlflow.log_params({key: value for key, value in params.items() if key not in existing})
         mlflow.set_tags({"tensorflow.version": tf.__version__, "device": _device()})
@@ -815,37 +847,12 @@ def _fit_and_write(
         on_ready(run)
 
     input_shape = tuple(int(size) for size in cube.cube.shape[1:])
-    with strategy.scope():
-        model = build_model(
-            input_shape,  # type: ignore[arg-type]
-            architecture=config.architecture,
-            dropout=config.dropout,
-            learning_rate=_learning_rate(config, len(split.train), batch_size, replicas),
-            normalisation=config.normalisation,
-        )
-        if config.init_from is not None and checkpoint.epochs_done == 0:
-            _initialise_from(model, config.init_from, cube.planes)
-        checkpoint.load_into(model)
-        if config.lr_schedule == "plateau" and checkpoint.learning_rate is not None:
-            model.optimizer.learning_rate = checkpoint.learning_rate
-    if checkpoint.epochs_done < config.epochs and not checkpoint.stopped:
-        training = _dataset(
-            cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True, replicas
-        )
-        validation = _dataset(
-            cube.cube[split.validation], cube.labels[split.validation], batch_size, config.seed, False, False, replicas
-        )
-        with _interrupt_between_steps() as interrupted:
-            model.fit(
-                training,
-                validation_data=validation,
-                epochs=config.epochs,
-                initial_epoch=checkpoint.epochs_done,
-                shuffle=False,  # the dataset shuffles itself, reproducibly
-                class_weight=_class_weights(cube.labels[split.train], config.class_weight),
-                callbacks=[_epoch_callback(config, checkpoint, config.epochs, run is not None, interrupted)],
-                verbose=0,
-            )
+    model = _build_and_fit(config, cube, split, batch_size, checkpoint, strategy, run is not None)
+    if cluster.workers > 1:
+        # The other workers have stopped: what follows runs here alone, outside the strategy,
+        # whose every computation must be entered by all the workers.
+        model = _build_with_weights(config, cube, split, batch_size, model)
+        strategy = tf.distribute.get_strategy()
     if config.patience > 0 and checkpoint.best_weights is not None:
         with strategy.scope():
             checkpoint.load_into(model, best=True)  # keep the best weights, as Keras' EarlyStopping would
@@ -893,6 +900,7 @@ def _fit_and_write(
         "calibration": calibration,
         "params": config.model_dump(mode="json"),
         "batch_size_used": batch_size,
+        "workers": cluster.workers,
         "data_hash": split_record["data_hash"],
         "cube": str(config.cube),
         "split": split_record,
@@ -920,6 +928,146 @@ def _fit_and_write(
         )
     result.run = run
     return result
+
+
+def _distributed_batch(config: TrainConfig, split: Split, batch_size: int, replicas: int) -> int:
+    """Round the (global) batch for the replicas; check every replica gets validation cutouts."""
+    rounded = _replica_batch(batch_size, replicas)
+    if rounded != batch_size:
+        logger.info("batch size %d rounded down to %d for %d replicas", batch_size, rounded, replicas)
+    if len(split.validation) < replicas:
+        raise DataError(
+            f"{config.cube}: the validation set holds {len(split.validation)} cutouts, fewer than the {replicas} "
+            "replicas that share each batch; use a larger --frac or cube"
+        )
+    return rounded
+
+
+def _new_model(config: TrainConfig, cube: Datacube, split: Split, batch_size: int, replicas: int) -> Any:
+    from otrain.model import build_model
+
+    return build_model(
+        tuple(int(size) for size in cube.cube.shape[1:]),  # type: ignore[arg-type]
+        architecture=config.architecture,
+        dropout=config.dropout,
+        learning_rate=_learning_rate(config, len(split.train), batch_size, replicas),
+        normalisation=config.normalisation,
+    )
+
+
+def _build_and_fit(
+    config: TrainConfig,
+    cube: Datacube,
+    split: Split,
+    batch_size: int,
+    checkpoint: Checkpoint,
+    strategy: Any,
+    tracking: bool,
+    private: Path | None = None,
+) -> Any:
+    """Build the model under ``strategy``, load the checkpoint into it, and train the epochs left.
+
+    ``private``: a worker other than the chief loads the chief's checkpoint, then writes its own
+    epochs' checkpoints into this folder (they keep its early-stopping state in step with the chief's).
+    """
+    import tensorflow as tf
+
+    replicas = strategy.num_replicas_in_sync
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+    with strategy.scope():
+        model = _new_model(config, cube, split, batch_size, replicas)
+        if config.init_from is not None and checkpoint.epochs_done == 0:
+            _initialise_from(model, config.init_from, cube.planes)
+        checkpoint.load_into(model)
+        if config.lr_schedule == "plateau" and checkpoint.learning_rate is not None:
+            model.optimizer.learning_rate = checkpoint.learning_rate
+        if multi_worker:
+            model.optimizer.build(model.trainable_variables)  # here, not inside the first step
+    if private is not None:
+        checkpoint.folder, checkpoint.state = private, None
+    if checkpoint.epochs_done >= config.epochs or checkpoint.stopped:
+        return model
+    training = _dataset(
+        cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True, replicas
+    )
+    validation = _dataset(
+        cube.cube[split.validation], cube.labels[split.validation], batch_size, config.seed, False, False, replicas
+    )
+    if multi_worker:
+        _fit_across_workers(model)
+    with _interrupt_between_steps() as interrupted, strategy.scope():
+        try:
+            model.fit(
+                training,
+                validation_data=validation,
+                epochs=config.epochs,
+                initial_epoch=checkpoint.epochs_done,
+                shuffle=False,  # the dataset shuffles itself, reproducibly
+                class_weight=_class_weights(cube.labels[split.train], config.class_weight),
+                callbacks=[_epoch_callback(config, checkpoint, config.epochs, tracking, interrupted)],
+                verbose=0,
+            )
+        except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError) as error:
+            if not multi_worker:
+                raise
+            raise OtrainError(
+                f"another worker of the cluster stopped answering after epoch {checkpoint.epochs_done} "
+                f"({first_line(error)}); start every worker again with --resume"
+            ) from None
+    return model
+
+
+def _fit_across_workers(model: Any) -> None:
+    """Let Keras' ``fit`` run under MultiWorkerMirroredStrategy (Keras 3 fails there, keras-team/keras#20585).
+
+    Keras reduces the first batch across workers to build the model symbolically, which
+    MultiWorkerMirroredStrategy cannot do with a tuple; without the model's own strategy, ``fit``
+    skips that step (the model, its optimiser and metrics are built already) and takes the strategy
+    from the scope it is called in. Keras then reduces each step's logs along their first axis
+    across workers, which scalars lack: the steps return them as one-element vectors.
+    """
+    import keras
+
+    train_step, test_step = model.train_step, model.test_step
+
+    def vectors(logs: dict[str, Any]) -> dict[str, Any]:
+        return {key: keras.ops.reshape(value, [1]) for key, value in logs.items()}
+
+    model._distribute_strategy = None
+    model.train_step = lambda data: vectors(train_step(data))
+    model.test_step = lambda data: vectors(test_step(data))
+
+
+def _build_with_weights(config: TrainConfig, cube: Datacube, split: Split, batch_size: int, trained: Any) -> Any:
+    """Return a model outside any strategy holding the weights (and optimiser state) of ``trained``."""
+    model = _new_model(config, cube, split, batch_size, 1)
+    model.optimizer.build(model.trainable_variables)
+    model.set_weights(trained.get_weights())
+    return model
+
+
+def _train_worker(
+    config: TrainConfig, cube: Datacube, split: Split, batch_size: int, cluster: Cluster
+) -> TrainingResult:
+    """Train as a worker other than the chief: nothing is written outside a private temporary folder."""
+    folder = config.output_dir / CHECKPOINT_FOLDER
+    checkpoint = Checkpoint(folder)
+    if config.resume:
+        if (folder / STAGING / COMPLETE).is_file():
+            announce(f"{cluster.task}: the interrupted training had finished; the chief moves its outputs in")
+            return TrainingResult(config.output_dir, config.model_file, {}, [], batch_size, {}, chief=False)
+        checkpoint = Checkpoint.read(folder)
+        if checkpoint.epochs_done:
+            announce(f"{cluster.task}: resuming from the chief's checkpoint, epoch {checkpoint.epochs_done}")
+    strategy = _configure_tensorflow(config, cluster)
+    batch_size = _distributed_batch(config, split, batch_size, strategy.num_replicas_in_sync)
+    with tempfile.TemporaryDirectory(prefix="otrain-worker-") as private:
+        _build_and_fit(config, cube, split, batch_size, checkpoint, strategy, False, Path(private))
+    sizes = {"train": len(split.train), "validation": len(split.validation), "test": len(split.test)}
+    metrics = {"epochs_run": len(checkpoint.history)}
+    return TrainingResult(
+        config.output_dir, config.model_file, metrics, checkpoint.history, batch_size, sizes, chief=False
+    )
 
 
 def _mark_complete(config: TrainConfig, staged: Path) -> None:

@@ -7,12 +7,13 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import TrainConfig
+from otrain.config import TrainConfig, cluster_from_environment
 
 __all__ = ["main"]
 
 
 def _train(config: TrainConfig) -> None:
+    cluster = cluster_from_environment()  # a bad TF_CONFIG fails before TensorFlow is imported
     prepare_tensorflow()
     from otrain.training import train
 
@@ -20,9 +21,15 @@ def _train(config: TrainConfig) -> None:
         if run is not None:
             print(f"MLflow run {run.run_id} in {run.tracking_uri}")  # type: ignore[attr-defined]
 
-    result = train(config, on_ready=announce)
+    result = train(config, on_ready=announce, cluster=cluster)
     metrics = result.metrics
     sizes = result.split_sizes
+    if not result.chief:
+        print(
+            f"{cluster.task}: trained {len(result.history)} epochs with the {cluster.workers} workers "
+            f"(global batch {result.batch_size}); the chief writes the outputs to {result.output_dir}/"
+        )
+        return
     print(
         f"trained {metrics['epochs_run']} epochs on {sizes['train']} cutouts (batch {result.batch_size}); "
         f"validation {sizes['validation']}, test {sizes['test']}"
