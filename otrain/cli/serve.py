@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 from otrain.cli.app import run_command
@@ -39,8 +40,11 @@ def _serve(config: ServeConfig) -> None:
     command = server_command(model.uri, config.host, config.port, config.workers)
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
+    # MLflow starts its server as `uvicorn` from PATH: this environment's scripts go first, so
+    # that a venv's otrain-serve works without the venv being activated.
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
     # The server replaces this process: signals (Ctrl-C, a container's SIGTERM) reach it directly.
-    os.execve(command[0], command, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri})
+    os.execve(command[0], command, {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "PATH": path})
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:
