@@ -28,6 +28,8 @@ COMMANDS = {
     "otrain-check-params": cfg.CheckParamsConfig,
     "otrain-summary": cfg.SummaryConfig,
     "otrain-cross-validate": cfg.CrossValidateConfig,
+    "otrain-pack": cfg.PackConfig,
+    "otrain-infer-spark": cfg.InferSparkConfig,
 }
 
 
