@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import shutil
 import sys
@@ -408,18 +409,35 @@ def resolve_model(model: str, scratch: Path) -> Path:
     with using_tracking_uri(uri):
         try:
             folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(scratch / "model")))
-            run_id = mlflow.models.get_model_info(model).run_id
         except (MlflowException, OSError) as error:
             raise DataError(f"--model {model}: cannot fetch it from {uri} ({first_line(error)[:200]})") from None
         keras_file = folder / "data" / "model.keras"
         if not keras_file.is_file():
             raise DataError(f"--model {model}: not a Keras model logged by otrain-train (no data/model.keras)")
         client = MlflowClient(uri)
-        cards = [item.path for item in client.list_artifacts(run_id, "training") if item.path.endswith(".card.json")]
-        if run_id and len(cards) == 1:
-            fetched = Path(client.download_artifacts(run_id, cards[0], str(scratch / "card")))
-            shutil.copyfile(fetched, card_file(keras_file))
+        try:
+            run_id = _run_of(client, model)
+            cards = [
+                item.path for item in client.list_artifacts(run_id, "training") if item.path.endswith(".card.json")
+            ]
+            if len(cards) == 1:
+                fetched = Path(client.download_artifacts(run_id, cards[0], str(scratch / "card")))
+                shutil.copyfile(fetched, card_file(keras_file))
+        except MlflowException as error:
+            logger.warning("--model %s: no model card found with its run (%s)", model, first_line(error)[:200])
     return keras_file
+
+
+def _run_of(client: Any, model: str) -> str:
+    """Return the id of the run that logged an MLflow model (``runs:/ID/...``, ``models:/NAME@ALIAS|/VERSION``)."""
+    path = model.split(":/", 1)[1].strip("/")
+    if model.startswith("runs:/"):
+        return path.split("/", 1)[0]
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return str(client.get_model_version_by_alias(name, alias).run_id)
+    name, _, version = path.rpartition("/")
+    return str(client.get_model_version(name, version).run_id)
 
 
 def _task_cpus() -> int:
@@ -522,7 +540,8 @@ def _decode_packed(shape: tuple[int, int, int]) -> Callable[[Any], Iterator[Any]
             rows = []
             for record in batch.to_dict("records"):
                 cells = tuple(record[name] for name in _META_COLUMNS)
-                if record["error"] is not None:
+                # pandas gives a missing text as None or NaN (pandas 3): an error is a string.
+                if isinstance(record["error"], str):
                     rows.append(_row(cells, record["error"], None))
                     continue
                 if record["edge"]:
@@ -580,7 +599,11 @@ def _write_table(output: Path, table: Path, threshold: float) -> int:
     with atomic_path(table) as temporary, open(temporary, "w", encoding="utf-8") as stream:
         stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
         for row in rows:
-            stream.write(table_line([row[name] for name in INFER_COLUMNS]))
+            # A missing number is null in Parquet, nan in the table (as otrain-infer writes it).
+            cells = [
+                math.nan if row[name] is None and name not in _TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
+            ]
+            stream.write(table_line(cells))
     return sum(row["real"] for row in rows)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import ROOT, call_main, files_under, make_tree, write_gmadet
+from conftest import ROOT, call_main, files_under, make_tree, pixels, write_gmadet, write_stdpipe
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
@@ -47,7 +47,8 @@ def assert_same_results(spark: dict[str, dict[str, object]], reference: dict[str
         np.testing.assert_allclose(float(got["label0"]), float(expected["label0"]), atol=1e-5, err_msg=name)
         assert int(got["real"]) == int(expected["real"]), name
         for column in ("RA", "Dec", "Xpos", "Ypos", "mag", "magerr", "FWHM", "FWHMPSF"):
-            np.testing.assert_array_equal(float(got[column]), float(expected[column]), err_msg=f"{name} {column}")
+            value = np.nan if got[column] is None else float(got[column])  # Parquet: null for a missing number
+            np.testing.assert_array_equal(value, float(expected[column]), err_msg=f"{name} {column}")
         assert str(got["cand_ID"]) == str(expected["cand_ID"]), name
         assert str(got["originalFile"] or "") == str(expected["originalFile"] or "").strip('"'), name
 
@@ -67,6 +68,7 @@ def night(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     with_nan[18:22, 18:22] = np.nan
     write_gmadet(folder / "with_nan.fits", with_nan, CANDID=77)
     write_gmadet(folder / "on_edge.fits", EDGE="True")
+    write_stdpipe(sub / "stdpipe.fits", pixels(40, seed=5))  # no RA, Dec, Xpos...: missing numbers
     (folder / "not_fits.fits").write_bytes(b"hello, this is not FITS")
     (folder / "truncated.fits").write_bytes(cutouts[40].read_bytes()[:3000])
     return folder
@@ -101,12 +103,12 @@ def test_spark_scores_fits_and_packed_parquet_as_otrain_infer_does(
     assert len(warnings) == 2
     assert any("not_fits.fits" in line for line in warnings)
     assert any("truncated.fits: truncated FITS file" in line for line in warnings)
-    assert "spark" not in captured.err.lower().replace("otrain-infer-spark", "")  # Spark's own lines stay out
+    assert all(line.startswith("otrain-infer-spark: ") for line in captured.err.splitlines())  # no Spark lines
     assert json.loads((output / PARQUET_MARKER).read_text())["command"] == "otrain-infer-spark"
     assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]
 
     packed = tmp_path / "packed"
-    assert call_main(pack_main, "--cutouts", night, "--output", packed, "--recursive", "--cutout-size", 36) == 0
+    assert call_main(pack_main, "--cutouts", night, "--output", packed, "--recursive", "--cutout-size", 32) == 0
     assert counts.replace("skipped ", "").replace(" EDGE", " flagged EDGE") in capsys.readouterr().out
     from_parquet = tmp_path / "from_parquet.parquet"
     assert (
@@ -287,3 +289,20 @@ def test_help_imports_neither_pyspark_nor_tensorflow() -> None:
     assert result.stderr.strip() == "[]"
     assert "usage: otrain-infer-spark --output PATH --model TEXT" in result.stdout
     assert "usage: otrain-pack --cutouts PATH --output PATH" in result.stdout
+
+
+def test_an_unknown_registered_model_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    cutouts = make_tree(tmp_path / "cutouts", 1, 0)
+    output = tmp_path / "out.parquet"
+    status = call_main(spark_main, "--cutouts", cutouts, "--model", "models:/nothing@champion", "--output", output)
+    assert status == 1
+    # MLflow logs its own INFO lines when it creates the empty store; otrain says one line.
+    err = [line for line in capsys.readouterr().err.splitlines() if " mlflow." not in line]
+    assert len(err) == 1
+    assert err[0].startswith(
+        "otrain-infer-spark: error: --model models:/nothing@champion: cannot fetch it from sqlite:"
+    )
+    assert not output.exists()
