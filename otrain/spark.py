@@ -87,6 +87,9 @@ _DEFAULT_CONF = {
     "spark.ui.enabled": "false",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     "spark.sql.session.timeZone": "UTC",
+    # Spark counts 4 MB per file when it groups files into tasks: cutouts of a few kB would make
+    # tasks of some 30 files each, whose start-up costs more than their scoring.
+    "spark.sql.files.openCostInBytes": "8192",
 }
 # Spark's own log lines at ERROR level and above only, on standard error: its INFO/WARN lines
 # (start-up, native Hadoop libraries, ...) would mix with otrain's output.
@@ -468,7 +471,12 @@ def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None)
         model = load_model(Path(SparkFiles.get(model_name)))
 
         def predict_batch(pixels: np.ndarray) -> np.ndarray:
-            return reweight(predict(model, pixels.astype(np.float32, copy=False), batch_size), prob_ratio)
+            # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
+            # traces the model once per worker instead of once per new size (about a second each).
+            count = len(pixels)
+            padded = np.zeros((-(-count // batch_size) * batch_size, *pixels.shape[1:]), dtype=np.float32)
+            padded[:count] = pixels
+            return reweight(predict(model, padded, batch_size)[:count], prob_ratio)
 
         return predict_batch
 
