@@ -25,7 +25,15 @@ import numpy as np
 
 from otrain.locking import hostname, process_is_alive
 
-__all__ = ["atomic_path", "glob_escape", "jsonable", "remove_stale_staging", "write_json_atomic", "write_text_atomic"]
+__all__ = [
+    "atomic_folder",
+    "atomic_path",
+    "glob_escape",
+    "jsonable",
+    "remove_stale_staging",
+    "write_json_atomic",
+    "write_text_atomic",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -118,6 +126,44 @@ def atomic_path(path: Path, mode: int = 0o644) -> Iterator[Path]:
         os.chmod(temporary, mode)
         with open(temporary, "rb") as written:
             os.fsync(written.fileno())
+        os.replace(temporary, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder for ``path``; on success it replaces ``path`` (a folder) at once.
+
+    Like :func:`atomic_path`, for an output made of several files (Parquet part files). An
+    existing folder at ``path`` is moved into the staging folder, the new one renamed into
+    place, and only then is the old one removed; on failure ``path`` is left as it was.
+
+    Parameters
+    ----------
+    path : Path
+        The final folder; its parent is created when missing. The caller decides whether an
+        existing one may be replaced.
+
+    Yields
+    ------
+    Path
+        An empty folder on the same file system, to be filled by the caller.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(path)
+    owner = f"{os.getpid()}@{hostname()}"
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.{owner}.", suffix=".partial", dir=path.parent))
+    temporary = staging / path.name
+    temporary.mkdir()
+    try:
+        yield temporary
+        for written in temporary.rglob("*"):
+            if written.is_file():
+                with open(written, "rb") as stream:
+                    os.fsync(stream.fileno())
+        if path.is_dir() and not path.is_symlink():
+            os.replace(path, staging / f"{path.name}.old")
         os.replace(temporary, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

@@ -39,7 +39,9 @@ __all__ = [
     "DiagnosticsConfig",
     "GradCamConfig",
     "InferConfig",
+    "InferSparkConfig",
     "OptimiseDatasetSizeConfig",
+    "PackConfig",
     "PlotResultsConfig",
     "PromoteConfig",
     "ServeConfig",
@@ -892,6 +894,154 @@ class InferConfig(CommandConfig):
         return [self.output_file.parent]
 
 
+#: Written into every Parquet folder of otrain-pack and otrain-infer-spark: proves the folder is otrain's.
+PARQUET_MARKER = "_otrain.json"
+#: The schemes of an MLflow model URI given as --model to otrain-infer-spark.
+MLFLOW_MODEL_SCHEMES = ("models:/", "runs:/")
+_SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|yarn|(spark|k8s|mesos)://\S+")
+_SPARK_CONF = re.compile(r"[A-Za-z0-9_.-]+=.*")
+
+
+def _has_scheme(text: str) -> bool:
+    return re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", text) is not None and not re.match(r"[A-Za-z]:[\\/]", text)
+
+
+def _parquet_output(config: CommandConfig, output: Path) -> None:
+    """Refuse an existing --output folder unless --overwrite is given and the folder is otrain's Parquet."""
+    if not output.exists() and not output.is_symlink():
+        try:
+            _writable_folder(output.parent)
+        except ValueError as error:
+            raise ValueError(f"--output: {error}") from None
+        return
+    if not getattr(config, "overwrite", False):
+        raise ValueError(f"--output: {str(output)!r} exists; pass --overwrite to replace it, or choose another path")
+    if not output.is_dir() or not (output / PARQUET_MARKER).is_file():
+        raise ValueError(
+            f"--output: {str(output)!r} is not a Parquet folder written by otrain; refusing to replace it, "
+            "choose another path"
+        )
+
+
+class PackConfig(CommandConfig):
+    """Pack a folder of candidate cutouts into Parquet files, for otrain-infer-spark --parquet.
+
+    Each cutout becomes one row: the metadata columns of infer_results.dat (filename RA Dec
+    originalFile Xpos Ypos mag magerr FWHM FWHMPSF cand_ID), its EDGE flag, and its planes as
+    float32 pixels, centre-cropped to --cutout-size but otherwise raw (non-finite pixels are
+    replaced when scoring, as otrain-infer does). An unreadable file becomes a row holding the
+    error, so the scoring run counts and lists it. --output is a folder of part files.
+    """
+
+    command: ClassVar[str] = "otrain-pack"
+
+    cutouts: ExistingFolder = option(..., "Folder of candidate cutouts (*.fits, *.fit, *.fits.gz).")
+    output: Path = option(..., "Output folder of Parquet part files (appears complete or not at all).")
+    planes: Planes = option(
+        None,
+        "Image planes to pack, in channel order (see otrain-convert). Default: DIFF of STDPipe cutouts and the "
+        "whole image of gmadet ones; it must match the planes the scoring model takes.",
+    )
+    cutout_size: CutoutSize = option(
+        -1, "Centre-crop size in pixels (at least the model's input size); -1 keeps the full cutouts."
+    )
+    recursive: bool = option(False, "Also pack cutouts in sub-folders.")
+    workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+    overwrite: bool = option(False, "Replace an existing --output folder (only one otrain wrote).")
+
+    @model_validator(mode="after")
+    def _check(self) -> PackConfig:
+        _parquet_output(self, self.output)
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """Return the output's parent folder."""
+        return [self.output.parent]
+
+
+class InferSparkConfig(CommandConfig):
+    """Score candidate cutouts on Apache Spark; writes the results as Parquet (and infer_results.dat).
+
+    Reads FITS cutouts from a folder or URI (every file below it, as otrain-infer --recursive,
+    through Spark's binaryFile source; file:, hdfs:, s3a: ...), or the Parquet folder of
+    otrain-pack, and scores them with the same reading, cropping, plane and EDGE rules as
+    otrain-infer. The model (a .keras/.h5 file, or an MLflow URI such as
+    models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker.
+    The results have the columns of infer_results.dat; unreadable files are counted and listed.
+    """
+
+    command: ClassVar[str] = "otrain-infer-spark"
+
+    output: Path = option(..., "Output folder of Parquet part files (appears complete or not at all).")
+    model: str = option(
+        ...,
+        "Trained model: a .keras or .h5 file (original O'TRAIN models included), or an MLflow model URI "
+        "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model), fetched from MLFLOW_TRACKING_URI.",
+    )
+    cutouts: str | None = option(
+        None, "Folder or URI (file:, hdfs:, s3a: ...) of FITS cutouts, sub-folders included; or give --parquet."
+    )
+    parquet: ExistingFolder | None = option(None, "Parquet folder written by otrain-pack; or give --cutouts.")
+    table: Path | None = option(
+        None, "Also write the results as an infer_results.dat table (the format of otrain-infer) at this path."
+    )
+    master: str = option("local[*]", "Spark master: local[*], local[N], spark://HOST:PORT, yarn, k8s://...")
+    conf: tuple[str, ...] = option((), "Spark settings KEY=VALUE passed to the session (spark.executor.memory=4g).")
+    threshold: Probability | None = option(
+        None, "Probability threshold of the 'real' column: real if label1 > threshold. Default: the model card's."
+    )
+    prob_ratio: float | None = option(
+        None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: no re-weighting."
+    )
+    planes: Planes = option(None, "Image planes to read, in channel order. Default: those of the model card.")
+    batch_size: PositiveInt = option(PREDICT_BATCH, "Cutouts scored per batch on each executor.")
+    overwrite: bool = option(
+        False, "Replace an existing --output folder (only one otrain wrote) and a --table otrain-infer did not write."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> InferSparkConfig:
+        if (self.cutouts is None) == (self.parquet is None):
+            raise ValueError("--cutouts, --parquet: give exactly one of them")
+        if self.cutouts is not None and not _has_scheme(self.cutouts):
+            try:
+                _existing_folder(Path(self.cutouts))
+            except ValueError as error:
+                raise ValueError(f"--cutouts: {error}") from None
+        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
+            try:
+                _existing_file(Path(self.model))
+            except ValueError as error:
+                raise ValueError(f"--model: {error}") from None
+            _use_card_threshold(self, Path(self.model))
+        if not _SPARK_MASTER.fullmatch(self.master):
+            raise ValueError(
+                f"--master: must be local[*], local[N], spark://HOST:PORT, yarn, k8s://... or mesos://..., "
+                f"got {self.master!r}"
+            )
+        for entry in self.conf:
+            if not _SPARK_CONF.fullmatch(entry):
+                raise ValueError(f"--conf: must be KEY=VALUE (spark.executor.memory=4g), got {entry!r}")
+        InferConfig.check_option_rules(self.__dict__)
+        _parquet_output(self, self.output)
+        if self.table is not None:
+            if self.table.is_dir():
+                raise ValueError(f"--table: {str(self.table)!r} is a folder; give a file name")
+            inputs = [Path(self.model)] if not self.model.startswith(MLFLOW_MODEL_SCHEMES) else []
+            check_outputs(
+                [Output(self.table, "table", formats.INFER_COLUMNS)],
+                flag="--table",
+                command="otrain-infer",
+                inputs=inputs,
+                overwrite=self.overwrite,
+            )
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """Return the folders of the outputs."""
+        return [self.output.parent] + ([self.table.parent] if self.table is not None else [])
+
+
 def card_file(model_file: Path) -> Path:
     """Return the model card of ``model_file``: ``<model>.card.json`` beside it."""
     return model_file.with_name(model_file.name + ".card.json")
@@ -1582,4 +1732,6 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     SummaryConfig,
     CrossValidateConfig,
     ServeConfig,
+    PackConfig,
+    InferSparkConfig,
 )

@@ -22,6 +22,8 @@ files included, decompressed once into memory) and astropy for what it leaves as
 
 from __future__ import annotations
 
+import gzip
+import io
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -262,7 +264,7 @@ def _check_same_size(path: Path, locations: list[PlaneLocation]) -> PixelLocatio
 
 
 def _read_simple(
-    path: Path, planes: tuple[str, ...] | None
+    path: Path, planes: tuple[str, ...] | None, content: bytes | None = None
 ) -> tuple[dict[str, Any], dict[str, Any] | None, PixelLocation]:
     """Read a cutout's headers with the fast reader of :mod:`otrain.fitsreader`.
 
@@ -276,7 +278,7 @@ def _read_simple(
     tuple
         (primary header cards, DIFF header cards or None, location of the planes).
     """
-    with open_fits(path) as (stream, size, compressed):
+    with open_fits(path, content) as (stream, size, compressed):
         hdus = iter_hdus(stream, size)
         primary = next(hdus)
         extensions = {}
@@ -420,7 +422,7 @@ def _meta(primary: Header, diff: Header | None, path: Path, group_keyword: str |
 
 
 def read_header(
-    path: Path, planes: tuple[str, ...] | None = None, group_keyword: str | None = None
+    path: Path, planes: tuple[str, ...] | None = None, group_keyword: str | None = None, *, content: bytes | None = None
 ) -> tuple[CutoutMeta, PixelLocation]:
     """Read a cutout's metadata and locate its image planes, without reading the pixels.
 
@@ -436,6 +438,10 @@ def read_header(
     group_keyword : str, optional
         A keyword of the primary header (where the other metadata are, in both conventions)
         whose value becomes :attr:`CutoutMeta.group`.
+    content : bytes, optional
+        The file's bytes, already in memory (read from a URI by Spark's ``binaryFile`` source):
+        they are read instead of ``path``, which then only names the file in messages. Pass the
+        same bytes to :func:`read_pixels`.
 
     Returns
     -------
@@ -451,29 +457,29 @@ def read_header(
         no usable image, or a keyword has a value of the wrong kind. The message names the file.
     """
     try:
-        primary, diff, location = _read_simple(path, planes)
+        primary, diff, location = _read_simple(path, planes, content)
     except (NotSimpleError, UnicodeDecodeError, KeyError, TypeError, ValueError, EOFError, zlib.error):
-        return read_header_with_astropy(path, planes, group_keyword)
+        return read_header_with_astropy(path, planes, group_keyword, content=content)
     except OSError as error:
-        if _is_compressed(path):  # not valid gzip: astropy says so, as it always did
-            return read_header_with_astropy(path, planes, group_keyword)
+        if _is_compressed(path, content):  # not valid gzip: astropy says so, as it always did
+            return read_header_with_astropy(path, planes, group_keyword, content=content)
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
     return _meta(primary, diff, path, group_keyword), location
 
 
 def read_header_with_astropy(
-    path: Path, planes: tuple[str, ...] | None = None, group_keyword: str | None = None
+    path: Path, planes: tuple[str, ...] | None = None, group_keyword: str | None = None, *, content: bytes | None = None
 ) -> tuple[CutoutMeta, PixelLocation]:
     """Do what :func:`read_header` does (same arguments, results and errors), always through astropy.
 
     This handles every FITS layout; :func:`read_header` uses it whenever its fast reader
     declines a file.
     """
-    compressed = _is_compressed(path)
+    compressed = _is_compressed(path, content)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", AstropyWarning)
-            with fits.open(path, memmap=False, lazy_load_hdus=True) as hdul:
+            with fits.open(_astropy_source(path, content, compressed), memmap=False, lazy_load_hdus=True) as hdul:
                 diff_index = _find_diff(hdul)
                 primary = hdul[0]
                 extensions: dict[str, int] = {}
@@ -499,18 +505,25 @@ def read_header_with_astropy(
     return meta, location
 
 
-def _is_compressed(path: Path) -> bool:
+def _astropy_source(path: Path, content: bytes | None, compressed: bool) -> Path | io.BytesIO:
+    """Return what astropy opens: the file, or its bytes (decompressed: astropy tells gzip only in files)."""
+    if content is None:
+        return path
+    return io.BytesIO(gzip.decompress(content) if compressed else content)
+
+
+def _is_compressed(path: Path, content: bytes | None = None) -> bool:
     try:
-        return is_gzipped(path)
+        return is_gzipped(path, content)
     except OSError as error:
         raise DataError(f"{path}: cannot read the file ({first_line(error)})") from None
 
 
-def _read_raw(path: Path, location: PlaneLocation) -> np.ndarray:
+def _read_raw(path: Path, location: PlaneLocation, content: bytes | None = None) -> np.ndarray:
     """Return the stored values of a plane: from its offset, else (tile compression) through astropy."""
     if location.offset is not None:
         try:
-            raw = read_array(path, location.offset, location.dtype, location.shape, location.compressed)
+            raw = read_array(path, location.offset, location.dtype, location.shape, location.compressed, content)
         except (OSError, EOFError, zlib.error):
             if not location.compressed:
                 raise
@@ -521,14 +534,15 @@ def _read_raw(path: Path, location: PlaneLocation) -> np.ndarray:
             raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
-        with fits.open(path, memmap=False, do_not_scale_image_data=True) as hdul:
+        source = _astropy_source(path, content, location.compressed)
+        with fits.open(source, memmap=False, do_not_scale_image_data=True) as hdul:
             raw = np.asarray(hdul[location.hdu_index].data)
     if raw.shape != location.shape:
         raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
     return raw
 
 
-def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
+def read_pixels(path: Path, location: PixelLocation, *, content: bytes | None = None) -> np.ndarray:
     """Read located image planes as float32, channels-last (H, W, C), unscaled values applied.
 
     Parameters
@@ -537,6 +551,8 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
         The cutout file.
     location : PixelLocation
         From :func:`read_header`.
+    content : bytes, optional
+        The file's bytes, already in memory, as given to :func:`read_header`.
 
     Returns
     -------
@@ -549,13 +565,13 @@ def read_pixels(path: Path, location: PixelLocation) -> np.ndarray:
     DataError
         If the file is shorter than its header says (truncated) or cannot be read.
     """
-    stacked = [_read_plane(path, plane) for plane in location.planes]
+    stacked = [_read_plane(path, plane, content) for plane in location.planes]
     return stacked[0] if len(stacked) == 1 else np.concatenate(stacked, axis=2)
 
 
-def _read_plane(path: Path, location: PlaneLocation) -> np.ndarray:
+def _read_plane(path: Path, location: PlaneLocation, content: bytes | None) -> np.ndarray:
     try:
-        raw = _read_raw(path, location)
+        raw = _read_raw(path, location, content)
     except DataError:
         raise
     except (OSError, ValueError, EOFError, zlib.error) as error:

@@ -227,20 +227,29 @@ def is_image(cards: dict[str, Any]) -> bool:
     return cards.get("NAXIS") in (2, 3) and cards.get("BITPIX") in FITS_DTYPES
 
 
-def is_gzipped(path: Path) -> bool:
+def is_gzipped(path: Path, content: bytes | None = None) -> bool:
     """Tell a gzip-compressed file by its content, whatever its name.
+
+    Parameters
+    ----------
+    path : Path
+        The file.
+    content : bytes, optional
+        The file's bytes, already in memory (read from a URI by Spark, say): ``path`` is not opened.
 
     Raises
     ------
     OSError
         If the file cannot be read.
     """
+    if content is not None:
+        return content[:2] == _GZIP_MAGIC
     with open(path, "rb") as stream:
         return stream.read(2) == _GZIP_MAGIC
 
 
 @contextmanager
-def open_fits(path: Path) -> Iterator[tuple[BinaryIO, int, bool]]:
+def open_fits(path: Path, content: bytes | None = None) -> Iterator[tuple[BinaryIO, int, bool]]:
     """Open a FITS file for :func:`iter_hdus`, decompressing it into memory when it is gzipped.
 
     Compression is told by the content, whatever the file's name.
@@ -249,6 +258,8 @@ def open_fits(path: Path) -> Iterator[tuple[BinaryIO, int, bool]]:
     ----------
     path : Path
         The file.
+    content : bytes, optional
+        The file's bytes, already in memory: read instead of ``path``.
 
     Yields
     ------
@@ -262,6 +273,11 @@ def open_fits(path: Path) -> Iterator[tuple[BinaryIO, int, bool]]:
     EOFError, zlib.error
         If its gzip stream is truncated or damaged.
     """
+    if content is not None:
+        compressed = content[:2] == _GZIP_MAGIC
+        data = gzip.decompress(content) if compressed else content
+        yield io.BytesIO(data), len(data), compressed
+        return
     with open(path, "rb") as stream:
         if stream.read(2) == _GZIP_MAGIC:
             content = _gunzip(stream)
@@ -291,7 +307,9 @@ def _gunzip(stream: BinaryIO) -> bytes:
     return content
 
 
-def read_array(path: Path, offset: int, dtype: str, shape: tuple[int, ...], compressed: bool) -> np.ndarray | None:
+def read_array(
+    path: Path, offset: int, dtype: str, shape: tuple[int, ...], compressed: bool, content: bytes | None = None
+) -> np.ndarray | None:
     """Read an array of stored values from a file, without any scaling.
 
     Parameters
@@ -306,6 +324,8 @@ def read_array(path: Path, offset: int, dtype: str, shape: tuple[int, ...], comp
         Array shape in numpy order.
     compressed : bool
         The file is gzip-compressed.
+    content : bytes, optional
+        The file's bytes, already in memory: read instead of ``path``.
 
     Returns
     -------
@@ -318,7 +338,12 @@ def read_array(path: Path, offset: int, dtype: str, shape: tuple[int, ...], comp
         If the file cannot be read or decompressed.
     """
     count = math.prod(shape)
-    if compressed:
+    if content is not None:
+        data = gzip.decompress(content) if compressed else content
+        if len(data) < offset + count * np.dtype(dtype).itemsize:
+            return None
+        raw = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
+    elif compressed:
         with open(path, "rb") as stream:
             content = _gunzip(stream)
         if len(content) < offset + count * np.dtype(dtype).itemsize:

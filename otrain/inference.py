@@ -29,7 +29,20 @@ from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import map_chunks
 from otrain.scoring import predict
 
-__all__ = ["INFER_COLUMNS", "InferenceReport", "infer", "printable_path", "reweight"]
+__all__ = [
+    "INFER_COLUMNS",
+    "InferenceReport",
+    "failure_message",
+    "fit_cutout",
+    "infer",
+    "meta_cells",
+    "printable_path",
+    "read_for_model",
+    "resolve_planes",
+    "reweight",
+    "score_cells",
+    "table_line",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -58,6 +71,77 @@ def reweight(probabilities: np.ndarray, ratio: float | None) -> np.ndarray:
     return probabilities / (probabilities + (1.0 - probabilities) * ratio)
 
 
+def fit_cutout(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> np.ndarray:
+    """Crop a cutout's planes to a model's input and replace their non-finite pixels, as otrain-infer does.
+
+    Parameters
+    ----------
+    pixels : numpy.ndarray
+        Channels-last (H, W, C) float32 planes, as :func:`otrain.cutouts.read_pixels` gives them.
+    shape : tuple of int
+        The model's (H, W, C) input.
+    path : Path
+        The file, for messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        (H, W, C) float32 pixels of the model's input shape, all finite.
+
+    Raises
+    ------
+    DataError
+        When the cutout is smaller than the input, has another plane count, or no finite pixel.
+    """
+    height, width, channels = shape
+    plane, _ = prepare_pixels(pixels, height, path)
+    if plane.shape != (height, width, channels):
+        raise DataError(
+            f"{path}: cutout has shape {plane.shape[0]}x{plane.shape[1]}x{plane.shape[2]} after cropping, "
+            f"the model takes {height}x{width}x{channels}"
+        )
+    return plane
+
+
+def read_for_model(
+    path: Path, shape: tuple[int, int, int], planes: tuple[str, ...] | None, content: bytes | None = None
+) -> tuple[CutoutMeta, np.ndarray | None]:
+    """Read one cutout as otrain-infer scores it: metadata, then pixels fitted to the model (None for EDGE).
+
+    Parameters
+    ----------
+    path : Path
+        The file (only named in messages when ``content`` is given).
+    shape : tuple of int
+        The model's (H, W, C) input.
+    planes : tuple of str, optional
+        The planes to read (see :func:`otrain.cutouts.read_header`).
+    content : bytes, optional
+        The file's bytes, already in memory (Spark's ``binaryFile`` source reads them).
+
+    Returns
+    -------
+    CutoutMeta
+        The candidate's keywords.
+    numpy.ndarray or None
+        See :func:`fit_cutout`; None for a cutout flagged EDGE, which is not scored.
+
+    Raises
+    ------
+    DataError
+        When the file cannot be scored; the message names it.
+    """
+    meta, location = read_header(path, planes, content=content)
+    if meta.edge is True:
+        return meta, None
+    return meta, fit_cutout(read_pixels(path, location, content=content), shape, path)
+
+
+def failure_message(path: Path | str, error: Exception) -> str:
+    """Describe why a file could not be scored: a :class:`DataError`'s message, else the error's type and text."""
+    return str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}"
+
+
 def _read_for_scoring(
     jobs: Sequence[tuple[Path, tuple[int, int, int], tuple[str, ...] | None]],
 ) -> tuple[np.ndarray, list[CutoutMeta], list[str | None]]:
@@ -70,23 +154,17 @@ def _read_for_scoring(
     pixels = np.empty((len(jobs), height, width, channels), dtype=np.float32)
     metas: list[CutoutMeta] = []
     statuses: list[str | None] = []
-    for path, _, planes in jobs:
+    for path, shape, planes in jobs:
         try:
-            meta, location = read_header(path, planes)
-            if meta.edge is True:
+            meta, plane = read_for_model(path, shape, planes)
+            if plane is None:
                 statuses.append(_EDGE)
                 continue
-            plane, _ = prepare_pixels(read_pixels(path, location), height, path)
-            if plane.shape != (height, width, channels):
-                raise DataError(
-                    f"{path}: cutout has shape {plane.shape[0]}x{plane.shape[1]}x{plane.shape[2]} after cropping, "
-                    f"the model takes {height}x{width}x{channels}"
-                )
             pixels[len(metas)] = plane
             metas.append(meta)
             statuses.append(None)
         except Exception as error:  # a worker must report, never die, on a strange file
-            statuses.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
+            statuses.append(failure_message(path, error))
     return pixels[: len(metas)], metas, statuses
 
 
@@ -125,27 +203,51 @@ def _number(value: float | None) -> float:
     return math.nan if value is None else float(value)
 
 
+def meta_cells(filename: str, meta: CutoutMeta) -> tuple[Any, ...]:
+    """Return the first 11 cells of a row of the results table (filename ... cand_ID), NaN for a missing number.
+
+    Parameters
+    ----------
+    filename : str
+        The file as the table names it (see :func:`printable_path`).
+    meta : CutoutMeta
+        Its metadata.
+
+    Returns
+    -------
+    tuple
+        One value per column of :data:`INFER_COLUMNS` up to ``cand_ID``.
+    """
+    return (
+        filename,
+        _number(meta.ra),
+        _number(meta.dec),
+        meta.file if meta.file is not None else "",
+        _number(meta.xpos),
+        _number(meta.ypos),
+        _number(meta.mag),
+        _number(meta.magerr),
+        _number(meta.fwhm),
+        _number(meta.fwhmpsf),
+        meta.candid if meta.candid is not None else "",
+    )
+
+
+def score_cells(probability: float, threshold: float) -> tuple[float, float, int]:
+    """Return the last 3 cells of a row of the results table: label0, label1 (P(real)), real (label1 > threshold)."""
+    return float(1.0 - probability), float(probability), int(probability > threshold)
+
+
+def table_line(cells: Sequence[Any]) -> str:
+    """One line of the results table (see :data:`INFER_COLUMNS`), newline included."""
+    return " ".join(_text(cell) for cell in cells) + "\n"
+
+
 def _write_rows(
     stream: TextIO, paths: Sequence[Path], metas: list[CutoutMeta], p_real: np.ndarray, threshold: float
 ) -> None:
     for path, meta, probability in zip(paths, metas, p_real, strict=True):
-        cells = (
-            printable_path(path),
-            _number(meta.ra),
-            _number(meta.dec),
-            meta.file if meta.file is not None else "",
-            _number(meta.xpos),
-            _number(meta.ypos),
-            _number(meta.mag),
-            _number(meta.magerr),
-            _number(meta.fwhm),
-            _number(meta.fwhmpsf),
-            meta.candid if meta.candid is not None else "",
-            float(1.0 - probability),
-            float(probability),
-            int(probability > threshold),
-        )
-        stream.write(" ".join(_text(cell) for cell in cells) + "\n")
+        stream.write(table_line(meta_cells(printable_path(path), meta) + score_cells(probability, threshold)))
 
 
 def _check_model_fits_cutouts(
@@ -177,6 +279,27 @@ def _check_model_fits_cutouts(
         return
 
 
+def resolve_planes(asked: tuple[str, ...] | None, from_card: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    """Return the planes to read: those asked for, else the model card's (DIFF alone read as O'TRAIN did).
+
+    Parameters
+    ----------
+    asked : tuple of str, optional
+        ``--planes``.
+    from_card : tuple of str, optional
+        The planes the model's card records (:func:`otrain.model.card_planes`).
+
+    Returns
+    -------
+    tuple of str or None
+        None for the difference alone read as O'TRAIN did: an STDPipe cutout's DIFF, a gmadet
+        cutout's whole image.
+    """
+    if asked is not None:
+        return asked
+    return None if from_card == ("DIFF",) else from_card
+
+
 def infer(config: InferConfig) -> InferenceReport:
     """Score every cutout of ``config.cutouts`` and write the results table.
 
@@ -203,9 +326,7 @@ def infer(config: InferConfig) -> InferenceReport:
     files = list_cutouts(config.cutouts, recursive=config.recursive)
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
-    planes = config.planes if config.planes is not None else card_planes(config.model)
-    if config.planes is None and planes == ("DIFF",):
-        planes = None  # the difference alone, read as O'TRAIN did: a gmadet cutout's whole image
+    planes = resolve_planes(config.planes, card_planes(config.model))
     _check_model_fits_cutouts(config.model, shape, files, planes)
     report = InferenceReport(output=config.output_file, n_files=len(files))
     started = time.perf_counter()

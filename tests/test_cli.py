@@ -29,6 +29,8 @@ COMMANDS = {
     "otrain-summary": cfg.SummaryConfig,
     "otrain-cross-validate": cfg.CrossValidateConfig,
     "otrain-serve": cfg.ServeConfig,
+    "otrain-pack": cfg.PackConfig,
+    "otrain-infer-spark": cfg.InferSparkConfig,
 }
 
 

@@ -49,6 +49,8 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.SummaryConfig: {"diagnostics": files["cube"], "promotion": files["cube"]},
         cfg.CrossValidateConfig: {"cube": files["cube"], "output": files["out"]},
         cfg.ServeConfig: {},
+        cfg.PackConfig: {"cutouts": files["cutouts"], "output": files["out"]},
+        cfg.InferSparkConfig: {"cutouts": str(files["cutouts"]), "model": str(files["model"]), "output": files["out"]},
     }
 
 

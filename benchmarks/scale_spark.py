@@ -1,0 +1,171 @@
+"""Spark scoring against otrain-infer on the same simulated cutouts and the same model.
+
+On ``n`` cached simulated 64x64 cutouts and one O'TRAIN CNN (untrained weights: the cost is the
+same), each run as the command a user types (a fresh process, start-up included in the wall time):
+
+1. ``otrain-infer --recursive``: the baseline, cutouts/s;
+2. ``otrain-infer-spark --master local[2]`` on the FITS files (binaryFile), and on the Parquet of
+   ``otrain-pack`` (its packing time reported apart); ratio to 1. Goal >= 0.7;
+3. ``otrain-infer-spark --master local[1]`` on the FITS files: local[2]/local[1]. Goal >= 1.7;
+4. in this process, the same Spark scoring with ``predict_batch_udf`` (otrain's) and with
+   ``mlflow.pyfunc.spark_udf`` on an MLflow copy of the model.
+
+Throughput is cutouts per second of the scoring itself (the command's own "in T s": reading and
+scoring, without Spark's and TensorFlow's start-up), and per second of wall time.
+
+Run: ``.venv/bin/python benchmarks/scale_spark.py [--n 2000] [--work DIR]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("OTRAIN_PROGRESS", "0")
+
+from common import RESULTS, simulated_survey
+
+SIZE = 64
+_SCORED = re.compile(r"scored (\d+) of (\d+) cutouts in ([\d.]+) s")
+
+
+def _command(module: str, *args: str | Path) -> list[str]:
+    return [sys.executable, "-c", f"from otrain.cli.{module} import main; main()", *map(str, args)]
+
+
+def _run(module: str, *args: str | Path) -> dict[str, float]:
+    """Run a command; return its wall time and, when it reports one, its scoring time and count."""
+    started = time.perf_counter()
+    result = subprocess.run(_command(module, *args), capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - started
+    if result.returncode != 0:
+        raise RuntimeError(f"{module} failed ({result.returncode}): {result.stderr.strip()[-500:]}")
+    figures = {"wall_s": round(wall, 2)}
+    found = _SCORED.search(result.stdout)
+    if found:
+        scored, seconds = int(found[1]), float(found[3])
+        figures.update(scored=scored, scoring_s=seconds, per_s=round(scored / seconds, 1))
+        figures["per_wall_s"] = round(scored / wall, 1)
+    return figures
+
+
+def _model(work: Path) -> tuple[Path, Path]:
+    """One untrained 64x64 O'TRAIN CNN, as a Keras file and as an MLflow model (for spark_udf)."""
+    import mlflow
+    import numpy as np
+    from mlflow.models import infer_signature
+
+    from otrain.model import build_model, save_model
+
+    keras_file, mlflow_dir = work / "model.keras", work / "mlflow_model"
+    if keras_file.is_file() and mlflow_dir.is_dir():
+        return keras_file, mlflow_dir
+    model = build_model((SIZE, SIZE, 1))
+    save_model(model, keras_file)
+    example = np.zeros((2, SIZE, SIZE, 1), np.float32)
+    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
+    mlflow.keras.save_model(model, path=str(mlflow_dir), signature=signature)
+    return keras_file, mlflow_dir
+
+
+def _mlflow_scorer(mlflow_dir: Path) -> Any:
+    def build(spark: Any, model_file: Path, shape: tuple[int, int, int], config: Any) -> Any:
+        import mlflow.pyfunc
+
+        udf = mlflow.pyfunc.spark_udf(spark, str(mlflow_dir), result_type="array<double>", env_manager="local")
+        return lambda column: udf(column)[1]
+
+    return build
+
+
+def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) -> dict[str, Any]:
+    """predict_batch_udf against mlflow.pyfunc.spark_udf, same session settings, same cutouts."""
+    from otrain.config import InferSparkConfig
+    from otrain.spark import infer_spark
+
+    figures: dict[str, Any] = {}
+    for name, scorer in (("predict_batch_udf", None), ("mlflow_spark_udf", _mlflow_scorer(mlflow_dir))):
+        output = work / f"udf-{name}.parquet"
+        config = InferSparkConfig(
+            cutouts=str(survey), model=str(keras_file), output=output, master="local[2]", overwrite=True
+        )
+        try:
+            report = infer_spark(config, scorer=scorer)
+        except Exception as error:  # report why the alternative could not run, keep the other figure
+            figures[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            continue
+        figures[name] = {"scored": report.n_scored, "scoring_s": round(report.seconds, 2)}
+        figures[name]["per_s"] = round(report.n_scored / report.seconds, 1)
+    return figures
+
+
+def run(work: Path, n: int = 20_000, survey: Path | None = None, seed: int = 11) -> dict[str, Any]:
+    """Measure Spark scoring against otrain-infer on ``n`` simulated cutouts.
+
+    Parameters
+    ----------
+    work : Path
+        Scratch folder (the survey is cached there unless ``survey`` is given).
+    n : int
+        Number of cutouts.
+    survey : Path, optional
+        An existing ``simulated_survey`` folder of ``n`` 64x64 cutouts to reuse.
+    seed : int
+        Seed of the simulated survey.
+
+    Returns
+    -------
+    dict
+        Figures of every run and the ratios against the goals.
+    """
+    work.mkdir(parents=True, exist_ok=True)
+    survey = survey or simulated_survey(work / f"survey-{n}", n, seed, cutout_size=SIZE)
+    keras_file, mlflow_dir = _model(work)
+    spark = ("--model", keras_file, "--overwrite", "--conf", "spark.driver.memory=2g")
+    figures: dict[str, Any] = {"n": n}
+    figures["otrain_infer"] = _run(
+        "infer", "--cutouts", survey, "--model", keras_file, "--recursive", "--output", work / "infer.dat"
+    )
+    figures["spark_fits_local2"] = _run(
+        "infer_spark", "--cutouts", survey, "--output", work / "fits2.parquet", "--master", "local[2]", *spark
+    )
+    figures["pack"] = _run("pack", "--cutouts", survey, "--output", work / "packed", "--recursive", "--overwrite")
+    figures["spark_parquet_local2"] = _run(
+        "infer_spark",
+        "--parquet",
+        work / "packed",
+        "--output",
+        work / "parquet2.parquet",
+        "--master",
+        "local[2]",
+        *spark,
+    )
+    figures["spark_fits_local1"] = _run(
+        "infer_spark", "--cutouts", survey, "--output", work / "fits1.parquet", "--master", "local[1]", *spark
+    )
+    figures["udf"] = _in_process(survey, keras_file, mlflow_dir, work)
+    base = figures["otrain_infer"]["per_s"]
+    figures["ratios"] = {
+        "spark_fits_local2_vs_infer": round(figures["spark_fits_local2"]["per_s"] / base, 3),
+        "spark_parquet_local2_vs_infer": round(figures["spark_parquet_local2"]["per_s"] / base, 3),
+        "local2_vs_local1": round(figures["spark_fits_local2"]["per_s"] / figures["spark_fits_local1"]["per_s"], 3),
+        "goals": {"spark_local2_vs_infer": 0.7, "local2_vs_local1": 1.7},
+    }
+    return figures
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--work", type=Path, default=RESULTS / "scale_spark_work")
+    arguments = parser.parse_args()
+    result = run(arguments.work, arguments.n)
+    print(json.dumps(result, indent=2))

@@ -1,0 +1,42 @@
+"""otrain-infer-spark: score candidate cutouts on Apache Spark."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from otrain.cli.app import run_command
+from otrain.config import InferSparkConfig
+
+__all__ = ["main"]
+
+
+def _infer_spark(config: InferSparkConfig) -> None:
+    from otrain.spark import require_spark
+
+    require_spark()
+    from otrain.cli.tf_setup import prepare_tensorflow
+
+    prepare_tensorflow()
+    from otrain.spark import infer_spark
+
+    report = infer_spark(config)
+    elapsed = report.seconds
+    print(
+        f"scored {report.n_scored} of {report.n_files} cutouts in {elapsed:.1f} s "
+        f"({report.n_scored / max(elapsed, 1e-9):.0f}/s) on {config.master}; skipped {report.n_edge} EDGE, "
+        f"{len(report.bad_files)} unreadable"
+    )
+    print(f"real (P(real) > {report.threshold}): {report.n_real}")
+    print(f"written: {report.output}")
+    if report.table is not None:
+        print(f"written: {report.table}")
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run otrain-infer-spark."""
+    run_command(InferSparkConfig, _infer_spark, argv)
+
+
+if __name__ == "__main__":
+    main()

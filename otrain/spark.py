@@ -1,0 +1,785 @@
+"""Scoring on Apache Spark (otrain-infer-spark) and packing cutouts into Parquet (otrain-pack).
+
+Both inputs go through the reading code of otrain-infer (:func:`otrain.inference.read_for_model`
+and :func:`otrain.inference.fit_cutout`): FITS files arrive as bytes from Spark's ``binaryFile``
+source and are read in memory by the same functions; Parquet rows of otrain-pack hold a
+cutout's metadata and its raw planes, cropped at most to ``--cutout-size`` (composing two
+centre crops gives the single crop otrain-infer makes), and non-finite pixels are replaced only
+when scoring, over the model-sized crop, as otrain-infer does.
+
+The model is resolved on the driver (an MLflow URI is downloaded), shipped to the executors with
+``SparkContext.addFile`` and loaded once per Python worker by
+:func:`pyspark.ml.functions.predict_batch_udf`, with TensorFlow's thread pools sized to the
+task's cores (``spark.task.cpus``). pyspark is imported only by the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.parse
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otrain.atomic import atomic_folder, atomic_path
+from otrain.config import (
+    FITS_SUFFIXES,
+    MAX_LISTED_BAD_FILES,
+    MLFLOW_MODEL_SCHEMES,
+    PARQUET_MARKER,
+    InferSparkConfig,
+    PackConfig,
+    card_file,
+    card_threshold,
+)
+from otrain.cutouts import crop_center, list_cutouts, read_header, read_pixels
+from otrain.errors import DataError, OptionError, first_line, log_listed
+from otrain.inference import (
+    INFER_COLUMNS,
+    failure_message,
+    fit_cutout,
+    meta_cells,
+    printable_path,
+    read_for_model,
+    resolve_planes,
+    reweight,
+    table_line,
+)
+from otrain.parallel import map_chunks
+
+__all__ = [
+    "PACK_ROWS_PER_FILE",
+    "PackReport",
+    "Scorer",
+    "SparkReport",
+    "infer_spark",
+    "pack",
+    "predict_batch_scorer",
+    "require_spark",
+    "resolve_model",
+    "spark_session",
+]
+
+logger = logging.getLogger("otrain")
+
+#: Rows per Parquet part file of otrain-pack (about 16 MB of 64x64 float32 cutouts).
+PACK_ROWS_PER_FILE = 1024
+#: The metadata columns both Parquet formats share (the table's columns up to cand_ID).
+_META_COLUMNS = INFER_COLUMNS[:11]
+_TEXT_COLUMNS = ("filename", "originalFile", "cand_ID")
+#: Schema metadata keys of an otrain-pack folder.
+_PLANES_KEY = b"otrain.planes"
+#: Spark settings otrain starts its session with; --conf overrides them.
+_DEFAULT_CONF = {
+    "spark.ui.showConsoleProgress": "false",
+    "spark.ui.enabled": "false",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.sql.session.timeZone": "UTC",
+    # Spark counts 4 MB per file when it groups files into tasks: cutouts of a few kB would make
+    # tasks of some 30 files each, whose start-up costs more than their scoring.
+    "spark.sql.files.openCostInBytes": "8192",
+}
+# Spark's own log lines at ERROR level and above only, on standard error: its INFO/WARN lines
+# (start-up, native Hadoop libraries, ...) would mix with otrain's output.
+_LOG4J2 = """\
+rootLogger.level = error
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = spark: %p %c{1}: %m%n
+"""
+
+
+def _arrow() -> Any:
+    import pyarrow as pa
+
+    return pa
+
+
+def _meta_fields() -> list[Any]:
+    pa = _arrow()
+    return [pa.field(name, pa.string() if name in _TEXT_COLUMNS else pa.float64()) for name in _META_COLUMNS]
+
+
+def _text_cell(value: Any) -> str:
+    return str(value)
+
+
+def _write_marker(folder: Path, command: str, extra: dict[str, Any]) -> None:
+    (folder / PARQUET_MARKER).write_text(json.dumps({"command": command, **extra}, sort_keys=True) + "\n")
+
+
+# --------------------------------------------------------------------------------------------
+# otrain-pack
+
+
+@dataclass
+class PackReport:
+    """What one packing run did."""
+
+    output: Path
+    n_files: int = 0
+    n_edge: int = 0
+    n_parts: int = 0
+    bad_files: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def _pack_chunk(jobs: Sequence[tuple[Path, tuple[str, ...] | None, int]]) -> dict[str, list[Any]]:
+    """Worker task: read a chunk of files into the columns of otrain-pack's Parquet rows."""
+    columns: dict[str, list[Any]] = {name: [] for name in (*_META_COLUMNS, "edge", "error", "shape", "pixels")}
+    for path, planes, cutout_size in jobs:
+        cells: tuple[Any, ...] = (printable_path(path), *([None] * 10))
+        edge, error, shape, raw = False, None, None, None
+        try:
+            meta, location = read_header(path, planes)
+            cells = meta_cells(printable_path(path), meta)
+            edge = meta.edge is True
+            if not edge:
+                pixels = np.ascontiguousarray(crop_center(read_pixels(path, location), cutout_size, path))
+                shape, raw = list(pixels.shape), pixels.astype("<f4").tobytes()
+        except Exception as problem:  # a bad file becomes a row holding its error, scored as otrain-infer would
+            error = failure_message(path, problem)
+        for name, value in zip(_META_COLUMNS, cells, strict=True):
+            if name in _TEXT_COLUMNS and value is not None:
+                value = _text_cell(value)
+            columns[name].append(value)
+        columns["edge"].append(edge)
+        columns["error"].append(error)
+        columns["shape"].append(shape)
+        columns["pixels"].append(raw)
+    return columns
+
+
+def _pack_schema(planes: tuple[str, ...] | None, cutout_size: int) -> Any:
+    pa = _arrow()
+    fields = [
+        *_meta_fields(),
+        pa.field("edge", pa.bool_()),
+        pa.field("error", pa.string()),
+        pa.field("shape", pa.list_(pa.int32())),
+        pa.field("pixels", pa.binary()),
+    ]
+    metadata = {_PLANES_KEY: json.dumps(list(planes) if planes is not None else None).encode()}
+    metadata[b"otrain.cutout_size"] = str(cutout_size).encode()
+    return pa.schema(fields, metadata=metadata)
+
+
+def pack(config: PackConfig) -> PackReport:
+    """Write a folder of cutouts as Parquet part files, atomically.
+
+    Parameters
+    ----------
+    config : PackConfig
+        Validated options of otrain-pack.
+
+    Returns
+    -------
+    PackReport
+        Counts (files, EDGE, unreadable) and the output folder.
+
+    Raises
+    ------
+    DataError
+        When the folder holds no cutout file; nothing is written then.
+    """
+    import pyarrow.parquet as pq
+
+    pa = _arrow()
+    files = list_cutouts(config.cutouts, recursive=config.recursive)
+    if not files:
+        raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
+    report = PackReport(output=config.output, n_files=len(files))
+    schema = _pack_schema(config.planes, config.cutout_size)
+    jobs = [(path, config.planes, config.cutout_size) for path in files]
+    with atomic_folder(config.output) as folder:
+        writer = None
+        rows_in_part = 0
+        try:
+            for _, columns in map_chunks(
+                _pack_chunk,
+                jobs,
+                workers=config.workers,
+                description="packing cutouts",
+                preload=["otrain.spark"],
+                chunk_size=256,
+            ):
+                report.n_edge += sum(columns["edge"])
+                report.bad_files += [
+                    (Path(name), error)
+                    for name, error in zip(columns["filename"], columns["error"], strict=True)
+                    if error is not None
+                ]
+                if writer is None or rows_in_part >= PACK_ROWS_PER_FILE:
+                    if writer is not None:
+                        writer.close()
+                    writer = pq.ParquetWriter(folder / f"part-{report.n_parts:05d}.parquet", schema)
+                    report.n_parts += 1
+                    rows_in_part = 0
+                writer.write_table(pa.Table.from_pydict(columns, schema=schema))
+                rows_in_part += len(columns["filename"])
+        finally:
+            if writer is not None:
+                writer.close()
+        log_listed(
+            [f"unreadable: {message}" for _, message in report.bad_files],
+            logging.WARNING,
+            "unreadable cutouts",
+            MAX_LISTED_BAD_FILES,
+        )
+        _write_marker(folder, "otrain-pack", {"planes": config.planes, "cutout_size": config.cutout_size})
+    return report
+
+
+def _packed_planes(folder: Path) -> tuple[str, ...] | None:
+    """Return the planes an otrain-pack folder holds, from its files' schema."""
+    import pyarrow.parquet as pq
+
+    parts = sorted(folder.glob("*.parquet"))
+    if not (folder / PARQUET_MARKER).is_file() or not parts:
+        raise DataError(f"{folder}: not a Parquet folder written by otrain-pack")
+    try:
+        metadata = pq.read_schema(parts[0]).metadata or {}
+        planes = json.loads(metadata[_PLANES_KEY])
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(f"{parts[0]}: not a Parquet file written by otrain-pack ({first_line(error)})") from None
+    return tuple(planes) if planes is not None else None
+
+
+# --------------------------------------------------------------------------------------------
+# The Spark session and the model
+
+
+def require_spark() -> None:
+    """Check that pyspark and a Java runtime are there, before anything starts.
+
+    Raises
+    ------
+    OptionError
+        Naming what is missing and how to install it.
+    """
+    import importlib.util
+
+    if importlib.util.find_spec("pyspark") is None:
+        raise OptionError("pyspark is not installed: pip install otrain[spark]")
+    java_home = os.environ.get("JAVA_HOME")
+    java = Path(java_home) / "bin" / "java" if java_home else None
+    if not (java is not None and java.is_file()) and shutil.which("java") is None:
+        raise OptionError(
+            "no Java runtime found (Spark needs Java 17 or later): install one (Debian: openjdk-17-jre-headless) "
+            "or set JAVA_HOME"
+        )
+
+
+@contextmanager
+def spark_session(master: str, conf: Sequence[str] = (), app_name: str = "otrain") -> Iterator[Any]:
+    """Start a quiet Spark session, and stop it at the end, also on error.
+
+    Parameters
+    ----------
+    master : str
+        ``local[*]``, ``spark://host:port``, ``yarn``...
+    conf : sequence of str
+        ``KEY=VALUE`` settings; they override otrain's defaults.
+    app_name : str
+        The application's name in Spark's UI.
+
+    Yields
+    ------
+    pyspark.sql.SparkSession
+        The session.
+    """
+    require_spark()
+    from pyspark.sql import SparkSession
+
+    settings = dict(_DEFAULT_CONF)
+    settings.update(entry.split("=", 1) for entry in conf)
+    # TensorFlow's C++ start-up lines in the Python workers (local mode: on this terminal).
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    if master.startswith("local"):
+        settings.setdefault("spark.pyspark.python", sys.executable)
+        settings.setdefault("spark.pyspark.driver.python", sys.executable)
+    with tempfile.TemporaryDirectory(prefix="otrain-spark-") as scratch:
+        log_config = Path(scratch) / "log4j2.properties"
+        log_config.write_text(_LOG4J2)
+        option = f"-Dlog4j2.configurationFile={log_config.as_uri()}"
+        for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
+            settings[key] = f"{settings[key]} {option}" if key in settings else option
+        builder = SparkSession.builder.master(master).appName(app_name)
+        for key, value in settings.items():
+            builder = builder.config(key, value)
+        log_file = Path(scratch) / "spark.log"
+        try:
+            with warnings.catch_warnings():
+                # pyspark 4.3 warns on every pandas UDF that it "does not yet fully support pandas >= 3".
+                warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
+                with _output_into(log_file):
+                    session = builder.getOrCreate()
+                session.sparkContext.setLogLevel("ERROR")
+                try:
+                    yield session
+                finally:
+                    session.stop()
+        except Exception as error:
+            if type(error).__module__.startswith(("py4j", "pyspark")):
+                # The JVM's failures arrive with pages of Java trace: one line, and where the rest is.
+                raise DataError(f"Spark failed (master {master}): {_spark_message(error)}") from None
+            raise
+
+
+@contextmanager
+def _output_into(log_file: Path) -> Iterator[None]:
+    """Send what is written to file descriptors 1 and 2 in the block, and by processes started there, to a file.
+
+    The JVM that pyspark starts inherits them: its start-up lines, Java's warnings and the
+    Python workers' TensorFlow lines (local mode) then stay out of otrain's output.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    saved = [os.dup(1), os.dup(2)]
+    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.dup2(target, 1)
+        os.dup2(target, 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for descriptor in (*saved, target):
+            os.close(descriptor)
+
+
+def _spark_message(error: BaseException) -> str:
+    """One line for a Spark failure: the Python error raised in an executor when there is one."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in reversed(lines):
+        if line.startswith(("otrain.errors.", "ValueError:", "RuntimeError:", "OSError:", "MemoryError:")):
+            return line[:300]
+    return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def _is_mlflow_uri(model: str) -> bool:
+    return model.startswith(MLFLOW_MODEL_SCHEMES)
+
+
+def resolve_model(model: str, scratch: Path) -> Path:
+    """Return a local Keras file for ``--model``: the file itself, or an MLflow model downloaded.
+
+    An MLflow model (``models:/NAME@ALIAS``, ``runs:/...``) logged by otrain-train holds its Keras
+    file in ``data/model.keras``; the model card its training logged (``training/*.card.json``)
+    is downloaded beside it, so that the card's threshold and planes apply as for a file.
+
+    Parameters
+    ----------
+    model : str
+        A model file, or an MLflow model URI (resolved against ``MLFLOW_TRACKING_URI``).
+    scratch : Path
+        A folder for the download.
+
+    Returns
+    -------
+    Path
+        The Keras file.
+
+    Raises
+    ------
+    DataError
+        When the URI names no model, or not a Keras model.
+    """
+    if not _is_mlflow_uri(model):
+        return Path(model)
+    import mlflow
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from otrain.tracking import resolve_tracking_uri, using_tracking_uri
+
+    uri = resolve_tracking_uri()
+    with using_tracking_uri(uri):
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(scratch / "model")))
+        except (MlflowException, OSError) as error:
+            raise DataError(f"--model {model}: cannot fetch it from {uri} ({first_line(error)[:200]})") from None
+        keras_file = folder / "data" / "model.keras"
+        if not keras_file.is_file():
+            raise DataError(f"--model {model}: not a Keras model logged by otrain-train (no data/model.keras)")
+        client = MlflowClient(uri)
+        try:
+            run_id = _run_of(client, model)
+            cards = [
+                item.path for item in client.list_artifacts(run_id, "training") if item.path.endswith(".card.json")
+            ]
+            if len(cards) == 1:
+                fetched = Path(client.download_artifacts(run_id, cards[0], str(scratch / "card")))
+                shutil.copyfile(fetched, card_file(keras_file))
+        except MlflowException as error:
+            logger.warning("--model %s: no model card found with its run (%s)", model, first_line(error)[:200])
+    return keras_file
+
+
+def _run_of(client: Any, model: str) -> str:
+    """Return the id of the run that logged an MLflow model (``runs:/ID/...``, ``models:/NAME@ALIAS|/VERSION``)."""
+    path = model.split(":/", 1)[1].strip("/")
+    if model.startswith("runs:/"):
+        return path.split("/", 1)[0]
+    if "@" in path:
+        name, alias = path.split("@", 1)
+        return str(client.get_model_version_by_alias(name, alias).run_id)
+    name, _, version = path.rpartition("/")
+    return str(client.get_model_version(name, version).run_id)
+
+
+def _task_cpus() -> int:
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    return max(1, int(context.cpus())) if context is not None else 1
+
+
+def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None) -> Callable[[], Any]:
+    """Return predict_batch_udf's factory: called once per Python worker, it loads the shipped model."""
+
+    def make() -> Callable[[np.ndarray], np.ndarray]:
+        from pyspark import SparkFiles
+
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        import tensorflow as tf
+
+        from otrain.model import load_model
+        from otrain.scoring import predict
+
+        cpus = _task_cpus()
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(cpus)
+            tf.config.threading.set_inter_op_parallelism_threads(cpus)
+        except RuntimeError:
+            pass  # TensorFlow already runs in this worker (a reused one): its pools stay as they are
+        model = load_model(Path(SparkFiles.get(model_name)))
+
+        def predict_batch(pixels: np.ndarray) -> np.ndarray:
+            # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
+            # traces the model once per worker instead of once per new size (about a second each).
+            count = len(pixels)
+            padded = np.zeros((-(-count // batch_size) * batch_size, *pixels.shape[1:]), dtype=np.float32)
+            padded[:count] = pixels
+            return reweight(predict(model, padded, batch_size)[:count], prob_ratio)
+
+        return predict_batch
+
+    return make
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding: FITS bytes or packed rows to model-sized pixels, in the executors
+
+
+def _decoded_schema(shape: tuple[int, int, int]) -> Any:
+    from pyspark.sql import types
+
+    fields = [
+        types.StructField(name, types.StringType() if name in _TEXT_COLUMNS else types.DoubleType())
+        for name in _META_COLUMNS
+    ]
+    fields.append(types.StructField("status", types.StringType()))
+    fields.append(types.StructField("pixels", types.ArrayType(types.FloatType())))
+    return types.StructType(fields)
+
+
+_EDGE = "edge"
+
+
+def _local_name(uri: str) -> str:
+    """Name a file as otrain-infer would: a local path for ``file:`` URIs, else the URI."""
+    parsed = urllib.parse.urlparse(uri)
+    if parsed.scheme == "file":
+        return urllib.parse.unquote(parsed.path)
+    return uri
+
+
+def _row(cells: Sequence[Any], status: str | None, pixels: np.ndarray | None) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for name, value in zip(_META_COLUMNS, cells, strict=True):
+        row[name] = (None if value is None else str(value)) if name in _TEXT_COLUMNS else value
+    row["status"] = status
+    row["pixels"] = pixels.ravel() if pixels is not None else None
+    return row
+
+
+def _decode_fits(shape: tuple[int, int, int], planes: tuple[str, ...] | None) -> Callable[[Any], Iterator[Any]]:
+    def decode(batches: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for batch in batches:
+            rows = []
+            for uri, content in zip(batch["path"], batch["content"], strict=True):
+                name = _local_name(uri)
+                path = Path(name)
+                cells: tuple[Any, ...] = (printable_path(path), *([None] * 10))
+                try:
+                    meta, pixels = read_for_model(path, shape, planes, content=bytes(content))
+                    cells = meta_cells(printable_path(path), meta)
+                    rows.append(_row(cells, _EDGE if pixels is None else None, pixels))
+                except Exception as error:  # an executor reports, never dies, on a strange file
+                    rows.append(_row(cells, failure_message(path, error), None))
+            yield pd.DataFrame(rows, columns=[*_META_COLUMNS, "status", "pixels"])
+
+    return decode
+
+
+def _decode_packed(shape: tuple[int, int, int]) -> Callable[[Any], Iterator[Any]]:
+    def decode(batches: Iterator[Any]) -> Iterator[Any]:
+        import pandas as pd
+
+        for batch in batches:
+            rows = []
+            for record in batch.to_dict("records"):
+                cells = tuple(record[name] for name in _META_COLUMNS)
+                # pandas gives a missing text as None or NaN (pandas 3): an error is a string.
+                if isinstance(record["error"], str):
+                    rows.append(_row(cells, record["error"], None))
+                    continue
+                if record["edge"]:
+                    rows.append(_row(cells, _EDGE, None))
+                    continue
+                path = Path(record["filename"])
+                try:
+                    stored = np.frombuffer(record["pixels"], dtype="<f4").reshape(tuple(record["shape"]))
+                    rows.append(_row(cells, None, fit_cutout(stored.astype(np.float32), shape, path)))
+                except Exception as error:
+                    rows.append(_row(cells, failure_message(path, error), None))
+            yield pd.DataFrame(rows, columns=[*_META_COLUMNS, "status", "pixels"])
+
+    return decode
+
+
+def _fits_glob() -> str:
+    """Return a Hadoop glob matching the cutout suffixes in any case (.fits, .fit, .fits.gz, .fit.gz)."""
+    spelled = [
+        "".join(f"[{char.lower()}{char.upper()}]" if char.isalpha() else char for char in s) for s in FITS_SUFFIXES
+    ]
+    return "*{" + ",".join(spelled) + "}"
+
+
+# --------------------------------------------------------------------------------------------
+# otrain-infer-spark
+
+
+@dataclass
+class SparkReport:
+    """What one Spark scoring run did."""
+
+    output: Path
+    table: Path | None = None
+    threshold: float = 0.5
+    n_files: int = 0
+    n_scored: int = 0
+    n_real: int = 0
+    n_edge: int = 0
+    seconds: float = 0.0  #: reading and scoring, without starting Spark or loading the model on the driver
+    bad_files: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _output_schema() -> Any:
+    pa = _arrow()
+    return pa.schema([*_meta_fields(), pa.field("label0", pa.float64()), pa.field("label1", pa.float64()),
+                      pa.field("real", pa.int64())])  # fmt: skip
+
+
+def _write_table(output: Path, table: Path, threshold: float) -> int:
+    """Write the Parquet results as infer_results.dat (rows sorted by file); return the real count."""
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(output, schema=_output_schema()).sort_by("filename").to_pylist()
+    with atomic_path(table) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+        stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
+        for row in rows:
+            # A missing number is null in Parquet, nan in the table (as otrain-infer writes it).
+            cells = [
+                math.nan if row[name] is None and name not in _TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
+            ]
+            stream.write(table_line(cells))
+    return sum(row["real"] for row in rows)
+
+
+#: Builds the column function giving P(real) of the flattened pixels column:
+#: (spark session, local model file, model input shape, options) -> column function.
+Scorer = Callable[[Any, Path, tuple[int, int, int], InferSparkConfig], Any]
+
+
+def infer_spark(config: InferSparkConfig, scorer: Scorer | None = None) -> SparkReport:
+    """Score cutouts on Spark and write the results as Parquet (and optionally a table).
+
+    Parameters
+    ----------
+    config : InferSparkConfig
+        Validated options of otrain-infer-spark.
+    scorer : callable, optional
+        How the executors score; by default :func:`predict_batch_scorer` (pyspark's
+        ``predict_batch_udf``). ``benchmarks/scale_spark.py`` passes ``mlflow.pyfunc.spark_udf``
+        to compare the two.
+
+    Returns
+    -------
+    SparkReport
+        Counts (scored, real, EDGE, bad) and the outputs.
+
+    Raises
+    ------
+    DataError
+        When the model cannot be read, there is no cutout, or none could be scored; nothing is
+        written then.
+    """
+    require_spark()
+    with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
+        model_file = resolve_model(config.model, Path(scratch))
+        threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
+        from otrain.model import card_planes, input_shape_of, load_model
+
+        shape = input_shape_of(load_model(model_file))
+        planes = resolve_planes(config.planes, card_planes(model_file))
+        if planes is not None and len(planes) != shape[2]:
+            raise DataError(
+                f"{config.model}: the model takes {shape[2]} plane(s), "
+                f"--planes names {len(planes)} ({' '.join(planes)})"
+            )
+        if config.parquet is not None:
+            packed = _packed_planes(config.parquet)
+            if packed != planes:
+                raise DataError(
+                    f"{config.parquet}: packed with planes {' '.join(packed) if packed else 'default (DIFF)'}, "
+                    f"the model takes {' '.join(planes) if planes else 'default (DIFF)'}; pack again with --planes"
+                )
+        with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
+            report = _score(spark, config, model_file, shape, planes, threshold, scorer or predict_batch_scorer)
+    return report
+
+
+def _score(
+    spark: Any,
+    config: InferSparkConfig,
+    model_file: Path,
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+    threshold: float,
+    scorer: Scorer,
+) -> SparkReport:
+    from pyspark import StorageLevel
+    from pyspark.sql import functions
+
+    started = time.perf_counter()
+    schema = _decoded_schema(shape)
+    if config.cutouts is not None:
+        source = (
+            spark.read.format("binaryFile")
+            .option("recursiveFileLookup", "true")
+            .option("pathGlobFilter", _fits_glob())
+            .load(config.cutouts)
+            .select("path", "content")
+        )
+        decoded = source.mapInPandas(_decode_fits(shape, planes), schema)
+        where = config.cutouts
+    else:
+        source = spark.read.parquet(str(config.parquet))
+        decoded = source.mapInPandas(_decode_packed(shape), schema)
+        where = str(config.parquet)
+    decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        problems = decoded.where(functions.col("status").isNotNull()).select("filename", "status").collect()
+        n_files = decoded.count()
+        report = SparkReport(output=config.output, table=config.table, threshold=threshold, n_files=n_files)
+        if n_files == 0:
+            raise DataError(f"{where}: no cutout files (*.fits, *.fit, *.fits.gz)")
+        for row in sorted(problems, key=lambda row: row["filename"]):
+            if row["status"] == _EDGE:
+                report.n_edge += 1
+            else:
+                report.bad_files.append((row["filename"], row["status"]))
+        report.n_scored = n_files - report.n_edge - len(report.bad_files)
+        log_listed(
+            [f"skipped: {message}" for _, message in report.bad_files],
+            logging.WARNING,
+            "unreadable cutouts",
+            MAX_LISTED_BAD_FILES,
+        )
+        if report.n_scored == 0 and report.bad_files:
+            raise DataError(
+                f"{where}: no cutout could be scored ({len(report.bad_files)} unreadable, "
+                f"{report.n_edge} flagged EDGE); the first problem: {report.bad_files[0][1]}"
+            )
+        spark.sparkContext.addFile(str(model_file))
+        if card_file(model_file).is_file():
+            spark.sparkContext.addFile(str(card_file(model_file)))
+        label1 = scorer(spark, model_file, shape, config)(functions.col("pixels"))
+        scored = (
+            decoded.where(functions.col("status").isNull())
+            .withColumn("label1", label1.cast("double"))
+            .select(
+                *_META_COLUMNS,
+                (functions.lit(1.0) - functions.col("label1")).alias("label0"),
+                "label1",
+                (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
+            )
+        )
+        with atomic_folder(config.output) as folder:
+            target = folder / "data"
+            scored.write.mode("error").parquet(str(target))
+            for part in target.iterdir():
+                if part.suffix == ".parquet":
+                    part.rename(folder / part.name)
+            shutil.rmtree(target)
+            _write_marker(folder, "otrain-infer-spark", {"model": config.model, "threshold": threshold})
+            if config.table is not None:
+                report.n_real = _write_table(folder, config.table, threshold)
+            else:
+                import pyarrow.compute as pc
+                import pyarrow.parquet as pq
+
+                report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
+        report.seconds = time.perf_counter() - started
+        return report
+    finally:
+        decoded.unpersist()
+
+
+def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, int], config: InferSparkConfig) -> Any:
+    """Score with :func:`pyspark.ml.functions.predict_batch_udf`: the model loaded once per Python worker.
+
+    Parameters
+    ----------
+    spark : pyspark.sql.SparkSession
+        The session (the model file has been added with ``SparkContext.addFile``).
+    model_file : Path
+        The Keras file on the driver; executors find it by name with ``SparkFiles.get``.
+    shape : tuple of int
+        The model's (H, W, C) input.
+    config : InferSparkConfig
+        The options (batch size, prior ratio).
+
+    Returns
+    -------
+    callable
+        Column -> column of P(real), re-weighted by ``--prob-ratio``.
+    """
+    from pyspark.ml.functions import predict_batch_udf
+    from pyspark.sql.types import DoubleType
+
+    return predict_batch_udf(
+        _make_predict_fn(model_file.name, config.batch_size, config.prob_ratio),
+        return_type=DoubleType(),
+        batch_size=config.batch_size,
+        input_tensor_shapes=[list(shape)],
+    )

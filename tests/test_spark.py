@@ -1,0 +1,308 @@
+"""otrain-pack and otrain-infer-spark: real Spark (local[2]), real FITS files, the session's trained model."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import ascii as astropy_ascii
+from conftest import ROOT, call_main, files_under, make_tree, pixels, write_gmadet, write_stdpipe
+
+from otrain.cli.infer import main as infer_main
+from otrain.cli.infer_spark import main as spark_main
+from otrain.cli.pack import main as pack_main
+from otrain.config import PARQUET_MARKER
+from otrain.outputs import INFER_COLUMNS
+
+pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
+
+MASTER = "local[2]"
+
+
+def read_table(path: Path) -> dict[str, dict[str, object]]:
+    """An infer_results.dat table as rows keyed by file."""
+    table = astropy_ascii.read(path, format="commented_header", guess=False)
+    assert tuple(table.colnames) == INFER_COLUMNS
+    return {str(row["filename"]): {name: row[name] for name in INFER_COLUMNS} for row in table}
+
+
+def read_parquet(folder: Path) -> dict[str, dict[str, object]]:
+    """otrain-infer-spark's Parquet output as rows keyed by file."""
+    table = pyarrow_parquet.read_table(folder)
+    assert tuple(table.column_names) == INFER_COLUMNS
+    return {row["filename"]: row for row in table.to_pylist()}
+
+
+def assert_same_results(spark: dict[str, dict[str, object]], reference: dict[str, dict[str, object]]) -> None:
+    assert sorted(spark) == sorted(reference)
+    for name, expected in reference.items():
+        got = spark[name]
+        np.testing.assert_allclose(float(got["label1"]), float(expected["label1"]), atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(float(got["label0"]), float(expected["label0"]), atol=1e-5, err_msg=name)
+        assert int(got["real"]) == int(expected["real"]), name
+        for column in ("RA", "Dec", "Xpos", "Ypos", "mag", "magerr", "FWHM", "FWHMPSF"):
+            value = np.nan if got[column] is None else float(got[column])  # Parquet: null for a missing number
+            np.testing.assert_array_equal(value, float(expected[column]), err_msg=f"{name} {column}")
+        assert str(got["cand_ID"]) == str(expected["cand_ID"]), name
+        assert str(got["originalFile"] or "") == str(expected["originalFile"] or "").strip('"'), name
+
+
+@pytest.fixture(scope="module")
+def night(workspace: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The other survey's night, with sub-folders, a gzipped copy, NaN pixels, an EDGE cutout and two bad files."""
+    folder = tmp_path_factory.mktemp("spark") / "night"
+    shutil.copytree(workspace / "other" / "night", folder, ignore=shutil.ignore_patterns("*.dat"))
+    cutouts = sorted(folder.glob("*.fits"))
+    sub = folder / "sub"
+    sub.mkdir()
+    for path in cutouts[:20]:
+        path.rename(sub / path.name)
+    (sub / "zipped.fits.gz").write_bytes(gzip.compress(cutouts[30].read_bytes()))
+    with_nan = np.random.default_rng(3).normal(0.0, 10.0, (40, 40)).astype(np.float32)
+    with_nan[18:22, 18:22] = np.nan
+    write_gmadet(folder / "with_nan.fits", with_nan, CANDID=77)
+    write_gmadet(folder / "on_edge.fits", EDGE="True")
+    write_stdpipe(sub / "stdpipe.fits", pixels(40, seed=5))  # no RA, Dec, Xpos...: missing numbers
+    (folder / "not_fits.fits").write_bytes(b"hello, this is not FITS")
+    (folder / "truncated.fits").write_bytes(cutouts[40].read_bytes()[:3000])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def reference(night: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    table = tmp_path_factory.mktemp("reference") / "infer_results.dat"
+    model = trained / "tiny.keras"
+    assert call_main(infer_main, "--cutouts", night, "--model", model, "--recursive", "--output", table) == 0
+    return table
+
+
+@pytest.mark.slow
+def test_spark_scores_fits_and_packed_parquet_as_otrain_infer_does(
+    night: Path, trained: Path, reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = trained / "tiny.keras"
+    expected = read_table(reference)
+    n_files = len([path for path in night.rglob("*") if path.name.endswith((".fits", ".fits.gz"))])
+    counts = f"skipped {n_files - len(expected) - 2} EDGE, 2 unreadable"  # the night's own EDGE cutouts, and ours
+    capsys.readouterr()
+
+    output, table = tmp_path / "fits.parquet", tmp_path / "spark.dat"
+    arguments = ("--model", model, "--output", output, "--table", table, "--master", MASTER, "--batch-size", 16)
+    assert call_main(spark_main, "--cutouts", night, *arguments) == 0
+    captured = capsys.readouterr()
+    assert_same_results(read_parquet(output), expected)
+    assert_same_results(read_table(table), expected)
+    assert counts in captured.out
+    warnings = [line for line in captured.err.splitlines() if "warning: skipped:" in line]
+    assert len(warnings) == 2
+    assert any("not_fits.fits" in line for line in warnings)
+    assert any("truncated.fits: truncated FITS file" in line for line in warnings)
+    assert all(line.startswith("otrain-infer-spark: ") for line in captured.err.splitlines())  # no Spark lines
+    assert json.loads((output / PARQUET_MARKER).read_text())["command"] == "otrain-infer-spark"
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]
+
+    packed = tmp_path / "packed"
+    assert call_main(pack_main, "--cutouts", night, "--output", packed, "--recursive", "--cutout-size", 32) == 0
+    assert counts.replace("skipped ", "").replace(" EDGE", " flagged EDGE") in capsys.readouterr().out
+    from_parquet = tmp_path / "from_parquet.parquet"
+    assert (
+        call_main(spark_main, "--parquet", packed, "--model", model, "--output", from_parquet, "--master", MASTER) == 0
+    )
+    captured = capsys.readouterr()
+    assert counts in captured.out
+    assert len([line for line in captured.err.splitlines() if "warning: skipped:" in line]) == 2
+    assert_same_results(read_parquet(from_parquet), expected)
+
+
+@pytest.mark.slow
+def test_registered_champion_scores_as_its_file(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import keras
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from otrain.model import load_model
+
+    uri = f"sqlite:///{tmp_path / 'registry.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment("spark")
+    model_file = trained / "tiny.keras"
+    card = trained / "tiny.keras.card.json"
+    data = json.loads(card.read_text())
+    data["threshold"] = 0.37  # a card threshold otrain-infer-spark must find in the run's artifacts
+    edited = tmp_path / "card" / "tiny.keras.card.json"
+    edited.parent.mkdir()
+    edited.write_text(json.dumps(data))
+    with mlflow.start_run() as run:
+        mlflow.log_artifact(str(edited), artifact_path="training")
+        saved = tmp_path / "mlflow_model"
+        mlflow.keras.save_model(load_model(model_file), path=str(saved))
+        mlflow.log_artifacts(str(saved), artifact_path="model")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", "otrain-cnn")
+    MlflowClient(uri).set_registered_model_alias("otrain-cnn", "champion", version.version)
+    keras.backend.clear_session()
+
+    cutouts = make_tree(tmp_path / "few", 6, 6, size=40)
+    local_model = tmp_path / "model" / "tiny.keras"
+    local_model.parent.mkdir()
+    shutil.copy(model_file, local_model)
+    shutil.copy(edited, local_model.with_name("tiny.keras.card.json"))
+    table = tmp_path / "reference.dat"
+    assert call_main(infer_main, "--cutouts", cutouts, "--model", local_model, "--recursive", "--output", table) == 0
+    output = tmp_path / "champion.parquet"
+    status = call_main(
+        spark_main,
+        "--cutouts",
+        cutouts,
+        "--model",
+        "models:/otrain-cnn@champion",
+        "--output",
+        output,
+        "--master",
+        MASTER,
+    )
+    assert status == 0
+    assert "real (P(real) > 0.37)" in capsys.readouterr().out
+    assert_same_results(read_parquet(output), read_table(table))
+
+
+@pytest.mark.slow
+def test_no_scorable_cutout_is_an_error_and_writes_nothing(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cutouts = tmp_path / "bad"
+    cutouts.mkdir()
+    (cutouts / "a.fits").write_bytes(b"junk")
+    (cutouts / "b.fit").write_bytes(b"more junk")
+    output = tmp_path / "out.parquet"
+    status = call_main(
+        spark_main, "--cutouts", cutouts, "--model", trained / "tiny.keras", "--output", output, "--master", MASTER
+    )
+    assert status == 1
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert error.startswith("otrain-infer-spark: error: ")
+    assert "no cutout could be scored (2 unreadable, 0 flagged EDGE)" in error
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["bad"]
+
+
+def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cutouts = make_tree(tmp_path / "cutouts", 2, 0)
+    model = tmp_path / "model.keras"
+    model.write_bytes(b"")
+    output = tmp_path / "out.parquet"
+    base = ("--model", model, "--output", output)
+    cases = {
+        (*base,): "--cutouts, --parquet: give exactly one of them",
+        (*base, "--cutouts", cutouts, "--parquet", cutouts): "--cutouts, --parquet: give exactly one of them",
+        (*base, "--cutouts", tmp_path / "nowhere"): "--cutouts: folder",
+        (*base, "--cutouts", cutouts, "--master", "local[two]"): "--master: must be local[*]",
+        (*base, "--cutouts", cutouts, "--conf", "spark.executor.memory"): "--conf: must be KEY=VALUE",
+        (*base, "--cutouts", cutouts, "--threshold", "1.5"): "--threshold: must be a probability",
+        (*base, "--cutouts", cutouts, "--prob-ratio", "0"): "--prob-ratio: must be a positive ratio",
+        (*base, "--cutouts", cutouts, "--batch-size", "0"): "--batch-size: must be a positive whole number",
+        (*base, "--cutouts", cutouts, "--planes", "DIFF", "DIFF"): "--planes: names a plane twice",
+        (*base, "--cutouts", cutouts, "--table", tmp_path): "--table: ",
+        ("--model", tmp_path / "missing.keras", "--output", output, "--cutouts", cutouts): "--model: file",
+    }
+    for arguments, message in cases.items():
+        assert call_main(spark_main, *arguments) == 2, arguments
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1, err
+        assert err.startswith(f"otrain-infer-spark: error: {message}"), err
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    (existing / "keep.txt").write_text("mine")
+    assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", existing) == 2
+    assert "exists; pass --overwrite" in capsys.readouterr().err
+    assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", existing, "--overwrite") == 2
+    assert "not a Parquet folder written by otrain" in capsys.readouterr().err
+    assert (existing / "keep.txt").read_text() == "mine"
+    assert not output.exists()
+
+
+def test_pack_writes_rows_atomically_and_refuses_to_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cutouts = make_tree(tmp_path / "cutouts", 3, 2, size=24, edge_true=1)
+    (cutouts / "true" / "broken.fits").write_bytes(b"broken")
+    output = tmp_path / "packed"
+    assert call_main(pack_main, "--cutouts", cutouts, "--output", output, "--recursive", "--cutout-size", 20) == 0
+    assert "1 flagged EDGE, 1 unreadable" in capsys.readouterr().out
+    rows = pyarrow_parquet.read_table(output).to_pylist()
+    assert len(rows) == 6
+    by_name = {Path(row["filename"]).relative_to(cutouts).as_posix(): row for row in rows}
+    assert by_name["true/broken.fits"]["error"].startswith(
+        f"{cutouts / 'true' / 'broken.fits'}: not a readable FITS file"
+    )
+    assert by_name["true/c0000.fits"]["edge"] is True
+    assert by_name["true/c0000.fits"]["pixels"] is None
+    assert by_name["false/c0000.fits"]["edge"] is False
+    from otrain.cutouts import crop_center, read_header, read_pixels
+
+    path = cutouts / "true" / "c0001.fits"
+    _, location = read_header(path)
+    stored = np.frombuffer(by_name["true/c0001.fits"]["pixels"], dtype="<f4").reshape(
+        by_name["true/c0001.fits"]["shape"]
+    )
+    np.testing.assert_array_equal(stored, crop_center(read_pixels(path, location), 20))
+    assert by_name["true/c0001.fits"]["cand_ID"] == "10001"
+
+    before = files_under(output)
+    assert call_main(pack_main, "--cutouts", cutouts, "--output", output) == 2
+    assert capsys.readouterr().err.strip().endswith("exists; pass --overwrite to replace it, or choose another path")
+    assert files_under(output) == before
+    assert call_main(pack_main, "--cutouts", cutouts / "false", "--output", output, "--overwrite") == 0
+    assert len(pyarrow_parquet.read_table(output)) == 2
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    assert call_main(pack_main, "--cutouts", cutouts, "--output", foreign, "--overwrite") == 2
+    assert "not a Parquet folder written by otrain" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert call_main(pack_main, "--cutouts", empty, "--output", tmp_path / "never") == 1
+    assert "no cutout files" in capsys.readouterr().err
+    assert not (tmp_path / "never").exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]
+
+
+def test_help_imports_neither_pyspark_nor_tensorflow() -> None:
+    probe = (
+        "import sys\n"
+        "from otrain.cli import infer_spark, pack\n"
+        "for module in (infer_spark, pack):\n"
+        "    try:\n"
+        "        module.main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [name for name in ('pyspark', 'tensorflow', 'keras', 'mlflow', 'pyarrow') if name in sys.modules]\n"
+        "print(heavy, file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert result.stderr.strip() == "[]"
+    assert "usage: otrain-infer-spark --output PATH --model TEXT" in result.stdout
+    assert "usage: otrain-pack --cutouts PATH --output PATH" in result.stdout
+
+
+def test_an_unknown_registered_model_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
+    cutouts = make_tree(tmp_path / "cutouts", 1, 0)
+    output = tmp_path / "out.parquet"
+    status = call_main(spark_main, "--cutouts", cutouts, "--model", "models:/nothing@champion", "--output", output)
+    assert status == 1
+    # MLflow logs its own INFO lines when it creates the empty store; otrain says one line.
+    err = [line for line in capsys.readouterr().err.splitlines() if " mlflow." not in line]
+    assert len(err) == 1
+    assert err[0].startswith(
+        "otrain-infer-spark: error: --model models:/nothing@champion: cannot fetch it from sqlite:"
+    )
+    assert not output.exists()
