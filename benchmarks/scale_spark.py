@@ -7,8 +7,10 @@ same), each run as the command a user types (a fresh process, start-up included 
 2. ``otrain-infer-spark --master local[2]`` on the FITS files (binaryFile), and on the Parquet of
    ``otrain-pack`` (its packing time reported apart); ratio to 1. Goal >= 0.7;
 3. ``otrain-infer-spark --master local[1]`` on the FITS files: local[2]/local[1]. Goal >= 1.7;
-4. in this process, the same Spark scoring with ``predict_batch_udf`` (otrain's) and with
-   ``mlflow.pyfunc.spark_udf`` on an MLflow copy of the model.
+4. in this process, the same Spark scoring three ways: otrain's (each task reads and scores in
+   one ``mapInPandas`` pass, a model per Python worker), decoding then pyspark's
+   ``predict_batch_udf`` on the pixel column, and decoding then ``mlflow.pyfunc.spark_udf`` on an
+   MLflow copy of the model.
 
 Throughput is cutouts per second of the scoring itself (the command's own "in T s": reading and
 scoring, without Spark's and TensorFlow's start-up), and per second of wall time.
@@ -59,20 +61,16 @@ def _run(module: str, *args: str | Path) -> dict[str, float]:
 
 def _model(work: Path) -> tuple[Path, Path]:
     """One untrained 64x64 O'TRAIN CNN, as a Keras file and as an MLflow model (for spark_udf)."""
-    import mlflow
     import numpy as np
-    from mlflow.models import infer_signature
 
-    from otrain.model import build_model, save_model
+    from otrain.model import build_model, save_mlflow_model, save_model
 
     keras_file, mlflow_dir = work / "model.keras", work / "mlflow_model"
     if keras_file.is_file() and mlflow_dir.is_dir():
         return keras_file, mlflow_dir
     model = build_model((SIZE, SIZE, 1))
     save_model(model, keras_file)
-    example = np.zeros((2, SIZE, SIZE, 1), np.float32)
-    signature = infer_signature(example, np.asarray(model.predict_on_batch(example)))
-    mlflow.keras.save_model(model, path=str(mlflow_dir), signature=signature)
+    save_mlflow_model(model, mlflow_dir, np.zeros((2, SIZE, SIZE, 1), np.float32))
     return keras_file, mlflow_dir
 
 
@@ -87,12 +85,17 @@ def _mlflow_scorer(mlflow_dir: Path) -> Any:
 
 
 def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) -> dict[str, Any]:
-    """predict_batch_udf against mlflow.pyfunc.spark_udf, same session settings, same cutouts."""
+    """otrain's one pass against predict_batch_udf and mlflow.pyfunc.spark_udf, same session settings and cutouts."""
     from otrain.config import InferSparkConfig
-    from otrain.spark import infer_spark
+    from otrain.spark import infer_spark, predict_batch_scorer
 
     figures: dict[str, Any] = {}
-    for name, scorer in (("predict_batch_udf", None), ("mlflow_spark_udf", _mlflow_scorer(mlflow_dir))):
+    scorers = (
+        ("one_pass", None),
+        ("predict_batch_udf", predict_batch_scorer),
+        ("mlflow_spark_udf", _mlflow_scorer(mlflow_dir)),
+    )
+    for name, scorer in scorers:
         output = work / f"udf-{name}.parquet"
         config = InferSparkConfig(
             cutouts=str(survey), model=str(keras_file), output=output, master="local[2]", overwrite=True
@@ -100,7 +103,9 @@ def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) ->
         try:
             report = infer_spark(config, scorer=scorer)
         except Exception as error:  # report why the alternative could not run, keep the other figure
-            figures[name] = {"error": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+            cause = error.__context__ or error  # otrain's one line; the Python worker's own trace is in its cause
+            lines = [line for line in str(cause).splitlines() if line.strip()]
+            figures[name] = {"error": f"{type(error).__name__}: {str(error)[:200]}", "cause": lines[-3:]}
             continue
         figures[name] = {"scored": report.n_scored, "scoring_s": round(report.seconds, 2)}
         figures[name]["per_s"] = round(report.n_scored / report.seconds, 1)

@@ -8,9 +8,13 @@ centre crops gives the single crop otrain-infer makes), and non-finite pixels ar
 when scoring, over the model-sized crop, as otrain-infer does.
 
 The model is resolved on the driver (an MLflow URI is downloaded), shipped to the executors with
-``SparkContext.addFile`` and loaded once per Python worker by
-:func:`pyspark.ml.functions.predict_batch_udf`, with TensorFlow's thread pools sized to the
-task's cores (``spark.task.cpus``). pyspark is imported only by the functions that need it.
+``SparkContext.addFile`` and loaded once per Python worker (Spark reuses its Python workers),
+with TensorFlow's thread pools sized to the task's cores (``spark.task.cpus``). Each task reads
+and scores its cutouts in one ``mapInPandas`` pass: measured against decoding in one pass and
+scoring the pixel column with :func:`pyspark.ml.functions.predict_batch_udf` (kept as
+:func:`predict_batch_scorer`, which ``benchmarks/scale_spark.py`` times), it saves the pixels'
+round trip through the JVM between two Python workers. pyspark is imported only by the
+functions that need it.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import time
 import urllib.parse
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -311,6 +316,9 @@ def spark_session(master: str, conf: Sequence[str] = (), app_name: str = "otrain
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
     if master.startswith("local"):
+        # The Python workers run this interpreter (a venv's, even when the venv is not activated):
+        # Spark takes it from PYSPARK_PYTHON; its spark.pyspark.python setting was not honoured.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         settings.setdefault("spark.pyspark.python", sys.executable)
         settings.setdefault("spark.pyspark.driver.python", sys.executable)
     with tempfile.TemporaryDirectory(prefix="otrain-spark-") as scratch:
@@ -450,53 +458,47 @@ def _task_cpus() -> int:
     return max(1, int(context.cpus())) if context is not None else 1
 
 
+def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Load the model shipped with ``addFile``, TensorFlow on the task's cores; return P(real) of pixels."""
+    from pyspark import SparkFiles
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import tensorflow as tf
+
+    from otrain.model import load_model
+    from otrain.scoring import predict
+
+    cpus = _task_cpus()
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(cpus)
+        tf.config.threading.set_inter_op_parallelism_threads(cpus)
+    except RuntimeError:
+        pass  # TensorFlow already runs in this worker (a reused one): its pools stay as they are
+    model = load_model(Path(SparkFiles.get(model_name)))
+
+    def predict_padded(pixels: np.ndarray, batch_size: int) -> np.ndarray:
+        # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
+        # traces the model once per worker instead of once per new size (about a second each).
+        count = len(pixels)
+        padded = np.zeros((-(-count // batch_size) * batch_size, *pixels.shape[1:]), dtype=np.float32)
+        padded[:count] = pixels
+        return predict(model, padded, batch_size)[:count]
+
+    return predict_padded
+
+
 def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None) -> Callable[[], Any]:
     """Return predict_batch_udf's factory: called once per Python worker, it loads the shipped model."""
 
     def make() -> Callable[[np.ndarray], np.ndarray]:
-        from pyspark import SparkFiles
-
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        import tensorflow as tf
-
-        from otrain.model import load_model
-        from otrain.scoring import predict
-
-        cpus = _task_cpus()
-        try:
-            tf.config.threading.set_intra_op_parallelism_threads(cpus)
-            tf.config.threading.set_inter_op_parallelism_threads(cpus)
-        except RuntimeError:
-            pass  # TensorFlow already runs in this worker (a reused one): its pools stay as they are
-        model = load_model(Path(SparkFiles.get(model_name)))
-
-        def predict_batch(pixels: np.ndarray) -> np.ndarray:
-            # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
-            # traces the model once per worker instead of once per new size (about a second each).
-            count = len(pixels)
-            padded = np.zeros((-(-count // batch_size) * batch_size, *pixels.shape[1:]), dtype=np.float32)
-            padded[:count] = pixels
-            return reweight(predict(model, padded, batch_size)[:count], prob_ratio)
-
-        return predict_batch
+        predict_padded = _load_shipped_model(model_name)
+        return lambda pixels: reweight(predict_padded(pixels, batch_size), prob_ratio)
 
     return make
 
 
 # --------------------------------------------------------------------------------------------
 # Decoding: FITS bytes or packed rows to model-sized pixels, in the executors
-
-
-def _decoded_schema(shape: tuple[int, int, int]) -> Any:
-    from pyspark.sql import types
-
-    fields = [
-        types.StructField(name, types.StringType() if name in _TEXT_COLUMNS else types.DoubleType())
-        for name in _META_COLUMNS
-    ]
-    fields.append(types.StructField("status", types.StringType()))
-    fields.append(types.StructField("pixels", types.ArrayType(types.FloatType())))
-    return types.StructType(fields)
 
 
 _EDGE = "edge"
@@ -510,58 +512,105 @@ def _local_name(uri: str) -> str:
     return uri
 
 
-def _row(cells: Sequence[Any], status: str | None, pixels: np.ndarray | None) -> dict[str, Any]:
-    row: dict[str, Any] = {}
-    for name, value in zip(_META_COLUMNS, cells, strict=True):
-        row[name] = (None if value is None else str(value)) if name in _TEXT_COLUMNS else value
-    row["status"] = status
-    row["pixels"] = pixels.ravel() if pixels is not None else None
-    return row
+class _Problems:
+    """Spark accumulator parameter: the (file, problem) pairs of the cutouts not scored."""
+
+    def zero(self, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        """Return an empty list."""
+        return []
+
+    def addInPlace(self, first: list[tuple[str, str]], second: list[tuple[str, str]]) -> list[tuple[str, str]]:  # noqa: N802
+        """Join two lists (Spark's name for it)."""
+        first.extend(second)
+        return first
 
 
-def _decode_fits(shape: tuple[int, int, int], planes: tuple[str, ...] | None) -> Callable[[Any], Iterator[Any]]:
+#: The model of each Python worker, loaded at its first batch (Spark reuses its Python workers).
+_WORKER_MODELS: dict[str, Any] = {}
+
+
+def _worker_model(model_name: str) -> Any:
+    """Load the model shipped with ``addFile`` once per Python worker, TensorFlow on the task's cores."""
+    if model_name not in _WORKER_MODELS:
+        _WORKER_MODELS[model_name] = _load_shipped_model(model_name)
+    return _WORKER_MODELS[model_name]
+
+
+@dataclass(frozen=True)
+class _Scoring:
+    """How the executors score in the same pass as they read: the shipped model and its options."""
+
+    model_name: str
+    batch_size: int
+    prob_ratio: float | None
+
+
+def _frame(cells: list[Sequence[Any]], pixels: list[np.ndarray], scoring: _Scoring | None) -> Any:
+    import pandas as pd
+
+    columns: dict[str, Any] = {}
+    for index, name in enumerate(_META_COLUMNS):
+        values = [row[index] for row in cells]
+        columns[name] = [None if value is None else str(value) for value in values] if name in _TEXT_COLUMNS else values
+    if scoring is None:
+        columns["pixels"] = [array.ravel() for array in pixels]
+    else:
+        predict_batch = _worker_model(scoring.model_name)
+        columns["label1"] = reweight(predict_batch(np.stack(pixels), scoring.batch_size), scoring.prob_ratio)
+    return pd.DataFrame(columns)
+
+
+def _decode_fits(
+    shape: tuple[int, int, int], planes: tuple[str, ...] | None, problems: Any, scoring: _Scoring | None = None
+) -> Callable[[Any], Iterator[Any]]:
     def decode(batches: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
-
         for batch in batches:
-            rows = []
+            cells, pixels, skipped = [], [], []
             for uri, content in zip(batch["path"], batch["content"], strict=True):
-                name = _local_name(uri)
-                path = Path(name)
-                cells: tuple[Any, ...] = (printable_path(path), *([None] * 10))
+                path = Path(_local_name(uri))
                 try:
-                    meta, pixels = read_for_model(path, shape, planes, content=bytes(content))
-                    cells = meta_cells(printable_path(path), meta)
-                    rows.append(_row(cells, _EDGE if pixels is None else None, pixels))
+                    meta, cutout = read_for_model(path, shape, planes, content=bytes(content))
                 except Exception as error:  # an executor reports, never dies, on a strange file
-                    rows.append(_row(cells, failure_message(path, error), None))
-            yield pd.DataFrame(rows, columns=[*_META_COLUMNS, "status", "pixels"])
+                    skipped.append((printable_path(path), failure_message(path, error)))
+                    continue
+                if cutout is None:
+                    skipped.append((printable_path(path), _EDGE))
+                    continue
+                cells.append(meta_cells(printable_path(path), meta))
+                pixels.append(cutout)
+            problems.add(skipped)
+            if cells:  # an empty batch would reach the model as an array of no shape
+                yield _frame(cells, pixels, scoring)
 
     return decode
 
 
-def _decode_packed(shape: tuple[int, int, int]) -> Callable[[Any], Iterator[Any]]:
+def _decode_packed(
+    shape: tuple[int, int, int], problems: Any, scoring: _Scoring | None = None
+) -> Callable[[Any], Iterator[Any]]:
     def decode(batches: Iterator[Any]) -> Iterator[Any]:
-        import pandas as pd
-
         for batch in batches:
-            rows = []
+            cells, pixels, skipped = [], [], []
             for record in batch.to_dict("records"):
-                cells = tuple(record[name] for name in _META_COLUMNS)
                 # pandas gives a missing text as None or NaN (pandas 3): an error is a string.
                 if isinstance(record["error"], str):
-                    rows.append(_row(cells, record["error"], None))
+                    skipped.append((record["filename"], record["error"]))
                     continue
                 if record["edge"]:
-                    rows.append(_row(cells, _EDGE, None))
+                    skipped.append((record["filename"], _EDGE))
                     continue
                 path = Path(record["filename"])
                 try:
                     stored = np.frombuffer(record["pixels"], dtype="<f4").reshape(tuple(record["shape"]))
-                    rows.append(_row(cells, None, fit_cutout(stored.astype(np.float32), shape, path)))
+                    cutout = fit_cutout(stored.astype(np.float32), shape, path)
                 except Exception as error:
-                    rows.append(_row(cells, failure_message(path, error), None))
-            yield pd.DataFrame(rows, columns=[*_META_COLUMNS, "status", "pixels"])
+                    skipped.append((record["filename"], failure_message(path, error)))
+                    continue
+                cells.append(tuple(record[name] for name in _META_COLUMNS))
+                pixels.append(cutout)
+            problems.add(skipped)
+            if cells:  # an empty batch would reach the model as an array of no shape
+                yield _frame(cells, pixels, scoring)
 
     return decode
 
@@ -628,9 +677,9 @@ def infer_spark(config: InferSparkConfig, scorer: Scorer | None = None) -> Spark
     config : InferSparkConfig
         Validated options of otrain-infer-spark.
     scorer : callable, optional
-        How the executors score; by default :func:`predict_batch_scorer` (pyspark's
-        ``predict_batch_udf``). ``benchmarks/scale_spark.py`` passes ``mlflow.pyfunc.spark_udf``
-        to compare the two.
+        A column function scoring the decoded pixels instead, such as :func:`predict_batch_scorer`
+        (pyspark's ``predict_batch_udf``); by default each task reads and scores in one pass.
+        ``benchmarks/scale_spark.py`` compares the two.
 
     Returns
     -------
@@ -647,25 +696,33 @@ def infer_spark(config: InferSparkConfig, scorer: Scorer | None = None) -> Spark
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
         model_file = resolve_model(config.model, Path(scratch))
         threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
-        from otrain.model import card_planes, input_shape_of, load_model
-
-        shape = input_shape_of(load_model(model_file))
-        planes = resolve_planes(config.planes, card_planes(model_file))
-        if planes is not None and len(planes) != shape[2]:
-            raise DataError(
-                f"{config.model}: the model takes {shape[2]} plane(s), "
-                f"--planes names {len(planes)} ({' '.join(planes)})"
-            )
-        if config.parquet is not None:
-            packed = _packed_planes(config.parquet)
-            if packed != planes:
-                raise DataError(
-                    f"{config.parquet}: packed with planes {' '.join(packed) if packed else 'default (DIFF)'}, "
-                    f"the model takes {' '.join(planes) if planes else 'default (DIFF)'}; pack again with --planes"
-                )
-        with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
-            report = _score(spark, config, model_file, shape, planes, threshold, scorer or predict_batch_scorer)
+        # TensorFlow loads on the driver (for the model's input) while the JVM starts: both take seconds.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            reading = pool.submit(_model_input, model_file, config)
+            with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
+                shape, planes = reading.result()
+                report = _score(spark, config, model_file, shape, planes, threshold, scorer)
     return report
+
+
+def _model_input(model_file: Path, config: InferSparkConfig) -> tuple[tuple[int, int, int], tuple[str, ...] | None]:
+    """Return the model's (H, W, C) input and the planes to read; check them against the options."""
+    from otrain.model import card_planes, input_shape_of, load_model
+
+    shape = input_shape_of(load_model(model_file))
+    planes = resolve_planes(config.planes, card_planes(model_file))
+    if planes is not None and len(planes) != shape[2]:
+        raise DataError(
+            f"{config.model}: the model takes {shape[2]} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
+        )
+    if config.parquet is not None:
+        packed = _packed_planes(config.parquet)
+        if packed != planes:
+            raise DataError(
+                f"{config.parquet}: packed with planes {' '.join(packed) if packed else 'default (DIFF)'}, "
+                f"the model takes {' '.join(planes) if planes else 'default (DIFF)'}; pack again with --planes"
+            )
+    return shape, planes
 
 
 def _score(
@@ -675,13 +732,34 @@ def _score(
     shape: tuple[int, int, int],
     planes: tuple[str, ...] | None,
     threshold: float,
-    scorer: Scorer,
+    scorer: Scorer | None,
 ) -> SparkReport:
-    from pyspark import StorageLevel
-    from pyspark.sql import functions
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions, types
 
     started = time.perf_counter()
-    schema = _decoded_schema(shape)
+    # One pass over the input: the executors read each cutout once, report the ones they cannot
+    # score (EDGE, unreadable) through an accumulator, and score the rest.
+    problems = spark.sparkContext.accumulator([], _Problems())
+    spark.sparkContext.addFile(str(model_file))
+    if card_file(model_file).is_file():
+        spark.sparkContext.addFile(str(card_file(model_file)))
+    scoring = None if scorer is not None else _Scoring(model_file.name, config.batch_size, config.prob_ratio)
+    last = (
+        types.StructField("pixels", types.ArrayType(types.FloatType()))
+        if scoring is None
+        else types.StructField("label1", types.DoubleType())
+    )
+    schema = types.StructType(
+        [
+            *(
+                types.StructField(name, types.StringType() if name in _TEXT_COLUMNS else types.DoubleType())
+                for name in _META_COLUMNS
+            ),
+            last,
+        ]
+    )
     if config.cutouts is not None:
         source = (
             spark.read.format("binaryFile")
@@ -690,25 +768,36 @@ def _score(
             .load(config.cutouts)
             .select("path", "content")
         )
-        decoded = source.mapInPandas(_decode_fits(shape, planes), schema)
+        decoded = source.mapInPandas(_decode_fits(shape, planes, problems, scoring), schema)
         where = config.cutouts
     else:
-        source = spark.read.parquet(str(config.parquet))
-        decoded = source.mapInPandas(_decode_packed(shape), schema)
+        packed = spark.read.parquet(str(config.parquet))
+        decoded = packed.mapInPandas(_decode_packed(shape, problems, scoring), schema)
         where = str(config.parquet)
-    decoded = decoded.persist(StorageLevel.MEMORY_AND_DISK)
-    try:
-        problems = decoded.where(functions.col("status").isNotNull()).select("filename", "status").collect()
-        n_files = decoded.count()
-        report = SparkReport(output=config.output, table=config.table, threshold=threshold, n_files=n_files)
-        if n_files == 0:
+    if scorer is not None:
+        decoded = decoded.withColumn("label1", scorer(spark, model_file, shape, config)(functions.col("pixels")))
+    scored = decoded.select(
+        *_META_COLUMNS,
+        (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
+        functions.col("label1").cast("double").alias("label1"),
+        (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
+    )
+    report = SparkReport(output=config.output, table=config.table, threshold=threshold)
+    with atomic_folder(config.output) as folder:
+        target = folder / "data"
+        scored.write.mode("error").parquet(str(target))
+        parts = sorted(part for part in target.iterdir() if part.suffix == ".parquet")
+        for part in parts:
+            part.rename(folder / part.name)
+        shutil.rmtree(target)
+        # A task that Spark ran twice (a retry, a speculative copy) reports its files twice.
+        skipped = dict(sorted(problems.value))
+        report.n_edge = sum(1 for message in skipped.values() if message == _EDGE)
+        report.bad_files = [(name, message) for name, message in skipped.items() if message != _EDGE]
+        report.n_scored = sum(pq.ParquetFile(folder / part.name).metadata.num_rows for part in parts)
+        report.n_files = report.n_scored + len(skipped)
+        if report.n_files == 0:
             raise DataError(f"{where}: no cutout files (*.fits, *.fit, *.fits.gz)")
-        for row in sorted(problems, key=lambda row: row["filename"]):
-            if row["status"] == _EDGE:
-                report.n_edge += 1
-            else:
-                report.bad_files.append((row["filename"], row["status"]))
-        report.n_scored = n_files - report.n_edge - len(report.bad_files)
         log_listed(
             [f"skipped: {message}" for _, message in report.bad_files],
             logging.WARNING,
@@ -720,39 +809,13 @@ def _score(
                 f"{where}: no cutout could be scored ({len(report.bad_files)} unreadable, "
                 f"{report.n_edge} flagged EDGE); the first problem: {report.bad_files[0][1]}"
             )
-        spark.sparkContext.addFile(str(model_file))
-        if card_file(model_file).is_file():
-            spark.sparkContext.addFile(str(card_file(model_file)))
-        label1 = scorer(spark, model_file, shape, config)(functions.col("pixels"))
-        scored = (
-            decoded.where(functions.col("status").isNull())
-            .withColumn("label1", label1.cast("double"))
-            .select(
-                *_META_COLUMNS,
-                (functions.lit(1.0) - functions.col("label1")).alias("label0"),
-                "label1",
-                (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
-            )
-        )
-        with atomic_folder(config.output) as folder:
-            target = folder / "data"
-            scored.write.mode("error").parquet(str(target))
-            for part in target.iterdir():
-                if part.suffix == ".parquet":
-                    part.rename(folder / part.name)
-            shutil.rmtree(target)
-            _write_marker(folder, "otrain-infer-spark", {"model": config.model, "threshold": threshold})
-            if config.table is not None:
-                report.n_real = _write_table(folder, config.table, threshold)
-            else:
-                import pyarrow.compute as pc
-                import pyarrow.parquet as pq
-
-                report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
-        report.seconds = time.perf_counter() - started
-        return report
-    finally:
-        decoded.unpersist()
+        _write_marker(folder, "otrain-infer-spark", {"model": config.model, "threshold": threshold})
+        if config.table is not None:
+            report.n_real = _write_table(folder, config.table, threshold)
+        elif parts:
+            report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
+    report.seconds = time.perf_counter() - started
+    return report
 
 
 def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, int], config: InferSparkConfig) -> Any:

@@ -306,3 +306,20 @@ def test_an_unknown_registered_model_is_one_line(
         "otrain-infer-spark: error: --model models:/nothing@champion: cannot fetch it from sqlite:"
     )
     assert not output.exists()
+
+
+def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
+    night: Path, trained: Path, reference: Path, tmp_path: Path
+) -> None:
+    """The alternative the benchmark times (decode, then pyspark's predict_batch_udf on the pixels)."""
+    from otrain.config import InferSparkConfig
+    from otrain.spark import infer_spark, predict_batch_scorer
+
+    config = InferSparkConfig(
+        cutouts=str(night), model=str(trained / "tiny.keras"), output=tmp_path / "udf.parquet", master=MASTER
+    )
+    report = infer_spark(config, scorer=predict_batch_scorer)
+    expected = read_table(reference)
+    assert report.n_scored == len(expected)
+    assert len(report.bad_files) == 2
+    assert_same_results(read_parquet(tmp_path / "udf.parquet"), expected)
