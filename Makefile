@@ -103,6 +103,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_interrupt.py
 	$(BIN)/python benchmarks/bench_fits.py
+	$(BIN)/python benchmarks/bench_scale.py
 
 # Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
 lock:
