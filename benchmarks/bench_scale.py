@@ -59,6 +59,12 @@ def report(spark: dict[str, Any], serve: dict[str, Any], multi: dict[str, Any]) 
         f"  local[2] / local[1]: scoring {ratios['local2_vs_local1']:.2f}, "
         f"end to end {ratios['local2_vs_local1_wall']:.2f} (goal >= 1.7)",
     ]
+    marginal = spark["marginal_per_s"]
+    lines.append(
+        f"  a large night (rate from n/2 to n, without start-up): otrain-infer {marginal['otrain_infer']:.0f}/s, "
+        f"Spark local[2] {marginal['spark_fits_local2']:.0f}/s ({ratios['marginal_spark_fits_local2_vs_infer']:.2f}), "
+        f"local[1] {marginal['spark_fits_local1']:.0f}/s (local[2]/local[1] {ratios['marginal_local2_vs_local1']:.2f})"
+    )
     for name, figures in spark["udf"].items():
         shown = f"{figures['per_s']:7.0f}/s" if "per_s" in figures else f"failed: {figures['error']} {figures['cause']}"
         lines.append(f"  executors scoring by {name:18s} {shown}")
