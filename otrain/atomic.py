@@ -162,9 +162,15 @@ def atomic_folder(path: Path) -> Iterator[Path]:
             if written.is_file():
                 with open(written, "rb") as stream:
                     os.fsync(stream.fileno())
+        old = staging / f"{path.name}.old"
         if path.is_dir() and not path.is_symlink():
-            os.replace(path, staging / f"{path.name}.old")
-        os.replace(temporary, path)
+            os.replace(path, old)
+        try:
+            os.replace(temporary, path)
+        except OSError:
+            if old.exists():
+                os.replace(old, path)  # put the previous output back before the staging folder goes
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

@@ -16,7 +16,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args
 
@@ -906,9 +906,19 @@ def _has_scheme(text: str) -> bool:
     return re.match(r"[A-Za-z][A-Za-z0-9+.-]*:", text) is not None and not re.match(r"[A-Za-z]:[\\/]", text)
 
 
-def _parquet_output(config: CommandConfig, output: Path) -> None:
-    """Refuse an existing --output folder unless --overwrite is given and the folder is otrain's Parquet."""
-    if not output.exists() and not output.is_symlink():
+def _parquet_output(config: CommandConfig, output: Path, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an existing --output folder unless --overwrite is given and the folder is otrain's Parquet.
+
+    ``inputs`` are the command's input folders: the output may be neither one of them nor inside one.
+    """
+    for folder in inputs:
+        if output.resolve() == folder.resolve() or folder.resolve() in output.resolve().parents:
+            raise ValueError(
+                f"--output: {str(output)!r} is the input {str(folder)!r} or inside it; choose another path"
+            )
+    if output.is_symlink():
+        raise ValueError(f"--output: {str(output)!r} is a symbolic link; give the folder itself, or another path")
+    if not output.exists():
         try:
             _writable_folder(output.parent)
         except ValueError as error:
@@ -951,7 +961,7 @@ class PackConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> PackConfig:
-        _parquet_output(self, self.output)
+        _parquet_output(self, self.output, [self.cutouts])
         return self
 
     def output_folders(self) -> list[Path]:
@@ -1008,11 +1018,14 @@ class InferSparkConfig(CommandConfig):
                 _existing_folder(Path(self.cutouts))
             except ValueError as error:
                 raise ValueError(f"--cutouts: {error}") from None
-        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
-            try:
+        try:
+            if self.model.startswith(MLFLOW_MODEL_SCHEMES):
+                _model_uri(self.model)
+            else:
                 _existing_file(Path(self.model))
-            except ValueError as error:
-                raise ValueError(f"--model: {error}") from None
+        except ValueError as error:
+            raise ValueError(f"--model: {error}") from None
+        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
             _use_card_threshold(self, Path(self.model))
         if not _SPARK_MASTER.fullmatch(self.master):
             raise ValueError(
@@ -1023,10 +1036,15 @@ class InferSparkConfig(CommandConfig):
             if not _SPARK_CONF.fullmatch(entry):
                 raise ValueError(f"--conf: must be KEY=VALUE (spark.executor.memory=4g), got {entry!r}")
         InferConfig.check_option_rules(self.__dict__)
-        _parquet_output(self, self.output)
+        local_inputs = [Path(self.cutouts)] if self.cutouts is not None and not _has_scheme(self.cutouts) else []
+        _parquet_output(self, self.output, [*local_inputs, *([self.parquet] if self.parquet is not None else [])])
         if self.table is not None:
             if self.table.is_dir():
                 raise ValueError(f"--table: {str(self.table)!r} is a folder; give a file name")
+            if self.output.resolve() in self.table.resolve().parents:
+                raise ValueError(
+                    f"--table: {str(self.table)!r} is inside --output, which is replaced whole; put it beside"
+                )
             inputs = [Path(self.model)] if not self.model.startswith(MLFLOW_MODEL_SCHEMES) else []
             check_outputs(
                 [Output(self.table, "table", formats.INFER_COLUMNS)],

@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 
-from otrain.cutouts import crop_center, prepare_pixels, read_header, read_pixels
+from otrain.cutouts import read_header, read_pixels
 from otrain.errors import DataError, first_line
+from otrain.inference import fit_cutout, resolve_planes
 from otrain.tracking import check_tracking_uri, using_tracking_uri
 
 __all__ = ["ModelDescription", "describe_model", "request_body", "server_command"]
@@ -129,25 +130,16 @@ def request_body(
     DataError
         Naming the first file that cannot be read or has another shape than the model's input.
     """
-    height, width, channels = input_shape
-    if planes == ("DIFF",):
-        planes = None  # the difference alone, read as O'TRAIN did: a gmadet cutout's whole image
-    pixels = np.empty((len(paths), height, width, channels), dtype=np.float32)
+    planes = resolve_planes(None, planes)  # DIFF alone: read as O'TRAIN did (a gmadet cutout's whole image)
+    pixels = np.empty((len(paths), *input_shape), dtype=np.float32)
     for index, path in enumerate(paths):
         try:
             _, location = read_header(path, planes)
-            cropped = crop_center(read_pixels(path, location), (height, width), path)
-            plane, _ = prepare_pixels(cropped, -1, path)
+            pixels[index] = fit_cutout(read_pixels(path, location), input_shape, path)
         except DataError:
             raise
         except Exception as error:  # astropy raises many types for a damaged file
             raise DataError(f"{path}: not a readable cutout ({type(error).__name__}: {first_line(error)})") from None
-        if plane.shape != (height, width, channels):
-            raise DataError(
-                f"{path}: cutout is {plane.shape[0]}x{plane.shape[1]}x{plane.shape[2]} after cropping, "
-                f"the model takes {height}x{width}x{channels}"
-            )
-        pixels[index] = plane
     return {"inputs": pixels.tolist()}
 
 

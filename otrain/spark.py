@@ -504,12 +504,30 @@ def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None)
 _EDGE = "edge"
 
 
-def _local_name(uri: str) -> str:
-    """Name a file as otrain-infer would: a local path for ``file:`` URIs, else the URI."""
+def _local_name(uri: str, roots: tuple[str, str] | None = None) -> str:
+    """Name a file as otrain-infer would: a local path for ``file:`` URIs, else the URI.
+
+    ``roots`` is (the input folder as an absolute path, the folder as the user gave it): a
+    path below the first is named below the second, as otrain-infer names it.
+    """
     parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme == "file":
-        return urllib.parse.unquote(parsed.path)
-    return uri
+    if parsed.scheme != "file":
+        return uri
+    name = urllib.parse.unquote(parsed.path)
+    if roots is not None and name.startswith(roots[0].rstrip("/") + "/"):
+        return str(Path(roots[1]) / name[len(roots[0].rstrip("/")) + 1 :])
+    return name
+
+
+def _spark_uri(location: str | Path) -> str:
+    """Return what Spark reads or writes: a URI as given, a local path as an absolute ``file:`` URI.
+
+    A bare path would be resolved against the cluster's default file system (often HDFS).
+    """
+    text = str(location)
+    if urllib.parse.urlparse(text).scheme and not Path(text).exists():
+        return text
+    return Path(text).absolute().as_uri()
 
 
 class _Problems:
@@ -561,13 +579,17 @@ def _frame(cells: list[Sequence[Any]], pixels: list[np.ndarray], scoring: _Scori
 
 
 def _decode_fits(
-    shape: tuple[int, int, int], planes: tuple[str, ...] | None, problems: Any, scoring: _Scoring | None = None
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+    problems: Any,
+    scoring: _Scoring | None = None,
+    roots: tuple[str, str] | None = None,
 ) -> Callable[[Any], Iterator[Any]]:
     def decode(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
             cells, pixels, skipped = [], [], []
             for uri, content in zip(batch["path"], batch["content"], strict=True):
-                path = Path(_local_name(uri))
+                path = Path(_local_name(uri, roots))
                 try:
                     meta, cutout = read_for_model(path, shape, planes, content=bytes(content))
                 except Exception as error:  # an executor reports, never dies, on a strange file
@@ -652,16 +674,19 @@ def _write_table(output: Path, table: Path, threshold: float) -> int:
     """Write the Parquet results as infer_results.dat (rows sorted by file); return the real count."""
     import pyarrow.parquet as pq
 
-    rows = pq.read_table(output, schema=_output_schema()).sort_by("filename").to_pylist()
+    results = pq.read_table(output, schema=_output_schema()).sort_by("filename")
+    n_real = 0
     with atomic_path(table) as temporary, open(temporary, "w", encoding="utf-8") as stream:
         stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
-        for row in rows:
-            # A missing number is null in Parquet, nan in the table (as otrain-infer writes it).
-            cells = [
-                math.nan if row[name] is None and name not in _TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
-            ]
-            stream.write(table_line(cells))
-    return sum(row["real"] for row in rows)
+        for batch in results.to_batches(max_chunksize=65_536):  # rows as Python objects, a batch at a time
+            for row in batch.to_pylist():
+                # A missing number is null in Parquet, nan in the table (as otrain-infer writes it).
+                cells = [
+                    math.nan if row[name] is None and name not in _TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
+                ]
+                stream.write(table_line(cells))
+                n_real += row["real"]
+    return n_real
 
 
 #: Builds the column function giving P(real) of the flattened pixels column:
@@ -717,10 +742,12 @@ def _model_input(model_file: Path, config: InferSparkConfig) -> tuple[tuple[int,
         )
     if config.parquet is not None:
         packed = _packed_planes(config.parquet)
-        if packed != planes:
+        # DIFF alone and the default reading pack the same pixels of an STDPipe cutout.
+        if resolve_planes(None, packed) != resolve_planes(None, planes):
             raise DataError(
                 f"{config.parquet}: packed with planes {' '.join(packed) if packed else 'default (DIFF)'}, "
-                f"the model takes {' '.join(planes) if planes else 'default (DIFF)'}; pack again with --planes"
+                f"the model takes {' '.join(planes) if planes else 'default (DIFF)'}; pack again with "
+                f"--planes {' '.join(planes) if planes else 'DIFF'}"
             )
     return shape, planes
 
@@ -765,13 +792,15 @@ def _score(
             spark.read.format("binaryFile")
             .option("recursiveFileLookup", "true")
             .option("pathGlobFilter", _fits_glob())
-            .load(config.cutouts)
+            .load(_spark_uri(config.cutouts))
             .select("path", "content")
         )
-        decoded = source.mapInPandas(_decode_fits(shape, planes, problems, scoring), schema)
+        local = not urllib.parse.urlparse(config.cutouts).scheme or Path(config.cutouts).exists()
+        roots = (str(Path(config.cutouts).absolute()), config.cutouts) if local else None
+        decoded = source.mapInPandas(_decode_fits(shape, planes, problems, scoring, roots), schema)
         where = config.cutouts
     else:
-        packed = spark.read.parquet(str(config.parquet))
+        packed = spark.read.parquet(_spark_uri(config.parquet))
         decoded = packed.mapInPandas(_decode_packed(shape, problems, scoring), schema)
         where = str(config.parquet)
     if scorer is not None:
@@ -785,7 +814,7 @@ def _score(
     report = SparkReport(output=config.output, table=config.table, threshold=threshold)
     with atomic_folder(config.output) as folder:
         target = folder / "data"
-        scored.write.mode("error").parquet(str(target))
+        scored.write.mode("error").parquet(_spark_uri(target))
         parts = sorted(part for part in target.iterdir() if part.suffix == ".parquet")
         for part in parts:
             part.rename(folder / part.name)

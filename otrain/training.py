@@ -56,7 +56,6 @@ from otrain.config import (
     TRAINING_LOCK,
     Cluster,
     TrainConfig,
-    cluster_from_environment,
 )
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError, first_line
@@ -668,9 +667,10 @@ def train(
         A split chosen by the caller (the dataset-size study keeps one test set for all sizes).
         When an MLflow run is active, the training's run is nested in it.
     cluster : Cluster, optional
-        This process's place in a multi-worker training (default: read from ``TF_CONFIG``). A
-        worker other than the chief only trains: its result has ``chief`` False, no outputs and
-        no test metrics.
+        This process's place in a multi-worker training; default: one worker, whatever
+        ``TF_CONFIG`` says (otrain-train passes :func:`otrain.config.cluster_from_environment`;
+        cross-validation and the dataset-size study train alone). A worker other than the chief
+        only trains: its result has ``chief`` False, no outputs and no test metrics.
 
     Returns
     -------
@@ -689,7 +689,7 @@ def train(
     TrainingDivergedError
         When the loss becomes NaN or infinite (the checkpoint is removed, the run is FAILED).
     """
-    cluster = cluster_from_environment() if cluster is None else cluster
+    cluster = Cluster() if cluster is None else cluster
     cube = Datacube.load(config.cube) if cube is None else cube
     _check_cube(cube, config)
     given = split is not None

@@ -232,3 +232,22 @@ def test_two_workers_killed_mid_training_resume_from_the_chiefs_checkpoint(
     runs = runs_in(tracking_uri)
     assert [run.info.run_id for run in runs] == [run_id]
     assert runs[0].info.status == "FINISHED"
+
+
+def test_tf_config_with_a_chief_task_names_the_chief(monkeypatch: pytest.MonkeyPatch) -> None:
+    from otrain.config import cluster_from_environment
+
+    cluster = {"chief": ["127.0.0.1:2222"], "worker": ["127.0.0.1:2223", "127.0.0.1:2224"]}
+    for task, is_chief in ((("chief", 0), True), (("worker", 0), False), (("worker", 1), False)):
+        monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": task[0], "index": task[1]}}))
+        parsed = cluster_from_environment()
+        assert (parsed.workers, parsed.has_chief, parsed.is_chief) == (3, True, is_chief)
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps(
+            {"cluster": {"worker": ["127.0.0.1:2223", "127.0.0.1:2224"]}, "task": {"type": "worker", "index": 0}}
+        ),
+    )
+    assert cluster_from_environment().is_chief
+    monkeypatch.delenv("TF_CONFIG")
+    assert cluster_from_environment().workers == 1

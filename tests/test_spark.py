@@ -211,6 +211,10 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
         (*base, "--cutouts", cutouts, "--planes", "DIFF", "DIFF"): "--planes: names a plane twice",
         (*base, "--cutouts", cutouts, "--table", tmp_path): "--table: ",
         ("--model", tmp_path / "missing.keras", "--output", output, "--cutouts", cutouts): "--model: file",
+        ("--model", "models:/otrain-cnn", "--output", output, "--cutouts", cutouts): "--model: must be models:/",
+        (*base, "--cutouts", cutouts, "--table", output / "t.dat"): "--table: ",
+        ("--model", model, "--output", cutouts / "scores", "--cutouts", cutouts): "--output: ",
+        ("--model", model, "--output", cutouts, "--parquet", cutouts): "--output: ",
     }
     for arguments, message in cases.items():
         assert call_main(spark_main, *arguments) == 2, arguments
@@ -225,6 +229,10 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
     assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", existing, "--overwrite") == 2
     assert "not a Parquet folder written by otrain" in capsys.readouterr().err
     assert (existing / "keep.txt").read_text() == "mine"
+    link = tmp_path / "link.parquet"
+    link.symlink_to(existing)
+    assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", link, "--overwrite") == 2
+    assert "is a symbolic link" in capsys.readouterr().err
     assert not output.exists()
 
 
@@ -323,3 +331,40 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
     assert report.n_scored == len(expected)
     assert len(report.bad_files) == 2
     assert_same_results(read_parquet(tmp_path / "udf.parquet"), expected)
+
+
+@pytest.mark.slow
+def test_options_and_relative_paths_give_otrain_infers_table(
+    night: Path, trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--threshold, --prob-ratio, --planes, --conf, --overwrite; names as given, as otrain-infer writes them."""
+    model = trained / "tiny.keras"
+    monkeypatch.chdir(night.parent)
+    options = ("--threshold", "0.3", "--prob-ratio", "2", "--planes", "DIFF")
+    reference = tmp_path / "infer.dat"
+    assert (
+        call_main(infer_main, "--cutouts", "night", "--model", model, "--recursive", "--output", reference, *options)
+        == 0
+    )
+    expected = read_table(reference)
+    assert all(name.startswith("night/") for name in expected)
+    output, table = tmp_path / "spark.parquet", tmp_path / "spark.dat"
+    arguments = ("--cutouts", "night", "--model", model, "--output", output, "--table", table, *options)
+    arguments += ("--master", MASTER, "--conf", "spark.sql.shuffle.partitions=3")
+    assert call_main(spark_main, *arguments) == 0
+    assert_same_results(read_table(table), expected)
+    assert_same_results(read_parquet(output), expected)
+    assert call_main(spark_main, *arguments, "--overwrite") == 0
+    assert_same_results(read_parquet(output), expected)
+
+    packed = tmp_path / "packed"
+    assert (
+        call_main(
+            pack_main, "--cutouts", "night", "--output", packed, "--recursive", "--planes", "DIFF", "--workers", 1
+        )
+        == 0
+    )
+    from_parquet = tmp_path / "from_parquet.parquet"
+    arguments = ("--parquet", packed, "--model", model, "--output", from_parquet, "--master", MASTER, *options)
+    assert call_main(spark_main, *arguments) == 0
+    assert_same_results(read_parquet(from_parquet), expected)
