@@ -527,7 +527,8 @@ def _spark_uri(location: str | Path) -> str:
     text = str(location)
     if urllib.parse.urlparse(text).scheme and not Path(text).exists():
         return text
-    return Path(text).absolute().as_uri()
+    # Not Path.as_uri(): Hadoop reads a path's characters as they are and would keep its %-escapes.
+    return "file://" + str(Path(text).absolute())
 
 
 class _Problems:
