@@ -319,6 +319,10 @@ def spark_session(master: str, conf: Sequence[str] = (), app_name: str = "otrain
         # The Python workers run this interpreter (a venv's, even when the venv is not activated):
         # Spark takes it from PYSPARK_PYTHON; its spark.pyspark.python setting was not honoured.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        # Local mode needs no network name: on loopback it also runs where the host name does not
+        # resolve (a container with --network none) and opens no port beyond this machine.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("SPARK_LOCAL_HOSTNAME", "localhost")
         settings.setdefault("spark.pyspark.python", sys.executable)
         settings.setdefault("spark.pyspark.driver.python", sys.executable)
     with tempfile.TemporaryDirectory(prefix="otrain-spark-") as scratch:

@@ -183,3 +183,52 @@ def test_commands_log_the_gpus_tensorflow_sees(pipeline_folder: tuple[Path, int,
     assert "otrain-train: info: TensorFlow" in log
     assert "otrain-infer: info: TensorFlow" in log
     assert "sees no GPU; running on the CPU" in log
+
+
+def test_the_spark_image_scores_the_night_as_otrain_infer_did(
+    docker_env: dict[str, str], pipeline_folder: tuple[Path, int, subprocess.CompletedProcess]
+) -> None:
+    """otrain:spark (docker/Dockerfile.spark) runs otrain-infer-spark on local[2], network off."""
+    build = ["build", "--network", "host", "--build-arg", f"OTRAIN_IMAGE={IMAGE}", "-f", "docker/Dockerfile.spark"]
+    result = subprocess.run(
+        ["docker", *build, "-t", "otrain:spark", "."], cwd=ROOT, capture_output=True, text=True, env=docker_env
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    source = pipeline_folder[0]
+    folder = Path(tempfile.mkdtemp(prefix="otrain-spark-"))
+    try:
+        shutil.copytree(source / "survey" / "night", folder / "survey" / "night")
+        shutil.copytree(source / "models", folder / "models")
+        for path in [folder, *folder.rglob("*")]:  # the image's own user (Spark needs a named user) writes here
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        model = "models/CNN_training/tiny/tiny.keras"
+        command = ["otrain-infer-spark", "--cutouts", "survey/night", "--model", model, "--master", "local[2]"]
+        command += ["--output", "scores.parquet", "--table", "spark.dat"]
+        result = docker(
+            docker_env, "run", "--rm", "--network", "none", "-v", f"{folder}:/work", "otrain:spark", *command
+        )
+        assert "written: spark.dat" in result.stdout
+        expected = Table.read(source / "survey" / "night" / "infer_results.dat", format="ascii.commented_header")
+        got = Table.read(folder / "spark.dat", format="ascii.commented_header")
+        assert sorted(got["filename"]) == sorted(expected["filename"])
+        by_name = {row["filename"]: row["label1"] for row in got}
+        for row in expected:
+            assert abs(by_name[row["filename"]] - row["label1"]) < 1e-5, row["filename"]
+    finally:
+        # What the image's user wrote, removed by it (this process may not own it).
+        docker(
+            docker_env,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "-v",
+            f"{folder}:/work",
+            IMAGE,
+            "find",
+            "/work",
+            "-mindepth",
+            "1",
+            "-delete",
+        )
+        shutil.rmtree(folder, ignore_errors=True)
