@@ -22,14 +22,33 @@ from otrain.config import CHECKINFER_FIGURES as FIGURES
 from otrain.config import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
 from otrain.errors import DataError, first_line
 
-__all__ = ["FIGURES", "CheckInferReport", "run_checkinfer"]
+__all__ = ["FIGURES", "CheckInferReport", "read_table", "run_checkinfer"]
 
 logger = logging.getLogger("otrain")
 _PROBABILITY_EDGES = np.linspace(0, 1, 41)
 _RATIO_EDGES = np.linspace(0, 20, 61)
 
 
-def _read_table(path: Path, required: tuple[str, ...]) -> Any:
+def read_table(path: Path, required: tuple[str, ...]) -> Any:
+    """Read a commented_header table (infer_results.dat, crossmatch.dat) that must have ``required`` columns.
+
+    Parameters
+    ----------
+    path : Path
+        The table.
+    required : tuple of str
+        Columns it must have.
+
+    Returns
+    -------
+    astropy.table.Table
+        The table.
+
+    Raises
+    ------
+    DataError
+        When the file cannot be read, is empty or malformed, or lacks a column; the message names it.
+    """
     from astropy.io import ascii as astropy_ascii
 
     expected = f"'# {' '.join(required)} ...'"
@@ -98,8 +117,8 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
     from otrain import plots
     from otrain.evaluation import write_csv, write_json
 
-    crossmatch = _read_table(config.crossmatch_file, ("closest_candID", "mag"))
-    infer = _read_table(config.infer_file, ("cand_ID", "label1", "FWHM", "FWHMPSF"))
+    crossmatch = read_table(config.crossmatch_file, ("closest_candID", "mag"))
+    infer = read_table(config.infer_file, ("cand_ID", "label1", "FWHM", "FWHMPSF"))
     if len(crossmatch) == 0:
         raise DataError(f"{config.crossmatch}: crossmatch table has no injected source")
     if len(infer) == 0:

@@ -44,6 +44,7 @@ __all__ = [
     "PackConfig",
     "PlotResultsConfig",
     "PromoteConfig",
+    "ReportConfig",
     "ServeConfig",
     "SimulateConfig",
     "SummaryConfig",
@@ -1194,6 +1195,82 @@ class CheckInferConfig(CommandConfig):
         return [self.output_folder]
 
 
+#: Written at the root of every folder otrain-report writes: proves the folder is its own.
+REPORT_MARKER = "_otrain_report.json"
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """Tell whether ``path`` is ``folder`` or lies below it (links and relative spellings resolved)."""
+    path, folder = path.resolve(), folder.resolve()
+    return path == folder or folder in path.parents
+
+
+class ReportConfig(CommandConfig):
+    """Write a vetting page for a scored night: one self-contained HTML page to judge the candidates.
+
+    The page (<output>/index.html, thumbnails in <output>/thumbs/) opens from disk with no network:
+    a header with the model and the night, a histogram of P(real), and one row per scored
+    candidate sorted by P(real), with thumbnails of the planes each file has (science,
+    reference, difference), the Grad-CAM overlay of the model's input, P(real), magnitude,
+    FWHM, position, file and candidate id. A threshold slider, a magnitude filter and sorting
+    by any column; r (real), b (bogus), s (skip) mark the current row, the arrows move, marks
+    stay in the browser, and a button downloads them as CSV for otrain-relabel.
+    """
+
+    command: ClassVar[str] = "otrain-report"
+
+    infer: Path = option(..., "Scored night: infer_results.dat of otrain-infer, or the folder holding it.")
+    cutouts: ExistingFolder = option(..., "Folder holding the scored cutouts (the table's files are found in it).")
+    model: ExistingFile = option(..., "The model that scored them (.keras or .h5); its card fills the header.")
+    output: Path = option(
+        ...,
+        "Folder for the page (index.html, thumbs/). A folder otrain-report wrote is replaced; any other "
+        "non-empty folder is refused.",
+    )
+    threshold: Probability | None = option(
+        None, "Where the threshold slider starts: real if P(real) > threshold. Default: the model card's (0.5)."
+    )
+    grad_cam: bool = option(True, "Grad-CAM overlay of every candidate; --no-grad-cam leaves it out (faster).")
+    method: Literal["gradcam", "gradcam++"] = option(
+        "gradcam++", "tf-keras-vis GradcamPlusPlus (default) or Gradcam for the overlays."
+    )
+    workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+    tracking: bool = option(
+        True,
+        "Look up the model's registry version and log the page into the training's MLflow run (mlflow_run.json "
+        "beside the model); --no-tracking does neither.",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ReportConfig:
+        _use_card_threshold(self, self.model)
+        if not self.infer_file.is_file():
+            raise ValueError(
+                f"--infer: {str(self.infer_file)!r} does not exist (give the file or the folder holding it)"
+            )
+        output = self.output
+        if output.exists() or output.is_symlink():
+            if not output.is_dir() or output.is_symlink():
+                raise ValueError(f"--output: {str(output)!r} is not a folder; give a folder for the page")
+            if any(output.iterdir()) and not (output / REPORT_MARKER).is_file():
+                raise ValueError(
+                    f"--output: {str(output)!r} exists and was not written by otrain-report; choose another path"
+                )
+        for flag, source in (("--cutouts", self.cutouts), ("--infer", self.infer_file), ("--model", self.model)):
+            if _inside(source, output):
+                raise ValueError(f"--output: {str(output)!r} holds {flag} {str(source)!r}; choose another path")
+        try:
+            _writable_folder(output.parent)
+        except ValueError as error:
+            raise ValueError(f"--output: {error}") from None
+        return self
+
+    @property
+    def infer_file(self) -> Path:
+        """The inference table: --infer itself, or infer_results.dat in that folder."""
+        return self.infer / "infer_results.dat" if self.infer.is_dir() else self.infer
+
+
 #: The four outcomes of a decision, in the order the commands report them, and the class each
 #: was given (the one Grad-CAM explains). Grad-CAM writes a folder and a summary grid per outcome.
 OUTCOMES = {"TP": 1, "TN": 0, "FP": 1, "FN": 0}
@@ -1653,6 +1730,7 @@ PIPELINE_FIXED = {
     "grad_cam": {"cube", "model_path", "cam_path", "overwrite"},
     "optimise_dataset_size": {"cube", "model_path", "outdir", "overwrite"},
     "promote": {"model_dir", "report", "overwrite"},
+    "report": {"infer", "cutouts", "model", "output", "workers"},
 }
 #: params.yaml sections that dvc.yaml passes to several commands: section -> (its options, the
 #: commands that take them). ``images.planes`` makes the survey and reads the cube with the same
@@ -1672,6 +1750,7 @@ PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
     "grad_cam": GradCamConfig,
     "optimise_dataset_size": OptimiseDatasetSizeConfig,
     "promote": PromoteConfig,
+    "report": ReportConfig,
 }
 
 
@@ -1752,4 +1831,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     ServeConfig,
     PackConfig,
     InferSparkConfig,
+    ReportConfig,
 )

@@ -1,0 +1,483 @@
+"""otrain-report: a vetting page for a scored night, to look at the candidates and judge them.
+
+The page is one HTML file with its script, styles and data inline, and its thumbnails in PNG
+sprite sheets beside it (``thumbs/sheet_NNN.png``, :data:`SHEET_ROWS` candidates each, one
+column per plane: science, reference, difference, Grad-CAM overlay). It opens from disk with
+no network access. The browser draws only the rows in view and loads a sheet only when one of
+its rows is drawn, so a night of 10,000 candidates opens as fast as one of 40.
+
+Worker processes read the cutouts and render the plane thumbnails; this process computes the
+Grad-CAM maps on the model's input, as otrain-infer read it, and writes the sheets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from otrain.atomic import atomic_folder
+from otrain.config import REPORT_MARKER, ReportConfig, card_file
+from otrain.cutouts import list_cutouts, read_header, read_pixels
+from otrain.errors import DataError, first_line
+from otrain.inference import fit_cutout
+
+__all__ = ["PAGE", "PLANE_SLOTS", "SHEET_ROWS", "THUMBS", "TILE", "ReportSummary", "plane_tiles", "write_report"]
+
+logger = logging.getLogger("otrain")
+
+#: The page, and the folder of its sprite sheets, inside --output.
+PAGE = "index.html"
+THUMBS = "thumbs"
+#: Candidates per sprite sheet, and the side of one thumbnail in it, in pixels.
+SHEET_ROWS = 100
+TILE = 64
+#: The columns of a sheet: the STDPipe planes shown, then the Grad-CAM overlay.
+PLANE_SLOTS = ("IMAGE", "TEMPLATE", "DIFF")
+_CAM_SLOT = len(PLANE_SLOTS)
+_GRADCAM_BATCH = 128
+#: Fraction of the colour map over the difference where the Grad-CAM map is 1.
+_CAM_OPACITY = 0.55
+_TABLE_COLUMNS = ("filename", "RA", "Dec", "mag", "magerr", "FWHM", "cand_ID", "label1")
+
+
+@dataclass
+class ReportSummary:
+    """What one page holds."""
+
+    output: Path
+    n_scored: int
+    n_skipped: int
+    n_above: int
+    threshold: float
+    grad_cam: bool
+    seconds: float
+
+
+def _zscale(plane: np.ndarray) -> np.ndarray:
+    """Scale one plane to [0, 1] with DS9's zscale limits (astropy), NaN shown as the low limit."""
+    from astropy.visualization import ZScaleInterval
+
+    finite = np.isfinite(plane)
+    if not finite.any():
+        return np.zeros(plane.shape, dtype=np.float32)
+    filled = np.where(finite, plane, np.nanmedian(plane))
+    low, high = ZScaleInterval().get_limits(filled)
+    if not high > low:
+        low, high = float(filled.min()), float(filled.max())
+    if not high > low:
+        return np.zeros(plane.shape, dtype=np.float32)
+    return np.clip((filled - low) / (high - low), 0.0, 1.0).astype(np.float32)
+
+
+def _tile(image: np.ndarray) -> np.ndarray:
+    """Resize an (H, W) or (H, W, 3) image in [0, 1] to a TILE x TILE uint8 thumbnail, north up."""
+    from PIL import Image
+
+    pixels = np.flipud(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
+    thumbnail = Image.fromarray(pixels)
+    if thumbnail.size != (TILE, TILE):
+        smaller = thumbnail.size[0] < TILE and thumbnail.size[1] < TILE
+        thumbnail = thumbnail.resize((TILE, TILE), Image.Resampling.NEAREST if smaller else Image.Resampling.BOX)
+    return np.asarray(thumbnail.convert("RGB"))
+
+
+def plane_tiles(path: Path) -> tuple[np.ndarray, int]:
+    """Render the planes a cutout has as thumbnails, in :data:`PLANE_SLOTS` order.
+
+    An STDPipe cutout shows its ``IMAGE``, ``TEMPLATE`` and ``DIFF`` extensions, those it has.
+    A gmadet cutout holds one image (shown as the difference, which O'TRAIN scores) or, with
+    three planes, science, reference and difference in file order.
+
+    Parameters
+    ----------
+    path : Path
+        The cutout file.
+
+    Returns
+    -------
+    numpy.ndarray
+        (3, TILE, TILE, 3) uint8 thumbnails, zscale-stretched; black for a missing plane.
+    int
+        Bit i set when the file has plane i of :data:`PLANE_SLOTS`.
+
+    Raises
+    ------
+    DataError
+        When the file cannot be read.
+    """
+    tiles = np.zeros((len(PLANE_SLOTS), TILE, TILE, 3), dtype=np.uint8)
+    meta, location = read_header(path)
+    planes: dict[int, np.ndarray] = {}
+    if meta.convention == "gmadet":
+        pixels = read_pixels(path, location)
+        if pixels.shape[2] == len(PLANE_SLOTS):
+            planes = {slot: pixels[:, :, slot] for slot in range(len(PLANE_SLOTS))}
+        else:
+            planes = {PLANE_SLOTS.index("DIFF"): pixels[:, :, 0]}
+    else:
+        try:
+            _, every = read_header(path, PLANE_SLOTS)
+            pixels = read_pixels(path, every)
+            planes = {slot: pixels[:, :, slot] for slot in range(len(PLANE_SLOTS))}
+        except DataError:  # not all three: show those the file has
+            for slot, name in enumerate(PLANE_SLOTS):
+                try:
+                    _, one = read_header(path, (name,))
+                except DataError:
+                    continue
+                planes[slot] = read_pixels(path, one)[:, :, 0]
+    present = 0
+    for slot, plane in planes.items():
+        tiles[slot] = _tile(_zscale(plane))
+        present |= 1 << slot
+    return tiles, present
+
+
+def _render_chunk(
+    jobs: Sequence[tuple[Path, tuple[int, int, int] | None, tuple[str, ...] | None]],
+) -> list[tuple[np.ndarray, int, np.ndarray | None] | str]:
+    """Worker task: thumbnails of each file, and its pixels as the model reads them (None without Grad-CAM).
+
+    A file that cannot be read gives its error message instead.
+    """
+    results: list[tuple[np.ndarray, int, np.ndarray | None] | str] = []
+    for path, shape, planes in jobs:
+        try:
+            tiles, present = plane_tiles(path)
+            model_input = None
+            if shape is not None:
+                _, location = read_header(path, planes)
+                model_input = fit_cutout(read_pixels(path, location), shape, path)
+            results.append((tiles, present, model_input))
+        except Exception as error:  # a worker must report, never die, on a strange file
+            results.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
+    return results
+
+
+def _locate(names: Sequence[str], cutouts: Path) -> list[str]:
+    """Find each table file name in ``cutouts``: the path relative to it, as the page names it.
+
+    otrain-infer writes the names as it was given them (relative to where it ran, or absolute);
+    a name is matched on its longest trailing part that is a cutout of the folder.
+
+    Raises
+    ------
+    DataError
+        When names are not found in the folder, naming the first.
+    """
+    known = {path.relative_to(cutouts).as_posix() for path in list_cutouts(cutouts, recursive=True)}
+    base = cutouts.resolve()
+    found: list[str] = []
+    missing: list[str] = []
+    for name in names:
+        path = Path(name)
+        if path.is_absolute():
+            resolved = path.resolve()
+            if base in resolved.parents and resolved.relative_to(base).as_posix() in known:
+                found.append(resolved.relative_to(base).as_posix())
+                continue
+        parts = PurePosixPath(path.as_posix()).parts
+        match = next(
+            (
+                "/".join(parts[start:])
+                for start in range(len(parts))
+                if parts[start] != "/" and "/".join(parts[start:]) in known
+            ),
+            None,
+        )
+        if match is None:
+            missing.append(name)
+        else:
+            found.append(match)
+    if missing:
+        raise DataError(
+            f"{cutouts}: {len(missing)} scored file(s) of the table are not in this folder, the first: {missing[0]}"
+        )
+    return found
+
+
+def _number(value: Any) -> float | None:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _candidate_id(value: Any) -> str:
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return "" if text in ("--", "None") else text
+    return str(int(number)) if number.is_integer() else text
+
+
+def _read_card(model: Path) -> dict[str, Any]:
+    card = card_file(model)
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _registry_version(model: Path) -> dict[str, Any] | None:
+    """Return the registered version of the model's training run: name, version, aliases; None when unknown.
+
+    Only asks an existing store: a SQLite file that is not there would be created by MLflow.
+    """
+    from otrain.tracking import read_run_file
+
+    try:
+        run = read_run_file(model.parent)
+    except DataError:
+        return None
+    if run is None:
+        return None
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or run.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        return None
+    try:
+        from mlflow import MlflowClient
+
+        versions = MlflowClient(tracking_uri=uri).search_model_versions(f"run_id = '{run.run_id}'")
+    except Exception as error:  # the page is still useful without the registry
+        logger.info("registry version of %s unknown (%s)", model, first_line(error))
+        return None
+    if not versions:
+        return {"run_id": run.run_id}
+    latest = max(versions, key=lambda version: int(version.version))
+    return {
+        "run_id": run.run_id,
+        "name": latest.name,
+        "version": str(latest.version),
+        "aliases": sorted(getattr(latest, "aliases", []) or []),
+    }
+
+
+def _threshold_rule(card: dict[str, Any], threshold: float) -> str:
+    recorded = card.get("threshold")
+    if recorded is None:
+        return "0.5 (the model has no card)" if threshold == 0.5 else "given with --threshold"
+    if not math.isclose(float(recorded), threshold):
+        return f"given with --threshold (the card's is {float(recorded):g})"
+    rule = card.get("threshold_rule") or {}
+    method = rule.get("method", "default")
+    if method == "default":
+        return "the default, 0.5"
+    details = ", ".join(f"{key} {value}" for key, value in rule.items() if key != "method" and value is not None)
+    return f"{method}" + (f" ({details})" if details else "") + " on the validation set"
+
+
+def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str, Any] | None) -> dict[str, Any]:
+    metrics = card.get("test_metrics") or {}
+    calibration = card.get("calibration") or {}
+    ece = metrics.get("expected_calibration_error", calibration.get("ece_test_after"))
+    shape = card.get("input_shape")
+    return {
+        "file": str(config.model),
+        "name": config.model.stem,
+        "registry": registry,
+        "planes": card.get("planes"),
+        "architecture": card.get("architecture"),
+        "input_shape": shape,
+        "calibration": calibration.get("method"),
+        "threshold": config.threshold,
+        "threshold_rule": _threshold_rule(card, config.threshold),
+        "test": {key: metrics[key] for key in ("n", "accuracy", "roc_auc", "mcc", "precision", "recall", "fpr", "fnr")}
+        if metrics
+        else None,
+        "ece": ece,
+        "trained": card.get("trained_at") or card.get("created"),
+    }
+
+
+def _overlay(model_input: np.ndarray, cam: np.ndarray, diff_channel: int) -> np.ndarray:
+    """Draw the model's view of the difference in grey, the Grad-CAM map in colour over it."""
+    from matplotlib import colormaps
+
+    grey = _zscale(model_input[:, :, diff_channel])
+    colour = colormaps["inferno"](cam)[:, :, :3]
+    weight = (_CAM_OPACITY * cam)[:, :, np.newaxis]
+    return grey[:, :, np.newaxis] * (1.0 - weight) + colour * weight
+
+
+def _write_sheet(path: Path, tiles: np.ndarray) -> None:
+    """Write (n, slots, TILE, TILE, 3) thumbnails as one PNG: a row per candidate, a column per slot."""
+    from PIL import Image, PngImagePlugin
+
+    from otrain.outputs import PNG_SOFTWARE
+
+    n, slots = tiles.shape[:2]
+    sheet = tiles.transpose(0, 2, 1, 3, 4).reshape(n * TILE, slots * TILE, 3)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Software", f"{PNG_SOFTWARE} report")
+    Image.fromarray(sheet).save(path, format="PNG", pnginfo=info, compress_level=6)
+
+
+def _page_html(data: dict[str, Any]) -> str:
+    template = resources.files("otrain").joinpath("templates", "vetting.html").read_text(encoding="utf-8")
+    # Inside <script>, "</" would end the element: JSON allows escaping the slash.
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
+    title = f"otrain vetting: {data['night']['table']}"
+    return template.replace("__OTRAIN_TITLE__", html.escape(title)).replace("__OTRAIN_DATA__", payload)
+
+
+def write_report(config: ReportConfig) -> ReportSummary:
+    """Write the vetting page of a scored night.
+
+    Parameters
+    ----------
+    config : ReportConfig
+        Validated options of otrain-report.
+
+    Returns
+    -------
+    ReportSummary
+        Where the page is and what it holds.
+
+    Raises
+    ------
+    DataError
+        When the table, the model or a scored file cannot be read, or the table has no row;
+        nothing is written then.
+    """
+    from otrain.checkinfer import read_table
+    from otrain.parallel import map_chunks
+
+    started = time.perf_counter()
+    table = read_table(config.infer_file, _TABLE_COLUMNS)
+    if len(table) == 0:
+        raise DataError(f"{config.infer_file}: the table has no scored candidate")
+    names = [str(name) for name in table["filename"]]
+    files = _locate(names, config.cutouts)
+    card = _read_card(config.model)
+    shape, planes, model = None, None, None
+    if config.grad_cam:
+        from otrain.gradcam import GradCamExplainer
+        from otrain.inference import resolve_planes
+        from otrain.model import card_planes, input_shape_of, load_model
+
+        model = load_model(config.model)
+        shape = input_shape_of(model)
+        planes = resolve_planes(None, card_planes(config.model))
+        explainer = GradCamExplainer(model, config.method)
+        model_planes = planes or ("DIFF",)
+        diff_channel = model_planes.index("DIFF") if "DIFF" in model_planes else 0
+    registry = _registry_version(config.model) if config.tracking else None
+    p_real = np.array([_number(value) for value in table["label1"]], dtype=float)
+    if not np.isfinite(p_real).all():
+        bad = int(np.flatnonzero(~np.isfinite(p_real))[0])
+        raise DataError(f"{config.infer_file}: row {bad + 1} ({names[bad]}) has no P(real) (label1)")
+    n_files = len(list_cutouts(config.cutouts, recursive=True))
+    jobs = [(config.cutouts / name, shape, planes) for name in files]
+    rows: list[list[Any]] = []
+    with atomic_folder(config.output) as folder:
+        (folder / THUMBS).mkdir()
+        index = 0
+        for chunk, results in map_chunks(
+            _render_chunk,
+            jobs,
+            workers=config.workers,
+            description="rendering thumbnails",
+            preload=["otrain.report"],
+            chunk_size=SHEET_ROWS,
+        ):
+            problems = [result for result in results if isinstance(result, str)]
+            if problems:
+                raise DataError(problems[0])
+            tiles = np.zeros((len(chunk), len(PLANE_SLOTS) + 1, TILE, TILE, 3), dtype=np.uint8)
+            present = np.zeros(len(chunk), dtype=int)
+            for position, (planes_tiles, mask, _) in enumerate(results):
+                tiles[position, : len(PLANE_SLOTS)] = planes_tiles
+                present[position] = mask
+            if model is not None:
+                pixels = np.stack([model_input for _, _, model_input in results])
+                chosen = p_real[index : index + len(chunk)] > config.threshold
+                for start in range(0, len(chunk), _GRADCAM_BATCH):
+                    batch = slice(start, start + _GRADCAM_BATCH)
+                    cams = np.nan_to_num(explainer.maps(pixels[batch], chosen[batch].astype(int)))
+                    for position, cam in enumerate(cams, start=start):
+                        tiles[position, _CAM_SLOT] = _tile(_overlay(pixels[position], cam, diff_channel))
+                    present[batch] |= 1 << _CAM_SLOT
+            sheet_number = index // SHEET_ROWS
+            _write_sheet(folder / THUMBS / f"sheet_{sheet_number:04d}.png", tiles)
+            for position in range(len(chunk)):
+                row = table[index + position]
+                rows.append(
+                    [
+                        index + position,
+                        float(p_real[index + position]),
+                        _number(row["mag"]),
+                        _number(row["magerr"]),
+                        _number(row["FWHM"]),
+                        _number(row["RA"]),
+                        _number(row["Dec"]),
+                        files[index + position],
+                        _candidate_id(row["cand_ID"]),
+                        int(present[position]),
+                    ]
+                )
+            index += len(chunk)
+        n_above = int(np.count_nonzero(p_real > config.threshold))
+        # Marks are kept per page: the same night scored by the same model shares them across rewrites.
+        identity = hashlib.sha256(config.infer_file.read_bytes() + str(config.model.resolve()).encode()).hexdigest()
+        night = {
+            "table": str(config.infer_file),
+            "cutouts": str(config.cutouts),
+            "files": n_files,
+            "scored": len(rows),
+            "skipped": max(n_files - len(set(files)), 0),
+            "above": n_above,
+        }
+        data = {
+            "page_id": identity[:16],
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+            "model": _model_header(config, card, registry),
+            "night": night,
+            "columns": ["sheet_index", "p_real", "mag", "magerr", "fwhm", "ra", "dec", "file", "cand_id", "planes"],
+            "rows": sorted(rows, key=lambda row: -row[1]),
+            "sheet_rows": SHEET_ROWS,
+            "tile": TILE,
+            "slots": [*PLANE_SLOTS, "GRADCAM"],
+            "grad_cam": model is not None,
+            "method": config.method if model is not None else None,
+        }
+        (folder / PAGE).write_text(_page_html(data), encoding="utf-8")
+        marker = {"page": PAGE, "night": night, "model": str(config.model), "threshold": config.threshold}
+        (folder / REPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    summary = ReportSummary(
+        output=config.output,
+        n_scored=len(rows),
+        n_skipped=night["skipped"],
+        n_above=n_above,
+        threshold=config.threshold,
+        grad_cam=model is not None,
+        seconds=time.perf_counter() - started,
+    )
+    if config.tracking:
+        from otrain.tracking import log_into_training_run
+
+        log_into_training_run(
+            config.model.parent,
+            metrics={"scored": summary.n_scored, "above": summary.n_above},
+            artifacts=[config.output],
+            artifact_path="report",
+            prefix="report_",
+        )
+    return summary
