@@ -44,6 +44,7 @@ __all__ = [
     "PackConfig",
     "PlotResultsConfig",
     "PromoteConfig",
+    "RelabelConfig",
     "ReportConfig",
     "ServeConfig",
     "SimulateConfig",
@@ -53,6 +54,7 @@ __all__ = [
     "card_file",
     "cluster_from_environment",
     "option",
+    "relabel_output_files",
     "validate_params",
 ]
 
@@ -485,6 +487,116 @@ class ConvertConfig(CommandConfig):
     def output_folders(self) -> list[Path]:
         """Return the cube's folder."""
         return [self.output_file.parent]
+
+
+#: Written at the root of every otrain-relabel output: proves the tree is its own, lists its files.
+RELABEL_MARKER = "_otrain_relabel.json"
+#: The label folders of an otrain-relabel output (those otrain-convert reads), by mark.
+RELABEL_FOLDERS = {"real": "true", "bogus": "false"}
+
+
+def relabel_output_files(folder: Path) -> set[str] | None:
+    """Return what an otrain-relabel output folder holds by its marker, or None if it has no valid marker.
+
+    Parameters
+    ----------
+    folder : Path
+        An existing folder.
+
+    Returns
+    -------
+    set of str or None
+        The paths relative to ``folder`` (with ``/``) of the marker, the label folders and the
+        files the marker lists in them; None when the marker is missing or is not one that
+        otrain-relabel writes.
+    """
+    try:
+        marker = json.loads((folder / RELABEL_MARKER).read_text(encoding="utf-8"))
+        listed = marker["files"]
+        if marker.get("command") != "otrain-relabel":
+            return None
+        names = {RELABEL_MARKER, *RELABEL_FOLDERS.values()}
+        for label in RELABEL_FOLDERS.values():
+            names |= {f"{label}/{name}" for name in listed.get(label, {})}
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    return names
+
+
+def _held_files(folder: Path) -> list[str]:
+    """Every entry below ``folder`` (folders and links included, links not followed), relative, sorted."""
+    held = []
+    for parent, folders, files in os.walk(folder):
+        base = Path(parent).relative_to(folder)
+        held += [(base / name).as_posix() for name in (*folders, *files)]
+    return sorted(held)
+
+
+class RelabelConfig(CommandConfig):
+    """Turn the marks exported from a vetting page (a CSV) into a labelled tree <out>/true, <out>/false.
+
+    Reads the columns cand_ID, file, mark and p_real (in any order; others are ignored): each
+    file (relative to --cutouts) marked real goes to <out>/true, bogus to <out>/false, skip
+    nowhere. A file marked skip and also real or bogus takes that label; a file marked both
+    real and bogus is an error. The tree is ready for otrain-convert --cutouts <out>; it is
+    written all at once, with a _otrain_relabel.json record of what it holds, and replaces only
+    an earlier otrain-relabel output. The cutouts themselves are never moved or changed.
+    """
+
+    command: ClassVar[str] = "otrain-relabel"
+
+    marks: ExistingFile = option(..., "The marks CSV of the vetting page (its 'Export marks' button).")
+    cutouts: ExistingFolder = option(
+        ..., "Folder the marks' file names are relative to (the folder the vetting page was made from)."
+    )
+    out: Path = option(
+        ...,
+        "Folder to write <out>/true and <out>/false into: a new or empty folder, or an earlier otrain-relabel output "
+        "(replaced whole).",
+    )
+    mode: Literal["copy", "symlink", "hardlink"] = option(
+        "copy",
+        "How each cutout gets into the tree: copy (bytes and times), symlink (absolute links to the originals) or "
+        "hardlink (same file system only).",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> RelabelConfig:
+        out, cutouts = self.out.resolve(), self.cutouts.resolve()
+        if out == cutouts or cutouts in out.parents:
+            raise ValueError(f"--out: {str(self.out)!r} is --cutouts or inside it; choose another path")
+        if out in cutouts.parents:
+            raise ValueError(
+                f"--out: {str(self.out)!r} holds --cutouts {str(self.cutouts)!r} and would be replaced whole; "
+                "choose another path"
+            )
+        if out in self.marks.resolve().parents:
+            raise ValueError(
+                f"--marks: {str(self.marks)!r} is inside --out, which is replaced whole; choose another --out"
+            )
+        not_ours = f"--out: {str(self.out)!r} exists and was not written by otrain-relabel; choose another path"
+        if self.out.is_symlink() or (self.out.exists() and not self.out.is_dir()):
+            raise ValueError(not_ours)
+        if self.out.is_dir() and any(self.out.iterdir()):
+            own = relabel_output_files(self.out)
+            if own is None:
+                raise ValueError(not_ours)
+            foreign = [name for name in _held_files(self.out) if name not in own]
+            if foreign:
+                raise ValueError(
+                    f"--out: {str(self.out)!r} was written by otrain-relabel but now also holds {foreign[0]!r}"
+                    f"{f' and {len(foreign) - 1} more' if len(foreign) > 1 else ''}, which replacing it would "
+                    "delete; move them or choose another path"
+                )
+        try:
+            _writable_folder(self.out.parent)
+        except ValueError as error:
+            raise ValueError(f"--out: {error}") from None
+        return self
+
+    def output_folders(self) -> list[Path]:
+        """Return the output's parent folder."""
+        return [self.out.parent]
 
 
 def _model_name(value: str) -> str:
@@ -1832,4 +1944,5 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     PackConfig,
     InferSparkConfig,
     ReportConfig,
+    RelabelConfig,
 )

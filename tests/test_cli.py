@@ -31,6 +31,7 @@ COMMANDS = {
     "otrain-serve": cfg.ServeConfig,
     "otrain-pack": cfg.PackConfig,
     "otrain-infer-spark": cfg.InferSparkConfig,
+    "otrain-relabel": cfg.RelabelConfig,
 }
 
 

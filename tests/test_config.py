@@ -51,6 +51,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.ServeConfig: {},
         cfg.PackConfig: {"cutouts": files["cutouts"], "output": files["out"]},
         cfg.InferSparkConfig: {"cutouts": str(files["cutouts"]), "model": str(files["model"]), "output": files["out"]},
+        cfg.RelabelConfig: {"marks": files["cube"], "cutouts": files["cutouts"], "out": files["out"]},
     }
 
 

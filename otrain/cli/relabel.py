@@ -1,0 +1,31 @@
+"""otrain-relabel: the marks exported from a vetting page to a labelled tree for otrain-convert."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NoReturn
+
+from otrain.cli.app import run_command
+from otrain.config import RELABEL_FOLDERS, RelabelConfig
+
+__all__ = ["main"]
+
+
+def _relabel(config: RelabelConfig) -> None:
+    from otrain.relabel import relabel
+
+    report = relabel(config)
+    print(
+        f"{report.n_real} real -> {config.out / RELABEL_FOLDERS['real']}, "
+        f"{report.n_bogus} bogus -> {config.out / RELABEL_FOLDERS['bogus']}, "
+        f"{report.n_skipped} skipped (mode {config.mode})"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> NoReturn:
+    """Run otrain-relabel."""
+    run_command(RelabelConfig, _relabel, argv)
+
+
+if __name__ == "__main__":
+    main()
