@@ -32,6 +32,7 @@ COMMANDS = {
     "otrain-pack": cfg.PackConfig,
     "otrain-infer-spark": cfg.InferSparkConfig,
     "otrain-relabel": cfg.RelabelConfig,
+    "otrain-report": cfg.ReportConfig,
 }
 
 

@@ -52,6 +52,12 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.PackConfig: {"cutouts": files["cutouts"], "output": files["out"]},
         cfg.InferSparkConfig: {"cutouts": str(files["cutouts"]), "model": str(files["model"]), "output": files["out"]},
         cfg.RelabelConfig: {"marks": files["cube"], "cutouts": files["cutouts"], "out": files["out"]},
+        cfg.ReportConfig: {
+            "infer": files["cube"],
+            "cutouts": files["cutouts"],
+            "model": files["model"],
+            "output": files["out"],
+        },
     }
 
 

@@ -111,6 +111,8 @@ def test_repro_produces_every_output(pipeline: tuple[Path, str]) -> None:
         folder / "reports" / "plots" / "calibration.png",
         folder / "reports" / "grad_cam" / "TP_summary.png",
         folder / "reports" / "infer_results.dat",
+        folder / "reports" / "vetting" / "index.html",
+        folder / "reports" / "vetting" / "thumbs" / "sheet_0000.png",
         folder / "reports" / "CheckInfer" / "checkinfer_summary.json",
         folder / "reports" / "promotion.json",
         folder / "reports" / "dataset_size" / "size_study_dataset_size.csv",
@@ -138,7 +140,9 @@ def test_one_mlflow_run_holds_every_stage(pipeline: tuple[Path, str]) -> None:
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, check=True)
     assert run.data.tags["git.commit"] == head.stdout.strip()
     folders = {item.path for item in client.list_artifacts(run_id)}
-    assert {"model", "training", "diagnostics", "plot_results", "grad_cam", "infer", "checkinfer"} <= folders
+    assert {"model", "training", "diagnostics", "plot_results", "grad_cam", "infer", "checkinfer", "report"} <= folders
+    page = [item.path for item in client.list_artifacts(run_id, "report/vetting")]
+    assert "report/vetting/index.html" in page
     version = client.get_model_version_by_alias("otrain-cnn", "champion")
     assert version.run_id == run_id
 
@@ -380,7 +384,12 @@ def code_of(module: str) -> set[str]:
             if path is not None and path not in seen:
                 seen.add(path)
                 todo += sorted(otrain_imports(path))
-    return {path.relative_to(ROOT).as_posix() for path in seen}
+    files = {path.relative_to(ROOT).as_posix() for path in seen}
+    return files | {data for source, data in PACKAGE_DATA.items() if source in files}
+
+
+#: Files of the package that a module reads at run time: a change to them changes what it writes.
+PACKAGE_DATA = {"otrain/report.py": "otrain/templates/vetting.html"}
 
 
 COMMAND_MODULES = {
@@ -395,6 +404,7 @@ COMMAND_MODULES = {
     "otrain-checkinfer": "otrain.cli.checkinfer",
     "otrain-promote": "otrain.cli.promote",
     "otrain-optimise-dataset-size": "otrain.cli.optimise_dataset_size",
+    "otrain-report": "otrain.cli.report",
 }
 
 
