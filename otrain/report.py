@@ -66,7 +66,7 @@ class ReportSummary:
 
 
 def _zscale(plane: np.ndarray) -> np.ndarray:
-    """Scale one plane to [0, 1] with DS9's zscale limits (astropy), NaN shown as the low limit."""
+    """Scale one plane to [0, 1] with DS9's zscale limits (astropy); non-finite pixels take the median."""
     from astropy.visualization import ZScaleInterval
 
     finite = np.isfinite(plane)
@@ -255,19 +255,20 @@ def _registry_version(model: Path) -> dict[str, Any] | None:
     try:
         from mlflow import MlflowClient
 
-        versions = MlflowClient(tracking_uri=uri).search_model_versions(f"run_id = '{run.run_id}'")
+        client = MlflowClient(tracking_uri=uri)
+        versions = client.search_model_versions(f"run_id = '{run.run_id}'")
     except Exception as error:  # the page is still useful without the registry
         logger.info("registry version of %s unknown (%s)", model, first_line(error))
         return None
     if not versions:
         return {"run_id": run.run_id}
     latest = max(versions, key=lambda version: int(version.version))
-    return {
-        "run_id": run.run_id,
-        "name": latest.name,
-        "version": str(latest.version),
-        "aliases": sorted(getattr(latest, "aliases", []) or []),
-    }
+    try:  # a search does not fill in the aliases
+        aliases = client.get_model_version(latest.name, latest.version).aliases
+    except Exception as error:
+        logger.info("aliases of %s v%s unknown (%s)", latest.name, latest.version, first_line(error))
+        aliases = []
+    return {"run_id": run.run_id, "name": latest.name, "version": str(latest.version), "aliases": sorted(aliases)}
 
 
 def _threshold_rule(card: dict[str, Any], threshold: float) -> str:

@@ -151,6 +151,11 @@ def test_ci_workflow_runs_lint_tests_on_two_pythons_and_the_image() -> None:
     commands = "\n".join(step.get("run", "") for job in ci["jobs"].values() for step in job["steps"])
     for target in ("make lint", "make test", "make docker-test", "make docker-image-gpu"):
         assert target in commands
+    # The browser tests get the runner's Chrome and its driver; their screenshot is kept.
+    test_steps = ci["jobs"]["test"]["steps"]
+    assert any("OTRAIN_CHROMEDRIVER=" in step.get("run", "") for step in test_steps)
+    upload = next(step for step in test_steps if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["with"]["path"] == "test-artifacts/"
     # The GPU image must import TensorFlow and list the GPUs it sees, not just print help (which
     # never imports TensorFlow).
     gpu_steps = [step.get("run", "") for step in ci["jobs"]["gpu-image"]["steps"]]

@@ -1,0 +1,426 @@
+"""otrain-report: the vetting page of a scored night, written from real FITS files and a real model,
+then opened in a real headless Chromium (Debian's chromium and chromium-driver) with the network cut off."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from astropy.io import fits
+from browser import browser_executables, chromium, requested_urls
+from conftest import ROOT, call_main, files_under, write_gmadet
+
+from otrain.cli.infer import main as infer_main
+from otrain.cli.relabel import main as relabel_main
+from otrain.cli.report import main as report_main
+from otrain.config import REPORT_MARKER
+from otrain.cutouts import read_header
+
+#: Where the browser tests leave their screenshots (CI keeps them as artifacts).
+ARTIFACTS = Path(os.environ.get("OTRAIN_TEST_ARTIFACTS", ROOT / "test-artifacts"))
+TILE = 64
+
+
+def page_data(output: Path) -> dict[str, Any]:
+    """The data the page embeds (its rows, counts and header)."""
+    text = (output / "index.html").read_text()
+    found = re.search(r'<script id="otrain-data" type="application/json">(.*?)</script>', text, re.S)
+    assert found is not None
+    return json.loads(found.group(1).replace("<\\/", "</"))
+
+
+def table_rows(table: Path) -> dict[str, dict[str, str]]:
+    """file name -> its row of the results table, read without otrain."""
+    lines = table.read_text().splitlines()
+    columns = lines[0].removeprefix("# ").split()
+    rows = [dict(zip(columns, line.split(), strict=True)) for line in lines[1:]]
+    return {Path(row["filename"]).name: row for row in rows}
+
+
+def read_scores(table: Path) -> dict[str, float]:
+    """file name (as the table writes it) -> P(real)."""
+    return {name: float(row["label1"]) for name, row in table_rows(table).items()}
+
+
+@pytest.fixture(scope="module")
+def night(workspace: Path, trained: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A small night: STDPipe and gmadet cutouts of the workspace survey, one EDGE and one broken file, scored."""
+    root = tmp_path_factory.mktemp("night")
+    cutouts = root / "cutouts"
+    cutouts.mkdir()
+    chosen = 0
+    for folder in ("true", "false"):
+        files = sorted((workspace / "survey" / folder).glob("*.fits*"))
+        files = [path for path in files if read_header(path)[0].edge is not True]
+        stdpipe = [path for path in files if is_stdpipe(path)][:5]
+        gmadet = [path for path in files if path not in stdpipe][:6]
+        for path in stdpipe + gmadet:
+            shutil.copy(path, cutouts / path.name)
+            chosen += 1
+    write_gmadet(cutouts / "edge.fits", np.ones((32, 32), np.float32), EDGE="True")
+    (cutouts / "broken.fits").write_bytes(b"not a FITS file")
+    model = trained / "tiny.keras"
+    table = root / "infer_results.dat"
+    assert call_main(infer_main, "--cutouts", cutouts, "--model", model, "--output", table, "--no-tracking") == 0
+    output = root / "vetting"
+    assert call_main(report_main, *arguments(table, cutouts, model, output)) == 0
+    return {"cutouts": cutouts, "model": model, "table": table, "output": output, "root": root}
+
+
+def is_stdpipe(path: Path) -> bool:
+    with fits.open(path) as hdus:
+        return len(hdus) > 1
+
+
+def arguments(table: Path, cutouts: Path, model: Path, output: Path, *extra: str) -> list[str | Path]:
+    return ["--infer", table, "--cutouts", cutouts, "--model", model, "--output", output, "--no-tracking", *extra]
+
+
+# ---------------------------------------------------------------------------------------------
+# The page's files
+
+
+def test_the_page_holds_every_scored_candidate_in_p_real_order(night: dict[str, Path]) -> None:
+    data = page_data(night["output"])
+    scores = read_scores(night["table"])
+    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+    assert sorted(row["file"] for row in rows) == sorted(scores)
+    assert [row["p_real"] for row in rows] == sorted(scores.values(), reverse=True)
+    for row in rows:
+        assert row["p_real"] == pytest.approx(scores[row["file"]], abs=1e-12)
+    assert data["night"]["scored"] == len(scores) == 22
+    assert data["night"]["skipped"] == 2  # the EDGE file and the broken one
+    threshold = data["model"]["threshold"]
+    assert data["night"]["above"] == sum(value > threshold for value in scores.values())
+    marker = json.loads((night["output"] / REPORT_MARKER).read_text())
+    assert marker["night"]["scored"] == 22
+    assert data["model"]["architecture"] == "otrain"
+    assert data["model"]["test"]["n"] > 0
+    assert data["model"]["threshold_rule"] == "the default, 0.5"
+
+
+def test_each_row_shows_the_planes_its_file_has_and_the_grad_cam_overlay(night: dict[str, Path]) -> None:
+    data = page_data(night["output"])
+    for row in data["rows"]:
+        path = night["cutouts"] / row[data["columns"].index("file")]
+        with fits.open(path) as hdus:
+            names = {hdu.name for hdu in hdus[1:]}
+        mask = row[data["columns"].index("planes")]
+        expected = 0b1111 if {"IMAGE", "TEMPLATE", "DIFF"} <= names else 0b1100
+        assert mask == expected, path.name
+
+
+def zscale_tile(plane: np.ndarray) -> np.ndarray:
+    """The thumbnail a plane should have: DS9 zscale, north up, enlarged to 64x64 by repetition."""
+    from astropy.visualization import ZScaleInterval
+
+    plane = np.where(np.isfinite(plane), plane, np.nanmedian(plane))  # blank pixels: the median
+    low, high = ZScaleInterval().get_limits(plane)
+    if not high > low:
+        low, high = plane.min(), plane.max()
+    if not high > low:
+        return np.zeros((TILE, TILE), np.uint8)
+    scaled = np.round(np.clip((plane - low) / (high - low), 0, 1) * 255).astype(np.uint8)
+    factor = TILE // plane.shape[0]
+    return np.repeat(np.repeat(np.flipud(scaled), factor, axis=0), factor, axis=1)
+
+
+def test_a_thumbnail_is_its_file_s_plane_at_its_place_in_the_sheet(night: dict[str, Path]) -> None:
+    from PIL import Image
+
+    data = page_data(night["output"])
+    columns = data["columns"]
+    checked = 0
+    for row in data["rows"]:
+        path = night["cutouts"] / row[columns.index("file")]
+        index = row[columns.index("sheet_index")]
+        sheet = np.asarray(Image.open(night["output"] / "thumbs" / f"sheet_{index // 100:04d}.png").convert("RGB"))
+        top = (index % 100) * TILE
+        with fits.open(path) as hdus:
+            planes = {hdu.name: hdu.data for hdu in hdus if hdu.data is not None}
+        if "DIFF" in planes:
+            for slot, name in enumerate(("IMAGE", "TEMPLATE", "DIFF")):
+                tile = sheet[top : top + TILE, slot * TILE : (slot + 1) * TILE, 0]
+                np.testing.assert_allclose(tile, zscale_tile(planes[name].astype(np.float64)), atol=1)
+        else:
+            tile = sheet[top : top + TILE, 2 * TILE : 3 * TILE, 0]
+            np.testing.assert_allclose(tile, zscale_tile(planes["PRIMARY"].astype(np.float64)), atol=1)
+            assert not sheet[top : top + TILE, : 2 * TILE].any()  # no science, no reference
+        cam = sheet[top : top + TILE, 3 * TILE :].astype(int)
+        assert (np.abs(cam[..., 0] - cam[..., 2]) > 20).any(), "the overlay is in colour"
+        checked += 1
+    assert checked == 22
+
+
+def test_without_grad_cam_no_overlay_is_drawn(night: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "plain"
+    assert (
+        call_main(report_main, *arguments(night["table"], night["cutouts"], night["model"], output, "--no-grad-cam"))
+        == 0
+    )
+    data = page_data(output)
+    assert data["grad_cam"] is False
+    assert all(row[data["columns"].index("planes")] & 0b1000 == 0 for row in data["rows"])
+    from PIL import Image
+
+    sheet = np.asarray(Image.open(output / "thumbs" / "sheet_0000.png"))
+    assert not sheet[:, 3 * TILE :].any()
+
+
+def test_method_threshold_and_workers(night: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    def sheet(folder: Path) -> np.ndarray:
+        return np.asarray(Image.open(folder / "thumbs" / "sheet_0000.png"))
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = arguments(night["table"], night["cutouts"], night["model"], one, "--workers", "1", "--method", "gradcam")
+    assert call_main(report_main, *common) == 0
+    other = arguments(night["table"], night["cutouts"], night["model"], two, "--workers", "2", "--threshold", "0.9")
+    assert call_main(report_main, *other) == 0
+    # The planes do not depend on the workers; the overlays depend on the method and the decision.
+    np.testing.assert_array_equal(sheet(one)[:, : 3 * TILE], sheet(two)[:, : 3 * TILE])
+    assert not np.array_equal(sheet(one)[:, 3 * TILE :], sheet(two)[:, 3 * TILE :])
+    data = page_data(two)
+    scores = read_scores(night["table"])
+    assert data["model"]["threshold"] == 0.9
+    assert data["night"]["above"] == sum(value > 0.9 for value in scores.values())
+    assert data["model"]["threshold_rule"] == "given with --threshold (the card's is 0.5)"
+    assert page_data(one)["method"] == "gradcam"
+
+
+def test_a_page_it_wrote_is_replaced_and_any_other_folder_refused(night: dict[str, Path], tmp_path: Path) -> None:
+    output = tmp_path / "page"
+    base = arguments(night["table"], night["cutouts"], night["model"], output, "--no-grad-cam")
+    assert call_main(report_main, *base) == 0
+    assert call_main(report_main, *base) == 0  # its own page: replaced
+    foreign = tmp_path / "notes"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep")
+    before = files_under(tmp_path)
+    refused = [
+        arguments(night["table"], night["cutouts"], night["model"], foreign),
+        arguments(night["table"], night["cutouts"], night["model"], foreign / "mine.txt"),
+        arguments(night["table"], night["cutouts"], night["model"], night["cutouts"]),
+        arguments(night["table"], night["cutouts"], night["model"], night["cutouts"].parent),
+        arguments(tmp_path / "missing.dat", night["cutouts"], night["model"], tmp_path / "new"),
+        [*arguments(night["table"], night["cutouts"], night["model"], tmp_path / "new"), "--method", "cam"],
+    ]
+    for argv in refused:
+        assert call_main(report_main, *argv) == 2, argv
+    assert files_under(tmp_path) == before
+    assert (foreign / "mine.txt").read_text() == "keep"
+
+
+def test_a_table_that_does_not_fit_the_folder_writes_nothing(night: dict[str, Path], tmp_path: Path) -> None:
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(next(night["cutouts"].glob("*.fits")), other)
+    output = tmp_path / "page"
+    assert call_main(report_main, *arguments(night["table"], other, night["model"], output, "--no-grad-cam")) == 1
+    empty = tmp_path / "empty.dat"
+    empty.write_text(night["table"].read_text().splitlines()[0] + "\n")
+    assert call_main(report_main, *arguments(empty, night["cutouts"], night["model"], output, "--no-grad-cam")) == 1
+    assert not output.exists()
+    assert not [path for path in tmp_path.iterdir() if path.name.startswith(".page")]
+
+
+def test_table_names_are_found_whatever_folder_infer_ran_from(night: dict[str, Path], tmp_path: Path) -> None:
+    nested = tmp_path / "survey" / "2026-11-28"
+    shutil.copytree(night["cutouts"], nested / "sub")
+    table = tmp_path / "absolute.dat"
+    model = night["model"]
+    assert call_main(infer_main, "--cutouts", nested, "--recursive", "--model", model, "--output", table) == 0
+    assert str(nested) in table.read_text()  # absolute names
+    output = tmp_path / "page"
+    assert call_main(report_main, *arguments(table, nested, model, output, "--no-grad-cam")) == 0
+    files = {row[page_data(output)["columns"].index("file")] for row in page_data(output)["rows"]}
+    assert files == {f"sub/{name}" for name in read_scores(night["table"])}
+
+
+def test_tracking_logs_the_page_and_names_the_registered_version(
+    night: dict[str, Path], trained: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    from mlflow import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
+    client = MlflowClient(tracking_uri)
+    client.create_registered_model("vetting-test")
+    version = client.create_model_version("vetting-test", f"runs:/{run_id}/model", run_id=run_id)
+    client.set_registered_model_alias("vetting-test", "champion", version.version)
+    output = tmp_path / "tracked"
+    argv = [
+        arg for arg in arguments(night["table"], night["cutouts"], night["model"], output) if arg != "--no-tracking"
+    ]
+    assert call_main(report_main, *argv, "--no-grad-cam") == 0
+    registry = page_data(output)["model"]["registry"]
+    expected = {"run_id": run_id, "name": "vetting-test", "version": str(version.version), "aliases": ["champion"]}
+    assert registry == expected
+    logged = {item.path for item in client.list_artifacts(run_id, "report/tracked")}
+    assert "report/tracked/index.html" in logged
+    assert client.get_run(run_id).data.metrics["report_scored"] == 22
+
+
+# ---------------------------------------------------------------------------------------------
+# The page in a real browser
+
+
+@pytest.fixture
+def browser_ready() -> None:
+    if browser_executables() is None:
+        if os.environ.get("OTRAIN_INSTALL_SYSTEM_PACKAGES") == "1":
+            pytest.fail("Chromium and ChromeDriver must be installed for the browser tests (.ci/run installs them)")
+        pytest.skip("Chromium or ChromeDriver is not installed (Debian: apt-get install chromium chromium-driver)")
+
+
+def open_page(driver: Any, output: Path) -> None:
+    driver.get((output / "index.html").as_uri())
+    for _ in range(600):
+        if driver.execute_script("return document.body.dataset.ready") == "true":
+            return
+        time.sleep(0.05)
+    raise AssertionError("the page did not finish drawing")
+
+
+def shown_rows(driver: Any) -> list[dict[str, Any]]:
+    """The rows drawn, top to bottom, with their file, P(real), classes and mark."""
+    return driver.execute_script(
+        """return [...document.querySelectorAll('#body .row')]
+             .sort((a, b) => a.offsetTop - b.offsetTop)
+             .map(row => ({file: row.dataset.file, p: Number(row.dataset.p), above: row.classList.contains('above'),
+                           current: row.classList.contains('current'), mark: row.dataset.mark || null,
+                           cells: [...row.children].map(cell => cell.textContent)}))"""
+    )
+
+
+def text_of(driver: Any, element_id: str) -> str:
+    return driver.execute_script(f"return document.getElementById('{element_id}').textContent")
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_the_page_opens_offline_shows_every_candidate_and_requests_nothing(night: dict[str, Path]) -> None:
+    scores = read_scores(night["table"])
+    with chromium(height=2600) as driver:
+        requested_urls(driver)  # the browser's own start-up pages
+        open_page(driver, night["output"])
+        rows = shown_rows(driver)
+        assert [row["file"] for row in rows] == sorted(scores, key=lambda name: -scores[name])
+        assert text_of(driver, "n-total") == "22"
+        assert (
+            driver.execute_script("return [...document.querySelectorAll('.thumb:not(.none)')].length")
+            == 22 * 2 + 10 * 2
+        )
+        loaded = driver.execute_script(
+            """const urls = new Set([...document.querySelectorAll('.thumb:not(.none)')]
+                   .map(t => getComputedStyle(t).backgroundImage.slice(5, -2)));
+               return Promise.all([...urls].map(u => {
+                   const i = new Image(); i.src = u; return i.decode().then(() => [u, i.naturalWidth]); }));"""
+        )
+        assert loaded
+        assert all(width == 4 * TILE for _, width in loaded)
+        urls = requested_urls(driver)
+        base = night["output"].resolve().as_uri()
+        assert urls
+        assert all(url.startswith(base + "/") for url in urls), urls
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not severe, severe
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(ARTIFACTS / "vetting-page.png"))
+    assert (ARTIFACTS / "vetting-page.png").stat().st_size > 10_000
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_the_slider_counts_what_the_table_says(night: dict[str, Path]) -> None:
+    scores = read_scores(night["table"])
+    with chromium(height=2600) as driver:
+        open_page(driver, night["output"])
+        for threshold in (0.05, 0.3, 0.5, 0.77, 0.999):
+            driver.execute_script(
+                "const s = document.getElementById('threshold'); s.value = arguments[0];"
+                "s.dispatchEvent(new Event('input'));",
+                threshold,
+            )
+            expected = sum(value > threshold for value in scores.values())
+            assert int(text_of(driver, "n-above")) == expected, threshold
+            assert sum(row["above"] for row in shown_rows(driver)) == expected
+        driver.execute_script(
+            "const s = document.getElementById('show'); s.value = 'above'; s.dispatchEvent(new Event('input'));"
+        )
+        assert len(shown_rows(driver)) == sum(value > 0.999 for value in scores.values())
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_magnitude_filter_and_sorting(night: dict[str, Path]) -> None:
+    data = page_data(night["output"])
+    mags = {row[data["columns"].index("file")]: row[data["columns"].index("mag")] for row in data["rows"]}
+    low, high = sorted(mags.values())[5], sorted(mags.values())[15]
+    with chromium(height=2600) as driver:
+        open_page(driver, night["output"])
+        driver.find_element("css selector", "#head > div[data-key=mag]").click()
+        ascending = [mags[row["file"]] for row in shown_rows(driver)]
+        assert ascending == sorted(ascending)
+        assert len(ascending) == 22
+        driver.find_element("css selector", "#head > div[data-key=mag]").click()
+        assert [mags[row["file"]] for row in shown_rows(driver)] == sorted(ascending, reverse=True)
+        driver.find_element("css selector", "#head > div[data-key=file]").click()
+        files = [row["file"] for row in shown_rows(driver)]
+        assert files == sorted(files)
+        driver.find_element("id", "mag-min").send_keys(str(low))
+        driver.find_element("id", "mag-max").send_keys(str(high))
+        shown = {row["file"] for row in shown_rows(driver)}
+        assert shown == {name for name, mag in mags.items() if low <= mag <= high}
+        assert int(text_of(driver, "n-shown")) == len(shown)
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, Path], tmp_path: Path) -> None:
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    with chromium(downloads=downloads, height=2600) as driver:
+        open_page(driver, night["output"])
+        order = [row["file"] for row in shown_rows(driver)]
+        keys = ActionChains(driver)
+        keys.send_keys("r")  # first row: real, and the cursor moves down
+        keys.send_keys("b")  # second: bogus
+        keys.send_keys(Keys.ARROW_DOWN)  # leave the third alone
+        keys.send_keys("s")  # fourth: skip
+        keys.send_keys(Keys.ARROW_UP * 4, Keys.ARROW_DOWN)
+        keys.perform()
+        assert [row["current"] for row in shown_rows(driver)].index(True) == 1
+        expected = {order[0]: "real", order[1]: "bogus", order[3]: "skip"}
+        driver.refresh()
+        open_page(driver, night["output"])
+        marks = {row["file"]: row["mark"] for row in shown_rows(driver) if row["mark"]}
+        assert marks == expected
+        assert text_of(driver, "n-marked") == "3"
+        driver.find_element("id", "export").click()
+        for _ in range(600):
+            exported = [path for path in downloads.glob("*.csv")]
+            if exported:
+                break
+            time.sleep(0.05)
+        assert exported, "no CSV was downloaded"
+    with open(exported[0], newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    table = table_rows(night["table"])
+    assert {row["file"]: row["mark"] for row in rows} == expected
+    for row in rows:
+        assert float(row["p_real"]) == pytest.approx(float(table[row["file"]]["label1"]))
+        assert row["cand_ID"] == table[row["file"]]["cand_ID"]
+    out = tmp_path / "vetted"
+    assert call_main(relabel_main, "--marks", exported[0], "--cutouts", night["cutouts"], "--out", out) == 0
+    assert [path.name for path in (out / "true").iterdir()] == [order[0]]
+    assert [path.name for path in (out / "false").iterdir()] == [order[1]]
+    assert (out / "true" / order[0]).read_bytes() == (night["cutouts"] / order[0]).read_bytes()
