@@ -15,6 +15,8 @@ original commands' interface, so this layer corrects five of its behaviours, and
   parameter of ``params.yaml`` (``--target-fnr None``).
 * **Several values after one option** (the original's ``--maglim 12 18 21``, argparse's
   ``nargs='+'``) are gathered into one list; Fire would take the first and reject the others.
+  Such an option given several times (``--include a --include b``) gathers the values of
+  every occurrence; Fire would keep the last.
 * **``--no-x`` switches**: Fire understands ``--notracking``; the ``--no-tracking`` that DVC
   templating and users write it reads as ``_tracking=False``, an option that does not exist.
 * **An option given without a value** is an error; Fire would silently make it ``True``.
@@ -139,6 +141,8 @@ def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[st
     """
     negated = _negated_flags(config)
     result: list[str] = []
+    # A list option given several times: the values of every occurrence, placed at the first.
+    lists: dict[str, tuple[int, list[str]]] = {}
     index = 0
     while index < len(argv):
         token = negated.get(argv[index], argv[index])
@@ -162,11 +166,17 @@ def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[st
         if not values:
             raise _CommandLineError(f"{config.flag_of(name)}: needs a value (see --help)")
         if kind == "list":
-            result += [flag, "[" + ",".join(repr(value) for value in values) + "]"]
+            if name in lists:
+                lists[name][1].extend(values)
+            else:
+                lists[name] = (len(result) + 1, values)
+                result += [flag, ""]
         elif values[0] == "None" and _strip_optional(field.annotation)[1]:
             result += [flag, "None"]
         else:
             result += [flag, repr(values[0])]
+    for position, values in lists.values():
+        result[position] = "[" + ",".join(repr(value) for value in values) + "]"
     return result
 
 
@@ -199,7 +209,7 @@ def render_help(config: type[CommandConfig]) -> str:
             detail = "required"
         elif label == "":
             detail = "flag; default: off" if not field.default else "flag; default: on, this turns it off"
-        elif field.default is None:
+        elif field.default is None or field.default == ():
             detail = "default: none"
         elif isinstance(field.default, tuple):
             detail = "default: " + " ".join(
