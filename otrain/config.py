@@ -538,9 +538,11 @@ class RelabelConfig(CommandConfig):
     Reads the columns cand_ID, file, mark and p_real (in any order; others are ignored): each
     file (relative to --cutouts) marked real goes to <out>/true, bogus to <out>/false, skip
     nowhere. A file marked skip and also real or bogus takes that label; a file marked both
-    real and bogus is an error. The tree is ready for otrain-convert --cutouts <out>; it is
-    written all at once, with a _otrain_relabel.json record of what it holds, and replaces only
-    an earlier otrain-relabel output. The cutouts themselves are never moved or changed.
+    real and bogus is an error. --include adds the labelled cutouts of existing training
+    folders (their true/ and false/), so that the vetted candidates join a training set. The
+    tree is ready for otrain-convert --cutouts <out>; it is written all at once, with a
+    _otrain_relabel.json record of what it holds, and replaces only an earlier otrain-relabel
+    output. The cutouts themselves are never moved or changed.
     """
 
     command: ClassVar[str] = "otrain-relabel"
@@ -559,6 +561,11 @@ class RelabelConfig(CommandConfig):
         "How each cutout gets into the tree: copy (bytes and times), symlink (absolute links to the originals) or "
         "hardlink (same file system only).",
     )
+    include: tuple[ExistingFolder, ...] = option(
+        (),
+        "Also put the labelled cutouts of this folder (its true/ and false/ sub-folders, as otrain-convert reads "
+        "them) into the tree, the same way (--mode); may be given several times.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> RelabelConfig:
@@ -570,6 +577,27 @@ class RelabelConfig(CommandConfig):
                 f"--out: {str(self.out)!r} holds --cutouts {str(self.cutouts)!r} and would be replaced whole; "
                 "choose another path"
             )
+        seen: dict[Path, Path] = {}
+        for folder in self.include:
+            resolved = folder.resolve()
+            if resolved in seen:
+                raise ValueError(f"--include: {str(folder)!r} is given twice (as {str(seen[resolved])!r})")
+            seen[resolved] = folder
+            for label in RELABEL_FOLDERS.values():
+                if not (folder / label).is_dir():
+                    raise ValueError(
+                        f"--include: {folder / label}: folder of {label} cutouts does not exist "
+                        f"(expected {folder}/true and {folder}/false)"
+                    )
+            if out == resolved or resolved in out.parents:
+                raise ValueError(
+                    f"--out: {str(self.out)!r} is --include {str(folder)!r} or inside it; choose another path"
+                )
+            if out in resolved.parents:
+                raise ValueError(
+                    f"--out: {str(self.out)!r} holds --include {str(folder)!r} and would be replaced whole; "
+                    "choose another path"
+                )
         if out in self.marks.resolve().parents:
             raise ValueError(
                 f"--marks: {str(self.marks)!r} is inside --out, which is replaced whole; choose another --out"

@@ -4,10 +4,12 @@ The vetting page's "Export marks" button writes a CSV with one line per mark: th
 (``cand_ID``), its cutout (``file``, relative to the folder the page was made from), the mark
 (``real``, ``bogus`` or ``skip``) and the score the page showed (``p_real``). This module reads
 it, merges the marks of each file (``skip`` is no label, so it yields to the other marks; real
-and bogus together are a contradiction), checks that every labelled file exists and that no two
-land on the same name, and only then writes ``<out>/true`` and ``<out>/false`` at once, with
-:data:`~otrain.config.RELABEL_MARKER` at the root recording what the tree holds. That is the
-layout otrain-convert reads; it looks only into ``true/`` and ``false/``.
+and bogus together are a contradiction), adds the labelled cutouts of the ``--include`` folders
+(their ``true/`` and ``false/``, listed as otrain-convert lists them), checks that every labelled
+file exists, that no file has two labels and that no two files land on the same name, and only
+then writes ``<out>/true`` and ``<out>/false`` at once, with :data:`~otrain.config.RELABEL_MARKER`
+at the root recording what the tree holds. That is the layout otrain-convert reads; it looks only
+into ``true/`` and ``false/``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from otrain import __version__
 from otrain.atomic import atomic_folder
 from otrain.config import FITS_SUFFIXES, RELABEL_FOLDERS, RELABEL_MARKER, RelabelConfig
+from otrain.cutouts import list_cutouts
 from otrain.errors import DataError
 from otrain.progress import track
 
@@ -69,25 +72,33 @@ class RelabelReport:
     out : Path
         The tree.
     files : dict
-        Label folder (``true``, ``false``) -> {name in that folder: source path relative to the
-        cutouts folder}.
+        Label folder (``true``, ``false``) -> {name in that folder: its source}: a path relative
+        to the cutouts folder for a marked file, an absolute path for an included one.
     n_skipped : int
         Files marked only ``skip``.
+    included : dict
+        Each ``--include`` folder, as given -> label folder -> how many of its files the tree
+        holds (a file also marked with the same label counts as marked, not here).
     """
 
     out: Path
     files: dict[str, dict[str, str]] = field(default_factory=dict)
     n_skipped: int = 0
+    included: dict[Path, dict[str, int]] = field(default_factory=dict)
+
+    def _marked(self, mark: str) -> int:
+        folder = RELABEL_FOLDERS[mark]
+        return len(self.files.get(folder, {})) - sum(counts.get(folder, 0) for counts in self.included.values())
 
     @property
     def n_real(self) -> int:
-        """Files written to ``true/``."""
-        return len(self.files.get(RELABEL_FOLDERS["real"], {}))
+        """Files marked real (written to ``true/``)."""
+        return self._marked("real")
 
     @property
     def n_bogus(self) -> int:
-        """Files written to ``false/``."""
-        return len(self.files.get(RELABEL_FOLDERS["bogus"], {}))
+        """Files marked bogus (written to ``false/``)."""
+        return self._marked("bogus")
 
 
 def _cutout_name(text: str, marks: Path, line: int) -> PurePosixPath:
@@ -211,8 +222,28 @@ def _is_file(path: Path) -> bool:
         return False
 
 
-def _plan(labels: dict[PurePosixPath, str], config: RelabelConfig) -> dict[str, dict[str, str]]:
-    """Check every labelled file and return label folder -> {name: source}; raise DataError otherwise."""
+@dataclass(frozen=True)
+class _Entry:
+    """One file of the tree to write: where it comes from and who labelled it."""
+
+    source: Path  # the file placed into the tree
+    record: str  # its source as the marker records it
+    folder: str  # its label folder
+    origin: str  # who gave it its label, for messages
+    included: Path | None = None  # its --include folder, None for a marked file
+
+
+def _identity(path: Path) -> tuple[int, int]:
+    """Return the device and inode of the file ``path`` names, links followed (what os.path.samefile compares)."""
+    try:
+        info = os.stat(path)
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+    return info.st_dev, info.st_ino
+
+
+def _entries(labels: dict[PurePosixPath, str], config: RelabelConfig, marks: Sequence[Mark]) -> list[_Entry]:
+    """List the marked files, then the files of each included folder; raise DataError for missing ones."""
     missing = [name.as_posix() for name in labels if not _is_file(config.cutouts / name)]
     if missing:
         shown = ", ".join(missing[:LISTED_MISSING]) + (", ..." if len(missing) > LISTED_MISSING else "")
@@ -220,15 +251,62 @@ def _plan(labels: dict[PurePosixPath, str], config: RelabelConfig) -> dict[str, 
             f"{config.marks}: {len(missing)} marked file{'s' if len(missing) > 1 else ''} not found under "
             f"{config.cutouts}: {shown}"
         )
-    plan: dict[str, dict[str, str]] = {folder: {} for folder in RELABEL_FOLDERS.values()}
-    for name, mark in labels.items():
-        folder = RELABEL_FOLDERS[mark]
-        other = plan[folder].setdefault(name.name, name.as_posix())
-        if other != name.as_posix():
-            raise DataError(
-                f"{config.marks}: {other} and {name} are both marked {mark} and would both be "
-                f"{config.out / folder / name.name}; rename one of them"
+    lines: dict[tuple[PurePosixPath, str], int] = {}
+    for mark in marks:
+        lines.setdefault((mark.file, mark.mark), mark.line)
+    entries = [
+        _Entry(
+            config.cutouts / name,
+            name.as_posix(),
+            RELABEL_FOLDERS[mark],
+            f"marked {mark} on line {lines[name, mark]} of {config.marks}",
+        )
+        for name, mark in labels.items()
+    ]
+    for included in config.include:
+        for folder in RELABEL_FOLDERS.values():
+            entries += [
+                _Entry(path, os.path.abspath(path), folder, f"labelled {folder} in --include {included}", included)
+                for path in list_cutouts(included / folder)
+            ]
+    return entries
+
+
+def _plan(entries: Sequence[_Entry], config: RelabelConfig) -> dict[str, dict[str, _Entry]]:
+    """Return label folder -> {name: entry}, one entry per file; raise DataError on two labels or one name."""
+    plan: dict[str, dict[str, _Entry]] = {folder: {} for folder in RELABEL_FOLDERS.values()}
+    seen: dict[tuple[int, int], _Entry] = {}
+    for entry in entries:
+        identity = _identity(entry.source)
+        known = seen.get(identity)
+        if known is not None:
+            if known.folder == entry.folder:
+                continue  # one file given twice with one label: one entry, the first
+            files = str(known.source)
+            if known.source != entry.source:
+                files += f" and {entry.source} (one file)"
+            why = (
+                "the vetting contradicts the training label"
+                if (known.included is None) != (entry.included is None)
+                else "one file cannot be both"
             )
+            raise DataError(f"{files}: {known.origin}, but {entry.origin}: {why}; correct one of them")
+        name = entry.source.name
+        other = plan[entry.folder].get(name)
+        if other is not None:
+            target = config.out / entry.folder / name
+            if other.included is None and entry.included is None:
+                raise DataError(
+                    f"{config.marks}: {other.record} and {entry.record} are both marked "
+                    f"{'real' if entry.folder == RELABEL_FOLDERS['real'] else 'bogus'} and would both be {target}; "
+                    "rename one of them"
+                )
+            raise DataError(
+                f"{other.source} ({other.origin}) and {entry.source} ({entry.origin}) would both be {target}; "
+                "rename one of them"
+            )
+        plan[entry.folder][name] = entry
+        seen[identity] = entry
     return plan
 
 
@@ -266,27 +344,39 @@ def relabel(config: RelabelConfig) -> RelabelReport:
     Raises
     ------
     DataError
-        A bad marks file, a contradiction, a missing file, two files with one name in one label
-        folder, nothing marked real or bogus, or a link or copy that failed. Nothing is written.
+        A bad marks file, a contradiction, a missing file, one file with two labels (marked one
+        way and included the other, for one), two files with one name in one label folder,
+        nothing marked real or bogus, or a link or copy that failed. Nothing is written.
     """
-    labels, n_skipped = label_files(read_marks(config.marks), config.marks)
+    marks = read_marks(config.marks)
+    labels, n_skipped = label_files(marks, config.marks)
     if not labels:
         raise DataError(f"{config.marks}: no real or bogus mark ({n_skipped} file(s) skipped); nothing to write")
-    plan = _plan(labels, config)
-    jobs = [(folder, name, source) for folder, files in plan.items() for name, source in sorted(files.items())]
+    plan = _plan(_entries(labels, config, marks), config)
+    included = {
+        folder: {label: sum(entry.included == folder for entry in plan[label].values()) for label in plan}
+        for folder in config.include
+    }
+    marked = {
+        mark: sum(entry.included is None for entry in plan[label].values()) for mark, label in RELABEL_FOLDERS.items()
+    }
+    jobs = [(folder, name, entry.source) for folder, files in plan.items() for name, entry in sorted(files.items())]
     with atomic_folder(config.out) as staging:
         for folder in plan:
             (staging / folder).mkdir()
         for folder, name, source in track(jobs, len(jobs), f"relabel ({config.mode})"):
-            _place(config.cutouts / source, staging / folder / name, config.mode, config.out / folder / name)
+            _place(source, staging / folder / name, config.mode, config.out / folder / name)
         record = {
             "command": "otrain-relabel",
             "otrain_version": __version__,
             "marks": os.path.abspath(config.marks),
             "cutouts": os.path.abspath(config.cutouts),
             "mode": config.mode,
-            "counts": {mark: len(plan[folder]) for mark, folder in RELABEL_FOLDERS.items()} | {"skipped": n_skipped},
-            "files": {folder: dict(sorted(files.items())) for folder, files in plan.items()},
+            "counts": marked | {"skipped": n_skipped},
+            "included": [{"folder": os.path.abspath(folder), "counts": counts} for folder, counts in included.items()],
+            "files": {
+                folder: {name: entry.record for name, entry in sorted(files.items())} for folder, files in plan.items()
+            },
         }
         (staging / RELABEL_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     for mark, folder in RELABEL_FOLDERS.items():
@@ -296,4 +386,9 @@ def relabel(config: RelabelConfig) -> RelabelReport:
                 mark,
                 config.out / folder,
             )
-    return RelabelReport(out=config.out, files=plan, n_skipped=n_skipped)
+    return RelabelReport(
+        out=config.out,
+        files={folder: {name: entry.record for name, entry in files.items()} for folder, files in plan.items()},
+        n_skipped=n_skipped,
+        included=included,
+    )

@@ -436,3 +436,238 @@ def test_hardlink_across_file_systems_suggests_copy(
     assert not (tmp_path / "new").exists()
     assert relabel(marks, cutouts, out, "--mode", "copy") == 0
     assert tree(out) == {"true/c1.fits", "false/c2.fits"}
+
+
+# -----------------------------------------------------------------------------------------------
+# --include: the vetted candidates join an existing training set
+
+
+def training_set(root: Path, first_candid: int, n_true: int, n_false: int) -> Path:
+    """A labelled folder as otrain-convert reads it; CANDIDs from ``first_candid`` on (true first)."""
+    candid = first_candid
+    for label, count in (("true", n_true), ("false", n_false)):
+        (root / label).mkdir(parents=True)
+        for _ in range(count):
+            write_gmadet(root / label / f"t{candid}.fits", pixels(16, seed=candid), CANDID=candid)
+            candid += 1
+    return root
+
+
+@pytest.fixture
+def training(tmp_path: Path) -> Path:
+    """A training set of 3 true and 2 false cutouts (CANDID 101-105), with what convert does not read."""
+    root = training_set(tmp_path / "train", 101, 3, 2)
+    write_gmadet(root / "true" / "older" / "t199.fits", pixels(16, seed=199), CANDID=199)  # a sub-folder
+    (root / "true" / "notes.txt").write_text("not a cutout")
+    write_gmadet(root / "unsorted" / "t198.fits", pixels(16, seed=198), CANDID=198)  # neither true/ nor false/
+    return root
+
+
+@pytest.mark.parametrize("n_folders", [1, 2])
+@pytest.mark.parametrize("mode", ["copy", "symlink", "hardlink"])
+def test_included_folders_join_the_vetted_cutouts(
+    tmp_path: Path, cutouts: Path, training: Path, mode: str, n_folders: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folders = [training, training_set(tmp_path / "train2", 201, 1, 2)][:n_folders]
+    before = {folder: state(folder) for folder in folders}
+    marks = write_marks(tmp_path / "marks.csv", "1,c1.fits,real,0.9", "2,c2.fits,bogus,0.2", "3,c3.fits,skip,0.5")
+    out = tmp_path / "vetted"
+    options = [item for folder in folders for item in ("--include", folder)]  # the option given several times
+    assert relabel(marks, cutouts, out, "--mode", mode, *options) == 0
+
+    summary = f"1 real -> {out}/true, 1 bogus -> {out}/false, 1 skipped, + 3 true, 2 false from {training}"
+    if n_folders == 2:
+        summary += f", + 1 true, 2 false from {tmp_path / 'train2'}"
+    assert capsys.readouterr().out == f"{summary} (mode {mode})\n"
+    expected = {"true/c1.fits", "false/c2.fits", "true/t101.fits", "true/t102.fits", "true/t103.fits"}
+    expected |= {"false/t104.fits", "false/t105.fits"}
+    if n_folders == 2:
+        expected |= {"true/t201.fits", "false/t202.fits", "false/t203.fits"}
+    assert tree(out) == expected
+
+    record = marker(out)
+    assert record["counts"] == {"real": 1, "bogus": 1, "skipped": 1}
+    assert (
+        record["included"]
+        == [
+            {"folder": str(training), "counts": {"true": 3, "false": 2}},
+            {"folder": str(tmp_path / "train2"), "counts": {"true": 1, "false": 2}},
+        ][:n_folders]
+    )
+    assert record["files"]["true"]["c1.fits"] == "c1.fits"
+    assert record["files"]["true"]["t101.fits"] == str(training / "true" / "t101.fits")
+    for name in expected - {"true/c1.fits", "false/c2.fits"}:
+        written = out / name
+        source = Path(record["files"][written.parent.name][written.name])
+        assert source.parent.name == written.parent.name  # from the label folder of the same name
+        assert written.read_bytes() == source.read_bytes()
+        if mode == "copy":
+            assert not written.is_symlink()
+            assert written.stat().st_ino != source.stat().st_ino
+        elif mode == "symlink":
+            assert Path(os.readlink(written)) == source
+        else:
+            assert written.stat().st_ino == source.stat().st_ino
+    for folder in folders:
+        assert {name: data for name, (data, _, _) in state(folder).items()} == {
+            name: data for name, (data, _, _) in before[folder].items()
+        }
+
+    cube = convert(out, tmp_path / "cube")
+    labels = {1: 1, 2: 0, 101: 1, 102: 1, 103: 1, 104: 0, 105: 0} | ({201: 1, 202: 0, 203: 0} if n_folders == 2 else {})
+    assert dict(zip(cube.candids.tolist(), cube.labels.tolist(), strict=True)) == labels
+    assert_array_equal(cube.cube[cube.candids.tolist().index(104), :, :, 0], pixels(16, seed=104))
+
+
+def test_several_folders_after_one_include(tmp_path: Path, cutouts: Path, training: Path) -> None:
+    other = training_set(tmp_path / "train2", 201, 1, 1)
+    marks = write_marks(tmp_path / "marks.csv", "1,c1.fits,real,0.9")
+    out = tmp_path / "vetted"
+    assert relabel(marks, cutouts, out, "--include", training, other) == 0
+    assert [entry["folder"] for entry in marker(out)["included"]] == [str(training), str(other)]
+    assert {"true/t201.fits", "false/t202.fits", "true/t101.fits"} <= tree(out)
+
+
+def test_a_vetted_file_already_in_the_training_set_with_its_label_is_one_entry(
+    tmp_path: Path, cutouts: Path, training: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (training / "true" / "again.fits").symlink_to(cutouts / "c1.fits")  # the same file as vetted c1.fits
+    os.link(cutouts / "c2.fits", training / "false" / "c2.fits")  # and c2.fits, by a hard link
+    marks = write_marks(tmp_path / "marks.csv", "1,c1.fits,real,0.9", "2,c2.fits,bogus,0.1")
+    out = tmp_path / "vetted"
+    assert relabel(marks, cutouts, out, "--include", training) == 0
+    assert capsys.readouterr().out.startswith(
+        f"1 real -> {out}/true, 1 bogus -> {out}/false, 0 skipped, + 3 true, 2 false from {training} "
+    )
+    assert "true/again.fits" not in tree(out)
+    assert marker(out)["files"]["false"]["c2.fits"] == "c2.fits"  # kept as the vetted file
+    cube = convert(out, tmp_path / "cube")
+    assert sorted(cube.candids.tolist()) == [1, 2, 101, 102, 103, 104, 105]
+
+
+def test_the_vetting_may_not_contradict_the_training_label(
+    tmp_path: Path, cutouts: Path, training: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    os.link(cutouts / "c1.fits", training / "false" / "c1-old.fits")
+    marks = write_marks(tmp_path / "marks.csv", "2,c2.fits,bogus,0.1", "1,c1.fits,real,0.9")
+    out = tmp_path / "new" / "vetted"
+    refused(
+        capsys,
+        relabel(marks, cutouts, out, "--include", training),
+        1,
+        f"{cutouts}/c1.fits and {training}/false/c1-old.fits (one file): marked real on line 3 of {marks}, "
+        f"but labelled false in --include {training}: the vetting contradicts the training label",
+    )
+    assert not (tmp_path / "new").exists()
+
+
+def test_one_file_in_two_included_folders_with_opposite_labels(
+    tmp_path: Path, cutouts: Path, training: Path, marks: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = training_set(tmp_path / "train2", 201, 1, 1)
+    (other / "false" / "t101.fits").symlink_to(training / "true" / "t101.fits")
+    out = tmp_path / "new" / "vetted"
+    refused(
+        capsys,
+        relabel(marks, cutouts, out, "--include", training, "--include", other),
+        1,
+        f"{training}/true/t101.fits and {other}/false/t101.fits (one file): labelled true in --include {training}, "
+        f"but labelled false in --include {other}: one file cannot be both",
+    )
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize("clash", ["vetted", "included"])
+def test_one_name_from_two_sources_in_one_label_folder(
+    tmp_path: Path, cutouts: Path, training: Path, marks: Path, capsys: pytest.CaptureFixture[str], clash: str
+) -> None:
+    if clash == "vetted":  # the training set holds another c1.fits in true/, where vetted c1.fits goes
+        write_gmadet(training / "true" / "c1.fits", pixels(16, seed=41), CANDID=41)
+        folders: tuple[Path, ...] = (training,)
+        first, second = f"{cutouts}/c1.fits (marked real on line 2 of {marks})", f"{training}/true/c1.fits"
+        target = "true/c1.fits"
+    else:
+        other = training_set(tmp_path / "train2", 104, 0, 1)  # another t104.fits, in false/ as the first one
+        folders = (training, other)
+        first, second = f"{training}/false/t104.fits (labelled false", f"{other}/false/t104.fits (labelled false"
+        target = "false/t104.fits"
+    out = tmp_path / "new" / "vetted"
+    code = relabel(marks, cutouts, out, *[item for folder in folders for item in ("--include", folder)])
+    error = capsys.readouterr().err
+    assert code == 1, error
+    assert error.count("\n") == 1
+    assert f"{first}" in error
+    assert f" and {second}" in error
+    assert f"would both be {out}/{target}; rename one of them" in error
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_new_run_with_includes_replaces_its_own_output(tmp_path: Path, cutouts: Path, training: Path) -> None:
+    out = tmp_path / "vetted"
+    marks = write_marks(tmp_path / "marks.csv", "1,c1.fits,real,0.9")
+    assert relabel(marks, cutouts, out, "--include", training, "--mode", "symlink") == 0
+    again = write_marks(tmp_path / "again.csv", "2,c2.fits,bogus,0.1")
+    assert relabel(again, cutouts, out, "--include", training) == 0
+    assert tree(out) == {
+        "false/c2.fits",
+        "true/t101.fits",
+        "true/t102.fits",
+        "true/t103.fits",
+        *(f"false/t{candid}.fits" for candid in (104, 105)),
+    }
+    assert not any(path.is_symlink() for path in files_under(out))
+
+
+def test_include_does_not_replace_the_marks(
+    tmp_path: Path, cutouts: Path, training: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    marks = write_marks(tmp_path / "marks.csv", "1,c1.fits,skip,0.9")
+    out = tmp_path / "new" / "vetted"
+    refused(capsys, relabel(marks, cutouts, out, "--include", training), 1, "no real or bogus mark (1 file(s) skipped)")
+    assert not (tmp_path / "new").exists()
+
+
+@pytest.mark.parametrize(
+    ("case", "text"),
+    [
+        ("no true/", "--include: INCLUDE/true: folder of true cutouts does not exist (expected INCLUDE/true and "),
+        ("no false/", "--include: INCLUDE/false: folder of false cutouts does not exist (expected "),
+        ("absent", "--include: folder 'INCLUDE' does not exist"),
+        ("twice", "--include: 'TMP/alias' is given twice (as 'INCLUDE')"),
+        ("out is it", "--out: 'INCLUDE' is --include 'INCLUDE' or inside it; choose another path"),
+        ("out inside", "--out: 'INCLUDE/true/vetted' is --include 'INCLUDE' or inside it"),
+        ("out holds it", "--out: 'TMP/sets' holds --include 'INCLUDE' and would be replaced whole"),
+    ],
+)
+def test_bad_includes_are_option_errors(
+    tmp_path: Path, cutouts: Path, training: Path, marks: Path, capsys: pytest.CaptureFixture[str], case: str, text: str
+) -> None:
+    include, out, extra = training, tmp_path / "new" / "vetted", ()
+    if case == "no true/":
+        shutil.rmtree(training / "true")
+    elif case == "no false/":
+        shutil.rmtree(training / "false")
+    elif case == "absent":
+        include = tmp_path / "absent"
+    elif case == "twice":
+        (tmp_path / "alias").symlink_to(training)
+        extra = ("--include", tmp_path / "alias")
+    elif case == "out is it":
+        out = training
+    elif case == "out inside":
+        out = training / "true" / "vetted"
+    elif case == "out holds it":
+        include = training_set(tmp_path / "sets" / "train", 301, 1, 1)
+        out = tmp_path / "sets"
+    before = state(tmp_path)
+    code = relabel(marks, cutouts, out, "--include", include, *extra)
+    refused(capsys, code, 2, text.replace("INCLUDE", str(include)).replace("TMP", str(tmp_path)))
+    assert state(tmp_path) == before
+    assert not (tmp_path / "new").exists()
+
+
+def test_help_describes_include(capsys: pytest.CaptureFixture[str]) -> None:
+    assert call_main(relabel_main, "--help") == 0
+    text = capsys.readouterr().out
+    assert "--include PATH [PATH ...]  (default: none)" in text
+    assert "may be given several times" in text

@@ -15,10 +15,14 @@ def _relabel(config: RelabelConfig) -> None:
     from otrain.relabel import relabel
 
     report = relabel(config)
+    included = "".join(
+        f", + {counts[RELABEL_FOLDERS['real']]} true, {counts[RELABEL_FOLDERS['bogus']]} false from {folder}"
+        for folder, counts in report.included.items()
+    )
     print(
         f"{report.n_real} real -> {config.out / RELABEL_FOLDERS['real']}, "
         f"{report.n_bogus} bogus -> {config.out / RELABEL_FOLDERS['bogus']}, "
-        f"{report.n_skipped} skipped (mode {config.mode})"
+        f"{report.n_skipped} skipped{included} (mode {config.mode})"
     )
 
 
