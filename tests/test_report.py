@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from browser import browser_executables, chromium, requested_urls
-from conftest import ROOT, call_main, files_under, write_gmadet
+from conftest import BIN, ROOT, call_main, files_under, write_gmadet
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.relabel import main as relabel_main
@@ -424,3 +424,51 @@ def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, 
     assert [path.name for path in (out / "true").iterdir()] == [order[0]]
     assert [path.name for path in (out / "false").iterdir()] == [order[1]]
     assert (out / "true" / order[0]).read_bytes() == (night["cutouts"] / order[0]).read_bytes()
+
+
+def readme_vetting_loop() -> list[str]:
+    """The three commands of the README's vet-relabel-retrain loop."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Vetting a night") :]
+    block = section[section.index("```bash\n") + len("```bash\n") : section.index("```\n", section.index("```bash"))]
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_the_readme_loop_runs_as_written(
+    night: dict[str, Path], workspace: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    import subprocess
+
+    commands = readme_vetting_loop()
+    assert [command.split()[0] for command in commands] == ["otrain-report", "otrain-relabel", "otrain-convert"]
+    # The demo's layout: the survey, its night, the model and the scored night.
+    # (The night was taken from the survey: its files are left out of the training folders.)
+    tonight = shutil.ignore_patterns(*(path.name for path in night["cutouts"].iterdir()))
+    shutil.copytree(workspace / "survey" / "true", tmp_path / "data" / "survey" / "true", ignore=tonight)
+    shutil.copytree(workspace / "survey" / "false", tmp_path / "data" / "survey" / "false", ignore=tonight)
+    shutil.copytree(night["cutouts"], tmp_path / "data" / "survey" / "night")
+    model = tmp_path / "models" / "CNN_training" / "survey" / "survey.keras"
+    model.parent.mkdir(parents=True)
+    shutil.copy(night["model"], model)
+    shutil.copy(night["model"].with_name("tiny.keras.card.json"), model.with_name("survey.keras.card.json"))
+    table = tmp_path / "reports" / "infer_results.dat"
+    table.parent.mkdir()
+    table.write_text(night["table"].read_text().replace(str(night["cutouts"]), "data/survey/night"))
+    # What the page's export gives: one real, one bogus.
+    names = sorted(read_scores(night["table"]))
+    downloads = tmp_path / "home" / "Downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "otrain-marks-0123456789abcdef.csv").write_text(
+        f"cand_ID,file,mark,p_real\n1,{names[0]},real,0.9\n2,{names[1]},bogus,0.1\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path / "home"), "PATH": f"{BIN}:{os.environ['PATH']}"}
+    env |= {"MLFLOW_TRACKING_URI": tracking_uri, "OTRAIN_PROGRESS": "0"}
+    for command in commands:
+        result = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert result.returncode == 0, command + "\n" + result.stdout[-2000:] + result.stderr[-2000:]
+    assert (tmp_path / "reports" / "vetting" / "index.html").is_file()
+    vetted = tmp_path / "data" / "vetted"
+    assert (vetted / "true" / names[0]).resolve() == (tmp_path / "data" / "survey" / "night" / names[0]).resolve()
+    n_true = len(list((tmp_path / "data" / "survey" / "true").iterdir()))
+    assert len(list((vetted / "true").iterdir())) == n_true + 1
+    assert (tmp_path / "models" / "CNN_training" / "vetted" / "vetted.keras").is_file()
