@@ -106,6 +106,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_interrupt.py
 	$(BIN)/python benchmarks/bench_fits.py
 	$(BIN)/python benchmarks/bench_scale.py
+	$(BIN)/python benchmarks/bench_report.py
 
 # Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
 lock:

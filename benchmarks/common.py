@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import psutil
@@ -17,13 +18,22 @@ BIN = Path(sys.executable).parent
 RESULTS = HERE / "results"
 
 
-def simulated_survey(folder: Path, n: int, seed: int, cutout_size: int = 64, mef_fraction: float | None = None) -> Path:
+def simulated_survey(
+    folder: Path,
+    n: int,
+    seed: int,
+    cutout_size: int = 64,
+    mef_fraction: float | None = None,
+    planes: Sequence[str] | None = None,
+) -> Path:
     """Simulate ``n`` labelled cutouts into ``folder`` once; later runs reuse them.
 
-    ``mef_fraction`` is otrain-simulate's ``--mef-fraction`` (None: its default).
+    ``mef_fraction`` is otrain-simulate's ``--mef-fraction`` (None: its default), ``planes`` its
+    ``--planes`` of the gmadet-style cutouts (None: its default, DIFF).
     """
     fraction = "" if mef_fraction is None else f"-{mef_fraction}"
-    marker = folder / f".complete-{n}-{seed}-{cutout_size}{fraction}"
+    stacked = "" if planes is None else "-" + "-".join(planes)
+    marker = folder / f".complete-{n}-{seed}-{cutout_size}{fraction}{stacked}"
     if not marker.exists():
         shutil.rmtree(folder, ignore_errors=True)
         command = [str(BIN / "otrain-simulate"), "--out", str(folder), "--n-true", str(n // 2)]
@@ -31,6 +41,8 @@ def simulated_survey(folder: Path, n: int, seed: int, cutout_size: int = 64, mef
         command += ["--cutout-size", str(cutout_size)]
         if mef_fraction is not None:
             command += ["--mef-fraction", str(mef_fraction)]
+        if planes is not None:
+            command += ["--planes", *planes]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         marker.touch()
     return folder
