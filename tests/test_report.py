@@ -94,6 +94,8 @@ def test_the_page_holds_every_scored_candidate_in_p_real_order(night: dict[str, 
     rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
     assert sorted(row["file"] for row in rows) == sorted(scores)
     assert [row["p_real"] for row in rows] == sorted(scores.values(), reverse=True)
+    # The sheets hold the thumbnails in the same order: the rows in view share a sheet or two.
+    assert [row["sheet_index"] for row in rows] == list(range(len(rows)))
     for row in rows:
         assert row["p_real"] == pytest.approx(scores[row["file"]], abs=1e-12)
     assert data["night"]["scored"] == len(scores) == 22
