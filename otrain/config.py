@@ -1345,6 +1345,25 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _not_written_by_report(folder: Path) -> str:
+    """Name a file of ``folder`` that the page's marker does not list ("" when there is none).
+
+    A folder otrain-report wrote is replaced whole: a file saved into it since (exported marks,
+    notes) would be lost, so it is refused.
+    """
+    held = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+    if not held:
+        return ""
+    try:
+        listed = json.loads((folder / REPORT_MARKER).read_text()).get("files", [])
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return held[0]
+    if not isinstance(listed, list):
+        return held[0]
+    own = {str(name) for name in listed} | {REPORT_MARKER}
+    return next((name for name in held if name not in own), "")
+
+
 class ReportConfig(CommandConfig):
     """Write a vetting page for a scored night: one self-contained HTML page to judge the candidates.
 
@@ -1392,9 +1411,11 @@ class ReportConfig(CommandConfig):
         if output.exists() or output.is_symlink():
             if not output.is_dir() or output.is_symlink():
                 raise ValueError(f"--output: {str(output)!r} is not a folder; give a folder for the page")
-            if any(output.iterdir()) and not (output / REPORT_MARKER).is_file():
+            foreign = _not_written_by_report(output)
+            if foreign:
                 raise ValueError(
-                    f"--output: {str(output)!r} exists and was not written by otrain-report; choose another path"
+                    f"--output: {str(output)!r} exists and holds files otrain-report did not write ({foreign}); "
+                    "choose another path"
                 )
         for flag, source in (("--cutouts", self.cutouts), ("--infer", self.infer_file), ("--model", self.model)):
             if _inside(source, output):
@@ -1409,6 +1430,10 @@ class ReportConfig(CommandConfig):
     def infer_file(self) -> Path:
         """The inference table: --infer itself, or infer_results.dat in that folder."""
         return self.infer / "infer_results.dat" if self.infer.is_dir() else self.infer
+
+    def output_folders(self) -> list[Path]:
+        """Return the page's parent folder (the page itself appears whole, renamed into place)."""
+        return [self.output.parent]
 
 
 #: The four outcomes of a decision, in the order the commands report them, and the class each

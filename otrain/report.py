@@ -19,7 +19,7 @@ import html
 import json
 import logging
 import math
-import os
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +31,9 @@ import numpy as np
 
 from otrain.atomic import atomic_folder
 from otrain.config import REPORT_MARKER, ReportConfig, card_file
-from otrain.cutouts import list_cutouts, read_header, read_pixels
+from otrain.cutouts import CutoutMeta, list_cutouts, read_header, read_pixels
 from otrain.errors import DataError, first_line
-from otrain.inference import fit_cutout
+from otrain.inference import fit_cutout, printable_path
 
 __all__ = ["PAGE", "PLANE_SLOTS", "SHEET_ROWS", "THUMBS", "TILE", "ReportSummary", "plane_tiles", "write_report"]
 
@@ -84,7 +84,7 @@ def _zscale(plane: np.ndarray) -> np.ndarray:
 
 
 def _tile(image: np.ndarray) -> np.ndarray:
-    """Resize an (H, W) or (H, W, 3) image in [0, 1] to a TILE x TILE uint8 thumbnail, north up."""
+    """Resize an (H, W) or (H, W, 3) image in [0, 1] to a TILE x TILE uint8 thumbnail, row 0 at the bottom (as DS9)."""
     from PIL import Image
 
     pixels = np.flipud(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
@@ -95,7 +95,7 @@ def _tile(image: np.ndarray) -> np.ndarray:
     return np.asarray(thumbnail.convert("RGB"))
 
 
-def plane_tiles(path: Path) -> tuple[np.ndarray, int]:
+def plane_tiles(path: Path) -> tuple[np.ndarray, int, CutoutMeta]:
     """Render the planes a cutout has as thumbnails, in :data:`PLANE_SLOTS` order.
 
     An STDPipe cutout shows its ``IMAGE``, ``TEMPLATE`` and ``DIFF`` extensions, those it has.
@@ -113,6 +113,8 @@ def plane_tiles(path: Path) -> tuple[np.ndarray, int]:
         (3, TILE, TILE, 3) uint8 thumbnails, zscale-stretched; black for a missing plane.
     int
         Bit i set when the file has plane i of :data:`PLANE_SLOTS`.
+    CutoutMeta
+        The candidate's keywords.
 
     Raises
     ------
@@ -144,42 +146,54 @@ def plane_tiles(path: Path) -> tuple[np.ndarray, int]:
     for slot, plane in planes.items():
         tiles[slot] = _tile(_zscale(plane))
         present |= 1 << slot
-    return tiles, present
+    return tiles, present, meta
 
 
 def _render_chunk(
     jobs: Sequence[tuple[Path, tuple[int, int, int] | None, tuple[str, ...] | None]],
-) -> list[tuple[np.ndarray, int, np.ndarray | None] | str]:
-    """Worker task: thumbnails of each file, and its pixels as the model reads them (None without Grad-CAM).
+) -> list[tuple[np.ndarray, int, np.ndarray | None, str] | str]:
+    """Worker task: thumbnails of each file, its pixels as the model reads them (None without Grad-CAM), its id.
 
     A file that cannot be read gives its error message instead.
     """
-    results: list[tuple[np.ndarray, int, np.ndarray | None] | str] = []
+    results: list[tuple[np.ndarray, int, np.ndarray | None, str] | str] = []
     for path, shape, planes in jobs:
         try:
-            tiles, present = plane_tiles(path)
+            tiles, present, meta = plane_tiles(path)
             model_input = None
             if shape is not None:
                 _, location = read_header(path, planes)
                 model_input = fit_cutout(read_pixels(path, location), shape, path)
-            results.append((tiles, present, model_input))
+            results.append((tiles, present, model_input, _candidate_id(meta.candid)))
         except Exception as error:  # a worker must report, never die, on a strange file
             results.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
     return results
 
 
-def _locate(names: Sequence[str], cutouts: Path) -> list[str]:
+def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, Path], int]:
     """Find each table file name in ``cutouts``: the path relative to it, as the page names it.
 
-    otrain-infer writes the names as it was given them (relative to where it ran, or absolute);
-    a name is matched on its longest trailing part that is a cutout of the folder.
+    otrain-infer writes the names as it was given them (relative to where it ran, or absolute),
+    with bytes that are not UTF-8 escaped; a name is matched on its longest trailing part that
+    is a cutout of the folder. (The candidate ids in the files' headers are then compared with
+    the table's, which catches a folder of another night with the same file names.)
+
+    Returns
+    -------
+    list of str
+        Each row's file, relative to ``cutouts`` (as :func:`otrain.inference.printable_path` spells it).
+    dict
+        Those names -> the files.
+    int
+        The cutouts of the folder (its sub-folders too when the table names files in them).
 
     Raises
     ------
     DataError
         When names are not found in the folder, naming the first.
     """
-    known = {path.relative_to(cutouts).as_posix() for path in list_cutouts(cutouts, recursive=True)}
+    every = list_cutouts(cutouts, recursive=True)
+    known = {printable_path(path.relative_to(cutouts)): path for path in every}
     base = cutouts.resolve()
     found: list[str] = []
     missing: list[str] = []
@@ -187,8 +201,9 @@ def _locate(names: Sequence[str], cutouts: Path) -> list[str]:
         path = Path(name)
         if path.is_absolute():
             resolved = path.resolve()
-            if base in resolved.parents and resolved.relative_to(base).as_posix() in known:
-                found.append(resolved.relative_to(base).as_posix())
+            inside = printable_path(resolved.relative_to(base)) if base in resolved.parents else None
+            if inside in known:
+                found.append(inside)
                 continue
         parts = PurePosixPath(path.as_posix()).parts
         match = next(
@@ -207,7 +222,9 @@ def _locate(names: Sequence[str], cutouts: Path) -> list[str]:
         raise DataError(
             f"{cutouts}: {len(missing)} scored file(s) of the table are not in this folder, the first: {missing[0]}"
         )
-    return found
+    nested = any("/" in name for name in found)
+    n_files = len(every) if nested else sum(1 for path in every if path.parent == cutouts)
+    return found, known, n_files
 
 
 def _number(value: Any) -> float | None:
@@ -219,12 +236,15 @@ def _number(value: Any) -> float | None:
 
 
 def _candidate_id(value: Any) -> str:
+    """One spelling of a candidate id: its text, an integral float (a column with a gap) as an integer."""
+    if value is None:
+        return ""
     text = str(value).strip()
-    try:
-        number = float(text)
-    except ValueError:
-        return "" if text in ("--", "None") else text
-    return str(int(number)) if number.is_integer() else text
+    if text in ("", "--", "None", "nan"):
+        return ""
+    if isinstance(value, (float, np.floating)) and float(value).is_integer():
+        return str(int(value))
+    return text
 
 
 def _read_card(model: Path) -> dict[str, Any]:
@@ -238,48 +258,62 @@ def _read_card(model: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _registry_version(model: Path) -> dict[str, Any] | None:
-    """Return the registered version of the model's training run: name, version, aliases; None when unknown.
+def _registry_version(model: Path) -> dict[str, Any]:
+    """Return what the registry knows of the model's training run: name, version, aliases, or a status.
 
-    Only asks an existing store: a SQLite file that is not there would be created by MLflow.
+    Only asks a store that exists (MLflow would create a missing SQLite file) and a server that
+    answers within seconds (MLflow's client retries for minutes).
     """
-    from otrain.tracking import read_run_file
+    from otrain.tracking import check_tracking_uri, read_run_file, resolve_tracking_uri, sqlite_file
 
     try:
         run = read_run_file(model.parent)
-    except DataError:
-        return None
+    except DataError as error:
+        return {"status": f"unknown ({error})"}
     if run is None:
-        return None
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or run.tracking_uri
-    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
-        return None
+        return {"status": "unknown (no mlflow_run.json beside the model)"}
+    uri = resolve_tracking_uri(run.tracking_uri)
+    database = sqlite_file(uri)
+    if database is not None and not database.is_file():
+        return {"run_id": run.run_id, "status": f"unknown (no tracking store {database})"}
     try:
         from mlflow import MlflowClient
 
+        if database is None:
+            check_tracking_uri(uri, timeout=5)
         client = MlflowClient(tracking_uri=uri)
         versions = client.search_model_versions(f"run_id = '{run.run_id}'")
+        if not versions:
+            return {"run_id": run.run_id, "status": "not registered"}
+        latest = max(versions, key=lambda version: int(version.version))
+        # A search does not fill in the aliases.
+        aliases = client.get_model_version(latest.name, latest.version).aliases
     except Exception as error:  # the page is still useful without the registry
         logger.info("registry version of %s unknown (%s)", model, first_line(error))
-        return None
-    if not versions:
-        return {"run_id": run.run_id}
-    latest = max(versions, key=lambda version: int(version.version))
-    try:  # a search does not fill in the aliases
-        aliases = client.get_model_version(latest.name, latest.version).aliases
-    except Exception as error:
-        logger.info("aliases of %s v%s unknown (%s)", latest.name, latest.version, first_line(error))
-        aliases = []
+        return {"run_id": run.run_id, "status": "unknown (the tracking store did not answer)"}
     return {"run_id": run.run_id, "name": latest.name, "version": str(latest.version), "aliases": sorted(aliases)}
 
 
+def _finite(value: Any) -> Any:
+    """Replace non-finite numbers (a hand-edited card's NaN) by None, in nested lists and dicts."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
 def _threshold_rule(card: dict[str, Any], threshold: float) -> str:
-    recorded = card.get("threshold")
+    recorded = _number(card.get("threshold"))
     if recorded is None:
-        return "0.5 (the model has no card)" if threshold == 0.5 else "given with --threshold"
-    if not math.isclose(float(recorded), threshold):
+        given = "0.5, the default" if threshold == 0.5 else "given with --threshold"
+        return f"{given} (the model has no card)" if not card else f"{given} (the card records none)"
+    if not math.isclose(recorded, threshold):
         return f"given with --threshold (the card's is {float(recorded):g})"
-    rule = card.get("threshold_rule") or {}
+    rule = card.get("threshold_rule")
+    rule = rule if isinstance(rule, dict) else {"method": str(rule)} if rule else {}
     method = rule.get("method", "default")
     if method == "default":
         return "the default, 0.5"
@@ -287,12 +321,12 @@ def _threshold_rule(card: dict[str, Any], threshold: float) -> str:
     return f"{method}" + (f" ({details})" if details else "") + " on the validation set"
 
 
-def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str, Any] | None) -> dict[str, Any]:
-    metrics = card.get("test_metrics") or {}
-    calibration = card.get("calibration") or {}
-    ece = metrics.get("expected_calibration_error", calibration.get("ece_test_after"))
+def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str, Any]) -> dict[str, Any]:
+    metrics = card.get("test_metrics") if isinstance(card.get("test_metrics"), dict) else {}
+    calibration = card.get("calibration") if isinstance(card.get("calibration"), dict) else {}
+    ece = _number(metrics.get("expected_calibration_error", calibration.get("ece_test_after")))
     shape = card.get("input_shape")
-    return {
+    header = {
         "file": str(config.model),
         "name": config.model.stem,
         "registry": registry,
@@ -302,12 +336,12 @@ def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str
         "calibration": calibration.get("method"),
         "threshold": config.threshold,
         "threshold_rule": _threshold_rule(card, config.threshold),
-        "test": {key: metrics[key] for key in ("n", "accuracy", "roc_auc", "mcc", "precision", "recall", "fpr", "fnr")}
+        "test": {key: _number(metrics.get(key)) for key in ("n", "accuracy", "roc_auc", "mcc", "fpr", "fnr")}
         if metrics
         else None,
         "ece": ece,
-        "trained": card.get("trained_at") or card.get("created"),
     }
+    return _finite(header)
 
 
 def _overlay(model_input: np.ndarray, cam: np.ndarray, diff_channel: int) -> np.ndarray:
@@ -333,12 +367,16 @@ def _write_sheet(path: Path, tiles: np.ndarray) -> None:
     Image.fromarray(sheet).save(path, format="PNG", pnginfo=info, compress_level=6)
 
 
+#: Characters of the JSON that the HTML parser could read inside <script> ("</script>", "<!--"), as escapes.
+_SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
+
+
 def _page_html(data: dict[str, Any]) -> str:
     template = resources.files("otrain").joinpath("templates", "vetting.html").read_text(encoding="utf-8")
-    # Inside <script>, "</" would end the element: JSON allows escaping the slash.
-    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).replace("</", "<\\/")
-    title = f"otrain vetting: {data['night']['table']}"
-    return template.replace("__OTRAIN_TITLE__", html.escape(title)).replace("__OTRAIN_DATA__", payload)
+    payload = json.dumps(data, separators=(",", ":"), allow_nan=False).translate(_SCRIPT_SAFE)
+    values = {"__OTRAIN_TITLE__": html.escape(f"otrain vetting: {data['night']['table']}"), "__OTRAIN_DATA__": payload}
+    # One pass: a placeholder's text inside a value (a file named __OTRAIN_DATA__) stays as it is.
+    return re.sub("|".join(values), lambda match: values[match.group(0)], template)
 
 
 def write_report(config: ReportConfig) -> ReportSummary:
@@ -368,7 +406,15 @@ def write_report(config: ReportConfig) -> ReportSummary:
     if len(table) == 0:
         raise DataError(f"{config.infer_file}: the table has no scored candidate")
     names = [str(name) for name in table["filename"]]
-    files = _locate(names, config.cutouts)
+    p_real = np.array([_number(value) for value in table["label1"]], dtype=float)
+    outside = ~(np.isfinite(p_real) & (p_real >= 0) & (p_real <= 1))
+    if outside.any():
+        bad = int(np.flatnonzero(outside)[0])
+        raise DataError(
+            f"{config.infer_file}: row {bad + 1} ({names[bad]}) has no P(real) in [0, 1] "
+            f"(label1: {table['label1'][bad]})"
+        )
+    files, known, n_files = _locate(names, config.cutouts)
     card = _read_card(config.model)
     shape, planes, model = None, None, None
     if config.grad_cam:
@@ -382,15 +428,10 @@ def write_report(config: ReportConfig) -> ReportSummary:
         explainer = GradCamExplainer(model, config.method)
         model_planes = planes or ("DIFF",)
         diff_channel = model_planes.index("DIFF") if "DIFF" in model_planes else 0
-    registry = _registry_version(config.model) if config.tracking else None
-    p_real = np.array([_number(value) for value in table["label1"]], dtype=float)
-    if not np.isfinite(p_real).all():
-        bad = int(np.flatnonzero(~np.isfinite(p_real))[0])
-        raise DataError(f"{config.infer_file}: row {bad + 1} ({names[bad]}) has no P(real) (label1)")
-    n_files = len(list_cutouts(config.cutouts, recursive=True))
+    registry = _registry_version(config.model) if config.tracking else {"status": "not looked up (--no-tracking)"}
     # In table order, the rows in view would come from as many sheets (each decoded whole) as rows.
     order = np.argsort(-p_real, kind="stable")
-    jobs = [(config.cutouts / files[source], shape, planes) for source in order]
+    jobs = [(known[files[source]], shape, planes) for source in order]
     rows: list[list[Any]] = []
     with atomic_folder(config.output) as folder:
         (folder / THUMBS).mkdir()
@@ -408,11 +449,18 @@ def write_report(config: ReportConfig) -> ReportSummary:
                 raise DataError(problems[0])
             tiles = np.zeros((len(chunk), len(PLANE_SLOTS) + 1, TILE, TILE, 3), dtype=np.uint8)
             present = np.zeros(len(chunk), dtype=int)
-            for position, (planes_tiles, mask, _) in enumerate(results):
+            for position, (planes_tiles, mask, _, candid) in enumerate(results):
                 tiles[position, : len(PLANE_SLOTS)] = planes_tiles
                 present[position] = mask
+                source = int(order[index + position])
+                expected = _candidate_id(table["cand_ID"][source])
+                if candid and expected and candid != expected:
+                    raise DataError(
+                        f"{known[files[source]]}: its header names candidate {candid}, the table's row {source + 1} "
+                        f"{expected}: is {config.cutouts} the folder that was scored?"
+                    )
             if model is not None:
-                pixels = np.stack([model_input for _, _, model_input in results])
+                pixels = np.stack([model_input for _, _, model_input, _ in results])
                 chosen = p_real[order[index : index + len(chunk)]] > config.threshold
                 for start in range(0, len(chunk), _GRADCAM_BATCH):
                     batch = slice(start, start + _GRADCAM_BATCH)
@@ -465,7 +513,13 @@ def write_report(config: ReportConfig) -> ReportSummary:
             "method": config.method if model is not None else None,
         }
         (folder / PAGE).write_text(_page_html(data), encoding="utf-8")
-        marker = {"page": PAGE, "night": night, "model": str(config.model), "threshold": config.threshold}
+        marker = {
+            "page": PAGE,
+            "night": night,
+            "model": str(config.model),
+            "threshold": config.threshold,
+            "files": sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()),
+        }
         (folder / REPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
     summary = ReportSummary(
         output=config.output,
