@@ -27,6 +27,7 @@ from otrain.cutouts import read_header
 #: Where the browser tests leave their screenshots (CI keeps them as artifacts).
 ARTIFACTS = Path(os.environ.get("OTRAIN_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 TILE = 64
+HOSTILE = 'odd "name", <!--<script>__OTRAIN_DATA__.fits'
 
 
 def page_data(output: Path) -> dict[str, Any]:
@@ -38,11 +39,11 @@ def page_data(output: Path) -> dict[str, Any]:
 
 
 def table_rows(table: Path) -> dict[str, dict[str, str]]:
-    """file name -> its row of the results table, read without otrain."""
-    lines = table.read_text().splitlines()
-    columns = lines[0].removeprefix("# ").split()
-    rows = [dict(zip(columns, line.split(), strict=True)) for line in lines[1:]]
-    return {Path(row["filename"]).name: row for row in rows}
+    """file name -> its row of the results table (as text)."""
+    from astropy.io import ascii as astropy_ascii
+
+    rows = astropy_ascii.read(table, format="commented_header", guess=False)
+    return {Path(row["filename"]).name: {key: str(row[key]) for key in rows.colnames} for row in rows}
 
 
 def read_scores(table: Path) -> dict[str, float]:
@@ -65,6 +66,8 @@ def night(workspace: Path, trained: Path, tmp_path_factory: pytest.TempPathFacto
         for path in stdpipe + gmadet:
             shutil.copy(path, cutouts / path.name)
             chosen += 1
+    # A name that would break a page that pasted it into HTML, CSV or a script.
+    shutil.move(cutouts / sorted(path.name for path in cutouts.iterdir())[-1], cutouts / HOSTILE)
     write_gmadet(cutouts / "edge.fits", np.ones((32, 32), np.float32), EDGE="True")
     (cutouts / "broken.fits").write_bytes(b"not a FITS file")
     model = trained / "tiny.keras"
@@ -72,7 +75,7 @@ def night(workspace: Path, trained: Path, tmp_path_factory: pytest.TempPathFacto
     assert call_main(infer_main, "--cutouts", cutouts, "--model", model, "--output", table, "--no-tracking") == 0
     output = root / "vetting"
     assert call_main(report_main, *arguments(table, cutouts, model, output)) == 0
-    return {"cutouts": cutouts, "model": model, "table": table, "output": output, "root": root}
+    return {"cutouts": cutouts, "model": model, "table": table, "output": output, "workspace": workspace}
 
 
 def is_stdpipe(path: Path) -> bool:
@@ -204,11 +207,13 @@ def test_a_page_it_wrote_is_replaced_and_any_other_folder_refused(night: dict[st
     base = arguments(night["table"], night["cutouts"], night["model"], output, "--no-grad-cam")
     assert call_main(report_main, *base) == 0
     assert call_main(report_main, *base) == 0  # its own page: replaced
+    (output / "marks.csv").write_text("cand_ID,file,mark,p_real\n")  # saved into it since
     foreign = tmp_path / "notes"
     foreign.mkdir()
     (foreign / "mine.txt").write_text("keep")
     before = files_under(tmp_path)
     refused = [
+        base,
         arguments(night["table"], night["cutouts"], night["model"], foreign),
         arguments(night["table"], night["cutouts"], night["model"], foreign / "mine.txt"),
         arguments(night["table"], night["cutouts"], night["model"], night["cutouts"]),
@@ -220,6 +225,7 @@ def test_a_page_it_wrote_is_replaced_and_any_other_folder_refused(night: dict[st
         assert call_main(report_main, *argv) == 2, argv
     assert files_under(tmp_path) == before
     assert (foreign / "mine.txt").read_text() == "keep"
+    assert (output / "marks.csv").is_file()
 
 
 def test_a_table_that_does_not_fit_the_folder_writes_nothing(night: dict[str, Path], tmp_path: Path) -> None:
@@ -231,6 +237,21 @@ def test_a_table_that_does_not_fit_the_folder_writes_nothing(night: dict[str, Pa
     empty = tmp_path / "empty.dat"
     empty.write_text(night["table"].read_text().splitlines()[0] + "\n")
     assert call_main(report_main, *arguments(empty, night["cutouts"], night["model"], output, "--no-grad-cam")) == 1
+    lines = night["table"].read_text().splitlines()
+    columns = lines[0].removeprefix("# ").split()
+    broken = tmp_path / "broken.dat"
+    cells = lines[1].rsplit(" ", 3)  # ... label0 label1 real
+    broken.write_text("\n".join([lines[0], " ".join([cells[0], cells[1], "1.5", cells[3]]), *lines[2:]]) + "\n")
+    assert columns[-2] == "label1"
+    assert call_main(report_main, *arguments(broken, night["cutouts"], night["model"], output, "--no-grad-cam")) == 1
+    # Another night whose files have the same names: the candidate ids in the headers differ.
+    impostor = tmp_path / "impostor"
+    impostor.mkdir()
+    others = sorted((night["workspace"] / "other" / "night").glob("*.fits"))
+    for source, path in zip(others, sorted(night["cutouts"].iterdir()), strict=False):
+        shutil.copy(source, impostor / path.name)
+    assert len(list(impostor.iterdir())) == len(list(night["cutouts"].iterdir()))
+    assert call_main(report_main, *arguments(night["table"], impostor, night["model"], output, "--no-grad-cam")) == 1
     assert not output.exists()
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".page")]
 
@@ -249,11 +270,12 @@ def test_table_names_are_found_whatever_folder_infer_ran_from(night: dict[str, P
 
 
 def test_tracking_logs_the_page_and_names_the_registered_version(
-    night: dict[str, Path], trained: Path, tracking_uri: str, tmp_path: Path
+    night: dict[str, Path], trained: Path, tracking_uri: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from mlflow import MlflowClient
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    assert page_data(night["output"])["model"]["registry"] == {"status": "not looked up (--no-tracking)"}
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri)
     client.create_registered_model("vetting-test")
@@ -316,6 +338,9 @@ def test_the_page_opens_offline_shows_every_candidate_and_requests_nothing(night
         open_page(driver, night["output"])
         rows = shown_rows(driver)
         assert [row["file"] for row in rows] == sorted(scores, key=lambda name: -scores[name])
+        hostile = next(row for row in rows if row["file"] == HOSTILE)
+        assert HOSTILE in hostile["cells"]  # shown as text, not read as markup
+        assert driver.execute_script("return document.scripts.length") == 2
         assert text_of(driver, "n-total") == "22"
         assert (
             driver.execute_script("return [...document.querySelectorAll('.thumb:not(.none)')].length")
@@ -402,11 +427,14 @@ def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, 
         keys.perform()
         assert [row["current"] for row in shown_rows(driver)].index(True) == 1
         expected = {order[0]: "real", order[1]: "bogus", order[3]: "skip"}
+        # The file whose name needs CSV quoting: bogus, wherever it is.
+        ActionChains(driver).send_keys(Keys.HOME, Keys.ARROW_DOWN * order.index(HOSTILE), "b").perform()
+        expected[HOSTILE] = "bogus"
         driver.refresh()
         open_page(driver, night["output"])
         marks = {row["file"]: row["mark"] for row in shown_rows(driver) if row["mark"]}
         assert marks == expected
-        assert text_of(driver, "n-marked") == "3"
+        assert text_of(driver, "n-marked") == str(len(expected))
         driver.find_element("id", "export").click()
         for _ in range(600):
             exported = [path for path in downloads.glob("*.csv")]
@@ -423,9 +451,11 @@ def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, 
         assert row["cand_ID"] == table[row["file"]]["cand_ID"]
     out = tmp_path / "vetted"
     assert call_main(relabel_main, "--marks", exported[0], "--cutouts", night["cutouts"], "--out", out) == 0
-    assert [path.name for path in (out / "true").iterdir()] == [order[0]]
-    assert [path.name for path in (out / "false").iterdir()] == [order[1]]
-    assert (out / "true" / order[0]).read_bytes() == (night["cutouts"] / order[0]).read_bytes()
+    for label, mark in (("true", "real"), ("false", "bogus")):
+        written = sorted(path.name for path in (out / label).iterdir())
+        assert written == sorted(name for name, kind in expected.items() if kind == mark)
+        for name in written:
+            assert (out / label / name).read_bytes() == (night["cutouts"] / name).read_bytes()
 
 
 def readme_vetting_loop() -> list[str]:
@@ -474,3 +504,60 @@ def test_the_readme_loop_runs_as_written(
     n_true = len(list((tmp_path / "data" / "survey" / "true").iterdir()))
     assert len(list((vetted / "true").iterdir())) == n_true + 1
     assert (tmp_path / "models" / "CNN_training" / "vetted" / "vetted.keras").is_file()
+
+
+@pytest.fixture(scope="module")
+def large_night(night: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A page of 1,200 candidates (the night's files copied over and over), written without Grad-CAM."""
+    root = tmp_path_factory.mktemp("large")
+    cutouts = root / "cutouts"
+    cutouts.mkdir()
+    sources = sorted(path for path in night["cutouts"].iterdir() if path.name not in ("edge.fits", "broken.fits"))
+    for index in range(1200):
+        shutil.copy(sources[index % len(sources)], cutouts / f"c{index:05d}.fits")
+    table, output = root / "infer_results.dat", root / "vetting"
+    assert call_main(infer_main, "--cutouts", cutouts, "--model", night["model"], "--output", table) == 0
+    # --infer may name the folder holding infer_results.dat.
+    assert call_main(report_main, *arguments(root, cutouts, night["model"], output, "--no-grad-cam")) == 0
+    return output
+
+
+def scroll_to(driver: Any, position: int) -> None:
+    """Scroll the window to a row of the page and wait until the next frame is drawn."""
+    driver.execute_async_script(
+        """const [position, done] = arguments;
+           const body = document.getElementById('body');
+           window.scrollTo(0, body.getBoundingClientRect().top + window.scrollY + position * 72 - 200);
+           requestAnimationFrame(() => requestAnimationFrame(() => done()));""",
+        position,
+    )
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_a_large_night_draws_only_the_rows_in_view_and_loads_only_their_sheets(large_night: Path) -> None:
+    with chromium(height=900) as driver:
+        requested_urls(driver)
+        open_page(driver, large_night)
+        assert text_of(driver, "n-total") == "1200"
+        first = shown_rows(driver)
+        assert len(first) < 40
+        sheets = {url.rsplit("/", 1)[1] for url in requested_urls(driver) if "/thumbs/" in url}
+        assert sheets == {"sheet_0000.png"}
+        scroll_to(driver, 650)
+        drawn = driver.execute_script(
+            "return [...document.querySelectorAll('#body .row')].map(row => Number(row.dataset.position))"
+        )
+        assert 650 in drawn
+        assert len(drawn) < 40
+        sheets = {url.rsplit("/", 1)[1] for url in requested_urls(driver) if "/thumbs/" in url}
+        assert "sheet_0006.png" in sheets
+        assert sheets <= {"sheet_0005.png", "sheet_0006.png", "sheet_0007.png"}
+        # The cursor (row 0) is out of sight: the first key selects a row on screen, and marks nothing.
+        from selenium.webdriver.common.action_chains import ActionChains
+
+        ActionChains(driver).send_keys("r").perform()
+        rows = shown_rows(driver)
+        assert not [row for row in rows if row["mark"]]
+        current = next(row for row in rows if row["current"])
+        ActionChains(driver).send_keys("R").perform()  # Caps Lock on: still a mark
+        assert next(row for row in shown_rows(driver) if row["file"] == current["file"])["mark"] == "real"
