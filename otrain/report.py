@@ -1,8 +1,9 @@
 """otrain-report: a vetting page for a scored night, to look at the candidates and judge them.
 
 The page is one HTML file with its script, styles and data inline, and its thumbnails in PNG
-sprite sheets beside it (``thumbs/sheet_NNN.png``, :data:`SHEET_ROWS` candidates each, one
-column per plane: science, reference, difference, Grad-CAM overlay). It opens from disk with
+sprite sheets beside it (``thumbs/sheet_NNNN.png``, :data:`SHEET_ROWS` candidates each, one
+grey column per plane: science, reference, difference; ``thumbs/cam_NNNN.png``, the Grad-CAM
+overlays in colour). It opens from disk with
 no network access. The browser draws only the rows in view and loads a sheet only when one of
 its rows is drawn. The sheets hold the candidates in the page's first order, P(real) highest
 first, so the rows in view share one or two sheets and a night of 10,000 candidates opens
@@ -84,7 +85,7 @@ def _zscale(plane: np.ndarray) -> np.ndarray:
 
 
 def _tile(image: np.ndarray) -> np.ndarray:
-    """Resize an (H, W) or (H, W, 3) image in [0, 1] to a TILE x TILE uint8 thumbnail, row 0 at the bottom (as DS9)."""
+    """Resize an (H, W) grey or (H, W, 3) colour image in [0, 1] to a TILE x TILE uint8 thumbnail, row 0 below."""
     from PIL import Image
 
     pixels = np.flipud(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
@@ -92,7 +93,7 @@ def _tile(image: np.ndarray) -> np.ndarray:
     if thumbnail.size != (TILE, TILE):
         smaller = thumbnail.size[0] < TILE and thumbnail.size[1] < TILE
         thumbnail = thumbnail.resize((TILE, TILE), Image.Resampling.NEAREST if smaller else Image.Resampling.BOX)
-    return np.asarray(thumbnail.convert("RGB"))
+    return np.asarray(thumbnail)
 
 
 def plane_tiles(path: Path) -> tuple[np.ndarray, int, CutoutMeta]:
@@ -110,7 +111,7 @@ def plane_tiles(path: Path) -> tuple[np.ndarray, int, CutoutMeta]:
     Returns
     -------
     numpy.ndarray
-        (3, TILE, TILE, 3) uint8 thumbnails, zscale-stretched; black for a missing plane.
+        (3, TILE, TILE) uint8 grey thumbnails, zscale-stretched; black for a missing plane.
     int
         Bit i set when the file has plane i of :data:`PLANE_SLOTS`.
     CutoutMeta
@@ -121,7 +122,7 @@ def plane_tiles(path: Path) -> tuple[np.ndarray, int, CutoutMeta]:
     DataError
         When the file cannot be read.
     """
-    tiles = np.zeros((len(PLANE_SLOTS), TILE, TILE, 3), dtype=np.uint8)
+    tiles = np.zeros((len(PLANE_SLOTS), TILE, TILE), dtype=np.uint8)
     meta, location = read_header(path)
     planes: dict[int, np.ndarray] = {}
     if meta.convention == "gmadet":
@@ -355,13 +356,13 @@ def _overlay(model_input: np.ndarray, cam: np.ndarray, diff_channel: int) -> np.
 
 
 def _write_sheet(path: Path, tiles: np.ndarray) -> None:
-    """Write (n, slots, TILE, TILE, 3) thumbnails as one PNG: a row per candidate, a column per slot."""
+    """Write (n, slots, TILE, TILE[, 3]) thumbnails as one PNG: a row per candidate, a column per slot."""
     from PIL import Image, PngImagePlugin
 
     from otrain.outputs import PNG_SOFTWARE
 
     n, slots = tiles.shape[:2]
-    sheet = tiles.transpose(0, 2, 1, 3, 4).reshape(n * TILE, slots * TILE, 3)
+    sheet = np.swapaxes(tiles, 1, 2).reshape(n * TILE, slots * TILE, *tiles.shape[4:])
     info = PngImagePlugin.PngInfo()
     info.add_text("Software", f"{PNG_SOFTWARE} report")
     Image.fromarray(sheet).save(path, format="PNG", pnginfo=info, compress_level=6)
@@ -447,10 +448,12 @@ def write_report(config: ReportConfig) -> ReportSummary:
             problems = [result for result in results if isinstance(result, str)]
             if problems:
                 raise DataError(problems[0])
-            tiles = np.zeros((len(chunk), len(PLANE_SLOTS) + 1, TILE, TILE, 3), dtype=np.uint8)
+            # Grey planes and colour overlays in two sheets: a grey PNG is about a third of an RGB one.
+            tiles = np.zeros((len(chunk), len(PLANE_SLOTS), TILE, TILE), dtype=np.uint8)
+            overlays = np.zeros((len(chunk), 1, TILE, TILE, 3), dtype=np.uint8)
             present = np.zeros(len(chunk), dtype=int)
             for position, (planes_tiles, mask, _, candid) in enumerate(results):
-                tiles[position, : len(PLANE_SLOTS)] = planes_tiles
+                tiles[position] = planes_tiles
                 present[position] = mask
                 source = int(order[index + position])
                 expected = _candidate_id(table["cand_ID"][source])
@@ -466,10 +469,12 @@ def write_report(config: ReportConfig) -> ReportSummary:
                     batch = slice(start, start + _GRADCAM_BATCH)
                     cams = np.nan_to_num(explainer.maps(pixels[batch], chosen[batch].astype(int)))
                     for position, cam in enumerate(cams, start=start):
-                        tiles[position, _CAM_SLOT] = _tile(_overlay(pixels[position], cam, diff_channel))
+                        overlays[position, 0] = _tile(_overlay(pixels[position], cam, diff_channel))
                     present[batch] |= 1 << _CAM_SLOT
             sheet_number = index // SHEET_ROWS
             _write_sheet(folder / THUMBS / f"sheet_{sheet_number:04d}.png", tiles)
+            if model is not None:
+                _write_sheet(folder / THUMBS / f"cam_{sheet_number:04d}.png", overlays)
             for position in range(len(chunk)):
                 source = int(order[index + position])
                 row = table[source]

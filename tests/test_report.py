@@ -147,19 +147,22 @@ def test_a_thumbnail_is_its_file_s_plane_at_its_place_in_the_sheet(night: dict[s
     for row in data["rows"]:
         path = night["cutouts"] / row[columns.index("file")]
         index = row[columns.index("sheet_index")]
-        sheet = np.asarray(Image.open(night["output"] / "thumbs" / f"sheet_{index // 100:04d}.png").convert("RGB"))
+        thumbs = night["output"] / "thumbs"
+        sheet = np.asarray(Image.open(thumbs / f"sheet_{index // 100:04d}.png"))
+        overlays = np.asarray(Image.open(thumbs / f"cam_{index // 100:04d}.png"))
+        assert sheet.ndim == 2  # grey
         top = (index % 100) * TILE
         with fits.open(path) as hdus:
             planes = {hdu.name: hdu.data for hdu in hdus if hdu.data is not None}
         if "DIFF" in planes:
             for slot, name in enumerate(("IMAGE", "TEMPLATE", "DIFF")):
-                tile = sheet[top : top + TILE, slot * TILE : (slot + 1) * TILE, 0]
+                tile = sheet[top : top + TILE, slot * TILE : (slot + 1) * TILE]
                 np.testing.assert_allclose(tile, zscale_tile(planes[name].astype(np.float64)), atol=1)
         else:
-            tile = sheet[top : top + TILE, 2 * TILE : 3 * TILE, 0]
+            tile = sheet[top : top + TILE, 2 * TILE : 3 * TILE]
             np.testing.assert_allclose(tile, zscale_tile(planes["PRIMARY"].astype(np.float64)), atol=1)
             assert not sheet[top : top + TILE, : 2 * TILE].any()  # no science, no reference
-        cam = sheet[top : top + TILE, 3 * TILE :].astype(int)
+        cam = overlays[top : top + TILE].astype(int)
         assert (np.abs(cam[..., 0] - cam[..., 2]) > 20).any(), "the overlay is in colour"
         checked += 1
     assert checked == 22
@@ -174,17 +177,15 @@ def test_without_grad_cam_no_overlay_is_drawn(night: dict[str, Path], tmp_path: 
     data = page_data(output)
     assert data["grad_cam"] is False
     assert all(row[data["columns"].index("planes")] & 0b1000 == 0 for row in data["rows"])
-    from PIL import Image
 
-    sheet = np.asarray(Image.open(output / "thumbs" / "sheet_0000.png"))
-    assert not sheet[:, 3 * TILE :].any()
+    assert sorted(path.name for path in (output / "thumbs").iterdir()) == ["sheet_0000.png"]
 
 
 def test_method_threshold_and_workers(night: dict[str, Path], tmp_path: Path) -> None:
     from PIL import Image
 
-    def sheet(folder: Path) -> np.ndarray:
-        return np.asarray(Image.open(folder / "thumbs" / "sheet_0000.png"))
+    def sheet(folder: Path, name: str = "sheet") -> np.ndarray:
+        return np.asarray(Image.open(folder / "thumbs" / f"{name}_0000.png"))
 
     one, two = tmp_path / "one", tmp_path / "two"
     common = arguments(night["table"], night["cutouts"], night["model"], one, "--workers", "1", "--method", "gradcam")
@@ -192,8 +193,8 @@ def test_method_threshold_and_workers(night: dict[str, Path], tmp_path: Path) ->
     other = arguments(night["table"], night["cutouts"], night["model"], two, "--workers", "2", "--threshold", "0.9")
     assert call_main(report_main, *other) == 0
     # The planes do not depend on the workers; the overlays depend on the method and the decision.
-    np.testing.assert_array_equal(sheet(one)[:, : 3 * TILE], sheet(two)[:, : 3 * TILE])
-    assert not np.array_equal(sheet(one)[:, 3 * TILE :], sheet(two)[:, 3 * TILE :])
+    np.testing.assert_array_equal(sheet(one), sheet(two))
+    assert not np.array_equal(sheet(one, "cam"), sheet(two, "cam"))
     data = page_data(two)
     scores = read_scores(night["table"])
     assert data["model"]["threshold"] == 0.9
@@ -353,7 +354,10 @@ def test_the_page_opens_offline_shows_every_candidate_and_requests_nothing(night
                    const i = new Image(); i.src = u; return i.decode().then(() => [u, i.naturalWidth]); }));"""
         )
         assert loaded
-        assert all(width == 4 * TILE for _, width in loaded)
+        assert sorted({url.rsplit("/", 1)[1][:4]: width for url, width in loaded}.items()) == [
+            ("cam_", TILE),
+            ("shee", 3 * TILE),
+        ]
         urls = requested_urls(driver)
         base = night["output"].resolve().as_uri()
         assert urls
