@@ -440,10 +440,12 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
     changed_by = {
         "otrain/training.py": {"train", "optimise_dataset_size"},
         "otrain/simulate/physics.py": {"simulate"},
-        "otrain/checkinfer.py": {"checkinfer"},
-        "otrain/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer", "optimise_dataset_size"},
+        "otrain/checkinfer.py": {"checkinfer", "report"},
+        "otrain/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer", "optimise_dataset_size"}
+        | {"report"},
         "otrain/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}
-        | {"optimise_dataset_size"},
+        | {"optimise_dataset_size", "report"},
+        "otrain/templates/vetting.html": {"report"},
     }
     for module, stages in changed_by.items():
         original = (scratch / module).read_text()
