@@ -446,6 +446,17 @@ def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, 
                 break
             time.sleep(0.05)
         assert exported, "no CSV was downloaded"
+    with chromium(height=2600) as driver:  # another browser: no marks, until they are imported
+        open_page(driver, night["output"])
+        assert text_of(driver, "n-marked") == "0"
+        driver.execute_script("document.getElementById('import').hidden = false")
+        driver.find_element("id", "import").send_keys(str(exported[0]))
+        for _ in range(600):
+            if text_of(driver, "n-marked") != "0":
+                break
+            time.sleep(0.05)
+        assert {row["file"]: row["mark"] for row in shown_rows(driver) if row["mark"]} == expected
+        assert text_of(driver, "status") == f"imported {len(expected)} marks"
     with open(exported[0], newline="") as stream:
         rows = list(csv.DictReader(stream))
     table = table_rows(night["table"])
