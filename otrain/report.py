@@ -53,6 +53,8 @@ _GRADCAM_BATCH = 128
 #: Fraction of the colour map over the difference where the Grad-CAM map is 1.
 _CAM_OPACITY = 0.55
 _TABLE_COLUMNS = ("filename", "RA", "Dec", "mag", "magerr", "FWHM", "cand_ID", "label1")
+#: A P(real) of the model that differs from the table's by more is another model's (or a re-weighted one).
+_AGREEMENT = 1e-4
 
 
 @dataclass
@@ -401,6 +403,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
     """
     from otrain.checkinfer import read_table
     from otrain.parallel import map_chunks
+    from otrain.scoring import predict
 
     started = time.perf_counter()
     table = read_table(config.infer_file, _TABLE_COLUMNS)
@@ -434,6 +437,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
     order = np.argsort(-p_real, kind="stable")
     jobs = [(known[files[source]], shape, planes) for source in order]
     rows: list[list[Any]] = []
+    n_differ, largest = 0, 0.0
     with atomic_folder(config.output) as folder:
         (folder / THUMBS).mkdir()
         index = 0
@@ -465,6 +469,10 @@ def write_report(config: ReportConfig) -> ReportSummary:
             if model is not None:
                 pixels = np.stack([model_input for _, _, model_input, _ in results])
                 chosen = p_real[order[index : index + len(chunk)]] > config.threshold
+                # The overlays explain this model's decision: say so when it did not score the table.
+                difference = np.abs(predict(model, pixels) - p_real[order[index : index + len(chunk)]])
+                n_differ += int(np.count_nonzero(difference > _AGREEMENT))
+                largest = max(largest, float(difference.max()))
                 for start in range(0, len(chunk), _GRADCAM_BATCH):
                     batch = slice(start, start + _GRADCAM_BATCH)
                     cams = np.nan_to_num(explainer.maps(pixels[batch], chosen[batch].astype(int)))
@@ -516,6 +524,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
             "slots": [*PLANE_SLOTS, "GRADCAM"],
             "grad_cam": model is not None,
             "method": config.method if model is not None else None,
+            "agreement": {"differ": n_differ, "largest": largest} if model is not None else None,
         }
         (folder / PAGE).write_text(_page_html(data), encoding="utf-8")
         marker = {
@@ -526,6 +535,16 @@ def write_report(config: ReportConfig) -> ReportSummary:
             "files": sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()),
         }
         (folder / REPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+    if n_differ:
+        logger.warning(
+            "%s gives another P(real) than %s for %d of %d candidates (by up to %.3g): was the night scored by "
+            "another model, or with --prob-ratio? The Grad-CAM overlays explain this model's decisions",
+            config.model,
+            config.infer_file,
+            n_differ,
+            len(rows),
+            largest,
+        )
     summary = ReportSummary(
         output=config.output,
         n_scored=len(rows),

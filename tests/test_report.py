@@ -168,6 +168,20 @@ def test_a_thumbnail_is_its_file_s_plane_at_its_place_in_the_sheet(night: dict[s
     assert checked == 22
 
 
+def test_the_page_says_whether_the_model_scored_the_table(
+    night: dict[str, Path], trained_vgg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert page_data(night["output"])["agreement"] == {"differ": 0, "largest": pytest.approx(0, abs=1e-4)}
+    output = tmp_path / "other_model"
+    capsys.readouterr()
+    other = trained_vgg / "tiny_vgg.keras"
+    assert call_main(report_main, *arguments(night["table"], night["cutouts"], other, output)) == 0
+    agreement = page_data(output)["agreement"]
+    assert agreement["differ"] > 0
+    assert agreement["largest"] > 1e-3
+    assert "gives another P(real) than" in capsys.readouterr().err
+
+
 def test_without_grad_cam_no_overlay_is_drawn(night: dict[str, Path], tmp_path: Path) -> None:
     output = tmp_path / "plain"
     assert (
@@ -176,6 +190,7 @@ def test_without_grad_cam_no_overlay_is_drawn(night: dict[str, Path], tmp_path: 
     )
     data = page_data(output)
     assert data["grad_cam"] is False
+    assert data["agreement"] is None
     assert all(row[data["columns"].index("planes")] & 0b1000 == 0 for row in data["rows"])
 
     assert sorted(path.name for path in (output / "thumbs").iterdir()) == ["sheet_0000.png"]
