@@ -1255,6 +1255,11 @@ def _existing(folder: Path, pattern: str) -> list[Path]:
     return sorted(folder.glob(pattern)) if folder.is_dir() else []
 
 
+def _infer_table(path: Path) -> Path:
+    """Return the table an --infer option names: the file itself, or infer_results.dat in the folder."""
+    return path / "infer_results.dat" if path.is_dir() else path
+
+
 #: <plots>/CheckInfer/: the original six figures, then otrain's tables.
 CHECKINFER_FOLDER = "CheckInfer"
 CHECKINFER_FIGURES = (
@@ -1323,7 +1328,7 @@ class CheckInferConfig(CommandConfig):
     @property
     def infer_file(self) -> Path:
         """The inference table: --infer itself, or infer_results.dat in that folder."""
-        return self.infer / "infer_results.dat" if self.infer.is_dir() else self.infer
+        return _infer_table(self.infer)
 
     @property
     def output_folder(self) -> Path:
@@ -1351,7 +1356,7 @@ def _not_written_by_report(folder: Path) -> str:
     A folder otrain-report wrote is replaced whole: a file saved into it since (exported marks,
     notes) would be lost, so it is refused.
     """
-    held = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if not path.is_dir())
+    held = [name for name in _held_files(folder) if not (folder / name).is_dir() or (folder / name).is_symlink()]
     if not held:
         return ""
     try:
@@ -1429,7 +1434,7 @@ class ReportConfig(CommandConfig):
     @property
     def infer_file(self) -> Path:
         """The inference table: --infer itself, or infer_results.dat in that folder."""
-        return self.infer / "infer_results.dat" if self.infer.is_dir() else self.infer
+        return _infer_table(self.infer)
 
     def output_folders(self) -> list[Path]:
         """Return the page's parent folder (the page itself appears whole, renamed into place)."""
