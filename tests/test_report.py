@@ -449,9 +449,15 @@ def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, 
         # The file whose name needs CSV quoting: bogus, wherever it is.
         ActionChains(driver).send_keys(Keys.HOME, Keys.ARROW_DOWN * order.index(HOSTILE), "b").perform()
         expected[HOSTILE] = "bogus"
-        driver.refresh()
-        open_page(driver, night["output"])
-        marks = {row["file"]: row["mark"] for row in shown_rows(driver) if row["mark"]}
+        # Chromium hands local storage to its browser process asynchronously: a reload at once may
+        # come before the marks arrive there, so reload until they do (a mark never saved never does).
+        for _ in range(100):
+            driver.refresh()
+            open_page(driver, night["output"])
+            marks = {row["file"]: row["mark"] for row in shown_rows(driver) if row["mark"]}
+            if marks == expected:
+                break
+            time.sleep(0.1)
         assert marks == expected
         assert text_of(driver, "n-marked") == str(len(expected))
         driver.find_element("id", "export").click()
