@@ -70,6 +70,9 @@ DEFAULT_LEARNING_RATE = 1e-3
 #: and a small VGG-like network with batch normalisation for small real sets.
 Architecture = Literal["otrain", "vgg"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
+#: What scores cutouts: the model's ONNX twin with ONNX Runtime, the Keras model, or (auto) the twin when usable.
+Backend = Literal["auto", "keras", "onnx"]
+BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_ARCHITECTURE: Architecture = "otrain"
 #: The vgg network: filters of the convolutions of each of its two blocks, the side of the grid
 #: its last feature maps are average-pooled onto (whatever the cutout size), units of its dense layer.
@@ -732,6 +735,7 @@ CHECKPOINT_FOLDER = ".checkpoint"
 TRAINING_LOCK = ".otrain-train.lock"
 #: The files every training writes into its folder, besides the model and its card.
 TRAINING_FILES = (
+    "{name}.onnx",
     "validation_set/datacube/cube_validation.npz",
     "test_set/datacube/cube_test.npz",
     "history.csv",
@@ -750,7 +754,7 @@ class TrainConfig(TrainingOptions):
     validation set then calibrates P(real) (--calibration) and can choose the threshold
     (--target-fnr, --target-fpr). Every reported metric comes from the test set. Outputs go to
     <model-path>/CNN_training/<name>/: the model (<name>.keras, or <name>.h5 when --model-name
-    ends in .h5) with its model card,
+    ends in .h5) with its model card and its ONNX twin <name>.onnx (checked on the test set),
     validation_set/datacube/cube_validation.npz (one-hot labels, as the original),
     test_set/datacube/cube_test.npz, history.csv, the loss and accuracy curves, metrics.json and
     mlflow_run.json.
@@ -825,6 +829,7 @@ class TrainConfig(TrainingOptions):
         return (
             models
             + [model + ".card.json" for model in models]
+            + [f"{self.name}.int8.onnx"]
             + [name.format(name=self.name) for name in TRAINING_FILES]
         )
 
@@ -963,6 +968,15 @@ def cluster_from_environment(environ: dict[str, str] | None = None) -> Cluster:
     return Cluster(workers=workers, task_type=task.type, index=task.index, has_chief="chief" in parsed.cluster)
 
 
+def _backend_option() -> Any:
+    """Declare the ``--backend`` option of the commands that score cutouts."""
+    return option(
+        "auto",
+        "What scores: onnx (the model's ONNX twin <stem>.onnx, with ONNX Runtime), keras (the Keras model), or auto "
+        "(the twin when it was exported from this model file and onnxruntime is installed, else Keras).",
+    )
+
+
 class InferConfig(CommandConfig):
     """Score a folder of candidate cutouts with a trained model; writes infer_results.dat.
 
@@ -999,6 +1013,7 @@ class InferConfig(CommandConfig):
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
     overwrite: bool = option(False, "Replace an existing --output file that otrain-infer did not write.")
+    backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
     @classmethod

@@ -61,6 +61,7 @@ class InferenceReport:
     n_real: int = 0
     n_edge: int = 0
     seconds: float = 0.0  #: reading and scoring, without loading the model
+    backend: str = "keras"  #: what scored: keras or onnx
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
 
 
@@ -319,16 +320,17 @@ def infer(config: InferConfig) -> InferenceReport:
         When the model cannot be read, the folder holds no cutout file, or no file could be
         scored; nothing is written then.
     """
-    from otrain.model import card_planes, input_shape_of, load_model
+    from otrain.backends import cutout_shape, load_classifier
+    from otrain.card import card_planes
 
-    model = load_model(config.model)
-    shape = input_shape_of(model)
+    model, report_backend = load_classifier(config.model, config.backend)
+    shape = cutout_shape(model)
     files = list_cutouts(config.cutouts, recursive=config.recursive)
     if not files:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
     planes = resolve_planes(config.planes, card_planes(config.model))
     _check_model_fits_cutouts(config.model, shape, files, planes)
-    report = InferenceReport(output=config.output_file, n_files=len(files))
+    report = InferenceReport(output=config.output_file, n_files=len(files), backend=report_backend)
     started = time.perf_counter()
     jobs = [(path, shape, planes) for path in files]
     with atomic_path(config.output_file) as temporary, open(temporary, "w", encoding="utf-8") as stream:

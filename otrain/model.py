@@ -25,7 +25,6 @@ of the original O'TRAIN.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from pathlib import Path
 from typing import Any, Literal
@@ -34,6 +33,7 @@ import keras
 from keras import layers, ops
 
 from otrain.atomic import atomic_path, write_json_atomic
+from otrain.card import card_planes
 from otrain.config import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -136,7 +136,9 @@ class Calibration(layers.Layer):
     def call(self, inputs: Any) -> Any:
         """Calibrate a batch of (P(bogus), P(real)) rows."""
         p = ops.clip(ops.cast(inputs[:, 1], "float32"), self.epsilon, 1.0 - self.epsilon)
-        z = (ops.log(p) - ops.log1p(-p)) / self.temperature + self.bias
+        # log(1 - p), not log1p(-p): ONNX has no Log1p. p is clipped at epsilon from 1, and 1 - p is
+        # exact in float32 for p >= 0.5, so the log-odds differ by at most a few ulps.
+        z = (ops.log(p) - ops.log(1.0 - p)) / self.temperature + self.bias
         real = ops.sigmoid(z)
         return ops.stack([1.0 - real, real], axis=1)
 
@@ -337,6 +339,7 @@ def save_mlflow_model(
     *,
     card: dict[str, Any] | None = None,
     pip_requirements: list[str] | None = None,
+    onnx_file: Path | None = None,
 ) -> Path:
     """Save a model as an MLflow model folder that ``mlflow models serve`` can load.
 
@@ -360,6 +363,10 @@ def save_mlflow_model(
         The model card; :data:`MLFLOW_METADATA_KEYS` of it go into the metadata.
     pip_requirements : list of str, optional
         Exact requirements written beside the model; default: this TensorFlow, Keras and NumPy.
+    onnx_file : Path, optional
+        The model's ONNX twin (:func:`otrain.backends.export_onnx`): written beside the Keras
+        file as ``data/model.onnx``, re-stamped for it, and declared as MLflow's ``onnx``
+        flavour, so ``mlflow.onnx.load_model`` reads it and otrain's scoring commands use it.
 
     Returns
     -------
@@ -392,6 +399,15 @@ def save_mlflow_model(
     )
     description = Model.load(str(path / "MLmodel"))
     description.flavors["python_function"]["loader_module"] = __name__
+    if onnx_file is not None:
+        import onnx
+
+        from otrain.backends import restamp_twin
+
+        keras_file = next((path / "data").glob("model.*"))
+        restamp_twin(onnx_file, keras_file)
+        flavor = {"onnx_version": onnx.__version__, "data": f"data/{keras_file.stem}.onnx"}
+        description.add_flavor("onnx", providers=["CPUExecutionProvider"], **flavor)
     description.save(str(path / "MLmodel"))
     return path
 
@@ -498,28 +514,6 @@ def load_model(path: Path) -> keras.Model:
 def write_card(model_file: Path, card: dict[str, Any]) -> Path:
     """Write the model card beside a model file, atomically."""
     return write_json_atomic(card_file(model_file), card)
-
-
-def card_planes(model_file: Path) -> tuple[str, ...] | None:
-    """Return the planes a model was trained on, from its card; None for a model without (original ones).
-
-    Raises
-    ------
-    DataError
-        If the card cannot be read or records planes that are not a list of names.
-    """
-    card = card_file(model_file)
-    if not card.is_file():
-        return None
-    try:
-        planes = json.loads(card.read_text()).get("planes")
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
-    if planes is None:
-        return None
-    if not isinstance(planes, list) or not all(isinstance(name, str) and name for name in planes):
-        raise DataError(f"{card}: 'planes' must be a list of plane names, got {planes!r}")
-    return tuple(planes)
 
 
 def main() -> None:

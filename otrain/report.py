@@ -31,7 +31,8 @@ from typing import Any
 import numpy as np
 
 from otrain.atomic import atomic_folder
-from otrain.config import REPORT_MARKER, ReportConfig, card_file
+from otrain.card import read_card
+from otrain.config import REPORT_MARKER, ReportConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, read_header, read_pixels
 from otrain.errors import DataError, first_line
 from otrain.inference import fit_cutout, printable_path
@@ -250,17 +251,6 @@ def _candidate_id(value: Any) -> str:
     return text
 
 
-def _read_card(model: Path) -> dict[str, Any]:
-    card = card_file(model)
-    if not card.is_file():
-        return {}
-    try:
-        data = json.loads(card.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
-    return data if isinstance(data, dict) else {}
-
-
 def _registry_version(model: Path) -> dict[str, Any]:
     """Return what the registry knows of the model's training run: name, version, aliases, or a status.
 
@@ -419,12 +409,13 @@ def write_report(config: ReportConfig) -> ReportSummary:
             f"(label1: {table['label1'][bad]})"
         )
     files, known, n_files = _locate(names, config.cutouts)
-    card = _read_card(config.model)
+    card = read_card(config.model)
     shape, planes, model = None, None, None
     if config.grad_cam:
+        from otrain.card import card_planes
         from otrain.gradcam import GradCamExplainer
         from otrain.inference import resolve_planes
-        from otrain.model import card_planes, input_shape_of, load_model
+        from otrain.model import input_shape_of, load_model
 
         model = load_model(config.model)
         shape = input_shape_of(model)

@@ -870,6 +870,9 @@ def _fit_and_write(
     shutil.rmtree(staged, ignore_errors=True)
     model_file = staged / config.model_file.name
     outputs = [save_model(model, model_file)]
+    onnx_record = _export_twin(model, model_file, test_x, probabilities)
+    if "file" in onnx_record:
+        outputs.append(staged / onnx_record["file"])
     outputs.append(
         cube.subset(split.validation).save(
             staged / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
@@ -906,6 +909,7 @@ def _fit_and_write(
         "split": split_record,
         "split_sizes": {"train": len(split.train), "validation": len(split.validation), "test": len(split.test)},
         "test_metrics": metrics,
+        "onnx": onnx_record,
         "otrain_version": __version__,
         "tensorflow_version": tf.__version__,
         "keras_version": keras.__version__,
@@ -928,6 +932,23 @@ def _fit_and_write(
         )
     result.run = run
     return result
+
+
+def _export_twin(model: Any, model_file: Path, test_x: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
+    """Write the model's ONNX twin, checked on the test set; a model that cannot have one is still written.
+
+    Returns
+    -------
+    dict
+        The card's ``onnx`` record; ``{"error": ...}`` when the export or its check failed.
+    """
+    from otrain.backends import export_onnx
+
+    try:
+        return export_onnx(model, model_file, test_x, reference=probabilities, checked_on="test set")
+    except DataError as error:
+        logger.warning("no ONNX twin: %s; otrain-infer will score with Keras", error)
+        return {"error": str(error)}
 
 
 def _distributed_batch(config: TrainConfig, split: Split, batch_size: int, replicas: int) -> int:
@@ -1127,7 +1148,13 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
     cards = [path for path in outputs if path.name.endswith(".card.json")]
     card = json.loads(cards[0].read_text()) if cards else None
     with tempfile.TemporaryDirectory() as scratch:
+        twins = [path for path in outputs if path.suffix == ".onnx"]
         folder = save_mlflow_model(
-            model, Path(scratch) / "model", test_x[:2], card=card, pip_requirements=_pip_requirements()
+            model,
+            Path(scratch) / "model",
+            test_x[:2],
+            card=card,
+            pip_requirements=_pip_requirements(),
+            onnx_file=twins[0] if twins else None,
         )
         mlflow.log_artifacts(str(folder), artifact_path="model")

@@ -13,7 +13,10 @@ __all__ = ["main"]
 
 
 def _infer(config: InferConfig) -> None:
-    prepare_tensorflow()
+    from otrain.backends import choose_backend
+
+    if choose_backend(config.model, config.backend)[0] == "keras":
+        prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
     from otrain.inference import infer
 
     report = infer(config)
@@ -21,7 +24,7 @@ def _infer(config: InferConfig) -> None:
     print(
         f"scored {report.n_scored} of {report.n_files} cutouts in {elapsed:.1f} s "
         f"({report.n_scored / max(elapsed, 1e-9):.0f}/s); skipped {report.n_edge} EDGE, "
-        f"{len(report.bad_files)} unreadable"
+        f"{len(report.bad_files)} unreadable; scored with {report.backend}"
     )
     print(f"real (P(real) > {config.threshold}): {report.n_real}")
     print(f"written: {report.output}")

@@ -1,0 +1,343 @@
+"""ONNX twins of models, and the classifier a scoring command uses: Keras or ONNX Runtime.
+
+Every trained model has an ONNX twin beside it, ``<stem>.onnx`` (``survey.keras`` ->
+``survey.onnx``), written by otrain-train and by otrain-export: the same network, its
+normalisation and calibration layers included, converted with Keras' ONNX export (tf2onnx) and
+checked against the Keras model on a cube before it is renamed into place. The twin records
+the SHA-256 of the model file it was exported from, so a model saved again (retrained,
+replaced) is never scored through a twin of its old weights.
+
+Scoring with the twin needs ONNX Runtime and numpy only: :class:`OnnxClassifier` is what the
+scoring commands call instead of a Keras model, and this module imports neither TensorFlow nor
+Keras unless a Keras model is asked for.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import logging
+import warnings
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from otrain.atomic import atomic_path
+from otrain.config import BACKENDS, PREDICT_BATCH, Backend
+from otrain.errors import DataError, first_line
+from otrain.parallel import default_workers
+
+__all__ = [
+    "BACKENDS",
+    "PARITY_TOLERANCE",
+    "Backend",
+    "OnnxClassifier",
+    "choose_backend",
+    "cutout_shape",
+    "export_onnx",
+    "file_sha256",
+    "load_classifier",
+    "onnxruntime_available",
+    "restamp_twin",
+    "twin_path",
+]
+
+logger = logging.getLogger("otrain")
+
+#: Largest difference of P(real) allowed between a model and its ONNX twin.
+PARITY_TOLERANCE = 1e-5
+#: Keys of the twin's ONNX metadata (``metadata_props``).
+SOURCE_SHA256 = "otrain.source_sha256"
+SOURCE_NAME = "otrain.source"
+
+
+def twin_path(model_file: Path) -> Path:
+    """Return the ONNX twin of a model file: ``<stem>.onnx`` beside it."""
+    return model_file.with_suffix(".onnx")
+
+
+def file_sha256(path: Path) -> str:
+    """Return the SHA-256 of a file's bytes, in hexadecimal."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def onnxruntime_available() -> bool:
+    """Tell whether ONNX Runtime can be imported (without importing it)."""
+    return importlib.util.find_spec("onnxruntime") is not None
+
+
+class OnnxClassifier:
+    """A two-class cutout classifier run by ONNX Runtime, with the calls otrain makes of a Keras model.
+
+    The session runs on the CPU with every graph optimisation, as many intra-op threads as
+    the process may use cores (affinity and cgroup quota) and one inter-op thread: the
+    network is one chain of operators.
+
+    Parameters
+    ----------
+    path : Path
+        An ONNX model taking (N, H, W, C) float32 pixels and giving (N, 2) (P(bogus), P(real)).
+    threads : int, optional
+        Intra-op threads; default: the cores this process may use.
+
+    Raises
+    ------
+    DataError
+        When the file is not an ONNX model of that kind; the message names it.
+    """
+
+    def __init__(self, path: Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.intra_op_num_threads = threads or default_workers()
+        options.inter_op_num_threads = 1
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as error:  # ONNX Runtime raises its own exception types for a bad file
+            raise DataError(f"{path}: not a readable ONNX model ({first_line(error)[:200]})") from None
+        self.path = path
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        shape = inputs[0].shape if len(inputs) == 1 else []
+        if len(shape) != 4 or not all(isinstance(size, int) for size in shape[1:]):
+            raise DataError(f"{path}: the ONNX model must take one (N, H, W, C) input, got {shape}")
+        if len(outputs) != 1 or outputs[0].shape[1:] != [2]:
+            raise DataError(f"{path}: the ONNX model must output 2 class probabilities (bogus, real)")
+        self.cutout_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
+        self._input, self._output = inputs[0].name, outputs[0].name
+        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def predict_on_batch(self, pixels: np.ndarray) -> np.ndarray:
+        """Return (P(bogus), P(real)) of a batch of (N, H, W, C) cutouts."""
+        batch = np.ascontiguousarray(pixels, dtype=np.float32)
+        return self.session.run([self._output], {self._input: batch})[0]
+
+
+def cutout_shape(model: Any) -> tuple[int, int, int]:
+    """Return the (H, W, C) cutout shape of a Keras model or an :class:`OnnxClassifier`."""
+    if isinstance(model, OnnxClassifier):
+        return model.cutout_shape
+    from otrain.model import input_shape_of
+
+    return input_shape_of(model)
+
+
+def _fresh_twin(model_file: Path) -> tuple[Path | None, str]:
+    """Return the model's twin when it was exported from this very file, else None and why not."""
+    twin = twin_path(model_file)
+    if not twin.is_file():
+        return None, f"{twin} does not exist (otrain-export --model {model_file} writes it)"
+    import onnx
+
+    try:
+        metadata = {entry.key: entry.value for entry in onnx.load(str(twin), load_external_data=False).metadata_props}
+    except Exception as error:  # onnx raises DecodeError and others for a damaged file
+        return None, f"{twin}: not a readable ONNX model ({first_line(error)[:200]})"
+    if metadata.get(SOURCE_SHA256) != file_sha256(model_file):
+        return None, f"{twin} was exported from another version of {model_file.name} (otrain-export updates it)"
+    return twin, ""
+
+
+def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, str]:
+    """Decide what scores with ``model_file`` (see :func:`load_classifier`), without loading anything.
+
+    Returns
+    -------
+    str
+        ``onnx`` or ``keras``.
+    str
+        Why not ONNX, when the answer is ``keras`` and the model has a twin; else empty.
+
+    Raises
+    ------
+    DataError
+        When ``onnx`` is asked for and cannot be had.
+    """
+    if backend == "keras":
+        return "keras", ""
+    if not model_file.is_file():
+        raise DataError(f"{model_file}: model file does not exist")
+    twin, why = _fresh_twin(model_file)
+    if twin is not None and onnxruntime_available():
+        return "onnx", ""
+    if twin is not None:
+        why = "onnxruntime is not installed (pip install onnxruntime)"
+    if backend == "onnx":
+        raise DataError(f"--backend onnx: {why}")
+    return "keras", why if twin_path(model_file).exists() else ""
+
+
+def load_classifier(model_file: Path, backend: Backend = "auto") -> tuple[Any, str]:
+    """Load the classifier that scores with ``model_file``: its ONNX twin or the Keras model.
+
+    Parameters
+    ----------
+    model_file : Path
+        The Keras model (``.keras`` or ``.h5``).
+    backend : {"auto", "keras", "onnx"}
+        ``onnx``: the twin, which must exist and have been exported from this model file;
+        ``keras``: the Keras model; ``auto``: the twin when it is usable and ONNX Runtime is
+        installed, else the Keras model.
+
+    Returns
+    -------
+    classifier
+        A Keras model or an :class:`OnnxClassifier`; both have ``predict_on_batch``.
+    str
+        The backend used, ``keras`` or ``onnx``.
+
+    Raises
+    ------
+    DataError
+        When the model cannot be read, or ``onnx`` is asked for and the twin is missing,
+        stale or unreadable, or ONNX Runtime is not installed.
+    """
+    chosen, why = choose_backend(model_file, backend)
+    if chosen == "onnx":
+        logger.info("scoring with ONNX Runtime: %s", twin_path(model_file))
+        return OnnxClassifier(twin_path(model_file)), "onnx"
+    if why:
+        logger.warning("scoring with Keras: %s", why)
+    from otrain.model import load_model
+
+    return load_model(model_file), "keras"
+
+
+def _stamp(proto: Any, model_file: Path, source_sha256: str) -> None:
+    """Record in an ONNX model the Keras file it is the twin of."""
+    from otrain import __version__
+
+    entries = {SOURCE_SHA256: source_sha256, SOURCE_NAME: model_file.name, "otrain.version": __version__}
+    del proto.metadata_props[:]
+    for key, value in entries.items():
+        proto.metadata_props.add(key=key, value=value)
+
+
+def restamp_twin(twin: Path, model_file: Path) -> Path:
+    """Write ``twin`` as the twin of ``model_file``, another save of the same model (an MLflow model's copy).
+
+    Parameters
+    ----------
+    twin : Path
+        An ONNX twin checked against the model.
+    model_file : Path
+        The same model saved again (the same weights, other bytes).
+
+    Returns
+    -------
+    Path
+        The new twin, :func:`twin_path` of ``model_file``.
+    """
+    import onnx
+
+    proto = onnx.load(str(twin))
+    _stamp(proto, model_file, file_sha256(model_file))
+    target = twin_path(model_file)
+    with atomic_path(target) as temporary:
+        onnx.save(proto, str(temporary))
+    return target
+
+
+def _convert(model: Any, target: Path) -> None:
+    """Export a Keras model to ONNX with Keras' exporter (tf2onnx), quietly."""
+    shape = cutout_shape(model)
+    model.predict_on_batch(np.zeros((1, *shape), np.float32))  # Keras exports only a model called once
+    chatty = [logging.getLogger(name) for name in ("tf2onnx", "absl")]
+    levels = [log.level for log in chatty]
+    for log in chatty:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.export(str(target), format="onnx", verbose=False)
+    except Exception as error:  # tf2onnx raises many types for an unsupported operator
+        raise DataError(f"{target.name}: the model cannot be exported to ONNX ({first_line(error)[:300]})") from None
+    finally:
+        for log, level in zip(chatty, levels, strict=True):
+            log.setLevel(level)
+
+
+def export_onnx(
+    model: Any,
+    model_file: Path,
+    pixels: np.ndarray,
+    *,
+    reference: np.ndarray | None = None,
+    checked_on: str = "cube",
+    target: Path | None = None,
+) -> dict[str, Any]:
+    """Write the ONNX twin of a saved Keras model, after checking it gives the model's P(real).
+
+    Parameters
+    ----------
+    model : keras.Model
+        The model, as saved in ``model_file``.
+    model_file : Path
+        Its file: the twin records the file's SHA-256.
+    pixels : numpy.ndarray
+        (N, H, W, C) cutouts of the model's input shape on which both must agree.
+    reference : numpy.ndarray, optional
+        The Keras model's P(real) of ``pixels``, when already computed.
+    checked_on : str
+        What ``pixels`` are, for the record.
+    target : Path, optional
+        The twin; default :func:`twin_path`.
+
+    Returns
+    -------
+    dict
+        The record for the model card: file, SHA-256 of both files, opset, the versions of
+        the converter and runtime, and the parity check (cutouts, largest difference of P(real),
+        tolerance).
+
+    Raises
+    ------
+    DataError
+        When the model cannot be exported, or the twin's P(real) differs from the model's by
+        more than :data:`PARITY_TOLERANCE`; nothing is written then.
+    """
+    import onnx
+    import onnxruntime
+
+    from otrain.scoring import predict
+
+    target = target or twin_path(model_file)
+    source_sha256 = file_sha256(model_file)
+    if reference is None:
+        reference = predict(model, pixels)
+    with atomic_path(target) as temporary:
+        _convert(model, temporary)
+        proto = onnx.load(str(temporary))
+        _stamp(proto, model_file, source_sha256)
+        onnx.save(proto, str(temporary))
+        scored = predict(OnnxClassifier(temporary), pixels, PREDICT_BATCH)
+        difference = float(np.max(np.abs(scored - reference))) if len(pixels) else 0.0
+        if not difference <= PARITY_TOLERANCE:
+            raise DataError(
+                f"{target}: the ONNX model's P(real) differs from {model_file.name}'s by {difference:.3g} on "
+                f"{checked_on} (tolerance {PARITY_TOLERANCE:g}); not written"
+            )
+        opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
+    return {
+        "file": target.name,
+        "sha256": file_sha256(target),
+        "source_sha256": source_sha256,
+        "opset": int(opset),
+        "converter": f"tf2onnx {version('tf2onnx')}",
+        "onnxruntime_version": onnxruntime.__version__,
+        "parity": {
+            "checked_on": checked_on,
+            "cutouts": len(pixels),
+            "max_abs_diff_p_real": difference,
+            "tolerance": PARITY_TOLERANCE,
+        },
+    }

@@ -1,0 +1,67 @@
+"""Model cards: the JSON record ``<model>.card.json`` beside every model file, read without TensorFlow.
+
+Scoring with ONNX Runtime must not import TensorFlow, so what a scoring command needs from a
+card (the planes, the ONNX twin's record) is read here, not in :mod:`otrain.model`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from otrain.atomic import write_json_atomic
+from otrain.config import card_file
+from otrain.errors import DataError, first_line
+
+__all__ = ["card_planes", "read_card", "update_card"]
+
+
+def read_card(model_file: Path) -> dict[str, Any]:
+    """Return a model's card; an empty dict for a model without one (original O'TRAIN models).
+
+    Raises
+    ------
+    DataError
+        If the card exists but is not a JSON object; the message names it.
+    """
+    card = card_file(model_file)
+    if not card.is_file():
+        return {}
+    try:
+        data = json.loads(card.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise DataError(f"{card}: not a readable model card ({first_line(error)})") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{card}: not a readable model card (not a JSON object)")
+    return data
+
+
+def update_card(model_file: Path, **entries: Any) -> Path:
+    """Set ``entries`` in a model's card (written atomically; created when the model has none).
+
+    Returns
+    -------
+    Path
+        The card.
+    """
+    card = read_card(model_file)
+    card.setdefault("model_file", model_file.name)
+    card.update(entries)
+    return write_json_atomic(card_file(model_file), card)
+
+
+def card_planes(model_file: Path) -> tuple[str, ...] | None:
+    """Return the planes a model was trained on, from its card; None for a model without (original ones).
+
+    Raises
+    ------
+    DataError
+        If the card cannot be read or records planes that are not a list of names.
+    """
+    planes = read_card(model_file).get("planes")
+    if planes is None:
+        return None
+    if not isinstance(planes, list) or not all(isinstance(name, str) and name for name in planes):
+        raise DataError(f"{card_file(model_file)}: 'planes' must be a list of plane names, got {planes!r}")
+    return tuple(planes)
