@@ -37,6 +37,7 @@ __all__ = [
     "ConvertConfig",
     "CrossValidateConfig",
     "DiagnosticsConfig",
+    "ExportConfig",
     "GradCamConfig",
     "InferConfig",
     "InferSparkConfig",
@@ -1722,6 +1723,77 @@ class GradCamConfig(CommandConfig):
         return [self.cam_path / outcome for outcome in OUTCOMES]
 
 
+#: Cutouts of the training cube that calibrate an int8 model's activation ranges, by default.
+INT8_CALIBRATION_CUTOUTS = 512
+#: The ONNX metadata key every ONNX file otrain writes carries (see otrain.backends).
+ONNX_SIGNATURE = ("otrain.source_sha256",)
+
+
+def _twin_of(model_file: Path, suffix: str) -> Path:
+    return model_file.with_suffix(suffix)
+
+
+class ExportConfig(CommandConfig):
+    """Write the ONNX twin <stem>.onnx of a Keras model (original O'TRAIN .h5 models included).
+
+    The twin (normalisation and calibration layers included) is checked against the Keras model
+    on --cube before it is written: P(real) must agree within 1e-5. The check is recorded in
+    the model card (<model>.card.json, created for a model without one). otrain-infer and the
+    other scoring commands then score with ONNX Runtime. With --quantize int8, an int8 model
+    <stem>.int8.onnx is written too: ONNX Runtime's static quantisation, calibrated on a sample
+    of the training cube; the card records how far its ROC AUC and its decisions at the card's
+    threshold move on --cube, and --backend auto uses it only when both move by less than
+    0.002 in AUC and 0.5 % of decisions.
+    """
+
+    command: ClassVar[str] = "otrain-export"
+
+    model: ExistingFile = option(..., "Trained model file (.keras or .h5, original O'TRAIN models included).")
+    cube: ExistingFile | None = option(
+        None,
+        "Datacube (.npz) on which the twin must agree with the model (and on which int8 is judged). Default: the "
+        "training's test set (test_set/datacube/cube_test.npz beside the model); without one, 256 seeded random "
+        "cutouts (int8 then needs --cube).",
+    )
+    quantize: Literal["none", "int8"] = option("none", "Also write an int8 model <stem>.int8.onnx.")
+    calibration_cube: ExistingFile | None = option(
+        None,
+        "Datacube whose cutouts calibrate the int8 model. Default: the training cube the model card names "
+        "(its training rows), else --cube.",
+    )
+    calibration_size: PositiveInt = option(
+        INT8_CALIBRATION_CUTOUTS, "Cutouts (a seeded sample) that calibrate the int8 model."
+    )
+    seed: Seed = option(42, "Seed of the calibration sample and of the random cutouts.")
+    overwrite: bool = option(False, "Replace an existing <stem>.onnx or <stem>.int8.onnx that otrain did not write.")
+    tracking: bool = _log_into_training_run()
+
+    @model_validator(mode="after")
+    def _check(self) -> ExportConfig:
+        if self.model.suffix not in (".keras", ".h5", ".hdf5"):
+            raise ValueError(f"--model: {str(self.model)!r} is not a Keras model file (.keras or .h5)")
+        planned = [Output(self.twin, "onnx", ONNX_SIGNATURE)]
+        if self.quantize == "int8":
+            planned.append(Output(self.int8_twin, "onnx", ONNX_SIGNATURE))
+        inputs = [self.model, *(path for path in (self.cube, self.calibration_cube) if path is not None)]
+        _check_outputs(self, "--model", planned, inputs)
+        return self
+
+    @property
+    def twin(self) -> Path:
+        """The float ONNX twin: <stem>.onnx beside the model."""
+        return _twin_of(self.model, ".onnx")
+
+    @property
+    def int8_twin(self) -> Path:
+        """The int8 model: <stem>.int8.onnx beside the model."""
+        return _twin_of(self.model, ".int8.onnx")
+
+    def output_folders(self) -> list[Path]:
+        """Return the model's folder."""
+        return [self.model.parent]
+
+
 def _non_negative_float(value: float) -> float:
     if value < 0:
         raise ValueError(f"must be zero or positive, got {value}")
@@ -2003,6 +2075,7 @@ COMMAND_CONFIGS: tuple[type[CommandConfig], ...] = (
     SimulateConfig,
     ConvertConfig,
     TrainConfig,
+    ExportConfig,
     InferConfig,
     CheckInferConfig,
     DiagnosticsConfig,

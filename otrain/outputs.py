@@ -107,7 +107,7 @@ CUBE_KEYS = ("cube", "labels")
 #: The start of the ``Software`` text chunk of every PNG otrain writes.
 PNG_SOFTWARE = "otrain"
 
-Kind = Literal["table", "csv", "json", "png", "npz"]
+Kind = Literal["table", "csv", "json", "png", "npz", "onnx"]
 
 
 def _first_line(path: Path, limit: int = 4096) -> str:
@@ -142,6 +142,16 @@ def png_software(path: Path) -> str:
         return ""
 
 
+def _onnx_metadata_keys(path: Path) -> set[str]:
+    try:
+        import onnx
+
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # onnx raises protobuf's DecodeError and others for a file that is not ONNX
+        return set()
+    return {entry.key for entry in proto.metadata_props}
+
+
 def _json_keys(path: Path) -> set[str]:
     try:
         data = json.loads(path.read_text())
@@ -168,11 +178,11 @@ class Output:
     ----------
     path : Path
         The file.
-    kind : {"table", "csv", "json", "png", "npz"}
+    kind : {"table", "csv", "json", "png", "npz", "onnx"}
         Its format.
     signature : tuple of str
         Table or CSV: its columns (the header line). JSON: keys it always has. NPZ: arrays it
-        always has. PNG: unused (every otrain PNG carries the ``Software`` tag).
+        always has. ONNX: keys its metadata always has. PNG: unused (every otrain PNG carries the ``Software`` tag).
     """
 
     path: Path
@@ -189,6 +199,8 @@ class Output:
             return set(self.signature) <= _json_keys(self.path)
         if self.kind == "npz":
             return set(self.signature) <= _npz_keys(self.path)
+        if self.kind == "onnx":
+            return set(self.signature) <= _onnx_metadata_keys(self.path)
         return png_software(self.path).startswith(PNG_SOFTWARE)
 
 
