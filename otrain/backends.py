@@ -85,6 +85,8 @@ class OnnxClassifier:
         An ONNX model taking (N, H, W, C) float32 pixels and giving (N, 2) (P(bogus), P(real)).
     threads : int, optional
         Intra-op threads; default: the cores this process may use.
+    shown : Path, optional
+        The name given in messages (the final name of a file being written); default ``path``.
 
     Raises
     ------
@@ -92,7 +94,7 @@ class OnnxClassifier:
         When the file is not an ONNX model of that kind; the message names it.
     """
 
-    def __init__(self, path: Path, threads: int | None = None) -> None:
+    def __init__(self, path: Path, threads: int | None = None, shown: Path | None = None) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
@@ -104,14 +106,14 @@ class OnnxClassifier:
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # ONNX Runtime raises its own exception types for a bad file
-            raise DataError(f"{path}: not a readable ONNX model ({first_line(error)[:200]})") from None
+            raise DataError(f"{shown or path}: not a readable ONNX model ({first_line(error)[:200]})") from None
         self.path = path
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         shape = inputs[0].shape if len(inputs) == 1 else []
         if len(shape) != 4 or not all(isinstance(size, int) for size in shape[1:]):
-            raise DataError(f"{path}: the ONNX model must take one (N, H, W, C) input, got {shape}")
+            raise DataError(f"{shown or path}: the ONNX model must take one (N, H, W, C) input, got {shape}")
         if len(outputs) != 1 or outputs[0].shape[1:] != [2]:
-            raise DataError(f"{path}: the ONNX model must output 2 class probabilities (bogus, real)")
+            raise DataError(f"{shown or path}: the ONNX model must output 2 class probabilities (bogus, real)")
         self.cutout_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
         self._input, self._output = inputs[0].name, outputs[0].name
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
@@ -203,7 +205,7 @@ def load_classifier(model_file: Path, backend: Backend = "auto") -> tuple[Any, s
     """
     chosen, why = choose_backend(model_file, backend)
     if chosen == "onnx":
-        logger.info("scoring with ONNX Runtime: %s", twin_path(model_file))
+        logger.debug("scoring with ONNX Runtime: %s", twin_path(model_file))
         return OnnxClassifier(twin_path(model_file)), "onnx"
     if why:
         logger.warning("scoring with Keras: %s", why)
@@ -254,7 +256,7 @@ def _convert(model: Any, target: Path) -> None:
     chatty = [logging.getLogger(name) for name in ("tf2onnx", "absl")]
     levels = [log.level for log in chatty]
     for log in chatty:
-        log.setLevel(logging.ERROR)
+        log.setLevel(logging.CRITICAL)  # an unsupported operator is reported once, by ONNX Runtime's check
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -319,7 +321,7 @@ def export_onnx(
         proto = onnx.load(str(temporary))
         _stamp(proto, model_file, source_sha256)
         onnx.save(proto, str(temporary))
-        scored = predict(OnnxClassifier(temporary), pixels, PREDICT_BATCH)
+        scored = predict(OnnxClassifier(temporary, shown=target), pixels, PREDICT_BATCH)
         difference = float(np.max(np.abs(scored - reference))) if len(pixels) else 0.0
         if not difference <= PARITY_TOLERANCE:
             raise DataError(

@@ -188,6 +188,33 @@ def tracking_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
 
 
+def original_otrain_network(size: int) -> object:
+    """The original network (docs/original-otrain.md#the-network), built with plain Keras as the original did."""
+    import keras
+    from keras import layers
+
+    return keras.Sequential(
+        [
+            keras.Input((size, size, 1)),
+            layers.Conv2D(16, 3, padding="same", activation="relu"),
+            layers.Conv2D(32, 3, padding="same", activation="relu"),
+            layers.AveragePooling2D(2),
+            layers.Dropout(0.3),
+            layers.Conv2D(64, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.3),
+            layers.Conv2D(128, 3, padding="same", activation="relu"),
+            layers.Conv2D(256, 3, padding="same", activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Flatten(),
+            layers.Dense(512, activation="relu"),
+            layers.Dropout(0.3),
+            layers.Dense(256, activation="relu"),
+            layers.Dense(2, activation="softmax"),
+        ]
+    )
+
+
 def train(workspace: Path, name: str, *extra: str, models: str = "models") -> int:
     """Run otrain-train in this process on the workspace cube (robust scaling, no early stop)."""
     from otrain.cli.train import main as train_main

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import BIN, SIZE, call_main, pixels, train, write_gmadet
+from conftest import BIN, SIZE, call_main, original_otrain_network, pixels, train, write_gmadet
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.infer import main as infer_main
@@ -132,33 +132,6 @@ def test_same_seed_same_metrics(workspace: Path) -> None:
     second = json.loads((folder / "seed_b" / "metrics.json").read_text())
     assert first == second
     assert not (folder / "seed_a" / "mlflow_run.json").exists()
-
-
-def original_otrain_network(size: int) -> object:
-    """The original network (docs/original-otrain.md#the-network), built with plain Keras as the original did."""
-    import keras
-    from keras import layers
-
-    return keras.Sequential(
-        [
-            keras.Input((size, size, 1)),
-            layers.Conv2D(16, 3, padding="same", activation="relu"),
-            layers.Conv2D(32, 3, padding="same", activation="relu"),
-            layers.AveragePooling2D(2),
-            layers.Dropout(0.3),
-            layers.Conv2D(64, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Dropout(0.3),
-            layers.Conv2D(128, 3, padding="same", activation="relu"),
-            layers.Conv2D(256, 3, padding="same", activation="relu"),
-            layers.MaxPooling2D(2),
-            layers.Flatten(),
-            layers.Dense(512, activation="relu"),
-            layers.Dropout(0.3),
-            layers.Dense(256, activation="relu"),
-            layers.Dense(2, activation="softmax"),
-        ]
-    )
 
 
 def test_the_default_network_is_the_original_layer_for_layer() -> None:

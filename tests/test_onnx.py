@@ -1,0 +1,268 @@
+"""ONNX twins: written by otrain-train and otrain-export, checked, used by otrain-infer (TensorFlow, ONNX Runtime)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+from astropy.io import ascii as astropy_ascii
+from conftest import BIN, SIZE, call_main, files_under, original_otrain_network, run_command
+from numpy.testing import assert_allclose, assert_array_equal
+
+from otrain.cli.export import main as export_main
+from otrain.datacube import Datacube
+
+pytestmark = pytest.mark.slow
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _ort_p_real(onnx_file: Path, pixels: np.ndarray) -> np.ndarray:
+    """P(real) from a plain ONNX Runtime session (default options), not otrain's classifier."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: pixels.astype(np.float32)})[0][:, 1]
+
+
+def _keras_p_real(model_file: Path, pixels: np.ndarray) -> np.ndarray:
+    import keras
+
+    from otrain.model import Calibration, RobustScaling
+
+    custom = {"RobustScaling": RobustScaling, "Calibration": Calibration}
+    model = keras.saving.load_model(model_file, custom_objects=custom, compile=False)
+    return np.asarray(model(pixels, training=False))[:, 1]
+
+
+@pytest.fixture
+def model_copy(trained: Path, tmp_path: Path) -> Path:
+    """A copy of the trained folder (model, card, twin, test set, run file) that a test may change."""
+    folder = tmp_path / "tiny"
+    shutil.copytree(trained, folder)
+    return folder / "tiny.keras"
+
+
+def _infer(model: Path, cutouts: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    arguments = ["--cutouts", str(cutouts), "--model", str(model), "--output", str(output), "--no-tracking"]
+    return run_command("otrain-infer", *arguments, *extra)
+
+
+def test_training_writes_a_twin_checked_on_the_test_set(trained: Path) -> None:
+    twin = trained / "tiny.onnx"
+    card = json.loads((trained / "tiny.keras.card.json").read_text())
+    record = card["onnx"]
+    assert record["file"] == "tiny.onnx"
+    assert record["sha256"] == _sha256(twin)
+    assert record["source_sha256"] == _sha256(trained / "tiny.keras")
+    test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    assert record["parity"]["cutouts"] == len(test.labels)
+    assert 0 <= record["parity"]["max_abs_diff_p_real"] <= 1e-5
+    # Recomputed here: TensorFlow through Keras against ONNX Runtime, two engines, one network.
+    difference = np.abs(_ort_p_real(twin, test.cube) - _keras_p_real(trained / "tiny.keras", test.cube))
+    assert difference.max() <= 1e-5
+    assert difference.max() == pytest.approx(record["parity"]["max_abs_diff_p_real"], abs=2e-7)
+
+
+def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
+    import mlflow
+
+    from otrain.backends import load_classifier
+
+    run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(tracking_uri)
+    proto = mlflow.onnx.load_model(f"runs:/{run_id}/model")
+    assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == SIZE
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
+    classifier, backend = load_classifier(folder / "data" / "model.keras")
+    assert backend == "onnx"
+    test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    expected = _keras_p_real(trained / "tiny.keras", test.cube[:32])
+    assert_allclose(classifier.predict_on_batch(test.cube[:32])[:, 1], expected, atol=1e-5)
+
+
+def test_both_backends_write_the_same_table(trained: Path, workspace: Path, tmp_path: Path) -> None:
+    night = workspace / "survey" / "night"
+    auto = _infer(trained / "tiny.keras", night, tmp_path / "auto.dat")
+    assert auto.returncode == 0, auto.stderr
+    assert "scored with onnx" in auto.stdout
+    keras_run = _infer(trained / "tiny.keras", night, tmp_path / "keras.dat", "--backend", "keras")
+    assert keras_run.returncode == 0, keras_run.stderr
+    assert "scored with keras" in keras_run.stdout
+    onnx_table = astropy_ascii.read(tmp_path / "auto.dat", format="commented_header")
+    keras_table = astropy_ascii.read(tmp_path / "keras.dat", format="commented_header")
+    assert onnx_table.colnames == keras_table.colnames
+    for column in onnx_table.colnames:
+        if column in ("label0", "label1", "real"):
+            continue
+        assert_array_equal(onnx_table[column], keras_table[column])
+    assert_allclose(onnx_table["label1"], keras_table["label1"], atol=1e-5)
+    assert_allclose(onnx_table["label0"], 1 - onnx_table["label1"], atol=1e-7)
+    card = json.loads((trained / "tiny.keras.card.json").read_text())
+    clear = np.abs(np.asarray(keras_table["label1"]) - card["threshold"]) > 1e-5
+    assert_array_equal(onnx_table["real"][clear], keras_table["real"][clear])
+    # And the P(real) a plain ONNX Runtime session gives the first file's pixels.
+    from otrain.cutouts import read_cutout
+
+    first = read_cutout(Path(onnx_table["filename"][0])).pixels[np.newaxis]
+    assert_allclose(onnx_table["label1"][0], _ort_p_real(trained / "tiny.onnx", first)[0], atol=1e-6)
+
+
+def test_scoring_with_onnx_does_not_import_tensorflow(trained: Path, workspace: Path, tmp_path: Path) -> None:
+    script = (
+        "import sys\n"
+        "from otrain.cli.infer import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit as stop:\n"
+        "    print('exit', stop.code, 'tensorflow' in sys.modules, 'keras' in sys.modules)\n"
+    )
+    for backend, loaded in (("onnx", "False False"), ("keras", "True True")):
+        arguments = ["--cutouts", workspace / "survey" / "night", "--model", trained / "tiny.keras"]
+        arguments += ["--output", tmp_path / f"{backend}.dat", "--no-tracking", "--backend", backend]
+        result = subprocess.run(
+            [str(BIN / "python"), "-c", script, *map(str, arguments)],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "OTRAIN_PROGRESS": "0"},
+        )
+        assert f"exit 0 {loaded}" in result.stdout, result.stderr
+
+
+def test_onnx_runtime_takes_the_cores_the_process_may_use(trained: Path) -> None:
+    script = (
+        "from pathlib import Path; from otrain.backends import OnnxClassifier; "
+        f"session = OnnxClassifier(Path({str(trained / 'tiny.onnx')!r})).session; "
+        "print(session.get_session_options().intra_op_num_threads)"
+    )
+    one_core = subprocess.run(["taskset", "-c", "0", str(BIN / "python"), "-c", script], capture_output=True, text=True)
+    assert one_core.stdout.strip() == "1", one_core.stderr
+    from otrain.parallel import default_workers
+
+    every = subprocess.run([str(BIN / "python"), "-c", script], capture_output=True, text=True)
+    assert every.stdout.strip() == str(default_workers()), every.stderr
+
+
+def test_a_twin_of_other_weights_is_never_used(model_copy: Path, workspace: Path, tmp_path: Path) -> None:
+    from otrain.model import load_model, save_model
+
+    model = load_model(model_copy)
+    model.layers[-2].set_weights([weight * 0.5 for weight in model.layers[-2].get_weights()])
+    save_model(model, model_copy)  # retrained, say: same name, other weights; the twin is the old one
+    night = workspace / "survey" / "night"
+    auto = _infer(model_copy, night, tmp_path / "auto.dat")
+    assert auto.returncode == 0, auto.stderr
+    assert "scored with keras" in auto.stdout
+    assert "exported from another version of tiny.keras" in auto.stderr
+    forced = _infer(model_copy, night, tmp_path / "forced.dat", "--backend", "onnx")
+    assert forced.returncode == 1
+    assert forced.stderr.strip().count("\n") == 0, forced.stderr
+    assert "otrain-export" in forced.stderr
+    assert not (tmp_path / "forced.dat").exists()
+    # otrain-export brings the twin up to date; then it scores as the Keras model does.
+    assert call_main(export_main, "--model", model_copy, "--no-tracking") == 0
+    again = _infer(model_copy, night, tmp_path / "again.dat", "--backend", "onnx")
+    assert again.returncode == 0, again.stderr
+    new = astropy_ascii.read(tmp_path / "again.dat", format="commented_header")["label1"]
+    assert_allclose(new, astropy_ascii.read(tmp_path / "auto.dat", format="commented_header")["label1"], atol=1e-5)
+
+
+def test_backend_onnx_needs_a_twin(model_copy: Path, workspace: Path, tmp_path: Path) -> None:
+    model_copy.with_suffix(".onnx").unlink()
+    forced = _infer(model_copy, workspace / "survey" / "night", tmp_path / "t.dat", "--backend", "onnx")
+    assert forced.returncode == 1
+    assert forced.stderr.strip() == (
+        f"otrain-infer: error: --backend onnx: {model_copy.with_suffix('.onnx')} does not exist "
+        f"(otrain-export --model {model_copy} writes it)"
+    )
+    auto = _infer(model_copy, workspace / "survey" / "night", tmp_path / "t.dat")
+    assert auto.returncode == 0
+    assert "scored with keras" in auto.stdout
+    assert "warning" not in auto.stderr  # no twin is no problem
+    bad = _infer(model_copy, workspace / "survey" / "night", tmp_path / "u.dat", "--backend", "tflite")
+    assert bad.returncode == 2
+    assert "--backend" in bad.stderr
+
+
+def test_export_an_original_h5_model(workspace: Path, tmp_path: Path) -> None:
+    """An original O'TRAIN .h5 (no card, no normalisation): the twin is checked on random cutouts, or on --cube."""
+    original = original_otrain_network(SIZE)
+    model_file = tmp_path / "original.h5"
+    original.save(model_file)
+    assert call_main(export_main, "--model", model_file) == 0
+    card = json.loads((tmp_path / "original.h5.card.json").read_text())
+    assert card["model_file"] == "original.h5"
+    assert card["onnx"]["parity"]["checked_on"] == "256 seeded random cutouts (no test set)"
+    assert card["onnx"]["source_sha256"] == _sha256(model_file)
+    cube = workspace / "datacube" / "cube.npz"
+    assert call_main(export_main, "--model", model_file, "--cube", cube, "--no-tracking") == 0
+    card = json.loads((tmp_path / "original.h5.card.json").read_text())
+    assert card["onnx"]["parity"]["cutouts"] == len(Datacube.load(cube).labels)
+    pixels = Datacube.load(cube).cube[:64]
+    expected = original.predict(pixels, verbose=0)[:, 1]
+    assert_allclose(_ort_p_real(tmp_path / "original.onnx", pixels), expected, atol=1e-5)
+    night = workspace / "survey" / "night"
+    assert _infer(model_file, night, tmp_path / "onnx.dat", "--backend", "onnx").returncode == 0
+    assert _infer(model_file, night, tmp_path / "keras.dat", "--backend", "keras").returncode == 0
+    onnx_table = astropy_ascii.read(tmp_path / "onnx.dat", format="commented_header")
+    keras_table = astropy_ascii.read(tmp_path / "keras.dat", format="commented_header")
+    assert_allclose(onnx_table["label1"], keras_table["label1"], atol=1e-5)
+
+
+def test_export_never_replaces_an_onnx_file_it_did_not_write(model_copy: Path, tmp_path: Path) -> None:
+    foreign = model_copy.with_suffix(".onnx")
+    foreign.write_bytes(b"someone else's network")
+    before = files_under(model_copy.parent)
+    result = run_command("otrain-export", "--model", str(model_copy), "--no-tracking")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"otrain-export: error: --model: {str(foreign)!r} exists and was not written by otrain-export; "
+        "pass --overwrite to replace it, or choose another path"
+    )
+    assert files_under(model_copy.parent) == before
+    assert foreign.read_bytes() == b"someone else's network"
+    assert call_main(export_main, "--model", model_copy, "--no-tracking", "--overwrite") == 0
+    assert json.loads(model_copy.with_name("tiny.keras.card.json").read_text())["onnx"]["sha256"] == _sha256(foreign)
+
+
+def test_export_logs_the_twin_into_the_training_run(model_copy: Path, tracking_uri: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
+    try:
+        assert call_main(export_main, "--model", model_copy) == 0
+    finally:
+        del os.environ["MLFLOW_TRACKING_URI"]
+    run_id = json.loads((model_copy.parent / "mlflow_run.json").read_text())["run_id"]
+    logged = {item.path for item in MlflowClient(tracking_uri).list_artifacts(run_id, "onnx")}
+    assert {"onnx/tiny.onnx", "onnx/tiny.keras.card.json"} <= logged
+
+
+def test_a_model_onnx_cannot_express_is_not_exported(tmp_path: Path) -> None:
+    import keras
+    from keras import layers, ops
+
+    from otrain.backends import export_onnx
+    from otrain.errors import DataError
+
+    class Log1p(layers.Layer):
+        def call(self, inputs: object) -> object:
+            return ops.log1p(ops.abs(inputs))
+
+    model = keras.Sequential(
+        [keras.Input((8, 8, 1)), Log1p(), layers.Flatten(), layers.Dense(2, activation="softmax")]
+    )
+    model_file = tmp_path / "log1p.keras"
+    model.save(model_file)
+    pixels = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
+        export_onnx(model, model_file, pixels)
+    assert files_under(tmp_path) == {model_file}
