@@ -18,6 +18,7 @@ COMMANDS = {
     "otrain-simulate": cfg.SimulateConfig,
     "otrain-convert": cfg.ConvertConfig,
     "otrain-train": cfg.TrainConfig,
+    "otrain-export": cfg.ExportConfig,
     "otrain-infer": cfg.InferConfig,
     "otrain-checkinfer": cfg.CheckInferConfig,
     "otrain-diagnostics": cfg.DiagnosticsConfig,

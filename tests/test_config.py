@@ -30,6 +30,7 @@ def minimal_options(files: dict[str, Path]) -> dict[type[cfg.CommandConfig], dic
         cfg.ConvertConfig: {"path": files["out"], "cube": "c", "cutouts": files["cutouts"]},
         cfg.TrainConfig: {"cube": files["cube"], "model_path": files["out"], "model_name": "m"},
         cfg.InferConfig: {"cutouts": files["cutouts"], "model": files["model"]},
+        cfg.ExportConfig: {"model": files["model"]},
         cfg.CheckInferConfig: {"plots": files["out"], "crossmatch": files["cutouts"], "infer": files["cutouts"]},
         cfg.DiagnosticsConfig: {"path_cube_validation": files["cube"], "model_path": files["model"]},
         cfg.PlotResultsConfig: {
