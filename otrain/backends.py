@@ -38,6 +38,7 @@ __all__ = [
     "cutout_shape",
     "export_onnx",
     "file_sha256",
+    "int8_path",
     "load_classifier",
     "onnxruntime_available",
     "restamp_twin",
@@ -56,6 +57,11 @@ SOURCE_NAME = "otrain.source"
 def twin_path(model_file: Path) -> Path:
     """Return the ONNX twin of a model file: ``<stem>.onnx`` beside it."""
     return model_file.with_suffix(".onnx")
+
+
+def int8_path(model_file: Path) -> Path:
+    """Return the int8 model of a model file: ``<stem>.int8.onnx`` beside it."""
+    return model_file.with_suffix(".int8.onnx")
 
 
 def file_sha256(path: Path) -> str:
@@ -103,6 +109,9 @@ class OnnxClassifier:
         options.intra_op_num_threads = threads or default_workers()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
+        # Idle threads sleep instead of spinning: a spinning thread takes the core from the
+        # single-threaded operators (TopK of the normalisation) and from the reading workers.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as error:  # ONNX Runtime raises its own exception types for a bad file
@@ -133,80 +142,104 @@ def cutout_shape(model: Any) -> tuple[int, int, int]:
     return input_shape_of(model)
 
 
-def _fresh_twin(model_file: Path) -> tuple[Path | None, str]:
-    """Return the model's twin when it was exported from this very file, else None and why not."""
-    twin = twin_path(model_file)
-    if not twin.is_file():
-        return None, f"{twin} does not exist (otrain-export --model {model_file} writes it)"
+def _fresh(model_file: Path, onnx_file: Path, sha256: str) -> str:
+    """Return why ``onnx_file`` cannot score for ``model_file`` (whose SHA-256 is given); empty when it can."""
+    if not onnx_file.is_file():
+        return f"{onnx_file} does not exist (otrain-export --model {model_file} writes it)"
     import onnx
 
     try:
-        metadata = {entry.key: entry.value for entry in onnx.load(str(twin), load_external_data=False).metadata_props}
+        proto = onnx.load(str(onnx_file), load_external_data=False)
     except Exception as error:  # onnx raises DecodeError and others for a damaged file
-        return None, f"{twin}: not a readable ONNX model ({first_line(error)[:200]})"
-    if metadata.get(SOURCE_SHA256) != file_sha256(model_file):
-        return None, f"{twin} was exported from another version of {model_file.name} (otrain-export updates it)"
-    return twin, ""
+        return f"{onnx_file}: not a readable ONNX model ({first_line(error)[:200]})"
+    if {entry.key: entry.value for entry in proto.metadata_props}.get(SOURCE_SHA256) != sha256:
+        return f"{onnx_file} was exported from another version of {model_file.name} (otrain-export updates it)"
+    return ""
 
 
-def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, str]:
+def _int8_passed(model_file: Path) -> bool:
+    """Tell whether the model card says its int8 model passed the gates (see :mod:`otrain.quantize`)."""
+    from otrain.card import read_card
+
+    try:
+        record = read_card(model_file).get("onnx_int8")
+    except DataError:
+        return False
+    return isinstance(record, dict) and record.get("default") is True
+
+
+def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, Path, str]:
     """Decide what scores with ``model_file`` (see :func:`load_classifier`), without loading anything.
 
     Returns
     -------
     str
-        ``onnx`` or ``keras``.
+        ``keras``, ``onnx`` or ``int8``.
+    Path
+        The file that scores: the Keras model, its twin or its int8 model.
     str
-        Why not ONNX, when the answer is ``keras`` and the model has a twin; else empty.
+        When the answer is ``keras`` though the model has a twin: why the twin is not used.
 
     Raises
     ------
     DataError
-        When ``onnx`` is asked for and cannot be had.
+        When ``onnx`` or ``int8`` is asked for and cannot be had.
     """
     if backend == "keras":
-        return "keras", ""
+        return "keras", model_file, ""
     if not model_file.is_file():
         raise DataError(f"{model_file}: model file does not exist")
-    twin, why = _fresh_twin(model_file)
-    if twin is not None and onnxruntime_available():
-        return "onnx", ""
-    if twin is not None:
-        why = "onnxruntime is not installed (pip install onnxruntime)"
+    sha256 = file_sha256(model_file)
+    runtime = "" if onnxruntime_available() else "onnxruntime is not installed (pip install onnxruntime)"
+    if backend == "int8" or (backend == "auto" and _int8_passed(model_file)):
+        int8 = int8_path(model_file)
+        why = runtime or _fresh(model_file, int8, sha256)
+        if not why:
+            return "int8", int8, ""
+        if backend == "int8":
+            raise DataError(f"--backend int8: {why}")
+        logger.warning("not scoring with the int8 model: %s", why)
+    twin = twin_path(model_file)
+    why = runtime or _fresh(model_file, twin, sha256)
+    if not why:
+        return "onnx", twin, ""
     if backend == "onnx":
         raise DataError(f"--backend onnx: {why}")
-    return "keras", why if twin_path(model_file).exists() else ""
+    return "keras", model_file, why if twin.exists() else ""
 
 
-def load_classifier(model_file: Path, backend: Backend = "auto") -> tuple[Any, str]:
-    """Load the classifier that scores with ``model_file``: its ONNX twin or the Keras model.
+def load_classifier(model_file: Path, backend: Backend = "auto", threads: int | None = None) -> tuple[Any, str]:
+    """Load the classifier that scores with ``model_file``: its int8 model, its ONNX twin or the Keras model.
 
     Parameters
     ----------
     model_file : Path
         The Keras model (``.keras`` or ``.h5``).
-    backend : {"auto", "keras", "onnx"}
+    backend : {"auto", "keras", "onnx", "int8"}
         ``onnx``: the twin, which must exist and have been exported from this model file;
-        ``keras``: the Keras model; ``auto``: the twin when it is usable and ONNX Runtime is
+        ``int8``: the int8 model, likewise; ``keras``: the Keras model; ``auto``: the int8 model
+        when the card says it passed its gates, else the twin, when usable and ONNX Runtime is
         installed, else the Keras model.
+    threads : int, optional
+        ONNX Runtime's intra-op threads; default: the cores this process may use.
 
     Returns
     -------
     classifier
         A Keras model or an :class:`OnnxClassifier`; both have ``predict_on_batch``.
     str
-        The backend used, ``keras`` or ``onnx``.
+        The backend used: ``keras``, ``onnx`` or ``int8``.
 
     Raises
     ------
     DataError
-        When the model cannot be read, or ``onnx`` is asked for and the twin is missing,
-        stale or unreadable, or ONNX Runtime is not installed.
+        When the model cannot be read, or ``onnx``/``int8`` is asked for and its file is
+        missing, stale or unreadable, or ONNX Runtime is not installed.
     """
-    chosen, why = choose_backend(model_file, backend)
-    if chosen == "onnx":
-        logger.debug("scoring with ONNX Runtime: %s", twin_path(model_file))
-        return OnnxClassifier(twin_path(model_file)), "onnx"
+    chosen, path, why = choose_backend(model_file, backend)
+    if chosen != "keras":
+        logger.debug("scoring with ONNX Runtime: %s", path)
+        return OnnxClassifier(path, threads=threads), chosen
     if why:
         logger.warning("scoring with Keras: %s", why)
     from otrain.model import load_model

@@ -71,8 +71,8 @@ DEFAULT_LEARNING_RATE = 1e-3
 #: and a small VGG-like network with batch normalisation for small real sets.
 Architecture = Literal["otrain", "vgg"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
-#: What scores cutouts: the model's ONNX twin with ONNX Runtime, the Keras model, or (auto) the twin when usable.
-Backend = Literal["auto", "keras", "onnx"]
+#: What scores cutouts: the Keras model, its ONNX twin or its int8 model with ONNX Runtime, or (auto) the best usable.
+Backend = Literal["auto", "keras", "onnx", "int8"]
 BACKENDS: tuple[str, ...] = get_args(Backend)
 DEFAULT_ARCHITECTURE: Architecture = "otrain"
 #: The vgg network: filters of the convolutions of each of its two blocks, the side of the grid
@@ -973,8 +973,10 @@ def _backend_option() -> Any:
     """Declare the ``--backend`` option of the commands that score cutouts."""
     return option(
         "auto",
-        "What scores: onnx (the model's ONNX twin <stem>.onnx, with ONNX Runtime), keras (the Keras model), or auto "
-        "(the twin when it was exported from this model file and onnxruntime is installed, else Keras).",
+        "What scores: onnx (the model's ONNX twin <stem>.onnx, with ONNX Runtime), int8 (its int8 model "
+        "<stem>.int8.onnx, from otrain-export --quantize int8), keras (the Keras model), or auto: the int8 model when "
+        "its card says it passed the gates, else the twin, when exported from this model file and onnxruntime is "
+        "installed, else Keras.",
     )
 
 
@@ -1775,9 +1777,19 @@ class ExportConfig(CommandConfig):
         planned = [Output(self.twin, "onnx", ONNX_SIGNATURE)]
         if self.quantize == "int8":
             planned.append(Output(self.int8_twin, "onnx", ONNX_SIGNATURE))
+        if self.quantize == "int8" and not self.check_cube.is_file():
+            raise ValueError(
+                f"--quantize: int8 is judged on a labelled cube and {str(self.model)!r} has no test set beside it "
+                "(test_set/datacube/cube_test.npz); give --cube"
+            )
         inputs = [self.model, *(path for path in (self.cube, self.calibration_cube) if path is not None)]
         _check_outputs(self, "--model", planned, inputs)
         return self
+
+    @property
+    def check_cube(self) -> Path:
+        """The cube of the checks: --cube, else the training's test set beside the model (which may not exist)."""
+        return self.cube if self.cube is not None else self.model.parent / "test_set" / "datacube" / "cube_test.npz"
 
     @property
     def twin(self) -> Path:

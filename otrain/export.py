@@ -18,7 +18,7 @@ from otrain.config import ExportConfig, card_file
 from otrain.datacube import Datacube
 from otrain.scoring import fit_to_model
 
-__all__ = ["RANDOM_CUTOUTS", "ExportReport", "default_test_cube", "export"]
+__all__ = ["RANDOM_CUTOUTS", "ExportReport", "export"]
 
 logger = logging.getLogger("otrain")
 
@@ -36,11 +36,6 @@ class ExportReport:
     int8_record: dict[str, Any] | None = None
 
 
-def default_test_cube(model_file: Path) -> Path:
-    """Return where otrain-train put the test set of a model: ``test_set/datacube/cube_test.npz`` beside it."""
-    return model_file.parent / "test_set" / "datacube" / "cube_test.npz"
-
-
 def _random_cutouts(shape: tuple[int, int, int], seed: int) -> np.ndarray:
     """Gaussian noise cutouts, each at its own scale (1 to 1000): raw pixels span orders of magnitude."""
     rng = np.random.default_rng(seed)
@@ -50,7 +45,7 @@ def _random_cutouts(shape: tuple[int, int, int], seed: int) -> np.ndarray:
 
 def _check_cube(config: ExportConfig, model: Any) -> tuple[Datacube | None, np.ndarray, str]:
     """Return the cube of the checks (None without one), its pixels fitted to the model, and its description."""
-    path = config.cube if config.cube is not None else default_test_cube(config.model)
+    path = config.check_cube
     if path.is_file():
         cube = Datacube.load(path)
         pixels = fit_to_model(cube.cube, model, f"{path} (model {config.model.name})")

@@ -9,7 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy.stats import median_abs_deviation
 
-from otrain.model import RobustScaling, build_model
+from otrain.model import MAD_TO_SIGMA, RobustScaling, build_model
 
 
 def reference_scaling(cutouts: np.ndarray, clip: float) -> np.ndarray:
@@ -28,6 +28,18 @@ def test_robust_scaling_matches_numpy_and_scipy_on_random_cutouts(shape: tuple[i
     cutouts = (rng.normal(200.0, 15.0, shape) + rng.standard_cauchy(shape)).astype(np.float32)
     ours = np.asarray(RobustScaling()(cutouts))
     assert_allclose(ours, reference_scaling(cutouts, 1000.0), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 7, 8])
+def test_the_median_is_exact_with_ties_and_tiny_planes(size: int) -> None:
+    """Integer pixels (many ties), odd and even counts: the median and MAD equal NumPy's exactly."""
+    rng = np.random.default_rng(size)
+    cutouts = rng.integers(-3, 4, (6, size, size, 2)).astype(np.float32)
+    flat = cutouts.reshape(6, -1, 2)
+    median = np.median(flat, axis=1)
+    mad = np.median(np.abs(flat - median[:, None, :]), axis=1)
+    expected = (cutouts - median[:, None, None, :]) / np.where(mad > 0, MAD_TO_SIGMA * mad, 1.0)[:, None, None, :]
+    assert_allclose(np.asarray(RobustScaling()(cutouts)), expected.astype(np.float32), rtol=1e-7)
 
 
 def test_robust_scaling_of_constant_and_clipped_cutouts() -> None:
