@@ -1764,7 +1764,8 @@ class ExportConfig(CommandConfig):
         "(its training rows), else --cube.",
     )
     calibration_size: PositiveInt = option(
-        INT8_CALIBRATION_CUTOUTS, "Cutouts (a seeded sample) that calibrate the int8 model."
+        INT8_CALIBRATION_CUTOUTS,
+        "Cutouts (a seeded sample, rounded down to whole batches of 64) that calibrate the int8 model.",
     )
     seed: Seed = option(42, "Seed of the calibration sample and of the random cutouts.")
     overwrite: bool = option(False, "Replace an existing <stem>.onnx or <stem>.int8.onnx that otrain did not write.")

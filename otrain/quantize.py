@@ -37,6 +37,8 @@ logger = logging.getLogger("otrain")
 
 #: The int8 model may be the default only when it moves ROC AUC and decisions by less than these.
 INT8_GATES = {"roc_auc_shift": 0.002, "decisions_changed": 0.005}
+#: Cutouts per calibration batch.
+CALIBRATION_BATCH = 64
 #: Operators quantised; the rest (normalisation, softmax, calibration) stays float.
 QUANTISED_OPERATORS = ("Conv", "MatMul", "Gemm", "MaxPool", "AveragePool", "Relu")
 
@@ -63,15 +65,19 @@ def _calibration_pixels(config: ExportConfig, model: Any, card: dict[str, Any]) 
     cube = Datacube.load(path)
     rows, which = _training_rows(cube, card)
     rng = np.random.default_rng(config.seed)
-    chosen = np.sort(rng.choice(rows, size=min(config.calibration_size, len(rows)), replace=False))
+    count = min(config.calibration_size, len(rows))
+    # Whole batches only: the percentile calibrator stacks the batches' activations.
+    count -= count % min(CALIBRATION_BATCH, count)
+    chosen = np.sort(rng.choice(rows, size=count, replace=False))
     pixels = fit_to_model(cube.cube[chosen], model, f"{path} (model {config.model.name})")
     return pixels, {"cube": str(path), "rows": which, "cutouts": len(chosen), "seed": config.seed}
 
 
 class _Reader:
-    """ONNX Runtime's calibration data reader: the calibration cutouts, in batches."""
+    """ONNX Runtime's calibration data reader: the calibration cutouts, in batches of equal size."""
 
-    def __init__(self, name: str, pixels: np.ndarray, batch: int = 64) -> None:
+    def __init__(self, name: str, pixels: np.ndarray) -> None:
+        batch = min(CALIBRATION_BATCH, len(pixels))
         self._batches = iter([{name: pixels[start : start + batch]} for start in range(0, len(pixels), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:

@@ -257,12 +257,61 @@ def test_a_model_onnx_cannot_express_is_not_exported(tmp_path: Path) -> None:
         def call(self, inputs: object) -> object:
             return ops.log1p(ops.abs(inputs))
 
-    model = keras.Sequential(
-        [keras.Input((8, 8, 1)), Log1p(), layers.Flatten(), layers.Dense(2, activation="softmax")]
-    )
+    model = keras.Sequential([keras.Input((8, 8, 1)), Log1p(), layers.Flatten(), layers.Dense(2, activation="softmax")])
     model_file = tmp_path / "log1p.keras"
     model.save(model_file)
     pixels = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
     with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
         export_onnx(model, model_file, pixels)
+    assert files_under(tmp_path) == {model_file}
+
+
+def test_int8_records_how_far_it_moves_and_is_used_only_when_it_passes(
+    model_copy: Path, workspace: Path, tmp_path: Path
+) -> None:
+    from sklearn.metrics import roc_auc_score
+
+    cube = workspace / "datacube" / "cube.npz"
+    arguments = ("--model", model_copy, "--quantize", "int8", "--no-tracking", "--calibration-cube", cube)
+    assert call_main(export_main, *arguments, "--calibration-size", "150", "--seed", "3") == 0
+    int8 = model_copy.with_suffix(".int8.onnx")
+    card = json.loads(model_copy.with_name("tiny.keras.card.json").read_text())
+    record = card["onnx_int8"]
+    assert record["source_sha256"] == _sha256(model_copy)
+    assert record["sha256"] == _sha256(int8)
+    assert record["calibration"] == {"cube": str(cube), "rows": "training rows", "cutouts": 128, "seed": 3}
+    # Recomputed here with plain sessions and scikit-learn: what the card says about the test set.
+    test = Datacube.load(model_copy.parent / "test_set" / "datacube" / "cube_test.npz")
+    float_p, int8_p = _ort_p_real(model_copy.with_suffix(".onnx"), test.cube), _ort_p_real(int8, test.cube)
+    evaluation = record["evaluation"]
+    assert evaluation["cutouts"] == len(test.labels)
+    assert evaluation["roc_auc_float"] == pytest.approx(roc_auc_score(test.labels, float_p), abs=1e-9)
+    assert evaluation["roc_auc_int8"] == pytest.approx(roc_auc_score(test.labels, int8_p), abs=1e-9)
+    changed = np.mean((float_p > card["threshold"]) != (int8_p > card["threshold"]))
+    assert evaluation["decisions_changed"] == pytest.approx(changed)
+    passes = abs(evaluation["roc_auc_shift"]) < 0.002 and evaluation["decisions_changed"] < 0.005
+    assert record["default"] is passes
+    assert int8.stat().st_size < 0.5 * model_copy.with_suffix(".onnx").stat().st_size
+    night = workspace / "survey" / "night"
+    auto = _infer(model_copy, night, tmp_path / "auto.dat")
+    assert f"scored with {'int8' if passes else 'onnx'}" in auto.stdout
+    forced = _infer(model_copy, night, tmp_path / "int8.dat", "--backend", "int8")
+    assert "scored with int8" in forced.stdout, forced.stderr
+    # A card whose int8 model passed its gates (a model that quantises well): auto takes it.
+    card["onnx_int8"]["default"] = True
+    model_copy.with_name("tiny.keras.card.json").write_text(json.dumps(card))
+    assert "scored with int8" in _infer(model_copy, night, tmp_path / "passed.dat").stdout
+    table = astropy_ascii.read(tmp_path / "passed.dat", format="commented_header")
+    from otrain.cutouts import read_cutout
+
+    pixels = read_cutout(Path(table["filename"][0])).pixels[np.newaxis]
+    assert_allclose(table["label1"][0], _ort_p_real(int8, pixels)[0], atol=1e-6)
+
+
+def test_int8_needs_a_labelled_cube(workspace: Path, tmp_path: Path) -> None:
+    model_file = tmp_path / "original.h5"
+    original_otrain_network(SIZE).save(model_file)
+    result = run_command("otrain-export", "--model", str(model_file), "--quantize", "int8", "--no-tracking")
+    assert result.returncode == 2
+    assert "--quantize: int8 is judged on a labelled cube" in result.stderr
     assert files_under(tmp_path) == {model_file}
