@@ -422,11 +422,11 @@ def save_mlflow_model(
 class _ServedModel:
     """What MLflow's Python-function interface calls: (N, H, W, C) pixels to (N, 2) probabilities."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: Any) -> None:
         self.model = model
 
-    def get_raw_model(self) -> keras.Model:
-        """Return the Keras model."""
+    def get_raw_model(self) -> Any:
+        """Return the Keras model, or the :class:`otrain.backends.OnnxClassifier` of its twin."""
         return self.model
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
@@ -445,10 +445,19 @@ def _load_pyfunc(path: str) -> _ServedModel:
     """Load a model saved by :func:`save_mlflow_model` for MLflow's Python-function interface.
 
     MLflow calls this (the model's ``loader_module``) in ``mlflow models serve`` and
-    ``mlflow.pyfunc.load_model``; importing this module has registered otrain's layers.
+    ``mlflow.pyfunc.load_model``; importing this module has registered otrain's layers. A
+    model folder that holds the Keras file's ONNX twin (``data/model.onnx``) is served by
+    ONNX Runtime, when it is installed.
     """
     import mlflow
 
+    from otrain.backends import OnnxClassifier, choose_backend
+
+    keras_file = Path(path) / "data" / "model.keras"
+    if keras_file.is_file():
+        backend, onnx_file, _ = choose_backend(keras_file, "auto")
+        if backend != "keras":
+            return _ServedModel(OnnxClassifier(onnx_file))
     return _ServedModel(mlflow.keras.load_model(path, load_model_kwargs={"compile": False}))
 
 

@@ -89,6 +89,21 @@ def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_ur
     assert_allclose(classifier.predict_on_batch(test.cube[:32])[:, 1], expected, atol=1e-5)
 
 
+def test_the_python_function_flavour_serves_the_twin(trained: Path, tracking_uri: str) -> None:
+    """What otrain-serve and `mlflow models serve` load: ONNX Runtime, with the Keras model's P(real)."""
+    import mlflow
+
+    from otrain.backends import OnnxClassifier
+
+    run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(tracking_uri)
+    served = mlflow.pyfunc.load_model(f"runs:/{run_id}/model")
+    assert isinstance(served.get_raw_model(), OnnxClassifier)
+    test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    expected = _keras_p_real(trained / "tiny.keras", test.cube)
+    assert_allclose(np.asarray(served.predict(test.cube))[:, 1], expected, atol=1e-5)
+
+
 def test_both_backends_write_the_same_table(trained: Path, workspace: Path, tmp_path: Path) -> None:
     night = workspace / "survey" / "night"
     auto = _infer(trained / "tiny.keras", night, tmp_path / "auto.dat")
