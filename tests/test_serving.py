@@ -167,9 +167,10 @@ def test_the_logged_model_is_self_contained(trained: Path, tracking_uri: str) ->
     probe = (
         "import json, sys, numpy as np, mlflow\n"
         "model = mlflow.pyfunc.load_model(sys.argv[1])\n"
-        "layers = [type(layer).__name__ for layer in model.get_raw_model().layers]\n"
+        "served = type(model.get_raw_model()).__name__\n"
+        "layers = [type(layer).__name__ for layer in mlflow.keras.load_model(sys.argv[1]).layers]\n"
         "x = np.asarray(json.load(open(sys.argv[2])), dtype=np.float32)\n"
-        "print(json.dumps({'layers': layers, 'p': model.predict(x).tolist()}))\n"
+        "print(json.dumps({'served': served, 'layers': layers, 'p': model.predict(x).tolist()}))\n"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe, str(folder), str(folder / "input_example.json")],
@@ -180,6 +181,7 @@ def test_the_logged_model_is_self_contained(trained: Path, tracking_uri: str) ->
     assert result.returncode == 0, result.stderr[-3000:]
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded["layers"][0] == "RobustScaling"  # the normalisation travels inside the model
+    assert loaded["served"] == "OnnxClassifier"  # served by ONNX Runtime from the folder's twin
 
     import otrain.model
 
