@@ -1484,6 +1484,7 @@ class DiagnosticsConfig(CommandConfig):
     )
     seed: Seed = option(DIAGNOSTICS_SEED, "Seed of the random choice of exported true positives and negatives.")
     overwrite: bool = _overwrite_option("otrain-diagnostics")
+    backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
     @model_validator(mode="after")
@@ -1529,6 +1530,7 @@ class PlotResultsConfig(CommandConfig):
         None, "Probability threshold: real if P(real) > threshold. Default: the model card's (0.5 without one)."
     )
     overwrite: bool = _overwrite_option("otrain-plot-results")
+    backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
     @model_validator(mode="after")
