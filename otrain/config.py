@@ -1132,7 +1132,8 @@ class InferSparkConfig(CommandConfig):
     through Spark's binaryFile source; file:, hdfs:, s3a: ...), or the Parquet folder of
     otrain-pack, and scores them with the same reading, cropping, plane and EDGE rules as
     otrain-infer. The model (a .keras/.h5 file, or an MLflow URI such as
-    models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker.
+    models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker: its
+    ONNX twin, run by ONNX Runtime, when --backend chooses it, else the Keras model.
     The results have the columns of infer_results.dat; unreadable files are counted and listed.
     """
 
@@ -1164,6 +1165,7 @@ class InferSparkConfig(CommandConfig):
     overwrite: bool = option(
         False, "Replace an existing --output folder (only one otrain wrote) and a --table otrain-infer did not write."
     )
+    backend: Backend = _backend_option()
 
     @model_validator(mode="after")
     def _check(self) -> InferSparkConfig:
