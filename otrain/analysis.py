@@ -1,8 +1,9 @@
 """otrain-diagnostics and otrain-plot-results: how good is a model on a labelled cube.
 
-Both load the model once and predict once (:mod:`otrain.scoring`). They accept cubes with 1-D or one-hot labels (the
-original tools took only one-hot ones), and write only into their own output folders: old
-exported cutouts are replaced file by file, and nothing else in a user's folder is touched.
+Both load the model once and predict once (:mod:`otrain.scoring`), with the Keras model or its
+ONNX twin (``--backend``). They accept cubes with 1-D or one-hot labels (the original tools took
+only one-hot ones), and write only into their own output folders: old exported cutouts are
+replaced file by file, and nothing else in a user's folder is touched.
 """
 
 from __future__ import annotations
@@ -91,7 +92,7 @@ def run_diagnostics(config: DiagnosticsConfig) -> DiagnosticsReport:
     """
     from otrain.plots import plot_cutout
 
-    scored = score_cube(config.path_cube_validation, config.model_path)
+    scored = score_cube(config.path_cube_validation, config.model_path, config.backend)
     cube, probabilities = scored.cube, scored.probabilities
     table = threshold_table(cube.labels, probabilities)
     metrics = evaluate(cube.labels, probabilities, config.threshold, table)
@@ -186,7 +187,7 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     """
     from otrain import plots
 
-    scored = score_cube(config.path_cube_validation, config.model_path)
+    scored = score_cube(config.path_cube_validation, config.model_path, config.backend)
     cube, probabilities, labels = scored.cube, scored.probabilities, scored.cube.labels
     out = config.path_plots
     out.mkdir(parents=True, exist_ok=True)

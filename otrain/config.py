@@ -1135,7 +1135,8 @@ class InferSparkConfig(CommandConfig):
     through Spark's binaryFile source; file:, hdfs:, s3a: ...), or the Parquet folder of
     otrain-pack, and scores them with the same reading, cropping, plane and EDGE rules as
     otrain-infer. The model (a .keras/.h5 file, or an MLflow URI such as
-    models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker.
+    models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker: its
+    ONNX twin, run by ONNX Runtime, when --backend chooses it, else the Keras model.
     The results have the columns of infer_results.dat; unreadable files are counted and listed.
     """
 
@@ -1167,6 +1168,7 @@ class InferSparkConfig(CommandConfig):
     overwrite: bool = option(
         False, "Replace an existing --output folder (only one otrain wrote) and a --table otrain-infer did not write."
     )
+    backend: Backend = _backend_option()
 
     @model_validator(mode="after")
     def _check(self) -> InferSparkConfig:
@@ -1487,6 +1489,7 @@ class DiagnosticsConfig(CommandConfig):
     )
     seed: Seed = option(DIAGNOSTICS_SEED, "Seed of the random choice of exported true positives and negatives.")
     overwrite: bool = _overwrite_option("otrain-diagnostics")
+    backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
     @model_validator(mode="after")
@@ -1532,6 +1535,7 @@ class PlotResultsConfig(CommandConfig):
         None, "Probability threshold: real if P(real) > threshold. Default: the model card's (0.5 without one)."
     )
     overwrite: bool = _overwrite_option("otrain-plot-results")
+    backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
     @model_validator(mode="after")

@@ -187,7 +187,7 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     from otrain.errors import DataError
     from otrain.scoring import sample_outcomes, score_cube
 
-    scored = score_cube(config.cube, config.model_path)
+    scored = score_cube(config.cube, config.model_path, backend="keras")  # Grad-CAM needs the Keras graph
     try:  # fails on a model without Conv2D, before any file changes
         explainer = GradCamExplainer(scored.model, config.method)
     except DataError as error:

@@ -4,7 +4,8 @@ Every command that judges a model on a cube (otrain-diagnostics, otrain-plot-res
 otrain-grad-cam, the promotion gate of otrain-promote, and the test metrics of otrain-train)
 goes through here, so they all crop the same way (:func:`otrain.cutouts.crop_center`, as
 otrain-convert does), predict in the same batches, and call the same candidates true or false
-positives.
+positives. The model is the Keras one or its ONNX twin (:mod:`otrain.backends`): both have
+``predict_on_batch``.
 
 The decision rule is the original one: a candidate is real when P(real) > threshold.
 """
@@ -17,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from otrain.config import OUTCOMES, PREDICT_BATCH
+from otrain.config import OUTCOMES, PREDICT_BATCH, Backend
 from otrain.cutouts import crop_center
 from otrain.datacube import Datacube
 from otrain.errors import DataError
@@ -37,8 +38,9 @@ class ScoredCube:
     """A labelled cube (cropped to the model's input), the model, and P(real) of every cutout."""
 
     cube: Datacube
-    model: Any
+    model: Any  #: a Keras model, or an :class:`otrain.backends.OnnxClassifier`
     probabilities: np.ndarray
+    backend: str = "keras"  #: what scored: keras or onnx
 
     def outcomes(self, threshold: float) -> dict[str, np.ndarray]:
         """Return the rows of each outcome at ``threshold``; see :func:`outcomes`."""
@@ -52,7 +54,7 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
     ----------
     pixels : numpy.ndarray
         Channels-last cutouts.
-    model : keras.Model
+    model : keras.Model or OnnxClassifier
         The classifier.
     what : str
         What the cutouts are, for the error message (a file name).
@@ -67,9 +69,9 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
     DataError
         When the cutouts are smaller than the model's input or have another channel count.
     """
-    from otrain.model import input_shape_of
+    from otrain.backends import cutout_shape
 
-    height, width, channels = input_shape_of(model)
+    height, width, channels = cutout_shape(model)
     _, cube_height, cube_width, cube_channels = pixels.shape
     if (cube_height, cube_width, cube_channels) == (height, width, channels):
         return pixels
@@ -94,7 +96,7 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
 
     Parameters
     ----------
-    model : keras.Model
+    model : keras.Model or OnnxClassifier
         A two-class softmax classifier (index 1 = real).
     pixels : numpy.ndarray
         (N, H, W, C) cutouts of the model's input shape.
@@ -117,25 +119,36 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     return np.concatenate(batches)[:, 1].astype(np.float64) if batches else np.empty(0)
 
 
-def score_cube(cube_path: Path, model_path: Path) -> ScoredCube:
+def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> ScoredCube:
     """Load a cube and a model, check they fit, and predict P(real) once.
 
     A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
     one, or one with another channel count, is an error.
 
+    Parameters
+    ----------
+    cube_path : Path
+        A labelled cube (.npz).
+    model_path : Path
+        The Keras model file.
+    backend : {"auto", "keras", "onnx"}
+        What scores (:func:`otrain.backends.load_classifier`): a caller that needs the Keras
+        model itself (its gradients, for Grad-CAM) asks for ``keras``.
+
     Raises
     ------
     DataError
-        On an unreadable cube or model, or shapes that do not fit.
+        On an unreadable cube or model, shapes that do not fit, or ``onnx`` asked for a model
+        without a usable twin.
     """
-    from otrain.model import load_model
+    from otrain.backends import load_classifier
 
     cube = Datacube.load(cube_path)
-    model = load_model(model_path)
+    model, used = load_classifier(model_path, backend)
     pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
     if pixels is not cube.cube:
         cube = replace(cube, cube=pixels)
-    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels))
+    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels), backend=used)
 
 
 def outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:

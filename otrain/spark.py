@@ -7,9 +7,12 @@ cutout's metadata and its raw planes, cropped at most to ``--cutout-size`` (comp
 centre crops gives the single crop otrain-infer makes), and non-finite pixels are replaced only
 when scoring, over the model-sized crop, as otrain-infer does.
 
-The model is resolved on the driver (an MLflow URI is downloaded), shipped to the executors with
-``SparkContext.addFile`` and loaded once per Python worker (Spark reuses its Python workers),
-with TensorFlow's thread pools sized to the task's cores (``spark.task.cpus``). Each task reads
+The model is resolved on the driver (an MLflow URI is downloaded), and what scores is chosen there
+(``--backend``, :func:`otrain.backends.choose_backend`): the Keras file or its ONNX twin is
+shipped to the executors with ``SparkContext.addFile`` and loaded once per Python worker (Spark
+reuses its Python workers), with TensorFlow's thread pools or ONNX Runtime's intra-op threads
+sized to the task's cores (``spark.task.cpus``). With the twin, neither the driver nor the
+executors import TensorFlow. Each task reads
 and scores its cutouts in one ``mapInPandas`` pass: measured against decoding in one pass and
 scoring the pixel column with :func:`pyspark.ml.functions.predict_batch_udf` (kept as
 :func:`predict_batch_scorer`, which ``benchmarks/scale_spark.py`` times), it saves the pixels'
@@ -39,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from otrain.atomic import atomic_folder, atomic_path
+from otrain.backends import choose_backend, cutout_shape, load_classifier, twin_path
 from otrain.config import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
@@ -392,8 +396,9 @@ def resolve_model(model: str, scratch: Path) -> Path:
     """Return a local Keras file for ``--model``: the file itself, or an MLflow model downloaded.
 
     An MLflow model (``models:/NAME@ALIAS``, ``runs:/...``) logged by otrain-train holds its Keras
-    file in ``data/model.keras``; the model card its training logged (``training/*.card.json``)
-    is downloaded beside it, so that the card's threshold and planes apply as for a file.
+    file in ``data/model.keras`` and its ONNX twin beside it (``data/model.onnx``, stamped for
+    that file); the model card its training logged (``training/*.card.json``) is downloaded
+    beside them, so that the card's threshold and planes apply as for a file.
 
     Parameters
     ----------
@@ -463,22 +468,35 @@ def _task_cpus() -> int:
 
 
 def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Load the model shipped with ``addFile``, TensorFlow on the task's cores; return P(real) of pixels."""
+    """Load the model file shipped with ``addFile`` on the task's cores; return P(real) of pixels.
+
+    An ONNX twin (``.onnx``) runs on ONNX Runtime, TensorFlow not imported; a Keras file on
+    TensorFlow.
+    """
     from pyspark import SparkFiles
+
+    from otrain.scoring import predict
+
+    path = Path(SparkFiles.get(model_name))
+    cpus = _task_cpus()
+    if path.suffix == ".onnx":
+        from otrain.backends import OnnxClassifier
+
+        classifier = OnnxClassifier(path, threads=cpus)
+        # No padding: ONNX Runtime runs a batch of any size without tracing anything anew.
+        return lambda pixels, batch_size: predict(classifier, pixels, batch_size)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
 
     from otrain.model import load_model
-    from otrain.scoring import predict
 
-    cpus = _task_cpus()
     try:
         tf.config.threading.set_intra_op_parallelism_threads(cpus)
         tf.config.threading.set_inter_op_parallelism_threads(cpus)
     except RuntimeError:
         pass  # TensorFlow already runs in this worker (a reused one): its pools stay as they are
-    model = load_model(Path(SparkFiles.get(model_name)))
+    model = load_model(path)
 
     def predict_padded(pixels: np.ndarray, batch_size: int) -> np.ndarray:
         # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
@@ -553,7 +571,7 @@ _WORKER_MODELS: dict[str, Any] = {}
 
 
 def _worker_model(model_name: str) -> Any:
-    """Load the model shipped with ``addFile`` once per Python worker, TensorFlow on the task's cores."""
+    """Load the model file shipped with ``addFile`` once per Python worker, on the task's cores."""
     if model_name not in _WORKER_MODELS:
         _WORKER_MODELS[model_name] = _load_shipped_model(model_name)
     return _WORKER_MODELS[model_name]
@@ -561,9 +579,9 @@ def _worker_model(model_name: str) -> Any:
 
 @dataclass(frozen=True)
 class _Scoring:
-    """How the executors score in the same pass as they read: the shipped model and its options."""
+    """How the executors score in the same pass as they read: the shipped model file and its options."""
 
-    model_name: str
+    model_name: str  #: the Keras file's or the ONNX twin's name
     batch_size: int
     prob_ratio: float | None
 
@@ -666,6 +684,7 @@ class SparkReport:
     n_real: int = 0
     n_edge: int = 0
     seconds: float = 0.0  #: reading and scoring, without starting Spark or loading the model on the driver
+    backend: str = "keras"  #: what scored: keras or onnx
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -694,12 +713,15 @@ def _write_table(output: Path, table: Path, threshold: float) -> int:
     return n_real
 
 
-#: Builds the column function giving P(real) of the flattened pixels column:
-#: (spark session, local model file, model input shape, options) -> column function.
+#: Builds the column function giving P(real) of the flattened pixels column: (spark session,
+#: the local file the executors load (the Keras model or its ONNX twin), model input shape,
+#: options) -> column function.
 Scorer = Callable[[Any, Path, tuple[int, int, int], InferSparkConfig], Any]
 
 
-def infer_spark(config: InferSparkConfig, scorer: Scorer | None = None) -> SparkReport:
+def infer_spark(
+    config: InferSparkConfig, scorer: Scorer | None = None, prepare: Callable[[str], None] | None = None
+) -> SparkReport:
     """Score cutouts on Spark and write the results as Parquet (and optionally a table).
 
     Parameters
@@ -710,6 +732,10 @@ def infer_spark(config: InferSparkConfig, scorer: Scorer | None = None) -> Spark
         A column function scoring the decoded pixels instead, such as :func:`predict_batch_scorer`
         (pyspark's ``predict_batch_udf``); by default each task reads and scores in one pass.
         ``benchmarks/scale_spark.py`` compares the two.
+    prepare : callable, optional
+        Called on the driver with the backend chosen (``keras`` or ``onnx``) once the model is
+        resolved, before anything is loaded: otrain-infer-spark imports TensorFlow quietly
+        there when it is ``keras``.
 
     Returns
     -------
@@ -719,27 +745,49 @@ def infer_spark(config: InferSparkConfig, scorer: Scorer | None = None) -> Spark
     Raises
     ------
     DataError
-        When the model cannot be read, there is no cutout, or none could be scored; nothing is
-        written then.
+        When the model cannot be read, ``--backend onnx`` finds no usable twin, there is no
+        cutout, or none could be scored; nothing is written then.
     """
     require_spark()
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
         model_file = resolve_model(config.model, Path(scratch))
+        backend = _choose_backend(model_file, config)
+        if prepare is not None:
+            prepare(backend)
+        shipped = twin_path(model_file) if backend == "onnx" else model_file
         threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
-        # TensorFlow loads on the driver (for the model's input) while the JVM starts: both take seconds.
+        # The model loads on the driver (for its input shape; TensorFlow takes seconds) while the JVM starts.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            reading = pool.submit(_model_input, model_file, config)
+            reading = pool.submit(_model_input, model_file, backend, config)
             with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
                 shape, planes = reading.result()
-                report = _score(spark, config, model_file, shape, planes, threshold, scorer)
+                report = _score(spark, config, shipped, shape, planes, threshold, scorer)
+    report.backend = backend
     return report
 
 
-def _model_input(model_file: Path, config: InferSparkConfig) -> tuple[tuple[int, int, int], tuple[str, ...] | None]:
-    """Return the model's (H, W, C) input and the planes to read; check them against the options."""
-    from otrain.model import card_planes, input_shape_of, load_model
+def _choose_backend(model_file: Path, config: InferSparkConfig) -> str:
+    """Choose what scores with the resolved model file; an error names an MLflow model by its URI."""
+    try:
+        backend, why = choose_backend(model_file, config.backend)
+    except DataError as error:
+        if not _is_mlflow_uri(config.model):
+            raise
+        # The twin of a downloaded model is data/model.onnx in a scratch folder: name it in the URI.
+        raise DataError(str(error).replace(str(model_file.parent.parent), config.model.rstrip("/"))) from None
+    if why:
+        logger.warning("scoring with Keras: %s", why)
+    return backend
 
-    shape = input_shape_of(load_model(model_file))
+
+def _model_input(
+    model_file: Path, backend: str, config: InferSparkConfig
+) -> tuple[tuple[int, int, int], tuple[str, ...] | None]:
+    """Return the model's (H, W, C) input and the planes to read; check them against the options."""
+    from otrain.card import card_planes
+
+    classifier, _ = load_classifier(model_file, backend)  # type: ignore[arg-type]
+    shape = cutout_shape(classifier)
     planes = resolve_planes(config.planes, card_planes(model_file))
     if planes is not None and len(planes) != shape[2]:
         raise DataError(
@@ -760,7 +808,7 @@ def _model_input(model_file: Path, config: InferSparkConfig) -> tuple[tuple[int,
 def _score(
     spark: Any,
     config: InferSparkConfig,
-    model_file: Path,
+    shipped: Path,
     shape: tuple[int, int, int],
     planes: tuple[str, ...] | None,
     threshold: float,
@@ -774,10 +822,10 @@ def _score(
     # One pass over the input: the executors read each cutout once, report the ones they cannot
     # score (EDGE, unreadable) through an accumulator, and score the rest.
     problems = spark.sparkContext.accumulator([], _Problems())
-    spark.sparkContext.addFile(str(model_file))
-    if card_file(model_file).is_file():
-        spark.sparkContext.addFile(str(card_file(model_file)))
-    scoring = None if scorer is not None else _Scoring(model_file.name, config.batch_size, config.prob_ratio)
+    spark.sparkContext.addFile(str(shipped))  # the Keras file or the ONNX twin: what the executors load
+    if card_file(shipped).is_file():
+        spark.sparkContext.addFile(str(card_file(shipped)))
+    scoring = None if scorer is not None else _Scoring(shipped.name, config.batch_size, config.prob_ratio)
     last = (
         types.StructField("pixels", types.ArrayType(types.FloatType()))
         if scoring is None
@@ -809,7 +857,7 @@ def _score(
         decoded = packed.mapInPandas(_decode_packed(shape, problems, scoring), schema)
         where = str(config.parquet)
     if scorer is not None:
-        decoded = decoded.withColumn("label1", scorer(spark, model_file, shape, config)(functions.col("pixels")))
+        decoded = decoded.withColumn("label1", scorer(spark, shipped, shape, config)(functions.col("pixels")))
     scored = decoded.select(
         *_META_COLUMNS,
         (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
@@ -860,7 +908,8 @@ def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, in
     spark : pyspark.sql.SparkSession
         The session (the model file has been added with ``SparkContext.addFile``).
     model_file : Path
-        The Keras file on the driver; executors find it by name with ``SparkFiles.get``.
+        The file the executors load (the Keras model or its ONNX twin), on the driver; executors
+        find it by name with ``SparkFiles.get``.
     shape : tuple of int
         The model's (H, W, C) input.
     config : InferSparkConfig

@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import os
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import SIZE, call_main
+from conftest import ROOT, SIZE, call_main
 from numpy.testing import assert_allclose
 from sklearn import metrics as skm
 
@@ -169,6 +174,8 @@ def test_plot_results_figures_and_their_data(trained: Path, tmp_path: Path) -> N
         trained / "tiny.keras",
         "--path-plots",
         out,
+        "--backend",
+        "keras",  # checked against the Keras model's own predictions below, to 1e-5 relative
     )
     assert status == 0
     for name in (
@@ -207,6 +214,127 @@ def test_plot_results_figures_and_their_data(trained: Path, tmp_path: Path) -> N
     assert_allclose([float(row["fpr"]) for row in rows], fpr, atol=1e-6)
     calibration = read_csv(out / "calibration.csv")
     assert sum(int(row["count"]) for row in calibration) == len(cube)
+
+
+def assert_same_numbers(ours: Any, theirs: Any, where: str) -> None:
+    """The same keys and rows (dicts, lists of CSV rows); numbers equal to 1e-5, anything else equal."""
+    if isinstance(theirs, list):
+        assert len(ours) == len(theirs), where
+        for index, (row, other) in enumerate(zip(ours, theirs, strict=True)):
+            assert_same_numbers(row, other, f"{where} row {index}")
+    elif isinstance(theirs, dict):
+        assert ours.keys() == theirs.keys(), where
+        for key, other in theirs.items():
+            assert_same_numbers(ours[key], other, f"{where} {key}")
+    else:
+        try:
+            number, other = float(ours), float(theirs)
+        except (TypeError, ValueError):
+            assert ours == theirs, where
+            return
+        assert_allclose(number, other, rtol=0, atol=1e-5, err_msg=where)
+
+
+def roc_area(rows: list[dict[str, str]]) -> float:
+    """Area under a ROC curve written by otrain-plot-results (rows in order of rising FPR)."""
+    return float(np.trapezoid([float(row["tpr"]) for row in rows], [float(row["fpr"]) for row in rows]))
+
+
+def pr_area(rows: list[dict[str, str]]) -> float:
+    """Average precision of a precision-recall curve written by otrain-plot-results (rising thresholds)."""
+    recall = [float(row["recall"]) for row in rows] + [0.0]
+    return sum((recall[i] - recall[i + 1]) * float(row["precision"]) for i, row in enumerate(rows))
+
+
+def curve_summaries(rows: list[dict[str, str]], area: Any) -> dict[str, dict[str, float]]:
+    """Per bin of a curve CSV: its size, edges, best threshold and area."""
+    summaries = {}
+    for index in sorted({row["bin"] for row in rows}):
+        members = [row for row in rows if row["bin"] == index]
+        first = members[0]
+        summary = {key: float(first[key]) for key in ("n", "low", "high", "best_threshold")}
+        summaries[index] = {**summary, "area": area(members)}
+    return summaries
+
+
+def test_diagnostics_and_plot_results_give_the_same_numbers_with_either_backend(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ONNX twin and the Keras model: every figure's data and every metric agree to 1e-5."""
+    cube_file, model = trained / "test_set" / "datacube" / "cube_test.npz", trained / "tiny.keras"
+    assert (trained / "tiny.onnx").is_file()
+    written: dict[str, dict[str, Any]] = {}
+    for backend in ("keras", "onnx"):
+        diagnostics, plots = tmp_path / backend / "diagnostics", tmp_path / backend / "plots"
+        common = ("--path-cube-validation", cube_file, "--model-path", model, "--backend", backend, "--no-tracking")
+        assert call_main(diagnostics_main, *common, "--path-diagnostics", diagnostics) == 0
+        captured = capsys.readouterr()
+        assert f"candidates scored with {backend}," in captured.out
+        assert ("info: scoring with ONNX Runtime: " in captured.err) == (backend == "onnx")
+        assert call_main(plot_results_main, *common, "--path-plots", plots) == 0
+        captured = capsys.readouterr()
+        assert captured.out.startswith(f"scored with {backend}; 14 files written to {plots}/")
+        assert ("info: scoring with ONNX Runtime: " in captured.err) == (backend == "onnx")
+        files = {"diagnostics.json": json.loads((diagnostics / "diagnostics.json").read_text())}
+        files["threshold_table.csv"] = read_csv(diagnostics / "threshold_table.csv")
+        files |= {f"plots/{path.name}": read_csv(path) for path in sorted(plots.glob("*.csv"))}
+        files["exported"] = {
+            folder.name: len(list(folder.glob("cutout_*.png"))) for folder in diagnostics.glob("validation_set/*/*")
+        }
+        written[backend] = files
+    keras, onnx = written["keras"], written["onnx"]
+    assert len(keras) == 10
+    assert keras.keys() == onnx.keys()
+    assert len(keras["plots/prob_distribution.csv"]) == len(Datacube.load(cube_file))
+    # Where P(real) is below 1e-5 the backends may tie candidates or not (ONNX Runtime gives 0 where
+    # Keras gives 6e-11): a curve then has a point more or less at its low end, so curves are
+    # compared by what their figures show (area, best threshold, per bin) ...
+    curves = {"errmag_ROC": roc_area, "mag_ROC": roc_area, "errmag_recall": pr_area, "mag_recall": pr_area}
+    for (stem, area), found in itertools.product(curves.items(), (keras, onnx)):
+        found[f"plots/{stem}.csv"] = curve_summaries(found[f"plots/{stem}.csv"], area)
+    # ... and at threshold 0 (real if P(real) > 0) those candidates may count on either side.
+    tiny = sum(float(row["p_real"]) <= 1e-5 for row in keras["plots/prob_distribution.csv"])
+    for name in ("threshold_table.csv", "plots/model_F1_MCC.csv"):
+        at_zero, onnx_at_zero = keras[name].pop(0), onnx[name].pop(0)
+        assert float(at_zero["threshold"]) == 0
+        assert int(at_zero["tp"]) + int(at_zero["fp"]) - int(onnx_at_zero["tp"]) - int(onnx_at_zero["fp"]) <= tiny
+    for name in keras:
+        assert_same_numbers(onnx[name], keras[name], name)
+
+
+def test_analysis_commands_scoring_with_onnx_do_not_import_tensorflow(
+    trained: Path, tracking_uri: str, tmp_path: Path
+) -> None:
+    """With the twin (auto), diagnostics and plot-results score, write and log to MLflow without TensorFlow."""
+    probe = (
+        "import sys\n"
+        "from otrain.cli import diagnostics, plot_results\n"
+        "cube, model, out = sys.argv[1:]\n"
+        "common = ['--path-cube-validation', cube, '--model-path', model]\n"
+        "for main, folder in ((diagnostics.main, '--path-diagnostics'), (plot_results.main, '--path-plots')):\n"
+        "    try:\n"
+        "        main([*common, folder, out + folder])\n"
+        "    except SystemExit as stop:\n"
+        "        print('exit', stop.code)\n"
+        "print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+    )
+    cube_file = trained / "test_set" / "datacube" / "cube_test.npz"
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(cube_file), str(trained / "tiny.keras"), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OTRAIN_PROGRESS": "0"},
+        cwd=ROOT,
+    )
+    lines = result.stdout.splitlines()
+    assert [line for line in lines if line.startswith("exit")] == ["exit 0", "exit 0"], result.stderr
+    assert any("candidates scored with onnx" in line for line in lines)
+    assert any(line.startswith("scored with onnx;") for line in lines)
+    assert lines[-1] == "tensorflow imported: False"
+    assert "could not log to MLflow" not in result.stderr
+    assert result.stderr.count("logged to MLflow run") == 2
+    assert (tmp_path / "out--path-diagnostics" / "diagnostics.json").is_file()
+    assert (tmp_path / "out--path-plots" / "calibration.png").is_file()
 
 
 def test_grad_cam_outputs_and_small_classes(trained: Path, tmp_path: Path) -> None:

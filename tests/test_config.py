@@ -216,3 +216,23 @@ def test_flag_spellings_follow_the_original() -> None:
     assert cfg.GradCamConfig.flag_of("cam_path") == "--cam_path"
     assert cfg.GradCamConfig.flag_of("n_random") == "--n_random"
     assert cfg.CheckInferConfig.flag_of("mag_lim") == "--maglim"
+
+
+#: The commands that score with a model's ONNX twin or the Keras model (otrain-grad-cam needs Keras' gradients).
+SCORING_CONFIGS = [cfg.InferConfig, cfg.InferSparkConfig, cfg.DiagnosticsConfig, cfg.PlotResultsConfig]
+
+
+@pytest.mark.parametrize("model", SCORING_CONFIGS)
+def test_scoring_commands_choose_their_backend(files: dict[str, Path], model: type[cfg.CommandConfig]) -> None:
+    options = minimal_options(files)[model]
+    assert model.model_validate(options).backend == "auto"  # type: ignore[attr-defined]
+    for backend in cfg.BACKENDS:
+        assert model.model_validate({**options, "backend": backend}).backend == backend  # type: ignore[attr-defined]
+    with pytest.raises(ValidationError, match="Input should be 'auto', 'keras' or 'onnx'"):
+        model.model_validate({**options, "backend": "tflite"})
+    assert model.flag_of("backend") == "--backend"
+
+
+def test_grad_cam_and_promote_have_no_backend() -> None:
+    assert "backend" not in cfg.GradCamConfig.model_fields
+    assert "backend" not in cfg.PromoteConfig.model_fields

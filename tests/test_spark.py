@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import ROOT, call_main, files_under, make_tree, pixels, write_gmadet, write_stdpipe
+from conftest import ROOT, SIZE, call_main, files_under, make_tree, pixels, write_gmadet, write_stdpipe
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
@@ -47,8 +47,9 @@ def assert_same_results(spark: dict[str, dict[str, object]], reference: dict[str
         np.testing.assert_allclose(float(got["label0"]), float(expected["label0"]), atol=1e-5, err_msg=name)
         assert int(got["real"]) == int(expected["real"]), name
         for column in ("RA", "Dec", "Xpos", "Ypos", "mag", "magerr", "FWHM", "FWHMPSF"):
-            value = np.nan if got[column] is None else float(got[column])  # Parquet: null for a missing number
-            np.testing.assert_array_equal(value, float(expected[column]), err_msg=f"{name} {column}")
+            # Parquet holds null for a missing number, the table nan.
+            value, wanted = (np.nan if row[column] is None else float(row[column]) for row in (got, expected))
+            np.testing.assert_array_equal(value, wanted, err_msg=f"{name} {column}")
         assert str(got["cand_ID"]) == str(expected["cand_ID"]), name
         assert str(got["originalFile"] or "") == str(expected["originalFile"] or "").strip('"'), name
 
@@ -170,8 +171,20 @@ def test_registered_champion_scores_as_its_file(
         MASTER,
     )
     assert status == 0
-    assert "real (P(real) > 0.37)" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "real (P(real) > 0.37)" in out
+    assert "scored with keras" in out  # mlflow.keras saved no ONNX twin: auto falls back to Keras
     assert_same_results(read_parquet(output), read_table(table))
+    arguments = ("--cutouts", cutouts, "--model", "models:/otrain-cnn@champion", "--output", tmp_path / "never")
+    assert call_main(spark_main, *arguments, "--backend", "onnx") == 1
+    # Besides MLflow's log lines and its download progress bar, otrain says one line.
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("otrain-infer-spark:")]
+    assert len(err) == 1, err
+    # The twin is named in the MLflow model, not in the scratch folder it was downloaded to.
+    twin = "models:/otrain-cnn@champion/data/model.onnx"
+    assert err[0].startswith(f"otrain-infer-spark: error: --backend onnx: {twin} does not exist"), err
+    assert "otrain-model-" not in err[0]
+    assert not (tmp_path / "never").exists()
 
 
 @pytest.mark.slow
@@ -316,18 +329,24 @@ def test_an_unknown_registered_model_is_one_line(
     assert not output.exists()
 
 
+@pytest.mark.parametrize("backend", ["keras", "onnx"])
 def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
-    night: Path, trained: Path, reference: Path, tmp_path: Path
+    night: Path, trained: Path, reference: Path, tmp_path: Path, backend: str
 ) -> None:
     """The alternative the benchmark times (decode, then pyspark's predict_batch_udf on the pixels)."""
     from otrain.config import InferSparkConfig
     from otrain.spark import infer_spark, predict_batch_scorer
 
     config = InferSparkConfig(
-        cutouts=str(night), model=str(trained / "tiny.keras"), output=tmp_path / "udf.parquet", master=MASTER
+        cutouts=str(night),
+        model=str(trained / "tiny.keras"),
+        output=tmp_path / "udf.parquet",
+        master=MASTER,
+        backend=backend,
     )
     report = infer_spark(config, scorer=predict_batch_scorer)
     expected = read_table(reference)
+    assert report.backend == backend
     assert report.n_scored == len(expected)
     assert len(report.bad_files) == 2
     assert_same_results(read_parquet(tmp_path / "udf.parquet"), expected)
@@ -368,3 +387,135 @@ def test_options_and_relative_paths_give_otrain_infers_table(
     arguments = ("--parquet", packed, "--model", model, "--output", from_parquet, "--master", MASTER, *options)
     assert call_main(spark_main, *arguments) == 0
     assert_same_results(read_parquet(from_parquet), expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# --backend: the ONNX twin scored by ONNX Runtime on the driver and the executors
+
+
+#: Runs otrain-infer-spark's main, then says whether the driver imported TensorFlow.
+_DRIVER_PROBE = (
+    "import sys\n"
+    "from otrain.cli.infer_spark import main\n"
+    "try:\n"
+    "    main(sys.argv[1:])\n"
+    "except SystemExit as stop:\n"
+    "    code = stop.code\n"
+    "print('tensorflow imported:', 'tensorflow' in sys.modules)\n"
+    "sys.exit(code)\n"
+)
+
+
+@pytest.mark.slow
+def test_onnx_backend_scores_as_keras_and_as_otrain_infer_onnx(
+    night: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = trained / "tiny.keras"
+    assert (trained / "tiny.onnx").is_file()
+    onnx_table = tmp_path / "infer_onnx.dat"
+    infer_arguments = ("--cutouts", night, "--model", model, "--recursive", "--output", onnx_table)
+    assert call_main(infer_main, *infer_arguments, "--backend", "onnx") == 0
+    expected = read_table(onnx_table)
+
+    # auto, the default: the model has its twin, so ONNX Runtime scores and the driver never imports TensorFlow
+    auto, auto_table = tmp_path / "auto.parquet", tmp_path / "auto.dat"
+    arguments = ["--cutouts", night, "--model", model, "--output", auto, "--table", auto_table, "--master", MASTER]
+    result = subprocess.run(
+        [sys.executable, "-c", _DRIVER_PROBE, *map(str, arguments)], capture_output=True, text=True, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert "; scored with onnx" in result.stdout
+    assert result.stdout.strip().endswith("tensorflow imported: False")
+    assert_same_results(read_parquet(auto), expected)
+    assert_same_results(read_table(auto_table), expected)
+
+    capsys.readouterr()
+    with_keras = tmp_path / "keras.parquet"
+    arguments = ("--cutouts", night, "--model", model, "--output", with_keras, "--master", MASTER)
+    assert call_main(spark_main, *arguments, "--backend", "keras") == 0
+    assert "; scored with keras" in capsys.readouterr().out
+    assert_same_results(read_parquet(with_keras), read_parquet(auto))  # P(real) to 1e-5
+
+
+def test_onnx_backend_without_twin_is_one_line_and_exit_1(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cutouts = make_tree(tmp_path / "few", 2, 2, size=40)
+    alone = tmp_path / "alone" / "tiny.keras"
+    alone.parent.mkdir()
+    shutil.copy(trained / "tiny.keras", alone)
+    output = tmp_path / "out.parquet"
+    arguments = ("--cutouts", cutouts, "--model", alone, "--output", output, "--master", MASTER)
+    assert call_main(spark_main, *arguments, "--backend", "onnx") == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(f"otrain-infer-spark: error: --backend onnx: {alone.with_suffix('.onnx')} does not exist")
+    assert not output.exists()
+
+
+def constant_twin(path: Path, p_real: float) -> Path:
+    """A real ONNX model of the tiny model's input giving the same P(real) for every cutout."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pixels = helper.make_tensor_value_info("cutout", TensorProto.FLOAT, ["N", SIZE, SIZE, 1])
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])
+    constants = [
+        helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("answer", TensorProto.FLOAT, [1, 2], [1.0 - p_real, p_real]),
+    ]
+    nodes = [  # 0 * mean(cutout) + (1 - p, p): one row per cutout
+        helper.make_node("ReduceMean", ["cutout"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "column"], ["means"]),
+        helper.make_node("Mul", ["means", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "answer"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(nodes, "constant", [pixels], [output], initializer=constants)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+@pytest.mark.slow
+def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path) -> None:
+    """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75."""
+    from otrain.backends import restamp_twin
+    from otrain.config import InferSparkConfig
+    from otrain.spark import infer_spark, predict_batch_scorer
+
+    cutouts = make_tree(tmp_path / "few", 5, 5, size=40)
+    model = tmp_path / "model" / "tiny.keras"
+    model.parent.mkdir()
+    shutil.copy(trained / "tiny.keras", model)
+    restamp_twin(constant_twin(tmp_path / "constant.onnx", 0.75), model)
+    for scorer in (None, predict_batch_scorer):
+        output = tmp_path / f"{'one_pass' if scorer is None else 'udf'}.parquet"
+        config = InferSparkConfig(cutouts=str(cutouts), model=str(model), output=output, master=MASTER)
+        report = infer_spark(config, scorer=scorer)
+        assert (report.backend, report.n_scored) == ("onnx", 10)
+        rows = read_parquet(output)
+        assert len(rows) == 10
+        np.testing.assert_allclose([row["label1"] for row in rows.values()], 0.75, atol=1e-7)
+
+
+@pytest.mark.slow
+def test_mlflow_model_of_otrain_train_scores_with_its_twin(
+    trained: Path,
+    tracking_uri: str,
+    night: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """otrain-train logs data/model.onnx beside data/model.keras: the downloaded model scores with it."""
+    run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    table = tmp_path / "infer.dat"
+    arguments = ("--cutouts", night, "--model", trained / "tiny.keras", "--recursive", "--output", table)
+    assert call_main(infer_main, *arguments, "--backend", "onnx") == 0
+    capsys.readouterr()
+    output = tmp_path / "run.parquet"
+    arguments = ("--cutouts", night, "--model", f"runs:/{run_id}/model", "--output", output, "--master", MASTER)
+    assert call_main(spark_main, *arguments, "--backend", "onnx") == 0
+    assert "; scored with onnx" in capsys.readouterr().out
+    assert_same_results(read_parquet(output), read_table(table))

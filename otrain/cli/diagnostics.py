@@ -26,12 +26,16 @@ _ROWS = (
 
 
 def _diagnostics(config: DiagnosticsConfig) -> None:
-    prepare_tensorflow()
+    from otrain.backends import choose_backend
+
+    backend = choose_backend(config.model_path, config.backend)[0]
+    if backend == "keras":
+        prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
     from otrain.analysis import run_diagnostics
 
     report = run_diagnostics(config)
     metrics = report.metrics
-    print(f"{metrics['n']} candidates, real if P(real) > {config.threshold}")
+    print(f"{metrics['n']} candidates scored with {backend}, real if P(real) > {config.threshold}")
     for key, label in _ROWS:
         value = metrics.get(key)
         print(f"  {label:50} {'n/a' if value is None or value != value else f'{value:.4f}'}")

@@ -11,21 +11,26 @@ from otrain.config import InferSparkConfig
 __all__ = ["main"]
 
 
+def _prepare(backend: str) -> None:
+    """Import TensorFlow quietly when the Keras model scores; ONNX Runtime scores without it."""
+    if backend == "keras":
+        from otrain.cli.tf_setup import prepare_tensorflow
+
+        prepare_tensorflow()
+
+
 def _infer_spark(config: InferSparkConfig) -> None:
     from otrain.spark import require_spark
 
     require_spark()
-    from otrain.cli.tf_setup import prepare_tensorflow
-
-    prepare_tensorflow()
     from otrain.spark import infer_spark
 
-    report = infer_spark(config)
+    report = infer_spark(config, prepare=_prepare)
     elapsed = report.seconds
     print(
         f"scored {report.n_scored} of {report.n_files} cutouts in {elapsed:.1f} s "
         f"({report.n_scored / max(elapsed, 1e-9):.0f}/s) on {config.master}; skipped {report.n_edge} EDGE, "
-        f"{len(report.bad_files)} unreadable"
+        f"{len(report.bad_files)} unreadable; scored with {report.backend}"
     )
     print(f"real (P(real) > {report.threshold}): {report.n_real}")
     print(f"written: {report.output}")

@@ -13,11 +13,15 @@ __all__ = ["main"]
 
 
 def _plot_results(config: PlotResultsConfig) -> None:
-    prepare_tensorflow()
+    from otrain.backends import choose_backend
+
+    backend = choose_backend(config.model_path, config.backend)[0]
+    if backend == "keras":
+        prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
     from otrain.analysis import run_plot_results
 
     written = run_plot_results(config)
-    print(f"{len(written)} files written to {config.path_plots}/:")
+    print(f"scored with {backend}; {len(written)} files written to {config.path_plots}/:")
     for path in written:
         print(f"  {path.name}")
 
