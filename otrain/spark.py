@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from otrain.atomic import atomic_folder, atomic_path
-from otrain.backends import choose_backend, cutout_shape, load_classifier, twin_path
+from otrain.backends import choose_backend, cutout_shape, load_classifier
 from otrain.config import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
@@ -684,7 +684,7 @@ class SparkReport:
     n_real: int = 0
     n_edge: int = 0
     seconds: float = 0.0  #: reading and scoring, without starting Spark or loading the model on the driver
-    backend: str = "keras"  #: what scored: keras or onnx
+    backend: str = "keras"  #: what scored: keras, onnx or int8
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
@@ -733,7 +733,7 @@ def infer_spark(
         (pyspark's ``predict_batch_udf``); by default each task reads and scores in one pass.
         ``benchmarks/scale_spark.py`` compares the two.
     prepare : callable, optional
-        Called on the driver with the backend chosen (``keras`` or ``onnx``) once the model is
+        Called on the driver with the backend chosen (``keras``, ``onnx`` or ``int8``) once the model is
         resolved, before anything is loaded: otrain-infer-spark imports TensorFlow quietly
         there when it is ``keras``.
 
@@ -751,10 +751,9 @@ def infer_spark(
     require_spark()
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
         model_file = resolve_model(config.model, Path(scratch))
-        backend = _choose_backend(model_file, config)
+        backend, shipped = _choose_backend(model_file, config)
         if prepare is not None:
             prepare(backend)
-        shipped = twin_path(model_file) if backend == "onnx" else model_file
         threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
         # The model loads on the driver (for its input shape; TensorFlow takes seconds) while the JVM starts.
         with ThreadPoolExecutor(max_workers=1) as pool:
@@ -766,10 +765,10 @@ def infer_spark(
     return report
 
 
-def _choose_backend(model_file: Path, config: InferSparkConfig) -> str:
-    """Choose what scores with the resolved model file; an error names an MLflow model by its URI."""
+def _choose_backend(model_file: Path, config: InferSparkConfig) -> tuple[str, Path]:
+    """Choose what scores with the resolved model file, and the file to ship; an error names an MLflow URI."""
     try:
-        backend, why = choose_backend(model_file, config.backend)
+        backend, shipped, why = choose_backend(model_file, config.backend)
     except DataError as error:
         if not _is_mlflow_uri(config.model):
             raise
@@ -777,7 +776,7 @@ def _choose_backend(model_file: Path, config: InferSparkConfig) -> str:
         raise DataError(str(error).replace(str(model_file.parent.parent), config.model.rstrip("/"))) from None
     if why:
         logger.warning("scoring with Keras: %s", why)
-    return backend
+    return backend, shipped
 
 
 def _model_input(
