@@ -146,7 +146,9 @@ class Calibration(layers.Layer):
         # log(1 - p), not log1p(-p): ONNX has no Log1p. p is clipped at epsilon from 1, and 1 - p is
         # exact in float32 for p >= 0.5, so the log-odds differ by at most a few ulps.
         z = (ops.log(p) - ops.log(1.0 - p)) / self.temperature + self.bias
-        real = ops.sigmoid(z)
+        # The logistic written out, not ops.sigmoid: ONNX Runtime's Sigmoid gives exactly 0 below
+        # about 1e-8, where its Exp (and TensorFlow) keep the value, so the twin ranks as Keras does.
+        real = 1.0 / (1.0 + ops.exp(-z))
         return ops.stack([1.0 - real, real], axis=1)
 
     def get_config(self) -> dict[str, Any]:

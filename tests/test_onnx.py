@@ -330,3 +330,29 @@ def test_int8_needs_a_labelled_cube(workspace: Path, tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "--quantize: int8 is judged on a labelled cube" in result.stderr
     assert files_under(tmp_path) == {model_file}
+
+
+def test_the_twin_keeps_tiny_probabilities(tmp_path: Path) -> None:
+    """The calibration's smallest outputs (about 1e-9) survive ONNX Runtime: not flushed to 0, so the ranking holds."""
+    import keras
+    from keras import layers
+
+    from otrain.backends import OnnxClassifier, export_onnx
+    from otrain.model import Calibration
+
+    model = keras.Sequential(
+        [keras.Input((1, 1, 2)), layers.Reshape((2,)), Calibration(temperature=0.8, bias=-0.5, name="calibration")]
+    )
+    model_file = tmp_path / "calibration.keras"
+    model.save(model_file)
+    real = np.array([1e-12, 1e-7, 1e-5, 0.3, 0.5, 0.9, 1 - 1e-5], np.float32)
+    pixels = np.stack([1 - real, real], axis=1).reshape(-1, 1, 1, 2)
+    export_onnx(model, model_file, pixels)
+    ours = OnnxClassifier(model_file.with_suffix(".onnx")).predict_on_batch(pixels)[:, 1]
+    keras_p = np.asarray(model(pixels))[:, 1]
+    assert ours.min() > 0
+    assert_allclose(ours, keras_p, rtol=1e-4)
+    # Independently: sigmoid(logit(clip(p)) / T + b) in float64.
+    clipped = np.clip(real.astype(np.float64), 1e-7, 1 - 1e-7)
+    expected = 1 / (1 + np.exp(-(np.log(clipped / (1 - clipped)) / 0.8 - 0.5)))
+    assert_allclose(ours, expected, rtol=1e-3)
