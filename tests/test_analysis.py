@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import os
 import re
@@ -235,28 +234,6 @@ def assert_same_numbers(ours: Any, theirs: Any, where: str) -> None:
         assert_allclose(number, other, rtol=0, atol=1e-5, err_msg=where)
 
 
-def roc_area(rows: list[dict[str, str]]) -> float:
-    """Area under a ROC curve written by otrain-plot-results (rows in order of rising FPR)."""
-    return float(np.trapezoid([float(row["tpr"]) for row in rows], [float(row["fpr"]) for row in rows]))
-
-
-def pr_area(rows: list[dict[str, str]]) -> float:
-    """Average precision of a precision-recall curve written by otrain-plot-results (rising thresholds)."""
-    recall = [float(row["recall"]) for row in rows] + [0.0]
-    return sum((recall[i] - recall[i + 1]) * float(row["precision"]) for i, row in enumerate(rows))
-
-
-def curve_summaries(rows: list[dict[str, str]], area: Any) -> dict[str, dict[str, float]]:
-    """Per bin of a curve CSV: its size, edges, best threshold and area."""
-    summaries = {}
-    for index in sorted({row["bin"] for row in rows}):
-        members = [row for row in rows if row["bin"] == index]
-        first = members[0]
-        summary = {key: float(first[key]) for key in ("n", "low", "high", "best_threshold")}
-        summaries[index] = {**summary, "area": area(members)}
-    return summaries
-
-
 def test_diagnostics_and_plot_results_give_the_same_numbers_with_either_backend(
     trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -270,11 +247,9 @@ def test_diagnostics_and_plot_results_give_the_same_numbers_with_either_backend(
         assert call_main(diagnostics_main, *common, "--path-diagnostics", diagnostics) == 0
         captured = capsys.readouterr()
         assert f"candidates scored with {backend}," in captured.out
-        assert ("info: scoring with ONNX Runtime: " in captured.err) == (backend == "onnx")
         assert call_main(plot_results_main, *common, "--path-plots", plots) == 0
         captured = capsys.readouterr()
         assert captured.out.startswith(f"scored with {backend}; 14 files written to {plots}/")
-        assert ("info: scoring with ONNX Runtime: " in captured.err) == (backend == "onnx")
         files = {"diagnostics.json": json.loads((diagnostics / "diagnostics.json").read_text())}
         files["threshold_table.csv"] = read_csv(diagnostics / "threshold_table.csv")
         files |= {f"plots/{path.name}": read_csv(path) for path in sorted(plots.glob("*.csv"))}
@@ -286,18 +261,6 @@ def test_diagnostics_and_plot_results_give_the_same_numbers_with_either_backend(
     assert len(keras) == 10
     assert keras.keys() == onnx.keys()
     assert len(keras["plots/prob_distribution.csv"]) == len(Datacube.load(cube_file))
-    # Where P(real) is below 1e-5 the backends may tie candidates or not (ONNX Runtime gives 0 where
-    # Keras gives 6e-11): a curve then has a point more or less at its low end, so curves are
-    # compared by what their figures show (area, best threshold, per bin) ...
-    curves = {"errmag_ROC": roc_area, "mag_ROC": roc_area, "errmag_recall": pr_area, "mag_recall": pr_area}
-    for (stem, area), found in itertools.product(curves.items(), (keras, onnx)):
-        found[f"plots/{stem}.csv"] = curve_summaries(found[f"plots/{stem}.csv"], area)
-    # ... and at threshold 0 (real if P(real) > 0) those candidates may count on either side.
-    tiny = sum(float(row["p_real"]) <= 1e-5 for row in keras["plots/prob_distribution.csv"])
-    for name in ("threshold_table.csv", "plots/model_F1_MCC.csv"):
-        at_zero, onnx_at_zero = keras[name].pop(0), onnx[name].pop(0)
-        assert float(at_zero["threshold"]) == 0
-        assert int(at_zero["tp"]) + int(at_zero["fp"]) - int(onnx_at_zero["tp"]) - int(onnx_at_zero["fp"]) <= tiny
     for name in keras:
         assert_same_numbers(onnx[name], keras[name], name)
 
