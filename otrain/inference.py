@@ -61,7 +61,7 @@ class InferenceReport:
     n_real: int = 0
     n_edge: int = 0
     seconds: float = 0.0  #: reading and scoring, without loading the model
-    backend: str = "keras"  #: what scored: keras or onnx
+    backend: str = "keras"  #: what scored: keras, onnx or int8
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
 
 

@@ -40,7 +40,7 @@ class ScoredCube:
     cube: Datacube
     model: Any  #: a Keras model, or an :class:`otrain.backends.OnnxClassifier`
     probabilities: np.ndarray
-    backend: str = "keras"  #: what scored: keras or onnx
+    backend: str = "keras"  #: what scored: keras, onnx or int8
 
     def outcomes(self, threshold: float) -> dict[str, np.ndarray]:
         """Return the rows of each outcome at ``threshold``; see :func:`outcomes`."""
@@ -131,7 +131,7 @@ def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> 
         A labelled cube (.npz).
     model_path : Path
         The Keras model file.
-    backend : {"auto", "keras", "onnx"}
+    backend : {"auto", "keras", "onnx", "int8"}
         What scores (:func:`otrain.backends.load_classifier`): a caller that needs the Keras
         model itself (its gradients, for Grad-CAM) asks for ``keras``.
 
