@@ -309,6 +309,7 @@ def export_onnx(
     reference: np.ndarray | None = None,
     checked_on: str = "cube",
     target: Path | None = None,
+    tolerance: float = PARITY_TOLERANCE,
 ) -> dict[str, Any]:
     """Write the ONNX twin of a saved Keras model, after checking it gives the model's P(real).
 
@@ -326,6 +327,8 @@ def export_onnx(
         What ``pixels`` are, for the record.
     target : Path, optional
         The twin; default :func:`twin_path`.
+    tolerance : float
+        Largest difference of P(real) allowed (default :data:`PARITY_TOLERANCE`).
 
     Returns
     -------
@@ -338,7 +341,7 @@ def export_onnx(
     ------
     DataError
         When the model cannot be exported, or the twin's P(real) differs from the model's by
-        more than :data:`PARITY_TOLERANCE`; nothing is written then.
+        more than ``tolerance``; nothing is written then.
     """
     import onnx
     import onnxruntime
@@ -356,10 +359,10 @@ def export_onnx(
         onnx.save(proto, str(temporary))
         scored = predict(OnnxClassifier(temporary, shown=target), pixels, PREDICT_BATCH)
         difference = float(np.max(np.abs(scored - reference))) if len(pixels) else 0.0
-        if not difference <= PARITY_TOLERANCE:
+        if not difference <= tolerance:
             raise DataError(
                 f"{target}: the ONNX model's P(real) differs from {model_file.name}'s by {difference:.3g} on "
-                f"{checked_on} (tolerance {PARITY_TOLERANCE:g}); not written"
+                f"{checked_on} (tolerance {tolerance:g}); not written"
             )
         opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
     return {
@@ -373,6 +376,6 @@ def export_onnx(
             "checked_on": checked_on,
             "cutouts": len(pixels),
             "max_abs_diff_p_real": difference,
-            "tolerance": PARITY_TOLERANCE,
+            "tolerance": tolerance,
         },
     }

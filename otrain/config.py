@@ -1739,11 +1739,17 @@ def _twin_of(model_file: Path, suffix: str) -> Path:
     return model_file.with_suffix(suffix)
 
 
+def _parity_tolerance(value: float) -> float:
+    if not 0 < value < 0.5:
+        raise ValueError(f"must be in (0, 0.5), got {value}")
+    return value
+
+
 class ExportConfig(CommandConfig):
     """Write the ONNX twin <stem>.onnx of a Keras model (original O'TRAIN .h5 models included).
 
     The twin (normalisation and calibration layers included) is checked against the Keras model
-    on --cube before it is written: P(real) must agree within 1e-5. The check is recorded in
+    on --cube before it is written: P(real) must agree within --tolerance (1e-5). The check is recorded in
     the model card (<model>.card.json, created for a model without one). otrain-infer and the
     other scoring commands then score with ONNX Runtime. With --quantize int8, an int8 model
     <stem>.int8.onnx is written too: ONNX Runtime's static quantisation, calibrated on a sample
@@ -1760,6 +1766,11 @@ class ExportConfig(CommandConfig):
         "Datacube (.npz) on which the twin must agree with the model (and on which int8 is judged). Default: the "
         "training's test set (test_set/datacube/cube_test.npz beside the model); without one, 256 seeded random "
         "cutouts (int8 then needs --cube).",
+    )
+    tolerance: Annotated[float, AfterValidator(_parity_tolerance)] = option(
+        1e-5,
+        "Largest difference of P(real) allowed between the model and its twin on --cube. A model on raw pixels "
+        "(an original O'TRAIN one) can differ by a little more in float32 arithmetic; the card records the value.",
     )
     quantize: Literal["none", "int8"] = option("none", "Also write an int8 model <stem>.int8.onnx.")
     calibration_cube: ExistingFile | None = option(

@@ -79,7 +79,9 @@ def export(config: ExportConfig) -> ExportReport:
 
     model = load_model(config.model)
     cube, pixels, described = _check_cube(config, model)
-    record = export_onnx(model, config.model, pixels, checked_on=described, target=config.twin)
+    record = export_onnx(
+        model, config.model, pixels, checked_on=described, target=config.twin, tolerance=config.tolerance
+    )
     update_card(config.model, onnx=record)
     report = ExportReport(twin=config.twin, record=record)
     if config.quantize == "int8":

@@ -232,6 +232,25 @@ def test_export_an_original_h5_model(workspace: Path, tmp_path: Path) -> None:
     assert_allclose(onnx_table["label1"], keras_table["label1"], atol=1e-5)
 
 
+def test_a_twin_outside_the_tolerance_is_not_written(model_copy: Path) -> None:
+    """The parity check refuses: one line, exit 1, the earlier twin and the card untouched."""
+    card_file = model_copy.with_name("tiny.keras.card.json")
+    before = {path: path.read_bytes() for path in files_under(model_copy.parent)}
+    result = run_command("otrain-export", "--model", str(model_copy), "--no-tracking", "--tolerance", "1e-12")
+    assert result.returncode == 1
+    errors = [line for line in result.stderr.splitlines() if line.startswith("otrain-export: error: ")]
+    assert len(errors) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "the ONNX model's P(real) differs from tiny.keras's by" in errors[0]
+    assert "(tolerance 1e-12); not written" in result.stderr
+    assert {path: path.read_bytes() for path in files_under(model_copy.parent)} == before
+    assert call_main(export_main, "--model", model_copy, "--no-tracking", "--tolerance", "2e-5") == 0
+    assert json.loads(card_file.read_text())["onnx"]["parity"]["tolerance"] == 2e-5
+    bad = run_command("otrain-export", "--model", str(model_copy), "--tolerance", "0")
+    assert bad.returncode == 2
+    assert "--tolerance: must be in (0, 0.5), got 0.0" in bad.stderr
+
+
 def test_export_never_replaces_an_onnx_file_it_did_not_write(model_copy: Path, tmp_path: Path) -> None:
     foreign = model_copy.with_suffix(".onnx")
     foreign.write_bytes(b"someone else's network")
