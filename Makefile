@@ -102,6 +102,7 @@ retrain: $(SETUP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_convert.py
 	$(BIN)/python benchmarks/bench_infer.py
+	$(BIN)/python benchmarks/bench_scoring.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_interrupt.py
 	$(BIN)/python benchmarks/bench_fits.py
