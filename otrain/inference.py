@@ -342,7 +342,6 @@ def infer(config: InferConfig) -> InferenceReport:
             description="scoring cutouts",
             preload=["otrain.inference"],
             chunk_size=config.batch_size,
-            idle_priority=True,
         ):
             for (path, _, _), status in zip(chunk, statuses, strict=True):
                 if status == _EDGE:

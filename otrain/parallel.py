@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import multiprocessing
 import os
@@ -40,15 +39,6 @@ def default_workers() -> int:
     return max(1, cores)
 
 
-def _idle_priority() -> None:
-    """Lower this process to the idle scheduling class (Linux), else to the lowest nice value."""
-    try:
-        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    except (AttributeError, OSError):
-        with contextlib.suppress(OSError):
-            os.nice(19)
-
-
 def _chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -63,7 +53,6 @@ def map_chunks(
     preload: Sequence[str] = (),
     chunk_size: int | None = None,
     window_per_worker: int = 3,
-    idle_priority: bool = False,
 ) -> Iterator[tuple[Sequence[T], R]]:
     """Apply ``function`` to consecutive chunks of ``items``, in parallel, yielding in order.
 
@@ -86,10 +75,6 @@ def map_chunks(
         Items per task; by default about eight tasks per worker, at most 512 items each.
     window_per_worker : int
         Chunks submitted ahead per worker; bounds the memory held by finished results.
-    idle_priority : bool
-        Run the workers at idle priority (:func:`_idle_priority`), so that they use only the
-        CPU time this process leaves: for reading ahead while this process computes on every
-        core, where a worker taking a core would stall the computation's other threads.
 
     Yields
     ------
@@ -110,8 +95,7 @@ def map_chunks(
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(preload))
         n_processes = min(n_workers, -(-len(items) // chunk_size))
-        initializer = _idle_priority if idle_priority else None
-        pool = ProcessPoolExecutor(max_workers=n_processes, mp_context=context, initializer=initializer)
+        pool = ProcessPoolExecutor(max_workers=n_processes, mp_context=context)
         # A bounded window of chunks in flight: workers read ahead while the caller consumes,
         # and memory does not grow with the number of items.
         pending: deque[tuple[Sequence[T], Future[R]]] = deque()
