@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from otrain.atomic import atomic_path
-from otrain.config import BACKENDS, PREDICT_BATCH, Backend
+from otrain.config import BACKENDS, PARITY_TOLERANCE, PREDICT_BATCH, SOURCE_SHA256, Backend, int8_path, twin_path
 from otrain.errors import DataError, first_line
 from otrain.parallel import default_workers
 
@@ -47,21 +47,8 @@ __all__ = [
 
 logger = logging.getLogger("otrain")
 
-#: Largest difference of P(real) allowed between a model and its ONNX twin.
-PARITY_TOLERANCE = 1e-5
-#: Keys of the twin's ONNX metadata (``metadata_props``).
-SOURCE_SHA256 = "otrain.source_sha256"
+#: The ONNX metadata key naming the Keras file a twin was exported from.
 SOURCE_NAME = "otrain.source"
-
-
-def twin_path(model_file: Path) -> Path:
-    """Return the ONNX twin of a model file: ``<stem>.onnx`` beside it."""
-    return model_file.with_suffix(".onnx")
-
-
-def int8_path(model_file: Path) -> Path:
-    """Return the int8 model of a model file: ``<stem>.int8.onnx`` beside it."""
-    return model_file.with_suffix(".int8.onnx")
 
 
 def file_sha256(path: Path) -> str:
@@ -125,7 +112,6 @@ class OnnxClassifier:
             raise DataError(f"{shown or path}: the ONNX model must output 2 class probabilities (bogus, real)")
         self.cutout_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
         self._input, self._output = inputs[0].name, outputs[0].name
-        self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def predict_on_batch(self, pixels: np.ndarray) -> np.ndarray:
         """Return (P(bogus), P(real)) of a batch of (N, H, W, C) cutouts."""
@@ -142,10 +128,10 @@ def cutout_shape(model: Any) -> tuple[int, int, int]:
     return input_shape_of(model)
 
 
-def _fresh(model_file: Path, onnx_file: Path, sha256: str) -> str:
+def _fresh(model_file: Path, onnx_file: Path, sha256: str, writer: str) -> str:
     """Return why ``onnx_file`` cannot score for ``model_file`` (whose SHA-256 is given); empty when it can."""
     if not onnx_file.is_file():
-        return f"{onnx_file} does not exist (otrain-export --model {model_file} writes it)"
+        return f"{onnx_file} does not exist ({writer} --model {model_file} writes it)"
     import onnx
 
     try:
@@ -153,19 +139,22 @@ def _fresh(model_file: Path, onnx_file: Path, sha256: str) -> str:
     except Exception as error:  # onnx raises DecodeError and others for a damaged file
         return f"{onnx_file}: not a readable ONNX model ({first_line(error)[:200]})"
     if {entry.key: entry.value for entry in proto.metadata_props}.get(SOURCE_SHA256) != sha256:
-        return f"{onnx_file} was exported from another version of {model_file.name} (otrain-export updates it)"
+        return f"{onnx_file} was exported from another version of {model_file.name} ({writer} updates it)"
     return ""
 
 
 def _int8_passed(model_file: Path) -> bool:
-    """Tell whether the model card says its int8 model passed the gates (see :mod:`otrain.quantize`)."""
+    """Tell whether the card says this very int8 file passed its gates (see :mod:`otrain.quantize`)."""
     from otrain.card import read_card
 
     try:
         record = read_card(model_file).get("onnx_int8")
     except DataError:
         return False
-    return isinstance(record, dict) and record.get("default") is True
+    int8 = int8_path(model_file)
+    if not isinstance(record, dict) or record.get("default") is not True or not int8.is_file():
+        return False
+    return record.get("sha256") == file_sha256(int8)
 
 
 def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, Path, str]:
@@ -178,7 +167,8 @@ def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, Pa
     Path
         The file that scores: the Keras model, its twin or its int8 model.
     str
-        When the answer is ``keras`` though the model has a twin: why the twin is not used.
+        A warning for the user when ``auto`` passed over a model file that exists (stale,
+        unreadable, no ONNX Runtime); else empty.
 
     Raises
     ------
@@ -191,21 +181,24 @@ def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, Pa
         raise DataError(f"{model_file}: model file does not exist")
     sha256 = file_sha256(model_file)
     runtime = "" if onnxruntime_available() else "onnxruntime is not installed (pip install onnxruntime)"
+    notes = []
     if backend == "int8" or (backend == "auto" and _int8_passed(model_file)):
         int8 = int8_path(model_file)
-        why = runtime or _fresh(model_file, int8, sha256)
+        why = runtime or _fresh(model_file, int8, sha256, "otrain-export --quantize int8")
         if not why:
             return "int8", int8, ""
         if backend == "int8":
             raise DataError(f"--backend int8: {why}")
-        logger.warning("not scoring with the int8 model: %s", why)
+        notes.append(f"not scoring with the int8 model: {why}")
     twin = twin_path(model_file)
-    why = runtime or _fresh(model_file, twin, sha256)
+    why = runtime or _fresh(model_file, twin, sha256, "otrain-export")
     if not why:
-        return "onnx", twin, ""
+        return "onnx", twin, "; ".join(notes)
     if backend == "onnx":
         raise DataError(f"--backend onnx: {why}")
-    return "keras", model_file, why if twin.exists() else ""
+    if twin.exists():
+        notes.append(f"scoring with Keras: {why}")
+    return "keras", model_file, "; ".join(notes)
 
 
 def load_classifier(model_file: Path, backend: Backend = "auto", threads: int | None = None) -> tuple[Any, str]:
@@ -236,12 +229,12 @@ def load_classifier(model_file: Path, backend: Backend = "auto", threads: int | 
         When the model cannot be read, or ``onnx``/``int8`` is asked for and its file is
         missing, stale or unreadable, or ONNX Runtime is not installed.
     """
-    chosen, path, why = choose_backend(model_file, backend)
+    chosen, path, note = choose_backend(model_file, backend)
+    if note:
+        logger.warning("%s", note)
     if chosen != "keras":
         logger.debug("scoring with ONNX Runtime: %s", path)
         return OnnxClassifier(path, threads=threads), chosen
-    if why:
-        logger.warning("scoring with Keras: %s", why)
     from otrain.model import load_model
 
     return load_model(model_file), "keras"
@@ -310,6 +303,7 @@ def export_onnx(
     checked_on: str = "cube",
     target: Path | None = None,
     tolerance: float = PARITY_TOLERANCE,
+    source_sha256: str | None = None,
 ) -> dict[str, Any]:
     """Write the ONNX twin of a saved Keras model, after checking it gives the model's P(real).
 
@@ -329,6 +323,9 @@ def export_onnx(
         The twin; default :func:`twin_path`.
     tolerance : float
         Largest difference of P(real) allowed (default :data:`PARITY_TOLERANCE`).
+    source_sha256 : str, optional
+        The SHA-256 of ``model_file`` when ``model`` was loaded from it: taken before loading,
+        so that a file replaced meanwhile never gets a twin of other weights.
 
     Returns
     -------
@@ -349,7 +346,7 @@ def export_onnx(
     from otrain.scoring import predict
 
     target = target or twin_path(model_file)
-    source_sha256 = file_sha256(model_file)
+    source_sha256 = source_sha256 or file_sha256(model_file)
     if reference is None:
         reference = predict(model, pixels)
     with atomic_path(target) as temporary:

@@ -30,6 +30,8 @@ from otrain.outputs import Output, check_outputs, is_same_file
 __all__ = [
     "COMMAND_CONFIGS",
     "PARAMS_SECTIONS",
+    "PARITY_TOLERANCE",
+    "SOURCE_SHA256",
     "CheckInferConfig",
     "CheckParamsConfig",
     "Cluster",
@@ -54,8 +56,10 @@ __all__ = [
     "TrainingOptions",
     "card_file",
     "cluster_from_environment",
+    "int8_path",
     "option",
     "relabel_output_files",
+    "twin_path",
     "validate_params",
 ]
 
@@ -1731,15 +1735,24 @@ class GradCamConfig(CommandConfig):
 
 #: Cutouts of the training cube that calibrate an int8 model's activation ranges, by default.
 INT8_CALIBRATION_CUTOUTS = 512
-#: The ONNX metadata key every ONNX file otrain writes carries (see otrain.backends).
-ONNX_SIGNATURE = ("otrain.source_sha256",)
+#: The ONNX metadata key of every ONNX file otrain writes: the SHA-256 of the Keras file it is the twin of.
+SOURCE_SHA256 = "otrain.source_sha256"
+#: Largest difference of P(real) allowed between a model and its ONNX twin, by default.
+PARITY_TOLERANCE = 1e-5
 
 
-def _twin_of(model_file: Path, suffix: str) -> Path:
-    return model_file.with_suffix(suffix)
+def twin_path(model_file: Path) -> Path:
+    """Return the ONNX twin of a model file: ``<stem>.onnx`` beside it."""
+    return model_file.with_suffix(".onnx")
+
+
+def int8_path(model_file: Path) -> Path:
+    """Return the int8 model of a model file: ``<stem>.int8.onnx`` beside it."""
+    return model_file.with_suffix(".int8.onnx")
 
 
 def _parity_tolerance(value: float) -> float:
+    """Check a parity tolerance: a difference of probabilities, in (0, 0.5)."""
     if not 0 < value < 0.5:
         raise ValueError(f"must be in (0, 0.5), got {value}")
     return value
@@ -1768,7 +1781,7 @@ class ExportConfig(CommandConfig):
         "cutouts (int8 then needs --cube).",
     )
     tolerance: Annotated[float, AfterValidator(_parity_tolerance)] = option(
-        1e-5,
+        PARITY_TOLERANCE,
         "Largest difference of P(real) allowed between the model and its twin on --cube. A model on raw pixels "
         "(an original O'TRAIN one) can differ by a little more in float32 arithmetic; the card records the value.",
     )
@@ -1790,9 +1803,18 @@ class ExportConfig(CommandConfig):
     def _check(self) -> ExportConfig:
         if self.model.suffix not in (".keras", ".h5", ".hdf5"):
             raise ValueError(f"--model: {str(self.model)!r} is not a Keras model file (.keras or .h5)")
-        planned = [Output(self.twin, "onnx", ONNX_SIGNATURE)]
+        if self.quantize == "none":
+            for name in ("calibration_cube", "calibration_size"):
+                if name in self.model_fields_set:
+                    raise ValueError(f"{self.flag_of(name)}: only with --quantize int8")
+        planned = [Output(self.twin, "onnx", (SOURCE_SHA256,))]
         if self.quantize == "int8":
-            planned.append(Output(self.int8_twin, "onnx", ONNX_SIGNATURE))
+            planned.append(Output(self.int8_twin, "onnx", (SOURCE_SHA256,)))
+        if self.calibration_cube is not None and self.calibration_cube.resolve() == self.check_cube.resolve():
+            raise ValueError(
+                f"--calibration-cube: {str(self.calibration_cube)!r} is the cube the int8 model is judged on; "
+                "calibrate on training cutouts"
+            )
         if self.quantize == "int8" and not self.check_cube.is_file():
             raise ValueError(
                 f"--quantize: int8 is judged on a labelled cube and {str(self.model)!r} has no test set beside it "
@@ -1810,12 +1832,12 @@ class ExportConfig(CommandConfig):
     @property
     def twin(self) -> Path:
         """The float ONNX twin: <stem>.onnx beside the model."""
-        return _twin_of(self.model, ".onnx")
+        return twin_path(self.model)
 
     @property
     def int8_twin(self) -> Path:
         """The int8 model: <stem>.int8.onnx beside the model."""
-        return _twin_of(self.model, ".int8.onnx")
+        return int8_path(self.model)
 
     def output_folders(self) -> list[Path]:
         """Return the model's folder."""

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from otrain.backends import export_onnx
+from otrain.backends import export_onnx, file_sha256
 from otrain.card import update_card
 from otrain.config import ExportConfig, card_file
 from otrain.datacube import Datacube
@@ -77,17 +77,27 @@ def export(config: ExportConfig) -> ExportReport:
     """
     from otrain.model import load_model
 
+    source_sha256 = file_sha256(config.model)  # before loading: the twin is of these very bytes
     model = load_model(config.model)
     cube, pixels, described = _check_cube(config, model)
+    quantizing = None
+    if config.quantize == "int8":  # every input of the int8 model read before anything is written
+        from otrain.quantize import prepare_int8, quantize_int8
+
+        quantizing = prepare_int8(config, model, cube)
     record = export_onnx(
-        model, config.model, pixels, checked_on=described, target=config.twin, tolerance=config.tolerance
+        model,
+        config.model,
+        pixels,
+        checked_on=described,
+        target=config.twin,
+        tolerance=config.tolerance,
+        source_sha256=source_sha256,
     )
     update_card(config.model, onnx=record)
     report = ExportReport(twin=config.twin, record=record)
-    if config.quantize == "int8":
-        from otrain.quantize import quantize_int8
-
-        report.int8_record = quantize_int8(config, model, cube, pixels)
+    if quantizing is not None:
+        report.int8_record = quantize_int8(config, quantizing, pixels)
         report.int8 = config.int8_twin
         update_card(config.model, onnx_int8=report.int8_record)
     if config.tracking:

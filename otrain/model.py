@@ -413,9 +413,9 @@ def save_mlflow_model(
 
         from otrain.backends import restamp_twin
 
-        keras_file = next((path / "data").glob("model.*"))
+        keras_file = path / "data" / "model.keras"  # where MLflow's Keras flavour saves a Keras 3 model
         restamp_twin(onnx_file, keras_file)
-        flavor = {"onnx_version": onnx.__version__, "data": f"data/{keras_file.stem}.onnx"}
+        flavor = {"onnx_version": onnx.__version__, "data": "data/model.onnx"}
         description.add_flavor("onnx", providers=["CPUExecutionProvider"], **flavor)
     description.save(str(path / "MLmodel"))
     return path

@@ -19,6 +19,7 @@ import contextlib
 import io
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +27,12 @@ import numpy as np
 
 from otrain.backends import OnnxClassifier, _stamp, file_sha256
 from otrain.card import read_card
-from otrain.config import ExportConfig, card_threshold
+from otrain.config import ExportConfig, card_file, card_threshold
 from otrain.datacube import Datacube, stratified_split
 from otrain.errors import DataError, first_line
 from otrain.scoring import fit_to_model, predict
 
-__all__ = ["INT8_GATES", "QUANTISED_OPERATORS", "quantize_int8"]
+__all__ = ["INT8_GATES", "QUANTISED_OPERATORS", "Int8Inputs", "prepare_int8", "quantize_int8"]
 
 logger = logging.getLogger("otrain")
 
@@ -54,14 +55,29 @@ def _training_rows(cube: Datacube, card: dict[str, Any]) -> tuple[np.ndarray, st
     return np.arange(len(cube.labels)), "all rows"
 
 
+def _calibration_cube(config: ExportConfig, card: dict[str, Any]) -> Path:
+    """Return the cube whose cutouts calibrate: --calibration-cube, else the training cube the card names."""
+    if config.calibration_cube is not None:
+        return config.calibration_cube
+    named = card.get("cube")
+    if not named:
+        raise DataError(
+            f"{card_file(config.model)}: the card names no training cube to calibrate the int8 model on; "
+            "give --calibration-cube"
+        )
+    if not Path(named).is_file():
+        raise DataError(
+            f"{named}: the training cube the model card names is not there (run from the training's working "
+            "folder, or give --calibration-cube)"
+        )
+    if Path(named).resolve() == config.check_cube.resolve():
+        raise DataError(f"{named}: the card's training cube is the cube int8 is judged on; give --calibration-cube")
+    return Path(named)
+
+
 def _calibration_pixels(config: ExportConfig, model: Any, card: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]]:
     """Return a seeded sample of the calibration cube's (training) rows, fitted to the model, and its record."""
-    if config.calibration_cube is not None:
-        path = config.calibration_cube
-    elif card.get("cube") and Path(card["cube"]).is_file():
-        path = Path(card["cube"])
-    else:
-        path = config.check_cube
+    path = _calibration_cube(config, card)
     cube = Datacube.load(path)
     rows, which = _training_rows(cube, card)
     rng = np.random.default_rng(config.seed)
@@ -73,6 +89,36 @@ def _calibration_pixels(config: ExportConfig, model: Any, card: dict[str, Any]) 
     return pixels, {"cube": str(path), "rows": which, "cutouts": len(chosen), "seed": config.seed}
 
 
+@dataclass(frozen=True)
+class Int8Inputs:
+    """What the int8 model needs, read before otrain-export writes anything."""
+
+    calibration: np.ndarray
+    calibration_record: dict[str, Any]
+    labels: np.ndarray
+    threshold: float
+
+
+def prepare_int8(config: ExportConfig, model: Any, cube: Datacube | None) -> Int8Inputs:
+    """Read the calibration sample, the labels and the card's threshold; refuse bad inputs before writing.
+
+    Raises
+    ------
+    DataError
+        Without a labelled cube, without a training cube to calibrate on (or when it is the
+        judged cube), or when the card's threshold or a cube cannot be read.
+    """
+    if cube is None:  # ExportConfig refuses this; a cube that vanished since is data
+        raise DataError(f"{config.check_cube}: --quantize int8 needs this labelled cube to judge the int8 model")
+    card = read_card(config.model)
+    try:
+        threshold = card_threshold(config.model)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+    calibration, record = _calibration_pixels(config, model, card)
+    return Int8Inputs(calibration=calibration, calibration_record=record, labels=cube.labels, threshold=threshold)
+
+
 class _Reader:
     """ONNX Runtime's calibration data reader: the calibration cutouts, in batches of equal size."""
 
@@ -81,6 +127,7 @@ class _Reader:
         self._batches = iter([{name: pixels[start : start + batch]} for start in range(0, len(pixels), batch)])
 
     def get_next(self) -> dict[str, np.ndarray] | None:
+        """Return the next batch, None after the last."""
         return next(self._batches, None)
 
 
@@ -117,24 +164,23 @@ def _quantise(twin: Path, target: Path, pixels: np.ndarray) -> None:
 
 
 def _roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
+    """ROC AUC of P(real) against the labels; NaN when one class is missing."""
     from sklearn.metrics import roc_auc_score
 
     return float(roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else float("nan")
 
 
-def quantize_int8(config: ExportConfig, model: Any, cube: Datacube | None, pixels: np.ndarray) -> dict[str, Any]:
+def quantize_int8(config: ExportConfig, inputs: Int8Inputs, pixels: np.ndarray) -> dict[str, Any]:
     """Write ``<stem>.int8.onnx`` from the float twin and judge it on the check cube.
 
     Parameters
     ----------
     config : ExportConfig
         Options of otrain-export (the twin is written already).
-    model : keras.Model
-        The Keras model (for its input shape).
-    cube : Datacube or None
-        The labelled cube of the checks; None when there is none.
+    inputs : Int8Inputs
+        The calibration sample, the labels and the threshold (:func:`prepare_int8`).
     pixels : numpy.ndarray
-        Its cutouts, fitted to the model.
+        The check cube's cutouts, fitted to the model.
 
     Returns
     -------
@@ -146,15 +192,11 @@ def quantize_int8(config: ExportConfig, model: Any, cube: Datacube | None, pixel
     Raises
     ------
     DataError
-        Without a labelled cube, or when quantisation fails; nothing is written then.
+        When quantisation fails; the int8 model is not written then.
     """
     from otrain.atomic import atomic_path
 
-    if cube is None:  # ExportConfig refuses this; a cube that vanished since is data
-        raise DataError(f"{config.check_cube}: --quantize int8 needs this labelled cube to judge the int8 model")
-    card = read_card(config.model)
-    calibration, calibration_record = _calibration_pixels(config, model, card)
-    threshold = card_threshold(config.model)
+    threshold, calibration = inputs.threshold, inputs.calibration
     float_p = predict(OnnxClassifier(config.twin), pixels)
     with atomic_path(config.int8_twin) as temporary:
         try:
@@ -162,7 +204,7 @@ def quantize_int8(config: ExportConfig, model: Any, cube: Datacube | None, pixel
         except Exception as error:  # onnxruntime.quantization raises many types
             raise DataError(f"{config.int8_twin}: quantisation failed ({first_line(error)[:300]})") from None
         int8_p = predict(OnnxClassifier(temporary, shown=config.int8_twin), pixels)
-    labels = cube.labels
+    labels = inputs.labels
     auc_float, auc_int8 = _roc_auc(labels, float_p), _roc_auc(labels, int8_p)
     evaluation = {
         "cube": str(config.check_cube),
@@ -186,7 +228,7 @@ def quantize_int8(config: ExportConfig, model: Any, cube: Datacube | None, pixel
         "method": "ONNX Runtime static quantisation (QOperator): int8 weights per channel, uint8 activations "
         "(percentile ranges), first convolution in float",
         "operators": list(QUANTISED_OPERATORS),
-        "calibration": calibration_record,
+        "calibration": inputs.calibration_record,
         "evaluation": evaluation,
         "gates": INT8_GATES,
         "default": passes,

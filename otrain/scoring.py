@@ -4,7 +4,7 @@ Every command that judges a model on a cube (otrain-diagnostics, otrain-plot-res
 otrain-grad-cam, the promotion gate of otrain-promote, and the test metrics of otrain-train)
 goes through here, so they all crop the same way (:func:`otrain.cutouts.crop_center`, as
 otrain-convert does), predict in the same batches, and call the same candidates true or false
-positives. The model is the Keras one or its ONNX twin (:mod:`otrain.backends`): both have
+positives. The model is the Keras one, its ONNX twin or its int8 model (:mod:`otrain.backends`): all have
 ``predict_on_batch``.
 
 The decision rule is the original one: a candidate is real when P(real) > threshold.

@@ -8,7 +8,7 @@ centre crops gives the single crop otrain-infer makes), and non-finite pixels ar
 when scoring, over the model-sized crop, as otrain-infer does.
 
 The model is resolved on the driver (an MLflow URI is downloaded), and what scores is chosen there
-(``--backend``, :func:`otrain.backends.choose_backend`): the Keras file or its ONNX twin is
+(``--backend``, :func:`otrain.backends.choose_backend`): the Keras file, its ONNX twin or its int8 model is
 shipped to the executors with ``SparkContext.addFile`` and loaded once per Python worker (Spark
 reuses its Python workers), with TensorFlow's thread pools or ONNX Runtime's intra-op threads
 sized to the task's cores (``spark.task.cpus``). With the twin, neither the driver nor the
@@ -714,7 +714,7 @@ def _write_table(output: Path, table: Path, threshold: float) -> int:
 
 
 #: Builds the column function giving P(real) of the flattened pixels column: (spark session,
-#: the local file the executors load (the Keras model or its ONNX twin), model input shape,
+#: the local file the executors load (the Keras model, its ONNX twin or its int8 model), model input shape,
 #: options) -> column function.
 Scorer = Callable[[Any, Path, tuple[int, int, int], InferSparkConfig], Any]
 
@@ -768,14 +768,14 @@ def infer_spark(
 def _choose_backend(model_file: Path, config: InferSparkConfig) -> tuple[str, Path]:
     """Choose what scores with the resolved model file, and the file to ship; an error names an MLflow URI."""
     try:
-        backend, shipped, why = choose_backend(model_file, config.backend)
+        backend, shipped, note = choose_backend(model_file, config.backend)
     except DataError as error:
         if not _is_mlflow_uri(config.model):
             raise
         # The twin of a downloaded model is data/model.onnx in a scratch folder: name it in the URI.
         raise DataError(str(error).replace(str(model_file.parent.parent), config.model.rstrip("/"))) from None
-    if why:
-        logger.warning("scoring with Keras: %s", why)
+    if note:
+        logger.warning("%s", note)
     return backend, shipped
 
 
@@ -907,7 +907,7 @@ def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, in
     spark : pyspark.sql.SparkSession
         The session (the model file has been added with ``SparkContext.addFile``).
     model_file : Path
-        The file the executors load (the Keras model or its ONNX twin), on the driver; executors
+        The file the executors load (the Keras model, its ONNX twin or its int8 model), on the driver; executors
         find it by name with ``SparkFiles.get``.
     shape : tuple of int
         The model's (H, W, C) input.

@@ -228,7 +228,8 @@ def test_scoring_commands_choose_their_backend(files: dict[str, Path], model: ty
     assert model.model_validate(options).backend == "auto"  # type: ignore[attr-defined]
     for backend in cfg.BACKENDS:
         assert model.model_validate({**options, "backend": backend}).backend == backend  # type: ignore[attr-defined]
-    with pytest.raises(ValidationError, match="Input should be 'auto', 'keras' or 'onnx'"):
+    *others, last = (f"'{name}'" for name in cfg.BACKENDS)
+    with pytest.raises(ValidationError, match=f"Input should be {', '.join(others)} or {last}"):
         model.model_validate({**options, "backend": "tflite"})
     assert model.flag_of("backend") == "--backend"
 
