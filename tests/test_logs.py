@@ -55,18 +55,18 @@ def test_training_and_scoring_print_no_tensorflow_log_lines(tmp_path: Path) -> N
     )
     assert train.returncode == 0, train.stderr
     model = tmp_path / "models" / "CNN_training" / "m" / "m.keras"
-    infer = subprocess.run(
-        [BIN / "otrain-infer", "--cutouts", cutouts / "true", "--model", model, "--output", tmp_path / "scores.dat"],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    scoring = [BIN / "otrain-infer", "--cutouts", cutouts / "true", "--model", model, "--output", tmp_path / "s.dat"]
+    infer = subprocess.run([*scoring, "--backend", "keras"], capture_output=True, text=True, env=env)
     assert infer.returncode == 0, infer.stderr
+    onnx = subprocess.run([*scoring, "--overwrite"], capture_output=True, text=True, env=env)
+    assert onnx.returncode == 0, onnx.stderr
     assert tensorflow_lines(train.stderr) == []
     assert tensorflow_lines(infer.stderr) == []
+    assert tensorflow_lines(onnx.stderr) == []
     # otrain's own messages still reach standard error.
     assert "otrain-train: info: training on the CPU" in train.stderr
     assert "otrain-infer: info: TensorFlow" in infer.stderr
+    assert "TensorFlow" not in onnx.stderr  # its ONNX twin scores: TensorFlow is not even imported
 
 
 # Writes to file descriptor 2 inside filter_native_logs as TensorFlow's libraries do, then ends

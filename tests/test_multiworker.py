@@ -165,6 +165,7 @@ def test_two_workers_train_one_model_written_by_the_chief_alone(
     expected = {
         "two.keras",
         "two.keras.card.json",
+        "two.onnx",
         "history.csv",
         "metrics.json",
         "mlflow_run.json",
@@ -178,6 +179,7 @@ def test_two_workers_train_one_model_written_by_the_chief_alone(
 
     card = json.loads((folder / "two.keras.card.json").read_text())
     assert card["workers"] == 2
+    assert card["onnx"]["parity"]["max_abs_diff_p_real"] <= 1e-5  # the chief wrote the twin, checked
     assert card["batch_size_used"] == batch
     runs = runs_in(tracking_uri)
     assert len(runs) == 1
