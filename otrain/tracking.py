@@ -4,10 +4,12 @@ The tracking URI is ``MLFLOW_TRACKING_URI`` when set, else the one given in the 
 else ``sqlite:///mlflow.db``. A relative SQLite path is taken from the root of the DVC
 repository when a command runs as a DVC stage (``DVC_ROOT``, which DVC points at the main
 repository also for queued and ``--temp`` experiments, whose stages run in a temporary copy),
-else from the working directory: every experiment logs into the same store. A training opens one run and writes its
-id to ``mlflow_run.json`` beside the model, so that later commands (other processes of a DVC
-pipeline) log into the same run. A run whose command fails is marked FAILED (KILLED on
-Ctrl-C), never left RUNNING.
+else from the working directory: every experiment logs into the same store. An experiment created in a
+SQLite store keeps its artifacts in ``mlruns/`` beside the database file, wherever the command runs
+(MLflow's own default is ``./mlruns`` in the working directory of whichever command created it).
+A training opens one run and writes its id to ``mlflow_run.json`` beside the model, so that
+later commands (other processes of a DVC pipeline) log into the same run. A run whose command
+fails is marked FAILED (KILLED on Ctrl-C), never left RUNNING.
 """
 
 from __future__ import annotations
@@ -292,6 +294,38 @@ def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(previous)
 
 
+def sqlite_artifact_root(tracking_uri: str) -> str | None:
+    """Return the artifact root of a new experiment in a SQLite store: ``mlruns/`` beside the database file.
+
+    Parameters
+    ----------
+    tracking_uri : str
+        A tracking URI.
+
+    Returns
+    -------
+    str or None
+        A ``file:`` URI, or None when the store is not a SQLite file (MLflow's default applies).
+    """
+    prefix = "sqlite:///"
+    if not tracking_uri.startswith(prefix):
+        return None
+    database = tracking_uri[len(prefix) :].split("?", 1)[0]
+    if not database or database == ":memory:":
+        return None
+    return (Path(database).absolute().parent / "mlruns").as_uri()
+
+
+def _experiment_id(mlflow: Any, tracking_uri: str, experiment: str) -> str:
+    if mlflow.get_experiment_by_name(experiment) is None:
+        try:
+            mlflow.create_experiment(experiment, artifact_location=sqlite_artifact_root(tracking_uri))
+        except mlflow.exceptions.MlflowException:
+            if mlflow.get_experiment_by_name(experiment) is None:  # not created meanwhile by another process
+                raise
+    return mlflow.set_experiment(experiment).experiment_id
+
+
 @contextmanager
 def _run(
     mlflow: Any,
@@ -303,7 +337,7 @@ def _run(
 ) -> Iterator[RunInfo]:
     if run_id is None:
         parent = mlflow.active_run()
-        experiment_id = parent.info.experiment_id if parent else mlflow.set_experiment(experiment).experiment_id
+        experiment_id = parent.info.experiment_id if parent else _experiment_id(mlflow, tracking_uri, experiment)
         run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=parent is not None)
     else:
         run = mlflow.start_run(run_id=run_id)

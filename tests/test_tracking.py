@@ -69,6 +69,37 @@ def test_a_run_can_be_resumed_by_id(tmp_path: Path) -> None:
     assert stored.info.status == "FINISHED"
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, relative: bool
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    store, elsewhere = tmp_path / "store", tmp_path / "elsewhere"
+    store.mkdir()
+    elsewhere.mkdir()
+    database = store / "mlflow.db"
+    if relative:
+        monkeypatch.chdir(store)
+        uri = "sqlite:///mlflow.db"
+    else:
+        monkeypatch.chdir(elsewhere)
+        uri = f"sqlite:///{database}"
+    note = tmp_path / "note.txt"
+    note.write_text("logged\n")
+    with open_run(uri, "tests") as first:
+        mlflow.log_artifact(str(note))
+    monkeypatch.chdir(elsewhere)  # a later command elsewhere logs into the same experiment
+    with open_run(f"sqlite:///{database}", "tests") as second:
+        mlflow.log_artifact(str(note))
+    client = MlflowClient(f"sqlite:///{database}")
+    for run in (first, second):
+        assert (store / "mlruns" / run.run_id / "artifacts" / "note.txt").read_text() == "logged\n"
+    assert client.get_experiment(first.experiment_id).artifact_location == (store / "mlruns").as_uri()
+    assert not any(elsewhere.iterdir())
+
+
 def test_a_store_that_cannot_be_used_is_an_option_error() -> None:
     with pytest.raises(OptionError, match="cannot use MLflow tracking store postgresql://"):
         check_tracking_uri("postgresql://nobody@127.0.0.1:9/none")
