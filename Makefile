@@ -81,17 +81,28 @@ docker-test: $(STAMP)
 
 # Needs a running engine (DOCKER_HOST is honoured). Without access to Docker Hub the base image
 # is a local Debian one built with debootstrap (docker/base-image.sh).
+# Each build leaves the image it replaces, and its stages, untagged: 2 to 4 GB a time. After a
+# build, the untagged images that otrain's Dockerfiles made (label io.otrain.stage) are pruned,
+# nothing else; the deps stage is tagged ($(IMAGE)-deps) so that it stays the next build's cache.
+PRUNE_UNTAGGED := docker image prune --force --filter label=io.otrain.stage >/dev/null
 docker-image:
 	base=$(or $(BASE_IMAGE),$$(docker/base-image.sh)) && \
+		docker build --network host --build-arg BASE_IMAGE=$$base -f docker/Dockerfile --target deps \
+			-t $(IMAGE)-deps . && \
 		docker build --network host --build-arg BASE_IMAGE=$$base -f docker/Dockerfile -t $(IMAGE) .
+	$(PRUNE_UNTAGGED)
 
 # The CPU image plus Java and pyspark, for otrain-infer-spark (docker/Dockerfile.spark).
 docker-image-spark: docker-image
 	docker build --network host --build-arg OTRAIN_IMAGE=$(IMAGE) -f docker/Dockerfile.spark -t $(SPARK_IMAGE) .
+	$(PRUNE_UNTAGGED)
 
 docker-image-gpu:
 	docker build --network host $(if $(GPU_BASE_IMAGE),--build-arg BASE_IMAGE=$(GPU_BASE_IMAGE)) \
+		-f docker/Dockerfile.gpu --target deps -t $(GPU_IMAGE)-deps .
+	docker build --network host $(if $(GPU_BASE_IMAGE),--build-arg BASE_IMAGE=$(GPU_BASE_IMAGE)) \
 		-f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
+	$(PRUNE_UNTAGGED)
 
 # Retraining, as .github/workflows/retrain.yml runs it (tests/test_pipeline.py runs it too):
 # scripts/retrain.sh, configured by the environment: DVC_REMOTE_URL (DVC_REMOTE_USER,

@@ -102,6 +102,15 @@ def test_image_runs_as_a_fixed_non_root_user(docker_env: dict[str, str], image: 
     assert f"uid={IMAGE_UID}(otrain)" in ids
 
 
+def test_builds_leave_no_untagged_images_of_their_own(docker_env: dict[str, str], image: str) -> None:
+    """The wheel stage (and any image a rebuild replaced) is pruned; the deps stage stays tagged as the cache."""
+    untagged = docker(docker_env, "images", "--quiet", "--filter", "dangling=true", "--filter", "label=io.otrain.stage")
+    assert untagged.stdout.strip() == ""
+    label = '{{index .Config.Labels "io.otrain.stage"}}'
+    stage = docker(docker_env, "image", "inspect", "--format", label, f"{image}-deps")
+    assert stage.stdout.strip() == "deps"
+
+
 def test_image_has_the_tools_and_no_compilers_or_caches(docker_env: dict[str, str], image: str) -> None:
     probe = (
         "for tool in otrain-train otrain-infer otrain-simulate dvc mlflow git make; do command -v $tool; done; "
@@ -188,10 +197,13 @@ def test_commands_log_the_gpus_tensorflow_sees(pipeline_folder: tuple[Path, int,
 def test_the_spark_image_scores_the_night_as_otrain_infer_did(
     docker_env: dict[str, str], pipeline_folder: tuple[Path, int, subprocess.CompletedProcess]
 ) -> None:
-    """otrain:spark (docker/Dockerfile.spark) runs otrain-infer-spark on local[2], network off."""
-    build = ["build", "--network", "host", "--build-arg", f"OTRAIN_IMAGE={IMAGE}", "-f", "docker/Dockerfile.spark"]
+    """otrain:spark (`make docker-image-spark`) runs otrain-infer-spark on local[2], network off."""
     result = subprocess.run(
-        ["docker", *build, "-t", "otrain:spark", "."], cwd=ROOT, capture_output=True, text=True, env=docker_env
+        ["make", "docker-image-spark", f"IMAGE={IMAGE}", "SPARK_IMAGE=otrain:spark"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=docker_env,
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     source = pipeline_folder[0]
