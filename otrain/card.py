@@ -14,7 +14,7 @@ from otrain.atomic import write_json_atomic
 from otrain.config import card_file
 from otrain.errors import DataError, first_line
 
-__all__ = ["card_planes", "read_card", "update_card"]
+__all__ = ["card_planes", "read_card", "split_record", "update_card"]
 
 
 def read_card(model_file: Path) -> dict[str, Any]:
@@ -65,3 +65,31 @@ def card_planes(model_file: Path) -> tuple[str, ...] | None:
     if not isinstance(planes, list) or not all(isinstance(name, str) and name for name in planes):
         raise DataError(f"{card_file(model_file)}: 'planes' must be a list of plane names, got {planes!r}")
     return tuple(planes)
+
+
+def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
+    """Return the record of a training's split from its model card.
+
+    Parameters
+    ----------
+    card : dict
+        A model card; cards of older otrain, without a ``split`` entry, are read from their
+        parameters and data hash.
+
+    Returns
+    -------
+    dict or None
+        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``; None when the
+        card does not say.
+    """
+    if "split" in card:
+        return card["split"]
+    params = card.get("params") or {}
+    if not {"seed", "frac", "test_frac"} <= set(params) or "data_hash" not in card:
+        return None
+    return {
+        "method": "stratified",
+        "cube": card.get("cube"),
+        "data_hash": card["data_hash"],
+        **{key: params[key] for key in ("seed", "frac", "test_frac")},
+    }

@@ -18,13 +18,14 @@ import zipfile
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from otrain.atomic import atomic_path
 from otrain.errors import DataError, first_line
 
-__all__ = ["NPZ_KEYS", "Datacube", "Split", "balanced_counts", "choose_rows", "stratified_split"]
+__all__ = ["NPZ_KEYS", "Datacube", "Split", "balanced_counts", "choose_rows", "recorded_split", "stratified_split"]
 
 logger = logging.getLogger("otrain")
 
@@ -427,3 +428,27 @@ def stratified_split(labels: np.ndarray, validation_frac: float, test_frac: floa
         parts["train"].append(rows[n_validation + n_test :])
     joined = {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
     return Split(**joined)
+
+
+def recorded_split(record: dict[str, Any] | None, cube: Datacube) -> Split | None:
+    """Recompute the split a training made of ``cube`` from its record (a model card's ``split``).
+
+    Parameters
+    ----------
+    record : dict or None
+        ``method``, ``data_hash``, ``seed``, ``frac`` and ``test_frac`` of the training's split.
+    cube : Datacube
+        The cube, checked against the record's ``data_hash``.
+
+    Returns
+    -------
+    Split or None
+        The training's split of ``cube``; None when there is no record, when the split was not
+        stratified (a hand-made one cannot be recomputed), or when it was made of another cube.
+    """
+    keys = ("seed", "frac", "test_frac")
+    if not record or record.get("method") != "stratified" or not all(key in record for key in keys):
+        return None
+    if record.get("data_hash") != cube.content_hash():
+        return None
+    return stratified_split(cube.labels, record["frac"], record["test_frac"], record["seed"])

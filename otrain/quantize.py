@@ -26,10 +26,11 @@ from typing import Any
 import numpy as np
 
 from otrain.backends import OnnxClassifier, _stamp, file_sha256
-from otrain.card import read_card
+from otrain.card import read_card, split_record
 from otrain.config import ExportConfig, card_file, card_threshold
-from otrain.datacube import Datacube, stratified_split
+from otrain.datacube import Datacube, recorded_split
 from otrain.errors import DataError, first_line
+from otrain.evaluation import binary_metrics
 from otrain.scoring import fit_to_model, predict
 
 __all__ = ["INT8_GATES", "QUANTISED_OPERATORS", "Int8Inputs", "prepare_int8", "quantize_int8"]
@@ -46,12 +47,9 @@ QUANTISED_OPERATORS = ("Conv", "MatMul", "Gemm", "MaxPool", "AveragePool", "Relu
 
 def _training_rows(cube: Datacube, card: dict[str, Any]) -> tuple[np.ndarray, str]:
     """Return the rows of ``cube`` a model was trained on, when its card's split applies to this cube."""
-    split = card.get("split") or {}
-    keys = ("seed", "frac", "test_frac")
-    recomputable = split.get("method") == "stratified" and all(key in split for key in keys)
-    if recomputable and split.get("data_hash") == cube.content_hash():
-        rows = stratified_split(cube.labels, split["frac"], split["test_frac"], split["seed"]).train
-        return np.asarray(rows), "training rows"
+    split = recorded_split(split_record(card), cube)
+    if split is not None:
+        return np.asarray(split.train), "training rows"
     return np.arange(len(cube.labels)), "all rows"
 
 
@@ -131,7 +129,7 @@ class _Reader:
         return next(self._batches, None)
 
 
-def _quantise(twin: Path, target: Path, pixels: np.ndarray) -> None:
+def _quantise(twin: Path, target: Path, pixels: np.ndarray) -> str:
     """Quantise ``twin`` into ``target``, calibrated on ``pixels``."""
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -161,13 +159,7 @@ def _quantise(twin: Path, target: Path, pixels: np.ndarray) -> None:
     _stamp(proto, Path(source["otrain.source"]), source["otrain.source_sha256"])
     proto.metadata_props.add(key="otrain.precision", value="int8")
     onnx.save(proto, str(target))
-
-
-def _roc_auc(labels: np.ndarray, probabilities: np.ndarray) -> float:
-    """ROC AUC of P(real) against the labels; NaN when one class is missing."""
-    from sklearn.metrics import roc_auc_score
-
-    return float(roc_auc_score(labels, probabilities)) if len(np.unique(labels)) == 2 else float("nan")
+    return source["otrain.source_sha256"]
 
 
 def quantize_int8(config: ExportConfig, inputs: Int8Inputs, pixels: np.ndarray) -> dict[str, Any]:
@@ -200,12 +192,13 @@ def quantize_int8(config: ExportConfig, inputs: Int8Inputs, pixels: np.ndarray) 
     float_p = predict(OnnxClassifier(config.twin), pixels)
     with atomic_path(config.int8_twin) as temporary:
         try:
-            _quantise(config.twin, temporary, calibration)
+            source_sha256 = _quantise(config.twin, temporary, calibration)
         except Exception as error:  # onnxruntime.quantization raises many types
             raise DataError(f"{config.int8_twin}: quantisation failed ({first_line(error)[:300]})") from None
         int8_p = predict(OnnxClassifier(temporary, shown=config.int8_twin), pixels)
     labels = inputs.labels
-    auc_float, auc_int8 = _roc_auc(labels, float_p), _roc_auc(labels, int8_p)
+    auc_float = float(binary_metrics(labels, float_p, threshold)["roc_auc"])
+    auc_int8 = float(binary_metrics(labels, int8_p, threshold)["roc_auc"])
     evaluation = {
         "cube": str(config.check_cube),
         "cutouts": len(pixels),
@@ -224,7 +217,7 @@ def quantize_int8(config: ExportConfig, inputs: Int8Inputs, pixels: np.ndarray) 
     return {
         "file": config.int8_twin.name,
         "sha256": file_sha256(config.int8_twin),
-        "source_sha256": file_sha256(config.model),
+        "source_sha256": source_sha256,  # the twin's stamp: the model it was exported from
         "method": "ONNX Runtime static quantisation (QOperator): int8 weights per channel, uint8 activations "
         "(percentile ranges), first convolution in float",
         "operators": list(QUANTISED_OPERATORS),

@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
+from otrain.card import split_record
 from otrain.config import PromoteConfig
-from otrain.datacube import Datacube, stratified_split
+from otrain.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
 from otrain.evaluation import binary_metrics, evaluate, write_json
 from otrain.locking import exclusive_lock
@@ -89,34 +90,6 @@ def _training_card(model_dir: Path) -> dict[str, Any]:
         raise DataError(f"{cards[0]}: not a readable model card ({error})") from None
 
 
-def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
-    """Return the record of a training's split from its model card.
-
-    Parameters
-    ----------
-    card : dict
-        A model card; cards of older otrain, without a ``split`` entry, are read from their
-        parameters and data hash.
-
-    Returns
-    -------
-    dict or None
-        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``; None when the
-        card does not say.
-    """
-    if "split" in card:
-        return card["split"]
-    params = card.get("params") or {}
-    if not {"seed", "frac", "test_frac"} <= set(params) or "data_hash" not in card:
-        return None
-    return {
-        "method": "stratified",
-        "cube": card.get("cube"),
-        "data_hash": card["data_hash"],
-        **{key: params[key] for key in ("seed", "frac", "test_frac")},
-    }
-
-
 #: What a split record must hold for its rows to be recomputed.
 _RECORD_KEYS = ("method", "data_hash", "seed", "frac", "test_frac")
 
@@ -137,15 +110,17 @@ def _same_split(first: dict[str, Any], second: dict[str, Any]) -> bool:
     return first.get("method") == "stratified" and all(first.get(key) == second.get(key) for key in keys)
 
 
-def _find_cube(record: dict[str, Any], candidates: list[str | None]) -> Datacube | None:
+def _recorded_split(record: dict[str, Any], candidates: list[str | None]) -> tuple[Datacube, Split] | None:
+    """Find the cube a split record names among ``candidates`` (checked by hash) and recompute the split."""
     for path in candidates:
         if path and Path(path).is_file():
             try:
                 cube = Datacube.load(Path(path))
             except DataError:
                 continue
-            if cube.content_hash() == record.get("data_hash"):
-                return cube
+            split = recorded_split(record, cube)
+            if split is not None:
+                return cube, split
     return None
 
 
@@ -180,13 +155,13 @@ def comparison_rows(
     if champion.get("method") != "stratified":
         return None, f"champion v{champion_version} was trained on a hand-made split that cannot be recomputed"
     new_cube = new.get("cube") if new else None
-    cube = _find_cube(champion, [champion.get("cube"), new_cube])
-    if cube is None:
+    found = _recorded_split(champion, [champion.get("cube"), new_cube])
+    if found is None:
         return None, (
             f"champion v{champion_version} was trained on cube {str(champion.get('data_hash'))[:12]}... "
             f"({champion.get('cube')}), which is not available here, and its training rows may be in this test set"
         )
-    split = stratified_split(cube.labels, champion["frac"], champion["test_frac"], champion["seed"])
+    cube, split = found
     seen_rows = np.concatenate([split.train, split.validation])
     for name, ids in (("the champion's cube", cube.candids), ("the test cube", test.candids)):
         if len(np.unique(ids)) != len(ids):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from otrain.datacube import NPZ_KEYS, Datacube, balanced_counts, choose_rows, stratified_split
+from otrain.datacube import NPZ_KEYS, Datacube, balanced_counts, choose_rows, recorded_split, stratified_split
 from otrain.errors import DataError
 
 
@@ -209,6 +209,19 @@ def test_stratified_split_is_disjoint_complete_and_stratified() -> None:
     again = stratified_split(labels, 0.15, 0.15, seed=3)
     assert_array_equal(again.test, split.test)
     assert not np.array_equal(stratified_split(labels, 0.15, 0.15, seed=4).test, split.test)
+
+
+def test_a_recorded_split_is_recomputed_only_for_the_cube_it_was_made_of() -> None:
+    cube = small_cube(12)
+    record = {"method": "stratified", "data_hash": cube.content_hash(), "seed": 5, "frac": 0.2, "test_frac": 0.2}
+    split = recorded_split(record, cube)
+    assert split is not None
+    assert_array_equal(split.train, stratified_split(cube.labels, 0.2, 0.2, 5).train)
+    other = Datacube(**{**cube.__dict__, "cube": cube.cube + 1})
+    assert recorded_split(record, other) is None  # another cube: its rows mean nothing here
+    assert recorded_split({**record, "method": "given"}, cube) is None  # a hand-made split
+    assert recorded_split({key: value for key, value in record.items() if key != "seed"}, cube) is None
+    assert recorded_split(None, cube) is None
 
 
 def test_stratified_split_keeps_small_classes_in_every_part() -> None:
