@@ -1018,7 +1018,10 @@ class InferConfig(CommandConfig):
         "(its card); for a model without a card, DIFF of STDPipe cutouts and the whole image of gmadet ones.",
     )
     recursive: bool = option(False, "Also score cutouts in sub-folders.")
-    workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+    workers: PositiveInt | None = option(
+        None,
+        "Processes reading the files (default: one per four cores; 1 reads in this process while the network scores).",
+    )
     overwrite: bool = option(False, "Replace an existing --output file that otrain-infer did not write.")
     backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()

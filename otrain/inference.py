@@ -1,7 +1,8 @@
 """otrain-infer: score a folder of candidate cutouts, streaming, and write infer_results.dat.
 
-Worker processes read and crop the next files while this process scores the current batch,
-so reading is hidden behind the network and memory does not grow with the number of files.
+The network scores a chunk of cutouts in a thread while the next chunk is read (by this process,
+or by worker processes on machines of eight cores or more, :func:`scoring_readers`), so reading
+is hidden behind the network and memory does not grow with the number of files.
 The table is written row by row into a temporary file and renamed into place at the end.
 
 Only the worker-side reading lives at module level; TensorFlow is imported when scoring
@@ -14,7 +15,9 @@ import logging
 import math
 import os
 import time
+from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,7 +29,7 @@ from otrain.config import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
 from otrain.errors import DataError, log_listed
 from otrain.outputs import INFER_COLUMNS
-from otrain.parallel import map_chunks
+from otrain.parallel import default_workers, map_chunks
 from otrain.scoring import predict
 
 __all__ = [
@@ -301,6 +304,31 @@ def resolve_planes(asked: tuple[str, ...] | None, from_card: tuple[str, ...] | N
     return None if from_card == ("DIFF",) else from_card
 
 
+def scoring_readers() -> int:
+    """Return how many processes read cutouts for the network by default: one per four cores.
+
+    Reading costs about 90 µs of CPU per cutout, a fourteenth of the O'TRAIN network's
+    arithmetic at 64x64 and a fourth at 32x32, and the network uses every core. Below eight
+    cores one reader, this process itself, reading while the network scores in threads, is
+    faster than a pool, which competes with the network for the cores and adds pickling: on
+    2 cores, 6 % more cutouts per second at 64x64 and 13 % at 32x32.
+    """
+    return max(1, default_workers() // 4)
+
+
+def scoring_threads() -> tuple[int, int]:
+    """Return how many chunks ONNX Runtime scores at once by default, and its threads for each.
+
+    Several single-threaded runs at once keep every core busy without the synchronisation of
+    one run spread over all cores, which stalls whenever the reading takes a core for a while
+    (on 2 cores, 2 runs of 1 thread score 1 to 6 % more cutouts per second than 1 run of 2 on
+    pixels in memory). At most four runs at once: each holds a batch's activations.
+    """
+    cores = default_workers()
+    scorers = min(cores, 4)
+    return scorers, max(1, cores // scorers)
+
+
 def infer(config: InferConfig) -> InferenceReport:
     """Score every cutout of ``config.cutouts`` and write the results table.
 
@@ -323,7 +351,10 @@ def infer(config: InferConfig) -> InferenceReport:
     from otrain.backends import cutout_shape, load_classifier
     from otrain.card import card_planes
 
-    model, report_backend = load_classifier(config.model, config.backend)
+    scorers, threads = scoring_threads()
+    model, report_backend = load_classifier(config.model, config.backend, threads=threads)
+    if report_backend == "keras":
+        scorers = 1  # TensorFlow spreads one batch over the cores itself
     shape = cutout_shape(model)
     files = list_cutouts(config.cutouts, recursive=config.recursive)
     if not files:
@@ -333,12 +364,27 @@ def infer(config: InferConfig) -> InferenceReport:
     report = InferenceReport(output=config.output_file, n_files=len(files), backend=report_backend)
     started = time.perf_counter()
     jobs = [(path, shape, planes) for path in files]
-    with atomic_path(config.output_file) as temporary, open(temporary, "w", encoding="utf-8") as stream:
+    with (
+        atomic_path(config.output_file) as temporary,
+        open(temporary, "w", encoding="utf-8") as stream,
+        ThreadPoolExecutor(max_workers=scorers, thread_name_prefix="otrain-score") as pool,
+    ):
         stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
+
+        def write(scoring: Future[np.ndarray], scored: list[Path], metas: list[CutoutMeta]) -> None:
+            p_real = reweight(scoring.result(), config.prob_ratio)
+            _write_rows(stream, scored, metas, p_real, config.threshold)
+            report.n_scored += len(metas)
+            report.n_real += int(np.count_nonzero(p_real > config.threshold))
+
+        # The network scores chunks in threads (TensorFlow and ONNX Runtime release the GIL)
+        # while this thread writes the rows of those scored and takes the next chunk from the
+        # readers; rows are written in the order of the files.
+        scoring: deque[tuple[Future[np.ndarray], list[Path], list[CutoutMeta]]] = deque()
         for chunk, (pixels, metas, statuses) in map_chunks(
             _read_for_scoring,
             jobs,
-            workers=config.workers,
+            workers=scoring_readers() if config.workers is None else config.workers,
             description="scoring cutouts",
             preload=["otrain.inference"],
             chunk_size=config.batch_size,
@@ -350,11 +396,12 @@ def infer(config: InferConfig) -> InferenceReport:
                     report.bad_files.append((path, status))
             if not metas:
                 continue
-            p_real = reweight(predict(model, pixels, config.batch_size), config.prob_ratio)
             scored = [path for (path, _, _), status in zip(chunk, statuses, strict=True) if status is None]
-            _write_rows(stream, scored, metas, p_real, config.threshold)
-            report.n_scored += len(metas)
-            report.n_real += int(np.count_nonzero(p_real > config.threshold))
+            scoring.append((pool.submit(predict, model, pixels, config.batch_size), scored, metas))
+            while len(scoring) > scorers:
+                write(*scoring.popleft())
+        while scoring:
+            write(*scoring.popleft())
         report.seconds = time.perf_counter() - started
         skipped = [f"skipped: {message}" for _, message in report.bad_files]
         log_listed(skipped, logging.WARNING, "unreadable cutouts", MAX_LISTED_BAD_FILES)

@@ -109,6 +109,25 @@ def test_infer_results_round_trip(trained: Path, workspace: Path) -> None:
     assert before == after  # with --output, the default table in --cutouts is not touched
 
 
+@pytest.mark.parametrize("backend", ["onnx", "keras"])
+def test_reading_here_or_in_a_pool_gives_the_same_table(
+    trained: Path, workspace: Path, tmp_path: Path, backend: str
+) -> None:
+    """560 cutouts, enough for a pool of readers; with --workers 1 this process reads the next chunk while the
+    network scores the current one in a thread."""
+    tables = {}
+    for workers in ("1", "2"):
+        output = tmp_path / f"workers{workers}.dat"
+        arguments = ("--cutouts", workspace / "survey", "--recursive", "--model", trained / "tiny.keras")
+        options = ("--output", output, "--workers", workers, "--backend", backend, "--no-tracking")
+        assert call_main(infer_main, *arguments, *options) == 0
+        tables[workers] = output.read_text()
+    assert tables["1"] == tables["2"]
+    with open(workspace / "survey" / "truth.csv", newline="") as stream:
+        usable = sum(1 for row in csv.DictReader(stream) if row["edge"] == "False")
+    assert len(tables["1"].splitlines()) == 1 + usable > 400
+
+
 def test_prob_ratio_reweights(trained: Path, workspace: Path) -> None:
     night = workspace / "survey" / "night"
     plain, weighted = workspace / "plain.dat", workspace / "weighted.dat"
