@@ -28,11 +28,9 @@ import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from astropy.io import fits
-from astropy.utils.exceptions import AstropyWarning
 
 from otrain.config import FITS_SUFFIXES
 from otrain.errors import DataError, first_line
@@ -190,7 +188,10 @@ def list_cutouts(folder: Path, recursive: bool = False) -> list[Path]:
     return sorted(path for path in folder.glob(pattern) if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES))
 
 
-Header = fits.Header | dict[str, Any]
+if TYPE_CHECKING:  # astropy is imported only for the files the fast reader declines (100 ms of start-up)
+    from astropy.io import fits
+
+    Header = fits.Header | dict[str, Any]
 
 
 def _card(header: Header, *keywords: str) -> Any:
@@ -200,8 +201,14 @@ def _card(header: Header, *keywords: str) -> Any:
     look-ups are case-insensitive in both.
     """
     for keyword in keywords:
-        value = header.get(keyword.upper()) if isinstance(header, dict) else header.get(keyword)
-        if value is not None and not isinstance(value, fits.card.Undefined):
+        if isinstance(header, dict):
+            value = header.get(keyword.upper())
+        else:
+            from astropy.io.fits.card import Undefined
+
+            value = header.get(keyword)
+            value = None if isinstance(value, Undefined) else value
+        if value is not None:
             return value
     return None
 
@@ -355,6 +362,8 @@ def _as_edge(value: Any, path: Path) -> bool | None:
 
 
 def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PlaneLocation:
+    from astropy.io import fits
+
     is_tile_compressed = isinstance(hdul[index], fits.CompImageHDU)
     # For a gzipped file astropy counts offsets in the decompressed content, as the fast reader.
     offset = None if is_tile_compressed else int(hdul.fileinfo(index)["datLoc"])
@@ -362,6 +371,8 @@ def _location(hdul: fits.HDUList, index: int, compressed: bool) -> PlaneLocation
 
 
 def _has_image(hdu: Any) -> bool:
+    from astropy.io import fits
+
     return isinstance(hdu, (fits.PrimaryHDU, fits.ImageHDU, fits.CompImageHDU)) and int(hdu.header.get("NAXIS", 0)) in (
         2,
         3,
@@ -475,6 +486,9 @@ def read_header_with_astropy(
     This handles every FITS layout; :func:`read_header` uses it whenever its fast reader
     declines a file.
     """
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyWarning
+
     compressed = _is_compressed(path, content)
     try:
         with warnings.catch_warnings():
@@ -532,6 +546,9 @@ def _read_raw(path: Path, location: PlaneLocation, content: bytes | None = None)
             return raw
         if not location.compressed:
             raise DataError(f"{path}: truncated FITS file (image data is incomplete)")
+    from astropy.io import fits
+    from astropy.utils.exceptions import AstropyWarning
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", AstropyWarning)
         source = _astropy_source(path, content, location.compressed)
