@@ -6,7 +6,8 @@ repository when a command runs as a DVC stage (``DVC_ROOT``, which DVC points at
 repository also for queued and ``--temp`` experiments, whose stages run in a temporary copy),
 else from the working directory: every experiment logs into the same store. An experiment created in a
 SQLite store keeps its artifacts in ``mlruns/`` beside the database file, wherever the command runs
-(MLflow's own default is ``./mlruns`` in the working directory of whichever command created it).
+(MLflow's own default is ``./mlruns`` in the working directory of whichever command created it);
+an experiment that exists keeps the artifact location it was created with.
 A training opens one run and writes its id to ``mlflow_run.json`` beside the model, so that
 later commands (other processes of a DVC pipeline) log into the same run. A run whose command
 fails is marked FAILED (KILLED on Ctrl-C), never left RUNNING.
@@ -26,6 +27,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 from otrain.errors import DataError, OptionError, first_line
 
@@ -40,6 +42,7 @@ __all__ = [
     "open_run",
     "read_run_file",
     "resolve_tracking_uri",
+    "sqlite_artifact_root",
     "sqlite_file",
     "store_lock",
     "using_tracking_uri",
@@ -82,7 +85,7 @@ def sqlite_file(uri: str) -> Path | None:
     """
     if not uri.startswith("sqlite:///"):
         return None
-    return Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    return Path(unquote(uri.removeprefix("sqlite:///").split("?", 1)[0]))  # %-escapes, as SQLAlchemy reads them
 
 
 def store_lock(uri: str, purpose: str) -> Path:
@@ -307,13 +310,10 @@ def sqlite_artifact_root(tracking_uri: str) -> str | None:
     str or None
         A ``file:`` URI, or None when the store is not a SQLite file (MLflow's default applies).
     """
-    prefix = "sqlite:///"
-    if not tracking_uri.startswith(prefix):
+    database = sqlite_file(tracking_uri)
+    if database is None or database.name in ("", ":memory:"):
         return None
-    database = tracking_uri[len(prefix) :].split("?", 1)[0]
-    if not database or database == ":memory:":
-        return None
-    return (Path(database).absolute().parent / "mlruns").as_uri()
+    return (database.absolute().parent / "mlruns").as_uri()
 
 
 def _experiment_id(mlflow: Any, tracking_uri: str, experiment: str) -> str:

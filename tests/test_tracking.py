@@ -11,7 +11,14 @@ from pathlib import Path
 import pytest
 
 from otrain.errors import OptionError
-from otrain.tracking import DEFAULT_TRACKING_URI, check_tracking_uri, open_run, read_run_file, resolve_tracking_uri
+from otrain.tracking import (
+    DEFAULT_TRACKING_URI,
+    check_tracking_uri,
+    open_run,
+    read_run_file,
+    resolve_tracking_uri,
+    sqlite_artifact_root,
+)
 
 
 def test_uri_rule_environment_then_params_then_default(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -98,6 +105,13 @@ def test_a_sqlite_store_keeps_its_artifacts_beside_the_database(
         assert (store / "mlruns" / run.run_id / "artifacts" / "note.txt").read_text() == "logged\n"
     assert client.get_experiment(first.experiment_id).artifact_location == (store / "mlruns").as_uri()
     assert not any(elsewhere.iterdir())
+
+
+def test_the_artifact_root_of_a_sqlite_store_reads_the_path_as_sqlalchemy_does(tmp_path: Path) -> None:
+    spaced = tmp_path / "a b"
+    assert sqlite_artifact_root(f"sqlite:///{tmp_path}/a%20b/mlflow.db?timeout=30") == (spaced / "mlruns").as_uri()
+    assert sqlite_artifact_root("sqlite:///:memory:") is None
+    assert sqlite_artifact_root("http://127.0.0.1:5000") is None  # a server decides where its artifacts go
 
 
 def test_a_store_that_cannot_be_used_is_an_option_error() -> None:
