@@ -82,9 +82,11 @@ docker-test: $(STAMP)
 # Needs a running engine (DOCKER_HOST is honoured). Without access to Docker Hub the base image
 # is a local Debian one built with debootstrap (docker/base-image.sh).
 # Each build leaves the image it replaces, and its stages, untagged: 2 to 4 GB a time. After a
-# build, the untagged images that otrain's Dockerfiles made (label io.otrain.stage) are pruned,
-# nothing else; the deps stage is tagged ($(IMAGE)-deps) so that it stays the next build's cache.
-PRUNE_UNTAGGED := docker image prune --force --filter label=io.otrain.stage >/dev/null
+# build, the untagged images that carry otrain's label (io.otrain.stage: its Dockerfiles' images
+# and images built FROM them) are pruned, nothing else; the deps stage is tagged ($(IMAGE)-deps)
+# so that it stays the next build's cache. A failed prune only warns: the image is built.
+PRUNE_UNTAGGED := docker image prune --force --filter label=io.otrain.stage >/dev/null \
+	|| echo "warning: could not prune otrain's untagged images (docker image prune --filter label=io.otrain.stage)" >&2
 docker-image:
 	base=$(or $(BASE_IMAGE),$$(docker/base-image.sh)) && \
 		docker build --network host --build-arg BASE_IMAGE=$$base -f docker/Dockerfile --target deps \
