@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from otrain.backends import OnnxClassifier, _stamp, file_sha256
+from otrain.backends import SOURCE_NAME, OnnxClassifier, _stamp, file_sha256
 from otrain.card import read_card, split_record
-from otrain.config import ExportConfig, card_file, card_threshold
+from otrain.config import SOURCE_SHA256, ExportConfig, card_file, card_threshold
 from otrain.datacube import Datacube, recorded_split
 from otrain.errors import DataError, first_line
 from otrain.evaluation import binary_metrics
@@ -130,7 +130,10 @@ class _Reader:
 
 
 def _quantise(twin: Path, target: Path, pixels: np.ndarray) -> str:
-    """Quantise ``twin`` into ``target``, calibrated on ``pixels``."""
+    """Quantise ``twin`` into ``target``, calibrated on ``pixels``; return the twin's source SHA-256.
+
+    The int8 model is stamped with the Keras file the twin was exported from, as the twin is.
+    """
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -156,10 +159,10 @@ def _quantise(twin: Path, target: Path, pixels: np.ndarray) -> str:
             )
     proto = onnx.load(str(target))
     source = {entry.key: entry.value for entry in onnx.load(str(twin), load_external_data=False).metadata_props}
-    _stamp(proto, Path(source["otrain.source"]), source["otrain.source_sha256"])
+    _stamp(proto, Path(source[SOURCE_NAME]), source[SOURCE_SHA256])
     proto.metadata_props.add(key="otrain.precision", value="int8")
     onnx.save(proto, str(target))
-    return source["otrain.source_sha256"]
+    return source[SOURCE_SHA256]
 
 
 def quantize_int8(config: ExportConfig, inputs: Int8Inputs, pixels: np.ndarray) -> dict[str, Any]:
