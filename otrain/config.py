@@ -988,8 +988,8 @@ class InferConfig(CommandConfig):
     """Score a folder of candidate cutouts with a trained model; writes infer_results.dat.
 
     Reads gmadet and STDPipe cutouts, centre-crops them to the model's input size, skips EDGE
-    cutouts and unreadable files (counted and reported), and scores them batch by batch while
-    worker processes read the next files, so memory does not grow with the number of files.
+    cutouts and unreadable files (counted and reported), and scores them chunk by chunk in
+    threads while the next files are read, so memory does not grow with the number of files.
     The table has the original 13 columns (filename RA Dec originalFile Xpos Ypos mag magerr
     FWHM FWHMPSF cand_ID label0 label1), then 'real' (label1 > --threshold).
     """

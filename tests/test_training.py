@@ -111,21 +111,28 @@ def test_infer_results_round_trip(trained: Path, workspace: Path) -> None:
 
 @pytest.mark.parametrize("backend", ["onnx", "keras"])
 def test_reading_here_or_in_a_pool_gives_the_same_table(
-    trained: Path, workspace: Path, tmp_path: Path, backend: str
+    trained: Path, workspace: Path, tmp_path: Path, backend: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """560 cutouts, enough for a pool of readers; with --workers 1 this process reads the next chunk while the
-    network scores the current one in a thread."""
+    """560 cutouts in chunks of 200: one reader (this process) and one run at a time, or two readers
+    and three runs at once (ONNX Runtime; Keras always scores one chunk at a time), give the same rows in the
+    same order, all of them."""
+    import otrain.inference
+
     tables = {}
-    for workers in ("1", "2"):
+    for workers, runs in (("1", 1), ("2", 3)):
+        monkeypatch.setattr(otrain.inference, "scoring_threads", lambda runs=runs: (runs, 1))
         output = tmp_path / f"workers{workers}.dat"
         arguments = ("--cutouts", workspace / "survey", "--recursive", "--model", trained / "tiny.keras")
         options = ("--output", output, "--workers", workers, "--backend", backend, "--no-tracking")
+        options += ("--batch-size", "200")
         assert call_main(infer_main, *arguments, *options) == 0
         tables[workers] = output.read_text()
     assert tables["1"] == tables["2"]
     with open(workspace / "survey" / "truth.csv", newline="") as stream:
-        usable = sum(1 for row in csv.DictReader(stream) if row["edge"] == "False")
-    assert len(tables["1"].splitlines()) == 1 + usable > 400
+        usable = [row["path"] for row in csv.DictReader(stream) if row["edge"] == "False"]
+    rows = tables["1"].splitlines()[1:]
+    assert len(rows) == len(usable) > 400
+    assert [row.split()[0] for row in rows] == sorted(row.split()[0] for row in rows)  # the files' order
 
 
 def test_prob_ratio_reweights(trained: Path, workspace: Path) -> None:
