@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -21,15 +22,18 @@ from otrain import outputs as formats
 from otrain.config import CHECKINFER_FIGURES as FIGURES
 from otrain.config import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
 from otrain.errors import DataError, first_line
+from otrain.fitsreader import INTEGER
 
-__all__ = ["FIGURES", "CheckInferReport", "read_table", "run_checkinfer"]
+__all__ = ["FIGURES", "CheckInferReport", "candidate_key", "read_table", "run_checkinfer"]
 
 logger = logging.getLogger("otrain")
 _PROBABILITY_EDGES = np.linspace(0, 1, 41)
 _RATIO_EDGES = np.linspace(0, 20, 61)
+#: How a table spells a missing candidate id (crossmatch.dat: no candidate detected).
+_MISSING = ("none", "nan", "--", "")
 
 
-def read_table(path: Path, required: tuple[str, ...]) -> Any:
+def read_table(path: Path, required: tuple[str, ...], text_columns: tuple[str, ...] = ()) -> Any:
     """Read a commented_header table (infer_results.dat, crossmatch.dat) that must have ``required`` columns.
 
     Parameters
@@ -38,6 +42,8 @@ def read_table(path: Path, required: tuple[str, ...]) -> Any:
         The table.
     required : tuple of str
         Columns it must have.
+    text_columns : tuple of str, optional
+        Columns kept as the text written (candidate ids: ``00123`` is not 123).
 
     Returns
     -------
@@ -62,7 +68,9 @@ def read_table(path: Path, required: tuple[str, ...]) -> Any:
         raise DataError(f"{path}: the table is empty (expected a header line like {expected})")
     try:
         # Given the text, not the path: astropy leaves the file open when a table is malformed.
-        table = astropy_ascii.read(text, format="commented_header", guess=False)
+        table = astropy_ascii.read(
+            text, format="commented_header", guess=False, converters=dict.fromkeys(text_columns, str)
+        )
     except Exception as error:  # astropy raises many types, with many lines, on a malformed table
         first = first_line(error)
         detail = f"{first[:160]}; " if " " in first else ""
@@ -75,16 +83,36 @@ def read_table(path: Path, required: tuple[str, ...]) -> Any:
     return table
 
 
-def _identifier(value: Any) -> str:
-    """One spelling for a candidate id, whatever the column type: 3000020, 3000020.0 and "3000020" match."""
-    text = str(value).strip()
+def candidate_key(value: Any) -> str:
+    """Return the spelling under which a table's candidate id is matched (``3000020.0`` as ``3000020``).
+
+    Ids are compared as text, never through ``float`` (ZTF's 19-digit candids differ in digits a
+    float64 does not hold). A whole number keeps its spelling (``00123`` stays ``00123``, as
+    otrain reads it from a cutout's header); a decimal spelling of a whole number (``3000020.0``,
+    a column written through floats) becomes that integer, exactly.
+
+    Parameters
+    ----------
+    value : object
+        A table cell or a header's candidate id (int, float, text, None, masked).
+
+    Returns
+    -------
+    str
+        The id's spelling; ``""`` for a missing one (``None``, ``nan``, ``--``, empty).
+    """
+    text = "" if value is None else str(value).strip()
+    if text.lower() in _MISSING:
+        return ""
+    if INTEGER.fullmatch(text):
+        return text
     try:
-        number = float(text)
-    except ValueError:
-        return text.lower() if text.lower() in ("none", "nan", "--") else text
-    if number != number:
-        return "nan"
-    return str(int(number)) if number.is_integer() else text
+        number = Decimal(text)
+    except InvalidOperation:
+        return text
+    if not number.is_finite():
+        return "" if number.is_nan() else text
+    return str(int(number)) if number == number.to_integral_value() else text
 
 
 def _bands(values: np.ndarray, limits: tuple[float, ...], label: str) -> list[tuple[str, np.ndarray]]:
@@ -117,8 +145,8 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
     from otrain import plots
     from otrain.evaluation import write_csv, write_json
 
-    crossmatch = read_table(config.crossmatch_file, ("closest_candID", "mag"))
-    infer = read_table(config.infer_file, ("cand_ID", "label1", "FWHM", "FWHMPSF"))
+    crossmatch = read_table(config.crossmatch_file, ("closest_candID", "mag"), text_columns=("closest_candID",))
+    infer = read_table(config.infer_file, ("cand_ID", "label1", "FWHM", "FWHMPSF"), text_columns=("cand_ID",))
     if len(crossmatch) == 0:
         raise DataError(f"{config.crossmatch}: crossmatch table has no injected source")
     if len(infer) == 0:
@@ -126,13 +154,13 @@ def run_checkinfer(config: CheckInferConfig) -> CheckInferReport:
 
     row_of: dict[str, int] = {}
     for index, candid in enumerate(infer["cand_ID"]):
-        key = _identifier(candid)
+        key = candidate_key(candid)
         if key in row_of:
             logger.warning("cand_ID %s appears more than once in the inference table; its first row is used", key)
             continue
         row_of[key] = index
-    closest = [_identifier(value) for value in crossmatch["closest_candID"]]
-    detected = [i for i, value in enumerate(closest) if value not in ("none", "", "--", "nan")]
+    closest = [candidate_key(value) for value in crossmatch["closest_candID"]]
+    detected = [i for i, value in enumerate(closest) if value]
     matched = [(i, row_of[closest[i]]) for i in detected if closest[i] in row_of]
     if detected and not matched:
         logger.warning(

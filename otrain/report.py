@@ -32,6 +32,7 @@ import numpy as np
 
 from otrain.atomic import atomic_folder
 from otrain.card import read_card
+from otrain.checkinfer import candidate_key
 from otrain.config import REPORT_MARKER, ReportConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, read_header, read_pixels
 from otrain.errors import DataError, first_line
@@ -168,7 +169,7 @@ def _render_chunk(
             if shape is not None:
                 _, location = read_header(path, planes)
                 model_input = fit_cutout(read_pixels(path, location), shape, path)
-            results.append((tiles, present, model_input, _candidate_id(meta.candid)))
+            results.append((tiles, present, model_input, candidate_key(meta.candid)))
         except Exception as error:  # a worker must report, never die, on a strange file
             results.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
     return results
@@ -237,18 +238,6 @@ def _number(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
-
-
-def _candidate_id(value: Any) -> str:
-    """One spelling of a candidate id: its text, an integral float (a column with a gap) as an integer."""
-    if value is None:
-        return ""
-    text = str(value).strip()
-    if text in ("", "--", "None", "nan"):
-        return ""
-    if isinstance(value, (float, np.floating)) and float(value).is_integer():
-        return str(int(value))
-    return text
 
 
 def _registry_version(model: Path) -> dict[str, Any]:
@@ -396,7 +385,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
     from otrain.scoring import predict
 
     started = time.perf_counter()
-    table = read_table(config.infer_file, _TABLE_COLUMNS)
+    table = read_table(config.infer_file, _TABLE_COLUMNS, text_columns=("cand_ID",))
     if len(table) == 0:
         raise DataError(f"{config.infer_file}: the table has no scored candidate")
     names = [str(name) for name in table["filename"]]
@@ -451,7 +440,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
                 tiles[position] = planes_tiles
                 present[position] = mask
                 source = int(order[index + position])
-                expected = _candidate_id(table["cand_ID"][source])
+                expected = candidate_key(table["cand_ID"][source])
                 if candid and expected and candid != expected:
                     raise DataError(
                         f"{known[files[source]]}: its header names candidate {candid}, the table's row {source + 1} "
@@ -487,7 +476,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
                         _number(row["RA"]),
                         _number(row["Dec"]),
                         files[source],
-                        _candidate_id(row["cand_ID"]),
+                        candidate_key(row["cand_ID"]),
                         int(present[position]),
                     ]
                 )

@@ -513,6 +513,40 @@ def test_checkinfer_matches_injected_sources(workspace: Path, trained: Path, tmp
     assert sorted(float(row["label1"]) for row in matches) == sorted(expected)
 
 
+def test_checkinfer_matches_candidate_ids_as_text_never_as_floats(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ZTF's 19-digit candids differ where a float64 cannot tell them apart; ``00123`` is not ``123``."""
+    infer = tmp_path / "infer_results.dat"
+    infer.write_text(
+        "# cand_ID label1 FWHM FWHMPSF\n"
+        "1285423380015015016 0.512 2.0 2.0\n"
+        "1285423380015015017 0.460 2.0 2.0\n"
+        "123 0.100 2.0 2.0\n"
+        "00123 0.900 2.0 2.0\n"
+        "3000020 0.700 2.0 2.0\n"
+    )
+    crossmatch = tmp_path / "crossmatch.dat"
+    crossmatch.write_text(
+        "# idx closest_candID mag\n"
+        "0 1285423380015015017 17.0\n"
+        "1 00123 17.5\n"
+        "2 3000020.0 18.0\n"  # a column written through floats
+        "3 None 19.0\n"
+    )
+    status = call_main(
+        checkinfer_main, "--plots", tmp_path / "p", "--crossmatch", crossmatch, "--infer", infer, "--no-tracking"
+    )
+    assert status == 0
+    assert "more than once" not in capsys.readouterr().err
+    out = tmp_path / "p" / "CheckInfer"
+    matches = {row["cand_ID"]: float(row["label1"]) for row in read_csv(out / "checkinfer_matches.csv")}
+    assert matches == {"1285423380015015017": 0.460, "00123": 0.900, "3000020": 0.700}
+    summary = json.loads((out / "checkinfer_summary.json").read_text())
+    assert (summary["n_injected"], summary["n_detected"], summary["n_scored"]) == (4, 3, 3)
+    assert summary["recovered_above_0.5"] == 2
+
+
 def test_checkinfer_bad_inputs(
     workspace: Path, trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
