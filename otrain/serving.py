@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 
 from otrain.cutouts import read_header, read_pixels
-from otrain.errors import DataError, first_line
+from otrain.errors import DataError, OptionError, first_line
 from otrain.inference import fit_cutout, resolve_planes
 from otrain.tracking import check_tracking_uri, using_tracking_uri
 
-__all__ = ["ModelDescription", "describe_model", "request_body", "server_command"]
+__all__ = ["ModelDescription", "check_port_free", "describe_model", "request_body", "server_command"]
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,50 @@ def request_body(
         except Exception as error:  # astropy raises many types for a damaged file
             raise DataError(f"{path}: not a readable cutout ({type(error).__name__}: {first_line(error)})") from None
     return {"inputs": pixels.tolist()}
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse, before the server starts, a port that another program listens on.
+
+    The server binds as this check does (``SO_REUSEADDR``, so a port whose last connections
+    are closing counts as free). Another program may still take the port in between: then
+    the server's own error is what the user sees.
+
+    Parameters
+    ----------
+    host : str
+        The interface the server will listen on.
+    port : int
+        Its TCP port.
+
+    Raises
+    ------
+    OptionError
+        When ``host`` is not an address of this machine, or ``port`` is taken or needs privileges.
+    """
+    import errno
+    import socket
+
+    try:
+        family, kind, protocol, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except OSError as error:
+        raise OptionError(f"--host: cannot resolve {host!r} ({error.strerror or error})") from None
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(address)
+        except OSError as error:
+            if error.errno == errno.EADDRINUSE:
+                raise OptionError(
+                    f"--port: {host}:{port} is in use (another program listens there); choose another --port"
+                ) from None
+            if error.errno == errno.EACCES:
+                raise OptionError(
+                    f"--port: this user may not listen on port {port} (below 1024: choose a higher one)"
+                ) from None
+            raise OptionError(f"--host: cannot listen on {host}:{port} ({error.strerror or error})") from None
 
 
 def server_command(uri: str, host: str, port: int, workers: int) -> list[str]:

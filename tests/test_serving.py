@@ -217,6 +217,28 @@ def test_bad_options_are_one_line_and_exit_2(
     assert len(captured.err.strip().splitlines()) == 1
 
 
+def test_a_busy_port_is_one_line_before_the_server_starts(tmp_path: Path) -> None:
+    """Another program listens on the port: one line naming it, exit 2, no MLflow server started."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [*SERVE, "--model", "models:/otrain-cnn@champion", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            check=False,
+            env={**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+        )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"otrain-serve: error: --port: 127.0.0.1:{port} is in use (another program listens there); "
+        "choose another --port\n"
+    )
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was touched
+
+
 def test_a_model_that_does_not_exist_is_one_line_and_exit_1(
     champion: str,
     tracking_uri: str,

@@ -19,9 +19,11 @@ logger = logging.getLogger("otrain")
 
 
 def _serve(config: ServeConfig) -> None:
-    from otrain.serving import describe_model, request_body, server_command
+    from otrain.serving import check_port_free, describe_model, request_body, server_command
     from otrain.tracking import resolve_tracking_uri
 
+    if config.print_request is None:
+        check_port_free(config.host, config.port)
     tracking_uri = resolve_tracking_uri()
     model = describe_model(config.model, tracking_uri)
     if config.print_request is not None:
