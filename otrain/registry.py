@@ -198,7 +198,7 @@ def promote(config: PromoteConfig) -> PromotionDecision:
         raise DataError(f"{test_file}: test cube missing; promote a folder written by otrain-train")
     card = _training_card(config.model_dir)
     uri = resolve_tracking_uri(run.tracking_uri)
-    check_tracking_uri(uri)
+    check_tracking_uri(uri, skippable=False)
     with using_tracking_uri(uri):
         decision = _register_and_judge(config, run, card, test_file, uri)
     if config.report is not None:

@@ -78,7 +78,7 @@ def describe_model(uri: str, tracking_uri: str) -> ModelDescription:
     import mlflow
 
     if uri.startswith(("models:/", "runs:/")):
-        check_tracking_uri(tracking_uri)
+        check_tracking_uri(tracking_uri, skippable=False)
     elif "://" not in uri and not (Path(uri) / "MLmodel").is_file():
         raise DataError(f"{uri}: no MLflow model there (no MLmodel file)")
     with using_tracking_uri(tracking_uri):

@@ -124,7 +124,7 @@ def _server_credentials() -> dict[str, str]:
     return {}
 
 
-def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+def check_tracking_uri(uri: str, timeout: float = 5.0, *, skippable: bool = True) -> None:
     """Fail early, with one clear line, when the tracking store cannot be used.
 
     HTTP(S) servers must answer ``/health`` within ``timeout`` seconds (MLflow's own client
@@ -132,12 +132,22 @@ def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
     MLflow's tables) under a lock, so that two processes starting at once on a new store do
     not both create it.
 
+    Parameters
+    ----------
+    uri : str
+        The tracking URI.
+    timeout : float, optional
+        Seconds a server has to answer.
+    skippable : bool, optional
+        Whether the command can work without tracking (it has ``--no-tracking``), which the
+        message then suggests; otrain-promote and otrain-serve cannot.
+
     Raises
     ------
     OptionError
-        Naming the URI and what is wrong, and how to train without tracking.
+        Naming the URI, what is wrong, and what to do.
     """
-    hint = "set MLFLOW_TRACKING_URI to a reachable store, or pass --no-tracking"
+    hint = "set MLFLOW_TRACKING_URI to a reachable store" + (", or pass --no-tracking" if skippable else "")
     if uri.startswith(("http://", "https://")):
         try:
             request = urllib.request.Request(uri.rstrip("/") + "/health", headers=_server_credentials())

@@ -7,6 +7,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -704,6 +705,26 @@ def test_analysis_commands_replace_their_own_files_and_refuse_a_users(
     )  # fmt: skip
     assert status == 2
     assert f"--path-diagnostics: '{same}' is an input of otrain-diagnostics" in capsys.readouterr().err
+
+
+def test_promote_and_serve_on_an_unreachable_server_advise_what_they_offer(
+    trained: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Neither command has --no-tracking: the one line must not suggest it."""
+    from otrain.cli.promote import main as promote_main
+    from otrain.cli.serve import main as serve_main
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # the discard port: nothing listens
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])  # free once closed
+    serve_options = ("--model", "models:/otrain-cnn@champion", "--port", port)
+    for main, options in ((promote_main, ("--model-dir", trained)), (serve_main, serve_options)):
+        assert call_main(main, *options) == 2
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert "cannot reach MLflow tracking server http://127.0.0.1:9 (" in err
+        assert err.rstrip().endswith("; set MLFLOW_TRACKING_URI to a reachable store"), err
 
 
 def test_promote_report_and_study_outputs_follow_the_same_rule(

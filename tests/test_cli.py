@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import BIN, call_main, make_tree, run_command
@@ -13,6 +15,7 @@ from otrain import config as cfg
 from otrain.cli.app import parse_options, render_help
 from otrain.cli.checkinfer import main as checkinfer_main
 from otrain.cli.convert import main as convert_main
+from otrain.cli.promote import main as promote_main
 
 COMMANDS = {
     "otrain-simulate": cfg.SimulateConfig,
@@ -170,6 +173,23 @@ def test_unknown_and_missing_options(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert capsys.readouterr().err.strip() == "otrain-convert: error: unknown option --colour (see --help)"
     assert call_main(convert_main, "--path", tmp_path, "--cube", "c") == 2
     assert capsys.readouterr().err.strip() == "otrain-convert: error: --cutouts: required option is missing"
+
+
+@pytest.mark.parametrize(
+    ("main", "option"),
+    [
+        (convert_main, "--no-such-thing"),
+        (convert_main, "--no_such_thing"),
+        (convert_main, "--colour=red"),
+        (promote_main, "--no-tracking"),  # otrain-promote always tracks
+    ],
+)
+def test_an_unknown_option_is_named_as_typed(
+    main: Callable[[Sequence[str]], Any], option: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert call_main(main, option) == 2
+    flag = option.partition("=")[0]
+    assert capsys.readouterr().err.splitlines()[-1].endswith(f"error: unknown option {flag} (see --help)")
 
 
 def test_every_console_script_is_installed() -> None:

@@ -149,6 +149,9 @@ def _normalise_argv(config: type[CommandConfig], argv: Sequence[str]) -> list[st
         index += 1
         flag, has_inline, inline = token.partition("=")
         found = _field_for(config, flag[2:]) if flag.startswith("--") else None
+        if found is None and flag.startswith("--") and len(flag) > 2:
+            # Named here as typed: Fire would read --no-x as the negation of an option "x".
+            raise _CommandLineError(f"unknown option {flag} (see --help)")
         if found is None:
             result.append(token)
             continue
