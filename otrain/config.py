@@ -1090,13 +1090,14 @@ def _parquet_output(config: CommandConfig, output: Path, inputs: Sequence[Path] 
         except ValueError as error:
             raise ValueError(f"--output: {error}") from None
         return
-    if not getattr(config, "overwrite", False):
-        raise ValueError(f"--output: {str(output)!r} exists; pass --overwrite to replace it, or choose another path")
+    # Whose it is first: --overwrite would not replace a user's file, so it is no advice then.
     if not output.is_dir() or not (output / PARQUET_MARKER).is_file():
         raise ValueError(
-            f"--output: {str(output)!r} is not a Parquet folder written by otrain; refusing to replace it, "
-            "choose another path"
+            f"--output: {str(output)!r} exists and is not a Parquet folder written by otrain (it is never replaced, "
+            "even with --overwrite); choose another path"
         )
+    if not getattr(config, "overwrite", False):
+        raise ValueError(f"--output: {str(output)!r} exists; pass --overwrite to replace it, or choose another path")
 
 
 class PackConfig(CommandConfig):

@@ -237,10 +237,11 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
     existing = tmp_path / "existing"
     existing.mkdir()
     (existing / "keep.txt").write_text("mine")
-    assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", existing) == 2
-    assert "exists; pass --overwrite" in capsys.readouterr().err
-    assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", existing, "--overwrite") == 2
-    assert "not a Parquet folder written by otrain" in capsys.readouterr().err
+    for extra in ((), ("--overwrite",)):  # --overwrite is no advice for a folder it never replaces
+        assert call_main(spark_main, "--cutouts", cutouts, "--model", model, "--output", existing, *extra) == 2
+        err = capsys.readouterr().err
+        assert "exists and is not a Parquet folder written by otrain (it is never replaced" in err
+        assert "pass --overwrite" not in err
     assert (existing / "keep.txt").read_text() == "mine"
     link = tmp_path / "link.parquet"
     link.symlink_to(existing)
@@ -284,8 +285,17 @@ def test_pack_writes_rows_atomically_and_refuses_to_overwrite(
     assert len(pyarrow_parquet.read_table(output)) == 2
     foreign = tmp_path / "foreign"
     foreign.mkdir()
-    assert call_main(pack_main, "--cutouts", cutouts, "--output", foreign, "--overwrite") == 2
-    assert "not a Parquet folder written by otrain" in capsys.readouterr().err
+    users_file = tmp_path / "notes.parquet"
+    users_file.write_text("mine")
+    for path in (foreign, users_file):
+        for extra in ((), ("--overwrite",)):
+            assert call_main(pack_main, "--cutouts", cutouts, "--output", path, *extra) == 2
+            err = capsys.readouterr().err
+            assert err.strip().endswith(
+                f"--output: '{path}' exists and is not a Parquet folder written by otrain (it is never replaced, "
+                "even with --overwrite); choose another path"
+            ), err
+    assert users_file.read_text() == "mine"
     empty = tmp_path / "empty"
     empty.mkdir()
     assert call_main(pack_main, "--cutouts", empty, "--output", tmp_path / "never") == 1
