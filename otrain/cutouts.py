@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import os
 import warnings
 import zlib
 from dataclasses import dataclass
@@ -183,9 +184,34 @@ def list_cutouts(folder: Path, recursive: bool = False) -> list[Path]:
     -------
     list of Path
         Files ending in ``.fits``, ``.fit``, ``.fits.gz`` or ``.fit.gz`` (any case), sorted by path.
+        Links to files count; links to folders are not followed.
+
+    Raises
+    ------
+    DataError
+        When the folder, or with ``recursive`` one of its sub-folders, cannot be read: its
+        cutouts would be silently missed (:meth:`Path.glob` passes over such a folder).
     """
-    pattern = "**/*" if recursive else "*"
-    return sorted(path for path in folder.glob(pattern) if path.is_file() and path.name.lower().endswith(FITS_SUFFIXES))
+
+    def refuse(error: OSError) -> None:
+        raise DataError(
+            f"{error.filename}: cannot read the folder ({error.strerror or error}); its cutouts would be missed"
+        )
+
+    def is_cutout(name: str, parent: str) -> bool:
+        return name.lower().endswith(FITS_SUFFIXES) and os.path.isfile(os.path.join(parent, name))
+
+    found: list[Path] = []
+    if recursive:
+        for parent, _, names in os.walk(folder, onerror=refuse):
+            found.extend(Path(parent, name) for name in names if is_cutout(name, parent))
+    else:
+        try:
+            with os.scandir(folder) as entries:
+                found.extend(Path(entry.path) for entry in entries if is_cutout(entry.name, str(folder)))
+        except OSError as error:
+            refuse(error)
+    return sorted(found)
 
 
 if TYPE_CHECKING:  # astropy is imported only for the files the fast reader declines (100 ms of start-up)

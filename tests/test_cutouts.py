@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import gzip
+import os
 import shutil
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 from astropy.io import fits
-from conftest import pixels, write_gmadet, write_stdpipe
+from conftest import BIN, pixels, write_gmadet, write_stdpipe
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cutouts import (
@@ -309,3 +311,54 @@ def test_a_gzipped_cutout_replaced_between_two_reads_is_read_anew(tmp_path: Path
         cutout = read_cutout(path)
         assert cutout.meta.candid == candid
         assert_array_equal(cutout.pixels[:, :, 0], data)
+
+
+def _without_root_override() -> list[str]:
+    """A prefix under which permissions hold even for root (CI runs as root): drop the override capabilities."""
+    if os.geteuid() != 0:
+        return []
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("running as root without setpriv (util-linux): a folder's permissions cannot be enforced")
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search", "--"]
+
+
+def test_list_cutouts_keeps_its_order_and_passes_over_folders_and_other_files(tmp_path: Path) -> None:
+    for name in ("b.fits", "a.FIT", "c.fits.gz", "sub/d.fits", "notes.txt"):
+        write_gmadet(tmp_path / name) if name != "notes.txt" else (tmp_path / name).write_text("mine")
+    (tmp_path / "folder.fits").mkdir()
+    (tmp_path / "link.fits").symlink_to(tmp_path / "b.fits")
+    (tmp_path / "dangling.fits").symlink_to(tmp_path / "nowhere.fits")
+    (tmp_path / "sub" / "loop").symlink_to(tmp_path, target_is_directory=True)  # not followed
+    names = ["a.FIT", "b.fits", "c.fits.gz", "link.fits"]
+    assert list_cutouts(tmp_path) == [tmp_path / name for name in names]
+    assert list_cutouts(tmp_path, recursive=True) == [tmp_path / name for name in (*names, "sub/d.fits")]
+
+
+@pytest.mark.parametrize("locked", [".", "sub"])
+def test_a_folder_that_cannot_be_read_is_said_so_not_empty(tmp_path: Path, trained: Path, locked: str) -> None:
+    """otrain-pack and otrain-infer on a folder (or, with --recursive, a sub-folder) without read permission."""
+    night = tmp_path / "night"
+    write_gmadet(night / "sub" / "a.fits", pixels(32))
+    folder = (night / locked).resolve()
+    folder.chmod(0o300)  # writable and searchable, not readable: its files cannot be listed
+    commands = {
+        "otrain-pack": ["--output", str(tmp_path / "packed")],
+        "otrain-infer": ["--model", str(trained / "tiny.keras"), "--output", str(tmp_path / "scores.dat")],
+    }
+    try:
+        for command, options in commands.items():
+            result = subprocess.run(
+                [*_without_root_override(), str(BIN / command), "--cutouts", str(night), "--recursive", *options],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            assert result.returncode == 1, result.stderr
+            assert result.stderr == (
+                f"{command}: error: {folder if locked == 'sub' else night}: cannot read the folder (Permission "
+                "denied); its cutouts would be missed\n"
+            )
+    finally:
+        folder.chmod(0o755)
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["night"]  # nothing written
