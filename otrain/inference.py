@@ -11,6 +11,7 @@ starts, so the workers stay light.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
@@ -262,27 +263,41 @@ def _check_model_fits_cutouts(
     """Compare the model's input with the first readable cutout's size, before scoring starts.
 
     A model for other cutouts (another size, other planes) is one mistake, not one problem per
-    file: say so once, naming the model and both shapes.
+    file: say so once, naming the model and both shapes. So are cutouts that lack the model's
+    planes (a triplet model on a night of differences): when none of the first cutouts that
+    can be read holds them; a few cutouts without them are skipped and counted when scoring.
     """
     height, width, channels = shape
     if planes is not None and len(planes) != channels:
         raise DataError(
             f"{model_file}: the model takes {channels} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
         )
+
+    def refuse(path: Path, cutout_shape: tuple[int, int, int]) -> NoReturn:
+        cutout_height, cutout_width, cutout_channels = cutout_shape
+        read = f" (planes {' '.join(planes)})" if planes is not None else ""
+        raise DataError(
+            f"{model_file}: the model takes {height}x{width}x{channels} cutouts{read}, but {path.name} (and probably "
+            f"the others in its folder) is {cutout_height}x{cutout_width}x{cutout_channels}"
+        )
+
+    without_planes: list[tuple[Path, tuple[int, int, int]]] = []
     for path in files[:_HEADER_PROBES]:
         try:
             meta, location = read_header(path, planes)
         except Exception:  # a bad file is reported when scoring; look at the next one
+            if planes is not None:
+                with contextlib.suppress(Exception):  # readable, but without the planes?
+                    without_planes.append((path, read_header(path, None)[1].height_width_channels))
             continue
         if meta.edge is True:
             continue
         cutout_height, cutout_width, cutout_channels = location.height_width_channels
         if cutout_channels != channels or cutout_height < height or cutout_width < width:
-            raise DataError(
-                f"{model_file}: the model takes {height}x{width}x{channels} cutouts, but {path.name} (and probably "
-                f"the others in its folder) is {cutout_height}x{cutout_width}x{cutout_channels}"
-            )
+            refuse(path, location.height_width_channels)
         return
+    if without_planes:
+        refuse(*without_planes[0])
 
 
 def resolve_planes(asked: tuple[str, ...] | None, from_card: tuple[str, ...] | None) -> tuple[str, ...] | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -133,13 +134,24 @@ def test_triplets_from_simulation_to_scoring(tmp_path: Path, capsys: pytest.Capt
             f"--init-from: {model} was trained on planes IMAGE TEMPLATE DIFF, this cube holds TEMPLATE IMAGE DIFF"
         )
     )
-    # Difference-only cutouts: every one is skipped and counted, with the reason.
+    # A night of differences alone: one mistake, one line naming the model and both shapes.
     plain = tmp_path / "plain"
     assert call_main(simulate_main, "--out", plain, "--n-true", "0", "--n-false", "0", "--n-night", "5") == 0
+    first = sorted((plain / "night").glob("*.fits"))[0]
     assert call_main(infer_main, "--cutouts", plain / "night", "--model", model, "--no-tracking") == 1
-    err = capsys.readouterr().err
-    assert "no cutout could be scored (5 unreadable, 0 flagged EDGE)" in err
-    assert "holds 1 plane(s) in one image, --planes names 3 (IMAGE TEMPLATE DIFF)" in err
+    assert capsys.readouterr().err == (
+        f"otrain-infer: error: {model}: the model takes 32x32x3 cutouts (planes IMAGE TEMPLATE DIFF), but "
+        f"{first.name} (and probably the others in its folder) is 64x64x1\n"
+    )
+    assert not (plain / "night" / "infer_results.dat").exists()
+    # A few cutouts without the planes among triplets are skipped and counted, with the reason.
+    shutil.copy(first, tmp_path / "survey" / "night" / "zz_difference_only.fits")
+    table = tmp_path / "mixed.dat"
+    night_folder = tmp_path / "survey" / "night"
+    assert call_main(infer_main, "--cutouts", night_folder, "--model", model, "--output", table, "--no-tracking") == 0
+    captured = capsys.readouterr()
+    assert "EDGE, 1 unreadable" in captured.out
+    assert "zz_difference_only.fits: holds 1 plane(s) in one image" in captured.err
     assert call_main(infer_main, "--cutouts", plain / "night", "--model", model, "--planes", "DIFF") == 1
     assert capsys.readouterr().err.strip().endswith("the model takes 3 plane(s), --planes names 1 (DIFF)")
 
