@@ -154,10 +154,11 @@ def test_diagnostics_exports_n_examples_chosen_by_seed(trained: Path, tmp_path: 
     other = exported(tmp_path / "c", "--n-examples", "2", "--seed", "6")
     metrics = json.loads((tmp_path / "a" / "diagnostics.json").read_text())
     well = [name for name in first if "well_classified" in name]
-    assert len(well) == min(metrics["tp"], 2) + min(metrics["tn"], 2) == 4
+    assert len(well) == min(metrics["tp"], 2) + min(metrics["tn"], 2)
     assert len(first) - len(well) == metrics["fp"] + metrics["fn"]
     assert first == again  # the same candidates, drawn the same way
-    assert {name: first[name] for name in well} != {name: other[name] for name in well}
+    if max(metrics["tp"], metrics["tn"]) > 2:  # else every one is drawn, whatever the seed
+        assert {name: first[name] for name in well} != {name: other[name] for name in well}
     assert len(exported(tmp_path / "d", "--n-examples", "0")) == metrics["fp"] + metrics["fn"]
 
 
@@ -352,11 +353,16 @@ def test_grad_cam_plus_plus(trained: Path, tmp_path: Path, capsys: pytest.Captur
     assert call_main(grad_cam_main, *arguments, "--method", "gradcam++") == 0
     out = capsys.readouterr().out
     assert "Grad-CAM (gradcam++) maps:" in out
-    assert re.search(r"true positives: \d+% of the maps within 2 FWHM of the centre, on \d+% of the pixels", out)
     cube = Datacube.load(cube_file)
-    true_positives = int(np.sum((probabilities_of(trained / "tiny.keras", cube) > 0.5) & (cube.labels == 1)))
+    predicted = probabilities_of(trained / "tiny.keras", cube) > 0.5
+    true_positives = int(np.sum(predicted & (cube.labels == 1)))
+    shares = re.search(r"true positives: \d+% of the maps within 2 FWHM of the centre, on \d+% of the pixels", out)
+    assert (shares is not None) == (true_positives > 0), out  # the share is of the true positives' maps
     assert len(list((tmp_path / "TP").glob("cutout_CAM_*.png"))) == min(2, true_positives)
-    assert (tmp_path / "TN_summary.png").stat().st_size > 2000
+    true_negatives = int(np.sum(~predicted & (cube.labels == 0)))
+    assert (tmp_path / "TN_summary.png").is_file() == (true_negatives > 0)  # a grid per outcome that occurred
+    if true_negatives:
+        assert (tmp_path / "TN_summary.png").stat().st_size > 2000
 
 
 def test_grad_cam_explains_the_vgg_network(trained_vgg: Path, tmp_path: Path) -> None:
@@ -368,7 +374,7 @@ def test_grad_cam_explains_the_vgg_network(trained_vgg: Path, tmp_path: Path) ->
     predicted = probabilities_of(model_file, cube) > 0.5
     for outcome, cases in {"TP": predicted & (cube.labels == 1), "TN": ~predicted & (cube.labels == 0)}.items():
         assert len(list((tmp_path / outcome).glob("cutout_CAM_*.png"))) == min(3, int(np.sum(cases)))
-    assert (tmp_path / "TP_summary.png").stat().st_size > 2000
+        assert (tmp_path / f"{outcome}_summary.png").is_file() == bool(np.any(cases)), outcome
 
 
 @pytest.mark.parametrize(
@@ -654,10 +660,16 @@ def test_analysis_commands_replace_their_own_files_and_refuse_a_users(
     cube = trained / "test_set" / "datacube" / "cube_test.npz"
     model = trained / "tiny.keras"
     night = scored_night(workspace, trained)
+    # Each "user's file" stands where the command always writes, whatever the tiny model learnt on
+    # this CPU: at threshold 1 nothing is called real, so every real cutout is a false negative of
+    # diagnostics and every bogus one a true negative of Grad-CAM.
     commands = {
         "diagnostics": (
             diagnostics_main,
-            ("--path-cube-validation", cube, "--model-path", model, "--path-diagnostics", tmp_path / "diag"),
+            (
+                *("--path-cube-validation", cube, "--model-path", model, "--path-diagnostics", tmp_path / "diag"),
+                *("--threshold", "1"),
+            ),
             tmp_path / "diag" / "validation_set" / "misclassified" / "images_FN" / "cutout_0.png",
             "--path-diagnostics",
         ),
@@ -669,8 +681,19 @@ def test_analysis_commands_replace_their_own_files_and_refuse_a_users(
         ),
         "grad-cam": (
             grad_cam_main,
-            ("--cube", cube, "--model-path", model, "--cam_path", tmp_path / "cam", "--n_random", "2"),
-            tmp_path / "cam" / "TP_summary.png",
+            (
+                "--cube",
+                cube,
+                "--model-path",
+                model,
+                "--cam_path",
+                tmp_path / "cam",
+                "--n_random",
+                "2",
+                "--threshold",
+                "1",
+            ),
+            tmp_path / "cam" / "TN_summary.png",
             "--cam_path",
         ),
         "checkinfer": (
