@@ -738,6 +738,9 @@ class TrainingOptions(CommandConfig):
 #: and the lock file of the training that runs there.
 CHECKPOINT_FOLDER = ".checkpoint"
 TRAINING_LOCK = ".otrain-train.lock"
+#: Inside the checkpoint: the pointer to the last finished epoch, the staged final outputs, and
+#: the marker that says they are whole.
+CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE = "latest.json", "final", ".complete"
 #: The files every training writes into its folder, besides the model and its card.
 TRAINING_FILES = (
     "{name}.onnx",
