@@ -260,7 +260,11 @@ def test_a_cube_without_groups_has_one_group_per_cutout(tmp_path: Path, capsys: 
         *("--cube", cube, "--folds", "2", "--output", out, "--epochs", "1", "--no-tracking"),
     )
     assert status == 0
-    assert "records no groups (otrain-convert --group-keyword): each cutout is its own group" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "records no groups (otrain-convert --group-keyword): each cutout is its own group" in captured.err
+    # No --threshold: each fold's own, here the default.
+    assert "(real if P(real) > the fold's threshold: 0.5 (fold 1), 0.5 (fold 2); " in captured.out
+    assert "None" not in captured.out
     rows = read_csv(out / "oof_scores.csv")
     assert [row["group"] for row in rows] == [str(index) for index in range(36)]
     assert sorted({row["fold"] for row in rows}) == ["1", "2"]
@@ -332,6 +336,20 @@ def test_an_earlier_cross_validation_is_replaced_only_with_overwrite(
         f"cross-validation ({out / 'oof_scores.csv'}); pass --overwrite to run it again\n"
     )
     assert (out / "oof_scores.csv").read_bytes() == before
+
+
+def test_without_threshold_the_summary_gives_each_folds_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "cv"
+    options = ("--folds", "2", "--epochs", "1", "--no-tracking", "--target-fnr", "0.2")
+    assert call_main(cross_validate_main, "--cube", cube, "--output", out, *options) == 0
+    printed = capsys.readouterr().out
+    per_fold = json.loads((out / "cv_metrics.json").read_text())["per_fold"]
+    used = ", ".join(f"{row['threshold']:.6g} (fold {row['fold']})" for row in per_fold)
+    assert f"(real if P(real) > the fold's threshold: {used}; std over folds with ddof=1; " in printed
+    assert "None" not in printed
 
 
 def test_a_refused_init_from_writes_nothing_and_the_corrected_command_needs_no_overwrite(
