@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections import defaultdict
@@ -470,3 +471,27 @@ def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the
     assert {run.info.status for run in runs} == {"FINISHED"}
     history = client.get_metric_history(parent_run, "fold_roc_auc")
     assert sorted(metric.step for metric in history) == [1, 2, 3]  # the kept fold is logged once
+
+
+def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_blocks_nothing(
+    crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otrain.config import CrossValidateConfig
+
+    cube, out, _ = crossval
+    # The folds of a cross-validation interrupted by an older otrain, which kept no record.
+    older = tmp_path / "older"
+    shutil.copytree(out / "CNN_training", older / "CNN_training")
+    for extra in ((), ("--resume",)):
+        options = ("--cube", cube, "--output", older, "--folds", FOLDS, "--no-tracking", *extra)
+        assert call_main(cross_validate_main, *options) == 2
+        assert capsys.readouterr().err == (
+            f"otrain-cross-validate: error: --output: '{older}' holds fold trainings (folds 1, 2, 3 finished) but no "
+            f"record of the cross-validation that wrote them ({older / '.otrain-cross-validate.json'}), so they "
+            "cannot be resumed; pass --overwrite to start again\n"
+        )
+    # What a failed fold leaves at most: its folder, with the lock file of a killed training.
+    empty = tmp_path / "empty"
+    (empty / "CNN_training" / "fold-1").mkdir(parents=True)
+    (empty / "CNN_training" / "fold-1" / ".otrain-train.lock").write_text("{}")
+    assert CrossValidateConfig(cube=cube, output=empty, folds=FOLDS).output == empty
