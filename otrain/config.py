@@ -738,6 +738,9 @@ class TrainingOptions(CommandConfig):
 #: and the lock file of the training that runs there.
 CHECKPOINT_FOLDER = ".checkpoint"
 TRAINING_LOCK = ".otrain-train.lock"
+#: Inside the checkpoint: the pointer to the last finished epoch, the staged final outputs, and
+#: the marker that says they are whole.
+CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE = "latest.json", "final", ".complete"
 #: The files every training writes into its folder, besides the model and its card.
 TRAINING_FILES = (
     "{name}.onnx",
@@ -1618,6 +1621,8 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
 
 #: What otrain-cross-validate writes into --output, besides one training per fold.
 CROSSVAL_FILES = ("oof_scores.csv", "cv_metrics.json")
+#: In --output while a cross-validation runs (removed when it has finished): its options, for --resume.
+CROSSVAL_RECORD = ".otrain-cross-validate.json"
 #: Name of the training of fold k (1-based): <output>/CNN_training/fold-<k>/.
 CROSSVAL_FOLD_NAME = "fold-{fold}"
 
@@ -1634,7 +1639,9 @@ class CrossValidateConfig(TrainingOptions):
     index in the cube, candid, group, label, fold, P(real), the fold's threshold), cv_metrics.json (metrics of each
     fold, their mean and sample standard deviation, and the metrics of all out-of-fold scores
     pooled), and each fold's training in <output>/CNN_training/fold-<k>/. Tracked as one MLflow
-    parent run (the mean and spread, the two files) with one child run per fold.
+    parent run (the mean and spread, the two files) with one child run per fold. An interrupted
+    cross-validation goes on with --resume: the folds that finished are kept, the interrupted one
+    resumes from its last finished epoch.
     """
 
     command: ClassVar[str] = "otrain-cross-validate"
@@ -1662,6 +1669,11 @@ class CrossValidateConfig(TrainingOptions):
     init_from: ExistingFile | None = option(
         None, "Start every fold from the weights of this trained model (see otrain-train --init-from)."
     )
+    resume: bool = option(
+        False,
+        "Continue an interrupted cross-validation, with the same options: the folds that finished are kept, the "
+        "interrupted one goes on from its last finished epoch, the others are trained.",
+    )
     overwrite: bool = option(False, "Replace a cross-validation in --output (its files and fold trainings).")
 
     @classmethod
@@ -1674,13 +1686,11 @@ class CrossValidateConfig(TrainingOptions):
     @model_validator(mode="after")
     def _check(self) -> CrossValidateConfig:
         self.check_option_rules(self.__dict__)
-        present = [self.output / name for name in CROSSVAL_FILES if (self.output / name).exists()]
-        present += [folder for folder in self.fold_folders() if folder.exists()]
-        if present and not self.overwrite:
-            raise ValueError(
-                f"--output: {str(self.output)!r} already holds a cross-validation ({present[0]}); "
-                "pass --overwrite to replace it"
-            )
+        if self.resume and self.overwrite:
+            raise ValueError("--resume, --overwrite: give one or the other")
+        from otrain.crossval import check_resumable
+
+        check_resumable(self)
         outputs = [
             Output(self.output / CROSSVAL_FILES[0], "csv", formats.OOF_COLUMNS),
             Output(self.output / CROSSVAL_FILES[1], "json", formats.CROSSVAL_KEYS),

@@ -8,12 +8,21 @@ second ``StratifiedGroupKFold`` of the other folds into about 1 / ``frac`` parts
 holds whole groups; the rest trains. Each training is a complete otrain-train run (every
 option honoured), a child of one MLflow parent run, as in the dataset-size study. The model of
 fold k then scores fold k: every cutout gets exactly one out-of-fold P(real).
+
+While it runs, ``<output>/.otrain-cross-validate.json`` records its options and, per fold,
+whether its training has started (the training has written its checkpoint) or finished; it is
+removed once the scores and metrics are written. ``--resume`` reads it: a fold that finished
+is kept, the interrupted one resumes its training (``otrain-train --resume``), the others
+are trained; a fold whose folder holds a training the record does not know (from an earlier
+cross-validation) is trained again in its place.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +31,34 @@ import numpy as np
 from pydantic import ValidationError
 
 from otrain.atomic import write_json_atomic
-from otrain.config import CROSSVAL_FILES, CROSSVAL_FOLD_NAME, CrossValidateConfig, TrainConfig
+from otrain.config import (
+    CHECKPOINT_COMPLETE,
+    CHECKPOINT_FOLDER,
+    CHECKPOINT_POINTER,
+    CHECKPOINT_STAGING,
+    CROSSVAL_FILES,
+    CROSSVAL_FOLD_NAME,
+    CROSSVAL_RECORD,
+    CrossValidateConfig,
+    TrainConfig,
+)
 from otrain.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
 from otrain.outputs import OOF_COLUMNS
 from otrain.progress import announce
 
-__all__ = ["METRICS", "CrossValidationReport", "cross_validate", "fold_metrics", "fold_splits", "groups_of"]
+__all__ = [
+    "METRICS",
+    "CrossValidationReport",
+    "FoldPlan",
+    "check_resumable",
+    "cross_validate",
+    "describe_folds",
+    "fold_metrics",
+    "fold_splits",
+    "groups_of",
+    "plan_folds",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -182,17 +212,264 @@ def _check_folds(config: CrossValidateConfig, labels: np.ndarray, groups: np.nda
         )
 
 
-def _train_config(config: CrossValidateConfig, fold: int) -> TrainConfig:
-    shared = config.model_dump(exclude={"folds", "output", "test_frac", "group_keyword"})
-    name = CROSSVAL_FOLD_NAME.format(fold=fold)
+# ---------------------------------------------------------------------------------------------
+# An interrupted cross-validation: what its folds hold, and what --resume does with each.
+
+#: What --resume does with a fold: keep its finished training, resume its interrupted one,
+#: train it (its folder holds no training), or train it again in place of a training the
+#: record does not know.
+KEEP, RESUME, TRAIN, REPLACE = "keep", "resume", "train", "replace"
+#: A fold's record entry once its training has written its checkpoint, and once it has finished.
+_STARTED, _FINISHED = "started", "finished"
+#: Options that say how a cross-validation runs or where, not what it computes: a resumed
+#: cross-validation may change them.
+_NOT_RECORDED = {"resume", "overwrite", "tracking", "tracking_uri", "experiment", "cube", "output"}
+
+
+@dataclass(frozen=True)
+class FoldPlan:
+    """What one fold's training folder holds, and what ``--resume`` does with it.
+
+    Attributes
+    ----------
+    fold : int
+        The fold (1-based).
+    action : str
+        ``"keep"``, ``"resume"``, ``"train"`` or ``"replace"`` (see :data:`KEEP`).
+    state : str
+        What the folder holds, for messages ("finished", "interrupted after epoch 3", ...).
+    """
+
+    fold: int
+    action: str
+    state: str
+
+
+def _fold_config(output: Path, fold: int) -> TrainConfig:
+    """Return fold ``fold``'s training options, unvalidated: only its paths are used."""
+    return TrainConfig.model_construct(model_path=output, model_name=CROSSVAL_FOLD_NAME.format(fold=fold))
+
+
+def _checkpoint_progress(checkpoint: Path) -> str:
+    """How far the interrupted training whose checkpoint is ``checkpoint`` got."""
+    if (checkpoint / CHECKPOINT_STAGING / CHECKPOINT_COMPLETE).is_file():
+        return "after its last epoch, while its outputs were moved in"
+    pointer = checkpoint / CHECKPOINT_POINTER
+    if not pointer.is_file():
+        return "before its first epoch ended"
     try:
-        return TrainConfig.model_validate({**shared, "model_path": config.output, "model_name": name})
+        return f"after epoch {int(json.loads(pointer.read_text())['epochs_done'])}"
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"(its checkpoint {pointer} cannot be read)"
+
+
+def _folder_state(output: Path, fold: int) -> tuple[str, str]:
+    """Return what fold ``fold``'s folder holds: a kind and its description.
+
+    The kinds: ``"interrupted"`` (a checkpoint), ``"finished"`` (the model and its metrics, no
+    checkpoint), ``"partial"`` (files of a training without its model or metrics), ``"empty"``.
+    """
+    training = _fold_config(output, fold)
+    if (training.output_dir / CHECKPOINT_FOLDER).is_dir():
+        return "interrupted", f"interrupted {_checkpoint_progress(training.output_dir / CHECKPOINT_FOLDER)}"
+    if training.model_file.is_file() and (training.output_dir / "metrics.json").is_file():
+        return "finished", "finished"
+    if training.holds_training():
+        return "partial", f"partly written (no {training.model_file.name} or metrics.json)"
+    return "empty", "not started"
+
+
+def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[FoldPlan]:
+    """Say what each fold's folder holds and what ``--resume`` does with it.
+
+    Parameters
+    ----------
+    output : Path
+        The cross-validation's --output.
+    folds : int
+        Its number of folds.
+    record : dict or None
+        Its record (:data:`otrain.config.CROSSVAL_RECORD`); None: none was found, and every
+        training there is described but would be replaced.
+
+    Returns
+    -------
+    list of FoldPlan
+        One per fold, in order.
+    """
+    marks = (record or {}).get("folds", {})
+    plans = []
+    for fold in range(1, folds + 1):
+        kind, state = _folder_state(output, fold)
+        ours = marks.get(str(fold)) in (_STARTED, _FINISHED)
+        if ours and kind == "finished":
+            action = KEEP
+        elif ours and kind == "interrupted" and marks.get(str(fold)) == _STARTED:
+            action = RESUME
+        elif kind == "empty":
+            action = TRAIN
+        else:
+            action = REPLACE
+            if record is not None and not ours:
+                state = "not started (its folder holds another training, which --resume replaces)"
+        plans.append(FoldPlan(fold, action, state))
+    return plans
+
+
+def describe_folds(plans: list[FoldPlan]) -> str:
+    """Describe the folds by state.
+
+    For example "folds 1, 2 finished; fold 3 interrupted after epoch 2; fold 4 not started".
+    """
+    groups: dict[str, list[int]] = {}
+    for plan in plans:
+        groups.setdefault(plan.state, []).append(plan.fold)
+    return "; ".join(
+        f"{'folds' if len(folds) > 1 else 'fold'} {', '.join(map(str, folds))} {state}"
+        for state, folds in groups.items()
+    )
+
+
+def _read_record(output: Path) -> dict[str, Any] | None:
+    """Read the record of an unfinished cross-validation in ``output``; None when there is none.
+
+    Raises
+    ------
+    DataError
+        When the record cannot be read.
+    """
+    path = output / CROSSVAL_RECORD
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
+            raise ValueError("not a record of otrain-cross-validate")
+    except (OSError, ValueError) as error:
+        raise DataError(f"{path}: the record of the interrupted cross-validation cannot be read ({error})") from None
+    record.setdefault("folds", {})
+    return record
+
+
+def _write_record(output: Path, record: dict[str, Any]) -> None:
+    write_json_atomic(output / CROSSVAL_RECORD, record)
+
+
+def check_resumable(config: CrossValidateConfig) -> None:
+    """Refuse to start where a cross-validation is (finished or not), unless told what to do with it.
+
+    A finished cross-validation (its scores and metrics, no record) is replaced only with
+    ``--overwrite``; an interrupted one is continued with ``--resume`` or replaced with
+    ``--overwrite``, and the message says what each fold holds. ``--resume`` needs an
+    interrupted cross-validation and its record.
+
+    Parameters
+    ----------
+    config : CrossValidateConfig
+        The options (before validation ends).
+
+    Raises
+    ------
+    ValueError
+        With the option's flag and the rule, when refused.
+    """
+    output = config.output
+    try:
+        record = _read_record(output)
+        unreadable = ""
+    except DataError as error:
+        record, unreadable = None, str(error)
+    folds = int(record["options"].get("folds", config.folds)) if record else config.folds
+    present = [output / name for name in CROSSVAL_FILES if (output / name).exists()]
+    if present and record is None and not unreadable:
+        if config.resume:
+            raise ValueError(
+                f"--resume: nothing to resume in {str(output)!r}: it holds a finished cross-validation ({present[0]}); "
+                "pass --overwrite to run it again"
+            )
+        if not config.overwrite:
+            raise ValueError(
+                f"--output: {str(output)!r} already holds a cross-validation ({present[0]}); "
+                "pass --overwrite to replace it"
+            )
+        return
+    plans = plan_folds(output, folds, record)
+    if record is None:
+        held = [plan for plan in plans if plan.action != TRAIN]
+        if held and not config.overwrite:
+            why = unreadable or f"no record of the cross-validation that wrote them ({output / CROSSVAL_RECORD})"
+            raise ValueError(
+                f"--output: {str(output)!r} holds fold trainings ({describe_folds(held)}) but {why}, so they cannot "
+                "be resumed; pass --overwrite to start again"
+            )
+        if config.resume:
+            raise ValueError(f"--resume: nothing to resume in {str(output)!r}: no interrupted cross-validation")
+        return
+    if all(plan.action == TRAIN for plan in plans) and not present:
+        if config.resume:
+            raise ValueError(
+                f"--resume: nothing to resume in {str(output)!r}: the interrupted cross-validation trained no fold"
+            )
+        return  # it stopped before its first fold: nothing of it is left but the record, which a new one replaces
+    if not (config.resume or config.overwrite):
+        raise ValueError(
+            f"--output: {str(output)!r} holds an interrupted cross-validation of {folds} folds "
+            f"({describe_folds(plans)}); pass --resume to continue it (with the same options) or --overwrite to "
+            "start again"
+        )
+
+
+def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -> TrainConfig:
+    """Return the options of fold ``fold``'s training; ``action`` as planned (see :func:`plan_folds`)."""
+    shared = config.model_dump(exclude={"folds", "output", "test_frac", "group_keyword", "resume", "overwrite"})
+    name = CROSSVAL_FOLD_NAME.format(fold=fold)
+    how = {"resume": action == RESUME, "overwrite": config.overwrite or action == REPLACE}
+    try:
+        return TrainConfig.model_validate({**shared, **how, "model_path": config.output, "model_name": name})
     except ValidationError as error:
         raise OptionError(str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")) from None
 
 
+def _new_record(config: CrossValidateConfig, data_hash: str) -> dict[str, Any]:
+    options = config.model_dump(mode="json", exclude=_NOT_RECORDED)
+    return {"options": options, "data_hash": data_hash, "mlflow_run": None, "folds": {}}
+
+
+def _check_record(config: CrossValidateConfig, record: dict[str, Any], data_hash: str) -> None:
+    """Refuse to resume with other options, or on another cube, than the interrupted cross-validation's."""
+    expected = _new_record(config, data_hash)
+    saved = {**record["options"], "data_hash": record.get("data_hash")}
+    wanted = {**expected["options"], "data_hash": data_hash}
+    changed = sorted(key for key in wanted if key in saved and saved[key] != wanted[key])
+    if changed:
+        raise OptionError(
+            f"--resume: the interrupted cross-validation used other values of {', '.join(changed)}; resume with the "
+            "same ones or pass --overwrite to start again"
+        )
+
+
+def _parent_run_id(config: CrossValidateConfig, record: dict[str, Any] | None, uri: str) -> str | None:
+    """Return the MLflow parent run to reopen: the interrupted cross-validation's, when --resume finds one."""
+    previous = (record or {}).get("mlflow_run")
+    if not config.resume or not previous:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    try:
+        MlflowClient(uri).get_run(previous["run_id"])
+    except Exception:  # not found, or another store
+        raise OptionError(
+            f"--resume: the interrupted cross-validation's MLflow run {previous['run_id']} is not in {uri} (it was "
+            f"started in {previous['tracking_uri']}); set MLFLOW_TRACKING_URI to that store, or pass --no-tracking"
+        ) from None
+    return str(previous["run_id"])
+
+
 def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     """Train one model per fold, score every cutout out of fold, and write the scores and metrics.
+
+    With ``config.resume``, the folds that had finished are kept (their models score their
+    folds again), the interrupted fold's training resumes, and the others are trained.
 
     Parameters
     ----------
@@ -207,11 +484,14 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     Raises
     ------
     OptionError
-        When --folds exceeds the groups of a class, or a fold's training options are refused.
+        When --folds exceeds the groups of a class, a fold's training options are refused, or
+        --resume is given other options than the interrupted cross-validation's.
     DataError
-        On a cube with one class, or folds that cannot be split into training and validation.
+        On a cube with one class, folds that cannot be split into training and validation, or
+        an --init-from model the folds cannot start from (refused before anything is written).
     """
-    from otrain.tracking import check_tracking_uri, git_commit, open_run, resolve_tracking_uri
+    from otrain.tracking import RunInfo, check_tracking_uri, git_commit, open_run, resolve_tracking_uri
+    from otrain.training import check_init_from
 
     cube = Datacube.load(config.cube)
     if cube.n_real == 0 or cube.n_bogus == 0:
@@ -222,24 +502,59 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
         logger.info("%s records no groups (otrain-convert --group-keyword): each cutout is its own group", config.cube)
     _check_folds(config, cube.labels, groups, grouped)
     splits = fold_splits(cube.labels, groups, config.folds, config.frac, config.seed)
-    configs = [_train_config(config, fold) for fold in range(1, config.folds + 1)]
+    data_hash = cube.content_hash()
+    previous = _read_record(config.output) if config.resume else None
+    if previous is not None:
+        _check_record(config, previous, data_hash)
+    plans = plan_folds(config.output, config.folds, previous)
+    if not config.resume:
+        plans = [FoldPlan(plan.fold, TRAIN, plan.state) for plan in plans]
+    configs = {plan.fold: _train_config(config, plan.fold, plan.action) for plan in plans if plan.action != KEEP}
+    if configs:
+        check_init_from(next(iter(configs.values())), cube)  # the folds differ only in their rows
+    uri = resolve_tracking_uri(config.tracking_uri) if config.tracking else None
+    if uri is not None:
+        check_tracking_uri(uri)
+    parent_id = _parent_run_id(config, previous, uri) if uri is not None else None
+    if previous is not None:
+        announce(f"resuming the cross-validation in {config.output}: {describe_folds(plans)}")
+
+    record = previous if previous is not None else _new_record(config, data_hash)
     report = CrossValidationReport(n_groups=len(np.unique(groups)), grouped=grouped)
     scores, thresholds = np.full(len(cube), np.nan), np.full(len(cube), np.nan)
     fold_of = np.zeros(len(cube), dtype=np.int64)
 
+    def mark(fold: int, progress: str | None) -> None:
+        if progress is None:
+            record["folds"].pop(str(fold), None)
+        else:
+            record["folds"][str(fold)] = progress
+        _write_record(config.output, record)
+
     def run_folds() -> None:
-        for fold, (split, train_config) in enumerate(zip(splits, configs, strict=True), start=1):
+        for plan, split in zip(plans, splits, strict=True):
+            fold = plan.fold
             announce(
                 f"--- fold {fold} of {config.folds}: testing on {len(split.test)} cutouts "
                 f"({len(np.unique(groups[split.test]))} groups), validating on {len(split.validation)}, "
-                f"training on {len(split.train)}"
+                f"training on {len(split.train)}" + (" (finished before: kept)" if plan.action == KEEP else "")
             )
-            row = _run_fold(train_config, cube, split)
+            if plan.action == KEEP:
+                row = _score_fold(_fold_config(config.output, fold), cube, split)
+            else:
+                try:
+                    row = _run_fold(configs[fold], cube, split, on_ready=lambda run, fold=fold: mark(fold, _STARTED))
+                except BaseException:
+                    if not (configs[fold].output_dir / CHECKPOINT_FOLDER).is_dir():
+                        mark(fold, None)  # nothing to resume (a diverged training removes its checkpoint)
+                    raise
+                mark(fold, _FINISHED)
             scores[split.test] = row.pop("_scores")
             thresholds[split.test] = row["threshold"]
             fold_of[split.test] = fold
             report.per_fold.append({"fold": fold, **row})
-            _log_fold(config, fold, row)
+            if plan.action != KEEP or parent_id is None:  # a reopened parent run holds the kept folds' metrics
+                _log_fold(config, fold, row)
 
     def summarise() -> None:
         from otrain.evaluation import binary_metrics
@@ -255,51 +570,87 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
         decided = binary_metrics(cube.labels, scores - thresholds, 0.0)
         report.pooled.update({name: float(decided[name]) for name in _DECISION_METRICS})
 
-    if config.tracking:
-        import mlflow
+    try:
+        if uri is not None:
+            import mlflow
 
-        uri = resolve_tracking_uri(config.tracking_uri)
-        check_tracking_uri(uri)
-        tags = {
-            "otrain.data_hash": cube.content_hash(),
-            "otrain.cube": str(config.cube),
-            "git.commit": git_commit(),
-            "mlflow.note.content": f"otrain-cross-validate, {config.folds} folds, on {config.cube}",
-        }
-        with open_run(uri, config.experiment, run_name=f"{config.cube.stem}_cross_validation", tags=tags) as parent:
-            report.parent_run_id = parent.run_id
-            params = {key: value for key, value in config.model_dump(mode="json").items() if value is not None}
-            mlflow.log_params({**params, "grouped": grouped, "n_groups": report.n_groups})
+            tags = {
+                "otrain.data_hash": data_hash,
+                "otrain.cube": str(config.cube),
+                "git.commit": git_commit(),
+                "mlflow.note.content": f"otrain-cross-validate, {config.folds} folds, on {config.cube}",
+            }
+            run_name = f"{config.cube.stem}_cross_validation"
+            with open_run(uri, config.experiment, run_name=run_name, run_id=parent_id, tags=tags) as parent:
+                report.parent_run_id = parent.run_id
+                record["mlflow_run"] = RunInfo(parent.run_id, parent.experiment_id, uri).__dict__
+                _write_record(config.output, record)
+                params = {key: value for key, value in config.model_dump(mode="json").items() if value is not None}
+                params.update(grouped=grouped, n_groups=report.n_groups)
+                existing = mlflow.get_run(parent.run_id).data.params
+                mlflow.log_params({key: value for key, value in params.items() if key not in existing})
+                run_folds()
+                summarise()
+                summary = {f"mean_{key}": value for key, value in report.mean.items()}
+                summary.update({f"std_{key}": value for key, value in report.std.items()})
+                summary.update({f"pooled_{key}": value for key, value in report.pooled.items()})
+                mlflow.log_metrics({key: value for key, value in summary.items() if math.isfinite(value)})
+                report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
+                for path in report.outputs:
+                    mlflow.log_artifact(str(path), artifact_path="cross_validation")
+                (config.output / CROSSVAL_RECORD).unlink()
+        else:
+            _write_record(config.output, record)
             run_folds()
             summarise()
-            summary = {f"mean_{key}": value for key, value in report.mean.items()}
-            summary.update({f"std_{key}": value for key, value in report.std.items()})
-            summary.update({f"pooled_{key}": value for key, value in report.pooled.items()})
-            mlflow.log_metrics({key: value for key, value in summary.items() if math.isfinite(value)})
             report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
-            for path in report.outputs:
-                mlflow.log_artifact(str(path), artifact_path="cross_validation")
-    else:
-        run_folds()
-        summarise()
-        report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
+            (config.output / CROSSVAL_RECORD).unlink()
+    except BaseException:
+        _forget_unstarted(config, record)
+        raise
     return report
 
 
-def _run_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, Any]:
-    """Train on one fold's split, then score its test rows with the saved model."""
-    from otrain.model import load_model
-    from otrain.scoring import predict
+def _forget_unstarted(config: CrossValidateConfig, record: dict[str, Any]) -> None:
+    """After a failure or an interruption: remove the record when nothing of the run is left to resume.
+
+    So a cross-validation that stopped before any fold's training wrote its checkpoint (a
+    refused option, a cube that cannot be split, Ctrl-C while the first fold starts) leaves
+    nothing behind, and the next one starts as if it had never been.
+    """
+    path = config.output / CROSSVAL_RECORD
+    if path.is_file() and not record["folds"]:
+        path.unlink()
+
+
+def _run_fold(
+    config: TrainConfig, cube: Datacube, split: Split, on_ready: Callable[[Any], None] | None = None
+) -> dict[str, Any]:
+    """Train (or resume) one fold's training on its split, then score its test rows with the saved model."""
     from otrain.training import train
 
-    result = train(config, cube=cube, split=split)
-    probabilities = predict(load_model(result.model_file), cube.cube[split.test])
-    threshold = float(result.metrics["threshold"])  # the training's own: given, 0.5, or chosen for a target rate
+    train(config, on_ready, cube=cube, split=split)
+    return _score_fold(config, cube, split)
+
+
+def _score_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, Any]:
+    """Score one fold's test rows with its finished training's model; its row of the report."""
+    from otrain.model import load_model
+    from otrain.scoring import predict
+
+    probabilities = predict(load_model(config.model_file), cube.cube[split.test])
+    metrics_file = config.output_dir / "metrics.json"
+    try:
+        metrics = json.loads(metrics_file.read_text())
+        threshold = float(metrics["threshold"])  # the training's own: given, 0.5, or chosen for a target rate
+        epochs_run = int(metrics["epochs_run"])
+    except (OSError, ValueError, TypeError, KeyError) as error:
+        raise DataError(f"{metrics_file}: not the metrics of a finished training ({error})") from None
     return {
         "n_train": len(split.train),
         "n_validation": len(split.validation),
         "n_test": len(split.test),
-        "epochs_run": int(result.metrics["epochs_run"]),
+        "epochs_run": epochs_run,
         "threshold": threshold,
         **fold_metrics(cube.labels[split.test], probabilities, threshold),
         "_scores": probabilities,

@@ -350,7 +350,9 @@ def _run(
         experiment_id = parent.info.experiment_id if parent else _experiment_id(mlflow, tracking_uri, experiment)
         run = mlflow.start_run(run_name=run_name, experiment_id=experiment_id, nested=parent is not None)
     else:
-        run = mlflow.start_run(run_id=run_id)
+        # Inside an active run (a cross-validation's parent run resumed with its folds), MLflow
+        # resumes a run only as a nested one; the run keeps the parent it was created with.
+        run = mlflow.start_run(run_id=run_id, nested=mlflow.active_run() is not None)
     info = RunInfo(run.info.run_id, run.info.experiment_id, tracking_uri)
     try:
         if tags:

@@ -49,7 +49,10 @@ from otrain.config import (
     AUTO_BATCH_MAX,
     AUTO_BATCH_MIN,
     AUTO_BATCH_MIN_STEPS,
+    CHECKPOINT_COMPLETE,
     CHECKPOINT_FOLDER,
+    CHECKPOINT_POINTER,
+    CHECKPOINT_STAGING,
     MONITOR_MODES,
     PLATEAU_FACTOR,
     PLATEAU_PATIENCE,
@@ -74,14 +77,12 @@ from otrain.tracking import (
     resolve_tracking_uri,
 )
 
-__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "train"]
+__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "check_init_from", "train"]
 
 logger = logging.getLogger("otrain")
 
 #: Inside the checkpoint: the pointer to the last finished epoch, and the staged final outputs.
-POINTER = "latest.json"
-STAGING = "final"
-COMPLETE = ".complete"
+POINTER, STAGING, COMPLETE = CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE
 _WEIGHTS = "latest.weights.h5"
 _BEST_WEIGHTS = "best.weights.h5"
 #: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
@@ -182,9 +183,7 @@ def _configure_tensorflow(config: TrainConfig, cluster: Cluster | None = None) -
 
     from otrain.model import log_visible_devices
 
-    gpus = tf.config.list_physical_devices("GPU")
-    for gpu in gpus:
-        tf.config.experimental.set_memory_growth(gpu, True)
+    gpus = _grow_gpu_memory()
     multi_worker = None
     if cluster is not None and cluster.workers > 1:
         # Created before anything starts TensorFlow's runtime (TensorFlow's rule); it reads TF_CONFIG
@@ -209,6 +208,19 @@ def _configure_tensorflow(config: TrainConfig, cluster: Cluster | None = None) -
         return tf.distribute.MirroredStrategy(devices)
     logger.info("training on %s", "1 GPU" if gpus else "the CPU")
     return tf.distribute.get_strategy()
+
+
+def _grow_gpu_memory() -> list[Any]:
+    """Let TensorFlow take GPU memory as it needs it; return the GPUs.
+
+    Must run before anything starts TensorFlow's runtime (the setting cannot change afterwards).
+    """
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:
+        tf.config.experimental.set_memory_growth(gpu, True)
+    return gpus
 
 
 def _replica_batch(batch_size: int, replicas: int) -> int:
@@ -266,14 +278,15 @@ def _learning_rate(config: TrainConfig, n_train: int, batch_size: int, replicas:
     return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, steps * config.epochs))
 
 
-def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -> None:
-    """Copy the weights of the trained model ``source`` into ``model`` (``--init-from``).
+def _starting_weights(model: Any, source: Path, planes: tuple[str, ...] | None) -> list[list[np.ndarray]]:
+    """Return the weights of the trained model ``source``, one list per layer of ``model`` that has weights.
 
     Raises
     ------
     DataError
-        When ``source`` is another network (layers or weight shapes), takes other cutouts, or
-        was trained on other planes than the cube's (as its card says).
+        When ``source`` is not a readable Keras model, is another network (layers or weight
+        shapes), takes other cutouts, or was trained on other planes than the cube's (as its card
+        says).
     """
     from otrain.model import card_planes, input_shape_of, load_model
 
@@ -294,9 +307,60 @@ def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -
     shapes = [[array.shape for array in layer] for layer in weights]
     if shapes != [[array.shape for array in layer] for layer in trained_weights]:
         raise DataError(f"--init-from: {source} is another network than the one this training builds")
+    return trained_weights
+
+
+def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -> None:
+    """Copy the weights of the trained model ``source`` into ``model`` (``--init-from``).
+
+    Raises
+    ------
+    DataError
+        As :func:`_starting_weights`.
+    """
+    trained_weights = _starting_weights(model, source, planes)
     for layer, values in zip((layer for layer in model.layers if layer.weights), trained_weights, strict=True):
         layer.set_weights(values)
     logger.info("weights initialised from %s", source)
+
+
+def check_init_from(config: TrainConfig, cube: Datacube) -> None:
+    """Refuse an ``--init-from`` model that this training could not start from.
+
+    Called before anything is written (the checkpoint, the MLflow run, a cross-validation's
+    folds), so that a refused model leaves nothing behind. The network is built here, aside, to
+    compare its weights' shapes with the model's.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The training's options; nothing is checked when ``init_from`` is None.
+    cube : Datacube
+        The cube it trains on (its cutouts' shape and planes).
+
+    Raises
+    ------
+    DataError
+        As :func:`_starting_weights`: not a readable model, other cutouts, planes or network.
+    """
+    if config.init_from is None:
+        return
+    import keras
+
+    from otrain.model import build_model
+
+    _grow_gpu_memory()  # building a model starts TensorFlow's runtime
+    model = build_model(
+        tuple(int(size) for size in cube.cube.shape[1:]),  # type: ignore[arg-type]
+        architecture=config.architecture,
+        dropout=config.dropout,
+        learning_rate=config.learning_rate,
+        normalisation=config.normalisation,
+    )
+    _starting_weights(model, config.init_from, cube.planes)
+    # That model drew from the seeded generators: seed them again, so that the training is the
+    # one it would be without this check.
+    keras.utils.set_random_seed(config.seed)
 
 
 def _calibrate(
@@ -729,8 +793,6 @@ def _train_locked(
     if not (config.resume or config.overwrite) and (config.holds_training() or checkpoint_folder.is_dir()):
         # Another training of this folder finished, or was interrupted, since the options were checked.
         raise OptionError(f"--model-name: {config.output_dir} already holds a training; pass --overwrite to replace it")
-    if config.overwrite:
-        shutil.rmtree(checkpoint_folder, ignore_errors=True)
     previous_run = read_run_file(checkpoint_folder) if config.resume else None
 
     data_hash = cube.content_hash()
@@ -760,6 +822,13 @@ def _train_locked(
         else:
             how = "stopped early" if checkpoint.stopped else f"of {config.epochs}"
             announce(f"resuming {checkpoint_folder}: epoch {checkpoint.epochs_done} {how} had finished")
+    strategy = _configure_tensorflow(config, cluster)
+    replica_batch = _distributed_batch(config, split, batch_size, strategy.num_replicas_in_sync)
+    if checkpoint.epochs_done == 0:
+        check_init_from(config, cube)
+    # Everything that can be checked before training is checked: only now is anything written.
+    if config.overwrite:
+        shutil.rmtree(checkpoint_folder, ignore_errors=True)
     shutil.rmtree(staged, ignore_errors=True)
     checkpoint_folder.mkdir(parents=True, exist_ok=True)
     write_text_atomic(fingerprint_file, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
@@ -777,7 +846,9 @@ def _train_locked(
         with _tracked(config, tracking_uri, previous_run, tags) as run:
             if run is not None:
                 run.write(checkpoint_folder)
-            return _fit_and_write(config, cube, split, split_record, batch_size, checkpoint, run, on_ready, cluster)
+            return _fit_and_write(
+                config, cube, split, split_record, replica_batch, checkpoint, run, on_ready, cluster, strategy
+            )
     except TrainingDivergedError:
         shutil.rmtree(checkpoint_folder, ignore_errors=True)
         raise
@@ -825,15 +896,15 @@ def _fit_and_write(
     run: RunInfo | None,
     on_ready: Callable[[RunInfo | None], None] | None,
     cluster: Cluster,
+    strategy: Any,
 ) -> TrainingResult:
+    """Train under ``strategy`` (``batch_size`` rounded for its replicas), evaluate, write every output."""
     import keras
     import tensorflow as tf
 
     from otrain.model import save_model, write_card
     from otrain.plots import plot_training_curve
 
-    strategy = _configure_tensorflow(config, cluster)
-    batch_size = _distributed_batch(config, split, batch_size, strategy.num_replicas_in_sync)
     if run is not None:
         import mlflow
 

@@ -247,3 +247,36 @@ def trained_vgg(workspace: Path, tracking_uri: str) -> Path:
     finally:
         del os.environ["MLFLOW_TRACKING_URI"]
     return workspace / "vgg" / "CNN_training" / "tiny_vgg"
+
+
+def refused_init_sources(folder: Path, shape: tuple[int, int, int], planes: Sequence[str]) -> list[tuple[Path, str]]:
+    """Models a training of cutouts of ``shape`` and ``planes`` cannot start from, each with its refusal.
+
+    Another cutout size, other planes (as the model's card records them), another network, and a
+    text file named like a model.
+    """
+    from otrain.model import build_model, save_model, write_card
+
+    height, width, channels = shape
+    folder.mkdir(parents=True, exist_ok=True)
+    bigger = save_model(build_model((height + 8, width + 8, channels)), folder / "bigger.keras")
+    other_planes = save_model(build_model(shape, normalisation="robust"), folder / "other_planes.keras")
+    write_card(other_planes, {"planes": ["TEMPLATE"] * channels})
+    vgg = save_model(build_model(shape, architecture="vgg", normalisation="robust"), folder / "vgg.keras")
+    text = folder / "notes.keras"
+    text.write_text("not a model\n")
+    size, theirs = "x".join(map(str, shape)), f"{height + 8}x{width + 8}x{channels}"
+    template = " ".join(["TEMPLATE"] * channels)
+    return [
+        (
+            bigger,
+            f"--init-from: {bigger} takes {theirs} cutouts, this cube has {size}; use the same --cutout-size "
+            "and planes",
+        ),
+        (
+            other_planes,
+            f"--init-from: {other_planes} was trained on planes {template}, this cube holds {' '.join(planes)}",
+        ),
+        (vgg, f"--init-from: {vgg} is another network than the one this training builds"),
+        (text, f"{text}: not a readable Keras model (corrupt or truncated)"),
+    ]

@@ -5,12 +5,15 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import subprocess
+import sys
 from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import call_main, write_gmadet, write_stdpipe
+from conftest import call_main, refused_init_sources, write_gmadet, write_stdpipe
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.convert import main as convert_main
@@ -258,7 +261,11 @@ def test_a_cube_without_groups_has_one_group_per_cutout(tmp_path: Path, capsys: 
         *("--cube", cube, "--folds", "2", "--output", out, "--epochs", "1", "--no-tracking"),
     )
     assert status == 0
-    assert "records no groups (otrain-convert --group-keyword): each cutout is its own group" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "records no groups (otrain-convert --group-keyword): each cutout is its own group" in captured.err
+    # No --threshold: each fold's own, here the default.
+    assert "(real if P(real) > the fold's threshold: 0.5 (fold 1), 0.5 (fold 2); " in captured.out
+    assert "None" not in captured.out
     rows = read_csv(out / "oof_scores.csv")
     assert [row["group"] for row in rows] == [str(index) for index in range(36)]
     assert sorted({row["fold"] for row in rows}) == ["1", "2"]
@@ -297,8 +304,10 @@ def test_group_keyword_requires_the_cubes_groups_of_that_keyword(
             "--folds: 21 folds need at least 21 groups of each class; {cube} has 23 holding real cutouts and 20 "
             "holding bogus ones; give at most 20",
         ),
+        (("--resume",), "--resume: nothing to resume in '{out}': no interrupted cross-validation"),
+        (("--resume", "--overwrite"), "--resume, --overwrite: give one or the other"),
     ],
-    ids=["one-fold", "test-frac", "more-folds-than-groups"],
+    ids=["one-fold", "test-frac", "more-folds-than-groups", "nothing-to-resume", "resume-and-overwrite"],
 )
 def test_bad_options_are_one_line_and_write_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], options: tuple[str, ...], message: str
@@ -309,7 +318,7 @@ def test_bad_options_are_one_line_and_write_nothing(
     out = tmp_path / "out" / "cv"
     assert call_main(cross_validate_main, "--cube", cube, "--output", out, "--no-tracking", *options) == 2
     err = capsys.readouterr().err
-    assert err == f"otrain-cross-validate: error: {message.format(cube=cube)}\n"
+    assert err == f"otrain-cross-validate: error: {message.format(cube=cube, out=out)}\n"
     assert not (tmp_path / "out").exists()
 
 
@@ -322,4 +331,167 @@ def test_an_earlier_cross_validation_is_replaced_only_with_overwrite(
     err = capsys.readouterr().err
     assert err.startswith(f"otrain-cross-validate: error: --output: '{out}' already holds a cross-validation")
     assert err.rstrip().endswith("pass --overwrite to replace it")
+    assert call_main(cross_validate_main, "--cube", cube, "--output", out, "--folds", FOLDS, "--resume") == 2
+    assert capsys.readouterr().err == (
+        f"otrain-cross-validate: error: --resume: nothing to resume in '{out}': it holds a finished "
+        f"cross-validation ({out / 'oof_scores.csv'}); pass --overwrite to run it again\n"
+    )
     assert (out / "oof_scores.csv").read_bytes() == before
+
+
+def test_without_threshold_the_summary_gives_each_folds_threshold(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "cv"
+    options = ("--folds", "2", "--epochs", "1", "--no-tracking", "--target-fnr", "0.2")
+    assert call_main(cross_validate_main, "--cube", cube, "--output", out, *options) == 0
+    printed = capsys.readouterr().out
+    per_fold = json.loads((out / "cv_metrics.json").read_text())["per_fold"]
+    used = ", ".join(f"{row['threshold']:.6g} (fold {row['fold']})" for row in per_fold)
+    assert f"(real if P(real) > the fold's threshold: {used}; std over folds with ddof=1; " in printed
+    assert "None" not in printed
+
+
+def test_a_refused_init_from_writes_nothing_and_the_corrected_command_needs_no_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every model the folds cannot start from is refused before the first fold: no fold folder, no record."""
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "out" / "cv"
+    options = ("--cube", cube, "--output", out, "--folds", "2", "--epochs", "1", "--no-tracking")
+    for source, message in refused_init_sources(tmp_path / "sources", (16, 16, 1), ("DIFF",)):
+        assert call_main(cross_validate_main, *options, "--init-from", source) == 1, source
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == f"otrain-cross-validate: error: {message}"
+        assert not (tmp_path / "out").exists(), f"{source}: {sorted((tmp_path / 'out').rglob('*'))}"
+    assert call_main(cross_validate_main, *options) == 0
+    assert (out / "cv_metrics.json").is_file()
+
+
+#: otrain-cross-validate, sent Ctrl-C (a real SIGINT) once fold 2 has checkpointed its first epoch.
+CTRL_C_IN_FOLD_2 = """
+import os, signal, sys
+import otrain.training
+save = otrain.training.Checkpoint.save
+def save_then_ctrl_c(self, *args, **kwargs):
+    save(self, *args, **kwargs)
+    if self.folder.parent.name == "fold-2" and self.epochs_done == 1:
+        os.kill(os.getpid(), signal.SIGINT)
+otrain.training.Checkpoint.save = save_then_ctrl_c
+from otrain.cli.cross_validate import main
+main(sys.argv[1:])
+"""
+
+
+def epochs_printed(out: str) -> list[int]:
+    return [int(line.split("/")[0].split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
+
+
+@pytest.mark.slow
+def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the_finished_folds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True)
+    out = tmp_path / "cv"
+    folds = out / "CNN_training"
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    options = [
+        *("--cube", str(cube), "--folds", "3", "--output", str(out), "--epochs", "3", "--patience", "0"),
+        *("--normalisation", "robust", "--frac", "0.2", "--experiment", "cv"),
+    ]
+    interrupted = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_FOLD_2, *options],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OTRAIN_PROGRESS": "0"},
+    )
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines()[-1] == "otrain-cross-validate: error: interrupted"
+    assert epochs_printed(interrupted.stdout) == [1, 2, 3, 1]
+    kept = folds / "fold-1" / "fold-1.keras"
+    before = kept.stat()
+    assert json.loads((folds / "fold-2" / ".checkpoint" / "latest.json").read_text())["epochs_done"] == 1
+    fold_2_run = json.loads((folds / "fold-2" / ".checkpoint" / "mlflow_run.json").read_text())["run_id"]
+    assert not (folds / "fold-3").exists()
+    assert not (out / "oof_scores.csv").exists()
+    record = out / ".otrain-cross-validate.json"
+    parent_run = json.loads(record.read_text())["mlflow_run"]["run_id"]
+    client = MlflowClient(uri)
+    assert client.get_run(parent_run).info.status == "KILLED"
+
+    # Run again as if nothing were there: refused, and told what is there and what to do.
+    assert call_main(cross_validate_main, *options) == 2
+    assert capsys.readouterr().err == (
+        f"otrain-cross-validate: error: --output: '{out}' holds an interrupted cross-validation of 3 folds (fold 1 "
+        "finished; fold 2 interrupted after epoch 1; fold 3 not started); pass --resume to continue it (with the "
+        "same options) or --overwrite to start again\n"
+    )
+    # Resumed with other options: refused before anything is written.
+    saved = record.read_bytes()
+    assert call_main(cross_validate_main, *options, "--resume", "--dropout", "0.1") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "otrain-cross-validate: error: --resume: the interrupted cross-validation used other values of dropout; "
+        "resume with the same ones or pass --overwrite to start again"
+    )
+    assert record.read_bytes() == saved
+
+    assert call_main(cross_validate_main, *options, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"resuming the cross-validation in {out}: fold 1 finished; fold 2 interrupted after epoch 1; fold 3 not started"
+    ) in printed
+    assert next(line for line in printed.splitlines() if line.startswith("--- fold 1 ")).endswith(
+        "(finished before: kept)"
+    )
+    assert "epoch 1 of 3 had finished" in printed
+    assert epochs_printed(printed) == [2, 3, 1, 2, 3]  # fold 1 is not trained again, fold 2 goes on
+    after = kept.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
+    with open(folds / "fold-2" / "history.csv", newline="") as stream:
+        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3]
+    assert not record.exists()
+    assert not (folds / "fold-2" / ".checkpoint").exists()
+    report = json.loads((out / "cv_metrics.json").read_text())
+    assert [row["fold"] for row in report["per_fold"]] == [1, 2, 3]
+    assert [row["epochs_run"] for row in report["per_fold"]] == [3, 3, 3]
+    rows = read_csv(out / "oof_scores.csv")
+    assert sorted({row["fold"] for row in rows}) == ["1", "2", "3"]
+    assert all(0 <= float(row["p_real"]) <= 1 for row in rows)
+    # One parent run, resumed, with the three folds' runs; fold 2's is the one it started.
+    experiment = client.get_experiment_by_name("cv")
+    runs = client.search_runs([experiment.experiment_id])
+    assert [run.info.run_id for run in runs if "mlflow.parentRunId" not in run.data.tags] == [parent_run]
+    children = {run.info.run_name: run for run in runs if run.data.tags.get("mlflow.parentRunId") == parent_run}
+    assert sorted(children) == ["fold-1", "fold-2", "fold-3"]
+    assert children["fold-2"].info.run_id == fold_2_run
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    history = client.get_metric_history(parent_run, "fold_roc_auc")
+    assert sorted(metric.step for metric in history) == [1, 2, 3]  # the kept fold is logged once
+
+
+def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_blocks_nothing(
+    crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otrain.config import CrossValidateConfig
+
+    cube, out, _ = crossval
+    # The folds of a cross-validation interrupted by an older otrain, which kept no record.
+    older = tmp_path / "older"
+    shutil.copytree(out / "CNN_training", older / "CNN_training")
+    for extra in ((), ("--resume",)):
+        options = ("--cube", cube, "--output", older, "--folds", FOLDS, "--no-tracking", *extra)
+        assert call_main(cross_validate_main, *options) == 2
+        assert capsys.readouterr().err == (
+            f"otrain-cross-validate: error: --output: '{older}' holds fold trainings (folds 1, 2, 3 finished) but no "
+            f"record of the cross-validation that wrote them ({older / '.otrain-cross-validate.json'}), so they "
+            "cannot be resumed; pass --overwrite to start again\n"
+        )
+    # What a failed fold leaves at most: its folder, with the lock file of a killed training.
+    empty = tmp_path / "empty"
+    (empty / "CNN_training" / "fold-1").mkdir(parents=True)
+    (empty / "CNN_training" / "fold-1" / ".otrain-train.lock").write_text("{}")
+    assert CrossValidateConfig(cube=cube, output=empty, folds=FOLDS).output == empty

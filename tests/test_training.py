@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import BIN, SIZE, call_main, original_otrain_network, pixels, train, write_gmadet
+from conftest import (
+    BIN,
+    SIZE,
+    call_main,
+    original_otrain_network,
+    pixels,
+    refused_init_sources,
+    train,
+    write_gmadet,
+)
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.infer import main as infer_main
@@ -706,6 +715,34 @@ def test_init_from_starts_from_the_trained_weights(trained: Path, workspace: Pat
     assert train(workspace, "fresh", "--epochs", "1", "--learning-rate", "1e-12", "--no-tracking", models="tuned") == 0
     fresh = load_model(workspace / "tuned" / "CNN_training" / "fresh" / "fresh.keras")
     assert not np.allclose(fresh.get_weights()[0], tuned.get_weights()[0])
+
+
+def test_a_refused_init_from_writes_nothing_and_the_corrected_command_needs_no_overwrite(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every --init-from model a training cannot start from is refused before anything is written:
+    no checkpoint, no folder, no MLflow run; the command without it then runs as if the refused
+    one never had (no --overwrite, and nothing to --resume)."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    root = tmp_path / "models"
+    planes = Datacube.load(workspace / "datacube" / "cube.npz").planes
+    for source, message in refused_init_sources(tmp_path / "sources", (SIZE, SIZE, 1), planes):
+        assert train(workspace, "x", "--epochs", "1", "--init-from", str(source), models=str(root)) == 1, source
+        err = capsys.readouterr().err
+        assert err.strip().splitlines()[-1] == f"otrain-train: error: {message}"
+        assert "Traceback" not in err
+        assert not root.exists(), f"{source}: {sorted(root.rglob('*'))}"
+    experiment = MlflowClient(uri).get_experiment_by_name("otrain")
+    assert experiment is None or not MlflowClient(uri).search_runs([experiment.experiment_id])
+    assert train(workspace, "x", "--epochs", "1", "--resume", models=str(root)) == 2
+    assert "--resume: nothing to resume" in capsys.readouterr().err
+    assert train(workspace, "x", "--epochs", "1", models=str(root)) == 0
+    assert (root / "CNN_training" / "x" / "x.keras").is_file()
+    experiment = MlflowClient(uri).get_experiment_by_name("otrain")
+    assert [run.info.status for run in MlflowClient(uri).search_runs([experiment.experiment_id])] == ["FINISHED"]
 
 
 def test_init_from_refuses_another_network_or_itself(

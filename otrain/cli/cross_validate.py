@@ -36,7 +36,11 @@ def _cross_validate(config: CrossValidateConfig) -> None:
     print(f"{'std':>6}  {'':>6}  " + "  ".join(f"{report.std[key]:>10.4f}" for key in _SHOWN))
     n_scored = sum(row["n_test"] for row in report.per_fold)
     print(f"{'pooled':>6}  {n_scored:>6}  " + "  ".join(f"{report.pooled[key]:>10.4f}" for key in _SHOWN))
-    print(f"(real if P(real) > {config.threshold}; std over folds with ddof=1; pooled: every out-of-fold score)")
+    used = ", ".join(f"{row['threshold']:.6g} (fold {row['fold']})" for row in report.per_fold)
+    print(
+        f"(real if P(real) > the fold's threshold: {used}; std over folds with ddof=1; "
+        "pooled: every out-of-fold score, by its fold's threshold)"
+    )
     if report.parent_run_id:
         print(f"MLflow parent run {report.parent_run_id}")
     print(f"written: {', '.join(str(path) for path in report.outputs)}, {config.output / 'CNN_training'}/fold-*/")
