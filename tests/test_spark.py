@@ -218,6 +218,10 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
         (*base, "--cutouts", tmp_path / "nowhere"): "--cutouts: folder",
         (*base, "--cutouts", cutouts, "--master", "local[two]"): "--master: must be local[*]",
         (*base, "--cutouts", cutouts, "--conf", "spark.executor.memory"): "--conf: must be KEY=VALUE",
+        # Java itself would refuse it, saying only that its gateway exited.
+        (*base, "--cutouts", cutouts, "--conf", "spark.driver.memory=lots"): (
+            "--conf: spark.driver.memory must be a whole number and a unit k, m, g or t (4g, 512m), got 'lots'"
+        ),
         (*base, "--cutouts", cutouts, "--threshold", "1.5"): "--threshold: must be a probability",
         (*base, "--cutouts", cutouts, "--prob-ratio", "0"): "--prob-ratio: must be a positive ratio",
         (*base, "--cutouts", cutouts, "--batch-size", "0"): "--batch-size: must be a positive whole number",
