@@ -1069,6 +1069,25 @@ PARQUET_MARKER = "_otrain.json"
 MLFLOW_MODEL_SCHEMES = ("models:/", "runs:/")
 _SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|yarn|(spark|k8s|mesos)://\S+")
 _SPARK_CONF = re.compile(r"[A-Za-z0-9_.-]+=.*")
+_JVM_SIZE = (re.compile(r"[0-9]+[kmgt]", re.IGNORECASE), "a whole number and a unit k, m, g or t (4g, 512m)")
+_SPARK_SIZE = (re.compile(r"[0-9]+([kmgtp]b?|b)?", re.IGNORECASE), "a size such as 4g or 512m")
+_POSITIVE = (re.compile(r"[1-9][0-9]*"), "a positive whole number")
+#: Values of well-known Spark settings checked before Java starts (a bad spark.driver.memory stops the JVM
+#: itself, with no word of which setting): the pattern and the rule.
+_SPARK_CONF_RULES: dict[str, tuple[re.Pattern[str], str]] = {
+    "spark.driver.memory": _JVM_SIZE,  # the JVM's -Xmx
+    **dict.fromkeys(
+        (
+            "spark.executor.memory",
+            "spark.driver.maxResultSize",
+            "spark.executor.memoryOverhead",
+            "spark.driver.memoryOverhead",
+            "spark.executor.pyspark.memory",
+        ),
+        _SPARK_SIZE,
+    ),
+    **dict.fromkeys(("spark.executor.cores", "spark.driver.cores"), _POSITIVE),
+}
 
 
 def _has_scheme(text: str) -> bool:
@@ -1207,6 +1226,10 @@ class InferSparkConfig(CommandConfig):
         for entry in self.conf:
             if not _SPARK_CONF.fullmatch(entry):
                 raise ValueError(f"--conf: must be KEY=VALUE (spark.executor.memory=4g), got {entry!r}")
+            key, value = entry.split("=", 1)
+            pattern, rule = _SPARK_CONF_RULES.get(key, (None, ""))
+            if pattern is not None and not pattern.fullmatch(value):
+                raise ValueError(f"--conf: {key} must be {rule}, got {value!r}")
         InferConfig.check_option_rules(self.__dict__)
         local_inputs = [Path(self.cutouts)] if self.cutouts is not None and not _has_scheme(self.cutouts) else []
         _parquet_output(self, self.output, [*local_inputs, *([self.parquet] if self.parquet is not None else [])])

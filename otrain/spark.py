@@ -26,6 +26,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -310,6 +311,12 @@ def spark_session(master: str, conf: Sequence[str] = (), app_name: str = "otrain
     ------
     pyspark.sql.SparkSession
         The session.
+
+    Raises
+    ------
+    DataError
+        In one line, when Spark does not start (why, and the ``conf`` settings given) or fails
+        (the innermost Java exception, or the Python error of an executor).
     """
     require_spark()
     from pyspark.sql import SparkSession
@@ -339,22 +346,31 @@ def spark_session(master: str, conf: Sequence[str] = (), app_name: str = "otrain
         for key, value in settings.items():
             builder = builder.config(key, value)
         log_file = Path(scratch) / "spark.log"
+        started = False
         try:
             with warnings.catch_warnings():
                 # pyspark 4.3 warns on every pandas UDF that it "does not yet fully support pandas >= 3".
                 warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
                 with _output_into(log_file):
                     session = builder.getOrCreate()
+                started = True
                 session.sparkContext.setLogLevel("ERROR")
                 try:
                     yield session
                 finally:
                     session.stop()
         except Exception as error:
-            if type(error).__module__.startswith(("py4j", "pyspark")):
-                # The JVM's failures arrive with pages of Java trace: one line, and where the rest is.
+            if not type(error).__module__.startswith(("py4j", "pyspark")):
+                raise
+            # The JVM's failures arrive with pages of Java trace: one line.
+            if started:
                 raise DataError(f"Spark failed (master {master}): {_spark_message(error)}") from None
-            raise
+            # Java may exit before saying anything to pyspark ("Java gateway process exited"): what it
+            # printed says why, and a bad --conf value is the usual cause.
+            reason = _java_start_failure(log_file) if "JAVA_GATEWAY_EXITED" in str(error) else None
+            given = f"; --conf given: {' '.join(conf)}" if conf else ""
+            reason = f"Java exited: {reason}" if reason else _spark_message(error)
+            raise DataError(f"Spark did not start (master {master}): {reason}{given}") from None
 
 
 @contextmanager
@@ -380,12 +396,47 @@ def _output_into(log_file: Path) -> Iterator[None]:
 
 
 def _spark_message(error: BaseException) -> str:
-    """One line for a Spark failure: the Python error raised in an executor when there is one."""
+    """One line for a Spark failure: the Python error raised in an executor when there is one.
+
+    Else the innermost Java exception, which names the path and the cause (py4j's own first line
+    names only the method called, such as "An error occurred while calling o50.load.").
+    """
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     for line in reversed(lines):
         if line.startswith(("otrain.errors.", "ValueError:", "RuntimeError:", "OSError:", "MemoryError:")):
             return line[:300]
+    cause = getattr(error, "java_exception", None)
+    if cause is not None:
+        try:
+            while cause.getCause() is not None:
+                cause = cause.getCause()
+            text = cause.getMessage()
+            name = str(cause.getClass().getSimpleName())
+            return (f"{name}: {str(text).strip().splitlines()[0]}" if text and str(text).strip() else name)[:300]
+        except Exception:  # the JVM has gone: py4j's own line below
+            pass
     return (lines[0] if lines else type(error).__name__)[:300]
+
+
+def _java_start_failure(log_file: Path) -> str | None:
+    """Return why Java exited before Spark started, from its output (``Invalid maximum heap size: -Xmxlots``)."""
+    boilerplate = (
+        "Error: Could not create the Java Virtual Machine.",
+        "Error: A fatal exception has occurred. Program will exit.",
+        "Error occurred during initialization of VM",
+    )
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        line = line.strip()
+        if not line or line in boilerplate or line.startswith(("at ", "WARNING", "Using Spark's default")):
+            continue
+        # Exception in thread "main" org.apache.spark.SparkException: Executor memory must be ... -> SparkException: ...
+        line = re.sub(r'^Exception in thread "[^"]*" ', "", line)
+        return re.sub(r"^(?:[a-z_$][\w$]*\.)+(?=[A-Z][\w$]*: )", "", line)[:300]
+    return None
 
 
 def _is_mlflow_uri(model: str) -> bool:
@@ -526,16 +577,23 @@ def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None)
 _EDGE = "edge"
 
 
-def _local_name(uri: str, roots: tuple[str, str] | None = None) -> str:
+def _local_name(uri: str, roots: tuple[str, str] | None = None, escaped: bool = False) -> str:
     """Name a file as otrain-infer would: a local path for ``file:`` URIs, else the URI.
 
     ``roots`` is (the input folder as an absolute path, the folder as the user gave it): a
-    path below the first is named below the second, as otrain-infer names it.
+    path below the first is named below the second, as otrain-infer names it. ``escaped`` says
+    that ``uri`` is %-escaped (``file:///a%20b.fits``, as in Spark's list of input files), not a
+    Hadoop path written as it is (``file:/a b.fits``, binaryFile's ``path`` column).
     """
     parsed = urllib.parse.urlparse(uri)
     if parsed.scheme != "file":
-        return uri
-    name = urllib.parse.unquote(parsed.path)
+        return urllib.parse.unquote(uri) if escaped else uri
+    if escaped:
+        name = urllib.parse.unquote(parsed.path)
+    else:
+        name = uri[len("file:") :]
+        if name.startswith("//"):  # file:///path, file://host/path
+            name = "/" + name[2:].partition("/")[2]
     if roots is not None and name.startswith(roots[0].rstrip("/") + "/"):
         return str(Path(roots[1]) / name[len(roots[0].rstrip("/")) + 1 :])
     return name
@@ -745,8 +803,9 @@ def infer_spark(
     Raises
     ------
     DataError
-        When the model cannot be read, ``--backend onnx`` finds no usable twin, there is no
-        cutout, or none could be scored; nothing is written then.
+        When the model cannot be read, ``--backend onnx`` finds no usable twin, Spark cannot list
+        the cutouts or does not start, there is no cutout, or none could be scored; nothing is
+        written then. A file Spark cannot read is skipped, counted and listed as an unreadable one.
     """
     require_spark()
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
@@ -839,14 +898,25 @@ def _score(
             last,
         ]
     )
+    listed, roots = None, None
     if config.cutouts is not None:
-        source = (
-            spark.read.format("binaryFile")
-            .option("recursiveFileLookup", "true")
-            .option("pathGlobFilter", _fits_glob())
-            .load(_spark_uri(config.cutouts))
-            .select("path", "content")
-        )
+        try:
+            source = (
+                spark.read.format("binaryFile")
+                .option("recursiveFileLookup", "true")
+                .option("pathGlobFilter", _fits_glob())
+                # A file Spark cannot read (no permission, gone since the listing) would fail the
+                # whole job: Spark leaves it out, and _unread_files reports it with the others.
+                .option("ignoreCorruptFiles", "true")
+                .option("ignoreMissingFiles", "true")
+                .load(_spark_uri(config.cutouts))
+                .select("path", "content")
+            )
+        except Exception as error:
+            if not type(error).__module__.startswith(("py4j", "pyspark")):
+                raise
+            raise DataError(f"{config.cutouts}: cannot list the cutouts ({_spark_message(error)})") from None
+        listed = source._jdf.inputFiles()  # a Java array: names cross to Python only when some went unread
         local = not urllib.parse.urlparse(config.cutouts).scheme or Path(config.cutouts).exists()
         roots = (str(Path(config.cutouts).absolute()), config.cutouts) if local else None
         decoded = source.mapInPandas(_decode_fits(shape, planes, problems, scoring, roots), schema)
@@ -872,10 +942,16 @@ def _score(
             part.rename(folder / part.name)
         shutil.rmtree(target)
         # A task that Spark ran twice (a retry, a speculative copy) reports its files twice.
-        skipped = dict(sorted(problems.value))
+        skipped = dict(problems.value)
+        report.n_scored = sum(pq.ParquetFile(folder / part.name).metadata.num_rows for part in parts)
+        if listed is not None and len(listed) > report.n_scored + len(skipped):
+            seen = set(skipped)
+            for part in parts:
+                seen.update(pq.read_table(folder / part.name, columns=["filename"])["filename"].to_pylist())
+            skipped.update(_unread_files(spark, listed, seen, roots, shape, planes))
+        skipped = dict(sorted(skipped.items()))
         report.n_edge = sum(1 for message in skipped.values() if message == _EDGE)
         report.bad_files = [(name, message) for name, message in skipped.items() if message != _EDGE]
-        report.n_scored = sum(pq.ParquetFile(folder / part.name).metadata.num_rows for part in parts)
         report.n_files = report.n_scored + len(skipped)
         if report.n_files == 0:
             raise DataError(f"{where}: no cutout files (*.fits, *.fit, *.fits.gz)")
@@ -897,6 +973,71 @@ def _score(
             report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _unread_files(
+    spark: Any,
+    listed: Any,
+    seen: set[str],
+    roots: tuple[str, str] | None,
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+) -> dict[str, str]:
+    """Return {file: problem} for the files Spark listed but did not read (unreadable, gone, empty).
+
+    Spark never reads an empty file, and leaves out the ones it fails to read; each is read again on
+    the driver for otrain-infer's message about it: by otrain-infer's code when the folder is local,
+    through Spark's file systems otherwise.
+    """
+    jvm = spark.sparkContext._jvm
+    unread = {}
+    # One string across py4j, not a call per name (py4j passes a String[] to no JDK join); a file name holds no NUL.
+    for uri in str(jvm.org.apache.hadoop.util.StringUtils.join("\0", listed)).split("\0"):
+        path = Path(_local_name(uri, roots, escaped=True))
+        name = printable_path(path)
+        if name not in seen:
+            problem = _unread_problem(spark, uri, path, roots is not None, shape, planes)
+            if problem is not None:
+                unread[name] = problem
+    return unread
+
+
+def _unread_problem(
+    spark: Any,
+    uri: str,
+    path: Path,
+    local: bool,
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+) -> str | None:
+    """Say why a file Spark did not read cannot be scored; None for what otrain-infer does not list (a pipe)."""
+    content = None
+    if urllib.parse.urlparse(uri).scheme == "file" and path.exists() and not path.is_file():
+        return None
+    if not local:
+        try:
+            content = _hadoop_read(spark, uri)
+        except Exception as error:  # py4j's Java exception
+            return f"{path}: cannot read the file ({_spark_message(error)})"
+    try:
+        read_for_model(path, shape, planes, content=content)
+    except Exception as error:
+        return failure_message(path, error)
+    return f"{path}: Spark could not read the file, though the driver can (check the executors' access to it)"
+
+
+def _hadoop_read(spark: Any, uri: str) -> bytes:
+    """Read a file whole on the driver through Spark's Hadoop file systems (hdfs:, s3a:, file: ...)."""
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
+    system = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    if system.getFileStatus(path).getLen() == 0:
+        return b""  # what Spark skipped as empty (a named pipe has no length either, and would never end)
+    stream = system.open(path)
+    try:
+        return bytes(jvm.org.apache.hadoop.io.IOUtils.readFullyToByteArray(stream))
+    finally:
+        stream.close()
 
 
 def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, int], config: InferSparkConfig) -> Any:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
@@ -218,6 +220,10 @@ def test_bad_options_are_one_line_and_exit_2(tmp_path: Path, capsys: pytest.Capt
         (*base, "--cutouts", tmp_path / "nowhere"): "--cutouts: folder",
         (*base, "--cutouts", cutouts, "--master", "local[two]"): "--master: must be local[*]",
         (*base, "--cutouts", cutouts, "--conf", "spark.executor.memory"): "--conf: must be KEY=VALUE",
+        # Java itself would refuse it, saying only that its gateway exited.
+        (*base, "--cutouts", cutouts, "--conf", "spark.driver.memory=lots"): (
+            "--conf: spark.driver.memory must be a whole number and a unit k, m, g or t (4g, 512m), got 'lots'"
+        ),
         (*base, "--cutouts", cutouts, "--threshold", "1.5"): "--threshold: must be a probability",
         (*base, "--cutouts", cutouts, "--prob-ratio", "0"): "--prob-ratio: must be a positive ratio",
         (*base, "--cutouts", cutouts, "--batch-size", "0"): "--batch-size: must be a positive whole number",
@@ -397,6 +403,106 @@ def test_options_and_relative_paths_give_otrain_infers_table(
     arguments = ("--parquet", packed, "--model", model, "--output", from_parquet, "--master", MASTER, *options)
     assert call_main(spark_main, *arguments) == 0
     assert_same_results(read_parquet(from_parquet), expected)
+
+
+#: Runs each (command, arguments) of a JSON list in this one process, ending each run's output with its status.
+_RUNS = (
+    "import importlib, json, sys\n"
+    "for command, arguments in json.loads(sys.argv[1]):\n"
+    "    try:\n"
+    "        importlib.import_module(f'otrain.cli.{command}').main(arguments)\n"
+    "    except SystemExit as stop:\n"
+    "        for stream in (sys.stdout, sys.stderr):\n"
+    "            print(f'== exit {stop.code or 0}', file=stream, flush=True)\n"
+)
+
+
+def as_a_user(probe: Path) -> list[str]:
+    """A command prefix under which chmod 000 keeps the command out, as it keeps out any user but root.
+
+    Root reads every file: it runs with its capabilities to bypass file permissions dropped.
+    """
+    prefix = []
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("root without setpriv: no way to make a file unreadable")
+        prefix = [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
+    check = subprocess.run([*prefix, sys.executable, "-c", f"open({str(probe)!r}, 'rb')"], capture_output=True)
+    if check.returncode == 0:
+        pytest.skip("chmod 000 does not keep this process out of a file")
+    return prefix
+
+
+def split_runs(text: str) -> list[tuple[int, list[str]]]:
+    """The exit status and the lines of each run of _RUNS in its standard output or error."""
+    chunks = re.split(r"^== exit (-?\d+)\n", text, flags=re.MULTILINE)
+    return [(int(chunks[index + 1]), chunks[index].splitlines()) for index in range(0, len(chunks) - 1, 2)]
+
+
+@pytest.mark.slow
+def test_files_and_settings_spark_cannot_use_are_named(trained: Path, tmp_path: Path) -> None:
+    """An unreadable cutout is skipped, counted and listed as otrain-infer does; an unreadable folder and a
+    setting that stops Java are one line naming the path or the setting, and write nothing."""
+    night = make_tree(tmp_path / "night", 2, 2, size=40)
+    unreadable = night / "true" / "c0001.fits"
+    (night / "empty.fits").write_bytes(b"")  # Spark never reads an empty file
+    shutil.copy(night / "true" / "c0000.fits", night / "100%41.fits")  # a name Spark writes with a %
+    locked = make_tree(tmp_path / "locked", 1, 1, size=40)
+    model = str(trained / "tiny.keras")  # with its ONNX twin: TensorFlow imported nowhere
+    spark = ["--model", model, "--master", "local[1]"]
+    runs = [
+        ("infer_spark", ["--cutouts", str(night), *spark, "--output", str(tmp_path / "java.parquet"),
+                         "--conf", "spark.driver.memory=1k"]),
+        ("infer_spark", ["--cutouts", str(locked), *spark, "--output", str(tmp_path / "locked.parquet")]),
+        ("infer", ["--cutouts", str(night), "--model", model, "--recursive", "--output", str(tmp_path / "ref.dat")]),
+        ("infer_spark", ["--cutouts", str(night), *spark, "--output", str(tmp_path / "path.parquet")]),
+        ("infer_spark", ["--cutouts", night.as_uri(), *spark, "--output", str(tmp_path / "uri.parquet")]),
+    ]  # fmt: skip
+    unreadable.chmod(0)
+    (locked / "false").chmod(0)
+    try:
+        prefix = as_a_user(unreadable)
+        result = subprocess.run(
+            [*prefix, sys.executable, "-c", _RUNS, json.dumps(runs)], capture_output=True, text=True, cwd=ROOT
+        )
+    finally:
+        unreadable.chmod(0o644)
+        (locked / "false").chmod(0o755)
+    outs = [lines for _, lines in split_runs(result.stdout)]
+    errs = [lines for _, lines in split_runs(result.stderr)]
+    assert [status for status, _ in split_runs(result.stderr)] == [1, 1, 0, 0, 0], result.stderr
+
+    # Java would not start: the reason and the --conf settings given, in one line.
+    assert len(errs[0]) == 1, errs[0]
+    assert errs[0][0].startswith("otrain-infer-spark: error: Spark did not start (master local[1]): Java exited: ")
+    assert errs[0][0].endswith("; --conf given: spark.driver.memory=1k")
+    # A sub-folder Spark cannot list: the folder given, the one it could not list, and why.
+    assert errs[1] == [
+        f"otrain-infer-spark: error: {locked}: cannot list the cutouts "
+        f"(AccessDeniedException: {locked / 'false'}: Permission denied)"
+    ]
+    assert not (tmp_path / "java.parquet").exists()
+    assert not (tmp_path / "locked.parquet").exists()
+
+    # The unreadable and the empty file: skipped, counted and listed in otrain-infer's own words.
+    reference = [line.removeprefix("otrain-infer: ") for line in errs[2] if "warning: skipped:" in line]
+    assert len(reference) == 2, errs[2]
+    assert reference[1].startswith(f"warning: skipped: {unreadable}: cannot read the file"), reference
+    assert [line.removeprefix("otrain-infer-spark: ") for line in errs[3]] == reference
+    for out in outs[3:]:
+        assert "scored 4 of 6 cutouts" in out[0], out
+        assert "skipped 0 EDGE, 2 unreadable" in out[0], out
+    expected = read_table(tmp_path / "ref.dat")
+    assert_same_results(read_parquet(tmp_path / "path.parquet"), expected)
+    # Given as a URI, the folder is read again through Spark's file systems: Hadoop's words.
+    assert errs[4] == [
+        errs[3][0],  # the empty file
+        f"otrain-infer-spark: warning: skipped: {unreadable}: cannot read the file "
+        f"(FileNotFoundException: {unreadable} (Permission denied))",
+    ]
+    assert_same_results(read_parquet(tmp_path / "uri.parquet"), expected)
+    assert not [path for path in tmp_path.iterdir() if path.name.endswith(".partial")]
 
 
 # ---------------------------------------------------------------------------------------------
