@@ -1769,11 +1769,11 @@ class ExportConfig(CommandConfig):
     on --cube before it is written: P(real) must agree as closely as float32 arithmetic allows
     (--tolerance, docs/onnx.md). The check is recorded in the model card (<model>.card.json,
     created for a model without one). otrain-infer and the other scoring commands then score
-    with ONNX Runtime. With --quantize int8, an int8 model
-    <stem>.int8.onnx is written too: ONNX Runtime's static quantisation, calibrated on a sample
-    of the training cube; the card records how far its ROC AUC and its decisions at the card's
-    threshold move on --cube, and --backend auto uses it only when both move by less than
-    0.002 in AUC and 0.5 % of decisions.
+    with ONNX Runtime. With --quantize int8, an int8 model <stem>.int8.onnx is written too:
+    ONNX Runtime's static quantisation, calibrated on a sample of the training cube; the card
+    records how far its ROC AUC and its decisions at the card's threshold move on --cube, and
+    --backend auto uses it only when both move by less than 0.002 in AUC and 0.5 % of
+    decisions.
     """
 
     command: ClassVar[str] = "otrain-export"
