@@ -14,8 +14,9 @@ import numpy as np
 
 from otrain.backends import export_onnx, file_sha256
 from otrain.card import update_card
-from otrain.config import ExportConfig, card_file
+from otrain.config import ExportConfig, card_file, card_threshold
 from otrain.datacube import Datacube
+from otrain.errors import DataError
 from otrain.scoring import fit_to_model
 
 __all__ = ["RANDOM_CUTOUTS", "ExportReport", "export"]
@@ -72,8 +73,9 @@ def export(config: ExportConfig) -> ExportReport:
     Raises
     ------
     DataError
-        When the model or a cube cannot be read, the model cannot be converted, or the twin
-        disagrees with the model; the twin is not written then.
+        When the model, a cube or the card's threshold cannot be read, the model cannot be
+        converted, or the twin disagrees with the model by more than float32 arithmetic allows
+        (:func:`otrain.backends.parity_allowance`); the twin is not written then.
     """
     from otrain.model import load_model
 
@@ -85,6 +87,10 @@ def export(config: ExportConfig) -> ExportReport:
         from otrain.quantize import prepare_int8, quantize_int8
 
         quantizing = prepare_int8(config, model, cube)
+    try:
+        threshold = card_threshold(config.model)
+    except ValueError as error:
+        raise DataError(str(error)) from None
     record = export_onnx(
         model,
         config.model,
@@ -93,6 +99,7 @@ def export(config: ExportConfig) -> ExportReport:
         target=config.twin,
         tolerance=config.tolerance,
         source_sha256=source_sha256,
+        threshold=threshold,
     )
     update_card(config.model, onnx=record)
     report = ExportReport(twin=config.twin, record=record)

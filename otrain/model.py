@@ -125,27 +125,62 @@ class RobustScaling(layers.Layer):
         return {**super().get_config(), "clip": self.clip, "asinh": self.asinh}
 
 
+#: How a :class:`Calibration` layer takes the log-odds of the softmax before it (see its ``log_odds``).
+LogOdds = Literal["columns", "complement"]
+
+
 @keras.saving.register_keras_serializable(package="otrain")
 class Calibration(layers.Layer):
     """Calibrate the (bogus, real) probabilities of the layer before: P = sigmoid(z / T + b).
 
-    z is the log-odds of P(real), clipped at ``epsilon`` from 0 and 1 (see
+    z is the log-odds of P(real), within log(1 / ``epsilon``) of 0 (see
     :mod:`otrain.calibration`, which fits T and b on the validation set). T and b are part of
     the layer's configuration, so they are saved with the model, ``.keras`` and ``.h5`` alike.
+
+    ``log_odds`` says how z is taken from the softmax's two columns:
+
+    - ``columns`` (every layer made now): z = log P(real) - log P(bogus), each column at least
+      ``epsilon``. The softmax gives each column to a few float32 ulps *of itself*, so z is
+      exact to a few 1e-7, however close P(real) is to 1.
+    - ``complement`` (models saved before ``log_odds`` existed, loaded unchanged): z = log p -
+      log(1 - p), p = P(real) clipped to [``epsilon``, 1 - ``epsilon``]. Near 1, p carries an
+      absolute rounding error of up to 3e-8 (half a float32 ulp), which is most of 1 - p when
+      P(real) is within 1e-6 of 1: z moves by up to 0.5 for one ulp of p, and a temperature
+      of 8 turns that into 0.004 of calibrated P(real). Two runtimes that round p one ulp
+      apart (Keras and the ONNX twin) then disagree by that much.
     """
 
-    def __init__(self, temperature: float = 1.0, bias: float = 0.0, epsilon: float = 1e-7, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        bias: float = 0.0,
+        epsilon: float = 1e-7,
+        log_odds: LogOdds = "columns",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
+        if log_odds not in ("columns", "complement"):
+            raise ValueError(f"log_odds must be 'columns' or 'complement', got {log_odds!r}")
         self.temperature = float(temperature)
         self.bias = float(bias)
         self.epsilon = float(epsilon)
+        self.log_odds = log_odds
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Calibration:
+        """Rebuild a saved layer; one saved without ``log_odds`` keeps the formula it was saved with."""
+        return cls(**{"log_odds": "complement", **config})
 
     def call(self, inputs: Any) -> Any:
         """Calibrate a batch of (P(bogus), P(real)) rows."""
-        p = ops.clip(ops.cast(inputs[:, 1], "float32"), self.epsilon, 1.0 - self.epsilon)
-        # log(1 - p), not log1p(-p): ONNX has no Log1p. p is clipped at epsilon from 1, and 1 - p is
-        # exact in float32 for p >= 0.5, so the log-odds differ by at most a few ulps.
-        z = (ops.log(p) - ops.log(1.0 - p)) / self.temperature + self.bias
+        inputs = ops.cast(inputs, "float32")
+        if self.log_odds == "columns":
+            real, bogus = (ops.maximum(inputs[:, column], self.epsilon) for column in (1, 0))
+            z = ops.log(real) - ops.log(bogus)
+        else:
+            p = ops.clip(inputs[:, 1], self.epsilon, 1.0 - self.epsilon)
+            z = ops.log(p) - ops.log(1.0 - p)  # ONNX has no Log1p
+        z = z / self.temperature + self.bias
         # The logistic written out, not ops.sigmoid: ONNX Runtime's Sigmoid gives exactly 0 below
         # about 1e-8, where its Exp (and TensorFlow) keep the value, so the twin ranks as Keras does.
         real = 1.0 / (1.0 + ops.exp(-z))
@@ -153,7 +188,13 @@ class Calibration(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         """Return the layer's configuration, for saving."""
-        return {**super().get_config(), "temperature": self.temperature, "bias": self.bias, "epsilon": self.epsilon}
+        return {
+            **super().get_config(),
+            "temperature": self.temperature,
+            "bias": self.bias,
+            "epsilon": self.epsilon,
+            "log_odds": self.log_odds,
+        }
 
 
 def with_calibration(model: keras.Model, temperature: float, bias: float) -> keras.Sequential:

@@ -59,6 +59,7 @@ from otrain.config import (
     TRAINING_LOCK,
     Cluster,
     TrainConfig,
+    twin_path,
 )
 from otrain.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError, first_line
@@ -941,9 +942,9 @@ def _fit_and_write(
     shutil.rmtree(staged, ignore_errors=True)
     model_file = staged / config.model_file.name
     outputs = [save_model(model, model_file)]
-    onnx_record = _export_twin(model, model_file, test_x, probabilities)
-    if "file" in onnx_record:
-        outputs.append(staged / onnx_record["file"])
+    checked_on = f"{config.cube.name} (every cutout)"
+    onnx_record = _export_twin(model, model_file, cube.cube, checked_on, threshold, twin_path(config.model_file))
+    outputs.append(staged / onnx_record["file"])
     outputs.append(
         cube.subset(split.validation).save(
             staged / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
@@ -1005,21 +1006,28 @@ def _fit_and_write(
     return result
 
 
-def _export_twin(model: Any, model_file: Path, test_x: np.ndarray, probabilities: np.ndarray) -> dict[str, Any]:
-    """Write the model's ONNX twin, checked on the test set; a model that cannot have one is still written.
+def _export_twin(
+    model: Any, model_file: Path, pixels: np.ndarray, checked_on: str, threshold: float, shown: Path | None = None
+) -> dict[str, Any]:
+    """Write the model's ONNX twin, checked on ``pixels``; without one, an absence record in its place.
+
+    A model that cannot have a twin is still a model: the training goes on, says why in one
+    line, and writes where the twin goes an absence record that says why (the pipeline
+    declares that file as an output; the scoring commands name the reason and use Keras).
+    ``shown``: the twin's final place, named in messages (``model_file`` is a staging file).
 
     Returns
     -------
     dict
-        The card's ``onnx`` record; ``{"error": ...}`` when the export or its check failed.
+        The card's ``onnx`` record; with ``absent`` and ``error`` when there is no twin.
     """
-    from otrain.backends import export_onnx
+    from otrain.backends import export_onnx, write_absent_twin
 
     try:
-        return export_onnx(model, model_file, test_x, reference=probabilities, checked_on="test set")
+        return export_onnx(model, model_file, pixels, checked_on=checked_on, threshold=threshold, shown=shown)
     except DataError as error:
         logger.warning("no ONNX twin: %s; otrain-infer will score with Keras", error)
-        return {"error": str(error)}
+        return write_absent_twin(model_file, str(error))
 
 
 def _distributed_batch(config: TrainConfig, split: Split, batch_size: int, replicas: int) -> int:
@@ -1219,7 +1227,7 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
     cards = [path for path in outputs if path.name.endswith(".card.json")]
     card = json.loads(cards[0].read_text()) if cards else None
     with tempfile.TemporaryDirectory() as scratch:
-        twins = [path for path in outputs if path.suffix == ".onnx"]
+        twins = [path for path in outputs if path.suffix == ".onnx" and not (card or {}).get("onnx", {}).get("absent")]
         folder = save_mlflow_model(
             model,
             Path(scratch) / "model",

@@ -136,6 +136,39 @@ def test_the_models_calibration_layer_computes_what_was_fitted(tmp_path: Path) -
     keras.backend.clear_session()
 
 
+def test_a_model_saved_before_log_odds_keeps_its_formula(tmp_path: Path) -> None:
+    """A calibration layer saved by an earlier otrain (no ``log_odds`` in its configuration) computes
+    what it computed then, log p - log(1 - p), so its existing ONNX twin still agrees with it; a layer
+    made now takes log P(real) - log P(bogus) and saves that choice."""
+    import zipfile
+
+    from otrain.model import Calibration, build_model, load_model, save_model, with_calibration
+
+    calibrated = with_calibration(build_model((16, 16, 1), normalisation="robust"), temperature=3.0, bias=0.2)
+    new_file = save_model(calibrated, tmp_path / "new.keras")
+    with zipfile.ZipFile(new_file) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    config = json.loads(contents["config.json"])
+    layer = next(entry for entry in config["config"]["layers"] if entry["class_name"] == "Calibration")
+    assert layer["config"].pop("log_odds") == "columns"
+    contents["config.json"] = json.dumps(config).encode()
+    old_file = tmp_path / "old.keras"
+    with zipfile.ZipFile(old_file, "w") as archive:
+        for name, data in contents.items():
+            archive.writestr(name, data)
+    old, new = load_model(old_file), load_model(new_file)
+    assert isinstance(old.layers[-1], Calibration)
+    assert (old.layers[-1].log_odds, new.layers[-1].log_odds) == ("complement", "columns")
+    rows = np.array([[0.3, 0.7], [1e-6, 1 - 1e-6], [0.9, 0.1]], np.float32)
+    p = np.clip(rows[:, 1], np.float32(1e-7), np.float32(1 - 1e-7))
+    then = _sigmoid((np.log(p) - np.log(np.float32(1) - p)).astype(np.float64) / 3.0 + 0.2)
+    now = _sigmoid((np.log(rows[:, 1].astype(np.float64)) - np.log(rows[:, 0].astype(np.float64))) / 3.0 + 0.2)
+    assert_allclose(np.asarray(old.layers[-1](rows))[:, 1], then, rtol=1e-6)
+    assert_allclose(np.asarray(new.layers[-1](rows))[:, 1], now, rtol=1e-6)
+    with pytest.raises(ValueError, match="log_odds must be 'columns' or 'complement'"):
+        Calibration(log_odds="log1p")
+
+
 def _card(folder: Path, name: str) -> dict:
     return json.loads((folder / f"{name}.keras.card.json").read_text())
 

@@ -243,6 +243,30 @@ def test_killed_training_then_repro_finishes_cleanly(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
+def test_repro_train_with_augment_writes_the_twin(tmp_path: Path) -> None:
+    """Issue 23: with train.augment: true (and robust scaling, the pipeline's default) the twin failed its
+    parity check, and dvc repro train stopped with "output survey.onnx does not exist"."""
+    from otrain.backends import choose_backend
+
+    folder = make_repo(tmp_path / "augment")
+    params = yaml.safe_load((folder / "params.yaml").read_text())
+    params["simulate"].update(n_true=60, n_false=60, n_night=0)
+    params["train"].update(augment=True, epochs=1)
+    (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    dvc(folder, uri, "repro", "train")
+    model = folder / "models" / "CNN_training" / "survey"
+    card = json.loads((model / "survey.keras.card.json").read_text())
+    assert card["params"]["augment"] is True
+    assert card["normalisation"] == "robust"
+    assert "absent" not in card["onnx"], card["onnx"]["error"]
+    cutouts = len(np.load(folder / "data" / "datacube" / "survey.npz")["labels"])
+    assert card["onnx"]["parity"]["cutouts"] == cutouts  # every cutout the training saw
+    assert card["onnx"]["parity"]["decisions_changed"] == 0
+    assert choose_backend(model / "survey.keras", "auto") == ("onnx", model / "survey.onnx", "")
+
+
+@pytest.mark.slow
 def test_repro_again_gives_the_same_metrics(pipeline: tuple[Path, str]) -> None:
     folder, uri = pipeline
     metrics_file = folder / "models" / "CNN_training" / "survey" / "metrics.json"

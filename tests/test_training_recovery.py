@@ -20,6 +20,7 @@ import pytest
 from conftest import BIN, call_main, files_under, train
 from numpy.testing import assert_allclose, assert_array_equal
 
+from otrain.backends import choose_backend
 from otrain.cli.train import main as train_main
 from otrain.datacube import Datacube
 
@@ -389,6 +390,11 @@ def test_every_training_option_trains(
     metrics = json.loads((folder / "metrics.json").read_text())
     assert 0.0 <= metrics["accuracy"] <= 1.0
     assert metrics["epochs_run"] == 1
+    # Issue 23: raw pixels (the default) and --augment lost their ONNX twin to the parity check.
+    assert "absent" not in card["onnx"], card["onnx"]["error"]
+    assert card["onnx"]["parity"]["max_share_of_allowance"] <= 1.0
+    assert card["onnx"]["parity"]["decisions_changed"] == 0
+    assert choose_backend(folder / "m.keras", "auto")[0] == "onnx"
 
 
 # ---------------------------------------------------------------------------------------------
