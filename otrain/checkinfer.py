@@ -29,6 +29,8 @@ __all__ = ["FIGURES", "CheckInferReport", "candidate_key", "read_table", "run_ch
 logger = logging.getLogger("otrain")
 _PROBABILITY_EDGES = np.linspace(0, 1, 41)
 _RATIO_EDGES = np.linspace(0, 20, 61)
+#: Digits of the longest numeric id spelled as a decimal that is read as an integer (ZTF's have 19).
+_LONGEST_ID = 30
 #: How a table spells a missing candidate id (crossmatch.dat: no candidate detected).
 _MISSING = ("none", "nan", "--", "")
 
@@ -112,7 +114,10 @@ def candidate_key(value: Any) -> str:
         return text
     if not number.is_finite():
         return "" if number.is_nan() else text
-    return str(int(number)) if number == number.to_integral_value() else text
+    # Only ids of a plausible length: 1e999999999 is text, not a billion digits.
+    if number.adjusted() < _LONGEST_ID and number == number.to_integral_value():
+        return str(int(number))
+    return text
 
 
 def _bands(values: np.ndarray, limits: tuple[float, ...], label: str) -> list[tuple[str, np.ndarray]]:
