@@ -28,7 +28,7 @@ import numpy as np
 from otrain.atomic import atomic_path
 from otrain.config import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
-from otrain.errors import DataError, log_listed
+from otrain.errors import DataError, first_line, log_listed
 from otrain.outputs import INFER_COLUMNS
 from otrain.parallel import default_workers, map_chunks
 from otrain.scoring import predict
@@ -273,22 +273,24 @@ def _check_model_fits_cutouts(
             f"{model_file}: the model takes {channels} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
         )
 
-    def refuse(path: Path, cutout_shape: tuple[int, int, int]) -> NoReturn:
+    def refuse(path: Path, cutout_shape: tuple[int, int, int], reason: str = "") -> NoReturn:
         cutout_height, cutout_width, cutout_channels = cutout_shape
         read = f" (planes {' '.join(planes)})" if planes is not None else ""
         raise DataError(
             f"{model_file}: the model takes {height}x{width}x{channels} cutouts{read}, but {path.name} (and probably "
-            f"the others in its folder) is {cutout_height}x{cutout_width}x{cutout_channels}"
+            f"the others in its folder) is {cutout_height}x{cutout_width}x{cutout_channels}{reason}"
         )
 
-    without_planes: list[tuple[Path, tuple[int, int, int]]] = []
+    without_planes: list[tuple[Path, tuple[int, int, int], str]] = []
     for path in files[:_HEADER_PROBES]:
         try:
             meta, location = read_header(path, planes)
-        except Exception:  # a bad file is reported when scoring; look at the next one
+        except Exception as error:  # a bad file is reported when scoring; look at the next one
             if planes is not None:
                 with contextlib.suppress(Exception):  # readable, but without the planes?
-                    without_planes.append((path, read_header(path, None)[1].height_width_channels))
+                    cutout_shape = read_header(path, None)[1].height_width_channels
+                    why = first_line(error).removeprefix(f"{path}: ")
+                    without_planes.append((path, cutout_shape, "" if cutout_shape[2] != channels else f" ({why})"))
             continue
         if meta.edge is True:
             continue

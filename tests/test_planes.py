@@ -191,3 +191,21 @@ def test_dvc_renders_the_planes_into_both_commands(tmp_path: Path) -> None:
     commands = {stage.name: stage.cmd for stage in Repo(str(tmp_path)).index.stages}
     for stage in ("simulate", "convert"):
         assert commands[stage].endswith(" --planes IMAGE TEMPLATE DIFF"), commands[stage]
+
+
+def test_cutouts_without_the_planes_asked_say_which_plane_is_missing(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Same shape, other planes: the one line says what differs, not two equal shapes."""
+    from otrain.cli.infer import main as infer_main
+
+    for index in range(3):
+        image, diff = fits.ImageHDU(pixels(32), name="IMAGE"), fits.ImageHDU(pixels(32, seed=index), name="DIFF")
+        fits.HDUList([fits.PrimaryHDU(), image, diff]).writeto(tmp_path / f"c{index}.fits")
+    model = trained / "tiny.keras"
+    options = ("--cutouts", tmp_path, "--model", model, "--planes", "TEMPLATE", "--no-tracking")
+    assert call_main(infer_main, *options) == 1
+    assert capsys.readouterr().err == (
+        f"otrain-infer: error: {model}: the model takes 32x32x1 cutouts (planes TEMPLATE), but c0.fits (and probably "
+        "the others in its folder) is 32x32x1 (no TEMPLATE plane (extensions: IMAGE, DIFF))\n"
+    )
