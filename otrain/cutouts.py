@@ -22,6 +22,7 @@ files included, decompressed once into memory) and astropy for what it leaves as
 
 from __future__ import annotations
 
+import errno
 import gzip
 import io
 import os
@@ -194,6 +195,8 @@ def list_cutouts(folder: Path, recursive: bool = False) -> list[Path]:
     """
 
     def refuse(error: OSError) -> None:
+        if error.errno == errno.ENOENT and error.filename != str(folder):
+            return  # a sub-folder removed while the folder was read: no cutout of it is missed
         raise DataError(
             f"{error.filename}: cannot read the folder ({error.strerror or error}); its cutouts would be missed"
         )

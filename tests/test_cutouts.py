@@ -335,11 +335,14 @@ def test_list_cutouts_keeps_its_order_and_passes_over_folders_and_other_files(tm
     assert list_cutouts(tmp_path, recursive=True) == [tmp_path / name for name in (*names, "sub/d.fits")]
 
 
-@pytest.mark.parametrize("locked", [".", "sub"])
-def test_a_folder_that_cannot_be_read_is_said_so_not_empty(tmp_path: Path, trained: Path, locked: str) -> None:
+@pytest.mark.parametrize(("locked", "recursive"), [(".", False), (".", True), ("sub", True)])
+def test_a_folder_that_cannot_be_read_is_said_so_not_empty(
+    tmp_path: Path, trained: Path, locked: str, recursive: bool
+) -> None:
     """otrain-pack and otrain-infer on a folder (or, with --recursive, a sub-folder) without read permission."""
     night = tmp_path / "night"
-    write_gmadet(night / "sub" / "a.fits", pixels(32))
+    write_gmadet(night / "a.fits", pixels(32))
+    write_gmadet(night / "sub" / "b.fits", pixels(32))
     folder = (night / locked).resolve()
     folder.chmod(0o300)  # writable and searchable, not readable: its files cannot be listed
     commands = {
@@ -349,7 +352,11 @@ def test_a_folder_that_cannot_be_read_is_said_so_not_empty(tmp_path: Path, train
     try:
         for command, options in commands.items():
             result = subprocess.run(
-                [*_without_root_override(), str(BIN / command), "--cutouts", str(night), "--recursive", *options],
+                [
+                    *_without_root_override(),
+                    *(str(BIN / command), "--cutouts", str(night), *options),
+                    *(["--recursive"] if recursive else []),
+                ],
                 capture_output=True,
                 text=True,
                 check=False,
