@@ -146,9 +146,9 @@ def request_body(
 def check_port_free(host: str, port: int) -> None:
     """Refuse, before the server starts, a port that another program listens on.
 
-    The server binds as this check does (``SO_REUSEADDR``, so a port whose last connections
-    are closing counts as free). Another program may still take the port in between: then
-    the server's own error is what the user sees.
+    The server (uvicorn) binds as this check does: the address family from the host's spelling,
+    ``SO_REUSEADDR`` (a port whose last connections are closing counts as free). Another program
+    may still take the port in between: then the server's own error is what the user sees.
 
     Parameters
     ----------
@@ -165,16 +165,15 @@ def check_port_free(host: str, port: int) -> None:
     import errno
     import socket
 
-    try:
-        family, kind, protocol, _, address = socket.getaddrinfo(
-            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )[0]
-    except OSError as error:
-        raise OptionError(f"--host: cannot resolve {host!r} ({error.strerror or error})") from None
-    with socket.socket(family, kind, protocol) as probe:
+    # As uvicorn binds: IPv6 for an address with a colon, else IPv4 (a name such as localhost
+    # resolves to its IPv4 address then, even where ::1 comes first).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            probe.bind(address)
+            probe.bind((host, port))
+        except socket.gaierror as error:
+            raise OptionError(f"--host: cannot resolve {host!r} ({error.strerror or error})") from None
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise OptionError(

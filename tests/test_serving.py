@@ -217,14 +217,15 @@ def test_bad_options_are_one_line_and_exit_2(
     assert len(captured.err.strip().splitlines()) == 1
 
 
-def test_a_busy_port_is_one_line_before_the_server_starts(tmp_path: Path) -> None:
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])  # a name binds IPv4, as uvicorn binds it
+def test_a_busy_port_is_one_line_before_the_server_starts(tmp_path: Path, host: str) -> None:
     """Another program listens on the port: one line naming it, exit 2, no MLflow server started."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            [*SERVE, "--model", "models:/otrain-cnn@champion", "--port", str(port)],
+            [*SERVE, "--model", "models:/otrain-cnn@champion", "--host", host, "--port", str(port)],
             capture_output=True,
             text=True,
             check=False,
@@ -233,8 +234,7 @@ def test_a_busy_port_is_one_line_before_the_server_starts(tmp_path: Path) -> Non
     assert result.returncode == 2, result.stderr
     assert result.stdout == ""
     assert result.stderr == (
-        f"otrain-serve: error: --port: 127.0.0.1:{port} is in use (another program listens there); "
-        "choose another --port\n"
+        f"otrain-serve: error: --port: {host}:{port} is in use (another program listens there); choose another --port\n"
     )
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store was touched
 
