@@ -497,7 +497,7 @@ def export_onnx(
         The twin; default :func:`twin_path`.
     tolerance : float
         In machine epsilons (float32's; float16's under mixed precision) of each cutout's logit
-        scale (default :data:`PARITY_TOLERANCE`; see :func:`parity_allowance`).
+        scale, at least 1 (default :data:`PARITY_TOLERANCE`; see :func:`parity_allowance`).
     source_sha256 : str, optional
         The SHA-256 of ``model_file`` when ``model`` was loaded from it: taken before loading,
         so that a file replaced meanwhile never gets a twin of other weights.
@@ -518,7 +518,15 @@ def export_onnx(
     DataError
         When the model cannot be exported, the twin does not run, or its P(real) differs from
         the model's by more than the tolerance allows on a cutout; nothing is written then.
+    ValueError
+        When ``tolerance`` is below 1 (or not a number): a difference of P(real), the unit it
+        had before, is not taken for a count of epsilons.
     """
+    if not tolerance >= 1:
+        raise ValueError(
+            f"tolerance must be at least 1 (machine epsilons of the logit scale, docs/onnx.md; "
+            f"not a difference of P(real)), got {tolerance}"
+        )
     import onnx
     import onnxruntime
 

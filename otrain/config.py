@@ -1821,9 +1821,9 @@ class ExportConfig(CommandConfig):
     )
     tolerance: Annotated[float, AfterValidator(_parity_tolerance)] = option(
         PARITY_TOLERANCE,
-        "How far the twin's log-odds may be from the model's on each cutout of --cube, in machine epsilons (float32's; "
-        "float16's for a --mixed-precision model) of the cutout's logit scale, the size of the terms its last layer "
-        "sums (docs/onnx.md); the card records it.",
+        "How far the twin's log-odds may be from the model's on each cutout of --cube, in machine epsilons (at least "
+        "1; not a difference of P(real), as before; float32's, float16's for a --mixed-precision model) of the "
+        "cutout's logit scale, the size of the terms its last layer sums (docs/onnx.md); the card records it.",
     )
     quantize: Literal["none", "int8"] = option("none", "Also write an int8 model <stem>.int8.onnx.")
     calibration_cube: ExistingFile | None = option(

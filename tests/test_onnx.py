@@ -300,6 +300,25 @@ def test_a_twin_outside_the_tolerance_is_not_written(tmp_path: Path) -> None:
         assert f"--tolerance: {rule}, got {float(bad)}" in refused.stderr
 
 
+def test_export_onnx_refuses_a_tolerance_in_the_old_unit(tmp_path: Path) -> None:
+    """PARITY_TOLERANCE was a difference of P(real) (1e-5) and is now a count of epsilons: a caller
+    still passing a probability is told so, before anything is exported."""
+    import keras
+    from keras import layers
+
+    from otrain.backends import export_onnx
+
+    model = keras.Sequential([keras.Input((2, 2, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model_file = tmp_path / "small.keras"
+    model.save(model_file)
+    pixels = np.zeros((2, 2, 2, 1), np.float32)
+    for bad in (1e-5, 0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"tolerance must be at least 1 \(machine epsilons of the logit scale"):
+            export_onnx(model, model_file, pixels, tolerance=bad)
+    assert files_under(tmp_path) == {model_file}
+    assert export_onnx(model, model_file, pixels, tolerance=1.0)["parity"]["tolerance"] == 1.0
+
+
 def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspace: Path, tmp_path: Path) -> None:
     """A training whose twin cannot be made still writes <name>.onnx (the pipeline declares it): a record
     that says why, which the scoring commands name, and which otrain-export replaces with a twin."""
