@@ -109,6 +109,49 @@ def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> N
     assert record["parity"]["max_abs_diff_p_real"] <= 4 * FLOAT32_EPS
 
 
+def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Path) -> None:
+    """Under mixed precision only the network's own sums are float16; the last dense layer, its softmax
+    and the calibration are float32. Float16's epsilon on the whole allowance (at least 0.0625 P at
+    --tolerance 64) let a twin without a temperature of 1.3 pass. Here the wrong twin is made for real:
+    the same float16 network exported without its calibration layer, judged against the calibrated model
+    by the check export_onnx applies. A network built so that its logit scale is known, |z| / 2: nothing
+    depends on learnt weights."""
+    import keras
+    from keras import layers
+
+    from otrain.backends import OnnxClassifier, export_onnx, keras_scores, parity_allowance
+    from otrain.config import PARITY_TOLERANCE
+    from otrain.model import with_calibration
+
+    network = keras.Sequential(
+        [
+            keras.Input((1, 1, 1)),
+            layers.Flatten(),
+            layers.Dense(2, activation="relu", dtype="mixed_float16"),  # h = (x, -x)+
+            layers.Dense(2, activation="softmax", dtype="float32"),  # z = x, from terms of size |x| / 2
+        ]
+    )
+    network.layers[1].set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
+    network.layers[2].set_weights([np.array([[-0.5, 0.5], [0.5, -0.5]], np.float32), np.zeros(2, np.float32)])
+    calibrated = with_calibration(network, 1.3, 0.0)
+    pixels = np.linspace(-8.0, 8.0, 65, dtype=np.float32).reshape(-1, 1, 1, 1)  # float16 numbers
+    uncalibrated_file = tmp_path / "uncalibrated.keras"
+    network.save(uncalibrated_file)
+    export_onnx(network, uncalibrated_file, pixels)  # a twin of the network alone, checked against it
+    wrong = OnnxClassifier(uncalibrated_file.with_suffix(".onnx")).predict_on_batch(pixels)[:, 1].astype(np.float64)
+    scores = keras_scores(calibrated, pixels)
+    assert_allclose(scores.logit_scale, np.abs(pixels.reshape(-1)) / 2, rtol=1e-3)
+    share = np.abs(wrong - scores.p_real) / parity_allowance(scores, wrong, PARITY_TOLERANCE)
+    assert share.max() > 3.0, share.max()
+    assert (scores.epsilon, scores.output_epsilon) == (2.0**-10, 2.0**-23)
+    # The calibrated model's own twin passes, and the card says which epsilon scaled what.
+    calibrated_file = tmp_path / "calibrated.keras"
+    calibrated.save(calibrated_file)
+    parity = export_onnx(calibrated, calibrated_file, pixels)["parity"]
+    assert (parity["epsilon"], parity["output_epsilon"]) == (2.0**-10, 2.0**-23)
+    assert parity["max_share_of_allowance"] <= 1.0
+
+
 def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
     import mlflow
 
