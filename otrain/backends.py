@@ -532,7 +532,8 @@ def export_onnx(
     dict
         The record for the model card: file, SHA-256 of both files, opset, the versions of
         the converter and runtime, and the parity check (cutouts, largest difference of P(real)
-        and its share of the allowance, tolerance, decisions changed at ``threshold``).
+        and its share of the allowance, tolerance, decisions changed at ``threshold``, and the
+        cutouts whose P(real) is within its allowance of ``threshold``: those that may change).
 
     Raises
     ------
@@ -568,7 +569,8 @@ def export_onnx(
         except Exception as error:  # ONNX Runtime raises its own exception types for a kernel it lacks
             raise DataError(f"{shown}: the ONNX model does not run ({first_line(error)[:300]})") from None
         difference = np.abs(scored - scores.p_real)
-        share = difference / parity_allowance(scores, scored, tolerance)
+        allowance = parity_allowance(scores, scored, tolerance)
+        share = difference / allowance
         worst = int(np.argmax(share)) if len(pixels) else 0
         if len(pixels) and not share[worst] <= 1.0:
             raise DataError(
@@ -578,6 +580,8 @@ def export_onnx(
             )
         opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
     changed = int(np.count_nonzero((scored > threshold) != (scores.p_real > threshold)))
+    # A decision can change only where the threshold lies between the two P(real), so within the allowance.
+    ties = int(np.count_nonzero(np.abs(scores.p_real - threshold) <= allowance))
     return {
         "file": target.name,
         "sha256": file_sha256(target),
@@ -596,6 +600,7 @@ def export_onnx(
             "tolerance_unit": "machine epsilons of the logit scale (docs/onnx.md)",
             "threshold": threshold,
             "decisions_changed": changed,
+            "decisions_within_allowance": ties,
         },
     }
 

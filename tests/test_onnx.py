@@ -57,7 +57,7 @@ def _infer(model: Path, cutouts: Path, output: Path, *extra: str) -> subprocess.
 
 
 def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace: Path) -> None:
-    from otrain.backends import FLOAT32_EPS
+    from otrain.backends import FLOAT32_EPS, keras_scores, parity_allowance
 
     twin = trained / "tiny.onnx"
     card = json.loads((trained / "tiny.keras.card.json").read_text())
@@ -73,12 +73,21 @@ def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace
     assert parity["tolerance"] == 64.0
     assert 0 <= parity["max_share_of_allowance"] <= 1.0
     assert parity["threshold"] == card["threshold"]
-    assert parity["decisions_changed"] == 0
-    # Recomputed here: TensorFlow through Keras against ONNX Runtime, two engines, one network.
-    # The allowance is at most 64 epsilons of P plus 16 of the log-odds scale, well below 1e-4.
-    difference = np.abs(_ort_p_real(twin, cube.cube) - _keras_p_real(trained / "tiny.keras", cube.cube))
-    assert difference.max() <= 1e-4
+    # Decisions may change only for cutouts within their allowance of the threshold (ties at float32
+    # precision); how many there are depends on what the model learnt, so no count is asserted.
+    assert 0 <= parity["decisions_changed"] <= parity["decisions_within_allowance"] <= parity["cutouts"]
+    # Recomputed here: TensorFlow through Keras against a plain ONNX Runtime session, two engines, one
+    # network, held to the contract of docs/onnx.md on every cutout (with the logit scale S of each).
+    from otrain.model import load_model
+
+    model_p, twin_p = _keras_p_real(trained / "tiny.keras", cube.cube), _ort_p_real(twin, cube.cube)
+    scores = keras_scores(load_model(trained / "tiny.keras"), cube.cube)
+    allowance = parity_allowance(scores, twin_p, parity["tolerance"])
+    difference = np.abs(twin_p - model_p)
+    assert np.all(difference <= allowance)
     assert difference.max() == pytest.approx(parity["max_abs_diff_p_real"], abs=4 * FLOAT32_EPS)
+    changed = (twin_p > card["threshold"]) != (model_p > card["threshold"])
+    assert np.all(np.abs(model_p[changed] - card["threshold"]) <= allowance[changed])
 
 
 def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> None:
