@@ -78,7 +78,16 @@ from otrain.tracking import (
     resolve_tracking_uri,
 )
 
-__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "check_init_from", "train"]
+__all__ = [
+    "PARITY_CUTOUTS",
+    "Checkpoint",
+    "TrainingDivergedError",
+    "TrainingResult",
+    "auto_batch_size",
+    "check_init_from",
+    "parity_rows",
+    "train",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -86,6 +95,9 @@ logger = logging.getLogger("otrain")
 POINTER, STAGING, COMPLETE = CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE
 _WEIGHTS = "latest.weights.h5"
 _BEST_WEIGHTS = "best.weights.h5"
+#: The ONNX twin is checked on every cutout of a cube up to this many; beyond, on the validation
+#: and test sets and a seeded sample of the training set, this many in all (see :func:`parity_rows`).
+PARITY_CUTOUTS = 10_000
 #: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
 RESUME_KEYS = (
     "architecture",
@@ -942,8 +954,11 @@ def _fit_and_write(
     shutil.rmtree(staged, ignore_errors=True)
     model_file = staged / config.model_file.name
     outputs = [save_model(model, model_file)]
-    checked_on = f"{config.cube.name} (every cutout)"
-    onnx_record = _export_twin(model, model_file, cube.cube, checked_on, threshold, twin_path(config.model_file))
+    rows, checked = parity_rows(split, len(cube.cube), config.seed, PARITY_CUTOUTS)
+    pixels = cube.cube if rows is None else cube.cube[rows]
+    onnx_record = _export_twin(
+        model, model_file, pixels, f"{config.cube.name} ({checked})", threshold, twin_path(config.model_file)
+    )
     outputs.append(staged / onnx_record["file"])
     outputs.append(
         cube.subset(split.validation).save(
@@ -1004,6 +1019,45 @@ def _fit_and_write(
         )
     result.run = run
     return result
+
+
+def parity_rows(split: Split, cutouts: int, seed: int, limit: int = PARITY_CUTOUTS) -> tuple[np.ndarray | None, str]:
+    """Choose the cutouts of the cube the ONNX twin is checked on.
+
+    Every one of a cube of at most ``limit`` cutouts. Beyond, the check would run Keras and ONNX
+    Runtime over the whole cube in every training (K times in cross-validation, once per size
+    in the dataset-size study): it takes every cutout of the validation and test sets, which
+    the training scores anyway, and fills up to ``limit`` with training cutouts drawn with
+    ``seed``.
+
+    Parameters
+    ----------
+    split : Split
+        The training's split of the cube.
+    cutouts : int
+        The cube's number of cutouts.
+    seed : int
+        The training's ``--seed``.
+    limit : int
+        :data:`PARITY_CUTOUTS` by default.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The rows, in increasing order; None for every row.
+    str
+        What they are, for the card.
+    """
+    if cutouts <= limit:
+        return None, "every cutout"
+    held_out = np.concatenate([split.validation, split.test])
+    room = min(max(limit - len(held_out), 0), len(split.train))
+    drawn = np.random.default_rng(seed).choice(split.train, size=room, replace=False)
+    rows = np.sort(np.concatenate([held_out, drawn]))
+    return rows, (
+        f"{len(rows)} of {cutouts} cutouts: the validation and test sets, and {room} of the "
+        f"{len(split.train)} training cutouts drawn with --seed"
+    )
 
 
 def _export_twin(

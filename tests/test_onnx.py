@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import BIN, SIZE, call_main, files_under, original_otrain_network, run_command
+from conftest import BIN, SIZE, call_main, files_under, original_otrain_network, run_command, train
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.export import main as export_main
@@ -88,6 +88,49 @@ def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace
     assert difference.max() == pytest.approx(parity["max_abs_diff_p_real"], abs=4 * FLOAT32_EPS)
     changed = (twin_p > card["threshold"]) != (model_p > card["threshold"])
     assert np.all(np.abs(model_p[changed] - card["threshold"]) <= allowance[changed])
+
+
+def test_the_parity_check_of_a_large_cube_is_a_seeded_sample_with_the_held_out_sets() -> None:
+    from otrain.datacube import stratified_split
+    from otrain.training import PARITY_CUTOUTS, parity_rows
+
+    labels = np.arange(30_000) % 2
+    split = stratified_split(labels, 0.1, 0.1, seed=5)
+    assert parity_rows(split, PARITY_CUTOUTS, 5) == (None, "every cutout")  # a small cube: exact
+    rows, checked = parity_rows(split, len(labels), 5)
+    assert rows is not None
+    assert len(rows) == PARITY_CUTOUTS == len(np.unique(rows))
+    assert np.all(np.diff(rows) > 0)
+    assert set(split.validation) | set(split.test) <= set(rows)
+    described = "the validation and test sets, and 4000 of the 24000 training cutouts drawn with --seed"
+    assert checked == f"10000 of 30000 cutouts: {described}"
+    assert_array_equal(parity_rows(split, len(labels), 5)[0], rows)  # seeded
+    assert not np.array_equal(parity_rows(split, len(labels), 6)[0], rows)
+    # Held-out sets larger than the limit are still checked whole.
+    rows, checked = parity_rows(split, len(labels), 5, limit=1000)
+    assert rows is not None
+    assert_array_equal(rows, np.sort(np.concatenate([split.validation, split.test])))
+    assert checked.endswith("and 0 of the 24000 training cutouts drawn with --seed")
+
+
+def test_a_training_on_a_cube_above_the_limit_checks_its_sample(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit lowered below the workspace cube's size: the card records the sample the twin was checked on."""
+    import otrain.training
+
+    monkeypatch.setattr(otrain.training, "PARITY_CUTOUTS", 300)
+    cube = Datacube.load(workspace / "datacube" / "cube.npz")
+    assert train(workspace, "sampled", "--epochs", "1", "--no-tracking", models=str(tmp_path / "models")) == 0
+    card = json.loads((tmp_path / "models" / "CNN_training" / "sampled" / "sampled.keras.card.json").read_text())
+    parity = card["onnx"]["parity"]
+    sizes = card["split_sizes"]
+    assert parity["cutouts"] == 300
+    drawn = 300 - sizes["validation"] - sizes["test"]
+    assert parity["checked_on"] == (
+        f"cube.npz (300 of {len(cube.labels)} cutouts: the validation and test sets, and {drawn} of the "
+        f"{sizes['train']} training cutouts drawn with --seed)"
+    )
 
 
 def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> None:
