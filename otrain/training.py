@@ -67,7 +67,7 @@ from otrain.evaluation import binary_metrics, write_json
 from otrain.locking import exclusive_lock
 from otrain.outputs import HISTORY_COLUMNS
 from otrain.progress import announce
-from otrain.scoring import predict
+from otrain.scoring import predict, predict_columns
 from otrain.tracking import (
     RunInfo,
     check_tracking_uri,
@@ -393,8 +393,9 @@ def _calibrate(
     from otrain.model import with_calibration
 
     validation_x, validation_labels = cube.cube[split.validation], cube.labels[split.validation]
-    raw_validation, raw_test = predict(model, validation_x), predict(model, test_x)
-    fit = fit_calibration(validation_labels, raw_validation, config.calibration)
+    raw_columns, raw_test = predict_columns(model, validation_x), predict(model, test_x)
+    raw_validation = raw_columns[:, 1]
+    fit = fit_calibration(validation_labels, raw_columns, config.calibration)  # both columns, as the layer
     if fit.method != "none":
         model = with_calibration(model, fit.temperature, fit.bias)
         logger.info("calibration (%s): temperature %.4g, offset %.4g", fit.method, fit.temperature, fit.bias)
