@@ -960,7 +960,8 @@ def _fit_and_write(
     onnx_record = _export_twin(
         model, model_file, pixels, f"{config.cube.name} ({checked})", threshold, twin_path(config.model_file)
     )
-    outputs.append(staged / onnx_record["file"])
+    if (staged / onnx_record["file"]).is_file():  # not even an absence record when it could not be written
+        outputs.append(staged / onnx_record["file"])
     outputs.append(
         cube.subset(split.validation).save(
             staged / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
@@ -1069,20 +1070,35 @@ def _export_twin(
     A model that cannot have a twin is still a model: the training goes on, says why in one
     line, and writes where the twin goes an absence record that says why (the pipeline
     declares that file as an output; the scoring commands name the reason and use Keras).
-    ``shown``: the twin's final place, named in messages (``model_file`` is a staging file).
+    Whatever fails, the conversion, the check or the writing (a full disk, a file over ONNX's
+    2 GB), the twin never fails the training; nor does an absence record that cannot be
+    written either, which is said in a second line (the file is then missing). An interrupt
+    (Ctrl-C) still interrupts. ``shown``: the twin's final place, named in messages
+    (``model_file`` is a staging file).
 
     Returns
     -------
     dict
-        The card's ``onnx`` record; with ``absent`` and ``error`` when there is no twin.
+        The card's ``onnx`` record; with ``absent`` and ``error`` when there is no twin, and
+        ``record_error`` when not even the absence record could be written.
     """
     from otrain.backends import export_onnx, write_absent_twin
 
+    twin = twin_path(model_file)
     try:
         return export_onnx(model, model_file, pixels, checked_on=checked_on, threshold=threshold, shown=shown)
-    except DataError as error:
-        logger.warning("no ONNX twin: %s; otrain-infer will score with Keras", error)
-        return write_absent_twin(model_file, str(error))
+    except Exception as error:  # a twin is an extra: nothing about it fails the training
+        reason = (
+            str(error)
+            if isinstance(error, DataError)
+            else f"{(shown or twin).name}: not exported ({first_line(error)[:300]})"
+        )
+    logger.warning("no ONNX twin: %s; otrain-infer will score with Keras", reason)
+    try:
+        return write_absent_twin(model_file, reason)
+    except Exception as error:
+        logger.warning("no absence record either: %s cannot be written (%s)", shown or twin, first_line(error)[:300])
+        return {"file": twin.name, "absent": True, "error": reason, "record_error": first_line(error)[:300]}
 
 
 def _distributed_batch(config: TrainConfig, split: Split, batch_size: int, replicas: int) -> int:

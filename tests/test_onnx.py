@@ -458,6 +458,56 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     assert choose_backend(model_copy, "auto")[0] == "onnx"
 
 
+def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:
+    """Not only DataError: whatever export_onnx raises (here Keras' error on cutouts of another shape, and
+    the twin's place taken by a folder), the training goes on; when not even the absence record can be
+    written, a second line says so and the folder is left as it was."""
+    import logging.handlers
+
+    import keras
+    import onnx
+    from keras import layers
+
+    from otrain.backends import TWIN_ABSENT
+    from otrain.training import _export_twin
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model_file = tmp_path / "small.keras"
+    model.save(model_file)
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    taken_file = folder / "small.keras"
+    model.save(taken_file)
+    (folder / "small.onnx").mkdir()
+    (folder / "small.onnx" / "mine.txt").write_text("not otrain's")
+    warnings = logging.handlers.BufferingHandler(capacity=100)
+    warnings.setLevel(logging.WARNING)
+    logging.getLogger("otrain").addHandler(warnings)
+    try:
+        wrong_shape = _export_twin(model, model_file, np.zeros((2, 5, 5, 1), np.float32), "2 cutouts", 0.5)
+        first = [record.getMessage() for record in warnings.buffer]
+        warnings.flush()
+        taken = _export_twin(model, taken_file, np.zeros((2, 4, 4, 1), np.float32), "2 cutouts", 0.5)
+        second = [record.getMessage() for record in warnings.buffer]
+    finally:
+        logging.getLogger("otrain").removeHandler(warnings)
+    assert wrong_shape["absent"] is True
+    assert wrong_shape["error"].startswith("small.onnx: not exported (")
+    assert "record_error" not in wrong_shape
+    metadata = {entry.key: entry.value for entry in onnx.load(str(tmp_path / "small.onnx")).metadata_props}
+    assert metadata[TWIN_ABSENT] == wrong_shape["error"]
+    assert first == [f"no ONNX twin: {wrong_shape['error']}; otrain-infer will score with Keras"]
+    assert taken["absent"] is True
+    assert taken["file"] == "small.onnx"
+    assert "Is a directory" in taken["error"]
+    assert "Is a directory" in taken["record_error"]
+    assert len(second) == 2, second
+    assert second[0] == f"no ONNX twin: {taken['error']}; otrain-infer will score with Keras"
+    assert second[1].startswith(f"no absence record either: {folder / 'small.onnx'} cannot be written (")
+    assert files_under(folder) == {taken_file, folder / "small.onnx" / "mine.txt"}
+    assert (folder / "small.onnx" / "mine.txt").read_text() == "not otrain's"
+
+
 def test_export_never_replaces_an_onnx_file_it_did_not_write(model_copy: Path, tmp_path: Path) -> None:
     foreign = model_copy.with_suffix(".onnx")
     foreign.write_bytes(b"someone else's network")
