@@ -337,8 +337,13 @@ class KerasScores:
         What the calibration layer adds to the scale: |log epsilon| for its logarithms, and for
         a layer of the older ``complement`` formula, 1 / (1 - P(real) before it), per cutout.
     epsilon : float
-        The machine epsilon of the coarsest dtype the model computes in: float32's, or
-        float16's (2**-10) for a model trained with ``--mixed-precision``.
+        The machine epsilon of the coarsest dtype the network computes in up to its last dense
+        layer: float32's, or float16's (2**-10) for a model trained with ``--mixed-precision``.
+        It scales the logit scale's term of the allowance.
+    output_epsilon : float
+        That of the last dense layer and the layers after it (softmax, calibration): float32's
+        for otrain's models, mixed precision or not. It scales the calibration's and the
+        rounding of P's terms.
     """
 
     p_real: np.ndarray
@@ -346,6 +351,13 @@ class KerasScores:
     temperature: float
     log_scale: np.ndarray
     epsilon: float = FLOAT32_EPS
+    output_epsilon: float = FLOAT32_EPS
+
+    @property
+    def arithmetic(self) -> str:
+        """The name of the network's coarsest dtype (``float32``, ``float16`` or ``bfloat16``)."""
+        names = {value: name for name, value in _HALF_EPSILONS.items()}
+        return names.get(self.epsilon, "float32")
 
 
 def _probe(model: Any, head: Any) -> Any:
@@ -422,13 +434,17 @@ def keras_scores(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
             # log(1 - p) with p rounded to float32 near 1: one epsilon of p is 1 / (1 - p) epsilons of z.
             complement = 1.0 / (1.0 + np.exp(np.clip(np.concatenate(logit), -700, 700)))
             log_scale += 1.0 / np.maximum(complement, calibration.epsilon)
-    epsilon = max((_HALF_EPSILONS.get(str(layer.compute_dtype), FLOAT32_EPS) for layer in model.layers), default=0.0)
+    epsilons = [_HALF_EPSILONS.get(str(layer.compute_dtype), FLOAT32_EPS) for layer in model.layers]
+    # Under mixed precision the network is float16 up to the last dense layer, which (with its
+    # softmax) and the calibration compute in float32.
+    last = model.layers.index(head) if head is not None else 0
     return KerasScores(
         p_real=p_real_all,
         logit_scale=np.concatenate(scale) if scale else empty,
         temperature=temperature,
         log_scale=log_scale,
-        epsilon=max(epsilon, FLOAT32_EPS),
+        epsilon=max([FLOAT32_EPS, *epsilons]),
+        output_epsilon=max([FLOAT32_EPS, *epsilons[last:]]),
     )
 
 
@@ -438,14 +454,18 @@ def parity_allowance(scores: KerasScores, twin_p_real: np.ndarray, tolerance: fl
     Both compute P = sigmoid(z / T + b) in float32 (the network before it in float16 under
     mixed precision), z the log-odds the network's logits give. Each logit is a sum whose
     result depends on the order of its terms, to a few epsilons of the size of those terms
-    (the logit scale S, plus the calibration's logarithms L): ``tolerance`` epsilons of it is
-    what z may differ by. Through the logistic, P moves by P (1 - P) / T per unit of z; and P
-    itself is rounded, to a few epsilons of P::
+    (the logit scale S, in the network's epsilon, plus the calibration's logarithms L, in
+    float32's): ``tolerance`` epsilons of them is what z may differ by. Through the logistic, P
+    moves by P (1 - P) / T per unit of z; and P itself is rounded, to a few float32 epsilons of
+    P::
 
-        |P_twin - P_model| <= tolerance * eps * (P (1 - P) (S + L) / T + P) + tiny
+        |P_twin - P_model| <= tolerance * (eps * P (1 - P) S / T + eps32 * (P (1 - P) L / T + P)) + tiny
 
-    with P(1 - P) and P the larger of the two runtimes' values, and tiny float32's smallest
-    normal number (about 1.2e-38).
+    with P(1 - P) and P the larger of the two runtimes' values, eps the network's epsilon
+    (``scores.epsilon``: float32's, float16's under mixed precision), eps32 that of the last
+    dense layer and what follows (``scores.output_epsilon``, float32's), and tiny float32's
+    smallest normal number (about 1.2e-38). A float16 network thus widens only the term of
+    its own sums: a twin whose calibration is missing or wrong is as far outside as in float32.
 
     Parameters
     ----------
@@ -454,8 +474,7 @@ def parity_allowance(scores: KerasScores, twin_p_real: np.ndarray, tolerance: fl
     twin_p_real : numpy.ndarray
         The twin's P(real) of the same cutouts.
     tolerance : float
-        In machine epsilons of the model's arithmetic (``scores.epsilon``: float32's
-        :data:`FLOAT32_EPS`, or float16's under mixed precision).
+        In machine epsilons of the arithmetic of each term (see above).
 
     Returns
     -------
@@ -464,9 +483,10 @@ def parity_allowance(scores: KerasScores, twin_p_real: np.ndarray, tolerance: fl
     """
     both = np.stack([scores.p_real, np.asarray(twin_p_real, dtype=np.float64)])
     slope = np.max(both * (1.0 - both), axis=0)
-    logit = slope * (scores.logit_scale + scores.log_scale) / scores.temperature
+    network = scores.epsilon * slope * scores.logit_scale / scores.temperature
+    output = scores.output_epsilon * (slope * scores.log_scale / scores.temperature + np.max(both, axis=0))
     # Below float32's smallest normal number there is no relative precision (kernels flush it to 0).
-    return tolerance * scores.epsilon * (logit + np.max(both, axis=0)) + FLOAT32_TINY
+    return tolerance * (network + output) + FLOAT32_TINY
 
 
 def export_onnx(
@@ -496,8 +516,9 @@ def export_onnx(
     target : Path, optional
         The twin; default :func:`twin_path`.
     tolerance : float
-        In machine epsilons (float32's; float16's under mixed precision) of each cutout's logit
-        scale (default :data:`PARITY_TOLERANCE`; see :func:`parity_allowance`).
+        In machine epsilons (float32's; float16's for the float16 layers of a mixed-precision
+        model) of each cutout's logit scale, at least 1 (default :data:`PARITY_TOLERANCE`; see
+        :func:`parity_allowance`).
     source_sha256 : str, optional
         The SHA-256 of ``model_file`` when ``model`` was loaded from it: taken before loading,
         so that a file replaced meanwhile never gets a twin of other weights.
@@ -511,14 +532,23 @@ def export_onnx(
     dict
         The record for the model card: file, SHA-256 of both files, opset, the versions of
         the converter and runtime, and the parity check (cutouts, largest difference of P(real)
-        and its share of the allowance, tolerance, decisions changed at ``threshold``).
+        and its share of the allowance, tolerance, decisions changed at ``threshold``, and the
+        cutouts whose P(real) is within its allowance of ``threshold``: those that may change).
 
     Raises
     ------
     DataError
         When the model cannot be exported, the twin does not run, or its P(real) differs from
         the model's by more than the tolerance allows on a cutout; nothing is written then.
+    ValueError
+        When ``tolerance`` is below 1 (or not a number): a difference of P(real), the unit it
+        had before, is not taken for a count of epsilons.
     """
+    if not tolerance >= 1:
+        raise ValueError(
+            f"tolerance must be at least 1 (machine epsilons of the logit scale, docs/onnx.md; "
+            f"not a difference of P(real)), got {tolerance}"
+        )
     import onnx
     import onnxruntime
 
@@ -539,17 +569,19 @@ def export_onnx(
         except Exception as error:  # ONNX Runtime raises its own exception types for a kernel it lacks
             raise DataError(f"{shown}: the ONNX model does not run ({first_line(error)[:300]})") from None
         difference = np.abs(scored - scores.p_real)
-        share = difference / parity_allowance(scores, scored, tolerance)
+        allowance = parity_allowance(scores, scored, tolerance)
+        share = difference / allowance
         worst = int(np.argmax(share)) if len(pixels) else 0
         if len(pixels) and not share[worst] <= 1.0:
-            arithmetic = "float32" if scores.epsilon == FLOAT32_EPS else "float16"
             raise DataError(
                 f"{shown}: the ONNX model's P(real) differs from {model_file.name}'s by {difference[worst]:.3g} "
                 f"(P(real) {scores.p_real[worst]:.6g}) on cutout {worst} of {checked_on}, {share[worst]:.3g} times "
-                f"what {arithmetic} allows at --tolerance {tolerance:g} (see docs/onnx.md); not written"
+                f"what {scores.arithmetic} allows at --tolerance {tolerance:g} (see docs/onnx.md); not written"
             )
         opset = max((entry.version for entry in proto.opset_import if entry.domain in ("", "ai.onnx")), default=0)
     changed = int(np.count_nonzero((scored > threshold) != (scores.p_real > threshold)))
+    # A decision can change only where the threshold lies between the two P(real), so within the allowance.
+    ties = int(np.count_nonzero(np.abs(scores.p_real - threshold) <= allowance))
     return {
         "file": target.name,
         "sha256": file_sha256(target),
@@ -564,9 +596,11 @@ def export_onnx(
             "max_share_of_allowance": float(share.max()) if len(pixels) else 0.0,
             "tolerance": tolerance,
             "epsilon": scores.epsilon,
+            "output_epsilon": scores.output_epsilon,
             "tolerance_unit": "machine epsilons of the logit scale (docs/onnx.md)",
             "threshold": threshold,
             "decisions_changed": changed,
+            "decisions_within_allowance": ties,
         },
     }
 

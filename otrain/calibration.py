@@ -3,14 +3,18 @@
 A network trained with class weights, or on a few hundred cutouts, gives a P(real) that is a
 ranking more than a probability. Training therefore fits, on the validation set, one of:
 
-- ``temperature``: P = sigmoid(z / T), with z = log(p / (1 - p)) the network's log-odds and one
-  parameter T > 0 (Guo et al. 2017, "On calibration of modern neural networks");
+- ``temperature``: P = sigmoid(z / T), with z the network's log-odds and one parameter T > 0
+  (Guo et al. 2017, "On calibration of modern neural networks");
 - ``platt``: P = sigmoid(z / T + b), two parameters (Platt 1999): the temperature and an offset,
   which also corrects the prior that class weights impose (balanced classes while training);
 - ``none``: the network's output as it is.
 
 The fitted parameters live in the model (its last layer, :class:`otrain.model.Calibration`),
-so every command reads calibrated probabilities without knowing about them.
+so every command reads calibrated probabilities without knowing about them. The fit and the
+layer take z alike (:func:`log_odds`): z = log P(real) - log P(bogus), from both columns of the
+network's softmax, each at least :data:`EPSILON`. Taken as log p - log(1 - p) from P(real)
+alone, z would lose up to half its bits when P(real) is within 1e-6 of 1 (float32 keeps only a
+few ulps of 1 - p), and the fit would see other log-odds than the layer it makes.
 
 The operating point is the threshold of the decision "real if P(real) > threshold". Surveys
 choose theirs from a miss rate they accept (ATLAS quotes its false-positive rate at 1 % missed
@@ -42,7 +46,8 @@ __all__ = [
 CalibrationMethod = Literal["temperature", "platt", "none"]
 CALIBRATIONS: tuple[str, ...] = ("temperature", "platt", "none")
 
-#: Probabilities are clipped to [EPSILON, 1 - EPSILON] before taking log-odds (about +-16.1).
+#: Each softmax column is taken at least EPSILON before its logarithm (log-odds within about +-16.1),
+#: as the calibration layer does.
 EPSILON = 1e-7
 #: Search range of log(T): T from 1/50 to 50; and of the offset b.
 _LOG_T_RANGE = (-math.log(50.0), math.log(50.0))
@@ -80,15 +85,37 @@ class CalibrationFit:
         return self.temperature == 1.0 and self.bias == 0.0
 
 
-def log_odds(probabilities: np.ndarray) -> np.ndarray:
-    """Return log(p / (1 - p)) of P(real), clipped at :data:`EPSILON` from 0 and 1 (float64)."""
-    p = np.clip(np.asarray(probabilities, dtype=np.float64), EPSILON, 1 - EPSILON)
-    return np.log(p) - np.log1p(-p)
+def log_odds(columns: np.ndarray) -> np.ndarray:
+    """Return the log-odds z = log P(real) - log P(bogus) of softmax rows, as the calibration layer takes them.
+
+    Parameters
+    ----------
+    columns : numpy.ndarray
+        (N, 2) rows (P(bogus), P(real)), as the network gives them
+        (:func:`otrain.scoring.predict_columns`); each column is taken at least :data:`EPSILON`.
+
+    Returns
+    -------
+    numpy.ndarray
+        z per row (float64): exact to a few ulps of each column, however close P(real) is to 1.
+
+    Raises
+    ------
+    ValueError
+        When ``columns`` is not (N, 2): P(real) alone cannot give z near 1.
+    """
+    rows = np.asarray(columns, dtype=np.float64)
+    if rows.ndim != 2 or rows.shape[1] != 2:
+        raise ValueError(f"log-odds need (N, 2) rows (P(bogus), P(real)), got shape {rows.shape}")
+    return np.log(np.maximum(rows[:, 1], EPSILON)) - np.log(np.maximum(rows[:, 0], EPSILON))
 
 
-def apply_calibration(probabilities: np.ndarray, fit: CalibrationFit) -> np.ndarray:
-    """Return calibrated P(real) (float64), as the model's calibration layer computes it."""
-    z = log_odds(probabilities) / fit.temperature + fit.bias
+def apply_calibration(columns: np.ndarray, fit: CalibrationFit) -> np.ndarray:
+    """Return calibrated P(real) (float64) of (N, 2) softmax rows, as the model's calibration layer computes it.
+
+    The layer computes the same in float32 (``log_odds="columns"``, every layer made now).
+    """
+    z = log_odds(columns) / fit.temperature + fit.bias
     return 1.0 / (1.0 + np.exp(-z))
 
 
@@ -105,7 +132,7 @@ def _objective(params: np.ndarray, z: np.ndarray, labels: np.ndarray, with_bias:
     return _negative_log_likelihood(z / math.exp(log_t) + bias, labels) + penalty / len(labels)
 
 
-def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, method: CalibrationMethod) -> CalibrationFit:
+def fit_calibration(labels: np.ndarray, columns: np.ndarray, method: CalibrationMethod) -> CalibrationFit:
     """Fit a calibration of P(real) on labelled cutouts (the validation set).
 
     The parameters maximise the likelihood of the labels times weak priors, log T ~ N(0,
@@ -118,8 +145,9 @@ def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, method: Calib
     ----------
     labels : numpy.ndarray
         1 = real, 0 = bogus.
-    probabilities : numpy.ndarray
-        The network's P(real) of the same cutouts.
+    columns : numpy.ndarray
+        The network's (N, 2) softmax rows (P(bogus), P(real)) of the same cutouts: the fit
+        takes their log-odds as the calibration layer will (:func:`log_odds`).
     method : {"temperature", "platt", "none"}
         See the module's description.
 
@@ -143,7 +171,7 @@ def fit_calibration(labels: np.ndarray, probabilities: np.ndarray, method: Calib
             f"calibration ({method}) needs real and bogus cutouts in the validation set, it holds only "
             f"{'real' if labels.any() else 'bogus'} ones; use a larger --frac or --calibration none"
         )
-    z = log_odds(probabilities)
+    z = log_odds(columns)
     with_bias = method == "platt"
     best = minimize(
         _objective,

@@ -762,7 +762,8 @@ class TrainConfig(TrainingOptions):
     validation set then calibrates P(real) (--calibration) and can choose the threshold
     (--target-fnr, --target-fpr). Every reported metric comes from the test set. Outputs go to
     <model-path>/CNN_training/<name>/: the model (<name>.keras, or <name>.h5 when --model-name
-    ends in .h5) with its model card and its ONNX twin <name>.onnx (checked on the test set),
+    ends in .h5) with its model card and its ONNX twin <name>.onnx (checked against the model on
+    every cutout of the cube; beyond 10,000, on the validation and test sets and a seeded sample),
     validation_set/datacube/cube_validation.npz (one-hot labels, as the original),
     test_set/datacube/cube_test.npz, history.csv, the loss and accuracy curves, metrics.json and
     mlflow_run.json.
@@ -1821,9 +1822,9 @@ class ExportConfig(CommandConfig):
     )
     tolerance: Annotated[float, AfterValidator(_parity_tolerance)] = option(
         PARITY_TOLERANCE,
-        "How far the twin's log-odds may be from the model's on each cutout of --cube, in machine epsilons (float32's; "
-        "float16's for a --mixed-precision model) of the cutout's logit scale, the size of the terms its last layer "
-        "sums (docs/onnx.md); the card records it.",
+        "How far the twin's log-odds may be from the model's on each cutout of --cube, in machine epsilons (at least "
+        "1; not a difference of P(real), as before; float32's, float16's for a --mixed-precision model) of the "
+        "cutout's logit scale, the size of the terms its last layer sums (docs/onnx.md); the card records it.",
     )
     quantize: Literal["none", "int8"] = option("none", "Also write an int8 model <stem>.int8.onnx.")
     calibration_cube: ExistingFile | None = option(

@@ -53,6 +53,8 @@ __all__ = [
     "MAD_TO_SIGMA",
     "NORMALISATIONS",
     "Calibration",
+    "LogOdds",
+    "Normalisation",
     "RealClassAUC",
     "RobustScaling",
     "build_model",

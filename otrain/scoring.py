@@ -28,6 +28,7 @@ __all__ = [
     "fit_to_model",
     "outcomes",
     "predict",
+    "predict_columns",
     "sample_outcomes",
     "score_cube",
 ]
@@ -84,7 +85,22 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
 
 
 def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Return P(real) of every cutout, predicted in batches of ``batch_size``.
+    """Return P(real) of every cutout, predicted in batches of ``batch_size`` (see :func:`predict_columns`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 P(real), one per cutout.
+    """
+    return predict_columns(model, pixels, batch_size)[:, 1]
+
+
+def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
+    """Return (P(bogus), P(real)) of every cutout, predicted in batches of ``batch_size``.
+
+    Both columns, as the model computes them: P(bogus) is exact to a few ulps of itself where
+    1 - P(real) would keep only the last bits of a P(real) near 1 (the calibration's log-odds
+    take both, :func:`otrain.calibration.log_odds`).
 
     Batch by batch with ``predict_on_batch``, as otrain-infer scores: ``model.predict`` on an
     array builds a tf.data pipeline whose parallel map, under the op determinism of a training,
@@ -106,7 +122,7 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     Returns
     -------
     numpy.ndarray
-        float64 P(real), one per cutout.
+        float64 (N, 2) rows (the model's float32 values).
     """
     strategy = getattr(model, "distribute_strategy", None)
     if strategy is not None and strategy.num_replicas_in_sync > 1:
@@ -116,7 +132,7 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     else:
         step = model.predict_on_batch
     batches = [np.asarray(step(pixels[start : start + batch_size])) for start in range(0, len(pixels), batch_size)]
-    return np.concatenate(batches)[:, 1].astype(np.float64) if batches else np.empty(0)
+    return np.concatenate(batches).astype(np.float64) if batches else np.empty((0, 2))
 
 
 def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> ScoredCube:

@@ -67,7 +67,7 @@ from otrain.evaluation import binary_metrics, write_json
 from otrain.locking import exclusive_lock
 from otrain.outputs import HISTORY_COLUMNS
 from otrain.progress import announce
-from otrain.scoring import predict
+from otrain.scoring import predict, predict_columns
 from otrain.tracking import (
     RunInfo,
     check_tracking_uri,
@@ -78,7 +78,16 @@ from otrain.tracking import (
     resolve_tracking_uri,
 )
 
-__all__ = ["Checkpoint", "TrainingDivergedError", "TrainingResult", "auto_batch_size", "check_init_from", "train"]
+__all__ = [
+    "PARITY_CUTOUTS",
+    "Checkpoint",
+    "TrainingDivergedError",
+    "TrainingResult",
+    "auto_batch_size",
+    "check_init_from",
+    "parity_rows",
+    "train",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -86,6 +95,9 @@ logger = logging.getLogger("otrain")
 POINTER, STAGING, COMPLETE = CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE
 _WEIGHTS = "latest.weights.h5"
 _BEST_WEIGHTS = "best.weights.h5"
+#: The ONNX twin is checked on every cutout of a cube up to this many; beyond, on the validation
+#: and test sets and a seeded sample of the training set, this many in all (see :func:`parity_rows`).
+PARITY_CUTOUTS = 10_000
 #: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
 RESUME_KEYS = (
     "architecture",
@@ -381,8 +393,9 @@ def _calibrate(
     from otrain.model import with_calibration
 
     validation_x, validation_labels = cube.cube[split.validation], cube.labels[split.validation]
-    raw_validation, raw_test = predict(model, validation_x), predict(model, test_x)
-    fit = fit_calibration(validation_labels, raw_validation, config.calibration)
+    raw_columns, raw_test = predict_columns(model, validation_x), predict(model, test_x)
+    raw_validation = raw_columns[:, 1]
+    fit = fit_calibration(validation_labels, raw_columns, config.calibration)  # both columns, as the layer
     if fit.method != "none":
         model = with_calibration(model, fit.temperature, fit.bias)
         logger.info("calibration (%s): temperature %.4g, offset %.4g", fit.method, fit.temperature, fit.bias)
@@ -942,9 +955,13 @@ def _fit_and_write(
     shutil.rmtree(staged, ignore_errors=True)
     model_file = staged / config.model_file.name
     outputs = [save_model(model, model_file)]
-    checked_on = f"{config.cube.name} (every cutout)"
-    onnx_record = _export_twin(model, model_file, cube.cube, checked_on, threshold, twin_path(config.model_file))
-    outputs.append(staged / onnx_record["file"])
+    rows, checked = parity_rows(split, len(cube.cube), config.seed, PARITY_CUTOUTS)
+    pixels = cube.cube if rows is None else cube.cube[rows]
+    onnx_record = _export_twin(
+        model, model_file, pixels, f"{config.cube.name} ({checked})", threshold, twin_path(config.model_file)
+    )
+    if (staged / onnx_record["file"]).is_file():  # not even an absence record when it could not be written
+        outputs.append(staged / onnx_record["file"])
     outputs.append(
         cube.subset(split.validation).save(
             staged / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
@@ -1006,6 +1023,45 @@ def _fit_and_write(
     return result
 
 
+def parity_rows(split: Split, cutouts: int, seed: int, limit: int = PARITY_CUTOUTS) -> tuple[np.ndarray | None, str]:
+    """Choose the cutouts of the cube the ONNX twin is checked on.
+
+    Every one of a cube of at most ``limit`` cutouts. Beyond, the check would run Keras and ONNX
+    Runtime over the whole cube in every training (K times in cross-validation, once per size
+    in the dataset-size study): it takes every cutout of the validation and test sets, which
+    the training scores anyway, and fills up to ``limit`` with training cutouts drawn with
+    ``seed``.
+
+    Parameters
+    ----------
+    split : Split
+        The training's split of the cube.
+    cutouts : int
+        The cube's number of cutouts.
+    seed : int
+        The training's ``--seed``.
+    limit : int
+        :data:`PARITY_CUTOUTS` by default.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        The rows, in increasing order; None for every row.
+    str
+        What they are, for the card.
+    """
+    if cutouts <= limit:
+        return None, "every cutout"
+    held_out = np.concatenate([split.validation, split.test])
+    room = min(max(limit - len(held_out), 0), len(split.train))
+    drawn = np.random.default_rng(seed).choice(split.train, size=room, replace=False)
+    rows = np.sort(np.concatenate([held_out, drawn]))
+    return rows, (
+        f"{len(rows)} of {cutouts} cutouts: the validation and test sets, and {room} of the "
+        f"{len(split.train)} training cutouts drawn with --seed"
+    )
+
+
 def _export_twin(
     model: Any, model_file: Path, pixels: np.ndarray, checked_on: str, threshold: float, shown: Path | None = None
 ) -> dict[str, Any]:
@@ -1014,20 +1070,35 @@ def _export_twin(
     A model that cannot have a twin is still a model: the training goes on, says why in one
     line, and writes where the twin goes an absence record that says why (the pipeline
     declares that file as an output; the scoring commands name the reason and use Keras).
-    ``shown``: the twin's final place, named in messages (``model_file`` is a staging file).
+    Whatever fails, the conversion, the check or the writing (a full disk, a file over ONNX's
+    2 GB), the twin never fails the training; nor does an absence record that cannot be
+    written either, which is said in a second line (the file is then missing). An interrupt
+    (Ctrl-C) still interrupts. ``shown``: the twin's final place, named in messages
+    (``model_file`` is a staging file).
 
     Returns
     -------
     dict
-        The card's ``onnx`` record; with ``absent`` and ``error`` when there is no twin.
+        The card's ``onnx`` record; with ``absent`` and ``error`` when there is no twin, and
+        ``record_error`` when not even the absence record could be written.
     """
     from otrain.backends import export_onnx, write_absent_twin
 
+    twin = twin_path(model_file)
     try:
         return export_onnx(model, model_file, pixels, checked_on=checked_on, threshold=threshold, shown=shown)
-    except DataError as error:
-        logger.warning("no ONNX twin: %s; otrain-infer will score with Keras", error)
-        return write_absent_twin(model_file, str(error))
+    except Exception as error:  # a twin is an extra: nothing about it fails the training
+        reason = (
+            str(error)
+            if isinstance(error, DataError)
+            else f"{(shown or twin).name}: not exported ({first_line(error)[:300]})"
+        )
+    logger.warning("no ONNX twin: %s; otrain-infer will score with Keras", reason)
+    try:
+        return write_absent_twin(model_file, reason)
+    except Exception as error:
+        logger.warning("no absence record either: %s cannot be written (%s)", shown or twin, first_line(error)[:300])
+        return {"file": twin.name, "absent": True, "error": reason, "record_error": first_line(error)[:300]}
 
 
 def _distributed_batch(config: TrainConfig, split: Split, batch_size: int, replicas: int) -> int:

@@ -27,12 +27,17 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-z))
 
 
+def _columns(p_real: np.ndarray) -> np.ndarray:
+    """Softmax rows (P(bogus), P(real)) of P(real) values far enough from 1 for 1 - p to be exact enough."""
+    return np.stack([1 - p_real, p_real], axis=1)
+
+
 def _overconfident(n: int, temperature: float, bias: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Labels drawn from sigmoid(z / T + b), and a network that reports sigmoid(z): off by T and b."""
+    """Labels drawn from sigmoid(z / T + b), and a network whose softmax rows say sigmoid(z): off by T and b."""
     rng = np.random.default_rng(seed)
     z = rng.normal(0.0, 4.0, n)
     labels = (rng.random(n) < _sigmoid(z / temperature + bias)).astype(int)
-    return labels, _sigmoid(z)
+    return labels, np.stack([_sigmoid(-z), _sigmoid(z)], axis=1)
 
 
 def test_temperature_is_recovered_from_an_overconfident_network() -> None:
@@ -57,7 +62,7 @@ def test_calibration_lowers_the_calibration_error_of_an_overconfident_network() 
     labels, network = _overconfident(20_000, temperature=3.0, bias=0.0, seed=3)
     fitted, held_out = slice(0, 10_000), slice(10_000, None)
     fit = fit_calibration(labels[fitted], network[fitted], "temperature")
-    before = expected_calibration_error(labels[held_out], network[held_out])
+    before = expected_calibration_error(labels[held_out], network[held_out, 1])
     after = expected_calibration_error(labels[held_out], apply_calibration(network[held_out], fit))
     assert before > 0.1
     assert after < 0.02
@@ -69,28 +74,30 @@ def test_a_few_perfectly_separated_cutouts_keep_their_ranking() -> None:
     fell from 0.8 to 0.66 through ties. The fit's priors keep T near 1."""
     rng = np.random.default_rng(4)
     labels = np.array([0] * 3 + [1] * 18)
-    network = np.concatenate([rng.uniform(0.05, 0.4, 3), rng.uniform(0.6, 0.999, 18)])
+    network = _columns(np.concatenate([rng.uniform(0.05, 0.4, 3), rng.uniform(0.6, 0.999, 18)]))
     for method in ("temperature", "platt"):
         fit = fit_calibration(labels, network, method)
         assert 0.3 < fit.temperature < 3.0, method
         held_out = rng.uniform(0.0, 1.0, 1000).astype(np.float32)
-        calibrated = apply_calibration(held_out, fit).astype(np.float32)
+        calibrated = apply_calibration(_columns(held_out), fit).astype(np.float32)
         assert len(np.unique(calibrated)) == len(np.unique(held_out)), method
 
 
 def test_none_is_the_identity_and_one_class_cannot_be_calibrated() -> None:
-    fit = fit_calibration(np.array([0, 1]), np.array([0.2, 0.9]), "none")
+    fit = fit_calibration(np.array([0, 1]), _columns(np.array([0.2, 0.9])), "none")
     assert fit.is_identity
-    assert_allclose(apply_calibration(np.array([0.2, 0.9]), fit), [0.2, 0.9], rtol=1e-9)
+    assert_allclose(apply_calibration(_columns(np.array([0.2, 0.9])), fit), [0.2, 0.9], rtol=1e-9)
     with pytest.raises(DataError, match="only real ones; use a larger --frac or --calibration none"):
-        fit_calibration(np.ones(5, dtype=int), np.linspace(0.1, 0.9, 5), "temperature")
+        fit_calibration(np.ones(5, dtype=int), _columns(np.linspace(0.1, 0.9, 5)), "temperature")
 
 
 def test_log_odds_are_finite_at_zero_and_one() -> None:
-    z = log_odds(np.array([0.0, 0.5, 1.0]))
+    z = log_odds(_columns(np.array([0.0, 0.5, 1.0])))
     assert np.all(np.isfinite(z))
     assert z[1] == 0.0
     assert z[0] == pytest.approx(-math.log(1e7), rel=1e-6)
+    with pytest.raises(ValueError, match=r"log-odds need \(N, 2\) rows \(P\(bogus\), P\(real\)\), got shape \(3,\)"):
+        log_odds(np.array([0.0, 0.5, 1.0]))  # P(real) alone: 1 - p would lose the bits near 1
 
 
 def test_threshold_for_fnr_misses_no_more_than_asked() -> None:
@@ -125,7 +132,7 @@ def test_the_models_calibration_layer_computes_what_was_fitted(tmp_path: Path) -
     again = with_calibration(calibrated, temperature=3.0, bias=0.0)  # replaces, does not stack
     assert sum(isinstance(layer, Calibration) for layer in again.layers) == 1
     pixels = np.random.default_rng(0).normal(size=(8, 16, 16, 1)).astype("float32") * 50
-    raw = np.asarray(model.predict_on_batch(pixels))[:, 1]
+    raw = np.asarray(model.predict_on_batch(pixels))
     expected = apply_calibration(raw, CalibrationFit("platt", temperature=2.0, bias=-0.7))
     for suffix in (".keras", ".h5"):
         loaded = load_model(save_model(calibrated, tmp_path / f"calibrated{suffix}"))
@@ -134,6 +141,26 @@ def test_the_models_calibration_layer_computes_what_was_fitted(tmp_path: Path) -
         assert_allclose(got[:, 1], expected, atol=2e-6)
         assert_allclose(got.sum(axis=1), 1.0, atol=1e-6)
     keras.backend.clear_session()
+
+
+def test_numpy_and_the_layer_agree_near_one() -> None:
+    """P(bogus) from 1e-9 to 1e-3 before a temperature of 8.2 and an offset that bring the calibrated P(real)
+    back near 0.5 (issue 23's case): the fit and the numpy calibration take z from both columns, as the layer
+    does. Taken from P(real) alone, as the fit did before (log p - log(1 - p) of float32 p), z was 0.18 off
+    at P(bogus) 1e-7 and the calibrated P(real) 0.005 off the layer's."""
+    from otrain.model import Calibration
+
+    fit = CalibrationFit("platt", temperature=8.2, bias=-1.5)
+    layer = Calibration(temperature=fit.temperature, bias=fit.bias)
+    bogus = np.array([1e-9, 1e-8, 1e-7, 3e-7, 1e-6, 3e-6, 1e-5, 1e-4, 1e-3], np.float32)
+    rows = np.stack([bogus, 1 - bogus], axis=1).astype(np.float32)
+    assert rows[0, 1] == 1.0  # P(real) alone says nothing more here
+    from_layer = np.asarray(layer(rows), np.float64)[:, 1]
+    assert_allclose(apply_calibration(rows, fit), from_layer, rtol=1e-6)
+    # And both are the exact value of those float32 columns.
+    exact = np.log(rows[:, 1].astype(np.float64)) - np.log(np.maximum(bogus.astype(np.float64), 1e-7))
+    assert_allclose(log_odds(rows), exact, rtol=1e-12)
+    assert_allclose(apply_calibration(rows, fit), _sigmoid(exact / 8.2 - 1.5), rtol=1e-12)
 
 
 def test_a_model_saved_before_log_odds_keeps_its_formula(tmp_path: Path) -> None:

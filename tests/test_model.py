@@ -105,3 +105,24 @@ def test_unknown_architecture_and_too_small_cutouts_are_refused() -> None:
         build_model((3, 16, 1), architecture="vgg")
     with pytest.raises(ValueError, match="at least 8x8 pixels for the otrain network, got 16x7"):
         build_model((16, 7, 1))
+
+
+def test_the_modules_type_aliases_are_exported() -> None:
+    """The Literal aliases model.py defines (``LogOdds``: the calibration layer's ``log_odds``) are public."""
+    import ast
+    import inspect
+
+    from otrain import model
+
+    tree = ast.parse(inspect.getsource(model))
+    aliases = {
+        target.id
+        for node in tree.body
+        if isinstance(node, ast.Assign)
+        and isinstance(node.value, ast.Subscript)
+        and ast.unparse(node.value.value) == "Literal"
+        for target in node.targets
+        if isinstance(target, ast.Name)
+    }
+    assert {"LogOdds", "Normalisation"} <= aliases
+    assert aliases <= set(model.__all__)

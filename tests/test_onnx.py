@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import BIN, SIZE, call_main, files_under, original_otrain_network, run_command
+from conftest import BIN, SIZE, call_main, files_under, original_otrain_network, run_command, train
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.export import main as export_main
@@ -57,7 +57,7 @@ def _infer(model: Path, cutouts: Path, output: Path, *extra: str) -> subprocess.
 
 
 def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace: Path) -> None:
-    from otrain.backends import FLOAT32_EPS
+    from otrain.backends import FLOAT32_EPS, keras_scores, parity_allowance
 
     twin = trained / "tiny.onnx"
     card = json.loads((trained / "tiny.keras.card.json").read_text())
@@ -73,12 +73,64 @@ def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace
     assert parity["tolerance"] == 64.0
     assert 0 <= parity["max_share_of_allowance"] <= 1.0
     assert parity["threshold"] == card["threshold"]
-    assert parity["decisions_changed"] == 0
-    # Recomputed here: TensorFlow through Keras against ONNX Runtime, two engines, one network.
-    # The allowance is at most 64 epsilons of P plus 16 of the log-odds scale, well below 1e-4.
-    difference = np.abs(_ort_p_real(twin, cube.cube) - _keras_p_real(trained / "tiny.keras", cube.cube))
-    assert difference.max() <= 1e-4
+    # Decisions may change only for cutouts within their allowance of the threshold (ties at float32
+    # precision); how many there are depends on what the model learnt, so no count is asserted.
+    assert 0 <= parity["decisions_changed"] <= parity["decisions_within_allowance"] <= parity["cutouts"]
+    # Recomputed here: TensorFlow through Keras against a plain ONNX Runtime session, two engines, one
+    # network, held to the contract of docs/onnx.md on every cutout (with the logit scale S of each).
+    from otrain.model import load_model
+
+    model_p, twin_p = _keras_p_real(trained / "tiny.keras", cube.cube), _ort_p_real(twin, cube.cube)
+    scores = keras_scores(load_model(trained / "tiny.keras"), cube.cube)
+    allowance = parity_allowance(scores, twin_p, parity["tolerance"])
+    difference = np.abs(twin_p - model_p)
+    assert np.all(difference <= allowance)
     assert difference.max() == pytest.approx(parity["max_abs_diff_p_real"], abs=4 * FLOAT32_EPS)
+    changed = (twin_p > card["threshold"]) != (model_p > card["threshold"])
+    assert np.all(np.abs(model_p[changed] - card["threshold"]) <= allowance[changed])
+
+
+def test_the_parity_check_of_a_large_cube_is_a_seeded_sample_with_the_held_out_sets() -> None:
+    from otrain.datacube import stratified_split
+    from otrain.training import PARITY_CUTOUTS, parity_rows
+
+    labels = np.arange(30_000) % 2
+    split = stratified_split(labels, 0.1, 0.1, seed=5)
+    assert parity_rows(split, PARITY_CUTOUTS, 5) == (None, "every cutout")  # a small cube: exact
+    rows, checked = parity_rows(split, len(labels), 5)
+    assert rows is not None
+    assert len(rows) == PARITY_CUTOUTS == len(np.unique(rows))
+    assert np.all(np.diff(rows) > 0)
+    assert set(split.validation) | set(split.test) <= set(rows)
+    described = "the validation and test sets, and 4000 of the 24000 training cutouts drawn with --seed"
+    assert checked == f"10000 of 30000 cutouts: {described}"
+    assert_array_equal(parity_rows(split, len(labels), 5)[0], rows)  # seeded
+    assert not np.array_equal(parity_rows(split, len(labels), 6)[0], rows)
+    # Held-out sets larger than the limit are still checked whole.
+    rows, checked = parity_rows(split, len(labels), 5, limit=1000)
+    assert rows is not None
+    assert_array_equal(rows, np.sort(np.concatenate([split.validation, split.test])))
+    assert checked.endswith("and 0 of the 24000 training cutouts drawn with --seed")
+
+
+def test_a_training_on_a_cube_above_the_limit_checks_its_sample(
+    workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The limit lowered below the workspace cube's size: the card records the sample the twin was checked on."""
+    import otrain.training
+
+    monkeypatch.setattr(otrain.training, "PARITY_CUTOUTS", 300)
+    cube = Datacube.load(workspace / "datacube" / "cube.npz")
+    assert train(workspace, "sampled", "--epochs", "1", "--no-tracking", models=str(tmp_path / "models")) == 0
+    card = json.loads((tmp_path / "models" / "CNN_training" / "sampled" / "sampled.keras.card.json").read_text())
+    parity = card["onnx"]["parity"]
+    sizes = card["split_sizes"]
+    assert parity["cutouts"] == 300
+    drawn = 300 - sizes["validation"] - sizes["test"]
+    assert parity["checked_on"] == (
+        f"cube.npz (300 of {len(cube.labels)} cutouts: the validation and test sets, and {drawn} of the "
+        f"{sizes['train']} training cutouts drawn with --seed)"
+    )
 
 
 def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> None:
@@ -107,6 +159,49 @@ def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> N
     for computed in (keras_p, twin_p):
         assert np.max(np.abs(computed - exact)) <= 16 * FLOAT32_EPS
     assert record["parity"]["max_abs_diff_p_real"] <= 4 * FLOAT32_EPS
+
+
+def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Path) -> None:
+    """Under mixed precision only the network's own sums are float16; the last dense layer, its softmax
+    and the calibration are float32. Float16's epsilon on the whole allowance (at least 0.0625 P at
+    --tolerance 64) let a twin without a temperature of 1.3 pass. Here the wrong twin is made for real:
+    the same float16 network exported without its calibration layer, judged against the calibrated model
+    by the check export_onnx applies. A network built so that its logit scale is known, |z| / 2: nothing
+    depends on learnt weights."""
+    import keras
+    from keras import layers
+
+    from otrain.backends import OnnxClassifier, export_onnx, keras_scores, parity_allowance
+    from otrain.config import PARITY_TOLERANCE
+    from otrain.model import with_calibration
+
+    network = keras.Sequential(
+        [
+            keras.Input((1, 1, 1)),
+            layers.Flatten(),
+            layers.Dense(2, activation="relu", dtype="mixed_float16"),  # h = (x, -x)+
+            layers.Dense(2, activation="softmax", dtype="float32"),  # z = x, from terms of size |x| / 2
+        ]
+    )
+    network.layers[1].set_weights([np.array([[1.0, -1.0]], np.float32), np.zeros(2, np.float32)])
+    network.layers[2].set_weights([np.array([[-0.5, 0.5], [0.5, -0.5]], np.float32), np.zeros(2, np.float32)])
+    calibrated = with_calibration(network, 1.3, 0.0)
+    pixels = np.linspace(-8.0, 8.0, 65, dtype=np.float32).reshape(-1, 1, 1, 1)  # float16 numbers
+    uncalibrated_file = tmp_path / "uncalibrated.keras"
+    network.save(uncalibrated_file)
+    export_onnx(network, uncalibrated_file, pixels)  # a twin of the network alone, checked against it
+    wrong = OnnxClassifier(uncalibrated_file.with_suffix(".onnx")).predict_on_batch(pixels)[:, 1].astype(np.float64)
+    scores = keras_scores(calibrated, pixels)
+    assert_allclose(scores.logit_scale, np.abs(pixels.reshape(-1)) / 2, rtol=1e-3)
+    share = np.abs(wrong - scores.p_real) / parity_allowance(scores, wrong, PARITY_TOLERANCE)
+    assert share.max() > 3.0, share.max()
+    assert (scores.epsilon, scores.output_epsilon) == (2.0**-10, 2.0**-23)
+    # The calibrated model's own twin passes, and the card says which epsilon scaled what.
+    calibrated_file = tmp_path / "calibrated.keras"
+    calibrated.save(calibrated_file)
+    parity = export_onnx(calibrated, calibrated_file, pixels)["parity"]
+    assert (parity["epsilon"], parity["output_epsilon"]) == (2.0**-10, 2.0**-23)
+    assert parity["max_share_of_allowance"] <= 1.0
 
 
 def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
@@ -300,6 +395,25 @@ def test_a_twin_outside_the_tolerance_is_not_written(tmp_path: Path) -> None:
         assert f"--tolerance: {rule}, got {float(bad)}" in refused.stderr
 
 
+def test_export_onnx_refuses_a_tolerance_in_the_old_unit(tmp_path: Path) -> None:
+    """PARITY_TOLERANCE was a difference of P(real) (1e-5) and is now a count of epsilons: a caller
+    still passing a probability is told so, before anything is exported."""
+    import keras
+    from keras import layers
+
+    from otrain.backends import export_onnx
+
+    model = keras.Sequential([keras.Input((2, 2, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model_file = tmp_path / "small.keras"
+    model.save(model_file)
+    pixels = np.zeros((2, 2, 2, 1), np.float32)
+    for bad in (1e-5, 0.0, float("nan")):
+        with pytest.raises(ValueError, match=r"tolerance must be at least 1 \(machine epsilons of the logit scale"):
+            export_onnx(model, model_file, pixels, tolerance=bad)
+    assert files_under(tmp_path) == {model_file}
+    assert export_onnx(model, model_file, pixels, tolerance=1.0)["parity"]["tolerance"] == 1.0
+
+
 def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspace: Path, tmp_path: Path) -> None:
     """A training whose twin cannot be made still writes <name>.onnx (the pipeline declares it): a record
     that says why, which the scoring commands name, and which otrain-export replaces with a twin."""
@@ -342,6 +456,56 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     assert "tiny.keras has no ONNX twin (tiny.onnx says why: a reason)" in auto.stderr
     assert call_main(export_main, "--model", model_copy, "--no-tracking") == 0
     assert choose_backend(model_copy, "auto")[0] == "onnx"
+
+
+def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:
+    """Not only DataError: whatever export_onnx raises (here Keras' error on cutouts of another shape, and
+    the twin's place taken by a folder), the training goes on; when not even the absence record can be
+    written, a second line says so and the folder is left as it was."""
+    import logging.handlers
+
+    import keras
+    import onnx
+    from keras import layers
+
+    from otrain.backends import TWIN_ABSENT
+    from otrain.training import _export_twin
+
+    model = keras.Sequential([keras.Input((4, 4, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model_file = tmp_path / "small.keras"
+    model.save(model_file)
+    folder = tmp_path / "taken"
+    folder.mkdir()
+    taken_file = folder / "small.keras"
+    model.save(taken_file)
+    (folder / "small.onnx").mkdir()
+    (folder / "small.onnx" / "mine.txt").write_text("not otrain's")
+    warnings = logging.handlers.BufferingHandler(capacity=100)
+    warnings.setLevel(logging.WARNING)
+    logging.getLogger("otrain").addHandler(warnings)
+    try:
+        wrong_shape = _export_twin(model, model_file, np.zeros((2, 5, 5, 1), np.float32), "2 cutouts", 0.5)
+        first = [record.getMessage() for record in warnings.buffer]
+        warnings.flush()
+        taken = _export_twin(model, taken_file, np.zeros((2, 4, 4, 1), np.float32), "2 cutouts", 0.5)
+        second = [record.getMessage() for record in warnings.buffer]
+    finally:
+        logging.getLogger("otrain").removeHandler(warnings)
+    assert wrong_shape["absent"] is True
+    assert wrong_shape["error"].startswith("small.onnx: not exported (")
+    assert "record_error" not in wrong_shape
+    metadata = {entry.key: entry.value for entry in onnx.load(str(tmp_path / "small.onnx")).metadata_props}
+    assert metadata[TWIN_ABSENT] == wrong_shape["error"]
+    assert first == [f"no ONNX twin: {wrong_shape['error']}; otrain-infer will score with Keras"]
+    assert taken["absent"] is True
+    assert taken["file"] == "small.onnx"
+    assert "Is a directory" in taken["error"]
+    assert "Is a directory" in taken["record_error"]
+    assert len(second) == 2, second
+    assert second[0] == f"no ONNX twin: {taken['error']}; otrain-infer will score with Keras"
+    assert second[1].startswith(f"no absence record either: {folder / 'small.onnx'} cannot be written (")
+    assert files_under(folder) == {taken_file, folder / "small.onnx" / "mine.txt"}
+    assert (folder / "small.onnx" / "mine.txt").read_text() == "not otrain's"
 
 
 def test_export_never_replaces_an_onnx_file_it_did_not_write(model_copy: Path, tmp_path: Path) -> None:
