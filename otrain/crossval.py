@@ -10,11 +10,12 @@ option honoured), a child of one MLflow parent run, as in the dataset-size study
 fold k then scores fold k: every cutout gets exactly one out-of-fold P(real).
 
 While it runs, ``<output>/.otrain-cross-validate.json`` records its options and, per fold,
-whether its training has started (the training has written its checkpoint) or finished; it is
-removed once the scores and metrics are written. ``--resume`` reads it: a fold that finished
-is kept, the interrupted one resumes its training (``otrain-train --resume``), the others
-are trained; a fold whose folder holds a training the record does not know (from an earlier
-cross-validation) is trained again in its place.
+that its training is starting (written before anything goes into the fold's folder) or has
+finished (written before its model scores the fold); it is removed once the scores and
+metrics are written. ``--resume`` reads it: a fold that finished is kept, the interrupted one
+resumes its training (``otrain-train --resume``), the others are trained. A fold folder
+holding a training the record does not know (an earlier cross-validation's, a copy) is never
+replaced by ``--resume``, which refuses and names it; ``--overwrite`` replaces it.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -216,11 +216,15 @@ def _check_folds(config: CrossValidateConfig, labels: np.ndarray, groups: np.nda
 # An interrupted cross-validation: what its folds hold, and what --resume does with each.
 
 #: What --resume does with a fold: keep its finished training, resume its interrupted one,
-#: train it (its folder holds no training), or train it again in place of a training the
-#: record does not know.
-KEEP, RESUME, TRAIN, REPLACE = "keep", "resume", "train", "replace"
-#: A fold's record entry once its training has written its checkpoint, and once it has finished.
-_STARTED, _FINISHED = "started", "finished"
+#: train it (its folder holds no training), train it again in place of what its folder holds
+#: (a training this cross-validation set out to replace, or a part of its own), or refuse: its
+#: folder holds a training the record does not know, which only --overwrite replaces.
+KEEP, RESUME, TRAIN, REPLACE, FOREIGN = "keep", "resume", "train", "replace", "foreign"
+#: A fold's record entry, written before its training starts: "starting" when its folder held
+#: no training (whatever training is there is then this cross-validation's), "replacing" when it
+#: held one that --overwrite replaces; "started" once a replacing training has set up its own
+#: checkpoint; "finished" once the training has finished (before its model scores the fold).
+_STARTING, _REPLACING, _STARTED, _FINISHED = "starting", "replacing", "started", "finished"
 #: Options that say how a cross-validation runs or where, not what it computes: a resumed
 #: cross-validation may change them.
 _NOT_RECORDED = {"resume", "overwrite", "tracking", "tracking_uri", "experiment", "cube", "output"}
@@ -235,7 +239,7 @@ class FoldPlan:
     fold : int
         The fold (1-based).
     action : str
-        ``"keep"``, ``"resume"``, ``"train"`` or ``"replace"`` (see :data:`KEEP`).
+        ``"keep"``, ``"resume"``, ``"train"``, ``"replace"`` or ``"foreign"`` (see :data:`KEEP`).
     state : str
         What the folder holds, for messages ("finished", "interrupted after epoch 3", ...).
     """
@@ -263,6 +267,11 @@ def _checkpoint_progress(checkpoint: Path) -> str:
         return f"(its checkpoint {pointer} cannot be read)"
 
 
+def _is_empty(output: Path, fold: int) -> bool:
+    """Tell whether fold ``fold``'s folder holds nothing of a training (or does not exist)."""
+    return _folder_state(output, fold)[0] == "empty"
+
+
 def _folder_state(output: Path, fold: int) -> tuple[str, str]:
     """Return what fold ``fold``'s folder holds: a kind and its description.
 
@@ -279,6 +288,24 @@ def _folder_state(output: Path, fold: int) -> tuple[str, str]:
     return "empty", "not started"
 
 
+#: What --resume does with a fold, by its record entry and what its folder holds (the kinds of
+#: :func:`_folder_state`). An empty folder is trained; any other pair is a training the record
+#: does not know (:data:`FOREIGN`).
+_ACTIONS = {
+    (_STARTING, "interrupted"): RESUME,
+    (_STARTING, "finished"): KEEP,
+    (_STARTING, "partial"): REPLACE,
+    (_STARTED, "interrupted"): RESUME,
+    (_STARTED, "finished"): REPLACE,  # a replacing training stopped (diverged) before it replaced these files
+    (_STARTED, "partial"): REPLACE,
+    (_REPLACING, "interrupted"): REPLACE,
+    (_REPLACING, "finished"): REPLACE,
+    (_REPLACING, "partial"): REPLACE,
+    (_FINISHED, "finished"): KEEP,
+    (_FINISHED, "partial"): REPLACE,
+}
+
+
 def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[FoldPlan]:
     """Say what each fold's folder holds and what ``--resume`` does with it.
 
@@ -290,7 +317,7 @@ def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[
         Its number of folds.
     record : dict or None
         Its record (:data:`otrain.config.CROSSVAL_RECORD`); None: none was found, and every
-        training there is described but would be replaced.
+        training there is foreign.
 
     Returns
     -------
@@ -301,17 +328,12 @@ def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[
     plans = []
     for fold in range(1, folds + 1):
         kind, state = _folder_state(output, fold)
-        ours = marks.get(str(fold)) in (_STARTED, _FINISHED)
-        if ours and kind == "finished":
-            action = KEEP
-        elif ours and kind == "interrupted" and marks.get(str(fold)) == _STARTED:
-            action = RESUME
-        elif kind == "empty":
-            action = TRAIN
-        else:
-            action = REPLACE
-            if record is not None and not ours:
-                state = "not started (its folder holds another training, which --resume replaces)"
+        mark = marks.get(str(fold))
+        action = TRAIN if kind == "empty" else _ACTIONS.get((mark, kind), FOREIGN)
+        if action == REPLACE and mark in (_REPLACING, _STARTED):
+            state = f"being replaced (the training there is {state})"
+        elif action == FOREIGN and record is not None:
+            state = f"holding a training this cross-validation did not start ({state})"
         plans.append(FoldPlan(fold, action, state))
     return plans
 
@@ -361,7 +383,8 @@ def check_resumable(config: CrossValidateConfig) -> None:
     A finished cross-validation (its scores and metrics, no record) is replaced only with
     ``--overwrite``; an interrupted one is continued with ``--resume`` or replaced with
     ``--overwrite``, and the message says what each fold holds. ``--resume`` needs an
-    interrupted cross-validation and its record.
+    interrupted cross-validation and its record, and refuses a fold folder holding a training
+    that record does not know (only ``--overwrite`` replaces it).
 
     Parameters
     ----------
@@ -411,6 +434,14 @@ def check_resumable(config: CrossValidateConfig) -> None:
                 f"--resume: nothing to resume in {str(output)!r}: the interrupted cross-validation trained no fold"
             )
         return  # it stopped before its first fold: nothing of it is left but the record, which a new one replaces
+    foreign = [plan for plan in plans if plan.action == FOREIGN]
+    if config.resume and foreign:
+        folders = ", ".join(repr(str(_fold_config(output, plan.fold).output_dir)) for plan in foreign)
+        raise ValueError(
+            f"--resume: {folders} {'hold trainings' if len(foreign) > 1 else 'holds a training'} the interrupted "
+            f"cross-validation did not start; move {'them' if len(foreign) > 1 else 'it'} away, or pass --overwrite "
+            "to start again"
+        )
     if not (config.resume or config.overwrite):
         raise ValueError(
             f"--output: {str(output)!r} holds an interrupted cross-validation of {folds} folds "
@@ -520,6 +551,8 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
         announce(f"resuming the cross-validation in {config.output}: {describe_folds(plans)}")
 
     record = previous if previous is not None else _new_record(config, data_hash)
+    if config.overwrite:  # every training there is replaced, each when its fold's turn comes
+        record["folds"] = {str(plan.fold): _REPLACING for plan in plans if not _is_empty(config.output, plan.fold)}
     report = CrossValidationReport(n_groups=len(np.unique(groups)), grouped=grouped)
     scores, thresholds = np.full(len(cube), np.nan), np.full(len(cube), np.nan)
     fold_of = np.zeros(len(cube), dtype=np.int64)
@@ -531,6 +564,24 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
             record["folds"][str(fold)] = progress
         _write_record(config.output, record)
 
+    def on_ready(fold: int) -> None:
+        if record["folds"].get(str(fold)) == _REPLACING:
+            mark(fold, _STARTED)  # its checkpoint is now its own
+
+    def train_fold(plan: FoldPlan, split: Split) -> None:
+        from otrain.training import train
+
+        fold = plan.fold
+        if plan.action != RESUME:  # before anything is written into its folder
+            mark(fold, _STARTING if _is_empty(config.output, fold) else _REPLACING)
+        try:
+            train(configs[fold], lambda run: on_ready(fold), cube=cube, split=split)
+        except BaseException:
+            if _is_empty(config.output, fold):
+                mark(fold, None)  # nothing to resume (a diverged training removes its checkpoint)
+            raise
+        mark(fold, _FINISHED)
+
     def run_folds() -> None:
         for plan, split in zip(plans, splits, strict=True):
             fold = plan.fold
@@ -539,16 +590,9 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
                 f"({len(np.unique(groups[split.test]))} groups), validating on {len(split.validation)}, "
                 f"training on {len(split.train)}" + (" (finished before: kept)" if plan.action == KEEP else "")
             )
-            if plan.action == KEEP:
-                row = _score_fold(_fold_config(config.output, fold), cube, split)
-            else:
-                try:
-                    row = _run_fold(configs[fold], cube, split, on_ready=lambda run, fold=fold: mark(fold, _STARTED))
-                except BaseException:
-                    if not (configs[fold].output_dir / CHECKPOINT_FOLDER).is_dir():
-                        mark(fold, None)  # nothing to resume (a diverged training removes its checkpoint)
-                    raise
-                mark(fold, _FINISHED)
+            if plan.action != KEEP:
+                train_fold(plan, split)
+            row = _score_fold(_fold_config(config.output, fold), cube, split)
             scores[split.test] = row.pop("_scores")
             thresholds[split.test] = row["threshold"]
             fold_of[split.test] = fold
@@ -614,23 +658,13 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
 def _forget_unstarted(config: CrossValidateConfig, record: dict[str, Any]) -> None:
     """After a failure or an interruption: remove the record when nothing of the run is left to resume.
 
-    So a cross-validation that stopped before any fold's training wrote its checkpoint (a
+    So a cross-validation that stopped before any fold's training wrote into its folder (a
     refused option, a cube that cannot be split, Ctrl-C while the first fold starts) leaves
     nothing behind, and the next one starts as if it had never been.
     """
     path = config.output / CROSSVAL_RECORD
     if path.is_file() and not record["folds"]:
         path.unlink()
-
-
-def _run_fold(
-    config: TrainConfig, cube: Datacube, split: Split, on_ready: Callable[[Any], None] | None = None
-) -> dict[str, Any]:
-    """Train (or resume) one fold's training on its split, then score its test rows with the saved model."""
-    from otrain.training import train
-
-    train(config, on_ready, cube=cube, split=split)
-    return _score_fold(config, cube, split)
 
 
 def _score_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, Any]:

@@ -495,3 +495,108 @@ def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_bloc
     (empty / "CNN_training" / "fold-1").mkdir(parents=True)
     (empty / "CNN_training" / "fold-1" / ".otrain-train.lock").write_text("{}")
     assert CrossValidateConfig(cube=cube, output=empty, folds=FOLDS).output == empty
+
+
+#: otrain-cross-validate sent Ctrl-C (a real SIGINT) at $CTRL_C_AT: "set-up", once fold 1's
+#: checkpoint holds its options, before its training is tracked or runs; "scoring", once fold 1
+#: has finished, as its model is loaded to score its fold.
+CTRL_C_IN_FOLD_1 = """
+import os, signal, sys
+from pathlib import Path
+import otrain.model, otrain.training
+if os.environ["CTRL_C_AT"] == "set-up":
+    write = otrain.training.write_text_atomic
+    def write_then_ctrl_c(path, *args, **kwargs):
+        written = write(path, *args, **kwargs)
+        if Path(path).name == "options.json" and Path(path).parent.parent.name == "fold-1":
+            os.kill(os.getpid(), signal.SIGINT)
+        return written
+    otrain.training.write_text_atomic = write_then_ctrl_c
+else:
+    load = otrain.model.load_model
+    def ctrl_c_then_load(path, *args, **kwargs):
+        if Path(path).parent.name == "fold-1":
+            os.kill(os.getpid(), signal.SIGINT)
+        return load(path, *args, **kwargs)
+    otrain.model.load_model = ctrl_c_then_load
+from otrain.cli.cross_validate import main
+main(sys.argv[1:])
+"""
+
+
+def interrupt_fold_1(at: str, options: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run otrain-cross-validate in a process of its own, sent Ctrl-C at ``at`` (see CTRL_C_IN_FOLD_1)."""
+    interrupted = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_FOLD_1, *options],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "OTRAIN_PROGRESS": "0", "CTRL_C_AT": at},
+    )
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines()[-1] == "otrain-cross-validate: error: interrupted"
+    return interrupted
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_a_fold_sets_up_its_training_leaves_it_to_resume_and_resume_replaces_no_other_training(
+    crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "cv"
+    fold_1, fold_2 = out / "CNN_training" / "fold-1", out / "CNN_training" / "fold-2"
+    options = [*("--cube", str(cube), "--folds", "2", "--output", str(out), "--epochs", "1", "--no-tracking")]
+    interrupt_fold_1("set-up", options)
+    record = out / ".otrain-cross-validate.json"
+    assert json.loads(record.read_text())["folds"] == {"1": "starting"}  # written before fold 1's folder
+    assert (fold_1 / ".checkpoint" / "options.json").is_file()
+    assert call_main(cross_validate_main, *options) == 2
+    assert capsys.readouterr().err == (
+        f"otrain-cross-validate: error: --output: '{out}' holds an interrupted cross-validation of 2 folds (fold 1 "
+        "interrupted before its first epoch ended; fold 2 not started); pass --resume to continue it (with the same "
+        "options) or --overwrite to start again\n"
+    )
+    # A training the record does not know, in fold 2's folder: --resume leaves it alone.
+    shutil.copytree(crossval[1] / "CNN_training" / "fold-2", fold_2)
+    assert call_main(cross_validate_main, *options, "--resume") == 2
+    assert capsys.readouterr().err == (
+        f"otrain-cross-validate: error: --resume: '{fold_2}' holds a training the interrupted cross-validation did "
+        "not start; move it away, or pass --overwrite to start again\n"
+    )
+    assert (fold_2 / "fold-2.keras").read_bytes() == (
+        crossval[1] / "CNN_training" / "fold-2" / "fold-2.keras"
+    ).read_bytes()
+    shutil.rmtree(fold_2)
+
+    assert call_main(cross_validate_main, *options, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"resuming the cross-validation in {out}: fold 1 interrupted before its first epoch ended; fold 2 not started"
+        in printed
+    )
+    assert "no epoch had finished, starting from epoch 1" in printed
+    assert epochs_printed(printed) == [1, 1]
+    assert not record.exists()
+    assert [row["fold"] for row in json.loads((out / "cv_metrics.json").read_text())["per_fold"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_a_finished_fold_is_scored_keeps_it_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "cv"
+    options = [*("--cube", str(cube), "--folds", "2", "--output", str(out), "--epochs", "1", "--no-tracking")]
+    interrupt_fold_1("scoring", options)
+    assert json.loads((out / ".otrain-cross-validate.json").read_text())["folds"] == {"1": "finished"}
+    kept = (out / "CNN_training" / "fold-1" / "fold-1.keras").stat()
+    assert call_main(cross_validate_main, *options) == 2
+    assert "(fold 1 finished; fold 2 not started); pass --resume" in capsys.readouterr().err
+    assert call_main(cross_validate_main, *options, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert next(line for line in printed.splitlines() if line.startswith("--- fold 1 ")).endswith(
+        "(finished before: kept)"
+    )
+    assert epochs_printed(printed) == [1]  # fold 2's only
+    after = (out / "CNN_training" / "fold-1" / "fold-1.keras").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
