@@ -1646,6 +1646,8 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
 CROSSVAL_FILES = ("oof_scores.csv", "cv_metrics.json")
 #: In --output while a cross-validation runs (removed when it has finished): its options, for --resume.
 CROSSVAL_RECORD = ".otrain-cross-validate.json"
+#: In --output while a cross-validation runs: the lock file that keeps a second one out.
+CROSSVAL_LOCK = ".otrain-cross-validate.lock"
 #: Name of the training of fold k (1-based): <output>/CNN_training/fold-<k>/.
 CROSSVAL_FOLD_NAME = "fold-{fold}"
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,12 +40,14 @@ from otrain.config import (
     CHECKPOINT_STAGING,
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
+    CROSSVAL_LOCK,
     CROSSVAL_RECORD,
     CrossValidateConfig,
     TrainConfig,
 )
 from otrain.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
+from otrain.locking import describe_holder, exclusive_lock, is_locked, read_holder
 from otrain.outputs import OOF_COLUMNS
 from otrain.progress import announce
 
@@ -394,8 +398,20 @@ def check_resumable(config: CrossValidateConfig) -> None:
     Raises
     ------
     ValueError
-        With the option's flag and the rule, when refused.
+        With the option's flag and the rule, when refused; also while another
+        otrain-cross-validate runs in ``--output``.
     """
+    lock = config.output / CROSSVAL_LOCK
+    if is_locked(lock):
+        raise ValueError(
+            f"--output: {str(config.output)!r} is in use by a running otrain-cross-validate "
+            f"({describe_holder(read_holder(lock))}); wait for it to finish"
+        )
+    _check_output(config)
+
+
+def _check_output(config: CrossValidateConfig) -> None:
+    """:func:`check_resumable` but the lock: what is in ``--output``, and what the options say to do with it."""
     output = config.output
     try:
         record = _read_record(output)
@@ -517,10 +533,37 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     OptionError
         When --folds exceeds the groups of a class, a fold's training options are refused, or
         --resume is given other options than the interrupted cross-validation's.
+    otrain.locking.LockHeldError
+        When another otrain-cross-validate runs in ``--output``; the whole run holds its lock
+        (``<output>/.otrain-cross-validate.lock``).
     DataError
         On a cube with one class, folds that cannot be split into training and validation, or
         an --init-from model the folds cannot start from (refused before anything is written).
     """
+    with _locked(config.output):
+        try:  # again, now that no other cross-validation can write there
+            _check_output(config)
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+        return _cross_validate(config)
+
+
+@contextmanager
+def _locked(output: Path) -> Iterator[None]:
+    """Hold the lock of ``output``; then remove the folders taking it created, when left empty."""
+    created = [folder for folder in (output, *output.parents) if not folder.exists()]
+    try:
+        with exclusive_lock(output / CROSSVAL_LOCK, f"the cross-validation in {output}"):
+            yield
+    finally:
+        for folder in created:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the cross-validation wrote into it
+                break
+
+
+def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     from otrain.tracking import RunInfo, check_tracking_uri, git_commit, open_run, resolve_tracking_uri
     from otrain.training import check_init_from
 

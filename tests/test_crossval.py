@@ -20,6 +20,7 @@ from otrain.cli.convert import main as convert_main
 from otrain.cli.cross_validate import main as cross_validate_main
 from otrain.datacube import Datacube
 from otrain.errors import DataError
+from otrain.locking import exclusive_lock, hostname
 
 FOLDS = 3
 
@@ -550,6 +551,19 @@ def test_ctrl_c_as_a_fold_sets_up_its_training_leaves_it_to_resume_and_resume_re
     record = out / ".otrain-cross-validate.json"
     assert json.loads(record.read_text())["folds"] == {"1": "starting"}  # written before fold 1's folder
     assert (fold_1 / ".checkpoint" / "options.json").is_file()
+    # While another otrain-cross-validate runs there (its lock, held here), neither is it named
+    # as interrupted nor does --resume start.
+    saved = record.read_bytes()
+    with exclusive_lock(out / ".otrain-cross-validate.lock", "a cross-validation"):
+        for extra in ((), ("--resume",)):
+            assert call_main(cross_validate_main, *options, *extra) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(
+                f"otrain-cross-validate: error: --output: '{out}' is in use by a running otrain-cross-validate (PID "
+                f"{os.getpid()} on host {hostname()}, started "
+            )
+            assert err.endswith(" UTC); wait for it to finish\n")
+    assert record.read_bytes() == saved
     assert call_main(cross_validate_main, *options) == 2
     assert capsys.readouterr().err == (
         f"otrain-cross-validate: error: --output: '{out}' holds an interrupted cross-validation of 2 folds (fold 1 "
