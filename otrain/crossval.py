@@ -441,6 +441,8 @@ def _check_output(config: CrossValidateConfig) -> None:
                 f"--output: {str(output)!r} holds fold trainings ({describe_folds(held)}) but {why}, so they cannot "
                 "be resumed; pass --overwrite to start again"
             )
+        if config.resume and unreadable:
+            raise ValueError(f"--resume: {unreadable}; pass --overwrite to start again")
         if config.resume:
             raise ValueError(f"--resume: nothing to resume in {str(output)!r}: no interrupted cross-validation")
         return

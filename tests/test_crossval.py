@@ -323,6 +323,23 @@ def test_bad_options_are_one_line_and_write_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_resume_names_an_unreadable_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    record = tmp_path / "cv" / ".otrain-cross-validate.json"
+    record.parent.mkdir()
+    record.write_text("{")
+    options = ("--cube", cube, "--output", tmp_path / "cv", "--folds", "2", "--no-tracking", "--resume")
+    assert call_main(cross_validate_main, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"otrain-cross-validate: error: --resume: {record}: the record of the interrupted cross-validation cannot be "
+        "read ("
+    )
+    assert err.endswith("); pass --overwrite to start again\n")
+    assert len(err.splitlines()) == 1
+    assert record.read_text() == "{"
+
+
 def test_an_earlier_cross_validation_is_replaced_only_with_overwrite(
     crossval: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
