@@ -471,6 +471,8 @@ def _check_output(config: CrossValidateConfig) -> None:
 def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -> TrainConfig:
     """Return the options of fold ``fold``'s training; ``action`` as planned (see :func:`plan_folds`)."""
     shared = config.model_dump(exclude={"folds", "output", "test_frac", "group_keyword", "resume", "overwrite"})
+    if config.init_from is not None:  # its checkpoint then names the same file wherever it is resumed from
+        shared["init_from"] = config.init_from.resolve()
     name = CROSSVAL_FOLD_NAME.format(fold=fold)
     how = {"resume": action == RESUME, "overwrite": config.overwrite or action == REPLACE}
     try:
@@ -481,6 +483,8 @@ def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -
 
 def _new_record(config: CrossValidateConfig, data_hash: str) -> dict[str, Any]:
     options = config.model_dump(mode="json", exclude=_NOT_RECORDED)
+    if config.init_from is not None:  # the same file, however it is spelled or wherever it is resumed from
+        options["init_from"] = str(config.init_from.resolve())
     return {"options": options, "data_hash": data_hash, "mlflow_run": None, "folds": {}}
 
 

@@ -560,11 +560,16 @@ def interrupt_fold_1(at: str, options: list[str], cwd: Path | None = None) -> su
 def test_ctrl_c_as_a_fold_sets_up_its_training_leaves_it_to_resume_and_resume_replaces_no_other_training(
     crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from otrain.model import build_model, save_model
+
     cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
     out = tmp_path / "cv"
     fold_1, fold_2 = out / "CNN_training" / "fold-1", out / "CNN_training" / "fold-2"
     options = [*("--cube", str(cube), "--folds", "2", "--output", str(out), "--epochs", "1", "--no-tracking")]
-    interrupt_fold_1("set-up", options)
+    # Started with --init-from relative to its folder, resumed below with the file's absolute path.
+    source = save_model(build_model((16, 16, 1)), tmp_path / "init.keras")
+    interrupt_fold_1("set-up", [*options, "--init-from", source.name], cwd=tmp_path)
+    options += ["--init-from", str(source)]
     record = out / ".otrain-cross-validate.json"
     assert json.loads(record.read_text())["folds"] == {"1": "starting"}  # written before fold 1's folder
     assert (fold_1 / ".checkpoint" / "options.json").is_file()
