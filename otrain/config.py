@@ -1696,8 +1696,8 @@ class CrossValidateConfig(TrainingOptions):
     )
     resume: bool = option(
         False,
-        "Continue an interrupted cross-validation, with the same options: the folds that finished are kept, the "
-        "interrupted one goes on from its last finished epoch, the others are trained.",
+        "Continue an interrupted cross-validation, with the same options (--no-tracking too): the folds that "
+        "finished are kept, the interrupted one goes on from its last finished epoch, the others are trained.",
     )
     overwrite: bool = option(False, "Replace a cross-validation in --output (its files and fold trainings).")
 

@@ -230,8 +230,9 @@ KEEP, RESUME, TRAIN, REPLACE, FOREIGN = "keep", "resume", "train", "replace", "f
 #: checkpoint; "finished" once the training has finished (before its model scores the fold).
 _STARTING, _REPLACING, _STARTED, _FINISHED = "starting", "replacing", "started", "finished"
 #: Options that say how a cross-validation runs or where, not what it computes: a resumed
-#: cross-validation may change them.
-_NOT_RECORDED = {"resume", "overwrite", "tracking", "tracking_uri", "experiment", "cube", "output"}
+#: cross-validation may change them. Not --no-tracking: the folds' metrics go into the parent
+#: run, which would miss those of the folds one session did not track.
+_NOT_RECORDED = {"resume", "overwrite", "tracking_uri", "experiment", "cube", "output"}
 
 
 @dataclass(frozen=True)
@@ -513,7 +514,8 @@ def _parent_run_id(config: CrossValidateConfig, record: dict[str, Any] | None, u
     except Exception:  # not found, or another store
         raise OptionError(
             f"--resume: the interrupted cross-validation's MLflow run {previous['run_id']} is not in {uri} (it was "
-            f"started in {previous['tracking_uri']}); set MLFLOW_TRACKING_URI to that store, or pass --no-tracking"
+            f"started in {previous['tracking_uri']}); set MLFLOW_TRACKING_URI to that store, or pass --overwrite to "
+            "start again"
         ) from None
     return str(previous["run_id"])
 

@@ -455,6 +455,12 @@ def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the
         "otrain-cross-validate: error: --resume: the interrupted cross-validation used other values of dropout; "
         "resume with the same ones or pass --overwrite to start again"
     )
+    # Nor untracked: the parent run would miss the metrics of the folds trained now.
+    assert call_main(cross_validate_main, *options, "--resume", "--no-tracking") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "otrain-cross-validate: error: --resume: the interrupted cross-validation used other values of tracking; "
+        "resume with the same ones or pass --overwrite to start again"
+    )
     assert record.read_bytes() == saved
 
     assert call_main(cross_validate_main, *options, "--resume") == 0
