@@ -42,12 +42,13 @@ from otrain.config import (
     CROSSVAL_FOLD_NAME,
     CROSSVAL_LOCK,
     CROSSVAL_RECORD,
+    TRAINING_LOCK,
     CrossValidateConfig,
     TrainConfig,
 )
 from otrain.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
-from otrain.locking import describe_holder, exclusive_lock, is_locked, read_holder
+from otrain.locking import LockHeldError, describe_holder, exclusive_lock, is_locked, read_holder
 from otrain.outputs import OOF_COLUMNS
 from otrain.progress import announce
 
@@ -594,6 +595,13 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     configs = {plan.fold: _train_config(config, plan.fold, plan.action) for plan in plans if plan.action != KEEP}
     if configs:
         check_init_from(next(iter(configs.values())), cube)  # the folds differ only in their rows
+    for training in configs.values():
+        lock = training.output_dir / TRAINING_LOCK
+        if is_locked(lock):  # another training there now: refused before anything is written
+            raise LockHeldError(
+                f"the training folder {training.output_dir} is in use by {describe_holder(read_holder(lock))}; wait "
+                f"for it to finish (lock file {lock})"
+            )
     uri = resolve_tracking_uri(config.tracking_uri) if config.tracking else None
     if uri is not None:
         check_tracking_uri(uri)
@@ -601,7 +609,10 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     if previous is not None:
         announce(f"resuming the cross-validation in {config.output}: {describe_folds(plans)}")
 
+    # A new record is first written as its first fold starts: until then, a run that fails leaves
+    # the record of the cross-validation it was to replace (--overwrite) as it was.
     record = previous if previous is not None else _new_record(config, data_hash)
+    written = previous is not None
     if config.overwrite:  # every training there is replaced, each when its fold's turn comes
         record["folds"] = {str(plan.fold): _REPLACING for plan in plans if not _is_empty(config.output, plan.fold)}
     report = CrossValidationReport(n_groups=len(np.unique(groups)), grouped=grouped)
@@ -609,11 +620,13 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     fold_of = np.zeros(len(cube), dtype=np.int64)
 
     def mark(fold: int, progress: str | None) -> None:
+        nonlocal written
         if progress is None:
             record["folds"].pop(str(fold), None)
         else:
             record["folds"][str(fold)] = progress
         _write_record(config.output, record)
+        written = True
 
     def on_ready(fold: int) -> None:
         if record["folds"].get(str(fold)) == _REPLACING:
@@ -679,7 +692,6 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
             with open_run(uri, config.experiment, run_name=run_name, run_id=parent_id, tags=tags) as parent:
                 report.parent_run_id = parent.run_id
                 record["mlflow_run"] = RunInfo(parent.run_id, parent.experiment_id, uri).__dict__
-                _write_record(config.output, record)
                 params = {key: value for key, value in config.model_dump(mode="json").items() if value is not None}
                 params.update(grouped=grouped, n_groups=report.n_groups)
                 existing = mlflow.get_run(parent.run_id).data.params
@@ -693,15 +705,15 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
                 report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
                 for path in report.outputs:
                     mlflow.log_artifact(str(path), artifact_path="cross_validation")
-                (config.output / CROSSVAL_RECORD).unlink()
+                (config.output / CROSSVAL_RECORD).unlink(missing_ok=True)
         else:
-            _write_record(config.output, record)
             run_folds()
             summarise()
             report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
-            (config.output / CROSSVAL_RECORD).unlink()
+            (config.output / CROSSVAL_RECORD).unlink(missing_ok=True)
     except BaseException:
-        _forget_unstarted(config, record)
+        if written:
+            _forget_unstarted(config, record)
         raise
     return report
 

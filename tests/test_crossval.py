@@ -591,6 +591,11 @@ def test_ctrl_c_as_a_fold_sets_up_its_training_leaves_it_to_resume_and_resume_re
                 f"{os.getpid()} on host {hostname()}, started "
             )
             assert err.endswith(" UTC); wait for it to finish\n")
+    # --overwrite refused before its first fold (fold 1's folder in use) leaves the record as it was.
+    with exclusive_lock(fold_1 / ".otrain-train.lock", "a training"):
+        assert call_main(cross_validate_main, *options, "--overwrite") == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"otrain-cross-validate: error: the training folder {fold_1} is in use by PID ")
     assert record.read_bytes() == saved
     assert call_main(cross_validate_main, *options) == 2
     assert capsys.readouterr().err == (
