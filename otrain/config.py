@@ -1724,12 +1724,6 @@ class CrossValidateConfig(TrainingOptions):
         _check_outputs(self, "--output", outputs, inputs)
         return self
 
-    def fold_folders(self) -> list[Path]:
-        """Return the training folder of each fold."""
-        return [
-            self.output / "CNN_training" / CROSSVAL_FOLD_NAME.format(fold=fold) for fold in range(1, self.folds + 1)
-        ]
-
     def output_folders(self) -> list[Path]:
         """--output and its folder of trainings."""
         return [self.output / "CNN_training"]

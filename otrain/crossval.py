@@ -53,7 +53,12 @@ from otrain.outputs import OOF_COLUMNS
 from otrain.progress import announce
 
 __all__ = [
+    "FOREIGN",
+    "KEEP",
     "METRICS",
+    "REPLACE",
+    "RESUME",
+    "TRAIN",
     "CrossValidationReport",
     "FoldPlan",
     "check_resumable",
@@ -639,7 +644,7 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
         if plan.action != RESUME:  # before anything is written into its folder
             mark(fold, _STARTING if _is_empty(config.output, fold) else _REPLACING)
         try:
-            train(configs[fold], lambda run: on_ready(fold), cube=cube, split=split)
+            train(configs[fold], lambda run: on_ready(fold), cube=cube, split=split, init_checked=True)
         except BaseException:
             if _is_empty(config.output, fold):
                 mark(fold, None)  # nothing to resume (a diverged training removes its checkpoint)
