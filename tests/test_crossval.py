@@ -647,3 +647,23 @@ def test_ctrl_c_as_a_finished_fold_is_scored_keeps_it_finished(
     assert epochs_printed(printed) == [1]  # fold 2's only
     after = (out / "CNN_training" / "fold-1" / "fold-1.keras").stat()
     assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+
+
+def test_what_resume_does_with_each_fold_follows_the_record(crossval: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """An --overwrite stopped in fold 3: its record marks the earlier trainings it replaces."""
+    from otrain.crossval import FOREIGN, KEEP, REPLACE, RESUME, TRAIN, describe_folds, plan_folds
+
+    folder = tmp_path / "cv"
+    shutil.copytree(crossval[1] / "CNN_training", folder / "CNN_training")
+    (folder / "CNN_training" / "fold-3" / ".checkpoint").mkdir()
+    marks = {"1": "finished", "2": "replacing", "3": "started"}
+    plans = plan_folds(folder, 4, {"options": {}, "folds": marks})
+    assert [plan.action for plan in plans] == [KEEP, REPLACE, RESUME, TRAIN]
+    assert describe_folds(plans) == (
+        "fold 1 finished; fold 2 being replaced (the training there is finished); fold 3 interrupted before its first "
+        "epoch ended; fold 4 not started"
+    )
+    # Without its marks, the trainings are foreign: --resume leaves them alone.
+    plans = plan_folds(folder, 3, {"options": {}, "folds": {"1": "finished"}})
+    assert [plan.action for plan in plans] == [KEEP, FOREIGN, FOREIGN]
+    assert plans[1].state == "holding a training this cross-validation did not start (finished)"
