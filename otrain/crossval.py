@@ -15,7 +15,9 @@ finished (written before its model scores the fold); it is removed once the scor
 metrics are written. ``--resume`` reads it: a fold that finished is kept, the interrupted one
 resumes its training (``otrain-train --resume``), the others are trained. A fold folder
 holding a training the record does not know (an earlier cross-validation's, a copy) is never
-replaced by ``--resume``, which refuses and names it; ``--overwrite`` replaces it.
+replaced by ``--resume``, which refuses and names it; ``--overwrite`` replaces it. The whole
+run holds the lock ``<output>/.otrain-cross-validate.lock``, so a second cross-validation there
+is refused while one runs.
 """
 
 from __future__ import annotations
