@@ -1647,6 +1647,8 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
 CROSSVAL_FILES = ("oof_scores.csv", "cv_metrics.json")
 #: In --output while a cross-validation runs (removed when it has finished): its options, for --resume.
 CROSSVAL_RECORD = ".otrain-cross-validate.json"
+#: In --output while a cross-validation runs: the lock file that keeps a second one out.
+CROSSVAL_LOCK = ".otrain-cross-validate.lock"
 #: Name of the training of fold k (1-based): <output>/CNN_training/fold-<k>/.
 CROSSVAL_FOLD_NAME = "fold-{fold}"
 
@@ -1695,8 +1697,8 @@ class CrossValidateConfig(TrainingOptions):
     )
     resume: bool = option(
         False,
-        "Continue an interrupted cross-validation, with the same options: the folds that finished are kept, the "
-        "interrupted one goes on from its last finished epoch, the others are trained.",
+        "Continue an interrupted cross-validation, with the same options (--no-tracking too): the folds that "
+        "finished are kept, the interrupted one goes on from its last finished epoch, the others are trained.",
     )
     overwrite: bool = option(False, "Replace a cross-validation in --output (its files and fold trainings).")
 
@@ -1722,12 +1724,6 @@ class CrossValidateConfig(TrainingOptions):
         inputs = [self.cube] + ([self.init_from] if self.init_from is not None else [])
         _check_outputs(self, "--output", outputs, inputs)
         return self
-
-    def fold_folders(self) -> list[Path]:
-        """Return the training folder of each fold."""
-        return [
-            self.output / "CNN_training" / CROSSVAL_FOLD_NAME.format(fold=fold) for fold in range(1, self.folds + 1)
-        ]
 
     def output_folders(self) -> list[Path]:
         """--output and its folder of trainings."""

@@ -10,11 +10,14 @@ option honoured), a child of one MLflow parent run, as in the dataset-size study
 fold k then scores fold k: every cutout gets exactly one out-of-fold P(real).
 
 While it runs, ``<output>/.otrain-cross-validate.json`` records its options and, per fold,
-whether its training has started (the training has written its checkpoint) or finished; it is
-removed once the scores and metrics are written. ``--resume`` reads it: a fold that finished
-is kept, the interrupted one resumes its training (``otrain-train --resume``), the others
-are trained; a fold whose folder holds a training the record does not know (from an earlier
-cross-validation) is trained again in its place.
+that its training is starting (written before anything goes into the fold's folder) or has
+finished (written before its model scores the fold); it is removed once the scores and
+metrics are written. ``--resume`` reads it: a fold that finished is kept, the interrupted one
+resumes its training (``otrain-train --resume``), the others are trained. A fold folder
+holding a training the record does not know (an earlier cross-validation's, a copy) is never
+replaced by ``--resume``, which refuses and names it; ``--overwrite`` replaces it. The whole
+run holds the lock ``<output>/.otrain-cross-validate.lock``, so a second cross-validation there
+is refused while one runs.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,17 +42,25 @@ from otrain.config import (
     CHECKPOINT_STAGING,
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
+    CROSSVAL_LOCK,
     CROSSVAL_RECORD,
+    TRAINING_LOCK,
     CrossValidateConfig,
     TrainConfig,
 )
 from otrain.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
+from otrain.locking import LockHeldError, describe_holder, exclusive_lock, is_locked, read_holder
 from otrain.outputs import OOF_COLUMNS
 from otrain.progress import announce
 
 __all__ = [
+    "FOREIGN",
+    "KEEP",
     "METRICS",
+    "REPLACE",
+    "RESUME",
+    "TRAIN",
     "CrossValidationReport",
     "FoldPlan",
     "check_resumable",
@@ -216,14 +228,19 @@ def _check_folds(config: CrossValidateConfig, labels: np.ndarray, groups: np.nda
 # An interrupted cross-validation: what its folds hold, and what --resume does with each.
 
 #: What --resume does with a fold: keep its finished training, resume its interrupted one,
-#: train it (its folder holds no training), or train it again in place of a training the
-#: record does not know.
-KEEP, RESUME, TRAIN, REPLACE = "keep", "resume", "train", "replace"
-#: A fold's record entry once its training has written its checkpoint, and once it has finished.
-_STARTED, _FINISHED = "started", "finished"
+#: train it (its folder holds no training), train it again in place of what its folder holds
+#: (a training this cross-validation set out to replace, or a part of its own), or refuse: its
+#: folder holds a training the record does not know, which only --overwrite replaces.
+KEEP, RESUME, TRAIN, REPLACE, FOREIGN = "keep", "resume", "train", "replace", "foreign"
+#: A fold's record entry, written before its training starts: "starting" when its folder held
+#: no training (whatever training is there is then this cross-validation's), "replacing" when it
+#: held one that --overwrite replaces; "started" once a replacing training has set up its own
+#: checkpoint; "finished" once the training has finished (before its model scores the fold).
+_STARTING, _REPLACING, _STARTED, _FINISHED = "starting", "replacing", "started", "finished"
 #: Options that say how a cross-validation runs or where, not what it computes: a resumed
-#: cross-validation may change them.
-_NOT_RECORDED = {"resume", "overwrite", "tracking", "tracking_uri", "experiment", "cube", "output"}
+#: cross-validation may change them. Not --no-tracking: the folds' metrics go into the parent
+#: run, which would miss those of the folds one session did not track.
+_NOT_RECORDED = {"resume", "overwrite", "tracking_uri", "experiment", "cube", "output"}
 
 
 @dataclass(frozen=True)
@@ -235,7 +252,7 @@ class FoldPlan:
     fold : int
         The fold (1-based).
     action : str
-        ``"keep"``, ``"resume"``, ``"train"`` or ``"replace"`` (see :data:`KEEP`).
+        ``"keep"``, ``"resume"``, ``"train"``, ``"replace"`` or ``"foreign"`` (see :data:`KEEP`).
     state : str
         What the folder holds, for messages ("finished", "interrupted after epoch 3", ...).
     """
@@ -263,6 +280,11 @@ def _checkpoint_progress(checkpoint: Path) -> str:
         return f"(its checkpoint {pointer} cannot be read)"
 
 
+def _is_empty(output: Path, fold: int) -> bool:
+    """Tell whether fold ``fold``'s folder holds nothing of a training (or does not exist)."""
+    return _folder_state(output, fold)[0] == "empty"
+
+
 def _folder_state(output: Path, fold: int) -> tuple[str, str]:
     """Return what fold ``fold``'s folder holds: a kind and its description.
 
@@ -279,6 +301,24 @@ def _folder_state(output: Path, fold: int) -> tuple[str, str]:
     return "empty", "not started"
 
 
+#: What --resume does with a fold, by its record entry and what its folder holds (the kinds of
+#: :func:`_folder_state`). An empty folder is trained; any other pair is a training the record
+#: does not know (:data:`FOREIGN`).
+_ACTIONS = {
+    (_STARTING, "interrupted"): RESUME,
+    (_STARTING, "finished"): KEEP,
+    (_STARTING, "partial"): REPLACE,
+    (_STARTED, "interrupted"): RESUME,
+    (_STARTED, "finished"): REPLACE,  # a replacing training stopped (diverged) before it replaced these files
+    (_STARTED, "partial"): REPLACE,
+    (_REPLACING, "interrupted"): REPLACE,
+    (_REPLACING, "finished"): REPLACE,
+    (_REPLACING, "partial"): REPLACE,
+    (_FINISHED, "finished"): KEEP,
+    (_FINISHED, "partial"): REPLACE,
+}
+
+
 def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[FoldPlan]:
     """Say what each fold's folder holds and what ``--resume`` does with it.
 
@@ -290,7 +330,7 @@ def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[
         Its number of folds.
     record : dict or None
         Its record (:data:`otrain.config.CROSSVAL_RECORD`); None: none was found, and every
-        training there is described but would be replaced.
+        training there is foreign.
 
     Returns
     -------
@@ -301,17 +341,12 @@ def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[
     plans = []
     for fold in range(1, folds + 1):
         kind, state = _folder_state(output, fold)
-        ours = marks.get(str(fold)) in (_STARTED, _FINISHED)
-        if ours and kind == "finished":
-            action = KEEP
-        elif ours and kind == "interrupted" and marks.get(str(fold)) == _STARTED:
-            action = RESUME
-        elif kind == "empty":
-            action = TRAIN
-        else:
-            action = REPLACE
-            if record is not None and not ours:
-                state = "not started (its folder holds another training, which --resume replaces)"
+        mark = marks.get(str(fold))
+        action = TRAIN if kind == "empty" else _ACTIONS.get((mark, kind), FOREIGN)
+        if action == REPLACE and mark in (_REPLACING, _STARTED):
+            state = f"being replaced (the training there is {state})"
+        elif action == FOREIGN and record is not None:
+            state = f"holding a training this cross-validation did not start ({state})"
         plans.append(FoldPlan(fold, action, state))
     return plans
 
@@ -361,7 +396,8 @@ def check_resumable(config: CrossValidateConfig) -> None:
     A finished cross-validation (its scores and metrics, no record) is replaced only with
     ``--overwrite``; an interrupted one is continued with ``--resume`` or replaced with
     ``--overwrite``, and the message says what each fold holds. ``--resume`` needs an
-    interrupted cross-validation and its record.
+    interrupted cross-validation and its record, and refuses a fold folder holding a training
+    that record does not know (only ``--overwrite`` replaces it).
 
     Parameters
     ----------
@@ -371,8 +407,20 @@ def check_resumable(config: CrossValidateConfig) -> None:
     Raises
     ------
     ValueError
-        With the option's flag and the rule, when refused.
+        With the option's flag and the rule, when refused; also while another
+        otrain-cross-validate runs in ``--output``.
     """
+    lock = config.output / CROSSVAL_LOCK
+    if is_locked(lock):
+        raise ValueError(
+            f"--output: {str(config.output)!r} is in use by a running otrain-cross-validate "
+            f"({describe_holder(read_holder(lock))}); wait for it to finish"
+        )
+    _check_output(config)
+
+
+def _check_output(config: CrossValidateConfig) -> None:
+    """:func:`check_resumable` but the lock: what is in ``--output``, and what the options say to do with it."""
     output = config.output
     try:
         record = _read_record(output)
@@ -402,6 +450,8 @@ def check_resumable(config: CrossValidateConfig) -> None:
                 f"--output: {str(output)!r} holds fold trainings ({describe_folds(held)}) but {why}, so they cannot "
                 "be resumed; pass --overwrite to start again"
             )
+        if config.resume and unreadable:
+            raise ValueError(f"--resume: {unreadable}; pass --overwrite to start again")
         if config.resume:
             raise ValueError(f"--resume: nothing to resume in {str(output)!r}: no interrupted cross-validation")
         return
@@ -411,6 +461,14 @@ def check_resumable(config: CrossValidateConfig) -> None:
                 f"--resume: nothing to resume in {str(output)!r}: the interrupted cross-validation trained no fold"
             )
         return  # it stopped before its first fold: nothing of it is left but the record, which a new one replaces
+    foreign = [plan for plan in plans if plan.action == FOREIGN]
+    if config.resume and foreign:
+        folders = ", ".join(repr(str(_fold_config(output, plan.fold).output_dir)) for plan in foreign)
+        raise ValueError(
+            f"--resume: {folders} {'hold trainings' if len(foreign) > 1 else 'holds a training'} the interrupted "
+            f"cross-validation did not start; move {'them' if len(foreign) > 1 else 'it'} away, or pass --overwrite "
+            "to start again"
+        )
     if not (config.resume or config.overwrite):
         raise ValueError(
             f"--output: {str(output)!r} holds an interrupted cross-validation of {folds} folds "
@@ -422,6 +480,8 @@ def check_resumable(config: CrossValidateConfig) -> None:
 def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -> TrainConfig:
     """Return the options of fold ``fold``'s training; ``action`` as planned (see :func:`plan_folds`)."""
     shared = config.model_dump(exclude={"folds", "output", "test_frac", "group_keyword", "resume", "overwrite"})
+    if config.init_from is not None:  # its checkpoint then names the same file wherever it is resumed from
+        shared["init_from"] = config.init_from.resolve()
     name = CROSSVAL_FOLD_NAME.format(fold=fold)
     how = {"resume": action == RESUME, "overwrite": config.overwrite or action == REPLACE}
     try:
@@ -432,6 +492,8 @@ def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -
 
 def _new_record(config: CrossValidateConfig, data_hash: str) -> dict[str, Any]:
     options = config.model_dump(mode="json", exclude=_NOT_RECORDED)
+    if config.init_from is not None:  # the same file, however it is spelled or wherever it is resumed from
+        options["init_from"] = str(config.init_from.resolve())
     return {"options": options, "data_hash": data_hash, "mlflow_run": None, "folds": {}}
 
 
@@ -460,7 +522,8 @@ def _parent_run_id(config: CrossValidateConfig, record: dict[str, Any] | None, u
     except Exception:  # not found, or another store
         raise OptionError(
             f"--resume: the interrupted cross-validation's MLflow run {previous['run_id']} is not in {uri} (it was "
-            f"started in {previous['tracking_uri']}); set MLFLOW_TRACKING_URI to that store, or pass --no-tracking"
+            f"started in {previous['tracking_uri']}); set MLFLOW_TRACKING_URI to that store, or pass --overwrite to "
+            "start again"
         ) from None
     return str(previous["run_id"])
 
@@ -486,10 +549,37 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     OptionError
         When --folds exceeds the groups of a class, a fold's training options are refused, or
         --resume is given other options than the interrupted cross-validation's.
+    otrain.locking.LockHeldError
+        When another otrain-cross-validate runs in ``--output``; the whole run holds its lock
+        (``<output>/.otrain-cross-validate.lock``).
     DataError
         On a cube with one class, folds that cannot be split into training and validation, or
         an --init-from model the folds cannot start from (refused before anything is written).
     """
+    with _locked(config.output):
+        try:  # again, now that no other cross-validation can write there
+            _check_output(config)
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+        return _cross_validate(config)
+
+
+@contextmanager
+def _locked(output: Path) -> Iterator[None]:
+    """Hold the lock of ``output``; then remove the folders taking it created, when left empty."""
+    created = [folder for folder in (output, *output.parents) if not folder.exists()]
+    try:
+        with exclusive_lock(output / CROSSVAL_LOCK, f"the cross-validation in {output}"):
+            yield
+    finally:
+        for folder in created:  # the deepest first
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: the cross-validation wrote into it
+                break
+
+
+def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     from otrain.tracking import RunInfo, check_tracking_uri, git_commit, open_run, resolve_tracking_uri
     from otrain.training import check_init_from
 
@@ -512,6 +602,13 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     configs = {plan.fold: _train_config(config, plan.fold, plan.action) for plan in plans if plan.action != KEEP}
     if configs:
         check_init_from(next(iter(configs.values())), cube)  # the folds differ only in their rows
+    for training in configs.values():
+        lock = training.output_dir / TRAINING_LOCK
+        if is_locked(lock):  # another training there now: refused before anything is written
+            raise LockHeldError(
+                f"the training folder {training.output_dir} is in use by {describe_holder(read_holder(lock))}; wait "
+                f"for it to finish (lock file {lock})"
+            )
     uri = resolve_tracking_uri(config.tracking_uri) if config.tracking else None
     if uri is not None:
         check_tracking_uri(uri)
@@ -519,17 +616,42 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     if previous is not None:
         announce(f"resuming the cross-validation in {config.output}: {describe_folds(plans)}")
 
+    # A new record is first written as its first fold starts: until then, a run that fails leaves
+    # the record of the cross-validation it was to replace (--overwrite) as it was.
     record = previous if previous is not None else _new_record(config, data_hash)
+    written = previous is not None
+    if config.overwrite:  # every training there is replaced, each when its fold's turn comes
+        record["folds"] = {str(plan.fold): _REPLACING for plan in plans if not _is_empty(config.output, plan.fold)}
     report = CrossValidationReport(n_groups=len(np.unique(groups)), grouped=grouped)
     scores, thresholds = np.full(len(cube), np.nan), np.full(len(cube), np.nan)
     fold_of = np.zeros(len(cube), dtype=np.int64)
 
     def mark(fold: int, progress: str | None) -> None:
+        nonlocal written
         if progress is None:
             record["folds"].pop(str(fold), None)
         else:
             record["folds"][str(fold)] = progress
         _write_record(config.output, record)
+        written = True
+
+    def on_ready(fold: int) -> None:
+        if record["folds"].get(str(fold)) == _REPLACING:
+            mark(fold, _STARTED)  # its checkpoint is now its own
+
+    def train_fold(plan: FoldPlan, split: Split) -> None:
+        from otrain.training import train
+
+        fold = plan.fold
+        if plan.action != RESUME:  # before anything is written into its folder
+            mark(fold, _STARTING if _is_empty(config.output, fold) else _REPLACING)
+        try:
+            train(configs[fold], lambda run: on_ready(fold), cube=cube, split=split, init_checked=True)
+        except BaseException:
+            if _is_empty(config.output, fold):
+                mark(fold, None)  # nothing to resume (a diverged training removes its checkpoint)
+            raise
+        mark(fold, _FINISHED)
 
     def run_folds() -> None:
         for plan, split in zip(plans, splits, strict=True):
@@ -539,16 +661,9 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
                 f"({len(np.unique(groups[split.test]))} groups), validating on {len(split.validation)}, "
                 f"training on {len(split.train)}" + (" (finished before: kept)" if plan.action == KEEP else "")
             )
-            if plan.action == KEEP:
-                row = _score_fold(_fold_config(config.output, fold), cube, split)
-            else:
-                try:
-                    row = _run_fold(configs[fold], cube, split, on_ready=lambda run, fold=fold: mark(fold, _STARTED))
-                except BaseException:
-                    if not (configs[fold].output_dir / CHECKPOINT_FOLDER).is_dir():
-                        mark(fold, None)  # nothing to resume (a diverged training removes its checkpoint)
-                    raise
-                mark(fold, _FINISHED)
+            if plan.action != KEEP:
+                train_fold(plan, split)
+            row = _score_fold(_fold_config(config.output, fold), cube, split)
             scores[split.test] = row.pop("_scores")
             thresholds[split.test] = row["threshold"]
             fold_of[split.test] = fold
@@ -584,7 +699,6 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
             with open_run(uri, config.experiment, run_name=run_name, run_id=parent_id, tags=tags) as parent:
                 report.parent_run_id = parent.run_id
                 record["mlflow_run"] = RunInfo(parent.run_id, parent.experiment_id, uri).__dict__
-                _write_record(config.output, record)
                 params = {key: value for key, value in config.model_dump(mode="json").items() if value is not None}
                 params.update(grouped=grouped, n_groups=report.n_groups)
                 existing = mlflow.get_run(parent.run_id).data.params
@@ -598,15 +712,15 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
                 report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
                 for path in report.outputs:
                     mlflow.log_artifact(str(path), artifact_path="cross_validation")
-                (config.output / CROSSVAL_RECORD).unlink()
+                (config.output / CROSSVAL_RECORD).unlink(missing_ok=True)
         else:
-            _write_record(config.output, record)
             run_folds()
             summarise()
             report.outputs = _write_outputs(config, cube, groups, fold_of, scores, thresholds, report)
-            (config.output / CROSSVAL_RECORD).unlink()
+            (config.output / CROSSVAL_RECORD).unlink(missing_ok=True)
     except BaseException:
-        _forget_unstarted(config, record)
+        if written:
+            _forget_unstarted(config, record)
         raise
     return report
 
@@ -614,23 +728,13 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
 def _forget_unstarted(config: CrossValidateConfig, record: dict[str, Any]) -> None:
     """After a failure or an interruption: remove the record when nothing of the run is left to resume.
 
-    So a cross-validation that stopped before any fold's training wrote its checkpoint (a
+    So a cross-validation that stopped before any fold's training wrote into its folder (a
     refused option, a cube that cannot be split, Ctrl-C while the first fold starts) leaves
     nothing behind, and the next one starts as if it had never been.
     """
     path = config.output / CROSSVAL_RECORD
     if path.is_file() and not record["folds"]:
         path.unlink()
-
-
-def _run_fold(
-    config: TrainConfig, cube: Datacube, split: Split, on_ready: Callable[[Any], None] | None = None
-) -> dict[str, Any]:
-    """Train (or resume) one fold's training on its split, then score its test rows with the saved model."""
-    from otrain.training import train
-
-    train(config, on_ready, cube=cube, split=split)
-    return _score_fold(config, cube, split)
 
 
 def _score_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, Any]:

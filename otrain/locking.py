@@ -24,7 +24,15 @@ from typing import Any
 
 from otrain.errors import DataError
 
-__all__ = ["LockHeldError", "describe_holder", "exclusive_lock", "hostname", "is_locked", "process_is_alive"]
+__all__ = [
+    "LockHeldError",
+    "describe_holder",
+    "exclusive_lock",
+    "hostname",
+    "is_locked",
+    "process_is_alive",
+    "read_holder",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -65,7 +73,8 @@ def process_is_alive(pid: int) -> bool:
     return True
 
 
-def _read_holder(path: Path) -> dict[str, Any]:
+def read_holder(path: Path) -> dict[str, Any]:
+    """Return who holds (or last held) the lock ``path``, as its file records; empty when unknown."""
     try:
         data = json.loads(path.read_text() or "{}")
     except (OSError, ValueError):
@@ -175,7 +184,7 @@ def exclusive_lock(path: Path, what: str, wait: float = 0.0) -> Iterator[None]:
         descriptor, writable = _open(path)
         if not _try_lock(descriptor, path):
             os.close(descriptor)
-            holder = describe_holder(_read_holder(path))
+            holder = describe_holder(read_holder(path))
             if time.monotonic() >= deadline:
                 raise LockHeldError(f"{what} is in use by {holder}; wait for it to finish (lock file {path})")
             if not announced:
@@ -193,7 +202,7 @@ def exclusive_lock(path: Path, what: str, wait: float = 0.0) -> Iterator[None]:
             break
         os.close(descriptor)
     try:
-        stale = _read_holder(path)
+        stale = read_holder(path)
         if stale:
             logger.warning(
                 "took over the lock of %s, which ended without releasing it (%s)", describe_holder(stale), path

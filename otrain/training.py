@@ -730,6 +730,7 @@ def train(
     cube: Datacube | None = None,
     split: Split | None = None,
     cluster: Cluster | None = None,
+    init_checked: bool = False,
 ) -> TrainingResult:
     """Train, evaluate on the test set, and write every output of otrain-train.
 
@@ -749,6 +750,10 @@ def train(
         ``TF_CONFIG`` says (otrain-train passes :func:`otrain.config.cluster_from_environment`;
         cross-validation and the dataset-size study train alone). A worker other than the chief
         only trains: its result has ``chief`` False, no outputs and no test metrics.
+    init_checked : bool
+        True when the caller has checked ``config.init_from`` against this cube already
+        (:func:`check_init_from`, as cross-validation does once for all its folds); else it is
+        checked here before anything is written.
 
     Returns
     -------
@@ -780,7 +785,7 @@ def train(
     if config.tracking:
         check_tracking_uri(tracking_uri)
     with exclusive_lock(config.output_dir / TRAINING_LOCK, f"the training folder {config.output_dir}"):
-        return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready, cluster)
+        return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready, cluster, init_checked)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -802,6 +807,7 @@ def _train_locked(
     tracking_uri: str,
     on_ready: Callable[[RunInfo | None], None] | None,
     cluster: Cluster,
+    init_checked: bool = False,
 ) -> TrainingResult:
     checkpoint_folder = config.output_dir / CHECKPOINT_FOLDER
     if not (config.resume or config.overwrite) and (config.holds_training() or checkpoint_folder.is_dir()):
@@ -838,7 +844,7 @@ def _train_locked(
             announce(f"resuming {checkpoint_folder}: epoch {checkpoint.epochs_done} {how} had finished")
     strategy = _configure_tensorflow(config, cluster)
     replica_batch = _distributed_batch(config, split, batch_size, strategy.num_replicas_in_sync)
-    if checkpoint.epochs_done == 0:
+    if checkpoint.epochs_done == 0 and not init_checked:
         check_init_from(config, cube)
     # Everything that can be checked before training is checked: only now is anything written.
     if config.overwrite:

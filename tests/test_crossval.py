@@ -20,6 +20,7 @@ from otrain.cli.convert import main as convert_main
 from otrain.cli.cross_validate import main as cross_validate_main
 from otrain.datacube import Datacube
 from otrain.errors import DataError
+from otrain.locking import exclusive_lock, hostname
 
 FOLDS = 3
 
@@ -322,6 +323,23 @@ def test_bad_options_are_one_line_and_write_nothing(
     assert not (tmp_path / "out").exists()
 
 
+def test_resume_names_an_unreadable_record(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    record = tmp_path / "cv" / ".otrain-cross-validate.json"
+    record.parent.mkdir()
+    record.write_text("{")
+    options = ("--cube", cube, "--output", tmp_path / "cv", "--folds", "2", "--no-tracking", "--resume")
+    assert call_main(cross_validate_main, *options) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(
+        f"otrain-cross-validate: error: --resume: {record}: the record of the interrupted cross-validation cannot be "
+        "read ("
+    )
+    assert err.endswith("); pass --overwrite to start again\n")
+    assert len(err.splitlines()) == 1
+    assert record.read_text() == "{"
+
+
 def test_an_earlier_cross_validation_is_replaced_only_with_overwrite(
     crossval: tuple[Path, Path, str], capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -437,6 +455,12 @@ def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the
         "otrain-cross-validate: error: --resume: the interrupted cross-validation used other values of dropout; "
         "resume with the same ones or pass --overwrite to start again"
     )
+    # Nor untracked: the parent run would miss the metrics of the folds trained now.
+    assert call_main(cross_validate_main, *options, "--resume", "--no-tracking") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "otrain-cross-validate: error: --resume: the interrupted cross-validation used other values of tracking; "
+        "resume with the same ones or pass --overwrite to start again"
+    )
     assert record.read_bytes() == saved
 
     assert call_main(cross_validate_main, *options, "--resume") == 0
@@ -495,3 +519,151 @@ def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_bloc
     (empty / "CNN_training" / "fold-1").mkdir(parents=True)
     (empty / "CNN_training" / "fold-1" / ".otrain-train.lock").write_text("{}")
     assert CrossValidateConfig(cube=cube, output=empty, folds=FOLDS).output == empty
+
+
+#: otrain-cross-validate sent Ctrl-C (a real SIGINT) at $CTRL_C_AT: "set-up", once fold 1's
+#: checkpoint holds its options, before its training is tracked or runs; "scoring", once fold 1
+#: has finished, as its model is loaded to score its fold.
+CTRL_C_IN_FOLD_1 = """
+import os, signal, sys
+from pathlib import Path
+import otrain.model, otrain.training
+if os.environ["CTRL_C_AT"] == "set-up":
+    write = otrain.training.write_text_atomic
+    def write_then_ctrl_c(path, *args, **kwargs):
+        written = write(path, *args, **kwargs)
+        if Path(path).name == "options.json" and Path(path).parent.parent.name == "fold-1":
+            os.kill(os.getpid(), signal.SIGINT)
+        return written
+    otrain.training.write_text_atomic = write_then_ctrl_c
+else:
+    load = otrain.model.load_model
+    def ctrl_c_then_load(path, *args, **kwargs):
+        if Path(path).parent.name == "fold-1":
+            os.kill(os.getpid(), signal.SIGINT)
+        return load(path, *args, **kwargs)
+    otrain.model.load_model = ctrl_c_then_load
+from otrain.cli.cross_validate import main
+main(sys.argv[1:])
+"""
+
+
+def interrupt_fold_1(at: str, options: list[str], cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run otrain-cross-validate in a process of its own, sent Ctrl-C at ``at`` (see CTRL_C_IN_FOLD_1)."""
+    interrupted = subprocess.run(
+        [sys.executable, "-c", CTRL_C_IN_FOLD_1, *options],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env={**os.environ, "OTRAIN_PROGRESS": "0", "CTRL_C_AT": at},
+    )
+    assert interrupted.returncode == 130, interrupted.stderr
+    assert interrupted.stderr.strip().splitlines()[-1] == "otrain-cross-validate: error: interrupted"
+    return interrupted
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_a_fold_sets_up_its_training_leaves_it_to_resume_and_resume_replaces_no_other_training(
+    crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otrain.model import build_model, save_model
+
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "cv"
+    fold_1, fold_2 = out / "CNN_training" / "fold-1", out / "CNN_training" / "fold-2"
+    options = [*("--cube", str(cube), "--folds", "2", "--output", str(out), "--epochs", "1", "--no-tracking")]
+    # Started with --init-from relative to its folder, resumed below with the file's absolute path.
+    source = save_model(build_model((16, 16, 1)), tmp_path / "init.keras")
+    interrupt_fold_1("set-up", [*options, "--init-from", source.name], cwd=tmp_path)
+    options += ["--init-from", str(source)]
+    record = out / ".otrain-cross-validate.json"
+    assert json.loads(record.read_text())["folds"] == {"1": "starting"}  # written before fold 1's folder
+    assert (fold_1 / ".checkpoint" / "options.json").is_file()
+    # While another otrain-cross-validate runs there (its lock, held here), neither is it named
+    # as interrupted nor does --resume start.
+    saved = record.read_bytes()
+    with exclusive_lock(out / ".otrain-cross-validate.lock", "a cross-validation"):
+        for extra in ((), ("--resume",)):
+            assert call_main(cross_validate_main, *options, *extra) == 2
+            err = capsys.readouterr().err
+            assert err.startswith(
+                f"otrain-cross-validate: error: --output: '{out}' is in use by a running otrain-cross-validate (PID "
+                f"{os.getpid()} on host {hostname()}, started "
+            )
+            assert err.endswith(" UTC); wait for it to finish\n")
+    # --overwrite refused before its first fold (fold 1's folder in use) leaves the record as it was.
+    with exclusive_lock(fold_1 / ".otrain-train.lock", "a training"):
+        assert call_main(cross_validate_main, *options, "--overwrite") == 1
+        err = capsys.readouterr().err.strip().splitlines()[-1]
+        assert err.startswith(f"otrain-cross-validate: error: the training folder {fold_1} is in use by PID ")
+    assert record.read_bytes() == saved
+    assert call_main(cross_validate_main, *options) == 2
+    assert capsys.readouterr().err == (
+        f"otrain-cross-validate: error: --output: '{out}' holds an interrupted cross-validation of 2 folds (fold 1 "
+        "interrupted before its first epoch ended; fold 2 not started); pass --resume to continue it (with the same "
+        "options) or --overwrite to start again\n"
+    )
+    # A training the record does not know, in fold 2's folder: --resume leaves it alone.
+    shutil.copytree(crossval[1] / "CNN_training" / "fold-2", fold_2)
+    assert call_main(cross_validate_main, *options, "--resume") == 2
+    assert capsys.readouterr().err == (
+        f"otrain-cross-validate: error: --resume: '{fold_2}' holds a training the interrupted cross-validation did "
+        "not start; move it away, or pass --overwrite to start again\n"
+    )
+    assert (fold_2 / "fold-2.keras").read_bytes() == (
+        crossval[1] / "CNN_training" / "fold-2" / "fold-2.keras"
+    ).read_bytes()
+    shutil.rmtree(fold_2)
+
+    assert call_main(cross_validate_main, *options, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert (
+        f"resuming the cross-validation in {out}: fold 1 interrupted before its first epoch ended; fold 2 not started"
+        in printed
+    )
+    assert "no epoch had finished, starting from epoch 1" in printed
+    assert epochs_printed(printed) == [1, 1]
+    assert not record.exists()
+    assert [row["fold"] for row in json.loads((out / "cv_metrics.json").read_text())["per_fold"]] == [1, 2]
+
+
+@pytest.mark.slow
+def test_ctrl_c_as_a_finished_fold_is_scored_keeps_it_finished(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
+    out = tmp_path / "cv"
+    options = [*("--cube", str(cube), "--folds", "2", "--output", str(out), "--epochs", "1", "--no-tracking")]
+    interrupt_fold_1("scoring", options)
+    assert json.loads((out / ".otrain-cross-validate.json").read_text())["folds"] == {"1": "finished"}
+    kept = (out / "CNN_training" / "fold-1" / "fold-1.keras").stat()
+    assert call_main(cross_validate_main, *options) == 2
+    assert "(fold 1 finished; fold 2 not started); pass --resume" in capsys.readouterr().err
+    assert call_main(cross_validate_main, *options, "--resume") == 0
+    printed = capsys.readouterr().out
+    assert next(line for line in printed.splitlines() if line.startswith("--- fold 1 ")).endswith(
+        "(finished before: kept)"
+    )
+    assert epochs_printed(printed) == [1]  # fold 2's only
+    after = (out / "CNN_training" / "fold-1" / "fold-1.keras").stat()
+    assert (after.st_ino, after.st_mtime_ns) == (kept.st_ino, kept.st_mtime_ns)
+
+
+def test_what_resume_does_with_each_fold_follows_the_record(crossval: tuple[Path, Path, str], tmp_path: Path) -> None:
+    """An --overwrite stopped in fold 3: its record marks the earlier trainings it replaces."""
+    from otrain.crossval import FOREIGN, KEEP, REPLACE, RESUME, TRAIN, describe_folds, plan_folds
+
+    folder = tmp_path / "cv"
+    shutil.copytree(crossval[1] / "CNN_training", folder / "CNN_training")
+    (folder / "CNN_training" / "fold-3" / ".checkpoint").mkdir()
+    marks = {"1": "finished", "2": "replacing", "3": "started"}
+    plans = plan_folds(folder, 4, {"options": {}, "folds": marks})
+    assert [plan.action for plan in plans] == [KEEP, REPLACE, RESUME, TRAIN]
+    assert describe_folds(plans) == (
+        "fold 1 finished; fold 2 being replaced (the training there is finished); fold 3 interrupted before its first "
+        "epoch ended; fold 4 not started"
+    )
+    # Without its marks, the trainings are foreign: --resume leaves them alone.
+    plans = plan_folds(folder, 3, {"options": {}, "folds": {"1": "finished"}})
+    assert [plan.action for plan in plans] == [KEEP, FOREIGN, FOREIGN]
+    assert plans[1].state == "holding a training this cross-validation did not start (finished)"
