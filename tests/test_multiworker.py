@@ -179,7 +179,7 @@ def test_two_workers_train_one_model_written_by_the_chief_alone(
 
     card = json.loads((folder / "two.keras.card.json").read_text())
     assert card["workers"] == 2
-    assert card["onnx"]["parity"]["max_abs_diff_p_real"] <= 1e-5  # the chief wrote the twin, checked
+    assert card["onnx"]["parity"]["max_share_of_allowance"] <= 1.0  # the chief wrote the twin, checked
     assert card["batch_size_used"] == batch
     runs = runs_in(tracking_uri)
     assert len(runs) == 1
