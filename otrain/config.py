@@ -1714,9 +1714,8 @@ class CrossValidateConfig(TrainingOptions):
         self.check_option_rules(self.__dict__)
         if self.resume and self.overwrite:
             raise ValueError("--resume, --overwrite: give one or the other")
-        from otrain.crossval import check_resumable
-
-        check_resumable(self)
+        # What --output holds (an interrupted or finished cross-validation) is checked by the
+        # command itself (otrain.crossval.check_resumable): this module stays free of its code.
         outputs = [
             Output(self.output / CROSSVAL_FILES[0], "csv", formats.OOF_COLUMNS),
             Output(self.output / CROSSVAL_FILES[1], "json", formats.CROSSVAL_KEYS),

@@ -402,7 +402,7 @@ def check_resumable(config: CrossValidateConfig) -> None:
     Parameters
     ----------
     config : CrossValidateConfig
-        The options (before validation ends).
+        Validated options.
 
     Raises
     ------
@@ -556,6 +556,10 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
         On a cube with one class, folds that cannot be split into training and validation, or
         an --init-from model the folds cannot start from (refused before anything is written).
     """
+    try:  # before taking the lock: a running cross-validation is named, not waited for
+        check_resumable(config)
+    except ValueError as error:
+        raise OptionError(str(error)) from None
     with _locked(config.output):
         try:  # again, now that no other cross-validation can write there
             _check_output(config)
