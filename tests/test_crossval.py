@@ -651,7 +651,7 @@ def test_ctrl_c_as_a_finished_fold_is_scored_keeps_it_finished(
 
 def test_what_resume_does_with_each_fold_follows_the_record(crossval: tuple[Path, Path, str], tmp_path: Path) -> None:
     """An --overwrite stopped in fold 3: its record marks the earlier trainings it replaces."""
-    from otrain.crossval import FOREIGN, KEEP, REPLACE, RESUME, TRAIN, describe_folds, plan_folds
+    from otrain.crossval_resume import FOREIGN, KEEP, REPLACE, RESUME, TRAIN, describe_folds, plan_folds
 
     folder = tmp_path / "cv"
     shutil.copytree(crossval[1] / "CNN_training", folder / "CNN_training")
