@@ -1,4 +1,4 @@
-"""Scoring on Apache Spark (otrain-infer-spark) and packing cutouts into Parquet (otrain-pack).
+"""Scoring on Apache Spark (otrain-infer-spark), of FITS cutouts or of otrain-pack's Parquet (:mod:`otrain.pack`).
 
 Both inputs go through the reading code of otrain-infer (:func:`otrain.inference.read_for_model`
 and :func:`otrain.inference.fit_cutout`): FITS files arrive as bytes from Spark's ``binaryFile``
@@ -18,11 +18,16 @@ scoring the pixel column with :func:`pyspark.ml.functions.predict_batch_udf` (ke
 :func:`predict_batch_scorer`, which ``benchmarks/scale_spark.py`` times), it saves the pixels'
 round trip through the JVM between two Python workers. pyspark is imported only by the
 functions that need it.
+
+otrain-pack and the Parquet format live in :mod:`otrain.pack`. Why this module is still about
+900 lines: what is left is otrain-infer-spark alone (the session and its errors, the model's
+resolution and shipping, the two decoders, the scoring pass, the files Spark did not read);
+issue 24 gives it a ``score/spark/`` subpackage, and the session and the MLflow model resolver
+(a second one, beside :mod:`otrain.serving`'s) go to their rooms then.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -48,13 +53,10 @@ from otrain.config import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
     MLFLOW_MODEL_SCHEMES,
-    PARQUET_MARKER,
     InferSparkConfig,
-    PackConfig,
     card_file,
     card_threshold,
 )
-from otrain.cutouts import crop_center, list_cutouts, read_header, read_pixels
 from otrain.errors import DataError, OptionError, first_line, log_listed
 from otrain.inference import (
     INFER_COLUMNS,
@@ -67,15 +69,12 @@ from otrain.inference import (
     reweight,
     table_line,
 )
-from otrain.parallel import map_chunks
+from otrain.pack import META_COLUMNS, TEXT_COLUMNS, arrow, meta_fields, packed_planes, write_marker
 
 __all__ = [
-    "PACK_ROWS_PER_FILE",
-    "PackReport",
     "Scorer",
     "SparkReport",
     "infer_spark",
-    "pack",
     "predict_batch_scorer",
     "require_spark",
     "resolve_model",
@@ -84,13 +83,6 @@ __all__ = [
 
 logger = logging.getLogger("otrain")
 
-#: Rows per Parquet part file of otrain-pack (about 16 MB of 64x64 float32 cutouts).
-PACK_ROWS_PER_FILE = 1024
-#: The metadata columns both Parquet formats share (the table's columns up to cand_ID).
-_META_COLUMNS = INFER_COLUMNS[:11]
-_TEXT_COLUMNS = ("filename", "originalFile", "cand_ID")
-#: Schema metadata keys of an otrain-pack folder.
-_PLANES_KEY = b"otrain.planes"
 #: Spark settings otrain starts its session with; --conf overrides them.
 _DEFAULT_CONF = {
     "spark.ui.showConsoleProgress": "false",
@@ -112,161 +104,6 @@ appender.console.target = SYSTEM_ERR
 appender.console.layout.type = PatternLayout
 appender.console.layout.pattern = spark: %p %c{1}: %m%n
 """
-
-
-def _arrow() -> Any:
-    import pyarrow as pa
-
-    return pa
-
-
-def _meta_fields() -> list[Any]:
-    pa = _arrow()
-    return [pa.field(name, pa.string() if name in _TEXT_COLUMNS else pa.float64()) for name in _META_COLUMNS]
-
-
-def _text_cell(value: Any) -> str:
-    return str(value)
-
-
-def _write_marker(folder: Path, command: str, extra: dict[str, Any]) -> None:
-    (folder / PARQUET_MARKER).write_text(json.dumps({"command": command, **extra}, sort_keys=True) + "\n")
-
-
-# --------------------------------------------------------------------------------------------
-# otrain-pack
-
-
-@dataclass
-class PackReport:
-    """What one packing run did."""
-
-    output: Path
-    n_files: int = 0
-    n_edge: int = 0
-    n_parts: int = 0
-    bad_files: list[tuple[Path, str]] = field(default_factory=list)
-
-
-def _pack_chunk(jobs: Sequence[tuple[Path, tuple[str, ...] | None, int]]) -> dict[str, list[Any]]:
-    """Worker task: read a chunk of files into the columns of otrain-pack's Parquet rows."""
-    columns: dict[str, list[Any]] = {name: [] for name in (*_META_COLUMNS, "edge", "error", "shape", "pixels")}
-    for path, planes, cutout_size in jobs:
-        cells: tuple[Any, ...] = (printable_path(path), *([None] * 10))
-        edge, error, shape, raw = False, None, None, None
-        try:
-            meta, location = read_header(path, planes)
-            cells = meta_cells(printable_path(path), meta)
-            edge = meta.edge is True
-            if not edge:
-                pixels = np.ascontiguousarray(crop_center(read_pixels(path, location), cutout_size, path))
-                shape, raw = list(pixels.shape), pixels.astype("<f4").tobytes()
-        except Exception as problem:  # a bad file becomes a row holding its error, scored as otrain-infer would
-            error = failure_message(path, problem)
-        for name, value in zip(_META_COLUMNS, cells, strict=True):
-            if name in _TEXT_COLUMNS and value is not None:
-                value = _text_cell(value)
-            columns[name].append(value)
-        columns["edge"].append(edge)
-        columns["error"].append(error)
-        columns["shape"].append(shape)
-        columns["pixels"].append(raw)
-    return columns
-
-
-def _pack_schema(planes: tuple[str, ...] | None, cutout_size: int) -> Any:
-    pa = _arrow()
-    fields = [
-        *_meta_fields(),
-        pa.field("edge", pa.bool_()),
-        pa.field("error", pa.string()),
-        pa.field("shape", pa.list_(pa.int32())),
-        pa.field("pixels", pa.binary()),
-    ]
-    metadata = {_PLANES_KEY: json.dumps(list(planes) if planes is not None else None).encode()}
-    metadata[b"otrain.cutout_size"] = str(cutout_size).encode()
-    return pa.schema(fields, metadata=metadata)
-
-
-def pack(config: PackConfig) -> PackReport:
-    """Write a folder of cutouts as Parquet part files, atomically.
-
-    Parameters
-    ----------
-    config : PackConfig
-        Validated options of otrain-pack.
-
-    Returns
-    -------
-    PackReport
-        Counts (files, EDGE, unreadable) and the output folder.
-
-    Raises
-    ------
-    DataError
-        When the folder holds no cutout file; nothing is written then.
-    """
-    import pyarrow.parquet as pq
-
-    pa = _arrow()
-    files = list_cutouts(config.cutouts, recursive=config.recursive)
-    if not files:
-        raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
-    report = PackReport(output=config.output, n_files=len(files))
-    schema = _pack_schema(config.planes, config.cutout_size)
-    jobs = [(path, config.planes, config.cutout_size) for path in files]
-    with atomic_folder(config.output) as folder:
-        writer = None
-        rows_in_part = 0
-        try:
-            for _, columns in map_chunks(
-                _pack_chunk,
-                jobs,
-                workers=config.workers,
-                description="packing cutouts",
-                preload=["otrain.spark"],
-                chunk_size=256,
-            ):
-                report.n_edge += sum(columns["edge"])
-                report.bad_files += [
-                    (Path(name), error)
-                    for name, error in zip(columns["filename"], columns["error"], strict=True)
-                    if error is not None
-                ]
-                if writer is None or rows_in_part >= PACK_ROWS_PER_FILE:
-                    if writer is not None:
-                        writer.close()
-                    writer = pq.ParquetWriter(folder / f"part-{report.n_parts:05d}.parquet", schema)
-                    report.n_parts += 1
-                    rows_in_part = 0
-                writer.write_table(pa.Table.from_pydict(columns, schema=schema))
-                rows_in_part += len(columns["filename"])
-        finally:
-            if writer is not None:
-                writer.close()
-        log_listed(
-            [f"unreadable: {message}" for _, message in report.bad_files],
-            logging.WARNING,
-            "unreadable cutouts",
-            MAX_LISTED_BAD_FILES,
-        )
-        _write_marker(folder, "otrain-pack", {"planes": config.planes, "cutout_size": config.cutout_size})
-    return report
-
-
-def _packed_planes(folder: Path) -> tuple[str, ...] | None:
-    """Return the planes an otrain-pack folder holds, from its files' schema."""
-    import pyarrow.parquet as pq
-
-    parts = sorted(folder.glob("*.parquet"))
-    if not (folder / PARQUET_MARKER).is_file() or not parts:
-        raise DataError(f"{folder}: not a Parquet folder written by otrain-pack")
-    try:
-        metadata = pq.read_schema(parts[0]).metadata or {}
-        planes = json.loads(metadata[_PLANES_KEY])
-    except (OSError, KeyError, ValueError) as error:
-        raise DataError(f"{parts[0]}: not a Parquet file written by otrain-pack ({first_line(error)})") from None
-    return tuple(planes) if planes is not None else None
 
 
 # --------------------------------------------------------------------------------------------
@@ -648,9 +485,9 @@ def _frame(cells: list[Sequence[Any]], pixels: list[np.ndarray], scoring: _Scori
     import pandas as pd
 
     columns: dict[str, Any] = {}
-    for index, name in enumerate(_META_COLUMNS):
+    for index, name in enumerate(META_COLUMNS):
         values = [row[index] for row in cells]
-        columns[name] = [None if value is None else str(value) for value in values] if name in _TEXT_COLUMNS else values
+        columns[name] = [None if value is None else str(value) for value in values] if name in TEXT_COLUMNS else values
     if scoring is None:
         columns["pixels"] = [array.ravel() for array in pixels]
     else:
@@ -709,7 +546,7 @@ def _decode_packed(
                 except Exception as error:
                     skipped.append((record["filename"], failure_message(path, error)))
                     continue
-                cells.append(tuple(record[name] for name in _META_COLUMNS))
+                cells.append(tuple(record[name] for name in META_COLUMNS))
                 pixels.append(cutout)
             problems.add(skipped)
             if cells:  # an empty batch would reach the model as an array of no shape
@@ -747,8 +584,8 @@ class SparkReport:
 
 
 def _output_schema() -> Any:
-    pa = _arrow()
-    return pa.schema([*_meta_fields(), pa.field("label0", pa.float64()), pa.field("label1", pa.float64()),
+    pa = arrow()
+    return pa.schema([*meta_fields(), pa.field("label0", pa.float64()), pa.field("label1", pa.float64()),
                       pa.field("real", pa.int64())])  # fmt: skip
 
 
@@ -764,7 +601,7 @@ def _write_table(output: Path, table: Path, threshold: float) -> int:
             for row in batch.to_pylist():
                 # A missing number is null in Parquet, nan in the table (as otrain-infer writes it).
                 cells = [
-                    math.nan if row[name] is None and name not in _TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
+                    math.nan if row[name] is None and name not in TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
                 ]
                 stream.write(table_line(cells))
                 n_real += row["real"]
@@ -852,7 +689,7 @@ def _model_input(
             f"{config.model}: the model takes {shape[2]} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
         )
     if config.parquet is not None:
-        packed = _packed_planes(config.parquet)
+        packed = packed_planes(config.parquet)
         # DIFF alone and the default reading pack the same pixels of an STDPipe cutout.
         if resolve_planes(None, packed) != resolve_planes(None, planes):
             raise DataError(
@@ -892,8 +729,8 @@ def _score(
     schema = types.StructType(
         [
             *(
-                types.StructField(name, types.StringType() if name in _TEXT_COLUMNS else types.DoubleType())
-                for name in _META_COLUMNS
+                types.StructField(name, types.StringType() if name in TEXT_COLUMNS else types.DoubleType())
+                for name in META_COLUMNS
             ),
             last,
         ]
@@ -928,7 +765,7 @@ def _score(
     if scorer is not None:
         decoded = decoded.withColumn("label1", scorer(spark, shipped, shape, config)(functions.col("pixels")))
     scored = decoded.select(
-        *_META_COLUMNS,
+        *META_COLUMNS,
         (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
         functions.col("label1").cast("double").alias("label1"),
         (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
@@ -966,7 +803,7 @@ def _score(
                 f"{where}: no cutout could be scored ({len(report.bad_files)} unreadable, "
                 f"{report.n_edge} flagged EDGE); the first problem: {report.bad_files[0][1]}"
             )
-        _write_marker(folder, "otrain-infer-spark", {"model": config.model, "threshold": threshold})
+        write_marker(folder, "otrain-infer-spark", {"model": config.model, "threshold": threshold})
         if config.table is not None:
             report.n_real = _write_table(folder, config.table, threshold)
         elif parts:

@@ -13,7 +13,7 @@ __all__ = ["main"]
 
 
 def _pack(config: PackConfig) -> None:
-    from otrain.spark import pack
+    from otrain.pack import pack
 
     started = time.perf_counter()
     report = pack(config)
