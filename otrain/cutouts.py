@@ -18,6 +18,11 @@ touching their pixels: :func:`read_header` parses the headers and records where 
 plane lies in the file (:class:`PixelLocation`); :func:`read_pixels` then reads the plane
 directly from its byte offset. Both use the fast reader of :mod:`otrain.fitsreader` (gzipped
 files included, decompressed once into memory) and astropy for what it leaves aside.
+
+Why this module is over 700 lines: the two readers, the metadata coercion (candidate ids,
+EDGE) and the crop geometry are to be split by issue 24 (``io/`` for reading, ``data/`` for
+metadata and geometry, one candidate-id rule with :func:`otrain.checkinfer.candidate_key`).
+Every stage of the pipeline depends on it, so that is one move, done once.
 """
 
 from __future__ import annotations
