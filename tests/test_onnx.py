@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -54,6 +55,21 @@ def model_copy(trained: Path, tmp_path: Path) -> Path:
 def _infer(model: Path, cutouts: Path, output: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     arguments = ["--cutouts", str(cutouts), "--model", str(model), "--output", str(output), "--no-tracking"]
     return run_command("otrain-infer", *arguments, *extra)
+
+
+def model_onnx_cannot_express(folder: Path) -> tuple[Any, Path, np.ndarray]:
+    """A saved Keras model with a layer ONNX has no operator for (Log1p), and 4 cutouts for it."""
+    import keras
+    from keras import layers, ops
+
+    class Log1p(layers.Layer):
+        def call(self, inputs: object) -> object:
+            return ops.log1p(ops.abs(inputs))
+
+    model = keras.Sequential([keras.Input((8, 8, 1)), Log1p(), layers.Flatten(), layers.Dense(2, activation="softmax")])
+    model_file = folder / "log1p.keras"
+    model.save(model_file)
+    return model, model_file, np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
 
 
 def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace: Path) -> None:
@@ -417,22 +433,13 @@ def test_export_onnx_refuses_a_tolerance_in_the_old_unit(tmp_path: Path) -> None
 def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspace: Path, tmp_path: Path) -> None:
     """A training whose twin cannot be made still writes <name>.onnx (the pipeline declares it): a record
     that says why, which the scoring commands name, and which otrain-export replaces with a twin."""
-    import keras
     import onnx
-    from keras import layers, ops
 
     from otrain.backends import TWIN_ABSENT, OnnxClassifier, choose_backend, write_absent_twin
     from otrain.errors import DataError
     from otrain.training import _export_twin
 
-    class Log1p(layers.Layer):
-        def call(self, inputs: object) -> object:
-            return ops.log1p(ops.abs(inputs))
-
-    model = keras.Sequential([keras.Input((8, 8, 1)), Log1p(), layers.Flatten(), layers.Dense(2, activation="softmax")])
-    model_file = tmp_path / "log1p.keras"
-    model.save(model_file)
-    pixels = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    model, model_file, pixels = model_onnx_cannot_express(tmp_path)
     record = _export_twin(model, model_file, pixels, "4 cutouts", 0.5)
     twin = tmp_path / "log1p.onnx"
     assert record["file"] == "log1p.onnx"
@@ -538,20 +545,11 @@ def test_export_logs_the_twin_into_the_training_run(model_copy: Path, tracking_u
 
 
 def test_a_model_onnx_cannot_express_is_not_exported(tmp_path: Path) -> None:
-    import keras
-    from keras import layers, ops
 
     from otrain.backends import export_onnx
     from otrain.errors import DataError
 
-    class Log1p(layers.Layer):
-        def call(self, inputs: object) -> object:
-            return ops.log1p(ops.abs(inputs))
-
-    model = keras.Sequential([keras.Input((8, 8, 1)), Log1p(), layers.Flatten(), layers.Dense(2, activation="softmax")])
-    model_file = tmp_path / "log1p.keras"
-    model.save(model_file)
-    pixels = np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32)
+    model, model_file, pixels = model_onnx_cannot_express(tmp_path)
     with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
         export_onnx(model, model_file, pixels)
     assert files_under(tmp_path) == {model_file}
