@@ -77,7 +77,7 @@ def main() -> None:
     started = subprocess.run([str(ROOT / "docker" / "engine.sh"), "start"], capture_output=True, text=True, check=True)
     env = {**os.environ, "DOCKER_HOST": started.stdout.strip(), "OTRAIN_PROGRESS": "0", "TF_CPP_MIN_LOG_LEVEL": "3"}
     try:
-        from otrain.model import build_model, save_model
+        from otrain.nets.model import build_model, save_model
 
         folder = arguments.data.resolve()
         survey = simulated_survey(folder / "survey", arguments.n, seed=3)

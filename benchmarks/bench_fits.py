@@ -3,11 +3,11 @@
 Everything ``otrain-convert`` needs from a file is read: the metadata keywords of the primary
 header (and of the DIFF header of STDPipe files) and the image plane (DIFF, else primary) as
 float32 channels-last pixels. Three readers run in the same worker pool
-(``otrain.parallel.map_chunks``, default workers), in the same run, alternating:
+(``otrain.io.parallel.map_chunks``, default workers), in the same run, alternating:
 
 * ``astropy``: one ``astropy.io.fits.open`` per file, headers and data of the plane;
 * ``fitsio``: one ``fitsio.FITS`` per file, ``read_header_list`` and ``read`` of the plane;
-* ``otrain``: ``otrain.cutouts.read_header`` then ``read_pixels``, as otrain-infer calls them
+* ``otrain``: ``otrain.data.cutouts.read_header`` then ``read_pixels``, as otrain-infer calls them
   (otrain-convert makes the same two calls in two passes).
 
 Each reader's files/s are given two ways, best of ``--rounds``: through the pool (wall time,
@@ -50,8 +50,8 @@ from astropy.utils.exceptions import AstropyWarning
 from common import BIN, RESULTS, run_measured, simulated_survey
 
 import otrain
-from otrain.cutouts import CutoutMeta, _meta, list_cutouts, read_header, read_pixels
-from otrain.parallel import default_workers, map_chunks
+from otrain.data.cutouts import CutoutMeta, _meta, list_cutouts, read_header, read_pixels
+from otrain.io.parallel import default_workers, map_chunks
 
 Chunk = tuple[np.ndarray, list[CutoutMeta]]
 

@@ -1,7 +1,7 @@
 """otrain-infer: end-to-end throughput against predict-only, and memory against the file count.
 
 1. Throughput (64x64 O'TRAIN CNN, untrained weights: the cost is the same): score the N cached
-   simulated cutouts (default 20,000) with ``otrain.inference.infer`` in this process, and time
+   simulated cutouts (default 20,000) with ``otrain.score.inference.infer`` in this process, and time
    ``model.predict`` on the same pixels already in memory. Goal: end-to-end at least 0.8x
    predict-only, i.e. reading is hidden behind compute.
 2. Memory: run the real ``otrain-infer`` command on folders of 5,000 and 50,000 cutouts (hard
@@ -24,8 +24,8 @@ os.environ.setdefault("OTRAIN_PROGRESS", "0")
 
 from common import BIN, RESULTS, run_measured, simulated_survey
 
-from otrain.config import InferConfig
-from otrain.cutouts import list_cutouts, read_cutout
+from otrain.data.cutouts import list_cutouts, read_cutout
+from otrain.options.config import InferConfig
 
 
 def linked_folder(files: list[Path], folder: Path, count: int) -> Path:
@@ -50,8 +50,8 @@ def main() -> None:
 
     import numpy as np
 
-    from otrain.inference import infer
-    from otrain.model import build_model, save_model
+    from otrain.nets.model import build_model, save_model
+    from otrain.score.inference import infer
 
     survey = simulated_survey(arguments.data / "survey", arguments.n, seed=1)
     files = list_cutouts(survey / "true") + list_cutouts(survey / "false")

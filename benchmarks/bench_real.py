@@ -97,8 +97,8 @@ def build_cube(data: Path, work: Path, planes: tuple[str, ...], size: int) -> Pa
 
 def pretrained_model(work: Path, planes: tuple[str, ...], size: int, options: dict[str, Any]) -> Path:
     """Train once on the built-in synthetic survey (same planes, size, network and recipe)."""
-    from otrain.config import TrainConfig
-    from otrain.training import train
+    from otrain.options.config import TrainConfig
+    from otrain.train.training import train
 
     model = work / "pretrain" / "CNN_training" / "synthetic" / "synthetic.keras"
     if model.is_file():
@@ -159,8 +159,8 @@ def figures(table: dict[str, np.ndarray]) -> dict[str, float]:
     """The benchmark's figures of merit from pooled out-of-fold scores."""
     from sklearn.metrics import roc_auc_score
 
-    from otrain.calibration import threshold_for_fnr, threshold_for_fpr
-    from otrain.evaluation import expected_calibration_error
+    from otrain.metrics.evaluation import expected_calibration_error
+    from otrain.nets.calibration import threshold_for_fnr, threshold_for_fpr
 
     p, label, confident, sso = table["p"], table["label"], table["confident"], table["sso"]
     confident_bogus = confident & (label == 0)
@@ -184,9 +184,9 @@ def centre_shares(cv_folder: Path, cube_file: Path, table: dict[str, np.ndarray]
     """Share of the Grad-CAM maps of true positives within two FWHM of the centre, per method."""
     import keras
 
-    from otrain.datacube import Datacube
-    from otrain.gradcam import GradCamExplainer, centre_share
-    from otrain.model import load_model
+    from otrain.data.datacube import Datacube
+    from otrain.judge.gradcam import GradCamExplainer, centre_share
+    from otrain.nets.model import load_model
 
     cube = Datacube.load(cube_file)
     result: dict[str, float] = {}
@@ -210,8 +210,8 @@ def run_setting(
     key: str, data: Path, work: Path, size: int, folds: int, seed: int, epochs: int | None = None
 ) -> dict[str, Any]:
     """Cross-validate one setting (``epochs``, when given, replaces the setting's); return its figures."""
-    from otrain.config import CrossValidateConfig
-    from otrain.crossval import cross_validate
+    from otrain.options.config import CrossValidateConfig
+    from otrain.train.crossval import cross_validate
 
     setting = SETTINGS[key]
     cube = build_cube(data, work, setting["planes"], size)

@@ -64,8 +64,8 @@ from common import BIN, HERE, RESULTS, run_measured, simulated_survey
 sys.path.insert(0, str(HERE.parent / "tests"))
 from browser import chromium, requested_urls
 
-from otrain.config import REPORT_MARKER
-from otrain.report import PAGE, THUMBS
+from otrain.options.config import REPORT_MARKER
+from otrain.vet.report import PAGE, THUMBS
 
 PLANES = ("IMAGE", "TEMPLATE", "DIFF")
 BASELINE = 100
@@ -385,7 +385,7 @@ def _median_open(opens: list[dict[str, Any]]) -> dict[str, Any]:
 
 def p_real_of(scores: Path) -> np.ndarray:
     """P(real) of every row of otrain-infer's table."""
-    from otrain.checkinfer import read_table
+    from otrain.judge.checkinfer import read_table
 
     return np.asarray(read_table(scores, ("label1",))["label1"], dtype=float)
 

@@ -8,10 +8,10 @@ reads by default) and the O'TRAIN network (untrained weights: the cost is the sa
 1. Rows, in cutouts per second: ``otrain-infer --backend onnx`` and ``--backend keras`` end to
    end (the console script in a subprocess: wall time with start-up, and the rate it reports
    itself), Keras ``predict_on_batch`` and ONNX Runtime alone on the pixels in memory (batch
-   256, through ``otrain.scoring.predict`` as otrain-infer calls it), and the int8 model in
+   256, through ``otrain.score.scoring.predict`` as otrain-infer calls it), and the int8 model in
    ONNX Runtime; ONNX Runtime alone is measured twice, one run at a time with a thread per core,
    and as otrain-infer runs it, several single-threaded runs at once
-   (``otrain.inference.scoring_threads``); the goal compares with the faster of the two. The
+   (``otrain.score.inference.scoring_threads``); the goal compares with the faster of the two. The
    same network with ``normalisation="robust"`` (otrain's training default)
    is measured with ONNX Runtime alone, ``otrain-infer --backend onnx`` and Keras, to show what
    the normalisation costs. Every row is the median of ``--runs`` runs (default 3).
@@ -72,9 +72,9 @@ import numpy as np
 from bench_infer import linked_folder
 from common import BIN, HERE, RESULTS, simulated_survey
 
-from otrain.config import PREDICT_BATCH, card_file
-from otrain.cutouts import list_cutouts
-from otrain.parallel import default_workers
+from otrain.data.cutouts import list_cutouts
+from otrain.io.parallel import default_workers
+from otrain.options.config import PREDICT_BATCH, card_file
 
 #: The O'TRAIN network's input: 64x64 cutouts, one plane (the difference, otrain-infer's default).
 SHAPE = (64, 64, 1)
@@ -249,8 +249,8 @@ def median_of(runs: int, measure: Callable[[], dict[str, float]]) -> tuple[dict[
 
 
 def in_memory(classifier: Any, pixels: np.ndarray) -> dict[str, float]:
-    """Seconds of ``otrain.scoring.predict`` over ``pixels``, batches of PREDICT_BATCH, as otrain-infer calls it."""
-    from otrain.scoring import predict
+    """Seconds of ``otrain.score.scoring.predict`` over ``pixels`` in batches of PREDICT_BATCH (as infer calls it)."""
+    from otrain.score.scoring import predict
 
     started = time.perf_counter()
     predict(classifier, pixels, PREDICT_BATCH)
@@ -268,7 +268,7 @@ def in_memory_concurrent(classifier: Any, pixels: np.ndarray, scorers: int) -> d
 
 def read_pixels(files: list[Path]) -> np.ndarray:
     """The cutouts as otrain-infer scores them (DIFF, cropped, finite), EDGE ones left out."""
-    from otrain.inference import read_for_model
+    from otrain.score.inference import read_for_model
 
     planes = [plane for plane in (read_for_model(path, SHAPE, None)[1] for path in files) if plane is not None]
     return np.stack(planes)
@@ -288,7 +288,7 @@ def single_hdu(files: list[Path]) -> list[Path]:
 
 def export(model: Path, *extra: str) -> tuple[dict[str, Any], str]:
     """Run the real ``otrain-export`` on a model; return its card and, when it refused, its error line."""
-    from otrain.card import read_card
+    from otrain.io.card import read_card
 
     seconds, _, error = run_command([str(BIN / "otrain-export"), "--model", str(model), *extra], check=False)
     print(f"  otrain-export {model.name} {' '.join(extra)}: {seconds:.0f} s {error}", flush=True)
@@ -328,9 +328,9 @@ def main() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)  # Keras calls .h5 legacy: it is the original's format
     import keras
 
-    from otrain.backends import OnnxClassifier, int8_path, twin_path
-    from otrain.inference import scoring_threads
-    from otrain.model import build_model, load_model, save_model
+    from otrain.nets.model import build_model, load_model, save_model
+    from otrain.score.backends import OnnxClassifier, int8_path, twin_path
+    from otrain.score.inference import scoring_threads
 
     # The labelled subset cube: the int8 models' calibration and judgement, and the check training.
     name = f"subset{arguments.train_cutouts}"
@@ -525,7 +525,7 @@ def print_report(result: dict[str, Any]) -> None:
     """Print the machine, the rows as a Markdown table, the start-up, int8 checks and the goals."""
     machine = result["machine"]
     print()
-    print(f"machine: {machine['cpu']}, {machine['cores']} cores usable (otrain.parallel.default_workers())")
+    print(f"machine: {machine['cpu']}, {machine['cores']} cores usable (otrain.io.parallel.default_workers())")
     print(f"  clock {machine['clock_ghz']} GHz, {machine['clock_source']}; ", end="")
     print(f"the kernel says {machine['kernel_clock_ghz']} GHz")
     print(f"  vector width {machine['vector_bits']} bits ({machine['flags_used']} in /proc/cpuinfo flags): ", end="")

@@ -21,7 +21,7 @@ os.environ.setdefault("OTRAIN_PROGRESS", "0")
 
 from common import RESULTS, simulated_survey
 
-from otrain.cutouts import crop_center, list_cutouts, read_cutout
+from otrain.data.cutouts import crop_center, list_cutouts, read_cutout
 
 
 def main() -> None:
@@ -35,14 +35,14 @@ def main() -> None:
     import keras
     import numpy as np
 
-    from otrain.model import build_model
+    from otrain.nets.model import build_model
 
     survey = simulated_survey(arguments.data / "survey", arguments.n, seed=2)
     paths = list_cutouts(survey / "true") + list_cutouts(survey / "false")
     cutouts = [read_cutout(path) for path in paths]
     pixels64 = np.stack([cutout.pixels for cutout in cutouts])
     labels = np.eye(2, dtype=np.float32)[[1 if "true" in str(path.parent) else 0 for path in paths]]
-    from otrain.training import Checkpoint
+    from otrain.train.training import Checkpoint
 
     rates, checkpoint_share = {}, {}
     for size in (64, 32):

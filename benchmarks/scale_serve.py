@@ -1,7 +1,7 @@
 """Scoring over HTTP (otrain-serve, i.e. ``mlflow models serve``) against predict_on_batch in this process.
 
 A 64x64 O'TRAIN CNN with robust scaling (untrained weights: the cost is the same) is saved as
-otrain-train logs it (:func:`otrain.model.save_mlflow_model`) and served by ``otrain-serve`` on
+otrain-train logs it (:func:`otrain.nets.model.save_mlflow_model`) and served by ``otrain-serve`` on
 a free loopback port, one worker. On the same pixels (the first ``n`` simulated cutouts, read
 as otrain-infer reads them):
 
@@ -54,8 +54,8 @@ def _post(url: str, body: bytes) -> list[list[float]]:
 
 
 def _pixels(folder: Path, n: int) -> np.ndarray:
-    from otrain.cutouts import list_cutouts
-    from otrain.serving import request_body
+    from otrain.data.cutouts import list_cutouts
+    from otrain.score.serving import request_body
 
     files = list_cutouts(folder, recursive=True)[:n]
     return np.asarray(request_body(files, (SIZE, SIZE, 1))["inputs"], dtype=np.float32)
@@ -82,7 +82,7 @@ def run(work: Path, n: int, batch: int = 256, posts: int = 50, startup_timeout: 
     dict
         The figures, their ratios, and the server's start-up time.
     """
-    from otrain.model import build_model, save_mlflow_model
+    from otrain.nets.model import build_model, save_mlflow_model
 
     pixels = _pixels(simulated_survey(work / f"survey-{SIZE}", n, seed=11, cutout_size=SIZE), n)
     model = build_model((SIZE, SIZE, 1), normalisation="robust")

@@ -66,7 +66,7 @@ def _model(work: Path) -> tuple[Path, Path]:
     """One untrained 64x64 O'TRAIN CNN, as a Keras file and as an MLflow model (for spark_udf)."""
     import numpy as np
 
-    from otrain.model import build_model, save_mlflow_model, save_model
+    from otrain.nets.model import build_model, save_mlflow_model, save_model
 
     keras_file, mlflow_dir = work / "model.keras", work / "mlflow_model"
     if keras_file.is_file() and mlflow_dir.is_dir():
@@ -89,8 +89,8 @@ def _mlflow_scorer(mlflow_dir: Path) -> Any:
 
 def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) -> dict[str, Any]:
     """otrain's one pass against predict_batch_udf and mlflow.pyfunc.spark_udf, same session settings and cutouts."""
-    from otrain.config import InferSparkConfig
-    from otrain.spark import infer_spark, predict_batch_scorer
+    from otrain.options.config import InferSparkConfig
+    from otrain.score.spark import infer_spark, predict_batch_scorer
 
     figures: dict[str, Any] = {}
     scorers = (
@@ -117,7 +117,7 @@ def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) ->
 
 def _half(survey: Path, folder: Path) -> Path:
     """A flat folder of hard links to the first half of the survey's cutouts (made once)."""
-    from otrain.cutouts import list_cutouts
+    from otrain.data.cutouts import list_cutouts
 
     files = list_cutouts(survey, recursive=True)
     marker = folder / f".complete-{len(files)}"

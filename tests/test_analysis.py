@@ -25,8 +25,8 @@ from otrain.cli.grad_cam import main as grad_cam_main
 from otrain.cli.infer import main as infer_main
 from otrain.cli.optimise_dataset_size import main as optimise_main
 from otrain.cli.plot_results import main as plot_results_main
-from otrain.datacube import Datacube
-from otrain.evaluation import evaluate, expected_calibration_error, threshold_table
+from otrain.data.datacube import Datacube
+from otrain.metrics.evaluation import evaluate, expected_calibration_error, threshold_table
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 
 
 def probabilities_of(model_file: Path, cube: Datacube) -> np.ndarray:
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     return load_model(model_file).predict(cube.cube, verbose=0)[:, 1].astype(np.float64)
 
@@ -331,7 +331,7 @@ def test_grad_cam_outputs_and_small_classes(trained: Path, tmp_path: Path) -> No
 
 
 def test_centre_share_of_maps() -> None:
-    from otrain.gradcam import centre_share
+    from otrain.judge.gradcam import centre_share
 
     size = 21
     y, x = np.mgrid[0:size, 0:size]
@@ -391,8 +391,8 @@ def test_grad_cam_map_is_the_real_grad_cam(
     import tensorflow as tf
     from keras import layers
 
-    from otrain.gradcam import explained_layer, gradcam_maps
-    from otrain.model import last_conv_layer, load_model
+    from otrain.judge.gradcam import explained_layer, gradcam_maps
+    from otrain.nets.model import last_conv_layer, load_model
 
     folder = request.getfixturevalue(training)
     model = load_model(folder / model_name)
@@ -400,7 +400,7 @@ def test_grad_cam_map_is_the_real_grad_cam(
     classes = np.array([1, 0] * 4)
     ours = gradcam_maps(model, pixels, classes, expand=False, normalise=False)
 
-    from otrain.model import Calibration
+    from otrain.nets.model import Calibration
 
     assert isinstance(model.layers[-1], Calibration)  # the map explains the network before it
     convolution, output = explained_layer(model), model.layers[-2]
@@ -545,7 +545,7 @@ def test_checkinfer_matches_injected_sources(workspace: Path, trained: Path, tmp
     ],
 )
 def test_candidate_key(value: Any, key: str) -> None:
-    from otrain.checkinfer import candidate_key
+    from otrain.judge.checkinfer import candidate_key
 
     assert candidate_key(value) == key
 
@@ -815,7 +815,7 @@ def test_promote_report_and_study_outputs_follow_the_same_rule(
         "--outdir", out, "--epochs", "1", "--n_sections", "2", "--no-tracking", "--overwrite",
     )  # fmt: skip
     assert status == 0
-    from otrain.outputs import png_software
+    from otrain.io.outputs import png_software
 
     assert png_software(out / "s_scores_dataset_size.png").startswith("otrain ")
 
@@ -830,7 +830,7 @@ def test_dataset_size_study_refuses_sections_smaller_than_ten_cutouts(
     )  # fmt: skip
     assert status == 2
     err = capsys.readouterr().err.strip()
-    from otrain.datacube import stratified_split
+    from otrain.data.datacube import stratified_split
 
     pool = len(stratified_split(Datacube.load(cube).labels, 0.15, 0.15, 42).train)
     assert err == (

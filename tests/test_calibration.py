@@ -12,7 +12,8 @@ from astropy.io import ascii as astropy_ascii
 from conftest import call_main, train
 from numpy.testing import assert_allclose
 
-from otrain.calibration import (
+from otrain.errors import DataError
+from otrain.nets.calibration import (
     CalibrationFit,
     apply_calibration,
     fit_calibration,
@@ -20,7 +21,6 @@ from otrain.calibration import (
     threshold_for_fnr,
     threshold_for_fpr,
 )
-from otrain.errors import DataError
 
 
 def _sigmoid(z: np.ndarray) -> np.ndarray:
@@ -57,7 +57,7 @@ def test_platt_recovers_temperature_and_prior_offset() -> None:
 
 
 def test_calibration_lowers_the_calibration_error_of_an_overconfident_network() -> None:
-    from otrain.evaluation import expected_calibration_error
+    from otrain.metrics.evaluation import expected_calibration_error
 
     labels, network = _overconfident(20_000, temperature=3.0, bias=0.0, seed=3)
     fitted, held_out = slice(0, 10_000), slice(10_000, None)
@@ -125,7 +125,7 @@ def test_threshold_for_fpr_keeps_no_more_bogus_than_asked() -> None:
 def test_the_models_calibration_layer_computes_what_was_fitted(tmp_path: Path) -> None:
     import keras
 
-    from otrain.model import Calibration, build_model, load_model, save_model, with_calibration
+    from otrain.nets.model import Calibration, build_model, load_model, save_model, with_calibration
 
     model = build_model((16, 16, 1), normalisation="robust")
     calibrated = with_calibration(model, temperature=2.0, bias=-0.7)
@@ -148,7 +148,7 @@ def test_numpy_and_the_layer_agree_near_one() -> None:
     back near 0.5 (issue 23's case): the fit and the numpy calibration take z from both columns, as the layer
     does. Taken from P(real) alone, as the fit did before (log p - log(1 - p) of float32 p), z was 0.18 off
     at P(bogus) 1e-7 and the calibrated P(real) 0.005 off the layer's."""
-    from otrain.model import Calibration
+    from otrain.nets.model import Calibration
 
     fit = CalibrationFit("platt", temperature=8.2, bias=-1.5)
     layer = Calibration(temperature=fit.temperature, bias=fit.bias)
@@ -169,7 +169,7 @@ def test_a_model_saved_before_log_odds_keeps_its_formula(tmp_path: Path) -> None
     made now takes log P(real) - log P(bogus) and saves that choice."""
     import zipfile
 
-    from otrain.model import Calibration, build_model, load_model, save_model, with_calibration
+    from otrain.nets.model import Calibration, build_model, load_model, save_model, with_calibration
 
     calibrated = with_calibration(build_model((16, 16, 1), normalisation="robust"), temperature=3.0, bias=0.2)
     new_file = save_model(calibrated, tmp_path / "new.keras")
@@ -201,7 +201,7 @@ def _card(folder: Path, name: str) -> dict:
 
 
 def test_training_fits_and_stores_the_calibration(trained: Path) -> None:
-    from otrain.model import Calibration, load_model
+    from otrain.nets.model import Calibration, load_model
 
     card = _card(trained, "tiny")
     calibration = card["calibration"]
@@ -226,7 +226,7 @@ def test_training_fits_and_stores_the_calibration(trained: Path) -> None:
 
 
 def test_calibration_none_keeps_the_networks_output(workspace: Path) -> None:
-    from otrain.model import Calibration, load_model
+    from otrain.nets.model import Calibration, load_model
 
     assert train(workspace, "raw", "--epochs", "1", "--no-tracking", "--calibration", "none", models="raw") == 0
     folder = workspace / "raw" / "CNN_training" / "raw"
@@ -248,9 +248,9 @@ def target_fnr_model(workspace: Path) -> Path:
 
 
 def test_target_fnr_chooses_the_threshold_on_the_validation_set(target_fnr_model: Path) -> None:
-    from otrain.datacube import Datacube
-    from otrain.model import load_model
-    from otrain.scoring import predict
+    from otrain.data.datacube import Datacube
+    from otrain.nets.model import load_model
+    from otrain.score.scoring import predict
 
     card = _card(target_fnr_model, "fnr")
     rule = card["threshold_rule"]

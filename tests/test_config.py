@@ -1,4 +1,4 @@
-"""Every command's parameters: defaults, ranges and path checks live in otrain.config."""
+"""Every command's parameters: defaults, ranges and path checks live in otrain.options.config."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from otrain import config as cfg
-from otrain.outputs import INFER_COLUMNS
+from otrain.io.outputs import INFER_COLUMNS
+from otrain.options import config as cfg
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from conftest import call_main, files_under, make_tree, pixels, write_gmadet, wr
 from numpy.testing import assert_array_equal
 
 from otrain.cli.convert import main as convert_main
-from otrain.datacube import Datacube
+from otrain.data.datacube import Datacube
 
 
 def convert(tree: Path, out: Path, *extra: str) -> int:

@@ -18,9 +18,9 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.convert import main as convert_main
 from otrain.cli.cross_validate import main as cross_validate_main
-from otrain.datacube import Datacube
+from otrain.data.datacube import Datacube
 from otrain.errors import DataError
-from otrain.locking import exclusive_lock, hostname
+from otrain.io.locking import exclusive_lock, hostname
 
 FOLDS = 3
 
@@ -181,7 +181,7 @@ def test_no_group_is_in_two_folds(crossval: tuple[Path, Path, str]) -> None:
 def test_every_cutout_has_one_out_of_fold_score_from_the_model_that_did_not_train_on_it(
     crossval: tuple[Path, Path, str],
 ) -> None:
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     cube_file, out, _ = crossval
     cube = Datacube.load(cube_file)
@@ -390,13 +390,13 @@ def test_a_refused_init_from_writes_nothing_and_the_corrected_command_needs_no_o
 #: otrain-cross-validate, sent Ctrl-C (a real SIGINT) once fold 2 has checkpointed its first epoch.
 CTRL_C_IN_FOLD_2 = """
 import os, signal, sys
-import otrain.training
-save = otrain.training.Checkpoint.save
+import otrain.train.training
+save = otrain.train.training.Checkpoint.save
 def save_then_ctrl_c(self, *args, **kwargs):
     save(self, *args, **kwargs)
     if self.folder.parent.name == "fold-2" and self.epochs_done == 1:
         os.kill(os.getpid(), signal.SIGINT)
-otrain.training.Checkpoint.save = save_then_ctrl_c
+otrain.train.training.Checkpoint.save = save_then_ctrl_c
 from otrain.cli.cross_validate import main
 main(sys.argv[1:])
 """
@@ -500,7 +500,7 @@ def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the
 def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_blocks_nothing(
     crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from otrain.config import CrossValidateConfig
+    from otrain.options.config import CrossValidateConfig
 
     cube, out, _ = crossval
     # The folds of a cross-validation interrupted by an older otrain, which kept no record.
@@ -527,22 +527,22 @@ def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_bloc
 CTRL_C_IN_FOLD_1 = """
 import os, signal, sys
 from pathlib import Path
-import otrain.model, otrain.training
+import otrain.nets.model, otrain.train.training
 if os.environ["CTRL_C_AT"] == "set-up":
-    write = otrain.training.write_text_atomic
+    write = otrain.train.training.write_text_atomic
     def write_then_ctrl_c(path, *args, **kwargs):
         written = write(path, *args, **kwargs)
         if Path(path).name == "options.json" and Path(path).parent.parent.name == "fold-1":
             os.kill(os.getpid(), signal.SIGINT)
         return written
-    otrain.training.write_text_atomic = write_then_ctrl_c
+    otrain.train.training.write_text_atomic = write_then_ctrl_c
 else:
-    load = otrain.model.load_model
+    load = otrain.nets.model.load_model
     def ctrl_c_then_load(path, *args, **kwargs):
         if Path(path).parent.name == "fold-1":
             os.kill(os.getpid(), signal.SIGINT)
         return load(path, *args, **kwargs)
-    otrain.model.load_model = ctrl_c_then_load
+    otrain.nets.model.load_model = ctrl_c_then_load
 from otrain.cli.cross_validate import main
 main(sys.argv[1:])
 """
@@ -566,7 +566,7 @@ def interrupt_fold_1(at: str, options: list[str], cwd: Path | None = None) -> su
 def test_ctrl_c_as_a_fold_sets_up_its_training_leaves_it_to_resume_and_resume_replaces_no_other_training(
     crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from otrain.model import build_model, save_model
+    from otrain.nets.model import build_model, save_model
 
     cube = learnable_cube(tmp_path / "c.npz", grouped=True, n_objects=12)
     out = tmp_path / "cv"
@@ -651,7 +651,7 @@ def test_ctrl_c_as_a_finished_fold_is_scored_keeps_it_finished(
 
 def test_what_resume_does_with_each_fold_follows_the_record(crossval: tuple[Path, Path, str], tmp_path: Path) -> None:
     """An --overwrite stopped in fold 3: its record marks the earlier trainings it replaces."""
-    from otrain.crossval_resume import FOREIGN, KEEP, REPLACE, RESUME, TRAIN, describe_folds, plan_folds
+    from otrain.train.crossval_resume import FOREIGN, KEEP, REPLACE, RESUME, TRAIN, describe_folds, plan_folds
 
     folder = tmp_path / "cv"
     shutil.copytree(crossval[1] / "CNN_training", folder / "CNN_training")

@@ -15,7 +15,7 @@ from astropy.io import fits
 from conftest import BIN, pixels, write_gmadet, write_stdpipe
 from numpy.testing import assert_allclose, assert_array_equal
 
-from otrain.cutouts import (
+from otrain.data.cutouts import (
     TRAINING_KEYWORDS,
     crop_center,
     list_cutouts,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from otrain.datacube import NPZ_KEYS, Datacube, balanced_counts, choose_rows, recorded_split, stratified_split
+from otrain.data.datacube import NPZ_KEYS, Datacube, balanced_counts, choose_rows, recorded_split, stratified_split
 from otrain.errors import DataError
 
 

@@ -183,7 +183,7 @@ def test_files_written_by_the_container_belong_to_the_caller(
 
 def test_the_device_check_of_the_ci_workflow_imports_tensorflow(docker_env: dict[str, str], image: str) -> None:
     """The command the CI workflow runs in the GPU image, run here in the CPU image."""
-    result = docker(docker_env, "run", "--rm", "--network", "none", image, "python", "-m", "otrain.model")
+    result = docker(docker_env, "run", "--rm", "--network", "none", image, "python", "-m", "otrain.nets.model")
     assert result.stdout.strip() == f"TensorFlow {constraint_pins()['tensorflow_cpu']}: GPUs none, running on the CPU"
 
 

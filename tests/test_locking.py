@@ -13,13 +13,13 @@ from pathlib import Path
 
 import pytest
 
-from otrain.atomic import atomic_path, remove_stale_staging
-from otrain.locking import LockHeldError, exclusive_lock, hostname
+from otrain.io.atomic import atomic_path, remove_stale_staging
+from otrain.io.locking import LockHeldError, exclusive_lock, hostname
 
 HOLDER = """
 import sys, time
 from pathlib import Path
-from otrain.locking import exclusive_lock
+from otrain.io.locking import exclusive_lock
 with exclusive_lock(Path(sys.argv[1]), "the test resource"):
     print("held", flush=True)
     time.sleep(float(sys.argv[2]))

@@ -9,7 +9,7 @@ import pytest
 from numpy.testing import assert_allclose
 from scipy.stats import median_abs_deviation
 
-from otrain.model import MAD_TO_SIGMA, RobustScaling, build_model
+from otrain.nets.model import MAD_TO_SIGMA, RobustScaling, build_model
 
 
 def reference_scaling(cutouts: np.ndarray, clip: float) -> np.ndarray:
@@ -56,7 +56,7 @@ def test_robust_scaling_of_constant_and_clipped_cutouts() -> None:
 def test_asinh_scaling_is_the_arcsinh_of_the_robust_scaling_and_survives_saving(tmp_path: Path) -> None:
     import keras
 
-    from otrain.model import load_model, save_model
+    from otrain.nets.model import load_model, save_model
 
     rng = np.random.default_rng(3)
     cutouts = (rng.normal(200.0, 15.0, (4, 16, 16, 3)) + 1e4 * rng.standard_cauchy((4, 16, 16, 3))).astype(np.float32)
@@ -112,7 +112,7 @@ def test_the_modules_type_aliases_are_exported() -> None:
     import ast
     import inspect
 
-    from otrain import model
+    from otrain.nets import model
 
     tree = ast.parse(inspect.getsource(model))
     aliases = {

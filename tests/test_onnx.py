@@ -17,7 +17,7 @@ from conftest import BIN, SIZE, call_main, files_under, original_otrain_network,
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.export import main as export_main
-from otrain.datacube import Datacube
+from otrain.data.datacube import Datacube
 
 pytestmark = pytest.mark.slow
 
@@ -37,7 +37,7 @@ def _ort_p_real(onnx_file: Path, pixels: np.ndarray) -> np.ndarray:
 def _keras_p_real(model_file: Path, pixels: np.ndarray) -> np.ndarray:
     import keras
 
-    from otrain.model import Calibration, RobustScaling
+    from otrain.nets.model import Calibration, RobustScaling
 
     custom = {"RobustScaling": RobustScaling, "Calibration": Calibration}
     model = keras.saving.load_model(model_file, custom_objects=custom, compile=False)
@@ -73,7 +73,7 @@ def model_onnx_cannot_express(folder: Path) -> tuple[Any, Path, np.ndarray]:
 
 
 def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace: Path) -> None:
-    from otrain.backends import FLOAT32_EPS, keras_scores, parity_allowance
+    from otrain.score.backends import FLOAT32_EPS, keras_scores, parity_allowance
 
     twin = trained / "tiny.onnx"
     card = json.loads((trained / "tiny.keras.card.json").read_text())
@@ -94,7 +94,7 @@ def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace
     assert 0 <= parity["decisions_changed"] <= parity["decisions_within_allowance"] <= parity["cutouts"]
     # Recomputed here: TensorFlow through Keras against a plain ONNX Runtime session, two engines, one
     # network, held to the contract of docs/onnx.md on every cutout (with the logit scale S of each).
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     model_p, twin_p = _keras_p_real(trained / "tiny.keras", cube.cube), _ort_p_real(twin, cube.cube)
     scores = keras_scores(load_model(trained / "tiny.keras"), cube.cube)
@@ -107,8 +107,8 @@ def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace
 
 
 def test_the_parity_check_of_a_large_cube_is_a_seeded_sample_with_the_held_out_sets() -> None:
-    from otrain.datacube import stratified_split
-    from otrain.training import PARITY_CUTOUTS, parity_rows
+    from otrain.data.datacube import stratified_split
+    from otrain.train.training import PARITY_CUTOUTS, parity_rows
 
     labels = np.arange(30_000) % 2
     split = stratified_split(labels, 0.1, 0.1, seed=5)
@@ -133,9 +133,9 @@ def test_a_training_on_a_cube_above_the_limit_checks_its_sample(
     workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The limit lowered below the workspace cube's size: the card records the sample the twin was checked on."""
-    import otrain.training
+    import otrain.train.training
 
-    monkeypatch.setattr(otrain.training, "PARITY_CUTOUTS", 300)
+    monkeypatch.setattr(otrain.train.training, "PARITY_CUTOUTS", 300)
     cube = Datacube.load(workspace / "datacube" / "cube.npz")
     assert train(workspace, "sampled", "--epochs", "1", "--no-tracking", models=str(tmp_path / "models")) == 0
     card = json.loads((tmp_path / "models" / "CNN_training" / "sampled" / "sampled.keras.card.json").read_text())
@@ -157,8 +157,8 @@ def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> N
     import keras
     from keras import layers
 
-    from otrain.backends import FLOAT32_EPS, OnnxClassifier, export_onnx
-    from otrain.model import with_calibration
+    from otrain.nets.model import with_calibration
+    from otrain.score.backends import FLOAT32_EPS, OnnxClassifier, export_onnx
 
     temperature = 8.2
     network = keras.Sequential([keras.Input((1, 1, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
@@ -187,9 +187,9 @@ def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Pat
     import keras
     from keras import layers
 
-    from otrain.backends import OnnxClassifier, export_onnx, keras_scores, parity_allowance
-    from otrain.config import PARITY_TOLERANCE
-    from otrain.model import with_calibration
+    from otrain.nets.model import with_calibration
+    from otrain.options.config import PARITY_TOLERANCE
+    from otrain.score.backends import OnnxClassifier, export_onnx, keras_scores, parity_allowance
 
     network = keras.Sequential(
         [
@@ -223,7 +223,7 @@ def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Pat
 def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
     import mlflow
 
-    from otrain.backends import load_classifier
+    from otrain.score.backends import load_classifier
 
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(tracking_uri)
@@ -241,7 +241,7 @@ def test_the_python_function_flavour_serves_the_twin(trained: Path, tracking_uri
     """What otrain-serve and `mlflow models serve` load: ONNX Runtime, with the Keras model's P(real)."""
     import mlflow
 
-    from otrain.backends import OnnxClassifier
+    from otrain.score.backends import OnnxClassifier
 
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(tracking_uri)
@@ -273,7 +273,7 @@ def test_both_backends_write_the_same_table(trained: Path, workspace: Path, tmp_
     clear = np.abs(np.asarray(keras_table["label1"]) - card["threshold"]) > 1e-5
     assert_array_equal(onnx_table["real"][clear], keras_table["real"][clear])
     # And the P(real) a plain ONNX Runtime session gives the first file's pixels.
-    from otrain.cutouts import read_cutout
+    from otrain.data.cutouts import read_cutout
 
     first = read_cutout(Path(onnx_table["filename"][0])).pixels[np.newaxis]
     assert_allclose(onnx_table["label1"][0], _ort_p_real(trained / "tiny.onnx", first)[0], atol=1e-6)
@@ -303,20 +303,20 @@ def test_scoring_with_onnx_does_not_import_tensorflow(trained: Path, workspace: 
 
 def test_onnx_runtime_takes_the_cores_the_process_may_use(trained: Path) -> None:
     script = (
-        "from pathlib import Path; from otrain.backends import OnnxClassifier; "
+        "from pathlib import Path; from otrain.score.backends import OnnxClassifier; "
         f"session = OnnxClassifier(Path({str(trained / 'tiny.onnx')!r})).session; "
         "print(session.get_session_options().intra_op_num_threads)"
     )
     one_core = subprocess.run(["taskset", "-c", "0", str(BIN / "python"), "-c", script], capture_output=True, text=True)
     assert one_core.stdout.strip() == "1", one_core.stderr
-    from otrain.parallel import default_workers
+    from otrain.io.parallel import default_workers
 
     every = subprocess.run([str(BIN / "python"), "-c", script], capture_output=True, text=True)
     assert every.stdout.strip() == str(default_workers()), every.stderr
 
 
 def test_a_twin_of_other_weights_is_never_used(model_copy: Path, workspace: Path, tmp_path: Path) -> None:
-    from otrain.model import load_model, save_model
+    from otrain.nets.model import load_model, save_model
 
     model = load_model(model_copy)
     model.layers[-2].set_weights([weight * 0.5 for weight in model.layers[-2].get_weights()])
@@ -417,7 +417,7 @@ def test_export_onnx_refuses_a_tolerance_in_the_old_unit(tmp_path: Path) -> None
     import keras
     from keras import layers
 
-    from otrain.backends import export_onnx
+    from otrain.score.backends import export_onnx
 
     model = keras.Sequential([keras.Input((2, 2, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
     model_file = tmp_path / "small.keras"
@@ -435,9 +435,9 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     that says why, which the scoring commands name, and which otrain-export replaces with a twin."""
     import onnx
 
-    from otrain.backends import TWIN_ABSENT, OnnxClassifier, choose_backend, write_absent_twin
     from otrain.errors import DataError
-    from otrain.training import _export_twin
+    from otrain.score.backends import TWIN_ABSENT, OnnxClassifier, choose_backend, write_absent_twin
+    from otrain.train.training import _export_twin
 
     model, model_file, pixels = model_onnx_cannot_express(tmp_path)
     record = _export_twin(model, model_file, pixels, "4 cutouts", 0.5)
@@ -475,8 +475,8 @@ def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:
     import onnx
     from keras import layers
 
-    from otrain.backends import TWIN_ABSENT
-    from otrain.training import _export_twin
+    from otrain.score.backends import TWIN_ABSENT
+    from otrain.train.training import _export_twin
 
     model = keras.Sequential([keras.Input((4, 4, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
     model_file = tmp_path / "small.keras"
@@ -546,8 +546,8 @@ def test_export_logs_the_twin_into_the_training_run(model_copy: Path, tracking_u
 
 def test_a_model_onnx_cannot_express_is_not_exported(tmp_path: Path) -> None:
 
-    from otrain.backends import export_onnx
     from otrain.errors import DataError
+    from otrain.score.backends import export_onnx
 
     model, model_file, pixels = model_onnx_cannot_express(tmp_path)
     with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
@@ -591,7 +591,7 @@ def test_int8_records_how_far_it_moves_and_is_used_only_when_it_passes(
     model_copy.with_name("tiny.keras.card.json").write_text(json.dumps(card))
     assert "scored with int8" in _infer(model_copy, night, tmp_path / "passed.dat").stdout
     table = astropy_ascii.read(tmp_path / "passed.dat", format="commented_header")
-    from otrain.cutouts import read_cutout
+    from otrain.data.cutouts import read_cutout
 
     pixels = read_cutout(Path(table["filename"][0])).pixels[np.newaxis]
     assert_allclose(table["label1"][0], _ort_p_real(int8, pixels)[0], atol=1e-6)
@@ -611,8 +611,8 @@ def test_the_twin_keeps_tiny_probabilities(tmp_path: Path) -> None:
     import keras
     from keras import layers
 
-    from otrain.backends import OnnxClassifier, export_onnx
-    from otrain.model import Calibration
+    from otrain.nets.model import Calibration
+    from otrain.score.backends import OnnxClassifier, export_onnx
 
     model = keras.Sequential(
         [keras.Input((1, 1, 2)), layers.Reshape((2,)), Calibration(temperature=0.8, bias=-0.5, name="calibration")]

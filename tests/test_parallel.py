@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from otrain.parallel import MIN_ITEMS_FOR_POOL, map_chunks
+from otrain.io.parallel import MIN_ITEMS_FOR_POOL, map_chunks
 
 
 def square_all(chunk: Sequence[int]) -> list[int]:
@@ -26,7 +26,7 @@ def test_results_come_back_in_input_order(workers: int) -> None:
 def test_a_broken_pool_is_one_clear_error() -> None:
     # A script read from standard input cannot be re-imported by the workers, which then die.
     script = (
-        "from otrain.parallel import map_chunks\n"
+        "from otrain.io.parallel import map_chunks\n"
         "from otrain.errors import OtrainError\n"
         "try:\n"
         "    list(map_chunks(sorted, list(range(400)), workers=2, description='sorting'))\n"

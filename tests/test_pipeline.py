@@ -19,7 +19,7 @@ import yaml
 from astropy.io import ascii as astropy_ascii
 from conftest import BIN, ROOT
 
-from otrain.config import validate_params
+from otrain.options.config import validate_params
 
 TINY = {
     "simulate": {"n_true": 120, "n_false": 120, "n_night": 30, "cutout_size": 32},
@@ -246,7 +246,7 @@ def test_killed_training_then_repro_finishes_cleanly(tmp_path: Path) -> None:
 def test_repro_train_with_augment_writes_the_twin(tmp_path: Path) -> None:
     """Issue 23: with train.augment: true (and robust scaling, the pipeline's default) the twin failed its
     parity check, and dvc repro train stopped with "output survey.onnx does not exist"."""
-    from otrain.backends import choose_backend
+    from otrain.score.backends import choose_backend
 
     folder = make_repo(tmp_path / "augment")
     params = yaml.safe_load((folder / "params.yaml").read_text())
@@ -401,7 +401,8 @@ def otrain_imports(path: Path) -> set[str]:
 
 
 def code_of(module: str) -> set[str]:
-    """Every otrain source file a module runs: its imports, their imports, and the packages'."""
+    """The otrain code a module runs, as DVC dependencies: the subpackages (rooms) of its imports,
+    their imports and the packages', with the entry points and top-level modules as files."""
     seen: set[Path] = set()
     todo = [module]
     while todo:
@@ -411,12 +412,14 @@ def code_of(module: str) -> set[str]:
             if path is not None and path not in seen:
                 seen.add(path)
                 todo += sorted(otrain_imports(path))
-    files = {path.relative_to(ROOT).as_posix() for path in seen}
-    return files | {data for source, data in PACKAGE_DATA.items() if source in files}
+    return {dependency(path.relative_to(ROOT).as_posix()) for path in seen}
 
 
-#: Files of the package that a module reads at run time: a change to them changes what it writes.
-PACKAGE_DATA = {"otrain/report.py": "otrain/templates/vetting.html"}
+def dependency(file: str) -> str:
+    """A source file as a stage dependency: ``otrain/cli/`` and top-level files as themselves,
+    anything else as its subpackage (its package data included)."""
+    parts = file.split("/")
+    return file if len(parts) == 2 or parts[1] == "cli" else "/".join(parts[:2])
 
 
 COMMAND_MODULES = {
@@ -464,20 +467,23 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
     scratch = tmp_path / "clone"
     shutil.copytree(folder, scratch, ignore=shutil.ignore_patterns("mlflow.db", "mlruns", "plots_html"))
     before = changes(scratch, uri)
+    # A stage depends on the subpackages its command runs: a change to one of their files reruns it.
     changed_by = {
-        "otrain/training.py": {"train", "optimise_dataset_size"},
+        "otrain/train/training.py": {"train", "optimise_dataset_size"},
         "otrain/simulate/physics.py": {"simulate"},
-        "otrain/checkinfer.py": {"checkinfer", "report"},
-        "otrain/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer", "optimise_dataset_size"}
-        | {"report"},
-        "otrain/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}
+        "otrain/judge/checkinfer.py": {"diagnostics", "plot_results", "grad_cam", "checkinfer", "report"},
+        "otrain/metrics/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer"}
+        | {"optimise_dataset_size", "report", "promote"},
+        "otrain/score/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}
         | {"optimise_dataset_size", "report"},
-        "otrain/templates/vetting.html": {"report"},
+        "otrain/vet/templates/vetting.html": {"report"},
+        "otrain/cli/report.py": {"report"},
     }
     for module, stages in changed_by.items():
         original = (scratch / module).read_text()
         (scratch / module).write_text(original + "\n# a change\n")
-        assert changes(scratch, uri) - before == {(stage, module, "modified") for stage in stages}, module
+        dependency = module if module.startswith("otrain/cli/") else "/".join(module.split("/")[:2])
+        assert changes(scratch, uri) - before == {(stage, dependency, "modified") for stage in stages}, module
         (scratch / module).write_text(original)
     assert changes(scratch, uri) == before
 

@@ -15,7 +15,7 @@ import termios
 # Three seconds of work in 300 steps through the progress helper, lines at most every 0.2 s.
 WORK = r"""
 import sys, time
-import otrain.progress as progress
+import otrain.io.progress as progress
 progress.LOG_EVERY_SECONDS = 0.2
 with progress.progress_bar(300, "scoring") as bar:
     for _ in range(300):

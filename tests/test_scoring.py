@@ -1,4 +1,4 @@
-"""otrain.scoring: the crop, the batched prediction, the outcomes and the sampling, on a real model."""
+"""otrain.score.scoring: the crop, the batched prediction, the outcomes and the sampling, on a real model."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from otrain.errors import DataError
-from otrain.scoring import fit_to_model, outcomes, predict, sample_outcomes
+from otrain.score.scoring import fit_to_model, outcomes, predict, sample_outcomes
 
 
 @pytest.fixture(scope="module")
 def model_16() -> object:
-    from otrain.model import build_model
+    from otrain.nets.model import build_model
 
     return build_model((16, 16, 1))
 
@@ -33,7 +33,7 @@ def test_cubes_are_centre_cropped_like_otrain_convert(model_16: object, size: in
 
 
 def test_a_model_for_oblong_cutouts_takes_its_cube_and_larger_ones_cropped_per_axis() -> None:
-    from otrain.model import build_model
+    from otrain.nets.model import build_model
 
     model = build_model((16, 24, 1))
     fitting = np.zeros((2, 16, 24, 1), np.float32)
@@ -98,7 +98,8 @@ def test_sampling_keeps_every_mistake_and_a_seeded_sample_of_the_rest() -> None:
 
 def test_importing_the_figures_sets_no_matplotlib_backend() -> None:
     probe = (
-        "import sys, matplotlib; before = dict.__getitem__(matplotlib.rcParams, 'backend'); import otrain.plots; "
+        "import sys, matplotlib; before = dict.__getitem__(matplotlib.rcParams, 'backend'); "
+        "import otrain.metrics.plots; "
         "print('matplotlib.pyplot' in sys.modules, dict.__getitem__(matplotlib.rcParams, 'backend') == before)"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
@@ -107,7 +108,7 @@ def test_importing_the_figures_sets_no_matplotlib_backend() -> None:
 
 def test_pictures_of_flat_or_degenerate_planes_are_drawn(tmp_path: Path) -> None:
     """A flat plane (a saturated or masked science image) has no ZScale range: drawn, not an error."""
-    from otrain.plots import plot_cutout
+    from otrain.metrics.plots import plot_cutout
 
     for name, image in (("flat", np.full((32, 32), 371.8286)), ("one", np.pad(np.ones((1, 1)), 7) * 1e30)):
         path = plot_cutout(image.astype(np.float32), name, tmp_path / f"{name}.png")
@@ -115,8 +116,8 @@ def test_pictures_of_flat_or_degenerate_planes_are_drawn(tmp_path: Path) -> None
 
 
 def test_pictures_show_the_difference_plane_of_a_triplet_cube() -> None:
-    from otrain.analysis import shown_plane
-    from otrain.datacube import Datacube
+    from otrain.data.datacube import Datacube
+    from otrain.judge.analysis import shown_plane
 
     columns = {name: np.zeros(2) for name in ("mags", "errmags", "fwhms")}
     common = {**columns, "labels": np.array([0, 1]), "filters": np.array(["r", "r"]), "candids": np.arange(2)}

@@ -124,7 +124,7 @@ def test_the_served_champion_scores_like_otrain_infer(
 def test_one_cutout_and_the_models_own_example(server: str, champion: str, tracking_uri: str) -> None:
     import mlflow
 
-    from otrain.tracking import using_tracking_uri
+    from otrain.track.tracking import using_tracking_uri
 
     with using_tracking_uri(tracking_uri):
         folder = Path(mlflow.artifacts.download_artifacts(champion))
@@ -148,7 +148,7 @@ def test_the_logged_model_is_self_contained(trained: Path, tracking_uri: str) ->
     """Signature, input example, metadata, normalisation inside; loaded by a process that imports only MLflow."""
     import mlflow
 
-    from otrain.tracking import read_run_file, using_tracking_uri
+    from otrain.track.tracking import read_run_file, using_tracking_uri
 
     run = read_run_file(trained)
     assert run is not None
@@ -183,9 +183,9 @@ def test_the_logged_model_is_self_contained(trained: Path, tracking_uri: str) ->
     assert loaded["layers"][0] == "RobustScaling"  # the normalisation travels inside the model
     assert loaded["served"] == "OnnxClassifier"  # served by ONNX Runtime from the folder's twin
 
-    import otrain.model
+    import otrain.nets.model
 
-    keras_model = otrain.model.load_model(trained / "tiny.keras")
+    keras_model = otrain.nets.model.load_model(trained / "tiny.keras")
     np.testing.assert_allclose(loaded["p"], keras_model.predict_on_batch(example), atol=1e-6)
 
 

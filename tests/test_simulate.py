@@ -15,8 +15,8 @@ from conftest import call_main
 
 from otrain.cli.convert import main as convert_main
 from otrain.cli.simulate import main as simulate_main
-from otrain.cutouts import list_cutouts, read_cutout, read_header
-from otrain.datacube import Datacube
+from otrain.data.cutouts import list_cutouts, read_cutout, read_header
+from otrain.data.datacube import Datacube
 from otrain.simulate import BOGUS_KINDS, KINDS, REAL_KINDS, Kind, Scene, Site, draw_observation, render_candidate
 
 INFER_KEYWORDS = ("CANDID", "RA", "DEC", "FILE", "XPOS", "YPOS", "MAG", "MAGERR", "FWHM", "FWHMPSF", "EDGE")

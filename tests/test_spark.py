@@ -19,8 +19,8 @@ from conftest import ROOT, SIZE, call_main, files_under, make_tree, pixels, writ
 from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
 from otrain.cli.pack import main as pack_main
-from otrain.config import PARQUET_MARKER
-from otrain.outputs import INFER_COLUMNS
+from otrain.io.outputs import INFER_COLUMNS
+from otrain.options.config import PARQUET_MARKER
 
 pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
 
@@ -131,7 +131,7 @@ def test_registered_champion_scores_as_its_file(
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     uri = f"sqlite:///{tmp_path / 'registry.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -273,7 +273,7 @@ def test_pack_writes_rows_atomically_and_refuses_to_overwrite(
     assert by_name["true/c0000.fits"]["edge"] is True
     assert by_name["true/c0000.fits"]["pixels"] is None
     assert by_name["false/c0000.fits"]["edge"] is False
-    from otrain.cutouts import crop_center, read_header, read_pixels
+    from otrain.data.cutouts import crop_center, read_header, read_pixels
 
     path = cutouts / "true" / "c0001.fits"
     _, location = read_header(path)
@@ -350,8 +350,8 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
     night: Path, trained: Path, reference: Path, tmp_path: Path, backend: str
 ) -> None:
     """The alternative the benchmark times (decode, then pyspark's predict_batch_udf on the pixels)."""
-    from otrain.config import InferSparkConfig
-    from otrain.spark import infer_spark, predict_batch_scorer
+    from otrain.options.config import InferSparkConfig
+    from otrain.score.spark import infer_spark, predict_batch_scorer
 
     config = InferSparkConfig(
         cutouts=str(night),
@@ -595,9 +595,9 @@ def constant_twin(path: Path, p_real: float) -> Path:
 @pytest.mark.slow
 def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path) -> None:
     """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75."""
-    from otrain.backends import restamp_twin
-    from otrain.config import InferSparkConfig
-    from otrain.spark import infer_spark, predict_batch_scorer
+    from otrain.options.config import InferSparkConfig
+    from otrain.score.backends import restamp_twin
+    from otrain.score.spark import infer_spark, predict_batch_scorer
 
     cutouts = make_tree(tmp_path / "few", 5, 5, size=40)
     model = tmp_path / "model" / "tiny.keras"

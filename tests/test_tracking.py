@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from otrain.errors import OptionError
-from otrain.tracking import (
+from otrain.track.tracking import (
     DEFAULT_TRACKING_URI,
     check_tracking_uri,
     open_run,
@@ -124,7 +124,7 @@ def test_later_commands_warn_instead_of_failing_when_the_run_is_elsewhere(
 ) -> None:
     import logging
 
-    from otrain.tracking import RunInfo, log_into_training_run
+    from otrain.track.tracking import RunInfo, log_into_training_run
 
     RunInfo("0123456789abcdef", "1", f"sqlite:///{tmp_path / 'gone.db'}").write(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'other.db'}")

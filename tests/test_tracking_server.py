@@ -151,8 +151,8 @@ def test_pipeline_against_a_team_server(tracking_server: str, tmp_path: Path) ->
     import numpy as np
     from mlflow.tracking import MlflowClient
 
-    import otrain.model  # noqa: F401 - registers otrain's Keras layers before loading
-    from otrain.cutouts import list_cutouts, read_cutout
+    import otrain.nets.model  # noqa: F401 - registers otrain's Keras layers before loading
+    from otrain.data.cutouts import list_cutouts, read_cutout
 
     folder = make_repo(tmp_path / "pipeline")
     dvc(folder, tracking_server, "repro")

@@ -28,8 +28,8 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.train import main as train_main
-from otrain.datacube import Datacube
-from otrain.inference import INFER_COLUMNS
+from otrain.data.datacube import Datacube
+from otrain.score.inference import INFER_COLUMNS
 
 pytestmark = pytest.mark.slow
 
@@ -125,11 +125,11 @@ def test_reading_here_or_in_a_pool_gives_the_same_table(
     """560 cutouts in chunks of 200: one reader (this process) and one run at a time, or two readers
     and three runs at once (ONNX Runtime; Keras always scores one chunk at a time), give the same rows in the
     same order, all of them."""
-    import otrain.inference
+    import otrain.score.inference
 
     tables = {}
     for workers, runs in (("1", 1), ("2", 3)):
-        monkeypatch.setattr(otrain.inference, "scoring_threads", lambda runs=runs: (runs, 1))
+        monkeypatch.setattr(otrain.score.inference, "scoring_threads", lambda runs=runs: (runs, 1))
         output = tmp_path / f"workers{workers}.dat"
         arguments = ("--cutouts", workspace / "survey", "--recursive", "--model", trained / "tiny.keras")
         options = ("--output", output, "--workers", workers, "--backend", backend, "--no-tracking")
@@ -173,7 +173,7 @@ def test_the_default_network_is_the_original_layer_for_layer() -> None:
     """Same layers, settings and, from the same seed, the same initial weights as the plain-Keras original."""
     import keras
 
-    from otrain.model import build_model
+    from otrain.nets.model import build_model
 
     networks = []
     for build in (lambda: build_model((SIZE, SIZE, 1)), lambda: original_otrain_network(SIZE)):
@@ -189,7 +189,7 @@ def test_the_default_network_is_the_original_layer_for_layer() -> None:
 
 
 def test_h5_models_load_and_score_the_same(workspace: Path, tmp_path: Path) -> None:
-    from otrain.model import build_model, load_model, save_model
+    from otrain.nets.model import build_model, load_model, save_model
 
     cube = Datacube.load(workspace / "datacube" / "cube.npz")
     pixels_in = cube.cube[:16]
@@ -205,7 +205,7 @@ def test_h5_models_load_and_score_the_same(workspace: Path, tmp_path: Path) -> N
     output = tmp_path / "original.dat"
     assert call_main(infer_main, "--cutouts", night, "--model", tmp_path / "original.h5", "--output", output) == 0
     table = astropy_ascii.read(output, format="commented_header")
-    from otrain.cutouts import read_cutout
+    from otrain.data.cutouts import read_cutout
 
     first = read_cutout(Path(table["filename"][0])).pixels[np.newaxis]
     assert_allclose(table["label1"][0], original.predict(first, verbose=0)[0, 1], rtol=1e-5)
@@ -240,8 +240,8 @@ def test_logged_model_loads_as_a_python_function_without_importing_otrain(
     trained: Path, tracking_uri: str, tmp_path: Path
 ) -> None:
     """What `mlflow models serve` does: mlflow.pyfunc.load_model in a fresh process, where nothing
-    imported otrain.model (whose Keras layers the model holds) beforehand."""
-    from otrain.model import load_model
+    imported otrain.nets.model (whose Keras layers the model holds) beforehand."""
+    from otrain.nets.model import load_model
 
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     cutouts = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz").cube[:4]
@@ -272,7 +272,7 @@ def test_vgg_training_records_its_network(trained_vgg: Path, tracking_uri: str) 
     from keras import layers
     from mlflow.tracking import MlflowClient
 
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     card = json.loads((trained_vgg / "tiny_vgg.keras.card.json").read_text())
     assert card["architecture"] == card["params"]["architecture"] == "vgg"
@@ -290,7 +290,7 @@ def test_vgg_training_records_its_network(trained_vgg: Path, tracking_uri: str) 
 def test_vgg_model_saves_and_loads_in_both_formats(trained_vgg: Path, tmp_path: Path) -> None:
     from keras import layers
 
-    from otrain.model import load_model, save_model
+    from otrain.nets.model import load_model, save_model
 
     model = load_model(trained_vgg / "tiny_vgg.keras")
     normalisation = next(layer for layer in model.layers if isinstance(layer, layers.BatchNormalization))
@@ -601,7 +601,7 @@ def test_a_file_name_that_is_not_utf8_is_written_escaped(
 def test_a_damaged_model_file_is_named_as_such(
     trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, damage: object
 ) -> None:
-    from otrain.model import build_model, save_model
+    from otrain.nets.model import build_model, save_model
 
     path = tmp_path / name
     if damage is None:
@@ -644,7 +644,7 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
     from mlflow.tracking import MlflowClient
 
     from otrain.cli.promote import main as promote_main
-    from otrain.registry import SPLIT_TAG
+    from otrain.track.registry import SPLIT_TAG
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     assert (
@@ -666,7 +666,7 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
     decision = json.loads((tmp_path / "b.json").read_text())
     test = Datacube.load(reseeded / "test_set" / "datacube" / "cube_test.npz")
     full = Datacube.load(workspace / "datacube" / "cube.npz")
-    from otrain.datacube import stratified_split
+    from otrain.data.datacube import stratified_split
 
     champion_split = stratified_split(full.labels, record["frac"], record["test_frac"], record["seed"])
     seen = {int(c) for c in full.candids[np.concatenate([champion_split.train, champion_split.validation])]}
@@ -702,7 +702,7 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
 
 def test_init_from_starts_from_the_trained_weights(trained: Path, workspace: Path, tmp_path: Path) -> None:
     """A vanishing learning rate keeps the starting weights: they must be the source model's."""
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     source = trained / "tiny.keras"
     options = ("--epochs", "1", "--learning-rate", "1e-12", "--no-tracking", "--init-from", str(source))
@@ -748,7 +748,7 @@ def test_a_refused_init_from_writes_nothing_and_the_corrected_command_needs_no_o
 def test_init_from_refuses_another_network_or_itself(
     trained: Path, workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from otrain.model import build_model, save_model
+    from otrain.nets.model import build_model, save_model
 
     other = save_model(build_model((SIZE + 8, SIZE + 8, 1)), tmp_path / "bigger.keras")
     assert train(workspace, "x", "--epochs", "1", "--no-tracking", "--init-from", str(other), models="refused") == 1

@@ -20,9 +20,9 @@ import pytest
 from conftest import BIN, call_main, files_under, train
 from numpy.testing import assert_allclose, assert_array_equal
 
-from otrain.backends import choose_backend
 from otrain.cli.train import main as train_main
-from otrain.datacube import Datacube
+from otrain.data.datacube import Datacube
+from otrain.score.backends import choose_backend
 
 pytestmark = pytest.mark.slow
 
@@ -198,14 +198,14 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(
 def test_a_damaged_checkpoint_is_named_in_one_line(
     workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import otrain.training
+    import otrain.train.training
 
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     root = tmp_path / "models"
     folder = folder_of(root)
-    monkeypatch.setattr(otrain.training, "_mark_complete", interrupt)
+    monkeypatch.setattr(otrain.train.training, "_mark_complete", interrupt)
     assert train(workspace, "m", "--epochs", "1", "--no-tracking", models=str(root)) == 130
     monkeypatch.undo()
     weights = folder / ".checkpoint" / "epoch-0001" / "latest.weights.h5"
@@ -236,7 +236,7 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    import otrain.model
+    import otrain.nets.model
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -244,7 +244,7 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
     root = tmp_path / "models"
     folder = folder_of(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.setattr(otrain.model, "write_card", interrupted)  # after the model, cubes and history
+    monkeypatch.setattr(otrain.nets.model, "write_card", interrupted)  # after the model, cubes and history
     assert train(workspace, "m", "--epochs", "2", models=str(root)) == 130
     monkeypatch.undo()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
@@ -417,7 +417,7 @@ def test_plateau_halves_the_rate_and_resume_continues_it(
     training interrupted after epoch 5 and resumed goes on at the halved rate, and halves it again
     at the same epoch.
     """
-    import otrain.training
+    import otrain.train.training
 
     root = tmp_path / "models"
     rate = 1e-12
@@ -428,14 +428,14 @@ def test_plateau_halves_the_rate_and_resume_continues_it(
     assert np.all(whole["val_roc_auc"] == whole["val_roc_auc"][0]), whole["val_roc_auc"]
     assert_allclose(whole["learning_rate"], rate * np.array([1, 1, 1, 1, 0.5, 0.5, 0.5, 0.25]), rtol=1e-6)
 
-    save = otrain.training.Checkpoint.save
+    save = otrain.train.training.Checkpoint.save
 
-    def save_then_interrupt(self: otrain.training.Checkpoint, *args: object, **kwargs: object) -> None:
+    def save_then_interrupt(self: otrain.train.training.Checkpoint, *args: object, **kwargs: object) -> None:
         save(self, *args, **kwargs)
         if self.epochs_done == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(otrain.training.Checkpoint, "save", save_then_interrupt)
+    monkeypatch.setattr(otrain.train.training.Checkpoint, "save", save_then_interrupt)
     assert train(workspace, "cut", *options, models=str(root)) == 130
     monkeypatch.undo()
     capsys.readouterr()
@@ -461,8 +461,8 @@ def test_early_stopping_follows_the_pr_auc_of_the_real_class(workspace: Path, tm
     """On an imbalanced cube (four real cutouts per bogus one) the PR AUC of each class differs."""
     from sklearn.metrics import average_precision_score
 
-    from otrain.model import load_model
-    from otrain.scoring import predict
+    from otrain.nets.model import load_model
+    from otrain.score.scoring import predict
 
     cube = Datacube.load(workspace / "datacube" / "cube.npz")
     real, bogus = np.flatnonzero(cube.labels == 1), np.flatnonzero(cube.labels == 0)
@@ -517,7 +517,7 @@ def test_two_replicas_on_two_logical_cpus_train_the_same_kind_of_model(workspace
     )
     assert single.returncode == 0, single.stderr
     assert "training on the CPU" in single.stderr
-    from otrain.model import load_model
+    from otrain.nets.model import load_model
 
     one, two = folder_of(tmp_path, "one"), folder_of(tmp_path, "two")
     assert load_model(two / "two.keras").count_params() == load_model(one / "one.keras").count_params()

@@ -6,8 +6,8 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import PARAMS_STAMP, CheckParamsConfig, validate_params
 from otrain.errors import OptionError, first_line
+from otrain.options.config import PARAMS_STAMP, CheckParamsConfig, validate_params
 
 __all__ = ["main"]
 
@@ -15,7 +15,7 @@ __all__ = ["main"]
 def _check_params(config: CheckParamsConfig) -> None:
     import yaml
 
-    from otrain.atomic import write_text_atomic
+    from otrain.io.atomic import write_text_atomic
 
     try:
         params = yaml.safe_load(config.params.read_text())

@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import CheckInferConfig
+from otrain.options.config import CheckInferConfig
 
 __all__ = ["main"]
 
 
 def _checkinfer(config: CheckInferConfig) -> None:
-    from otrain.checkinfer import run_checkinfer
+    from otrain.judge.checkinfer import run_checkinfer
 
     report = run_checkinfer(config)
     print(

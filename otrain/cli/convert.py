@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import ConvertConfig
+from otrain.options.config import ConvertConfig
 
 __all__ = ["main"]
 
 
 def _convert(config: ConvertConfig) -> None:
-    from otrain.convert import convert
+    from otrain.data.convert import convert
 
     started = time.perf_counter()
     report = convert(config)

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import CrossValidateConfig
+from otrain.options.config import CrossValidateConfig
 
 __all__ = ["main"]
 
@@ -24,7 +24,7 @@ _SHOWN = {
 
 def _cross_validate(config: CrossValidateConfig) -> None:
     prepare_tensorflow()
-    from otrain.crossval import cross_validate
+    from otrain.train.crossval import cross_validate
 
     report = cross_validate(config)
     groups = f"{report.n_groups} groups" if report.grouped else "no groups: one per cutout"

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import DiagnosticsConfig
+from otrain.options.config import DiagnosticsConfig
 
 __all__ = ["main"]
 
@@ -26,12 +26,12 @@ _ROWS = (
 
 
 def _diagnostics(config: DiagnosticsConfig) -> None:
-    from otrain.backends import choose_backend
+    from otrain.score.backends import choose_backend
 
     backend = choose_backend(config.model_path, config.backend)[0]
     if backend == "keras":
         prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
-    from otrain.analysis import run_diagnostics
+    from otrain.judge.analysis import run_diagnostics
 
     report = run_diagnostics(config)
     metrics = report.metrics

@@ -7,14 +7,14 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import ExportConfig
+from otrain.options.config import ExportConfig
 
 __all__ = ["main"]
 
 
 def _export(config: ExportConfig) -> None:
     prepare_tensorflow()
-    from otrain.export import export
+    from otrain.score.export import export
 
     report = export(config)
     parity = report.record["parity"]

@@ -7,14 +7,14 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import CENTRE_RADIUS_FWHM, GradCamConfig
+from otrain.options.config import CENTRE_RADIUS_FWHM, GradCamConfig
 
 __all__ = ["main"]
 
 
 def _grad_cam(config: GradCamConfig) -> None:
     prepare_tensorflow()
-    from otrain.gradcam import run_grad_cam
+    from otrain.judge.gradcam import run_grad_cam
 
     report = run_grad_cam(config)
     counts = ", ".join(f"{count} {outcome}" for outcome, count in report.counts.items())

@@ -7,17 +7,17 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import InferConfig
+from otrain.options.config import InferConfig
 
 __all__ = ["main"]
 
 
 def _infer(config: InferConfig) -> None:
-    from otrain.backends import choose_backend
+    from otrain.score.backends import choose_backend
 
     if choose_backend(config.model, config.backend)[0] == "keras":
         prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
-    from otrain.inference import infer
+    from otrain.score.inference import infer
 
     report = infer(config)
     elapsed = report.seconds

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import InferSparkConfig
+from otrain.options.config import InferSparkConfig
 
 __all__ = ["main"]
 
@@ -20,10 +20,10 @@ def _prepare(backend: str) -> None:
 
 
 def _infer_spark(config: InferSparkConfig) -> None:
-    from otrain.spark import require_spark
+    from otrain.score.spark import require_spark
 
     require_spark()
-    from otrain.spark import infer_spark
+    from otrain.score.spark import infer_spark
 
     report = infer_spark(config, prepare=_prepare)
     elapsed = report.seconds

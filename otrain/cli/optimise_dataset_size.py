@@ -7,14 +7,14 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import OptimiseDatasetSizeConfig
+from otrain.options.config import OptimiseDatasetSizeConfig
 
 __all__ = ["main"]
 
 
 def _optimise(config: OptimiseDatasetSizeConfig) -> None:
     prepare_tensorflow()
-    from otrain.optimise import TABLE_COLUMNS, run_study
+    from otrain.train.optimise import TABLE_COLUMNS, run_study
 
     report = run_study(config)
     print("  ".join(f"{column:>13}" for column in TABLE_COLUMNS))

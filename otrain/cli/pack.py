@@ -7,13 +7,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import PackConfig
+from otrain.options.config import PackConfig
 
 __all__ = ["main"]
 
 
 def _pack(config: PackConfig) -> None:
-    from otrain.pack import pack
+    from otrain.score.pack import pack
 
     started = time.perf_counter()
     report = pack(config)

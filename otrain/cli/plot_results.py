@@ -7,18 +7,18 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import PlotResultsConfig
+from otrain.options.config import PlotResultsConfig
 
 __all__ = ["main"]
 
 
 def _plot_results(config: PlotResultsConfig) -> None:
-    from otrain.backends import choose_backend
+    from otrain.score.backends import choose_backend
 
     backend = choose_backend(config.model_path, config.backend)[0]
     if backend == "keras":
         prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
-    from otrain.analysis import run_plot_results
+    from otrain.judge.analysis import run_plot_results
 
     written = run_plot_results(config)
     print(f"scored with {backend}; {len(written)} files written to {config.path_plots}/:")

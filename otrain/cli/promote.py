@@ -7,14 +7,14 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import PromoteConfig
+from otrain.options.config import PromoteConfig
 
 __all__ = ["main"]
 
 
 def _promote(config: PromoteConfig) -> None:
     prepare_tensorflow()
-    from otrain.registry import promote
+    from otrain.track.registry import promote
 
     decision = promote(config)
     print(

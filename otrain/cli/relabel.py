@@ -6,13 +6,13 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import RELABEL_FOLDERS, RelabelConfig
+from otrain.options.config import RELABEL_FOLDERS, RelabelConfig
 
 __all__ = ["main"]
 
 
 def _relabel(config: RelabelConfig) -> None:
-    from otrain.relabel import relabel
+    from otrain.vet.relabel import relabel
 
     report = relabel(config)
     included = "".join(

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import ReportConfig
+from otrain.options.config import ReportConfig
 
 __all__ = ["main"]
 
@@ -15,7 +15,7 @@ __all__ = ["main"]
 def _report(config: ReportConfig) -> None:
     if config.grad_cam:
         prepare_tensorflow()
-    from otrain.report import PAGE, write_report
+    from otrain.vet.report import PAGE, write_report
 
     summary = write_report(config)
     print(

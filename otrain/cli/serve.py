@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import ServeConfig
+from otrain.options.config import ServeConfig
 
 __all__ = ["main"]
 
@@ -19,8 +19,8 @@ logger = logging.getLogger("otrain")
 
 
 def _serve(config: ServeConfig) -> None:
-    from otrain.serving import check_port_free, describe_model, request_body, server_command
-    from otrain.tracking import resolve_tracking_uri
+    from otrain.score.serving import check_port_free, describe_model, request_body, server_command
+    from otrain.track.tracking import resolve_tracking_uri
 
     if config.print_request is None:
         check_port_free(config.host, config.port)

@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from otrain.cli.app import run_command
-from otrain.config import SummaryConfig
 from otrain.errors import DataError, first_line
+from otrain.options.config import SummaryConfig
 
 __all__ = ["main"]
 
@@ -26,7 +26,7 @@ def _read_report(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _summary(config: SummaryConfig) -> None:
-    from otrain.summary import markdown_summary, text_summary
+    from otrain.track.summary import markdown_summary, text_summary
 
     metrics = _read_report(config.diagnostics, ("n", "threshold"))
     decision = _read_report(config.promotion, ("registered_name", "version", "promoted", "reason", "metric"))

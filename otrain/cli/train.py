@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.config import TrainConfig, cluster_from_environment
+from otrain.options.config import TrainConfig, cluster_from_environment
 
 __all__ = ["main"]
 
@@ -15,7 +15,7 @@ __all__ = ["main"]
 def _train(config: TrainConfig) -> None:
     cluster = cluster_from_environment()  # a bad TF_CONFIG fails before TensorFlow is imported
     prepare_tensorflow()
-    from otrain.training import train
+    from otrain.train.training import train
 
     def announce(run: object) -> None:
         if run is not None:

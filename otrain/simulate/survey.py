@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 from astropy.wcs import WCS
 
-from otrain.config import SIMULATE_MARKER, SIMULATE_OUTPUTS, SimulateConfig
 from otrain.errors import DataError
-from otrain.parallel import map_chunks
+from otrain.io.parallel import map_chunks
+from otrain.options.config import SIMULATE_MARKER, SIMULATE_OUTPUTS, SimulateConfig
 from otrain.simulate.kinds import BOGUS_KINDS, KINDS, REAL_KINDS, render_candidate
 from otrain.simulate.physics import Observation, draw_observation
 from otrain.simulate.writers import CrossmatchEntry, gmadet_hdul, stdpipe_hdul, write_crossmatch, write_truth

@@ -1,0 +1,14 @@
+"""Files, processes and the terminal: everything the rooms above share that touches the disk.
+
+Modules:
+
+* :mod:`otrain.io.atomic`: writes that appear complete or not at all (files, folders, JSON);
+* :mod:`otrain.io.locking`: advisory locks on outputs and stores;
+* :mod:`otrain.io.outputs`: output ownership markers and the formats of written files;
+* :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
+* :mod:`otrain.io.card`: the model card: the JSON written beside every model;
+* :mod:`otrain.io.progress`: progress bars on the terminal;
+* :mod:`otrain.io.parallel`: chunked work over a pool of processes.
+"""
+
+__all__ = ["atomic", "card", "fitsreader", "locking", "outputs", "parallel", "progress"]

@@ -1,0 +1,10 @@
+"""Experiment tracking: MLflow runs, the model registry and promotion, the summary.
+
+Modules:
+
+* :mod:`otrain.track.tracking`: MLflow runs, stores and artifacts;
+* :mod:`otrain.track.registry`: the model registry and the promotion gate (otrain-promote);
+* :mod:`otrain.track.summary`: otrain-summary.
+"""
+
+__all__ = ["registry", "summary", "tracking"]
