@@ -34,7 +34,7 @@ from otrain.data.cutouts import CutoutMeta, list_cutouts, read_header, read_pixe
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
-from otrain.judge.checkinfer import candidate_key
+from otrain.io.ids import candidate_key
 from otrain.options.config import REPORT_MARKER, ReportConfig
 from otrain.score.inference import fit_cutout, printable_path
 
