@@ -523,33 +523,6 @@ def test_checkinfer_matches_injected_sources(workspace: Path, trained: Path, tmp
     assert sorted(float(row["label1"]) for row in matches) == sorted(expected)
 
 
-@pytest.mark.parametrize(
-    ("value", "key"),
-    [
-        (1285423380015015017, "1285423380015015017"),
-        (np.int64(1285423380015015017), "1285423380015015017"),
-        ("1285423380015015017", "1285423380015015017"),
-        ("00123", "00123"),
-        ("3000020.0", "3000020"),
-        ("3.00002e+06", "3000020"),
-        ("12.5", "12.5"),
-        ("ZTF21abc", "ZTF21abc"),
-        ("1e5000", "1e5000"),  # no 5001-digit integer (Python refuses those), no traceback
-        ("1e999999999", "1e999999999"),  # nor a billion digits
-        ("inf", "inf"),
-        (None, ""),
-        ("None", ""),
-        ("nan", ""),
-        ("--", ""),
-        ("  ", ""),
-    ],
-)
-def test_candidate_key(value: Any, key: str) -> None:
-    from otrain.judge.checkinfer import candidate_key
-
-    assert candidate_key(value) == key
-
-
 def test_checkinfer_matches_candidate_ids_as_text_never_as_floats(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

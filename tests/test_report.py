@@ -272,23 +272,6 @@ def test_a_table_that_does_not_fit_the_folder_writes_nothing(night: dict[str, Pa
     assert not [path for path in tmp_path.iterdir() if path.name.startswith(".page")]
 
 
-def test_candidate_ids_keep_every_digit_and_leading_zeros(night: dict[str, Path], tmp_path: Path) -> None:
-    """ZTF's 19-digit candids and a text id ``00123`` reach the page as the headers spell them."""
-    cutouts = tmp_path / "ids"
-    ids = ["1285423380015015016", "1285423380015015017", "00123"]
-    for index, candid in enumerate(ids):
-        image = np.random.default_rng(index).normal(0.0, 10.0, (32, 32)).astype(np.float32)
-        write_gmadet(cutouts / f"c{index}.fits", image, CANDID=candid)
-    table = tmp_path / "infer_results.dat"
-    model = night["model"]
-    assert call_main(infer_main, "--cutouts", cutouts, "--model", model, "--output", table, "--no-tracking") == 0
-    output = tmp_path / "page"
-    assert call_main(report_main, *arguments(table, cutouts, model, output, "--no-grad-cam")) == 0
-    data = page_data(output)
-    column = data["columns"].index("cand_id")
-    assert sorted(row[column] for row in data["rows"]) == sorted(ids)
-
-
 def test_table_names_are_found_whatever_folder_infer_ran_from(night: dict[str, Path], tmp_path: Path) -> None:
     nested = tmp_path / "survey" / "2026-11-28"
     shutil.copytree(night["cutouts"], nested / "sub")

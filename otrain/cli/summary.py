@@ -2,23 +2,20 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 from otrain.cli.app import run_command
-from otrain.errors import DataError, first_line
+from otrain.errors import DataError
+from otrain.io.jsonfile import read_json
 from otrain.options.config import SummaryConfig
 
 __all__ = ["main"]
 
 
 def _read_report(path: Path, keys: tuple[str, ...]) -> dict[str, Any]:
-    try:
-        report = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise DataError(f"{path}: not a readable JSON report ({first_line(error)})") from None
+    report = read_json(path, "not a readable JSON report")
     missing = [key for key in keys if not isinstance(report, dict) or key not in report]
     if missing:
         raise DataError(f"{path}: not an otrain report (no {missing[0]!r}); run `dvc repro` first")

@@ -21,7 +21,7 @@ files included, decompressed once into memory) and astropy for what it leaves as
 
 Why this module is over 700 lines: the two readers, the metadata coercion (candidate ids,
 EDGE) and the crop geometry are to be split by issue 24 (``io/`` for reading, ``data/`` for
-metadata and geometry, one candidate-id rule with :func:`otrain.judge.checkinfer.candidate_key`).
+metadata and geometry; the candidate-id rule is :mod:`otrain.io.ids`).
 Every stage of the pipeline depends on it, so that is one move, done once.
 """
 
@@ -42,7 +42,6 @@ import numpy as np
 from otrain.errors import DataError, first_line
 from otrain.io.fitsreader import (
     FITS_DTYPES,
-    INTEGER,
     HDUHeader,
     NotSimpleError,
     is_gzipped,
@@ -51,6 +50,7 @@ from otrain.io.fitsreader import (
     open_fits,
     read_array,
 )
+from otrain.io.ids import header_candid
 from otrain.options.config import FITS_SUFFIXES
 
 __all__ = [
@@ -355,30 +355,6 @@ def _as_float(value: Any, keyword: str, path: Path) -> float | None:
         raise DataError(f"{path}: keyword {keyword} must be a number, got {value!r}") from None
 
 
-_INT64_MAX = 2**63 - 1
-_FLOAT_EXACT = 2**53
-
-
-def _as_candid(value: Any, path: Path) -> int | str | None:
-    """Read a candidate id: whole numbers that round-trip exactly become ints, the rest text."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        raise DataError(f"{path}: keyword CANDID must be an identifier, not a logical")
-    if isinstance(value, (int, np.integer)):
-        number = int(value)
-        return number if abs(number) <= _INT64_MAX else str(number)
-    if isinstance(value, float):
-        return int(value) if value.is_integer() and abs(value) <= _FLOAT_EXACT else repr(value)
-    text = str(value).strip()
-    if not text:
-        return None
-    # "00123" stays text: turning it into 123 would lose the identifier.
-    if INTEGER.fullmatch(text) and str(int(text)) == text and abs(int(text)) <= _INT64_MAX:
-        return int(text)
-    return text
-
-
 def _as_edge(value: Any, path: Path) -> bool | None:
     """Read EDGE as a FITS logical or as the strings gmadet writes; both mean the same."""
     if value is None:
@@ -450,7 +426,7 @@ def _meta(primary: Header, diff: Header | None, path: Path, group_keyword: str |
     file = _card(primary, "FILE")
     return CutoutMeta(
         convention=convention,
-        candid=_as_candid(candid, path),
+        candid=header_candid(candid, path),
         mag=_as_float(mag, "MAG", path),
         magerr=_as_float(magerr, "MAGERR", path),
         filter=None if band is None else str(band).strip(),

@@ -7,8 +7,10 @@ Modules:
 * :mod:`otrain.io.outputs`: output ownership markers and the formats of written files;
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
+* :mod:`otrain.io.ids`: candidate ids: read from a header or a table, matched as text;
+* :mod:`otrain.io.jsonfile`: reading the JSON files otrain writes, errors in one line;
 * :mod:`otrain.io.progress`: progress bars on the terminal;
 * :mod:`otrain.io.parallel`: chunked work over a pool of processes.
 """
 
-__all__ = ["atomic", "card", "fitsreader", "locking", "outputs", "parallel", "progress"]
+__all__ = ["atomic", "card", "fitsreader", "ids", "jsonfile", "locking", "outputs", "parallel", "progress"]

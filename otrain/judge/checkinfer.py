@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import logging
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -20,19 +19,15 @@ import numpy as np
 
 from otrain.errors import DataError, first_line
 from otrain.io import outputs as formats
-from otrain.io.fitsreader import INTEGER
+from otrain.io.ids import candidate_key
 from otrain.options.config import CHECKINFER_FIGURES as FIGURES
 from otrain.options.config import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
 
-__all__ = ["FIGURES", "CheckInferReport", "candidate_key", "read_table", "run_checkinfer"]
+__all__ = ["FIGURES", "CheckInferReport", "read_table", "run_checkinfer"]
 
 logger = logging.getLogger("otrain")
 _PROBABILITY_EDGES = np.linspace(0, 1, 41)
 _RATIO_EDGES = np.linspace(0, 20, 61)
-#: Digits of the longest numeric id spelled as a decimal that is read as an integer (ZTF's have 19).
-_LONGEST_ID = 30
-#: How a table spells a missing candidate id (crossmatch.dat: no candidate detected).
-_MISSING = ("none", "nan", "--", "")
 
 
 def read_table(path: Path, required: tuple[str, ...], text_columns: tuple[str, ...] = ()) -> Any:
@@ -83,41 +78,6 @@ def read_table(path: Path, required: tuple[str, ...], text_columns: tuple[str, .
     if missing:
         raise DataError(f"{path}: missing column(s) {', '.join(missing)}")
     return table
-
-
-def candidate_key(value: Any) -> str:
-    """Return the spelling under which a table's candidate id is matched (``3000020.0`` as ``3000020``).
-
-    Ids are compared as text, never through ``float`` (ZTF's 19-digit candids differ in digits a
-    float64 does not hold). A whole number keeps its spelling (``00123`` stays ``00123``, as
-    otrain reads it from a cutout's header); a decimal spelling of a whole number (``3000020.0``,
-    a column written through floats) becomes that integer, exactly.
-
-    Parameters
-    ----------
-    value : object
-        A table cell or a header's candidate id (int, float, text, None, masked).
-
-    Returns
-    -------
-    str
-        The id's spelling; ``""`` for a missing one (``None``, ``nan``, ``--``, empty).
-    """
-    text = "" if value is None else str(value).strip()
-    if text.lower() in _MISSING:
-        return ""
-    if INTEGER.fullmatch(text):
-        return text
-    try:
-        number = Decimal(text)
-    except InvalidOperation:
-        return text
-    if not number.is_finite():
-        return "" if number.is_nan() else text
-    # Only ids of a plausible length: 1e999999999 is text, not a billion digits.
-    if number.adjusted() < _LONGEST_ID and number == number.to_integral_value():
-        return str(int(number))
-    return text
 
 
 def _bands(values: np.ndarray, limits: tuple[float, ...], label: str) -> list[tuple[str, np.ndarray]]:

@@ -206,7 +206,8 @@ def printable_path(path: Path) -> str:
     return os.fsencode(path).decode("utf-8", "backslashreplace")
 
 
-def _number(value: float | None) -> float:
+def _nan_if_missing(value: float | None) -> float:
+    """Return a header value for the results table: NaN for a missing one."""
     return math.nan if value is None else float(value)
 
 
@@ -227,15 +228,15 @@ def meta_cells(filename: str, meta: CutoutMeta) -> tuple[Any, ...]:
     """
     return (
         filename,
-        _number(meta.ra),
-        _number(meta.dec),
+        _nan_if_missing(meta.ra),
+        _nan_if_missing(meta.dec),
         meta.file if meta.file is not None else "",
-        _number(meta.xpos),
-        _number(meta.ypos),
-        _number(meta.mag),
-        _number(meta.magerr),
-        _number(meta.fwhm),
-        _number(meta.fwhmpsf),
+        _nan_if_missing(meta.xpos),
+        _nan_if_missing(meta.ypos),
+        _nan_if_missing(meta.mag),
+        _nan_if_missing(meta.magerr),
+        _nan_if_missing(meta.fwhm),
+        _nan_if_missing(meta.fwhmpsf),
         meta.candid if meta.candid is not None else "",
     )
 

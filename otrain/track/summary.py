@@ -13,7 +13,8 @@ __all__ = ["markdown_summary", "text_summary"]
 _METRICS = ("accuracy", "precision", "recall", "f1", "mcc", "roc_auc", "average_precision", "best_threshold")
 
 
-def _number(value: Any) -> str:
+def _metric_text(value: Any) -> str:
+    """Return a metric as the summary shows it: four decimals, ``n/a`` when missing."""
     return "n/a" if value is None else f"{value:.4f}"
 
 
@@ -25,7 +26,7 @@ def _verdict(decision: dict[str, Any]) -> str:
 def text_summary(metrics: dict[str, Any], decision: dict[str, Any]) -> str:
     """Return the plain-text summary of the test metrics and the promotion."""
     lines = [f"\nTest set ({metrics['n']} candidates, real if P(real) > {metrics['threshold']}):"]
-    lines += [f"  {key:20} {_number(metrics.get(key))}" for key in _METRICS]
+    lines += [f"  {key:20} {_metric_text(metrics.get(key))}" for key in _METRICS]
     lines += [f"\nRegistered model: {_verdict(decision)}", f"  ({decision['reason']})"]
     return "\n".join(lines)
 
@@ -54,17 +55,17 @@ def markdown_summary(metrics: dict[str, Any], decision: dict[str, Any], title: s
         "",
         "| metric | value |",
         "| --- | --- |",
-        *(f"| {key} | {_number(metrics.get(key))} |" for key in _METRICS),
+        *(f"| {key} | {_metric_text(metrics.get(key))} |" for key in _METRICS),
         "",
         f"### Promotion gate ({decision['metric']}, both models on this test set)",
         "",
         "| model | version | " + decision["metric"] + " |",
         "| --- | --- | --- |",
-        f"| new | {decision['version']} | {_number(decision['new_value'])} |",
+        f"| new | {decision['version']} | {_metric_text(decision['new_value'])} |",
     ]
     if decision.get("champion_version") is not None:
         lines.append(
-            f"| champion before | {decision['champion_version']} | {_number(decision.get('champion_value'))} |"
+            f"| champion before | {decision['champion_version']} | {_metric_text(decision.get('champion_value'))} |"
         )
     else:
         lines.append("| champion before | none | n/a |")

@@ -30,6 +30,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from otrain.errors import DataError, OptionError, first_line
+from otrain.io.jsonfile import read_json
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
@@ -242,11 +243,13 @@ def read_run_file(folder: Path) -> RunInfo | None:
     path = folder / RUN_FILE
     if not path.is_file():
         return None
-    try:
-        data = json.loads(path.read_text())
-        return RunInfo(run_id=data["run_id"], experiment_id=data["experiment_id"], tracking_uri=data["tracking_uri"])
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise DataError(f"{path}: not a readable MLflow run file ({type(error).__name__}: {error})") from None
+    return read_json(
+        path,
+        "not a readable MLflow run file",
+        parse=lambda data: RunInfo(
+            run_id=data["run_id"], experiment_id=data["experiment_id"], tracking_uri=data["tracking_uri"]
+        ),
+    )
 
 
 @contextmanager

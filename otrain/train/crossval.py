@@ -22,7 +22,6 @@ is refused while one runs.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from pydantic import ValidationError
 from otrain.data.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
 from otrain.io.atomic import write_json_atomic
+from otrain.io.jsonfile import read_json
 from otrain.io.locking import LockHeldError, describe_holder, is_locked, read_holder
 from otrain.io.outputs import OOF_COLUMNS
 from otrain.io.progress import announce
@@ -438,12 +438,12 @@ def _score_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, 
 
     probabilities = predict(load_model(config.model_file), cube.cube[split.test])
     metrics_file = config.output_dir / "metrics.json"
-    try:
-        metrics = json.loads(metrics_file.read_text())
-        threshold = float(metrics["threshold"])  # the training's own: given, 0.5, or chosen for a target rate
-        epochs_run = int(metrics["epochs_run"])
-    except (OSError, ValueError, TypeError, KeyError) as error:
-        raise DataError(f"{metrics_file}: not the metrics of a finished training ({error})") from None
+    # The threshold is the training's own: given, 0.5, or chosen for a target rate.
+    threshold, epochs_run = read_json(
+        metrics_file,
+        "not the metrics of a finished training",
+        parse=lambda metrics: (float(metrics["threshold"]), int(metrics["epochs_run"])),
+    )
     return {
         "n_train": len(split.train),
         "n_validation": len(split.validation),

@@ -22,6 +22,7 @@ from typing import Any
 
 from otrain.errors import DataError, OptionError
 from otrain.io.atomic import write_json_atomic
+from otrain.io.jsonfile import read_json
 from otrain.io.locking import describe_holder, exclusive_lock, is_locked, read_holder
 from otrain.options.config import (
     CHECKPOINT_COMPLETE,
@@ -200,6 +201,12 @@ def describe_folds(plans: list[FoldPlan]) -> str:
     )
 
 
+def _record(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) or not isinstance(data.get("options"), dict):
+        raise ValueError("not a record of otrain-cross-validate")
+    return data
+
+
 def read_record(output: Path) -> dict[str, Any] | None:
     """Read the record of an unfinished cross-validation in ``output``; None when there is none.
 
@@ -211,12 +218,7 @@ def read_record(output: Path) -> dict[str, Any] | None:
     path = output / CROSSVAL_RECORD
     if not path.is_file():
         return None
-    try:
-        record = json.loads(path.read_text())
-        if not isinstance(record, dict) or not isinstance(record.get("options"), dict):
-            raise ValueError("not a record of otrain-cross-validate")
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: the record of the interrupted cross-validation cannot be read ({error})") from None
+    record = read_json(path, "the record of the interrupted cross-validation cannot be read", parse=_record)
     record.setdefault("folds", {})
     return record
 

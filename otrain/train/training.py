@@ -53,6 +53,7 @@ from otrain import __version__
 from otrain.data.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError, first_line
 from otrain.io.atomic import atomic_path, write_text_atomic
+from otrain.io.jsonfile import json_object, read_json
 from otrain.io.locking import exclusive_lock
 from otrain.io.outputs import HISTORY_COLUMNS
 from otrain.io.progress import announce
@@ -509,15 +510,15 @@ class Checkpoint:
         pointer = folder / POINTER
         if not pointer.is_file():
             return cls(folder)
-        try:
-            data = json.loads(pointer.read_text())
+
+        def parse(data: Any) -> Checkpoint:
             if "best_val_loss" in data:  # a checkpoint from before --monitor, which watched the loss
                 data["best_value"] = data.pop("best_val_loss")
-            checkpoint = cls(folder, **{key: data[key] for key in data if key != "folder"})
-        except (OSError, ValueError, TypeError) as error:
-            raise DataError(
-                f"{pointer}: the checkpoint cannot be read ({error}); pass --overwrite to start again"
-            ) from None
+            return cls(folder, **{key: data[key] for key in data if key != "folder"})
+
+        checkpoint = read_json(
+            pointer, "the checkpoint cannot be read", parse=parse, advice="pass --overwrite to start again"
+        )
         if checkpoint.state is None or not (folder / checkpoint.state / _WEIGHTS).is_file():
             raise DataError(
                 f"{pointer}: the checkpoint names weights that do not exist; pass --overwrite to start again"
@@ -794,16 +795,6 @@ def train(
         return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready, cluster, init_checked)
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{path}: the checkpoint cannot be read ({error}); pass --overwrite to start again") from None
-    if not isinstance(data, dict):
-        raise DataError(f"{path}: the checkpoint cannot be read (not a JSON object); pass --overwrite to start again")
-    return data
-
-
 def _train_locked(
     config: TrainConfig,
     cube: Datacube,
@@ -830,7 +821,12 @@ def _train_locked(
     checkpoint = Checkpoint(checkpoint_folder)
     if config.resume:
         if fingerprint_file.is_file():
-            saved = _read_json(fingerprint_file)
+            saved = read_json(
+                fingerprint_file,
+                "the checkpoint cannot be read",
+                parse=json_object,
+                advice="pass --overwrite to start again",
+            )
             saved.setdefault("architecture", "otrain")  # a checkpoint from before --architecture
             changed = sorted(key for key in fingerprint if key in saved and saved[key] != fingerprint[key])
             if changed:

@@ -34,7 +34,7 @@ from otrain.data.cutouts import CutoutMeta, list_cutouts, read_header, read_pixe
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
-from otrain.judge.checkinfer import candidate_key
+from otrain.io.ids import candidate_key
 from otrain.options.config import REPORT_MARKER, ReportConfig
 from otrain.score.inference import fit_cutout, printable_path
 
@@ -232,7 +232,8 @@ def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, P
     return found, known, n_files
 
 
-def _number(value: Any) -> float | None:
+def _finite_or_none(value: Any) -> float | None:
+    """Return a card or table value as a finite float; None for a missing, non-numeric, NaN or infinite one."""
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -288,7 +289,7 @@ def _finite(value: Any) -> Any:
 
 
 def _threshold_rule(card: dict[str, Any], threshold: float) -> str:
-    recorded = _number(card.get("threshold"))
+    recorded = _finite_or_none(card.get("threshold"))
     if recorded is None:
         given = "0.5, the default" if threshold == 0.5 else "given with --threshold"
         return f"{given} (the model has no card)" if not card else f"{given} (the card records none)"
@@ -306,7 +307,7 @@ def _threshold_rule(card: dict[str, Any], threshold: float) -> str:
 def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str, Any]) -> dict[str, Any]:
     metrics = card.get("test_metrics") if isinstance(card.get("test_metrics"), dict) else {}
     calibration = card.get("calibration") if isinstance(card.get("calibration"), dict) else {}
-    ece = _number(metrics.get("expected_calibration_error", calibration.get("ece_test_after")))
+    ece = _finite_or_none(metrics.get("expected_calibration_error", calibration.get("ece_test_after")))
     shape = card.get("input_shape")
     header = {
         "file": str(config.model),
@@ -318,7 +319,7 @@ def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str
         "calibration": calibration.get("method"),
         "threshold": config.threshold,
         "threshold_rule": _threshold_rule(card, config.threshold),
-        "test": {key: _number(metrics.get(key)) for key in ("n", "accuracy", "roc_auc", "mcc", "fpr", "fnr")}
+        "test": {key: _finite_or_none(metrics.get(key)) for key in ("n", "accuracy", "roc_auc", "mcc", "fpr", "fnr")}
         if metrics
         else None,
         "ece": ece,
@@ -389,7 +390,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
     if len(table) == 0:
         raise DataError(f"{config.infer_file}: the table has no scored candidate")
     names = [str(name) for name in table["filename"]]
-    p_real = np.array([_number(value) for value in table["label1"]], dtype=float)
+    p_real = np.array([_finite_or_none(value) for value in table["label1"]], dtype=float)
     outside = ~(np.isfinite(p_real) & (p_real >= 0) & (p_real <= 1))
     if outside.any():
         bad = int(np.flatnonzero(outside)[0])
@@ -470,11 +471,11 @@ def write_report(config: ReportConfig) -> ReportSummary:
                     [
                         index + position,
                         float(p_real[source]),
-                        _number(row["mag"]),
-                        _number(row["magerr"]),
-                        _number(row["FWHM"]),
-                        _number(row["RA"]),
-                        _number(row["Dec"]),
+                        _finite_or_none(row["mag"]),
+                        _finite_or_none(row["magerr"]),
+                        _finite_or_none(row["FWHM"]),
+                        _finite_or_none(row["RA"]),
+                        _finite_or_none(row["Dec"]),
                         files[source],
                         candidate_key(row["cand_ID"]),
                         int(present[position]),
