@@ -13,12 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 from astropy.io import fits
-from helpers import tracking_at
+from helpers import ROOT, tracking_at
 
 os.environ["OTRAIN_PROGRESS"] = "0"
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def constraint_pins() -> dict[str, str]:

@@ -5,6 +5,7 @@ The fixtures and the FITS writers are in ``conftest.py``; the headless browser i
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import json
@@ -12,23 +13,57 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 __all__ = [
+    "ROOT",
     "epochs_printed",
     "free_port",
     "free_ports",
     "history_epochs",
+    "imported_by_help",
     "stop_group",
     "tracking_at",
     "wait_for_epochs",
     "wait_until_answers",
 ]
+
+#: The checkout the tests run from.
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_by_help(commands: Sequence[str], modules: Sequence[str]) -> tuple[str, list[str]]:
+    """Run ``--help`` of each command's entry point in a fresh interpreter.
+
+    Parameters
+    ----------
+    commands : sequence of str
+        Modules of :mod:`otrain.cli` (``"train"``, ``"serve"``, ...), run in this order.
+    modules : sequence of str
+        The heavy modules to look for (``"tensorflow"``, ``"mlflow"``, ...).
+
+    Returns
+    -------
+    tuple
+        What the commands printed, and which of ``modules`` they imported between them.
+    """
+    probe = (
+        "import importlib, sys\n"
+        f"for command in {list(commands)!r}:\n"
+        "    try:\n"
+        "        importlib.import_module('otrain.cli.' + command).main(['--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        f"print([name for name in {list(modules)!r} if name in sys.modules], file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    return result.stdout, ast.literal_eval(result.stderr.strip().splitlines()[-1])
 
 
 def free_ports(count: int) -> list[int]:

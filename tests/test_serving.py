@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import call_main
-from helpers import free_port, stop_group, tracking_at, wait_until_answers
+from helpers import free_port, imported_by_help, stop_group, tracking_at, wait_until_answers
 
 from otrain.cli.serve import main as serve_main
 
@@ -262,16 +262,6 @@ def test_print_request_refuses_a_bad_cutout_without_partial_output(
 
 
 def test_help_imports_neither_tensorflow_nor_mlflow() -> None:
-    probe = (
-        "import sys\n"
-        "from otrain.cli.serve import main\n"
-        "try:\n"
-        "    main(['--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = [name for name in ('tensorflow', 'keras', 'mlflow', 'astropy') if name in sys.modules]\n"
-        "print('heavy:', heavy)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "--print-request PATH [PATH ...]" in result.stdout
-    assert result.stdout.strip().endswith("heavy: []")
+    printed, heavy = imported_by_help(["serve"], ["tensorflow", "keras", "mlflow", "astropy"])
+    assert "--print-request PATH [PATH ...]" in printed
+    assert heavy == []
