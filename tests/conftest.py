@@ -13,11 +13,11 @@ from typing import Any
 import numpy as np
 import pytest
 from astropy.io import fits
+from helpers import ROOT, tracking_at
 
 os.environ["OTRAIN_PROGRESS"] = "0"
 
 BIN = Path(sys.executable).parent
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def constraint_pins() -> dict[str, str]:
@@ -230,22 +230,16 @@ def train(workspace: Path, name: str, *extra: str, models: str = "models") -> in
 @pytest.fixture(scope="session")
 def trained(workspace: Path, tracking_uri: str) -> Path:
     """The output folder of a 6-epoch training on the workspace cube, tracked in MLflow."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
+    with tracking_at(tracking_uri):
         assert train(workspace, "tiny", "--epochs", "6") == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
     return workspace / "models" / "CNN_training" / "tiny"
 
 
 @pytest.fixture(scope="session")
 def trained_vgg(workspace: Path, tracking_uri: str) -> Path:
     """The output folder of a 3-epoch training of the vgg network on the workspace cube, tracked in MLflow."""
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
+    with tracking_at(tracking_uri):
         assert train(workspace, "tiny_vgg", "--architecture", "vgg", "--epochs", "3", models="vgg") == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
     return workspace / "vgg" / "CNN_training" / "tiny_vgg"
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import BIN, call_main, make_tree, run_command
+from helpers import imported_by_help
 
 from otrain.cli.app import parse_options, render_help
 from otrain.cli.checkinfer import main as checkinfer_main
@@ -78,19 +78,8 @@ def test_help_shows_types_and_defaults() -> None:
 
 
 def test_help_does_not_import_tensorflow() -> None:
-    probe = (
-        "import sys\n"
-        "from otrain.cli import train, infer, grad_cam\n"
-        "for module in (train, infer, grad_cam):\n"
-        "    try:\n"
-        "        module.main(['--help'])\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "heavy = [name for name in ('tensorflow', 'keras', 'mlflow', 'astropy') if name in sys.modules]\n"
-        "print('heavy:', heavy)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert result.stdout.strip().endswith("heavy: []")
+    _, heavy = imported_by_help(["train", "infer", "grad_cam"], ["tensorflow", "keras", "mlflow", "astropy"])
+    assert heavy == []
 
 
 def test_prob_ratio_zero_is_an_option_error_not_a_crash(tmp_path: Path) -> None:

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 from astropy.table import Table
 from conftest import BIN, ROOT
+from helpers import free_port, wait_until_answers
 from test_docker import ENGINE_UNAVAILABLE, RUN_THEM, docker, docker_env, image  # noqa: F401 - fixtures
-from test_tracking_server import free_port
 
 pytestmark = pytest.mark.docker
 #: How long a service may take to become healthy on a busy machine.
@@ -141,19 +141,6 @@ def post_json(url: str, payload: object) -> dict:
         return json.loads(response.read())
 
 
-def wait_for_ping(url: str) -> None:
-    deadline = time.monotonic() + STARTUP
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/ping", timeout=5) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            pass
-        assert time.monotonic() < deadline, f"{url}/ping did not answer within {STARTUP} s"
-        time.sleep(3)
-
-
 def otrain(folder: Path, tracking_uri: str, *command: str) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OTRAIN_PROGRESS": "0"}
     result = subprocess.run(
@@ -204,7 +191,7 @@ def test_champion_served_by_the_stack_scores_as_otrain_infer(stack: Stack, tmp_p
     otrain(tmp_path, uri, "otrain-infer", f"--cutouts={night}", f"--model={model_dir / 'tiny.keras'}", "--no-tracking")
 
     stack.compose("--profile", "serve", "up", "-d", "serve")
-    wait_for_ping(stack.serve_url)
+    wait_until_answers(stack.serve_url + "/ping", STARTUP)
     stack.wait_healthy("serve")
 
     scored = Table.read(night / "infer_results.dat", format="ascii.commented_header")

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import call_main, refused_init_sources, write_gmadet, write_stdpipe
+from helpers import epochs_printed, history_epochs, tracking_at
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.convert import main as convert_main
@@ -145,15 +146,12 @@ def crossval(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, str]
     root = tmp_path_factory.mktemp("crossval")
     cube = learnable_cube(root / "grouped.npz", grouped=True)
     uri = f"sqlite:///{root / 'mlflow.db'}"
-    os.environ["MLFLOW_TRACKING_URI"] = uri
-    try:
+    with tracking_at(uri):
         status = call_main(
             cross_validate_main,
             *("--cube", cube, "--folds", FOLDS, "--output", root / "cv", "--epochs", "2", "--patience", "0"),
             *("--normalisation", "robust", "--frac", "0.2", "--experiment", "cv"),
         )
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
     assert status == 0
     return cube, root / "cv", uri
 
@@ -402,10 +400,6 @@ main(sys.argv[1:])
 """
 
 
-def epochs_printed(out: str) -> list[int]:
-    return [int(line.split("/")[0].split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
-
-
 @pytest.mark.slow
 def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the_finished_folds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
@@ -475,8 +469,7 @@ def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the
     assert epochs_printed(printed) == [2, 3, 1, 2, 3]  # fold 1 is not trained again, fold 2 goes on
     after = kept.stat()
     assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)
-    with open(folds / "fold-2" / "history.csv", newline="") as stream:
-        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3]
+    assert history_epochs(folds / "fold-2") == [1, 2, 3]
     assert not record.exists()
     assert not (folds / "fold-2" / ".checkpoint").exists()
     report = json.loads((out / "cv_metrics.json").read_text())

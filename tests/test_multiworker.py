@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from conftest import ROOT
+from helpers import free_ports, history_epochs, wait_for_epochs
 
 pytestmark = pytest.mark.slow
 
@@ -23,15 +21,6 @@ pytestmark = pytest.mark.slow
 TRAIN = "import sys; from otrain.cli.train import main; main(sys.argv[1:])"
 #: Two processes import TensorFlow, wait for each other, then train on a loaded machine.
 TIMEOUT = 900
-
-
-def free_ports(count: int) -> list[int]:
-    """Ports free on loopback now (held together so that they differ)."""
-    with contextlib.ExitStack() as stack:
-        sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
 
 
 def tf_config(ports: list[int], index: int) -> str:
@@ -97,11 +86,6 @@ def runs_in(tracking_uri: str) -> list[object]:
 
     client = MlflowClient(tracking_uri)
     return client.search_runs([experiment.experiment_id for experiment in client.search_experiments()])
-
-
-def history_epochs(folder: Path) -> list[int]:
-    with open(folder / "history.csv", newline="") as stream:
-        return [int(float(row["epoch"])) for row in csv.DictReader(stream)]
 
 
 @pytest.mark.parametrize(
@@ -206,11 +190,7 @@ def test_two_workers_killed_mid_training_resume_from_the_chiefs_checkpoint(
     folder = models / "CNN_training" / "m"
     pointer = folder / ".checkpoint" / "latest.json"
     first = start_workers(cluster, train_args(workspace, models, "m", "--epochs", "1000"), tracking_uri)
-    deadline = time.monotonic() + TIMEOUT
-    while not (pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= 2):
-        assert all(process.poll() is None for process in first), [process.communicate() for process in first]
-        assert time.monotonic() < deadline, "no checkpoint of epoch 2"
-        time.sleep(0.2)
+    wait_for_epochs(folder, 2, *first, seconds=TIMEOUT)
     for process in first:  # both machines lost at once
         process.send_signal(signal.SIGKILL)
     for process in first:

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
 from conftest import BIN, SIZE, call_main, files_under, original_otrain_network, run_command, train
+from helpers import tracking_at
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.export import main as export_main
@@ -534,11 +535,8 @@ def test_export_never_replaces_an_onnx_file_it_did_not_write(model_copy: Path, t
 def test_export_logs_the_twin_into_the_training_run(model_copy: Path, tracking_uri: str) -> None:
     from mlflow.tracking import MlflowClient
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
+    with tracking_at(tracking_uri):
         assert call_main(export_main, "--model", model_copy) == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
     run_id = json.loads((model_copy.parent / "mlflow_run.json").read_text())["run_id"]
     logged = {item.path for item in MlflowClient(tracking_uri).list_artifacts(run_id, "onnx")}
     assert {"onnx/tiny.onnx", "onnx/tiny.keras.card.json"} <= logged

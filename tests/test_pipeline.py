@@ -18,6 +18,7 @@ import pytest
 import yaml
 from astropy.io import ascii as astropy_ascii
 from conftest import BIN, ROOT
+from helpers import wait_for_epochs
 
 from otrain.options.config import validate_params
 
@@ -222,13 +223,7 @@ def test_killed_training_then_repro_finishes_cleanly(tmp_path: Path) -> None:
         env=env,
         start_new_session=True,
     )
-    # Wait (however long a loaded machine takes) until two epochs are checkpointed.
-    pointer = folder / "models" / "CNN_training" / "survey" / ".checkpoint" / "latest.json"
-    deadline = time.monotonic() + 1800
-    while not (pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= 2):
-        assert process.poll() is None, "the pipeline ended before training two epochs"
-        assert time.monotonic() < deadline, "fewer than two epochs after 30 minutes"
-        time.sleep(0.2)
+    wait_for_epochs(folder / "models" / "CNN_training" / "survey", 2, process, seconds=1800)
     os.killpg(process.pid, signal.SIGINT)
     assert process.wait() != 0
     assert not (folder / "models" / "CNN_training" / "survey" / "survey.keras").exists()

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import call_main
+from helpers import free_port, imported_by_help, stop_group, tracking_at, wait_until_answers
 
 from otrain.cli.serve import main as serve_main
 
@@ -27,22 +25,13 @@ NAME = "otrain-serve-test"
 SERVE = (sys.executable, "-m", "otrain.cli.serve")
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def champion(trained: Path, tracking_uri: str) -> str:
     """Register the session's tiny model through otrain-promote: the first version gets the alias."""
     from otrain.cli.promote import main as promote_main
 
-    os.environ["MLFLOW_TRACKING_URI"] = tracking_uri
-    try:
+    with tracking_at(tracking_uri):
         assert call_main(promote_main, "--model-dir", trained, "--registered-name", NAME) == 0
-    finally:
-        del os.environ["MLFLOW_TRACKING_URI"]
     return f"models:/{NAME}@champion"
 
 
@@ -68,23 +57,10 @@ def server(champion: str, tracking_uri: str, tmp_path_factory: pytest.TempPathFa
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 300
-        while True:
-            with contextlib.suppress(OSError), urllib.request.urlopen(url + "/ping", timeout=5) as response:
-                if response.status == 200:
-                    break
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"otrain-serve did not answer /ping: {log_file.read_text()[-3000:]}")
-            time.sleep(1)
+        wait_until_answers(url + "/ping", 300, process, log_file)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        stop_group(process, grace=60)
 
 
 def infer_table(cutouts: Path, model: Path, output: Path) -> dict[str, float]:
@@ -286,16 +262,6 @@ def test_print_request_refuses_a_bad_cutout_without_partial_output(
 
 
 def test_help_imports_neither_tensorflow_nor_mlflow() -> None:
-    probe = (
-        "import sys\n"
-        "from otrain.cli.serve import main\n"
-        "try:\n"
-        "    main(['--help'])\n"
-        "except SystemExit:\n"
-        "    pass\n"
-        "heavy = [name for name in ('tensorflow', 'keras', 'mlflow', 'astropy') if name in sys.modules]\n"
-        "print('heavy:', heavy)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
-    assert "--print-request PATH [PATH ...]" in result.stdout
-    assert result.stdout.strip().endswith("heavy: []")
+    printed, heavy = imported_by_help(["serve"], ["tensorflow", "keras", "mlflow", "astropy"])
+    assert "--print-request PATH [PATH ...]" in printed
+    assert heavy == []

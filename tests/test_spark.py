@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
 from conftest import ROOT, SIZE, call_main, files_under, make_tree, pixels, write_gmadet, write_stdpipe
+from helpers import imported_by_help
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
@@ -311,21 +312,10 @@ def test_pack_writes_rows_atomically_and_refuses_to_overwrite(
 
 
 def test_help_imports_neither_pyspark_nor_tensorflow() -> None:
-    probe = (
-        "import sys\n"
-        "from otrain.cli import infer_spark, pack\n"
-        "for module in (infer_spark, pack):\n"
-        "    try:\n"
-        "        module.main(['--help'])\n"
-        "    except SystemExit:\n"
-        "        pass\n"
-        "heavy = [name for name in ('pyspark', 'tensorflow', 'keras', 'mlflow', 'pyarrow') if name in sys.modules]\n"
-        "print(heavy, file=sys.stderr)\n"
-    )
-    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
-    assert result.stderr.strip() == "[]"
-    assert "usage: otrain-infer-spark --output PATH --model TEXT" in result.stdout
-    assert "usage: otrain-pack --cutouts PATH --output PATH" in result.stdout
+    printed, heavy = imported_by_help(["infer_spark", "pack"], ["pyspark", "tensorflow", "keras", "mlflow", "pyarrow"])
+    assert heavy == []
+    assert "usage: otrain-infer-spark --output PATH --model TEXT" in printed
+    assert "usage: otrain-pack --cutouts PATH --output PATH" in printed
 
 
 def test_an_unknown_registered_model_is_one_line(

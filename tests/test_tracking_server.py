@@ -10,15 +10,12 @@ skipped only when PostgreSQL is not installed (``.ci/run`` installs Debian's ``p
 
 from __future__ import annotations
 
-import contextlib
 import glob
 import json
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Iterator
@@ -27,6 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, ROOT
+from helpers import free_port, stop_group, wait_until_answers
 from test_pipeline import dvc, make_repo
 
 pytestmark = pytest.mark.slow
@@ -38,12 +36,6 @@ def postgres_bin(name: str) -> str | None:
         return found
     candidates = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
     return candidates[-1] if candidates else None
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def as_postgres_user(command: list[str]) -> list[str]:
@@ -118,32 +110,15 @@ def tracking_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    log = open(artifacts.parent / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    log_file = artifacts.parent / "mlflow-server.log"
+    with open(log_file, "w") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    "mlflow server did not start: " + (artifacts.parent / "mlflow-server.log").read_text()[-2000:]
-                )
-            time.sleep(1)
+        wait_until_answers(url + "/health", 120, server, log_file)
         yield url
     finally:
-        with contextlib.suppress(ProcessLookupError):  # already gone when it failed to start
-            os.killpg(server.pid, 15)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, 9)
-        log.close()
+        stop_group(server, grace=30)
 
 
 def test_pipeline_against_a_team_server(tracking_server: str, tmp_path: Path) -> None:

@@ -8,7 +8,6 @@ import os
 import shutil
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +23,7 @@ from conftest import (
     train,
     write_gmadet,
 )
+from helpers import history_epochs, wait_for_epochs
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.infer import main as infer_main
@@ -52,8 +52,7 @@ def test_training_writes_the_original_layout(trained: Path) -> None:
         assert archive["labels"].shape[1] == 2  # one-hot, readable by the original tools
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "mcc", "roc_auc"}
-    with open(trained / "history.csv", newline="") as stream:
-        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3, 4, 5, 6]
+    assert history_epochs(trained) == [1, 2, 3, 4, 5, 6]
     card = json.loads((trained / "tiny.keras.card.json").read_text())
     assert card["input_shape"] == [SIZE, SIZE, 1]
     assert card["architecture"] == "otrain"
@@ -279,8 +278,7 @@ def test_vgg_training_records_its_network(trained_vgg: Path, tracking_uri: str) 
     model = load_model(trained_vgg / "tiny_vgg.keras")
     assert model.name == "vgg_cnn"
     assert sum(isinstance(layer, layers.BatchNormalization) for layer in model.layers) == 4
-    with open(trained_vgg / "history.csv", newline="") as stream:
-        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == [1, 2, 3]
+    assert history_epochs(trained_vgg) == [1, 2, 3]
     metrics = json.loads((trained_vgg / "metrics.json").read_text())
     assert metrics["roc_auc"] > 0.8, metrics  # it learnt (the test set's ROC AUC is 0.96 on this CPU)
     run_id = json.loads((trained_vgg / "mlflow_run.json").read_text())["run_id"]
@@ -424,16 +422,6 @@ def test_good_and_corrupt_files(trained: Path, tmp_path: Path, capsys: pytest.Ca
     assert np.isnan(row["RA"])
 
 
-def wait_for_epochs(checkpoint: Path, epochs: int, process: subprocess.Popen[str]) -> None:
-    """Wait (as long as it takes, on a slow machine) until the checkpoint holds ``epochs`` epochs."""
-    pointer = checkpoint / "latest.json"
-    deadline = time.monotonic() + 900
-    while not (pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= epochs):
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, f"fewer than {epochs} epochs after 15 minutes"
-        time.sleep(0.2)
-
-
 def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     """Ctrl-C leaves no model and a KILLED run; --resume says where it resumes and finishes the same run."""
     from mlflow.tracking import MlflowClient
@@ -447,7 +435,7 @@ def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OTRAIN_PROGRESS": "0"}
     output = tmp_path / "CNN_training" / "long"
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    wait_for_epochs(output / ".checkpoint", 2, process)
+    wait_for_epochs(output, 2, process)
     process.send_signal(signal.SIGINT)
     _out, err = process.communicate()
     assert process.returncode == 130, err
@@ -480,8 +468,7 @@ def test_interrupted_training_resumes(workspace: Path, tmp_path: Path) -> None:
     assert json.loads((output / "mlflow_run.json").read_text())["run_id"] == run_id
     assert MlflowClient(uri).get_run(run_id).info.status == "FINISHED"
     assert f"epoch 1/{total}" not in resumed.stdout
-    with open(output / "history.csv", newline="") as stream:
-        assert [int(float(row["epoch"])) for row in csv.DictReader(stream)] == list(range(1, total + 1))
+    assert history_epochs(output) == list(range(1, total + 1))
     assert not (output / ".checkpoint").exists()
     again = subprocess.run([*command, "--resume"], capture_output=True, text=True, env=env)
     assert again.returncode == 2

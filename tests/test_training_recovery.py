@@ -11,13 +11,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import BIN, call_main, files_under, train
+from helpers import epochs_printed, history_epochs, wait_for_epochs
 from numpy.testing import assert_allclose, assert_array_equal
 
 from otrain.cli.train import main as train_main
@@ -41,29 +41,6 @@ OUTPUTS = (
 
 def folder_of(root: Path, name: str = "m") -> Path:
     return root / "CNN_training" / name
-
-
-def epochs_printed(out: str) -> list[int]:
-    return [int(line.split("/")[0].split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
-
-
-def wait_for(condition: Callable[[], bool], process: subprocess.Popen[str], what: str) -> None:
-    """Wait until ``condition`` holds, however slow the machine (a quarter of an hour at most)."""
-    deadline = time.monotonic() + 900
-    while not condition():
-        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
-        assert time.monotonic() < deadline, f"no {what} after 15 minutes"
-        time.sleep(0.2)
-
-
-def checkpointed(folder: Path, epochs: int = 1) -> Callable[[], bool]:
-    pointer = folder / ".checkpoint" / "latest.json"
-    return lambda: pointer.is_file() and json.loads(pointer.read_text())["epochs_done"] >= epochs
-
-
-def history_epochs(folder: Path) -> list[int]:
-    with open(folder / "history.csv", newline="") as stream:
-        return [int(float(row["epoch"])) for row in csv.DictReader(stream)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -127,7 +104,7 @@ def test_a_second_training_of_the_same_folder_is_refused_and_a_killed_ones_lock_
         [*base, "--epochs", "1000"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
     )
     try:
-        wait_for(checkpointed(folder), first, "a checkpoint")
+        wait_for_epochs(folder, 1, first)
         for extra in ((), ("--resume",), ("--overwrite",)):
             second = subprocess.run([*base, "--epochs", "2", *extra], capture_output=True, text=True, env=env)
             assert second.returncode == 1, (extra, second.stderr)
@@ -537,7 +514,7 @@ def test_sigterm_from_a_stopped_pipeline_ends_the_training_like_ctrl_c(workspace
         *("--epochs", "1000", "--no-tracking", "--normalisation", "robust", "--patience", "0"),
     ]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    wait_for(checkpointed(folder), process, "a checkpoint")
+    wait_for_epochs(folder, 1, process)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate()
     assert process.returncode == 130
