@@ -6,9 +6,10 @@ Modules:
 * :mod:`otrain.io.locking`: advisory locks on outputs and stores;
 * :mod:`otrain.io.outputs`: output ownership markers and the formats of written files;
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
+* :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
 * :mod:`otrain.io.progress`: progress bars on the terminal;
 * :mod:`otrain.io.parallel`: chunked work over a pool of processes.
 """
 
-__all__ = ["atomic", "card", "fitsreader", "locking", "outputs", "parallel", "progress"]
+__all__ = ["atomic", "card", "fitsreader", "layout", "locking", "outputs", "parallel", "progress"]

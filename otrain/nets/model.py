@@ -35,6 +35,7 @@ from keras import layers, ops
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path, write_json_atomic
 from otrain.io.card import card_planes
+from otrain.io.layout import card_file
 from otrain.options.config import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -46,7 +47,6 @@ from otrain.options.config import (
     VGG_FILTERS,
     VGG_GRID,
     Architecture,
-    card_file,
 )
 
 __all__ = [

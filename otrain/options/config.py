@@ -31,6 +31,19 @@ from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field,
 
 from otrain.errors import OptionError, first_line
 from otrain.io import outputs as formats
+from otrain.io.layout import (
+    CARD_SUFFIX,
+    CHECKPOINT_FOLDER,
+    INT8_FILE,
+    TEST_CUBE,
+    TRAINING_FILES,
+    TRAINING_LOCK,
+    TRAININGS_FOLDER,
+    card_file,
+    int8_path,
+    training_folder,
+    twin_path,
+)
 from otrain.io.locking import is_locked
 from otrain.io.outputs import Output, check_outputs, is_same_file
 
@@ -61,12 +74,9 @@ __all__ = [
     "SummaryConfig",
     "TrainConfig",
     "TrainingOptions",
-    "card_file",
     "cluster_from_environment",
-    "int8_path",
     "option",
     "relabel_output_files",
-    "twin_path",
     "validate_params",
 ]
 
@@ -741,26 +751,6 @@ class TrainingOptions(CommandConfig):
             raise ValueError(f"--frac, --test-frac: together must leave data for training, got {frac} + {test_frac}")
 
 
-#: Inside a training folder: the checkpoint of an unfinished training (and its staged outputs),
-#: and the lock file of the training that runs there.
-CHECKPOINT_FOLDER = ".checkpoint"
-TRAINING_LOCK = ".otrain-train.lock"
-#: Inside the checkpoint: the pointer to the last finished epoch, the staged final outputs, and
-#: the marker that says they are whole.
-CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE = "latest.json", "final", ".complete"
-#: The files every training writes into its folder, besides the model and its card.
-TRAINING_FILES = (
-    "{name}.onnx",
-    "validation_set/datacube/cube_validation.npz",
-    "test_set/datacube/cube_test.npz",
-    "history.csv",
-    "{name}_loss_vs_epochs.png",
-    "{name}_accuracy_vs_epochs.png",
-    "metrics.json",
-    "mlflow_run.json",
-)
-
-
 class TrainConfig(TrainingOptions):
     """Train the O'TRAIN CNN (or, with --architecture vgg, a small VGG-like CNN) on a datacube.
 
@@ -835,7 +825,7 @@ class TrainConfig(TrainingOptions):
 
     def output_names(self) -> list[str]:
         """Return the files this training writes, relative to its folder."""
-        return [self.model_file.name, self.model_file.name + ".card.json"] + [
+        return [self.model_file.name, self.model_file.name + CARD_SUFFIX] + [
             name.format(name=self.name) for name in TRAINING_FILES
         ]
 
@@ -844,8 +834,8 @@ class TrainConfig(TrainingOptions):
         models = [f"{self.name}{suffix}" for suffix in (".keras", ".h5")]
         return (
             models
-            + [model + ".card.json" for model in models]
-            + [f"{self.name}.int8.onnx"]
+            + [model + CARD_SUFFIX for model in models]
+            + [INT8_FILE.format(name=self.name)]
             + [name.format(name=self.name) for name in TRAINING_FILES]
         )
 
@@ -868,7 +858,7 @@ class TrainConfig(TrainingOptions):
     @property
     def output_dir(self) -> Path:
         """``<model-path>/CNN_training/<name>/``."""
-        return self.model_path / "CNN_training" / self.name
+        return training_folder(self.model_path, self.name)
 
     @property
     def model_file(self) -> Path:
@@ -1263,11 +1253,6 @@ class InferSparkConfig(CommandConfig):
         return [self.output.parent] + ([self.table.parent] if self.table is not None else [])
 
 
-def card_file(model_file: Path) -> Path:
-    """Return the model card of ``model_file``: ``<model>.card.json`` beside it."""
-    return model_file.with_name(model_file.name + ".card.json")
-
-
 def card_threshold(model_file: Path) -> float:
     """Return the decision threshold a model's card records; 0.5 for a model without a card or threshold.
 
@@ -1647,7 +1632,7 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
 
     def output_folders(self) -> list[Path]:
         """--outdir and the models' folder."""
-        return [self.outdir, self.model_path / "CNN_training"]
+        return [self.outdir, self.model_path / TRAININGS_FOLDER]
 
 
 #: What otrain-cross-validate writes into --output, besides one training per fold.
@@ -1733,7 +1718,7 @@ class CrossValidateConfig(TrainingOptions):
 
     def output_folders(self) -> list[Path]:
         """--output and its folder of trainings."""
-        return [self.output / "CNN_training"]
+        return [self.output / TRAININGS_FOLDER]
 
 
 class GradCamConfig(CommandConfig):
@@ -1780,16 +1765,6 @@ SOURCE_SHA256 = "otrain.source_sha256"
 #: How far a model's ONNX twin may be from it, in machine epsilons of each cutout's logit scale
 #: (otrain.score.backends.parity_allowance; docs/onnx.md says why 64).
 PARITY_TOLERANCE = 64.0
-
-
-def twin_path(model_file: Path) -> Path:
-    """Return the ONNX twin of a model file: ``<stem>.onnx`` beside it."""
-    return model_file.with_suffix(".onnx")
-
-
-def int8_path(model_file: Path) -> Path:
-    """Return the int8 model of a model file: ``<stem>.int8.onnx`` beside it."""
-    return model_file.with_suffix(".int8.onnx")
 
 
 def _parity_tolerance(value: float) -> float:
@@ -1870,7 +1845,7 @@ class ExportConfig(CommandConfig):
     @property
     def check_cube(self) -> Path:
         """The cube of the checks: --cube, else the training's test set beside the model (which may not exist)."""
-        return self.cube if self.cube is not None else self.model.parent / "test_set" / "datacube" / "cube_test.npz"
+        return self.cube if self.cube is not None else self.model.parent / TEST_CUBE
 
     @property
     def twin(self) -> Path:

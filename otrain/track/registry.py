@@ -29,6 +29,7 @@ import numpy as np
 from otrain.data.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
 from otrain.io.card import split_record
+from otrain.io.layout import METRICS_FILE, RUN_FILE, TEST_CUBE
 from otrain.io.locking import exclusive_lock
 from otrain.metrics.evaluation import binary_metrics, evaluate, write_json
 from otrain.options.config import PromoteConfig
@@ -192,8 +193,8 @@ def promote(config: PromoteConfig) -> PromotionDecision:
 
     run = read_run_file(config.model_dir)
     if run is None:
-        raise DataError(f"{config.model_dir}: no mlflow_run.json (was the model trained with --no-tracking?)")
-    test_file = config.model_dir / "test_set" / "datacube" / "cube_test.npz"
+        raise DataError(f"{config.model_dir}: no {RUN_FILE} (was the model trained with --no-tracking?)")
+    test_file = config.model_dir / TEST_CUBE
     if not test_file.is_file():
         raise DataError(f"{test_file}: test cube missing; promote a folder written by otrain-train")
     card = _training_card(config.model_dir)
@@ -219,11 +220,11 @@ def _register_and_judge(
         client.get_run(run.run_id)
     except MlflowException:
         raise DataError(
-            f"{config.model_dir}: its MLflow run {run.run_id} is not in the store {uri} (mlflow_run.json names "
+            f"{config.model_dir}: its MLflow run {run.run_id} is not in the store {uri} ({RUN_FILE} names "
             f"{run.tracking_uri}); set MLFLOW_TRACKING_URI to the store the model was trained with"
         ) from None
     cube = Datacube.load(test_file)
-    metrics_file = config.model_dir / "metrics.json"
+    metrics_file = config.model_dir / METRICS_FILE
     metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {}
     record = split_record(card)
     name = config.registered_name
