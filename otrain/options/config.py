@@ -29,8 +29,9 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from otrain.errors import OptionError, first_line
+from otrain.errors import DataError, OptionError
 from otrain.io import outputs as formats
+from otrain.io.card import card_threshold
 from otrain.io.layout import (
     CARD_SUFFIX,
     CHECKPOINT_FOLDER,
@@ -1253,31 +1254,21 @@ class InferSparkConfig(CommandConfig):
         return [self.output.parent] + ([self.table.parent] if self.table is not None else [])
 
 
-def card_threshold(model_file: Path) -> float:
-    """Return the decision threshold a model's card records; 0.5 for a model without a card or threshold.
+def _use_card_threshold(config: CommandConfig, model_file: Path) -> None:
+    """Fill an omitted --threshold with the model card's (see :func:`otrain.io.card.card_threshold`).
 
     Raises
     ------
     ValueError
         If the card cannot be read or its threshold is not a probability; the message names the card.
     """
-    card = card_file(model_file)
-    if not card.is_file():
-        return 0.5
-    try:
-        value = json.loads(card.read_text()).get("threshold", 0.5)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        raise ValueError(f"{card}: not a readable model card ({first_line(error)})") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{card}: 'threshold' must be a probability, got {value!r}")
-    return float(value)
-
-
-def _use_card_threshold(config: CommandConfig, model_file: Path) -> None:
-    """Fill an omitted --threshold with the model card's (see :func:`card_threshold`)."""
     if getattr(config, "threshold", None) is None:
+        try:
+            threshold = card_threshold(model_file)
+        except DataError as error:  # an option's file: reported as the option's error
+            raise ValueError(str(error)) from None
         # The options are frozen once validated; this validator is where they are completed.
-        object.__setattr__(config, "threshold", card_threshold(model_file))
+        object.__setattr__(config, "threshold", threshold)
 
 
 def _is_under(path: Path, folder: Path, recursive: bool) -> bool:

@@ -49,13 +49,13 @@ import numpy as np
 
 from otrain.errors import DataError, OptionError, first_line, log_listed
 from otrain.io.atomic import atomic_folder, atomic_path
+from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
 from otrain.options.config import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
     MLFLOW_MODEL_SCHEMES,
     InferSparkConfig,
-    card_threshold,
 )
 from otrain.score.backends import choose_backend, cutout_shape, load_classifier
 from otrain.score.inference import (

@@ -28,7 +28,7 @@ import numpy as np
 
 from otrain.data.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
-from otrain.io.card import split_record
+from otrain.io.card import split_record, training_card
 from otrain.io.layout import METRICS_FILE, RUN_FILE, TEST_CUBE
 from otrain.io.locking import exclusive_lock
 from otrain.metrics.evaluation import binary_metrics, evaluate, write_json
@@ -78,17 +78,6 @@ def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float, metri
     labels = cube.labels[rows]
     figures = binary_metrics(labels, probabilities, threshold)  # no threshold table unless needed
     return float(figures[metric] if metric in figures else evaluate(labels, probabilities, threshold)[metric])
-
-
-def _training_card(model_dir: Path) -> dict[str, Any]:
-    cards = sorted(model_dir.glob("*.card.json"))
-    if len(cards) != 1:
-        found = "no model card" if not cards else f"{len(cards)} model cards"
-        raise DataError(f"{model_dir}: {found} (*.card.json); promote a folder written by otrain-train")
-    try:
-        return json.loads(cards[0].read_text())
-    except (OSError, ValueError) as error:
-        raise DataError(f"{cards[0]}: not a readable model card ({error})") from None
 
 
 #: What a split record must hold for its rows to be recomputed.
@@ -197,7 +186,7 @@ def promote(config: PromoteConfig) -> PromotionDecision:
     test_file = config.model_dir / TEST_CUBE
     if not test_file.is_file():
         raise DataError(f"{test_file}: test cube missing; promote a folder written by otrain-train")
-    card = _training_card(config.model_dir)
+    card = training_card(config.model_dir)
     uri = resolve_tracking_uri(run.tracking_uri)
     check_tracking_uri(uri, skippable=False)
     with using_tracking_uri(uri):

@@ -53,8 +53,10 @@ from otrain import __version__
 from otrain.data.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError, first_line
 from otrain.io.atomic import atomic_path, write_text_atomic
+from otrain.io.card import card_planes, read_card, write_card
 from otrain.io.layout import (
     ACCURACY_CURVE,
+    CARD_SUFFIX,
     CHECKPOINT_COMPLETE,
     CHECKPOINT_FOLDER,
     CHECKPOINT_POINTER,
@@ -66,6 +68,7 @@ from otrain.io.layout import (
     TEST_CUBE,
     TRAINING_LOCK,
     VALIDATION_CUBE,
+    model_of_card,
     twin_path,
 )
 from otrain.io.locking import exclusive_lock
@@ -316,7 +319,7 @@ def _starting_weights(model: Any, source: Path, planes: tuple[str, ...] | None) 
         shapes), takes other cutouts, or was trained on other planes than the cube's (as its card
         says).
     """
-    from otrain.nets.model import card_planes, input_shape_of, load_model
+    from otrain.nets.model import input_shape_of, load_model
 
     trained = load_model(source)
     ours, theirs = input_shape_of(model), input_shape_of(trained)
@@ -938,7 +941,7 @@ def _fit_and_write(
     import tensorflow as tf
 
     from otrain.metrics.plots import plot_training_curve
-    from otrain.nets.model import save_model, write_card
+    from otrain.nets.model import save_model
 
     if run is not None:
         import mlflow
@@ -1283,7 +1286,7 @@ def _publish(config: TrainConfig, staged: Path) -> TrainingResult:
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     metrics = json.loads((folder / METRICS_FILE).read_text())
-    card = json.loads((folder / f"{config.model_file.name}.card.json").read_text())
+    card = read_card(config.model_file)
     with open(folder / HISTORY_FILE, newline="") as stream:
         history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
     shutil.rmtree(folder / CHECKPOINT_FOLDER, ignore_errors=True)
@@ -1307,8 +1310,8 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
     for path in outputs:
         if path.suffix in (".png", ".csv", ".json") and path.name != RUN_FILE:
             mlflow.log_artifact(str(path), artifact_path="training")
-    cards = [path for path in outputs if path.name.endswith(".card.json")]
-    card = json.loads(cards[0].read_text()) if cards else None
+    cards = [path for path in outputs if path.name.endswith(CARD_SUFFIX)]
+    card = read_card(model_of_card(cards[0])) if cards else None
     with tempfile.TemporaryDirectory() as scratch:
         twins = [path for path in outputs if path.suffix == ".onnx" and not (card or {}).get("onnx", {}).get("absent")]
         folder = save_mlflow_model(
