@@ -47,6 +47,7 @@ from otrain.io.layout import (
 )
 from otrain.io.locking import is_locked
 from otrain.io.outputs import Output, check_outputs, is_same_file
+from otrain.options.uris import is_mlflow_uri, parse_model_uri
 
 __all__ = [
     "COMMAND_CONFIGS",
@@ -1065,7 +1066,6 @@ class InferConfig(CommandConfig):
 #: Written into every Parquet folder of otrain-pack and otrain-infer-spark: proves the folder is otrain's.
 PARQUET_MARKER = "_otrain.json"
 #: The schemes of an MLflow model URI given as --model to otrain-infer-spark.
-MLFLOW_MODEL_SCHEMES = ("models:/", "runs:/")
 _SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|yarn|(spark|k8s|mesos)://\S+")
 _SPARK_CONF = re.compile(r"[A-Za-z0-9_.-]+=.*")
 _JVM_SIZE = (re.compile(r"[0-9]+[kmgt]", re.IGNORECASE), "a whole number and a unit k, m, g or t (4g, 512m)")
@@ -1209,13 +1209,13 @@ class InferSparkConfig(CommandConfig):
             except ValueError as error:
                 raise ValueError(f"--cutouts: {error}") from None
         try:
-            if self.model.startswith(MLFLOW_MODEL_SCHEMES):
+            if is_mlflow_uri(self.model):
                 _model_uri(self.model)
             else:
                 _existing_file(Path(self.model))
         except ValueError as error:
             raise ValueError(f"--model: {error}") from None
-        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
+        if not is_mlflow_uri(self.model):
             _use_card_threshold(self, Path(self.model))
         if not _SPARK_MASTER.fullmatch(self.master):
             raise ValueError(
@@ -1239,7 +1239,7 @@ class InferSparkConfig(CommandConfig):
                 raise ValueError(
                     f"--table: {str(self.table)!r} is inside --output, which is replaced whole; put it beside"
                 )
-            inputs = [Path(self.model)] if not self.model.startswith(MLFLOW_MODEL_SCHEMES) else []
+            inputs = [Path(self.model)] if not is_mlflow_uri(self.model) else []
             check_outputs(
                 [Output(self.table, "table", formats.INFER_COLUMNS)],
                 flag="--table",
@@ -1912,12 +1912,8 @@ def _model_uri(value: str) -> str:
             f"{uri!r} is a Keras model file, not an MLflow model; serve a registered model "
             f"({DEFAULT_SERVED_MODEL}, see otrain-promote) or a training's runs:/<run id>/model"
         )
-    if uri.startswith("models:/"):
-        if not re.fullmatch(r"models:/[^/@]+(/[0-9]+|@[A-Za-z0-9_-]+)", uri):
-            raise ValueError(f"must be models:/<name>/<version> or models:/<name>@<alias>, got {uri!r}")
-    elif uri.startswith("runs:/"):
-        if not re.fullmatch(r"runs:/[0-9a-f]{32}/[^/].*", uri):
-            raise ValueError(f"must be runs:/<32-hex-digit run id>/<artifact path>, got {uri!r}")
+    if is_mlflow_uri(uri):
+        parse_model_uri(uri)
     elif not uri:
         raise ValueError(f"must be an MLflow model URI such as {DEFAULT_SERVED_MODEL}")
     return uri

@@ -33,6 +33,7 @@ from otrain.io.layout import METRICS_FILE, RUN_FILE, TEST_CUBE
 from otrain.io.locking import exclusive_lock
 from otrain.metrics.evaluation import binary_metrics, evaluate, write_json
 from otrain.options.config import PromoteConfig
+from otrain.options.uris import ModelUri, model_version_uri, run_model_uri
 from otrain.track.tracking import (
     RunInfo,
     check_tracking_uri,
@@ -41,6 +42,7 @@ from otrain.track.tracking import (
     store_lock,
     using_tracking_uri,
 )
+from otrain.track.uris import model_version
 
 __all__ = ["SPLIT_TAG", "PromotionDecision", "comparison_rows", "promote", "split_record"]
 
@@ -219,12 +221,12 @@ def _register_and_judge(
     name = config.registered_name
 
     with exclusive_lock(store_lock(uri, f"promote-{name}"), f"the promotion gate of {name}", wait=_LOCK_WAIT):
-        version = mlflow.register_model(f"runs:/{run.run_id}/model", name)
+        version = mlflow.register_model(run_model_uri(run.run_id), name)
         for key, value in metrics.items():
             client.set_model_version_tag(name, version.version, f"test_{key}", str(value))
         if record is not None:
             client.set_model_version_tag(name, version.version, SPLIT_TAG, json.dumps(record, sort_keys=True))
-        new_model = mlflow.keras.load_model(f"models:/{name}/{version.version}")
+        new_model = mlflow.keras.load_model(model_version_uri(name, version.version))
         everything = np.arange(len(cube))
         decision = PromotionDecision(
             registered_name=name,
@@ -263,7 +265,7 @@ def _alias_holder(client: Any, name: str, alias: str) -> Any:
     from mlflow.exceptions import MlflowException
 
     try:
-        return client.get_model_version_by_alias(name, alias)
+        return model_version(client, ModelUri(name=name, alias=alias))
     except MlflowException:
         return None
 
@@ -289,7 +291,7 @@ def _judge(
         decision.champion_value = decision.compared_on = None
         decision.reason = f"not compared: {why}; the alias '{config.alias}' stays on v{champion_version}"
         return
-    champion_model = mlflow.keras.load_model(f"models:/{config.registered_name}/{champion_version}")
+    champion_model = mlflow.keras.load_model(model_version_uri(config.registered_name, champion_version))
     try:
         champion_value = _score(champion_model, cube, rows, config.threshold, config.metric)
     except DataError as error:
