@@ -249,7 +249,8 @@ def refused_init_sources(folder: Path, shape: tuple[int, int, int], planes: Sequ
     Another cutout size, other planes (as the model's card records them), another network, and a
     text file named like a model.
     """
-    from otrain.nets.model import build_model, save_model, write_card
+    from otrain.io.card import write_card
+    from otrain.nets.model import build_model, save_model
 
     height, width, channels = shape
     folder.mkdir(parents=True, exist_ok=True)

@@ -466,7 +466,7 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
     changed_by = {
         "otrain/train/training.py": {"train", "optimise_dataset_size"},
         "otrain/simulate/physics.py": {"simulate"},
-        "otrain/judge/checkinfer.py": {"diagnostics", "plot_results", "grad_cam", "checkinfer", "report"},
+        "otrain/judge/checkinfer.py": {"diagnostics", "plot_results", "grad_cam", "checkinfer", "report", "promote"},
         "otrain/metrics/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer"}
         | {"optimise_dataset_size", "report", "promote"},
         "otrain/score/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}

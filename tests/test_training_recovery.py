@@ -213,7 +213,7 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    import otrain.nets.model
+    import otrain.train.training
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -221,7 +221,7 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
     root = tmp_path / "models"
     folder = folder_of(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.setattr(otrain.nets.model, "write_card", interrupted)  # after the model, cubes and history
+    monkeypatch.setattr(otrain.train.training, "write_card", interrupted)  # after the model, cubes and history
     assert train(workspace, "m", "--epochs", "2", models=str(root)) == 130
     monkeypatch.undo()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -14,9 +15,10 @@ __all__ = ["main"]
 
 def _promote(config: PromoteConfig) -> None:
     prepare_tensorflow()
+    from otrain.judge.gate import PromotionGate
     from otrain.track.registry import promote
 
-    decision = promote(config)
+    decision = promote(config, functools.partial(PromotionGate, config))
     print(
         f"registered {decision.registered_name} version {decision.version} ({decision.metric} {decision.new_value:.4f})"
     )

@@ -6,6 +6,7 @@ Modules:
 * :mod:`otrain.io.locking`: advisory locks on outputs and stores;
 * :mod:`otrain.io.outputs`: output ownership markers and the formats of written files;
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
+* :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
 * :mod:`otrain.io.ids`: candidate ids: read from a header or a table, matched as text;
 * :mod:`otrain.io.jsonfile`: reading the JSON files otrain writes, errors in one line;
@@ -13,4 +14,4 @@ Modules:
 * :mod:`otrain.io.parallel`: chunked work over a pool of processes.
 """
 
-__all__ = ["atomic", "card", "fitsreader", "ids", "jsonfile", "locking", "outputs", "parallel", "progress"]
+__all__ = ["atomic", "card", "fitsreader", "ids", "jsonfile", "layout", "locking", "outputs", "parallel", "progress"]

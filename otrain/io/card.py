@@ -1,7 +1,9 @@
 """Model cards: the JSON record ``<model>.card.json`` beside every model file, read without TensorFlow.
 
-Scoring with ONNX Runtime must not import TensorFlow, so what a scoring command needs from a
-card (the planes, the ONNX twin's record) is read here, not in :mod:`otrain.nets.model`.
+Every card otrain reads or writes goes through this module: one reader (:func:`read_card`,
+whose errors name the card), one writer (:func:`write_card`, :func:`update_card`), and the
+entries the commands take from a card (threshold, planes, split). Scoring with ONNX Runtime
+must not import TensorFlow, so none of this lives in :mod:`otrain.nets.model`.
 """
 
 from __future__ import annotations
@@ -12,9 +14,21 @@ from typing import Any
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import write_json_atomic
-from otrain.options.config import card_file
+from otrain.io.layout import CARD_SUFFIX, card_file, model_of_card
 
-__all__ = ["card_planes", "read_card", "split_record", "update_card"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "card_planes",
+    "card_threshold",
+    "read_card",
+    "split_record",
+    "training_card",
+    "update_card",
+    "write_card",
+]
+
+#: The threshold of a model whose card records none (and of a model without a card).
+DEFAULT_THRESHOLD = 0.5
 
 
 def read_card(model_file: Path) -> dict[str, Any]:
@@ -37,6 +51,32 @@ def read_card(model_file: Path) -> dict[str, Any]:
     return data
 
 
+def training_card(folder: Path) -> dict[str, Any]:
+    """Return the card of the one model in a training folder.
+
+    Raises
+    ------
+    DataError
+        If the folder holds no card or several, or the card cannot be read; the message names it.
+    """
+    cards = sorted(folder.glob(f"*{CARD_SUFFIX}"))
+    if len(cards) != 1:
+        found = "no model card" if not cards else f"{len(cards)} model cards"
+        raise DataError(f"{folder}: {found} (*{CARD_SUFFIX}); promote a folder written by otrain-train")
+    return read_card(model_of_card(cards[0]))
+
+
+def write_card(model_file: Path, card: dict[str, Any]) -> Path:
+    """Write the model card beside a model file, atomically.
+
+    Returns
+    -------
+    Path
+        The card.
+    """
+    return write_json_atomic(card_file(model_file), card)
+
+
 def update_card(model_file: Path, **entries: Any) -> Path:
     """Set ``entries`` in a model's card (written atomically; created when the model has none).
 
@@ -48,7 +88,21 @@ def update_card(model_file: Path, **entries: Any) -> Path:
     card = read_card(model_file)
     card.setdefault("model_file", model_file.name)
     card.update(entries)
-    return write_json_atomic(card_file(model_file), card)
+    return write_card(model_file, card)
+
+
+def card_threshold(model_file: Path) -> float:
+    """Return the decision threshold a model's card records; 0.5 for a model without a card or threshold.
+
+    Raises
+    ------
+    DataError
+        If the card cannot be read or its threshold is not a probability; the message names the card.
+    """
+    value = read_card(model_file).get("threshold", DEFAULT_THRESHOLD)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DataError(f"{card_file(model_file)}: 'threshold' must be a probability, got {value!r}")
+    return float(value)
 
 
 def card_planes(model_file: Path) -> tuple[str, ...] | None:

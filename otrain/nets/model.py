@@ -1,4 +1,4 @@
-"""The networks: build, save and load them, with a JSON model card beside every model file.
+"""The networks: build, save and load them (the JSON model card beside every model file: :mod:`otrain.io.card`).
 
 ``otrain`` (the default) is the original O'TRAIN CNN (Makhlouf et al. 2022, A&A 664, A81;
 layer by layer in docs/original-otrain.md#the-network): same order, shapes and parameter
@@ -33,8 +33,7 @@ import keras
 from keras import layers, ops
 
 from otrain.errors import DataError, first_line
-from otrain.io.atomic import atomic_path, write_json_atomic
-from otrain.io.card import card_planes
+from otrain.io.atomic import atomic_path
 from otrain.options.config import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -46,7 +45,6 @@ from otrain.options.config import (
     VGG_FILTERS,
     VGG_GRID,
     Architecture,
-    card_file,
 )
 
 __all__ = [
@@ -58,7 +56,6 @@ __all__ = [
     "RealClassAUC",
     "RobustScaling",
     "build_model",
-    "card_planes",
     "input_shape_of",
     "last_conv_layer",
     "load_model",
@@ -66,7 +63,6 @@ __all__ = [
     "save_mlflow_model",
     "save_model",
     "with_calibration",
-    "write_card",
 ]
 
 logger = logging.getLogger("otrain")
@@ -570,11 +566,6 @@ def load_model(path: Path) -> keras.Model:
         raise DataError(f"{path}: model must output 2 class probabilities (bogus, real), got shape {output_shape}")
     input_shape_of(model)
     return model
-
-
-def write_card(model_file: Path, card: dict[str, Any]) -> Path:
-    """Write the model card beside a model file, atomically."""
-    return write_json_atomic(card_file(model_file), card)
 
 
 def main() -> None:

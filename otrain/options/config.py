@@ -29,10 +29,25 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from otrain.errors import OptionError, first_line
+from otrain.errors import DataError, OptionError
 from otrain.io import outputs as formats
+from otrain.io.card import card_threshold
+from otrain.io.layout import (
+    CARD_SUFFIX,
+    CHECKPOINT_FOLDER,
+    INT8_FILE,
+    TEST_CUBE,
+    TRAINING_FILES,
+    TRAINING_LOCK,
+    TRAININGS_FOLDER,
+    card_file,
+    int8_path,
+    training_folder,
+    twin_path,
+)
 from otrain.io.locking import is_locked
 from otrain.io.outputs import Output, check_outputs, is_same_file
+from otrain.options.uris import is_mlflow_uri, parse_model_uri
 
 __all__ = [
     "COMMAND_CONFIGS",
@@ -61,12 +76,9 @@ __all__ = [
     "SummaryConfig",
     "TrainConfig",
     "TrainingOptions",
-    "card_file",
     "cluster_from_environment",
-    "int8_path",
     "option",
     "relabel_output_files",
-    "twin_path",
     "validate_params",
 ]
 
@@ -741,26 +753,6 @@ class TrainingOptions(CommandConfig):
             raise ValueError(f"--frac, --test-frac: together must leave data for training, got {frac} + {test_frac}")
 
 
-#: Inside a training folder: the checkpoint of an unfinished training (and its staged outputs),
-#: and the lock file of the training that runs there.
-CHECKPOINT_FOLDER = ".checkpoint"
-TRAINING_LOCK = ".otrain-train.lock"
-#: Inside the checkpoint: the pointer to the last finished epoch, the staged final outputs, and
-#: the marker that says they are whole.
-CHECKPOINT_POINTER, CHECKPOINT_STAGING, CHECKPOINT_COMPLETE = "latest.json", "final", ".complete"
-#: The files every training writes into its folder, besides the model and its card.
-TRAINING_FILES = (
-    "{name}.onnx",
-    "validation_set/datacube/cube_validation.npz",
-    "test_set/datacube/cube_test.npz",
-    "history.csv",
-    "{name}_loss_vs_epochs.png",
-    "{name}_accuracy_vs_epochs.png",
-    "metrics.json",
-    "mlflow_run.json",
-)
-
-
 class TrainConfig(TrainingOptions):
     """Train the O'TRAIN CNN (or, with --architecture vgg, a small VGG-like CNN) on a datacube.
 
@@ -835,7 +827,7 @@ class TrainConfig(TrainingOptions):
 
     def output_names(self) -> list[str]:
         """Return the files this training writes, relative to its folder."""
-        return [self.model_file.name, self.model_file.name + ".card.json"] + [
+        return [self.model_file.name, self.model_file.name + CARD_SUFFIX] + [
             name.format(name=self.name) for name in TRAINING_FILES
         ]
 
@@ -844,8 +836,8 @@ class TrainConfig(TrainingOptions):
         models = [f"{self.name}{suffix}" for suffix in (".keras", ".h5")]
         return (
             models
-            + [model + ".card.json" for model in models]
-            + [f"{self.name}.int8.onnx"]
+            + [model + CARD_SUFFIX for model in models]
+            + [INT8_FILE.format(name=self.name)]
             + [name.format(name=self.name) for name in TRAINING_FILES]
         )
 
@@ -868,7 +860,7 @@ class TrainConfig(TrainingOptions):
     @property
     def output_dir(self) -> Path:
         """``<model-path>/CNN_training/<name>/``."""
-        return self.model_path / "CNN_training" / self.name
+        return training_folder(self.model_path, self.name)
 
     @property
     def model_file(self) -> Path:
@@ -1074,7 +1066,6 @@ class InferConfig(CommandConfig):
 #: Written into every Parquet folder of otrain-pack and otrain-infer-spark: proves the folder is otrain's.
 PARQUET_MARKER = "_otrain.json"
 #: The schemes of an MLflow model URI given as --model to otrain-infer-spark.
-MLFLOW_MODEL_SCHEMES = ("models:/", "runs:/")
 _SPARK_MASTER = re.compile(r"local(\[(\d+|\*)(,\d+)?\])?|yarn|(spark|k8s|mesos)://\S+")
 _SPARK_CONF = re.compile(r"[A-Za-z0-9_.-]+=.*")
 _JVM_SIZE = (re.compile(r"[0-9]+[kmgt]", re.IGNORECASE), "a whole number and a unit k, m, g or t (4g, 512m)")
@@ -1218,13 +1209,13 @@ class InferSparkConfig(CommandConfig):
             except ValueError as error:
                 raise ValueError(f"--cutouts: {error}") from None
         try:
-            if self.model.startswith(MLFLOW_MODEL_SCHEMES):
+            if is_mlflow_uri(self.model):
                 _model_uri(self.model)
             else:
                 _existing_file(Path(self.model))
         except ValueError as error:
             raise ValueError(f"--model: {error}") from None
-        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
+        if not is_mlflow_uri(self.model):
             _use_card_threshold(self, Path(self.model))
         if not _SPARK_MASTER.fullmatch(self.master):
             raise ValueError(
@@ -1248,7 +1239,7 @@ class InferSparkConfig(CommandConfig):
                 raise ValueError(
                     f"--table: {str(self.table)!r} is inside --output, which is replaced whole; put it beside"
                 )
-            inputs = [Path(self.model)] if not self.model.startswith(MLFLOW_MODEL_SCHEMES) else []
+            inputs = [Path(self.model)] if not is_mlflow_uri(self.model) else []
             check_outputs(
                 [Output(self.table, "table", formats.INFER_COLUMNS)],
                 flag="--table",
@@ -1263,36 +1254,21 @@ class InferSparkConfig(CommandConfig):
         return [self.output.parent] + ([self.table.parent] if self.table is not None else [])
 
 
-def card_file(model_file: Path) -> Path:
-    """Return the model card of ``model_file``: ``<model>.card.json`` beside it."""
-    return model_file.with_name(model_file.name + ".card.json")
-
-
-def card_threshold(model_file: Path) -> float:
-    """Return the decision threshold a model's card records; 0.5 for a model without a card or threshold.
+def _use_card_threshold(config: CommandConfig, model_file: Path) -> None:
+    """Fill an omitted --threshold with the model card's (see :func:`otrain.io.card.card_threshold`).
 
     Raises
     ------
     ValueError
         If the card cannot be read or its threshold is not a probability; the message names the card.
     """
-    card = card_file(model_file)
-    if not card.is_file():
-        return 0.5
-    try:
-        value = json.loads(card.read_text()).get("threshold", 0.5)
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError) as error:
-        raise ValueError(f"{card}: not a readable model card ({first_line(error)})") from None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise ValueError(f"{card}: 'threshold' must be a probability, got {value!r}")
-    return float(value)
-
-
-def _use_card_threshold(config: CommandConfig, model_file: Path) -> None:
-    """Fill an omitted --threshold with the model card's (see :func:`card_threshold`)."""
     if getattr(config, "threshold", None) is None:
+        try:
+            threshold = card_threshold(model_file)
+        except DataError as error:  # an option's file: reported as the option's error
+            raise ValueError(str(error)) from None
         # The options are frozen once validated; this validator is where they are completed.
-        object.__setattr__(config, "threshold", card_threshold(model_file))
+        object.__setattr__(config, "threshold", threshold)
 
 
 def _is_under(path: Path, folder: Path, recursive: bool) -> bool:
@@ -1647,7 +1623,7 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
 
     def output_folders(self) -> list[Path]:
         """--outdir and the models' folder."""
-        return [self.outdir, self.model_path / "CNN_training"]
+        return [self.outdir, self.model_path / TRAININGS_FOLDER]
 
 
 #: What otrain-cross-validate writes into --output, besides one training per fold.
@@ -1733,7 +1709,7 @@ class CrossValidateConfig(TrainingOptions):
 
     def output_folders(self) -> list[Path]:
         """--output and its folder of trainings."""
-        return [self.output / "CNN_training"]
+        return [self.output / TRAININGS_FOLDER]
 
 
 class GradCamConfig(CommandConfig):
@@ -1780,16 +1756,6 @@ SOURCE_SHA256 = "otrain.source_sha256"
 #: How far a model's ONNX twin may be from it, in machine epsilons of each cutout's logit scale
 #: (otrain.score.backends.parity_allowance; docs/onnx.md says why 64).
 PARITY_TOLERANCE = 64.0
-
-
-def twin_path(model_file: Path) -> Path:
-    """Return the ONNX twin of a model file: ``<stem>.onnx`` beside it."""
-    return model_file.with_suffix(".onnx")
-
-
-def int8_path(model_file: Path) -> Path:
-    """Return the int8 model of a model file: ``<stem>.int8.onnx`` beside it."""
-    return model_file.with_suffix(".int8.onnx")
 
 
 def _parity_tolerance(value: float) -> float:
@@ -1870,7 +1836,7 @@ class ExportConfig(CommandConfig):
     @property
     def check_cube(self) -> Path:
         """The cube of the checks: --cube, else the training's test set beside the model (which may not exist)."""
-        return self.cube if self.cube is not None else self.model.parent / "test_set" / "datacube" / "cube_test.npz"
+        return self.cube if self.cube is not None else self.model.parent / TEST_CUBE
 
     @property
     def twin(self) -> Path:
@@ -1946,12 +1912,8 @@ def _model_uri(value: str) -> str:
             f"{uri!r} is a Keras model file, not an MLflow model; serve a registered model "
             f"({DEFAULT_SERVED_MODEL}, see otrain-promote) or a training's runs:/<run id>/model"
         )
-    if uri.startswith("models:/"):
-        if not re.fullmatch(r"models:/[^/@]+(/[0-9]+|@[A-Za-z0-9_-]+)", uri):
-            raise ValueError(f"must be models:/<name>/<version> or models:/<name>@<alias>, got {uri!r}")
-    elif uri.startswith("runs:/"):
-        if not re.fullmatch(r"runs:/[0-9a-f]{32}/[^/].*", uri):
-            raise ValueError(f"must be runs:/<32-hex-digit run id>/<artifact path>, got {uri!r}")
+    if is_mlflow_uri(uri):
+        parse_model_uri(uri)
     elif not uri:
         raise ValueError(f"must be an MLflow model URI such as {DEFAULT_SERVED_MODEL}")
     return uri

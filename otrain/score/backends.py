@@ -34,6 +34,7 @@ import numpy as np
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
+from otrain.io.layout import int8_path, twin_path
 from otrain.io.parallel import default_workers
 from otrain.options.config import (
     BACKENDS,
@@ -41,8 +42,6 @@ from otrain.options.config import (
     PREDICT_BATCH,
     SOURCE_SHA256,
     Backend,
-    int8_path,
-    twin_path,
 )
 
 __all__ = [
@@ -57,13 +56,11 @@ __all__ = [
     "cutout_shape",
     "export_onnx",
     "file_sha256",
-    "int8_path",
     "keras_scores",
     "load_classifier",
     "onnxruntime_available",
     "parity_allowance",
     "restamp_twin",
-    "twin_path",
     "write_absent_twin",
 ]
 

@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 
 from otrain.data.datacube import Datacube
-from otrain.errors import DataError
-from otrain.io.card import update_card
-from otrain.options.config import ExportConfig, card_file, card_threshold
+from otrain.io.card import card_threshold, update_card
+from otrain.io.layout import card_file
+from otrain.options.config import ExportConfig
 from otrain.score.backends import export_onnx, file_sha256
 from otrain.score.scoring import fit_to_model
 
@@ -87,10 +87,7 @@ def export(config: ExportConfig) -> ExportReport:
         from otrain.score.quantize import prepare_int8, quantize_int8
 
         quantizing = prepare_int8(config, model, cube)
-    try:
-        threshold = card_threshold(config.model)
-    except ValueError as error:
-        raise DataError(str(error)) from None
+    threshold = card_threshold(config.model)
     record = export_onnx(
         model,
         config.model,

@@ -311,7 +311,7 @@ def resolve_planes(asked: tuple[str, ...] | None, from_card: tuple[str, ...] | N
     asked : tuple of str, optional
         ``--planes``.
     from_card : tuple of str, optional
-        The planes the model's card records (:func:`otrain.nets.model.card_planes`).
+        The planes the model's card records (:func:`otrain.io.card.card_planes`).
 
     Returns
     -------

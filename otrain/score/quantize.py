@@ -27,9 +27,10 @@ import numpy as np
 
 from otrain.data.datacube import Datacube, recorded_split
 from otrain.errors import DataError, first_line
-from otrain.io.card import read_card, split_record
+from otrain.io.card import card_threshold, read_card, split_record
+from otrain.io.layout import card_file
 from otrain.metrics.evaluation import binary_metrics
-from otrain.options.config import SOURCE_SHA256, ExportConfig, card_file, card_threshold
+from otrain.options.config import SOURCE_SHA256, ExportConfig
 from otrain.score.backends import SOURCE_NAME, OnnxClassifier, _stamp, file_sha256
 from otrain.score.scoring import fit_to_model, predict
 
@@ -109,10 +110,7 @@ def prepare_int8(config: ExportConfig, model: Any, cube: Datacube | None) -> Int
     if cube is None:  # ExportConfig refuses this; a cube that vanished since is data
         raise DataError(f"{config.check_cube}: --quantize int8 needs this labelled cube to judge the int8 model")
     card = read_card(config.model)
-    try:
-        threshold = card_threshold(config.model)
-    except ValueError as error:
-        raise DataError(str(error)) from None
+    threshold = card_threshold(config.model)
     calibration, record = _calibration_pixels(config, model, card)
     return Int8Inputs(calibration=calibration, calibration_record=record, labels=cube.labels, threshold=threshold)
 

@@ -20,8 +20,10 @@ import numpy as np
 
 from otrain.data.cutouts import read_header, read_pixels
 from otrain.errors import DataError, OptionError, first_line
+from otrain.options.uris import is_mlflow_uri
 from otrain.score.inference import fit_cutout, resolve_planes
 from otrain.track.tracking import check_tracking_uri, using_tracking_uri
+from otrain.track.uris import resolve_alias
 
 __all__ = ["ModelDescription", "check_port_free", "describe_model", "request_body", "server_command"]
 
@@ -38,20 +40,6 @@ class ModelDescription:
     input_shape: tuple[int, int, int]
     #: The planes it was trained on (its card's), None for the default reading.
     planes: tuple[str, ...] | None
-
-
-def _resolve_alias(uri: str) -> str:
-    """Return ``models:/<name>/<version>`` for ``models:/<name>@<alias>``; other URIs unchanged."""
-    if not (uri.startswith("models:/") and "@" in uri):
-        return uri
-    from mlflow.tracking import MlflowClient
-
-    name, alias = uri.removeprefix("models:/").split("@", 1)
-    try:
-        version = MlflowClient().get_model_version_by_alias(name, alias)
-    except Exception as error:  # MlflowException: no such model or alias
-        raise DataError(f"{uri}: no such registered model alias ({first_line(error)[:200]})") from None
-    return f"models:/{name}/{version.version}"
 
 
 def describe_model(uri: str, tracking_uri: str) -> ModelDescription:
@@ -77,12 +65,12 @@ def describe_model(uri: str, tracking_uri: str) -> ModelDescription:
     """
     import mlflow
 
-    if uri.startswith(("models:/", "runs:/")):
+    if is_mlflow_uri(uri):
         check_tracking_uri(tracking_uri, skippable=False)
     elif "://" not in uri and not (Path(uri) / "MLmodel").is_file():
         raise DataError(f"{uri}: no MLflow model there (no MLmodel file)")
     with using_tracking_uri(tracking_uri):
-        resolved = _resolve_alias(uri)
+        resolved = resolve_alias(uri)
         try:
             info = mlflow.models.get_model_info(resolved)
         except Exception as error:  # MlflowException, OSError: no such model, version or run

@@ -49,14 +49,14 @@ import numpy as np
 
 from otrain.errors import DataError, OptionError, first_line, log_listed
 from otrain.io.atomic import atomic_folder, atomic_path
+from otrain.io.card import card_threshold
+from otrain.io.layout import card_file
 from otrain.options.config import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
-    MLFLOW_MODEL_SCHEMES,
     InferSparkConfig,
-    card_file,
-    card_threshold,
 )
+from otrain.options.uris import is_mlflow_uri
 from otrain.score.backends import choose_backend, cutout_shape, load_classifier
 from otrain.score.inference import (
     INFER_COLUMNS,
@@ -276,10 +276,6 @@ def _java_start_failure(log_file: Path) -> str | None:
     return None
 
 
-def _is_mlflow_uri(model: str) -> bool:
-    return model.startswith(MLFLOW_MODEL_SCHEMES)
-
-
 def resolve_model(model: str, scratch: Path) -> Path:
     """Return a local Keras file for ``--model``: the file itself, or an MLflow model downloaded.
 
@@ -305,13 +301,14 @@ def resolve_model(model: str, scratch: Path) -> Path:
     DataError
         When the URI names no model, or not a Keras model.
     """
-    if not _is_mlflow_uri(model):
+    if not is_mlflow_uri(model):
         return Path(model)
     import mlflow
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
     from otrain.track.tracking import resolve_tracking_uri, using_tracking_uri
+    from otrain.track.uris import run_of
 
     uri = resolve_tracking_uri()
     with using_tracking_uri(uri):
@@ -324,7 +321,7 @@ def resolve_model(model: str, scratch: Path) -> Path:
             raise DataError(f"--model {model}: not a Keras model logged by otrain-train (no data/model.keras)")
         client = MlflowClient(uri)
         try:
-            run_id = _run_of(client, model)
+            run_id = run_of(client, model)
             cards = [
                 item.path for item in client.list_artifacts(run_id, "training") if item.path.endswith(".card.json")
             ]
@@ -334,18 +331,6 @@ def resolve_model(model: str, scratch: Path) -> Path:
         except MlflowException as error:
             logger.warning("--model %s: no model card found with its run (%s)", model, first_line(error)[:200])
     return keras_file
-
-
-def _run_of(client: Any, model: str) -> str:
-    """Return the id of the run that logged an MLflow model (``runs:/ID/...``, ``models:/NAME@ALIAS|/VERSION``)."""
-    path = model.split(":/", 1)[1].strip("/")
-    if model.startswith("runs:/"):
-        return path.split("/", 1)[0]
-    if "@" in path:
-        name, alias = path.split("@", 1)
-        return str(client.get_model_version_by_alias(name, alias).run_id)
-    name, _, version = path.rpartition("/")
-    return str(client.get_model_version(name, version).run_id)
 
 
 def _task_cpus() -> int:
@@ -666,7 +651,7 @@ def _choose_backend(model_file: Path, config: InferSparkConfig) -> tuple[str, Pa
     try:
         backend, shipped, note = choose_backend(model_file, config.backend)
     except DataError as error:
-        if not _is_mlflow_uri(config.model):
+        if not is_mlflow_uri(config.model):
             raise
         # The twin of a downloaded model is data/model.onnx in a scratch folder: name it in the URI.
         raise DataError(str(error).replace(str(model_file.parent.parent), config.model.rstrip("/"))) from None

@@ -3,8 +3,9 @@
 Modules:
 
 * :mod:`otrain.track.tracking`: MLflow runs, stores and artifacts;
-* :mod:`otrain.track.registry`: the model registry and the promotion gate (otrain-promote);
+* :mod:`otrain.track.registry`: the model registry's side of otrain-promote (the gate: :mod:`otrain.judge.gate`);
+* :mod:`otrain.track.uris`: what a model URI names in the registry (an alias resolved);
 * :mod:`otrain.track.summary`: otrain-summary.
 """
 
-__all__ = ["registry", "summary", "tracking"]
+__all__ = ["registry", "summary", "tracking", "uris"]

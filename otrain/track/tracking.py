@@ -31,10 +31,10 @@ from urllib.parse import unquote
 
 from otrain.errors import DataError, OptionError, first_line
 from otrain.io.jsonfile import read_json
+from otrain.io.layout import RUN_FILE
 
 __all__ = [
     "DEFAULT_TRACKING_URI",
-    "RUN_FILE",
     "RunInfo",
     "check_tracking_uri",
     "dvc_tags",
@@ -52,7 +52,6 @@ __all__ = [
 logger = logging.getLogger("otrain")
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-RUN_FILE = "mlflow_run.json"
 
 
 def resolve_tracking_uri(configured: str | None = None) -> str:

@@ -35,6 +35,7 @@ from otrain.data.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
 from otrain.io.atomic import write_json_atomic
 from otrain.io.jsonfile import read_json
+from otrain.io.layout import METRICS_FILE, TRAINING_LOCK
 from otrain.io.locking import LockHeldError, describe_holder, is_locked, read_holder
 from otrain.io.outputs import OOF_COLUMNS
 from otrain.io.progress import announce
@@ -42,7 +43,6 @@ from otrain.options.config import (
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
     CROSSVAL_RECORD,
-    TRAINING_LOCK,
     CrossValidateConfig,
     TrainConfig,
 )
@@ -437,7 +437,7 @@ def _score_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, 
     from otrain.score.scoring import predict
 
     probabilities = predict(load_model(config.model_file), cube.cube[split.test])
-    metrics_file = config.output_dir / "metrics.json"
+    metrics_file = config.output_dir / METRICS_FILE
     # The threshold is the training's own: given, 0.5, or chosen for a target rate.
     threshold, epochs_run = read_json(
         metrics_file,

@@ -23,12 +23,15 @@ from typing import Any
 from otrain.errors import DataError, OptionError
 from otrain.io.atomic import write_json_atomic
 from otrain.io.jsonfile import read_json
-from otrain.io.locking import describe_holder, exclusive_lock, is_locked, read_holder
-from otrain.options.config import (
+from otrain.io.layout import (
     CHECKPOINT_COMPLETE,
     CHECKPOINT_FOLDER,
     CHECKPOINT_POINTER,
     CHECKPOINT_STAGING,
+    METRICS_FILE,
+)
+from otrain.io.locking import describe_holder, exclusive_lock, is_locked, read_holder
+from otrain.options.config import (
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
     CROSSVAL_LOCK,
@@ -130,7 +133,7 @@ def _folder_state(output: Path, fold: int) -> tuple[str, str]:
     training = fold_config(output, fold)
     if (training.output_dir / CHECKPOINT_FOLDER).is_dir():
         return "interrupted", f"interrupted {_checkpoint_progress(training.output_dir / CHECKPOINT_FOLDER)}"
-    if training.model_file.is_file() and (training.output_dir / "metrics.json").is_file():
+    if training.model_file.is_file() and (training.output_dir / METRICS_FILE).is_file():
         return "finished", "finished"
     if training.holds_training():
         return "partial", f"partly written (no {training.model_file.name} or metrics.json)"

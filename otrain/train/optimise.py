@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from otrain.data.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError
+from otrain.io.layout import training_folder
 from otrain.io.outputs import STUDY_COLUMNS
 from otrain.io.progress import announce
 from otrain.options.config import MONITOR_MODES, STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
@@ -88,7 +89,7 @@ def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
     except ValidationError as error:
         message = str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
         if message.startswith("--model-name:"):  # a training of an earlier study is there
-            folder = config.model_path / "CNN_training" / name
+            folder = training_folder(config.model_path, name)
             raise OptionError(
                 f"--model-name: {folder} holds a training of an earlier study; pass --overwrite to replace it"
             ) from None

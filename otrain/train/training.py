@@ -53,7 +53,25 @@ from otrain import __version__
 from otrain.data.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError, OtrainError, first_line
 from otrain.io.atomic import atomic_path, write_text_atomic
+from otrain.io.card import card_planes, read_card, write_card
 from otrain.io.jsonfile import json_object, read_json
+from otrain.io.layout import (
+    ACCURACY_CURVE,
+    CARD_SUFFIX,
+    CHECKPOINT_COMPLETE,
+    CHECKPOINT_FOLDER,
+    CHECKPOINT_POINTER,
+    CHECKPOINT_STAGING,
+    HISTORY_FILE,
+    LOSS_CURVE,
+    METRICS_FILE,
+    RUN_FILE,
+    TEST_CUBE,
+    TRAINING_LOCK,
+    VALIDATION_CUBE,
+    model_of_card,
+    twin_path,
+)
 from otrain.io.locking import exclusive_lock
 from otrain.io.outputs import HISTORY_COLUMNS
 from otrain.io.progress import announce
@@ -62,17 +80,11 @@ from otrain.options.config import (
     AUTO_BATCH_MAX,
     AUTO_BATCH_MIN,
     AUTO_BATCH_MIN_STEPS,
-    CHECKPOINT_COMPLETE,
-    CHECKPOINT_FOLDER,
-    CHECKPOINT_POINTER,
-    CHECKPOINT_STAGING,
     MONITOR_MODES,
     PLATEAU_FACTOR,
     PLATEAU_PATIENCE,
-    TRAINING_LOCK,
     Cluster,
     TrainConfig,
-    twin_path,
 )
 from otrain.score.scoring import predict, predict_columns
 from otrain.track.tracking import (
@@ -308,7 +320,7 @@ def _starting_weights(model: Any, source: Path, planes: tuple[str, ...] | None) 
         shapes), takes other cutouts, or was trained on other planes than the cube's (as its card
         says).
     """
-    from otrain.nets.model import card_planes, input_shape_of, load_model
+    from otrain.nets.model import input_shape_of, load_model
 
     trained = load_model(source)
     ours, theirs = input_shape_of(model), input_shape_of(trained)
@@ -925,7 +937,7 @@ def _fit_and_write(
     import tensorflow as tf
 
     from otrain.metrics.plots import plot_training_curve
-    from otrain.nets.model import save_model, write_card
+    from otrain.nets.model import save_model
 
     if run is not None:
         import mlflow
@@ -970,22 +982,13 @@ def _fit_and_write(
     )
     if (staged / onnx_record["file"]).is_file():  # not even an absence record when it could not be written
         outputs.append(staged / onnx_record["file"])
-    outputs.append(
-        cube.subset(split.validation).save(
-            staged / "validation_set" / "datacube" / "cube_validation.npz", one_hot_labels=True
-        )
-    )
-    outputs.append(cube.subset(split.test).save(staged / "test_set" / "datacube" / "cube_test.npz"))
-    outputs.append(_write_history(staged / "history.csv", history))
-    outputs.append(
-        plot_training_curve(history, "loss", f"{config.name}: loss", staged / f"{config.name}_loss_vs_epochs.png")
-    )
-    outputs.append(
-        plot_training_curve(
-            history, "accuracy", f"{config.name}: accuracy", staged / f"{config.name}_accuracy_vs_epochs.png"
-        )
-    )
-    outputs.append(write_json(staged / "metrics.json", metrics))
+    outputs.append(cube.subset(split.validation).save(staged / VALIDATION_CUBE, one_hot_labels=True))
+    outputs.append(cube.subset(split.test).save(staged / TEST_CUBE))
+    outputs.append(_write_history(staged / HISTORY_FILE, history))
+    loss_curve, accuracy_curve = (staged / curve.format(name=config.name) for curve in (LOSS_CURVE, ACCURACY_CURVE))
+    outputs.append(plot_training_curve(history, "loss", f"{config.name}: loss", loss_curve))
+    outputs.append(plot_training_curve(history, "accuracy", f"{config.name}: accuracy", accuracy_curve))
+    outputs.append(write_json(staged / METRICS_FILE, metrics))
     card = {
         "model_file": config.model_file.name,
         "input_shape": list(input_shape),
@@ -1278,9 +1281,9 @@ def _publish(config: TrainConfig, staged: Path) -> TrainingResult:
                 (folder / name).unlink(missing_ok=True)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    metrics = json.loads((folder / "metrics.json").read_text())
-    card = json.loads((folder / f"{config.model_file.name}.card.json").read_text())
-    with open(folder / "history.csv", newline="") as stream:
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    card = read_card(config.model_file)
+    with open(folder / HISTORY_FILE, newline="") as stream:
         history = [{key: float(value) for key, value in row.items()} for row in csv.DictReader(stream)]
     shutil.rmtree(folder / CHECKPOINT_FOLDER, ignore_errors=True)
     return TrainingResult(
@@ -1301,10 +1304,10 @@ def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], tes
 
     mlflow.log_metrics({f"test_{key}": float(value) for key, value in metrics.items() if np.isfinite(value)})
     for path in outputs:
-        if path.suffix in (".png", ".csv", ".json") and path.name != "mlflow_run.json":
+        if path.suffix in (".png", ".csv", ".json") and path.name != RUN_FILE:
             mlflow.log_artifact(str(path), artifact_path="training")
-    cards = [path for path in outputs if path.name.endswith(".card.json")]
-    card = json.loads(cards[0].read_text()) if cards else None
+    cards = [path for path in outputs if path.name.endswith(CARD_SUFFIX)]
+    card = read_card(model_of_card(cards[0])) if cards else None
     with tempfile.TemporaryDirectory() as scratch:
         twins = [path for path in outputs if path.suffix == ".onnx" and not (card or {}).get("onnx", {}).get("absent")]
         folder = save_mlflow_model(

@@ -35,6 +35,7 @@ from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
 from otrain.io.ids import candidate_key
+from otrain.io.layout import RUN_FILE
 from otrain.options.config import REPORT_MARKER, ReportConfig
 from otrain.score.inference import fit_cutout, printable_path
 
@@ -254,7 +255,7 @@ def _registry_version(model: Path) -> dict[str, Any]:
     except DataError as error:
         return {"status": f"unknown ({error})"}
     if run is None:
-        return {"status": "unknown (no mlflow_run.json beside the model)"}
+        return {"status": f"unknown (no {RUN_FILE} beside the model)"}
     uri = resolve_tracking_uri(run.tracking_uri)
     database = sqlite_file(uri)
     if database is not None and not database.is_file():

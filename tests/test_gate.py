@@ -1,0 +1,164 @@
+"""The promotion gate's decision logic (otrain.judge.gate): which rows are compared, and the verdict. No training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from otrain.data.datacube import Datacube, stratified_split
+from otrain.judge.gate import MIN_COMPARISON_ROWS, comparison_rows, verdict
+
+
+def make_cube(candids: list[int], labels: list[int]) -> Datacube:
+    """A cube of 1x1 cutouts: only the candidate ids and labels matter to the gate."""
+    n = len(candids)
+    return Datacube(
+        cube=np.arange(n, dtype=np.float32).reshape(n, 1, 1, 1),
+        labels=np.array(labels, dtype=np.int64),
+        mags=np.full(n, np.nan),
+        errmags=np.full(n, np.nan),
+        filters=np.full(n, "", dtype="U1"),
+        fwhms=np.full(n, np.nan),
+        candids=np.array(candids, dtype=np.int64),
+    )
+
+
+def record_of(cube: Datacube, path: Path | None, seed: int = 1) -> dict[str, Any]:
+    """A stratified split record as a model card holds it."""
+    return {
+        "method": "stratified",
+        "cube": str(path) if path is not None else None,
+        "data_hash": cube.content_hash(),
+        "seed": seed,
+        "frac": 0.25,
+        "test_frac": 0.25,
+    }
+
+
+@pytest.fixture
+def champion_cube(tmp_path: Path) -> tuple[Datacube, Path]:
+    """The champion's training cube on disk: 40 cutouts, ids 0-39, half real."""
+    cube = make_cube(list(range(40)), [index % 2 for index in range(40)])
+    return cube, cube.save(tmp_path / "champion.npz")
+
+
+def test_a_champion_without_a_record_is_not_compared() -> None:
+    test = make_cube(list(range(20)), [index % 2 for index in range(20)])
+    rows, why = comparison_rows(test, None, None, "3")
+    assert rows is None
+    assert why.startswith("champion v3 has no record of the rows it trained on")
+
+
+def test_the_same_split_compares_on_the_whole_test_set(champion_cube: tuple[Datacube, Path]) -> None:
+    cube, path = champion_cube
+    test = cube.subset(stratified_split(cube.labels, 0.25, 0.25, 1).test)
+    rows, why = comparison_rows(test, record_of(cube, path), record_of(cube, path), "1")
+    assert rows is not None
+    assert rows.tolist() == list(range(len(test)))
+    assert why == "same cube, seed and fractions: the test set is held out from both"
+
+
+def test_a_hand_made_split_of_the_champion_cannot_be_recomputed(champion_cube: tuple[Datacube, Path]) -> None:
+    cube, path = champion_cube
+    rows, why = comparison_rows(cube, None, {**record_of(cube, path), "method": "given"}, "2")
+    assert rows is None
+    assert why == "champion v2 was trained on a hand-made split that cannot be recomputed"
+
+
+@pytest.mark.parametrize("change", ["missing", "other content"])
+def test_a_champion_cube_that_is_not_here_is_not_compared(
+    champion_cube: tuple[Datacube, Path], tmp_path: Path, change: str
+) -> None:
+    cube, path = champion_cube
+    record = record_of(cube, path)
+    if change == "missing":
+        record["cube"] = str(tmp_path / "gone.npz")
+    else:  # same path, other cutouts: the hash tells
+        make_cube(list(range(40)), [1 - index % 2 for index in range(40)]).save(path)
+    rows, why = comparison_rows(cube, None, record, "4")
+    assert rows is None
+    assert f"champion v4 was trained on cube {cube.content_hash()[:12]}... (" in why
+    assert why.endswith("which is not available here, and its training rows may be in this test set")
+
+
+def test_rows_the_champion_trained_on_are_left_out(champion_cube: tuple[Datacube, Path]) -> None:
+    cube, path = champion_cube
+    split = stratified_split(cube.labels, 0.25, 0.25, 1)
+    seen = set(cube.candids[np.concatenate([split.train, split.validation])].tolist())
+    # The new test set: every cutout of the champion's cube, then 20 it never had.
+    test = make_cube(list(range(40)) + list(range(100, 120)), [index % 2 for index in range(60)])
+    new = record_of(test, None, seed=7)  # another cube and seed: not the champion's split
+    rows, why = comparison_rows(test, new, record_of(cube, path), "5")
+    assert rows is not None
+    compared = set(test.candids[rows].tolist())
+    assert not compared & seen
+    assert set(range(100, 120)) <= compared
+    assert len(rows) == 20 + len(split.test)
+    assert why == f"compared on the {len(rows)} of 60 test cutouts that champion v5 never saw"
+
+
+def test_the_champion_cube_is_also_looked_for_where_the_new_training_found_its_own(
+    champion_cube: tuple[Datacube, Path], tmp_path: Path
+) -> None:
+    cube, path = champion_cube
+    moved = record_of(cube, tmp_path / "elsewhere.npz")
+    test = make_cube(list(range(100, 120)), [index % 2 for index in range(20)])
+    rows, _ = comparison_rows(test, {**record_of(test, path), "seed": 9}, moved, "6")
+    assert rows is not None
+    assert len(rows) == 20
+
+
+@pytest.mark.parametrize("whose", ["champion", "test"])
+def test_ids_that_are_not_unique_cannot_tell_the_rows(
+    champion_cube: tuple[Datacube, Path], tmp_path: Path, whose: str
+) -> None:
+    cube, path = champion_cube
+    test = make_cube(list(range(100, 120)), [index % 2 for index in range(20)])
+    if whose == "champion":
+        cube = make_cube([0, 0, *range(2, 40)], [index % 2 for index in range(40)])
+        path = cube.save(tmp_path / "twice.npz")
+    else:
+        test = make_cube([100, 100, *range(102, 120)], [index % 2 for index in range(20)])
+    rows, why = comparison_rows(test, None, record_of(cube, path), "7")
+    assert rows is None
+    name = "the champion's cube" if whose == "champion" else "the test cube"
+    assert why == f"candidate ids of {name} are not unique, so the rows the champion trained on cannot be told"
+
+
+def test_too_few_unseen_rows_or_one_class_is_not_compared(champion_cube: tuple[Datacube, Path]) -> None:
+    cube, path = champion_cube
+    split = stratified_split(cube.labels, 0.25, 0.25, 1)
+    seen = cube.candids[np.concatenate([split.train, split.validation])].tolist()
+    few = MIN_COMPARISON_ROWS - 1
+    test = make_cube(seen + list(range(100, 100 + few)), [index % 2 for index in range(len(seen) + few)])
+    rows, why = comparison_rows(test, None, record_of(cube, path), "8")
+    assert rows is None
+    assert (
+        why
+        == f"only {few} of the {len(test)} test cutouts were not seen by champion v8 in training: too few to compare"
+    )
+    one_class = make_cube(seen + list(range(100, 120)), [index % 2 for index in range(len(seen))] + [1] * 20)
+    rows, why = comparison_rows(one_class, None, record_of(cube, path), "8")
+    assert rows is None
+    assert why.startswith(f"only 20 of the {len(one_class)} test cutouts, not both classes, were not seen")
+
+
+@pytest.mark.parametrize(
+    ("new", "champion", "promoted"),
+    [(0.80, 0.80, True), (0.90, 0.80, True), (0.797, 0.80, True), (0.79, 0.80, False), (0.0, 1.0, False)],
+)
+def test_the_verdict_allows_the_tolerance_and_no_more(new: float, champion: float, promoted: bool) -> None:
+    decided, reason = verdict(
+        new, champion, metric="mcc", tolerance=0.005, alias="champion", champion_version="2", why="the reason"
+    )
+    assert decided is promoted
+    if promoted:
+        assert reason == f"mcc {new:.4f} >= champion v2 {champion:.4f} - tolerance 0.005 (the reason)"
+    else:
+        assert reason == (
+            f"mcc {new:.4f} is worse than champion v2 {champion:.4f} by more than 0.005 (the reason); "
+            "the alias 'champion' stays on v2"
+        )
