@@ -28,6 +28,7 @@ __all__ = [
     "free_ports",
     "history_epochs",
     "imported_by_help",
+    "serving",
     "stop_group",
     "tracking_at",
     "wait_for_epochs",
@@ -111,6 +112,44 @@ def stop_group(process: subprocess.Popen[str], grace: float = 60) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+@contextlib.contextmanager
+def serving(
+    command: Sequence[str], env: dict[str, str], port: int, ready: str, seconds: float, log: Path, grace: float
+) -> Iterator[str]:
+    """Run a server on ``127.0.0.1:port`` in a process group of its own, as a user starts it.
+
+    Parameters
+    ----------
+    command : sequence of str
+        The server's command line (it listens on ``port``), run with ``env``.
+    env : dict
+        Its environment.
+    port : int
+        The loopback port it listens on.
+    ready : str
+        The path that answers 200 once it serves (``/ping``, ``/health``).
+    seconds : float
+        How long it may take to answer, at the most.
+    log : Path
+        Receives its output (shown when it does not answer).
+    grace : float
+        Seconds it has to stop on SIGTERM before SIGKILL.
+
+    Yields
+    ------
+    str
+        Its URL (``http://127.0.0.1:<port>``); the server is stopped on exit.
+    """
+    with open(log, "w") as stream:
+        process = subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_answers(url + ready, seconds, process, log)
+        yield url
+    finally:
+        stop_group(process, grace)
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import call_main
-from helpers import free_port, imported_by_help, stop_group, tracking_at, wait_until_answers
+from helpers import free_port, imported_by_help, serving, tracking_at
 
 from otrain.cli.serve import main as serve_main
 
@@ -53,14 +53,8 @@ def server(champion: str, tracking_uri: str, tmp_path_factory: pytest.TempPathFa
     log_file = tmp_path_factory.mktemp("serve") / "server.log"
     command = [*SERVE, "--model", champion, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "OTRAIN_PROGRESS": "0"}
-    with open(log_file, "w") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(url + "/ping", 300, process, log_file)
+    with serving(command, env, port, "/ping", 300, log_file, grace=60) as url:
         yield url
-    finally:
-        stop_group(process, grace=60)
 
 
 def infer_table(cutouts: Path, model: Path, output: Path) -> dict[str, float]:

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import BIN, ROOT
-from helpers import free_port, stop_group, wait_until_answers
+from helpers import free_port, serving
 from test_pipeline import dvc, make_repo
 
 pytestmark = pytest.mark.slow
@@ -110,15 +110,8 @@ def tracking_server(postgres: str, tmp_path_factory: pytest.TempPathFactory) -> 
         "MLFLOW_SERVER_ALLOWED_HOSTS": f"127.0.0.1:{port},localhost:{port}",
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
     }
-    log_file = artifacts.parent / "mlflow-server.log"
-    with open(log_file, "w") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_answers(url + "/health", 120, server, log_file)
+    with serving(command, env, port, "/health", 120, artifacts.parent / "mlflow-server.log", grace=30) as url:
         yield url
-    finally:
-        stop_group(server, grace=30)
 
 
 def test_pipeline_against_a_team_server(tracking_server: str, tmp_path: Path) -> None:
