@@ -124,3 +124,22 @@ def test_the_reference_escapes_what_rst_would_read_as_markup(extension: ModuleTy
     assert extension._cell("<name>_dataset_size.csv, *.fits") == r"\<name\>\_dataset\_size.csv, \*.fits"
     assert extension._cell("-1 keeps every cutout") == r"\-1 keeps every cutout"
 
+
+def test_the_readme_is_short_and_its_links_lead_somewhere() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    assert readme.startswith("# otrain\n\n```bash\nmake demo")
+    targets = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", readme)
+    local = [target for target in targets if "://" not in target]
+    assert local, "the README links into docs/"
+    for target in local:
+        assert (ROOT / target).exists(), f"README.md links to {target}, which does not exist"
+
+
+def test_no_page_points_outside_the_repository() -> None:
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        text = page.read_text()
+        assert "../shared" not in text, page.name
+        for target in re.findall(r"\]\((\.\./[^)\s]*)\)", text):
+            inside = (page.parent / target).resolve().is_relative_to(ROOT)
+            assert inside, f"{page.name} links out of the repository: {target}"
