@@ -28,6 +28,8 @@ extensions = [
     "otrain_commands",
 ]
 source_suffix = {".rst": "restructuredtext", ".md": "markdown"}
+# Text as typed: "--outdir" is an option, not an en dash; quotes stay straight.
+smartquotes = False
 exclude_patterns = ["_build"]
 templates_path = ["_templates"]
 
