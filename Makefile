@@ -79,8 +79,8 @@ test: $(STAMP) lint docs
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The container tests alone (tests/test_docker.py, tests/test_compose.py): they start Debian's
-# Docker engine when none runs, build the CPU image with `make docker-image`, run the README's
-# Docker commands, and bring the compose stack up and down (docker/compose.sh: Compose v2, or
+# Docker engine when none runs, build the CPU image with `make docker-image`, run the Docker commands
+# of docs/containers.md, and bring the compose stack up and down (docker/compose.sh: Compose v2, or
 # Debian's docker-compose, installed as root with OTRAIN_INSTALL_SYSTEM_PACKAGES=1).
 docker-test: $(STAMP)
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
