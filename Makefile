@@ -25,11 +25,12 @@ SPARK_IMAGE ?= otrain:spark
 BASE_IMAGE ?=
 GPU_BASE_IMAGE ?=
 
-.PHONY: help install demo test lint format bench lock clean docker-image docker-image-gpu docker-image-spark docker-test retrain
+.PHONY: help install demo test lint docs format bench lock clean docker-image docker-image-gpu docker-image-spark docker-test retrain
 
 help:
 	@echo "make demo    set up, then run the pipeline on the built-in synthetic survey"
-	@echo "make test    set up, then run ruff and the whole test suite"
+	@echo "make test    set up, then run ruff, make docs and the whole test suite"
+	@echo "make docs    build the documentation site into docs/_build/html (warnings are errors)"
 	@echo "make bench   run the benchmarks in benchmarks/"
 	@echo "make lock    re-resolve requirements/constraints.txt from pyproject.toml"
 	@echo "make docker-image      build the CPU image $(IMAGE) (docker/Dockerfile)"
@@ -60,20 +61,26 @@ demo: $(STAMP)
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   the tracked run (http://127.0.0.1:5000)"
 
 lint: $(STAMP)
-	$(BIN)/ruff check otrain tests benchmarks docker
-	$(BIN)/ruff format --check otrain tests benchmarks docker
+	$(BIN)/ruff check otrain tests benchmarks docker docs/conf.py docs/_ext
+	$(BIN)/ruff format --check otrain tests benchmarks docker docs/conf.py docs/_ext
 
 format: $(STAMP)
-	$(BIN)/ruff format otrain tests benchmarks docker
-	$(BIN)/ruff check --fix otrain tests benchmarks docker
+	$(BIN)/ruff format otrain tests benchmarks docker docs/conf.py docs/_ext
+	$(BIN)/ruff check --fix otrain tests benchmarks docker docs/conf.py docs/_ext
 
-test: $(STAMP) lint
+# The documentation site (Sphinx: docs/conf.py), read afresh each time (-E) so that a warning of a
+# page that did not change still fails; warnings are errors (-W), broken references too (-n).
+docs: $(STAMP)
+	$(BIN)/sphinx-build -E -W --keep-going -n -q -b html docs docs/_build/html
+	@echo "docs/_build/html/index.html"
+
+test: $(STAMP) lint docs
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The container tests alone (tests/test_docker.py, tests/test_compose.py): they start Debian's
-# Docker engine when none runs, build the CPU image with `make docker-image`, run the README's
-# Docker commands, and bring the compose stack up and down (docker/compose.sh: Compose v2, or
+# Docker engine when none runs, build the CPU image with `make docker-image`, run the Docker commands
+# of docs/containers.md, and bring the compose stack up and down (docker/compose.sh: Compose v2, or
 # Debian's docker-compose, installed as root with OTRAIN_INSTALL_SYSTEM_PACKAGES=1).
 docker-test: $(STAMP)
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
@@ -137,4 +144,4 @@ lock:
 	rm -rf .lock-venv
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info docs/_build docs/_api

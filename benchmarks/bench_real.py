@@ -55,7 +55,7 @@ ORIGINAL: dict[str, Any] = {
     "epochs": 10,
     "patience": 5,
 }
-#: The README's recipe for small, imbalanced real sets ("Training on your own survey").
+#: The recipe for small, imbalanced real sets (docs/own-survey.md, "Training on your own survey").
 RECIPE: dict[str, Any] = {
     "normalisation": "asinh",
     "class_weight": "none",
@@ -247,7 +247,7 @@ def run_setting(
 
 
 def markdown(results: list[dict[str, Any]]) -> str:
-    """The README's table."""
+    """The table of docs/own-survey.md."""
     lines = [
         "| setting | ROC AUC all (folds) | ROC AUC confident | asteroid recall at FPR<=0.10 | FPR at 1 % FNR "
         "| ECE | Grad-CAM TP share near centre (gradcam / ++ / area) | CV time |",

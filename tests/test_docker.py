@@ -1,12 +1,13 @@
-"""The CPU image for real: build it and run the pipeline in it, with the README's own commands.
+"""The CPU image for real: build it and run the pipeline in it, with the documentation's own commands.
 
 A Docker engine is reused when one answers, otherwise Debian's engine is started with its own
 data root and socket (docker/engine.sh) and stopped at the end. Installing the engine or
 debootstrap is left to the machine's owner: without them (and without
 OTRAIN_INSTALL_SYSTEM_PACKAGES=1, which .ci/run sets) these tests are skipped with the reason.
-The README's "docker-test" blocks are what runs: the build block from the repository root, the run block in an empty
-folder bind-mounted into the container, as a non-root caller (when the tests run as root, as
-an unprivileged account in the engine's socket group), whose files must stay its own.
+The "docker-test" blocks of docs/containers.md are what runs: the build block from the repository
+root, the run block in an empty folder bind-mounted into the container, as a non-root caller
+(when the tests run as root, as an unprivileged account in the engine's socket group), whose
+files must stay its own.
 """
 
 from __future__ import annotations
@@ -32,21 +33,21 @@ pytestmark = pytest.mark.docker
 #: docker/engine.sh and docker/base-image.sh: what they need is missing and may not be installed.
 ENGINE_UNAVAILABLE = 3
 RUN_THEM = "sudo OTRAIN_INSTALL_SYSTEM_PACKAGES=1 make docker-test, or DOCKER_HOST set to a running engine"
+#: The page whose docker-test blocks run.
+PAGE = ROOT / "docs" / "containers.md"
 
 
-def readme_block(name: str) -> str:
-    """Return the bash block that follows ``<!-- docker-test: NAME ... -->`` in the README."""
-    match = re.search(
-        rf"<!-- docker-test: {name}\b[^>]*-->\s*```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.DOTALL
-    )
-    assert match, f"README.md has no docker-test block named {name}"
+def docs_block(name: str) -> str:
+    """Return the bash block that follows ``<!-- docker-test: NAME ... -->`` in docs/containers.md."""
+    match = re.search(rf"<!-- docker-test: {name}\b[^>]*-->\s*```bash\n(.*?)```", PAGE.read_text(), re.DOTALL)
+    assert match, f"docs/containers.md has no docker-test block named {name}"
     return match.group(1)
 
 
-def run_readme_block(name: str, cwd: Path, env: dict[str, str], **options: object) -> subprocess.CompletedProcess[str]:
-    """Run a README docker-test block with bash, as written (traced, stopping at the first error)."""
+def run_docs_block(name: str, cwd: Path, env: dict[str, str], **options: object) -> subprocess.CompletedProcess[str]:
+    """Run a docker-test block of docs/containers.md with bash, as written (traced, stopping at the first error)."""
     result = subprocess.run(
-        ["bash", "-euxo", "pipefail", "-c", readme_block(name)],
+        ["bash", "-euxo", "pipefail", "-c", docs_block(name)],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -55,7 +56,7 @@ def run_readme_block(name: str, cwd: Path, env: dict[str, str], **options: objec
         timeout=3000,
         **options,  # type: ignore[arg-type]
     )
-    assert result.returncode == 0, f"README block {name}: " + result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.returncode == 0, f"docs/containers.md block {name}: " + result.stdout[-3000:] + result.stderr[-3000:]
     return result
 
 
@@ -83,13 +84,13 @@ def docker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def image(docker_env: dict[str, str]) -> str:
-    """The CPU image, built by the README's build block."""
+    """The CPU image, built by the build block of docs/containers.md."""
     base = subprocess.run(
         [str(ROOT / "docker" / "base-image.sh")], capture_output=True, text=True, env=docker_env, timeout=1800
     )
     if base.returncode == ENGINE_UNAVAILABLE:
         pytest.skip(f"no base image: {base.stderr.strip()} (to run them: {RUN_THEM})")
-    run_readme_block("build", ROOT, docker_env)
+    run_docs_block("build", ROOT, docker_env)
     size = int(docker(docker_env, "image", "inspect", "--format", "{{.Size}}", IMAGE).stdout)
     print(f"\n{IMAGE}: {size / 1e9:.2f} GB")
     return IMAGE
@@ -131,7 +132,7 @@ def test_image_has_the_tools_and_no_compilers_or_caches(docker_env: dict[str, st
 @pytest.fixture(scope="module")
 def pipeline_folder(docker_env: dict[str, str], image: str) -> Iterator[tuple[Path, int, subprocess.CompletedProcess]]:
     """An empty folder (outside pytest's private tmp, which the caller may not enter) after the
-    README's run block ran in it."""
+    run block of docs/containers.md ran in it."""
     folder = Path(tempfile.mkdtemp(prefix="otrain-docker-"))
     user: dict[str, object] = {}
     uid = os.geteuid()
@@ -142,7 +143,7 @@ def pipeline_folder(docker_env: dict[str, str], image: str) -> Iterator[tuple[Pa
         os.chown(folder, CALLER_UID, CALLER_UID)
         user = {"user": CALLER_UID, "group": CALLER_UID, "extra_groups": [socket.stat().st_gid]}
     try:
-        result = run_readme_block("run", folder, env, **user)
+        result = run_docs_block("run", folder, env, **user)
         shutil.rmtree(folder / ".docker-config", ignore_errors=True)
         yield folder, uid, result
     finally:

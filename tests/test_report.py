@@ -495,9 +495,9 @@ def test_keyboard_marks_survive_a_reload_and_export_to_relabel(night: dict[str, 
 
 
 def readme_vetting_loop() -> list[str]:
-    """The three commands of the README's vet-relabel-retrain loop."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("## Vetting a night") :]
+    """The three commands of the vet-relabel-retrain loop, as docs/vetting.md gives them."""
+    text = (ROOT / "docs" / "vetting.md").read_text()
+    section = text[text.index("<!-- vetting-loop") :]
     block = section[section.index("```bash\n") + len("```bash\n") : section.index("```\n", section.index("```bash"))]
     return [line for line in block.splitlines() if line.strip()]
 

@@ -123,7 +123,7 @@ def best_threshold(table: Sequence[dict[str, float | int]]) -> dict[str, float |
 
 
 def expected_calibration_error(labels: np.ndarray, probabilities: np.ndarray, n_bins: int = CALIBRATION_BINS) -> float:
-    """Compute the expected calibration error: bin-weighted |mean P(real) - fraction real|, equal bins."""
+    """Compute the expected calibration error: bin-weighted ``|mean P(real) - fraction real|``, equal bins."""
     bins = np.minimum((probabilities * n_bins).astype(int), n_bins - 1)
     error = 0.0
     for index in range(n_bins):

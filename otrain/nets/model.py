@@ -85,7 +85,7 @@ class RobustScaling(layers.Layer):
     is only shifted.
 
     With ``asinh``, the scaled values then go through arcsinh: linear within the noise
-    (|x| < 1), logarithmic beyond, so that a saturated star or a galaxy core in a science or
+    (``|x| < 1``), logarithmic beyond, so that a saturated star or a galaxy core in a science or
     reference plane no longer spans a thousand times the range of a faint transient.
     """
 

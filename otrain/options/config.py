@@ -701,7 +701,7 @@ class TrainingOptions(CommandConfig):
     class_weight: Literal["balanced", "none"] = option(
         "none",
         "'none' (the original) weights every cutout alike; 'balanced' weights each class by the inverse of its "
-        "frequency. On real, imbalanced ZTF alerts 'balanced' ranked worse (README: Training on your own survey).",
+        "frequency. On real, imbalanced ZTF alerts 'balanced' ranked worse (docs/own-survey.md).",
     )
     architecture: Architecture = option(
         DEFAULT_ARCHITECTURE,

@@ -334,12 +334,12 @@ class KerasScores:
         P(real), as the model computes it (float32 values, as float64).
     logit_scale : numpy.ndarray
         The size of the terms that make the model's logits: for the last dense layer, the
-        largest over its outputs of sum_i |x_i w_ij| + |b_j| (x its input), float64. A float32
+        largest over its outputs of ``sum_i |x_i w_ij| + |b_j|`` (x its input), float64. A float32
         sum is exact to a few epsilons of this, whatever order it adds them in.
     temperature : float
         The calibration layer's temperature (1 without one): log-odds are divided by it.
     log_scale : numpy.ndarray
-        What the calibration layer adds to the scale: |log epsilon| for its logarithms, and for
+        What the calibration layer adds to the scale: ``|log epsilon|`` for its logarithms, and for
         a layer of the older ``complement`` formula, 1 / (1 - P(real) before it), per cutout.
     epsilon : float
         The machine epsilon of the coarsest dtype the network computes in up to its last dense

@@ -168,7 +168,7 @@ def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[
     folds : int
         Its number of folds.
     record : dict or None
-        Its record (:data:`otrain.options.config.CROSSVAL_RECORD`); None: none was found, and every
+        Its record (the file ``CROSSVAL_RECORD``); None: none was found, and every
         training there is foreign.
 
     Returns

@@ -7,7 +7,7 @@ it, merges the marks of each file (``skip`` is no label, so it yields to the oth
 and bogus together are a contradiction), adds the labelled cutouts of the ``--include`` folders
 (their ``true/`` and ``false/``, listed as otrain-convert lists them), checks that every labelled
 file exists, that no file has two labels and that no two files land on the same name, and only
-then writes ``<out>/true`` and ``<out>/false`` at once, with :data:`~otrain.options.config.RELABEL_MARKER`
+then writes ``<out>/true`` and ``<out>/false`` at once, with the marker file ``RELABEL_MARKER``
 at the root recording what the tree holds. That is the layout otrain-convert reads; it looks only
 into ``true/`` and ``false/``.
 """
