@@ -159,7 +159,9 @@ def test_ci_workflow_runs_lint_tests_on_two_pythons_and_the_image() -> None:
     # The GPU image must import TensorFlow and list the GPUs it sees, not just print help (which
     # never imports TensorFlow).
     gpu_steps = [step.get("run", "") for step in ci["jobs"]["gpu-image"]["steps"]]
-    assert any(re.fullmatch(r"docker run --rm otrain:gpu python -m otrain\.nets\.model", run.strip()) for run in gpu_steps)
+    assert any(
+        re.fullmatch(r"docker run --rm otrain:gpu python -m otrain\.nets\.model", run.strip()) for run in gpu_steps
+    )
 
 
 def test_retrain_workflow_shape() -> None:
