@@ -25,7 +25,7 @@ os.environ.setdefault("OTRAIN_PROGRESS", "0")
 from common import BIN, RESULTS, run_measured, simulated_survey
 
 from otrain.data.cutouts import list_cutouts, read_cutout
-from otrain.options.config import InferConfig
+from otrain.options import InferConfig
 
 
 def linked_folder(files: list[Path], folder: Path, count: int) -> Path:

@@ -97,7 +97,7 @@ def build_cube(data: Path, work: Path, planes: tuple[str, ...], size: int) -> Pa
 
 def pretrained_model(work: Path, planes: tuple[str, ...], size: int, options: dict[str, Any]) -> Path:
     """Train once on the built-in synthetic survey (same planes, size, network and recipe)."""
-    from otrain.options.config import TrainConfig
+    from otrain.options import TrainConfig
     from otrain.train.training import train
 
     model = work / "pretrain" / "CNN_training" / "synthetic" / "synthetic.keras"
@@ -210,7 +210,7 @@ def run_setting(
     key: str, data: Path, work: Path, size: int, folds: int, seed: int, epochs: int | None = None
 ) -> dict[str, Any]:
     """Cross-validate one setting (``epochs``, when given, replaces the setting's); return its figures."""
-    from otrain.options.config import CrossValidateConfig
+    from otrain.options import CrossValidateConfig
     from otrain.train.crossval import cross_validate
 
     setting = SETTINGS[key]

@@ -74,7 +74,7 @@ from common import BIN, HERE, RESULTS, simulated_survey
 
 from otrain.data.cutouts import list_cutouts
 from otrain.io.parallel import default_workers
-from otrain.options.config import PREDICT_BATCH, card_file
+from otrain.options import PREDICT_BATCH, card_file
 
 #: The O'TRAIN network's input: 64x64 cutouts, one plane (the difference, otrain-infer's default).
 SHAPE = (64, 64, 1)

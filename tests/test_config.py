@@ -1,4 +1,4 @@
-"""Every command's parameters: defaults, ranges and path checks live in otrain.options.config."""
+"""Every command's parameters: defaults, ranges and path checks live in otrain.options."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from otrain import options as cfg
 from otrain.io.outputs import INFER_COLUMNS
-from otrain.options import config as cfg
 
 
 @pytest.fixture

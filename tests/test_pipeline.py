@@ -19,7 +19,7 @@ import yaml
 from astropy.io import ascii as astropy_ascii
 from conftest import BIN, ROOT
 
-from otrain.options.config import validate_params
+from otrain.options import validate_params
 
 TINY = {
     "simulate": {"n_true": 120, "n_false": 120, "n_night": 30, "cutout_size": 32},

@@ -20,7 +20,7 @@ from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
 from otrain.cli.pack import main as pack_main
 from otrain.io.outputs import INFER_COLUMNS
-from otrain.options.config import PARQUET_MARKER
+from otrain.options import PARQUET_MARKER
 
 pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
 
@@ -350,7 +350,7 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
     night: Path, trained: Path, reference: Path, tmp_path: Path, backend: str
 ) -> None:
     """The alternative the benchmark times (decode, then pyspark's predict_batch_udf on the pixels)."""
-    from otrain.options.config import InferSparkConfig
+    from otrain.options import InferSparkConfig
     from otrain.score.spark import infer_spark, predict_batch_scorer
 
     config = InferSparkConfig(
@@ -595,7 +595,7 @@ def constant_twin(path: Path, p_real: float) -> Path:
 @pytest.mark.slow
 def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path) -> None:
     """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75."""
-    from otrain.options.config import InferSparkConfig
+    from otrain.options import InferSparkConfig
     from otrain.score.backends import restamp_twin
     from otrain.score.spark import infer_spark, predict_batch_scorer
 

@@ -1,6 +1,6 @@
 """What every otrain command does around its own work: parse, validate, report, exit.
 
-A command is a config model (:mod:`otrain.options.config`) plus an action taking the validated config.
+A command is a config model (:mod:`otrain.options`) plus an action taking the validated config.
 :func:`run_command` parses argv with Fire, validates the keyword arguments with the model,
 turns every expected failure into one line on standard error with the right exit status,
 and prints generated help for ``-h``/``--help`` without importing anything heavy.
@@ -44,7 +44,7 @@ import fire
 from pydantic import ValidationError
 
 from otrain.errors import EXIT_BAD_OPTION, EXIT_INTERRUPTED, OtrainError
-from otrain.options.config import CommandConfig
+from otrain.options import CommandConfig
 
 __all__ = ["parse_options", "render_help", "run_command"]
 

@@ -51,7 +51,7 @@ from otrain.io.fitsreader import (
     open_fits,
     read_array,
 )
-from otrain.options.config import FITS_SUFFIXES
+from otrain.options import FITS_SUFFIXES
 
 __all__ = [
     "TRAINING_KEYWORDS",

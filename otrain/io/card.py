@@ -12,7 +12,7 @@ from typing import Any
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import write_json_atomic
-from otrain.options.config import card_file
+from otrain.options import card_file
 
 __all__ = ["card_planes", "read_card", "split_record", "update_card"]
 

@@ -35,7 +35,7 @@ from keras import layers, ops
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path, write_json_atomic
 from otrain.io.card import card_planes
-from otrain.options.config import (
+from otrain.options import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
     DEFAULT_DROPOUT,

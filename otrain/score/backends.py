@@ -35,15 +35,7 @@ import numpy as np
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
 from otrain.io.parallel import default_workers
-from otrain.options.config import (
-    BACKENDS,
-    PARITY_TOLERANCE,
-    PREDICT_BATCH,
-    SOURCE_SHA256,
-    Backend,
-    int8_path,
-    twin_path,
-)
+from otrain.options import BACKENDS, PARITY_TOLERANCE, PREDICT_BATCH, SOURCE_SHA256, Backend, int8_path, twin_path
 
 __all__ = [
     "BACKENDS",

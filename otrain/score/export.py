@@ -15,7 +15,7 @@ import numpy as np
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
 from otrain.io.card import update_card
-from otrain.options.config import ExportConfig, card_file, card_threshold
+from otrain.options import ExportConfig, card_file, card_threshold
 from otrain.score.backends import export_onnx, file_sha256
 from otrain.score.scoring import fit_to_model
 

@@ -29,7 +29,7 @@ from otrain.data.datacube import Datacube, recorded_split
 from otrain.errors import DataError, first_line
 from otrain.io.card import read_card, split_record
 from otrain.metrics.evaluation import binary_metrics
-from otrain.options.config import SOURCE_SHA256, ExportConfig, card_file, card_threshold
+from otrain.options import SOURCE_SHA256, ExportConfig, card_file, card_threshold
 from otrain.score.backends import SOURCE_NAME, OnnxClassifier, _stamp, file_sha256
 from otrain.score.scoring import fit_to_model, predict
 

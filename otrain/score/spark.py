@@ -49,7 +49,7 @@ import numpy as np
 
 from otrain.errors import DataError, OptionError, first_line, log_listed
 from otrain.io.atomic import atomic_folder, atomic_path
-from otrain.options.config import (
+from otrain.options import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
     MLFLOW_MODEL_SCHEMES,

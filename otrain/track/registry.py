@@ -31,7 +31,7 @@ from otrain.errors import DataError
 from otrain.io.card import split_record
 from otrain.io.locking import exclusive_lock
 from otrain.metrics.evaluation import binary_metrics, evaluate, write_json
-from otrain.options.config import PromoteConfig
+from otrain.options import PromoteConfig
 from otrain.track.tracking import (
     RunInfo,
     check_tracking_uri,

@@ -38,7 +38,7 @@ from otrain.io.atomic import write_json_atomic
 from otrain.io.locking import LockHeldError, describe_holder, is_locked, read_holder
 from otrain.io.outputs import OOF_COLUMNS
 from otrain.io.progress import announce
-from otrain.options.config import (
+from otrain.options import (
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
     CROSSVAL_RECORD,

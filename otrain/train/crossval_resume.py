@@ -23,7 +23,7 @@ from typing import Any
 from otrain.errors import DataError, OptionError
 from otrain.io.atomic import write_json_atomic
 from otrain.io.locking import describe_holder, exclusive_lock, is_locked, read_holder
-from otrain.options.config import (
+from otrain.options import (
     CHECKPOINT_COMPLETE,
     CHECKPOINT_FOLDER,
     CHECKPOINT_POINTER,
@@ -164,7 +164,7 @@ def plan_folds(output: Path, folds: int, record: dict[str, Any] | None) -> list[
     folds : int
         Its number of folds.
     record : dict or None
-        Its record (:data:`otrain.options.config.CROSSVAL_RECORD`); None: none was found, and every
+        Its record (:data:`otrain.options.studies.CROSSVAL_RECORD`); None: none was found, and every
         training there is foreign.
 
     Returns

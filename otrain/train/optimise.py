@@ -21,7 +21,7 @@ from otrain.data.datacube import Datacube, Split, stratified_split
 from otrain.errors import DataError, OptionError
 from otrain.io.outputs import STUDY_COLUMNS
 from otrain.io.progress import announce
-from otrain.options.config import MONITOR_MODES, STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
+from otrain.options import MONITOR_MODES, STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
 
 __all__ = ["StudyReport", "max_sections", "nested_order", "run_study", "study_sizes"]
 

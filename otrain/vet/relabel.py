@@ -7,7 +7,7 @@ it, merges the marks of each file (``skip`` is no label, so it yields to the oth
 and bogus together are a contradiction), adds the labelled cutouts of the ``--include`` folders
 (their ``true/`` and ``false/``, listed as otrain-convert lists them), checks that every labelled
 file exists, that no file has two labels and that no two files land on the same name, and only
-then writes ``<out>/true`` and ``<out>/false`` at once, with :data:`~otrain.options.config.RELABEL_MARKER`
+then writes ``<out>/true`` and ``<out>/false`` at once, with :data:`~otrain.options.data.RELABEL_MARKER`
 at the root recording what the tree holds. That is the layout otrain-convert reads; it looks only
 into ``true/`` and ``false/``.
 """
@@ -30,7 +30,7 @@ from otrain.data.cutouts import list_cutouts
 from otrain.errors import DataError
 from otrain.io.atomic import atomic_folder
 from otrain.io.progress import track
-from otrain.options.config import FITS_SUFFIXES, RELABEL_FOLDERS, RELABEL_MARKER, RelabelConfig
+from otrain.options import FITS_SUFFIXES, RELABEL_FOLDERS, RELABEL_MARKER, RelabelConfig
 
 __all__ = ["MARKS", "REQUIRED_COLUMNS", "Mark", "RelabelReport", "label_files", "read_marks", "relabel"]
 
@@ -329,7 +329,7 @@ def _place(source: Path, target: Path, mode: str, shown: Path) -> None:
 
 
 def relabel(config: RelabelConfig) -> RelabelReport:
-    """Write the labelled tree of a marks CSV (see :class:`~otrain.options.config.RelabelConfig`).
+    """Write the labelled tree of a marks CSV (see :class:`~otrain.options.data.RelabelConfig`).
 
     Parameters
     ----------

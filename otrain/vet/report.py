@@ -35,7 +35,7 @@ from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
 from otrain.judge.checkinfer import candidate_key
-from otrain.options.config import REPORT_MARKER, ReportConfig
+from otrain.options import REPORT_MARKER, ReportConfig
 from otrain.score.inference import fit_cutout, printable_path
 
 __all__ = ["PAGE", "PLANE_SLOTS", "SHEET_ROWS", "THUMBS", "TILE", "ReportSummary", "plane_tiles", "write_report"]
