@@ -41,10 +41,6 @@ from otrain.options import (
     DEFAULT_DROPOUT,
     DEFAULT_LEARNING_RATE,
     PREDICT_BATCH,
-    VGG_BN_MOMENTUM,
-    VGG_DENSE_UNITS,
-    VGG_FILTERS,
-    VGG_GRID,
     Architecture,
     card_file,
 )
@@ -76,6 +72,15 @@ MAD_TO_SIGMA = 1.482602218505602
 
 Normalisation = Literal["none", "robust", "asinh"]
 NORMALISATIONS: tuple[str, ...] = ("none", "robust", "asinh")
+
+#: The vgg network: filters of the convolutions of each of its two blocks, the side of the grid
+#: its last feature maps are average-pooled onto (whatever the cutout size), units of its dense layer.
+VGG_FILTERS = (32, 64)
+VGG_GRID = 4
+VGG_DENSE_UNITS = 64
+#: Momentum of its batch normalisation's moving averages: Keras' 0.99 needs hundreds of steps to
+#: forget the initial statistics; a small set makes few steps (20 per epoch with --batch-size auto).
+VGG_BN_MOMENTUM = 0.9
 
 
 @keras.saving.register_keras_serializable(package="otrain")

@@ -51,10 +51,6 @@ __all__ = [
     "TRAINING_FILES",
     "TRAINING_JOBS",
     "TRAINING_LOCK",
-    "VGG_BN_MOMENTUM",
-    "VGG_DENSE_UNITS",
-    "VGG_FILTERS",
-    "VGG_GRID",
     "Architecture",
     "Cluster",
     "LrSchedule",
@@ -76,14 +72,6 @@ DEFAULT_LEARNING_RATE = 1e-3
 Architecture = Literal["otrain", "vgg"]
 ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 DEFAULT_ARCHITECTURE: Architecture = "otrain"
-#: The vgg network: filters of the convolutions of each of its two blocks, the side of the grid
-#: its last feature maps are average-pooled onto (whatever the cutout size), units of its dense layer.
-VGG_FILTERS = (32, 64)
-VGG_GRID = 4
-VGG_DENSE_UNITS = 64
-#: Momentum of its batch normalisation's moving averages: Keras' 0.99 needs hundreds of steps to
-#: forget the initial statistics; a small set makes few steps (20 per epoch with --batch-size auto).
-VGG_BN_MOMENTUM = 0.9
 #: --lr-schedule: 'constant' (the original's Adam rate), 'plateau' (halved after PLATEAU_PATIENCE epochs
 #: without a better --monitor value, and again every PLATEAU_PATIENCE epochs while none comes), 'cosine'
 #: (Keras' CosineDecay from --learning-rate to zero over the --epochs planned).
