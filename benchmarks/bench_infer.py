@@ -63,7 +63,9 @@ def main() -> None:
     save_model(build_model((32, 32, 1)), work / "model32.keras")
 
     started = time.perf_counter()
-    report = infer(InferConfig(cutouts=survey, model=model_file, recursive=True, output=work / "scores.dat"))
+    config = InferConfig(cutouts=survey, model=model_file, recursive=True, output=work / "scores.dat")
+    config.preflight()
+    report = infer(config)
     end_to_end = time.perf_counter() - started
     n_scored = report.n_scored
     cutouts = [read_cutout(path) for path in files]

@@ -122,6 +122,7 @@ def pretrained_model(work: Path, planes: tuple[str, ...], size: int, options: di
             "overwrite": True,
         }
     )
+    config.preflight()
     train(config)
     return model
 
@@ -227,6 +228,7 @@ def run_setting(
     config = CrossValidateConfig.model_validate(
         {**options, "cube": cube, "folds": folds, "output": output, "seed": seed, "tracking": False, "overwrite": True}
     )
+    config.preflight()
     started = time.perf_counter()
     report = cross_validate(config)
     seconds = time.perf_counter() - started

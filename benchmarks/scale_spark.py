@@ -103,6 +103,7 @@ def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) ->
         config = InferSparkConfig(
             cutouts=str(survey), model=str(keras_file), output=output, master="local[2]", overwrite=True
         )
+        config.preflight()
         try:
             report = infer_spark(config, scorer=scorer)
         except Exception as error:  # report why the alternative could not run, keep the other figure

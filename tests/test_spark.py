@@ -360,6 +360,7 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
         master=MASTER,
         backend=backend,
     )
+    config.preflight()
     report = infer_spark(config, scorer=predict_batch_scorer)
     expected = read_table(reference)
     assert report.backend == backend
@@ -607,6 +608,7 @@ def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path
     for scorer in (None, predict_batch_scorer):
         output = tmp_path / f"{'one_pass' if scorer is None else 'udf'}.parquet"
         config = InferSparkConfig(cutouts=str(cutouts), model=str(model), output=output, master=MASTER)
+        config.preflight()
         report = infer_spark(config, scorer=scorer)
         assert (report.backend, report.n_scored) == ("onnx", 10)
         rows = read_parquet(output)

@@ -7,6 +7,13 @@ the module of its family (:mod:`otrain.options.data`, :mod:`~otrain.options.trai
 user's keyword arguments straight into it, and ``params.yaml`` sections are checked against the
 same models.
 
+Validating a model checks values only, and never looks at the disk: a model can be built and
+tested anywhere. Whatever needs the disk (files exist, a folder can be written, outputs are the
+command's to replace, a lock is free, an omitted ``--threshold`` is the model card's) is the
+command's pre-flight, :meth:`CommandConfig.preflight`, which :func:`otrain.cli.app.run_command`
+runs once the options are valid and before the command's work; code that builds a model itself
+runs it before handing the model to an action.
+
 Option spellings follow the original O'TRAIN commands, including the odd ones (``--n_sections``,
 ``--n_random``, ``--cam_path``) and the documented aliases (``--frac_true``,
 ``--path-datacube``, ``--mag-lim``). Fire folds ``-`` and ``_`` in flag names, so every option
@@ -18,11 +25,16 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import types
+import typing
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, AliasChoices, BaseModel, ConfigDict, Field
+from pydantic.fields import FieldInfo
 
+from otrain.errors import OptionError
 from otrain.io.outputs import Output, check_outputs
 from otrain.options.layout import card_threshold
 
@@ -35,12 +47,14 @@ __all__ = [
     "ExistingFile",
     "ExistingFolder",
     "NonNegativeInt",
+    "OnDisk",
     "OpenFraction",
     "Planes",
     "PositiveInt",
     "Probability",
     "Seed",
     "WritableFolder",
+    "disk_problems",
     "option",
 ]
 
@@ -55,6 +69,7 @@ MAX_LISTED_BAD_FILES = 20
 
 # --------------------------------------------------------------------------------------------
 # Reusable checks. Each raises ValueError with a message that reads well after the option name.
+# Those of paths look at the disk: the option types below mark them OnDisk, for the pre-flight.
 
 
 def _existing_folder(path: Path) -> Path:
@@ -189,9 +204,26 @@ def _keyword_name(value: str) -> str:
     return name
 
 
-ExistingFolder = Annotated[Path, AfterValidator(_existing_folder)]
-ExistingFile = Annotated[Path, AfterValidator(_existing_file)]
-WritableFolder = Annotated[Path, AfterValidator(_writable_folder)]
+class OnDisk:
+    """Mark an option type whose check needs the disk: :meth:`CommandConfig.preflight` runs it, validation does not.
+
+    Parameters
+    ----------
+    check : callable
+        Takes the option's value (a path) and raises ``ValueError`` with a message that reads
+        well after the option name.
+    """
+
+    def __init__(self, check: Callable[[Path], Path]) -> None:
+        self.check = check
+
+    def __repr__(self) -> str:
+        return f"OnDisk({self.check.__name__})"
+
+
+ExistingFolder = Annotated[Path, OnDisk(_existing_folder)]
+ExistingFile = Annotated[Path, OnDisk(_existing_file)]
+WritableFolder = Annotated[Path, OnDisk(_writable_folder)]
 Probability = Annotated[float, AfterValidator(_probability)]
 OpenFraction = Annotated[float, AfterValidator(_open_fraction)]
 DropoutRate = Annotated[float, AfterValidator(_dropout_rate)]
@@ -243,7 +275,11 @@ def _log_into_training_run() -> Any:
 
 
 class CommandConfig(BaseModel):
-    """Base of every command's parameters: frozen, unknown options refused."""
+    """Base of every command's parameters: frozen, unknown options refused.
+
+    Validation checks the values (each option's type and range, :meth:`check_option_rules`) and
+    never looks at the disk; :meth:`preflight` then checks what the disk holds (:meth:`check_disk`).
+    """
 
     model_config = ConfigDict(
         extra="forbid",
@@ -275,6 +311,44 @@ class CommandConfig(BaseModel):
             Naming the options (``--frac, --test-frac: ...``) and the rule.
         """
 
+    def preflight(self) -> None:
+        """Run the checks that need the disk, on valid options, before the command's work.
+
+        First the paths of the option types marked :class:`OnDisk` (:data:`ExistingFile`,
+        :data:`ExistingFolder`, :data:`WritableFolder`), option by option as declared, for the
+        options given (a default is not checked); then the command's own checks
+        (:meth:`check_disk`), which may also complete the options from the disk (an omitted
+        ``--threshold`` becomes the model card's). :func:`otrain.cli.app.run_command` calls it once
+        the options are valid; code that builds a model itself calls it before the command's action.
+
+        Raises
+        ------
+        OptionError
+            One line naming the option and the rule (for the paths, the first problem and how
+            many more there are).
+        """
+        problems = []
+        for name, field in type(self).model_fields.items():
+            if name in self.model_fields_set:
+                flag = self.flag_of(name)
+                problems += [f"{flag}: {problem}" for _, problem in disk_problems(field, getattr(self, name))]
+        if problems:
+            more = len(problems) - 1
+            raise OptionError(problems[0] + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""))
+        try:
+            self.check_disk()
+        except ValueError as error:
+            raise OptionError(str(error)) from None
+
+    def check_disk(self) -> None:
+        """Check what the disk holds for this command's options (run by :meth:`preflight`; the base class has none).
+
+        Raises
+        ------
+        ValueError
+            Naming the option and the rule (``--output: '...' exists; pass --overwrite ...``).
+        """
+
     def output_folders(self) -> list[Path]:
         """Folders this command may create: removed again, when left empty, if the command fails."""
         return []
@@ -304,6 +378,56 @@ class CommandConfig(BaseModel):
 # Helpers of the command models' checks.
 
 
+def disk_problems(field: FieldInfo, value: Any) -> list[tuple[tuple[int, ...], str]]:
+    """Run the :class:`OnDisk` checks of an option's type on its value; return the problems.
+
+    Parameters
+    ----------
+    field : pydantic.fields.FieldInfo
+        The option's declaration (``model_fields[name]``).
+    value : object
+        Its validated value.
+
+    Returns
+    -------
+    list of (tuple of int, str)
+        Where each problem lies (the item's index in a tuple option, ``()`` for the value
+        itself) and the message of the check, in the order validation would have met them.
+    """
+    hint = Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation
+    return list(_disk_problems(hint, value, ()))
+
+
+def _disk_problems(hint: Any, value: Any, where: tuple[int, ...]) -> Iterator[tuple[tuple[int, ...], str]]:
+    """Yield the problems the :class:`OnDisk` checks that ``hint`` declares find in ``value``.
+
+    The checks of a tuple's type run on every item; those of an optional type on a value that is
+    not None. A problem found by the checks of an item stops the checks of what contains it.
+    """
+    if value is None:
+        return
+    origin = typing.get_origin(hint)
+    if origin is Annotated:
+        inner, *marks = typing.get_args(hint)
+        found = list(_disk_problems(inner, value, where))
+        yield from found
+        for mark in marks if not found else ():
+            if isinstance(mark, OnDisk):
+                try:
+                    mark.check(value)
+                except ValueError as error:
+                    yield where, str(error)
+                    return
+    elif origin in (typing.Union, types.UnionType):
+        for member in typing.get_args(hint):
+            if member is not type(None):
+                yield from _disk_problems(member, value, where)
+    elif origin is tuple and isinstance(value, tuple):
+        item = typing.get_args(hint)[0]
+        for index, element in enumerate(value):
+            yield from _disk_problems(item, element, (*where, index))
+
+
 def _held_files(folder: Path) -> list[str]:
     """Every entry below ``folder`` (folders and links included, links not followed), relative, sorted."""
     held = []
@@ -322,7 +446,7 @@ def _model_name(value: str) -> str:
 def _use_card_threshold(config: CommandConfig, model_file: Path) -> None:
     """Fill an omitted --threshold with the model card's (see :func:`card_threshold`)."""
     if getattr(config, "threshold", None) is None:
-        # The options are frozen once validated; this validator is where they are completed.
+        # The options are frozen once validated; the pre-flight is where they are completed.
         object.__setattr__(config, "threshold", card_threshold(model_file))
 
 

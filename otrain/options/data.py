@@ -91,8 +91,12 @@ class SimulateConfig(CommandConfig):
             raise ValueError("--n-true, --n-false, --n-night: at least one must be positive")
 
     @model_validator(mode="after")
-    def _refuse_to_overwrite(self) -> SimulateConfig:
+    def _check(self) -> SimulateConfig:
         self.check_option_rules(self.__dict__)
+        return self
+
+    def check_disk(self) -> None:
+        """Refuse to replace a survey without --overwrite, or files otrain-simulate did not write."""
         clashing = [name for name in SIMULATE_OUTPUTS if (self.out / name).exists()]
         if clashing and not self.overwrite:
             raise ValueError(
@@ -104,7 +108,6 @@ class SimulateConfig(CommandConfig):
                 f"--out: {str(self.out)!r} holds {', '.join(clashing)} that otrain-simulate did not write; "
                 "refusing to replace them, choose another folder"
             )
-        return self
 
     def output_folders(self) -> list[Path]:
         """Return the survey folder."""
@@ -148,15 +151,14 @@ class ConvertConfig(CommandConfig):
     overwrite: bool = option(False, "Replace an existing cube of the same name.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
 
-    @model_validator(mode="after")
-    def _check(self) -> ConvertConfig:
+    def check_disk(self) -> None:
+        """Check that the cube's folder can be written and that the cube is not there (without --overwrite)."""
         try:
             _writable_folder(self.output_file.parent)
         except ValueError as error:
             raise ValueError(f"--path: {error}") from None
         if not self.overwrite and self.output_file.exists():
             raise ValueError(f"--cube: {str(self.output_file)!r} already exists; pass --overwrite to replace it")
-        return self
 
     @property
     def output_file(self) -> Path:
@@ -237,8 +239,8 @@ class RelabelConfig(CommandConfig):
         "them) into the tree, the same way (--mode); may be given several times.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> RelabelConfig:
+    def check_disk(self) -> None:
+        """Check that --out is new, empty or an earlier otrain-relabel output, away from every input."""
         out, cutouts = self.out.resolve(), self.cutouts.resolve()
         if out == cutouts or cutouts in out.parents:
             raise ValueError(f"--out: {str(self.out)!r} is --cutouts or inside it; choose another path")
@@ -290,7 +292,6 @@ class RelabelConfig(CommandConfig):
             _writable_folder(self.out.parent)
         except ValueError as error:
             raise ValueError(f"--out: {error}") from None
-        return self
 
     def output_folders(self) -> list[Path]:
         """Return the output's parent folder."""
@@ -355,10 +356,9 @@ class PackConfig(CommandConfig):
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
     overwrite: bool = option(False, "Replace an existing --output folder (only one otrain wrote).")
 
-    @model_validator(mode="after")
-    def _check(self) -> PackConfig:
+    def check_disk(self) -> None:
+        """Check that --output is not an input and is new, or otrain's Parquet folder with --overwrite."""
         _parquet_output(self, self.output, [self.cutouts])
-        return self
 
     def output_folders(self) -> list[Path]:
         """Return the output's parent folder."""

@@ -139,6 +139,10 @@ class CheckInferConfig(CommandConfig):
     @model_validator(mode="after")
     def _check(self) -> CheckInferConfig:
         self.check_option_rules(self.__dict__)
+        return self
+
+    def check_disk(self) -> None:
+        """Check that both tables exist and that the figures and tables are the command's to replace."""
         for flag, path in (("--crossmatch", self.crossmatch_file), ("--infer", self.infer_file)):
             if not path.is_file():
                 raise ValueError(f"{flag}: {str(path)!r} does not exist (give the file or the folder holding it)")
@@ -147,7 +151,6 @@ class CheckInferConfig(CommandConfig):
         planned.append(Output(out / CHECKINFER_MATCHES, "csv", formats.MATCHES_COLUMNS))
         planned.append(Output(out / CHECKINFER_SUMMARY, "json", formats.CHECKINFER_SUMMARY_KEYS))
         _check_outputs(self, "--plots", planned, [self.crossmatch_file, self.infer_file])
-        return self
 
     @property
     def crossmatch_file(self) -> Path:
@@ -234,8 +237,8 @@ class ReportConfig(CommandConfig):
         "beside the model); --no-tracking does neither.",
     )
 
-    @model_validator(mode="after")
-    def _check(self) -> ReportConfig:
+    def check_disk(self) -> None:
+        """Fill --threshold from the card; check the table exists and --output is the page's to replace."""
         _use_card_threshold(self, self.model)
         if not self.infer_file.is_file():
             raise ValueError(
@@ -258,7 +261,6 @@ class ReportConfig(CommandConfig):
             _writable_folder(output.parent)
         except ValueError as error:
             raise ValueError(f"--output: {error}") from None
-        return self
 
     @property
     def infer_file(self) -> Path:
@@ -301,8 +303,8 @@ class DiagnosticsConfig(CommandConfig):
     backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
-    @model_validator(mode="after")
-    def _check(self) -> DiagnosticsConfig:
+    def check_disk(self) -> None:
+        """Fill --threshold from the card; check that the outputs are the command's to replace."""
         _use_card_threshold(self, self.model_path)
         out = self.path_diagnostics
         planned = [
@@ -312,7 +314,6 @@ class DiagnosticsConfig(CommandConfig):
         for folder in DIAGNOSTIC_FOLDERS.values():
             planned += [Output(path, "png") for path in _existing(out / folder, "cutout_*.png")]
         _check_outputs(self, "--path-diagnostics", planned, [self.path_cube_validation, self.model_path])
-        return self
 
     def output_folders(self) -> list[Path]:
         """--path-diagnostics and its export folders."""
@@ -347,14 +348,13 @@ class PlotResultsConfig(CommandConfig):
     backend: Backend = _backend_option()
     tracking: bool = _log_into_training_run()
 
-    @model_validator(mode="after")
-    def _check(self) -> PlotResultsConfig:
+    def check_disk(self) -> None:
+        """Fill --threshold from the card; check that the figures and tables are the command's to replace."""
         _use_card_threshold(self, self.model_path)
         out = self.path_plots
         planned = [Output(out / f"{stem}.png", "png") for stem in PLOT_FILES]
         planned += [Output(out / f"{stem}.csv", "csv", columns) for stem, columns in PLOT_FILES.items()]
         _check_outputs(self, "--path-plots", planned, [self.path_cube_validation, self.model_path])
-        return self
 
     def output_folders(self) -> list[Path]:
         """--path-plots."""
@@ -384,14 +384,13 @@ class GradCamConfig(CommandConfig):
     overwrite: bool = _overwrite_option("otrain-grad-cam")
     tracking: bool = _log_into_training_run()
 
-    @model_validator(mode="after")
-    def _check(self) -> GradCamConfig:
+    def check_disk(self) -> None:
+        """Fill --threshold from the card; check that the images are the command's to replace."""
         _use_card_threshold(self, self.model_path)
         planned = [Output(self.cam_path / f"{outcome}_summary.png", "png") for outcome in OUTCOMES]
         for outcome in OUTCOMES:
             planned += [Output(path, "png") for path in _existing(self.cam_path / outcome, "cutout_CAM_*.png")]
         _check_outputs(self, "--cam_path", planned, [self.cube, self.model_path])
-        return self
 
     def output_folders(self) -> list[Path]:
         """--cam_path and its outcome folders."""

@@ -7,10 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
-from pydantic import ConfigDict, model_validator
+from pydantic import ConfigDict
 
 from otrain.io.outputs import is_same_file
-from otrain.options.base import CommandConfig, ExistingFile, option
+from otrain.options.base import CommandConfig, ExistingFile, disk_problems, option
 from otrain.options.data import ConvertConfig, PackConfig, RelabelConfig, SimulateConfig
 from otrain.options.judging import (
     CheckInferConfig,
@@ -55,8 +55,8 @@ class CheckParamsConfig(CommandConfig):
     params: ExistingFile = option(Path("params.yaml"), "The parameters file.")
     stamp: Path | None = option(None, "Write this file (always the same text) when the parameters are valid.")
 
-    @model_validator(mode="after")
-    def _check(self) -> CheckParamsConfig:
+    def check_disk(self) -> None:
+        """Check that --stamp is a file this command wrote (or none), and not the parameters file."""
         if self.stamp is not None:
             if self.stamp.is_dir():
                 raise ValueError(f"--stamp: {str(self.stamp)!r} is a folder")
@@ -64,7 +64,6 @@ class CheckParamsConfig(CommandConfig):
                 raise ValueError(f"--stamp: {str(self.stamp)!r} exists and was not written by {self.command}")
             if is_same_file(self.stamp, self.params):
                 raise ValueError(f"--stamp: {str(self.stamp)!r} is the parameters file")
-        return self
 
 
 #: Options that dvc.yaml sets itself (paths and names of the pipeline's files): params.yaml
@@ -153,6 +152,12 @@ def _validate_section(section: str, values: Any, model: type[CommandConfig], exc
         first = error.errors(include_url=False)[0]
         where = ".".join(str(part) for part in first.get("loc", ()))
         raise ValueError(f"params.yaml: {section}.{where}: {str(first['msg']).removeprefix('Value error, ')}") from None
+    # The paths' checks that a command runs in its pre-flight (a tunable path such as train.init_from).
+    for name, field in model.model_fields.items():
+        if name in checked.model_fields_set:
+            for place, problem in disk_problems(field, getattr(checked, name)):
+                where = ".".join(str(part) for part in (name, *place))
+                raise ValueError(f"params.yaml: {section}.{where}: {problem}")
     if section not in SHARED_SECTIONS:
         try:
             model.check_option_rules(checked.model_dump())

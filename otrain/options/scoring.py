@@ -124,8 +124,12 @@ class InferConfig(CommandConfig):
 
     @model_validator(mode="after")
     def _check(self) -> InferConfig:
-        _use_card_threshold(self, self.model)
         self.check_option_rules(self.__dict__)
+        return self
+
+    def check_disk(self) -> None:
+        """Fill --threshold from the card; check that the table can be written and is the command's to replace."""
+        _use_card_threshold(self, self.model)
         output = self.output_file
         if output.is_dir():
             raise ValueError(f"--output: {str(output)!r} is a folder; give a file name")
@@ -138,7 +142,6 @@ class InferConfig(CommandConfig):
         _check_outputs(
             self, "--output", [Output(output, "table", formats.INFER_COLUMNS)], [self.model, card_file(self.model)]
         )
-        return self
 
     @property
     def output_file(self) -> Path:
@@ -225,20 +228,11 @@ class InferSparkConfig(CommandConfig):
     def _check(self) -> InferSparkConfig:
         if (self.cutouts is None) == (self.parquet is None):
             raise ValueError("--cutouts, --parquet: give exactly one of them")
-        if self.cutouts is not None and not _has_scheme(self.cutouts):
+        if self.model.startswith(MLFLOW_MODEL_SCHEMES):
             try:
-                _existing_folder(Path(self.cutouts))
-            except ValueError as error:
-                raise ValueError(f"--cutouts: {error}") from None
-        try:
-            if self.model.startswith(MLFLOW_MODEL_SCHEMES):
                 _model_uri(self.model)
-            else:
-                _existing_file(Path(self.model))
-        except ValueError as error:
-            raise ValueError(f"--model: {error}") from None
-        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
-            _use_card_threshold(self, Path(self.model))
+            except ValueError as error:
+                raise ValueError(f"--model: {error}") from None
         if not _SPARK_MASTER.fullmatch(self.master):
             raise ValueError(
                 f"--master: must be local[*], local[N], spark://HOST:PORT, yarn, k8s://... or mesos://..., "
@@ -252,6 +246,21 @@ class InferSparkConfig(CommandConfig):
             if pattern is not None and not pattern.fullmatch(value):
                 raise ValueError(f"--conf: {key} must be {rule}, got {value!r}")
         InferConfig.check_option_rules(self.__dict__)
+        return self
+
+    def check_disk(self) -> None:
+        """Check the local inputs, fill --threshold from the card, check that the outputs are otrain's to replace."""
+        if self.cutouts is not None and not _has_scheme(self.cutouts):
+            try:
+                _existing_folder(Path(self.cutouts))
+            except ValueError as error:
+                raise ValueError(f"--cutouts: {error}") from None
+        if not self.model.startswith(MLFLOW_MODEL_SCHEMES):
+            try:
+                _existing_file(Path(self.model))
+            except ValueError as error:
+                raise ValueError(f"--model: {error}") from None
+            _use_card_threshold(self, Path(self.model))
         local_inputs = [Path(self.cutouts)] if self.cutouts is not None and not _has_scheme(self.cutouts) else []
         _parquet_output(self, self.output, [*local_inputs, *([self.parquet] if self.parquet is not None else [])])
         if self.table is not None:
@@ -269,7 +278,6 @@ class InferSparkConfig(CommandConfig):
                 inputs=inputs,
                 overwrite=self.overwrite,
             )
-        return self
 
     def output_folders(self) -> list[Path]:
         """Return the folders of the outputs."""
@@ -343,6 +351,10 @@ class ExportConfig(CommandConfig):
             for name in ("calibration_cube", "calibration_size"):
                 if name in self.model_fields_set:
                     raise ValueError(f"{self.flag_of(name)}: only with --quantize int8")
+        return self
+
+    def check_disk(self) -> None:
+        """Check the cubes of the checks and that the ONNX files are otrain's to replace."""
         planned = [Output(self.twin, "onnx", (SOURCE_SHA256,))]
         if self.quantize == "int8":
             planned.append(Output(self.int8_twin, "onnx", (SOURCE_SHA256,)))
@@ -358,7 +370,6 @@ class ExportConfig(CommandConfig):
             )
         inputs = [self.model, *(path for path in (self.cube, self.calibration_cube) if path is not None)]
         _check_outputs(self, "--model", planned, inputs)
-        return self
 
     @property
     def check_cube(self) -> Path:

@@ -78,10 +78,13 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
     @model_validator(mode="after")
     def _check(self) -> OptimiseDatasetSizeConfig:
         self.check_option_rules(self.__dict__)
+        return self
+
+    def check_disk(self) -> None:
+        """Check that the table and figures in --outdir are the study's to replace."""
         table, *figures = (self.outdir / name.format(name=self.model_name) for name in STUDY_FILES)
         planned = [Output(table, "csv", formats.STUDY_COLUMNS), *(Output(path, "png") for path in figures)]
         _check_outputs(self, "--outdir", planned, [self.cube])
-        return self
 
     def output_folders(self) -> list[Path]:
         """--outdir and the models' folder."""
@@ -159,6 +162,10 @@ class CrossValidateConfig(TrainingOptions):
         self.check_option_rules(self.__dict__)
         if self.resume and self.overwrite:
             raise ValueError("--resume, --overwrite: give one or the other")
+        return self
+
+    def check_disk(self) -> None:
+        """Check that the scores and metrics in --output are the command's to replace."""
         # What --output holds (an interrupted or finished cross-validation) is checked by the
         # command itself (otrain.train.crossval_resume.check_resumable): this module stays free of its code.
         outputs = [
@@ -167,7 +174,6 @@ class CrossValidateConfig(TrainingOptions):
         ]
         inputs = [self.cube] + ([self.init_from] if self.init_from is not None else [])
         _check_outputs(self, "--output", outputs, inputs)
-        return self
 
     def output_folders(self) -> list[Path]:
         """--output and its folder of trainings."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, model_validator
+from pydantic import AfterValidator
 
 from otrain.io import outputs as formats
 from otrain.io.outputs import Output, is_same_file
@@ -59,12 +59,11 @@ class PromoteConfig(CommandConfig):
     report: Path | None = option(None, "Write the decision to this JSON file.")
     overwrite: bool = option(False, "Replace an existing --report file that otrain-promote did not write.")
 
-    @model_validator(mode="after")
-    def _check(self) -> PromoteConfig:
+    def check_disk(self) -> None:
+        """Check that --report is the command's to replace and is none of the training's files."""
         if self.report is not None:
             inputs = sorted(path for path in self.model_dir.rglob("*") if path.is_file())
             _check_outputs(self, "--report", [Output(self.report, "json", formats.PROMOTION_KEYS)], inputs)
-        return self
 
     def output_folders(self) -> list[Path]:
         """Return the report's folder."""
@@ -88,11 +87,10 @@ class SummaryConfig(CommandConfig):
     markdown: Path | None = option(None, "Append a Markdown report to this file instead of printing.")
     title: str = option("otrain retraining", "Heading of the Markdown report.")
 
-    @model_validator(mode="after")
-    def _check(self) -> SummaryConfig:
+    def check_disk(self) -> None:
+        """Check that --markdown is a file and none of the reports it summarises."""
         if self.markdown is not None:
             if self.markdown.is_dir():
                 raise ValueError(f"--markdown: {str(self.markdown)!r} is a folder")
             if is_same_file(self.markdown, self.diagnostics) or is_same_file(self.markdown, self.promotion):
                 raise ValueError(f"--markdown: {str(self.markdown)!r} is one of the reports it summarises")
-        return self

@@ -245,20 +245,28 @@ class TrainConfig(TrainingOptions):
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         self.check_option_rules(self.__dict__)
+        if self.resume and self.overwrite:
+            raise ValueError("--resume, --overwrite: give one or the other")
+        return self
+
+    def check_disk(self) -> None:
+        """Check --init-from and --cube against the training folder, and what the folder holds.
+
+        A folder that another training holds locked is left to otrain-train, which names that
+        training when it cannot take the lock.
+        """
         folder = self.output_dir
         if self.init_from is not None and is_same_file(self.init_from, self.model_file):
             raise ValueError(
                 f"--init-from: {str(self.init_from)!r} is the model this training writes; copy it elsewhere first"
             )
-        if self.resume and self.overwrite:
-            raise ValueError("--resume, --overwrite: give one or the other")
         if folder.resolve() in self.cube.resolve().parents:
             raise ValueError(
                 f"--cube: {str(self.cube)!r} lies inside the training folder {str(folder)!r}, whose files a training "
                 "replaces; move the cube out of it"
             )
         if is_locked(folder / TRAINING_LOCK):
-            return self  # a training runs there now: otrain-train names it when it cannot take the lock
+            return  # a training runs there now: otrain-train names it when it cannot take the lock
         interrupted = (folder / CHECKPOINT_FOLDER).is_dir()
         if self.resume and not interrupted:
             finished = (
@@ -272,7 +280,6 @@ class TrainConfig(TrainingOptions):
             )
         if not (self.resume or self.overwrite) and self.holds_training():
             raise ValueError(f"--model-name: {str(folder)!r} already holds a training; pass --overwrite to replace it")
-        return self
 
     def output_names(self) -> list[str]:
         """Return the files this training writes, relative to its folder."""

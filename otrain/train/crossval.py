@@ -240,9 +240,11 @@ def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -
     name = CROSSVAL_FOLD_NAME.format(fold=fold)
     how = {"resume": action == RESUME, "overwrite": config.overwrite or action == REPLACE}
     try:
-        return TrainConfig.model_validate({**shared, **how, "model_path": config.output, "model_name": name})
+        options = TrainConfig.model_validate({**shared, **how, "model_path": config.output, "model_name": name})
     except ValidationError as error:
         raise OptionError(str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")) from None
+    options.preflight()
+    return options
 
 
 def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:

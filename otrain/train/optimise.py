@@ -84,15 +84,18 @@ def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
     shared = config.model_dump(exclude={"command", "n_sections", "outdir", "model_name"})
     name = f"{config.model_name}_size_{size}"
     try:
-        return TrainConfig.model_validate({**shared, "model_name": name})
-    except ValidationError as error:
-        message = str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        options = TrainConfig.model_validate({**shared, "model_name": name})
+        options.preflight()
+    except (ValidationError, OptionError) as error:
+        first = str(error.errors(include_url=False)[0]["msg"]) if isinstance(error, ValidationError) else str(error)
+        message = first.removeprefix("Value error, ")
         if message.startswith("--model-name:"):  # a training of an earlier study is there
             folder = config.model_path / "CNN_training" / name
             raise OptionError(
                 f"--model-name: {folder} holds a training of an earlier study; pass --overwrite to replace it"
             ) from None
         raise OptionError(message) from None
+    return options
 
 
 def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
