@@ -25,7 +25,7 @@ os.environ.setdefault("OTRAIN_PROGRESS", "0")
 from common import BIN, RESULTS, run_measured, simulated_survey
 
 from otrain.data.cutouts import list_cutouts, read_cutout
-from otrain.options.config import InferConfig
+from otrain.options import InferConfig
 
 
 def linked_folder(files: list[Path], folder: Path, count: int) -> Path:
@@ -63,7 +63,9 @@ def main() -> None:
     save_model(build_model((32, 32, 1)), work / "model32.keras")
 
     started = time.perf_counter()
-    report = infer(InferConfig(cutouts=survey, model=model_file, recursive=True, output=work / "scores.dat"))
+    config = InferConfig(cutouts=survey, model=model_file, recursive=True, output=work / "scores.dat")
+    config.preflight()
+    report = infer(config)
     end_to_end = time.perf_counter() - started
     n_scored = report.n_scored
     cutouts = [read_cutout(path) for path in files]

@@ -97,7 +97,7 @@ def build_cube(data: Path, work: Path, planes: tuple[str, ...], size: int) -> Pa
 
 def pretrained_model(work: Path, planes: tuple[str, ...], size: int, options: dict[str, Any]) -> Path:
     """Train once on the built-in synthetic survey (same planes, size, network and recipe)."""
-    from otrain.options.config import TrainConfig
+    from otrain.options import TrainConfig
     from otrain.train.training import train
 
     model = work / "pretrain" / "CNN_training" / "synthetic" / "synthetic.keras"
@@ -122,6 +122,7 @@ def pretrained_model(work: Path, planes: tuple[str, ...], size: int, options: di
             "overwrite": True,
         }
     )
+    config.preflight()
     train(config)
     return model
 
@@ -210,7 +211,7 @@ def run_setting(
     key: str, data: Path, work: Path, size: int, folds: int, seed: int, epochs: int | None = None
 ) -> dict[str, Any]:
     """Cross-validate one setting (``epochs``, when given, replaces the setting's); return its figures."""
-    from otrain.options.config import CrossValidateConfig
+    from otrain.options import CrossValidateConfig
     from otrain.train.crossval import cross_validate
 
     setting = SETTINGS[key]
@@ -227,6 +228,7 @@ def run_setting(
     config = CrossValidateConfig.model_validate(
         {**options, "cube": cube, "folds": folds, "output": output, "seed": seed, "tracking": False, "overwrite": True}
     )
+    config.preflight()
     started = time.perf_counter()
     report = cross_validate(config)
     seconds = time.perf_counter() - started

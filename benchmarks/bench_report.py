@@ -64,7 +64,7 @@ from common import BIN, HERE, RESULTS, run_measured, simulated_survey
 sys.path.insert(0, str(HERE.parent / "tests"))
 from browser import chromium, requested_urls
 
-from otrain.options.config import REPORT_MARKER
+from otrain.options import REPORT_MARKER
 from otrain.vet.report import PAGE, THUMBS
 
 PLANES = ("IMAGE", "TEMPLATE", "DIFF")

@@ -73,8 +73,9 @@ from bench_infer import linked_folder
 from common import BIN, HERE, RESULTS, simulated_survey
 
 from otrain.data.cutouts import list_cutouts
+from otrain.io.layout import card_file
 from otrain.io.parallel import default_workers
-from otrain.options.config import PREDICT_BATCH, card_file
+from otrain.options import PREDICT_BATCH
 
 #: The O'TRAIN network's input: 64x64 cutouts, one plane (the difference, otrain-infer's default).
 SHAPE = (64, 64, 1)

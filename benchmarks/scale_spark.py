@@ -89,7 +89,7 @@ def _mlflow_scorer(mlflow_dir: Path) -> Any:
 
 def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) -> dict[str, Any]:
     """otrain's one pass against predict_batch_udf and mlflow.pyfunc.spark_udf, same session settings and cutouts."""
-    from otrain.options.config import InferSparkConfig
+    from otrain.options import InferSparkConfig
     from otrain.score.spark import infer_spark, predict_batch_scorer
 
     figures: dict[str, Any] = {}
@@ -103,6 +103,7 @@ def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) ->
         config = InferSparkConfig(
             cutouts=str(survey), model=str(keras_file), output=output, master="local[2]", overwrite=True
         )
+        config.preflight()
         try:
             report = infer_spark(config, scorer=scorer)
         except Exception as error:  # report why the alternative could not run, keep the other figure

@@ -51,7 +51,7 @@ def log_listed(messages: Sequence[str], level: int, more: str, limit: int) -> No
     more : str
         What the rest are, after "... and N more" (for example "unreadable cutouts").
     limit : int
-        How many to list (``otrain.options.config.MAX_LISTED_BAD_FILES``).
+        How many to list (``otrain.options.base.MAX_LISTED_BAD_FILES``).
     """
     logger = logging.getLogger("otrain")
     for message in messages[:limit]:

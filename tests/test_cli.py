@@ -11,11 +11,11 @@ import pytest
 from conftest import BIN, call_main, make_tree, run_command
 from helpers import imported_by_help
 
+from otrain import options as cfg
 from otrain.cli.app import parse_options, render_help
 from otrain.cli.checkinfer import main as checkinfer_main
 from otrain.cli.convert import main as convert_main
 from otrain.cli.promote import main as promote_main
-from otrain.options import config as cfg
 
 COMMANDS = {
     "otrain-simulate": cfg.SimulateConfig,

@@ -1,4 +1,4 @@
-"""Every command's parameters: defaults, ranges and path checks live in otrain.options.config."""
+"""Every command's parameters: defaults, ranges and path checks live in otrain.options."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from otrain import options as cfg
+from otrain.errors import OptionError
 from otrain.io.outputs import INFER_COLUMNS
-from otrain.options import config as cfg
 
 
 @pytest.fixture
@@ -67,6 +68,7 @@ def test_every_command_has_a_config_that_validates_minimal_options(files: dict[s
     assert set(options) == set(cfg.COMMAND_CONFIGS)
     for model, values in options.items():
         instance = model.model_validate(values)
+        instance.preflight()
         assert instance.command.startswith("otrain-")
 
 
@@ -144,30 +146,31 @@ def test_unknown_option_is_refused(files: dict[str, Path]) -> None:
 
 
 def test_missing_input_paths_are_refused(tmp_path: Path, files: dict[str, Path]) -> None:
-    with pytest.raises(ValidationError, match="does not exist"):
-        cfg.ConvertConfig.model_validate({"path": tmp_path, "cube": "c", "cutouts": tmp_path / "nope"})
-    with pytest.raises(ValidationError, match="is not a folder"):
-        cfg.ConvertConfig.model_validate({"path": tmp_path, "cube": "c", "cutouts": files["cube"]})
-    with pytest.raises(ValidationError, match="does not exist"):
-        cfg.TrainConfig.model_validate({"cube": tmp_path / "x.npz", "model_path": tmp_path, "model_name": "m"})
+    with pytest.raises(OptionError, match="does not exist"):
+        cfg.ConvertConfig.model_validate({"path": tmp_path, "cube": "c", "cutouts": tmp_path / "nope"}).preflight()
+    with pytest.raises(OptionError, match="is not a folder"):
+        cfg.ConvertConfig.model_validate({"path": tmp_path, "cube": "c", "cutouts": files["cube"]}).preflight()
+    config = cfg.TrainConfig.model_validate({"cube": tmp_path / "x.npz", "model_path": tmp_path, "model_name": "m"})
+    with pytest.raises(OptionError, match="does not exist"):
+        config.preflight()
 
 
 def test_output_folder_under_a_file_is_refused(files: dict[str, Path]) -> None:
     options = {**minimal_options(files)[cfg.ConvertConfig], "path": files["cube"] / "sub"}
-    with pytest.raises(ValidationError, match="is not a folder"):
-        cfg.ConvertConfig.model_validate(options)
+    with pytest.raises(OptionError, match="is not a folder"):
+        cfg.ConvertConfig.model_validate(options).preflight()
 
 
 def test_unwritable_output_folder_is_refused(files: dict[str, Path]) -> None:
     # /proc refuses new files even to root, unlike a chmod-ed folder.
     options = {**minimal_options(files)[cfg.ConvertConfig], "path": Path("/proc/otrain-test")}
-    with pytest.raises(ValidationError, match="cannot write in '/proc'"):
-        cfg.ConvertConfig.model_validate(options)
+    with pytest.raises(OptionError, match="cannot write in '/proc'"):
+        cfg.ConvertConfig.model_validate(options).preflight()
 
 
 def test_writability_check_leaves_nothing_behind(tmp_path: Path, files: dict[str, Path]) -> None:
     out = tmp_path / "fresh"
-    cfg.ConvertConfig.model_validate({**minimal_options(files)[cfg.ConvertConfig], "path": out})
+    cfg.ConvertConfig.model_validate({**minimal_options(files)[cfg.ConvertConfig], "path": out}).preflight()
     assert not out.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cube.npz", "cutouts", "model.h5"]
     assert sorted(p.name for p in (tmp_path / "cutouts").iterdir()) == ["crossmatch.dat", "infer_results.dat"]

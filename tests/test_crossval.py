@@ -493,7 +493,7 @@ def test_an_interrupted_cross_validation_says_what_is_there_and_resume_keeps_the
 def test_fold_trainings_without_a_record_are_named_and_an_empty_fold_folder_blocks_nothing(
     crossval: tuple[Path, Path, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from otrain.options.config import CrossValidateConfig
+    from otrain.options import CrossValidateConfig
 
     cube, out, _ = crossval
     # The folds of a cross-validation interrupted by an older otrain, which kept no record.

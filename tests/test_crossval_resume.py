@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from otrain.options.config import CROSSVAL_RECORD, CrossValidateConfig
+from otrain.options import CROSSVAL_RECORD, CrossValidateConfig
 from otrain.train.crossval_resume import (
     FINISHED,
     FOREIGN,

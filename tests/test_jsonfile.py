@@ -77,7 +77,7 @@ def test_an_unreadable_run_file_is_one_line(tmp_path: Path) -> None:
 
 
 def test_an_unreadable_cross_validation_record_is_one_line(tmp_path: Path) -> None:
-    from otrain.options.config import CROSSVAL_RECORD
+    from otrain.options import CROSSVAL_RECORD
     from otrain.train.crossval_resume import read_record
 
     assert read_record(tmp_path) is None

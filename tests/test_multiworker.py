@@ -217,7 +217,7 @@ def test_two_workers_killed_mid_training_resume_from_the_chiefs_checkpoint(
 
 
 def test_tf_config_with_a_chief_task_names_the_chief(monkeypatch: pytest.MonkeyPatch) -> None:
-    from otrain.options.config import cluster_from_environment
+    from otrain.options import cluster_from_environment
 
     cluster = {"chief": ["127.0.0.1:2222"], "worker": ["127.0.0.1:2223", "127.0.0.1:2224"]}
     for task, is_chief in ((("chief", 0), True), (("worker", 0), False), (("worker", 1), False)):

@@ -189,7 +189,7 @@ def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Pat
     from keras import layers
 
     from otrain.nets.model import with_calibration
-    from otrain.options.config import PARITY_TOLERANCE
+    from otrain.options import PARITY_TOLERANCE
     from otrain.score.backends import OnnxClassifier, export_onnx, keras_scores, parity_allowance
 
     network = keras.Sequential(

@@ -20,7 +20,7 @@ from astropy.io import ascii as astropy_ascii
 from conftest import BIN, ROOT
 from helpers import wait_for_epochs
 
-from otrain.options.config import validate_params
+from otrain.options import validate_params
 
 TINY = {
     "simulate": {"n_true": 120, "n_false": 120, "n_night": 30, "cutout_size": 32},

@@ -15,7 +15,7 @@ from conftest import ROOT, call_main, pixels, write_gmadet, write_stdpipe
 from otrain.data.cutouts import read_cutout, read_header, read_header_with_astropy, read_pixels
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
-from otrain.options.config import validate_params
+from otrain.options import validate_params
 
 
 def stdpipe_triplet(path: Path, size: int = 16) -> dict[str, np.ndarray]:

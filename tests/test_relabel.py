@@ -16,7 +16,7 @@ from numpy.testing import assert_array_equal
 from otrain.cli.convert import main as convert_main
 from otrain.cli.relabel import main as relabel_main
 from otrain.data.datacube import Datacube
-from otrain.options.config import RELABEL_MARKER
+from otrain.options import RELABEL_MARKER
 
 HEADER = "cand_ID,file,mark,p_real"
 #: The cutouts of the candidates, by path relative to the cutouts folder, and their CANDID.

@@ -22,7 +22,7 @@ from otrain.cli.infer import main as infer_main
 from otrain.cli.relabel import main as relabel_main
 from otrain.cli.report import main as report_main
 from otrain.data.cutouts import read_header
-from otrain.options.config import REPORT_MARKER
+from otrain.options import REPORT_MARKER
 
 #: Where the browser tests leave their screenshots (CI keeps them as artifacts).
 ARTIFACTS = Path(os.environ.get("OTRAIN_TEST_ARTIFACTS", ROOT / "test-artifacts"))

@@ -15,7 +15,7 @@ import pytest
 import otrain.score.inference
 from otrain.data.datacube import Split
 from otrain.errors import DataError, OptionError
-from otrain.options.config import TrainConfig
+from otrain.options import TrainConfig
 from otrain.score.inference import scoring_readers, scoring_threads
 from otrain.train.crossval import fold_splits
 from otrain.train.optimise import _best_epoch, max_sections, nested_order, study_sizes

@@ -21,7 +21,7 @@ from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
 from otrain.cli.pack import main as pack_main
 from otrain.io.outputs import INFER_COLUMNS
-from otrain.options.config import PARQUET_MARKER
+from otrain.options import PARQUET_MARKER
 
 pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
 
@@ -340,7 +340,7 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
     night: Path, trained: Path, reference: Path, tmp_path: Path, backend: str
 ) -> None:
     """The alternative the benchmark times (decode, then pyspark's predict_batch_udf on the pixels)."""
-    from otrain.options.config import InferSparkConfig
+    from otrain.options import InferSparkConfig
     from otrain.score.spark import infer_spark, predict_batch_scorer
 
     config = InferSparkConfig(
@@ -350,6 +350,7 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
         master=MASTER,
         backend=backend,
     )
+    config.preflight()
     report = infer_spark(config, scorer=predict_batch_scorer)
     expected = read_table(reference)
     assert report.backend == backend
@@ -585,7 +586,7 @@ def constant_twin(path: Path, p_real: float) -> Path:
 @pytest.mark.slow
 def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path) -> None:
     """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75."""
-    from otrain.options.config import InferSparkConfig
+    from otrain.options import InferSparkConfig
     from otrain.score.backends import restamp_twin
     from otrain.score.spark import infer_spark, predict_batch_scorer
 
@@ -597,6 +598,7 @@ def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path
     for scorer in (None, predict_batch_scorer):
         output = tmp_path / f"{'one_pass' if scorer is None else 'udf'}.parquet"
         config = InferSparkConfig(cutouts=str(cutouts), model=str(model), output=output, master=MASTER)
+        config.preflight()
         report = infer_spark(config, scorer=scorer)
         assert (report.backend, report.n_scored) == ("onnx", 10)
         rows = read_parquet(output)

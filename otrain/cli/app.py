@@ -1,9 +1,10 @@
 """What every otrain command does around its own work: parse, validate, report, exit.
 
-A command is a config model (:mod:`otrain.options.config`) plus an action taking the validated config.
-:func:`run_command` parses argv with Fire, validates the keyword arguments with the model,
-turns every expected failure into one line on standard error with the right exit status,
-and prints generated help for ``-h``/``--help`` without importing anything heavy.
+A command is a config model (:mod:`otrain.options`) plus an action taking the validated config.
+:func:`run_command` parses argv with Fire, validates the keyword arguments with the model, runs
+the model's pre-flight (the checks that need the disk), turns every expected failure into one
+line on standard error with the right exit status, and prints generated help for
+``-h``/``--help`` without importing anything heavy.
 
 Fire stays the parser (the commands are built on it), but used as is it would break the
 original commands' interface, so this layer corrects five of its behaviours, and nothing more:
@@ -44,7 +45,7 @@ import fire
 from pydantic import ValidationError
 
 from otrain.errors import EXIT_BAD_OPTION, EXIT_INTERRUPTED, OtrainError
-from otrain.options.config import CommandConfig
+from otrain.options import CommandConfig
 
 __all__ = ["parse_options", "render_help", "run_command"]
 
@@ -332,8 +333,9 @@ def run_command(
     config : type
         The command's config model.
     action : callable
-        Does the work given the validated config; raises :class:`~otrain.errors.OtrainError`
-        for expected failures.
+        Does the work given the validated config, once its pre-flight
+        (:meth:`~otrain.options.base.CommandConfig.preflight`) has passed; raises
+        :class:`~otrain.errors.OtrainError` for expected failures.
     argv : sequence of str, optional
         Arguments; defaults to ``sys.argv[1:]``.
     """
@@ -354,6 +356,10 @@ def run_command(
         validated = config.model_validate(options)
     except ValidationError as error:
         _fail(config.command, _describe_validation_error(config, error), EXIT_BAD_OPTION)
+    try:
+        validated.preflight()
+    except OtrainError as error:
+        _fail(config.command, str(error), error.exit_code)
     _configure_logging(config.command)
     # A pipeline that is stopped sends SIGTERM: unwind like Ctrl-C, so runs end KILLED and
     # temporary files are removed.

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.errors import OptionError, first_line
-from otrain.options.config import PARAMS_STAMP, CheckParamsConfig, validate_params
+from otrain.options import PARAMS_STAMP, CheckParamsConfig, validate_params
 
 __all__ = ["main"]
 

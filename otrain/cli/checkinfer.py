@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.options.config import CheckInferConfig
+from otrain.options import CheckInferConfig
 
 __all__ = ["main"]
 

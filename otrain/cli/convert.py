@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.options.config import ConvertConfig
+from otrain.options import ConvertConfig
 
 __all__ = ["main"]
 

@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.options.config import CENTRE_RADIUS_FWHM, GradCamConfig
+from otrain.options import CENTRE_RADIUS_FWHM, GradCamConfig
 
 __all__ = ["main"]
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.options.config import PackConfig
+from otrain.options import PackConfig
 
 __all__ = ["main"]
 

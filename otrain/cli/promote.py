@@ -8,7 +8,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.options.config import PromoteConfig
+from otrain.options import PromoteConfig
 
 __all__ = ["main"]
 

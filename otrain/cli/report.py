@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.options.config import ReportConfig
+from otrain.options import ReportConfig
 
 __all__ = ["main"]
 

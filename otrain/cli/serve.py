@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.options.config import ServeConfig
+from otrain.options import ServeConfig
 
 __all__ = ["main"]
 

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.options.config import SimulateConfig
+from otrain.options import SimulateConfig
 
 __all__ = ["main"]
 

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 from otrain.cli.app import run_command
 from otrain.errors import DataError
 from otrain.io.jsonfile import read_json
-from otrain.options.config import SummaryConfig
+from otrain.options import SummaryConfig
 
 __all__ = ["main"]
 

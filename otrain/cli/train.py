@@ -7,7 +7,7 @@ from typing import NoReturn
 
 from otrain.cli.app import run_command
 from otrain.cli.tf_setup import prepare_tensorflow
-from otrain.options.config import TrainConfig, cluster_from_environment
+from otrain.options import TrainConfig, cluster_from_environment
 
 __all__ = ["main"]
 

@@ -30,7 +30,7 @@ from otrain.data.cutouts import (
 from otrain.data.datacube import Datacube, balanced_counts, choose_rows
 from otrain.errors import DataError, log_listed
 from otrain.io.parallel import map_chunks
-from otrain.options.config import MAX_LISTED_BAD_FILES, ConvertConfig
+from otrain.options import MAX_LISTED_BAD_FILES, ConvertConfig
 
 __all__ = ["ClassReport", "ConversionReport", "convert"]
 

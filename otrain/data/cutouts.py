@@ -51,7 +51,7 @@ from otrain.io.fitsreader import (
     read_array,
 )
 from otrain.io.ids import header_candid
-from otrain.options.config import FITS_SUFFIXES
+from otrain.options import FITS_SUFFIXES
 
 __all__ = [
     "TRAINING_KEYWORDS",

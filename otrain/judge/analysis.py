@@ -30,7 +30,7 @@ from otrain.metrics.evaluation import (
     write_csv,
     write_json,
 )
-from otrain.options.config import BIN_LIMITS, DIAGNOSTIC_FOLDERS, PLOT_FILES, DiagnosticsConfig, PlotResultsConfig
+from otrain.options import BIN_LIMITS, DIAGNOSTIC_FOLDERS, PLOT_FILES, DiagnosticsConfig, PlotResultsConfig
 from otrain.score.scoring import sample_outcomes, score_cube
 
 __all__ = [

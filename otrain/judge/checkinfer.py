@@ -20,8 +20,8 @@ import numpy as np
 from otrain.errors import DataError, first_line
 from otrain.io import outputs as formats
 from otrain.io.ids import candidate_key
-from otrain.options.config import CHECKINFER_FIGURES as FIGURES
-from otrain.options.config import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
+from otrain.options import CHECKINFER_FIGURES as FIGURES
+from otrain.options import CHECKINFER_MATCHES, CHECKINFER_SUMMARY, CheckInferConfig
 
 __all__ = ["FIGURES", "CheckInferReport", "read_table", "run_checkinfer"]
 

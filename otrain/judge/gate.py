@@ -22,7 +22,7 @@ from otrain.data.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
 from otrain.io.ids import candidate_key
 from otrain.metrics.evaluation import binary_metrics, evaluate
-from otrain.options.config import PromoteConfig
+from otrain.options import PromoteConfig
 from otrain.score.scoring import fit_to_model, predict
 from otrain.track.registry import PromotionDecision
 

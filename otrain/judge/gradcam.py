@@ -21,7 +21,7 @@ from typing import Any, Literal
 import numpy as np
 
 from otrain.io.progress import track
-from otrain.options.config import CENTRE_RADIUS_FWHM, GRADCAM_BATCH, GRADCAM_GRID, OUTCOMES, GradCamConfig
+from otrain.options import CENTRE_RADIUS_FWHM, GRADCAM_BATCH, GRADCAM_GRID, OUTCOMES, GradCamConfig
 
 __all__ = ["GradCamExplainer", "GradCamReport", "centre_share", "explained_layer", "gradcam_maps", "run_grad_cam"]
 

@@ -15,7 +15,7 @@ import numpy as np
 from sklearn import metrics
 
 from otrain.io.atomic import atomic_path, write_json_atomic
-from otrain.options.config import CALIBRATION_BINS
+from otrain.options import CALIBRATION_BINS
 
 __all__ = [
     "THRESHOLDS",

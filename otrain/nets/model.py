@@ -34,16 +34,12 @@ from keras import layers, ops
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
-from otrain.options.config import (
+from otrain.options import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
     DEFAULT_DROPOUT,
     DEFAULT_LEARNING_RATE,
     PREDICT_BATCH,
-    VGG_BN_MOMENTUM,
-    VGG_DENSE_UNITS,
-    VGG_FILTERS,
-    VGG_GRID,
     Architecture,
 )
 
@@ -64,6 +60,15 @@ __all__ = [
     "save_model",
     "with_calibration",
 ]
+
+#: The vgg network: filters of the convolutions of each of its two blocks, the side of the grid
+#: its last feature maps are average-pooled onto (whatever the cutout size), units of its dense layer.
+VGG_FILTERS = (32, 64)
+VGG_GRID = 4
+VGG_DENSE_UNITS = 64
+#: Momentum of its batch normalisation's moving averages: Keras' 0.99 needs hundreds of steps to
+#: forget the initial statistics; a small set makes few steps (20 per epoch with --batch-size auto).
+VGG_BN_MOMENTUM = 0.9
 
 logger = logging.getLogger("otrain")
 

@@ -36,13 +36,7 @@ from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
 from otrain.io.layout import int8_path, twin_path
 from otrain.io.parallel import default_workers
-from otrain.options.config import (
-    BACKENDS,
-    PARITY_TOLERANCE,
-    PREDICT_BATCH,
-    SOURCE_SHA256,
-    Backend,
-)
+from otrain.options import BACKENDS, PARITY_TOLERANCE, PREDICT_BATCH, SOURCE_SHA256, Backend
 
 __all__ = [
     "BACKENDS",

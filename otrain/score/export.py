@@ -15,7 +15,7 @@ import numpy as np
 from otrain.data.datacube import Datacube
 from otrain.io.card import card_threshold, update_card
 from otrain.io.layout import card_file
-from otrain.options.config import ExportConfig
+from otrain.options import ExportConfig
 from otrain.score.backends import export_onnx, file_sha256
 from otrain.score.scoring import fit_to_model
 

@@ -30,7 +30,7 @@ from otrain.errors import DataError, first_line, log_listed
 from otrain.io.atomic import atomic_path
 from otrain.io.outputs import INFER_COLUMNS
 from otrain.io.parallel import default_workers, map_chunks
-from otrain.options.config import MAX_LISTED_BAD_FILES, InferConfig
+from otrain.options import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.score.scoring import predict
 
 __all__ = [

@@ -24,7 +24,7 @@ from otrain.data.cutouts import crop_center, list_cutouts, read_header, read_pix
 from otrain.errors import DataError, first_line, log_listed
 from otrain.io.atomic import atomic_folder
 from otrain.io.parallel import map_chunks
-from otrain.options.config import MAX_LISTED_BAD_FILES, PARQUET_MARKER, PackConfig
+from otrain.options import MAX_LISTED_BAD_FILES, PARQUET_MARKER, PackConfig
 from otrain.score.inference import INFER_COLUMNS, failure_message, meta_cells, printable_path
 
 __all__ = [

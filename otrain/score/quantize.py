@@ -30,7 +30,7 @@ from otrain.errors import DataError, first_line
 from otrain.io.card import card_threshold, read_card, split_record
 from otrain.io.layout import card_file
 from otrain.metrics.evaluation import binary_metrics
-from otrain.options.config import SOURCE_SHA256, ExportConfig
+from otrain.options import SOURCE_SHA256, ExportConfig
 from otrain.score.backends import SOURCE_NAME, OnnxClassifier, _stamp, file_sha256
 from otrain.score.scoring import fit_to_model, predict
 

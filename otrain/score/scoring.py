@@ -21,7 +21,7 @@ import numpy as np
 from otrain.data.cutouts import crop_center
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
-from otrain.options.config import OUTCOMES, PREDICT_BATCH, Backend
+from otrain.options import OUTCOMES, PREDICT_BATCH, Backend
 
 __all__ = [
     "ScoredCube",
@@ -182,7 +182,7 @@ def outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) ->
     Returns
     -------
     dict
-        ``TP``, ``TN``, ``FP``, ``FN`` (the order of ``otrain.options.config.OUTCOMES``) -> sorted row indices.
+        ``TP``, ``TN``, ``FP``, ``FN`` (the order of ``otrain.options.judging.OUTCOMES``) -> sorted row indices.
     """
     predicted = np.asarray(probabilities) > threshold
     real = np.asarray(labels) == 1

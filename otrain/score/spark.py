@@ -51,11 +51,7 @@ from otrain.errors import DataError, OptionError, first_line, log_listed
 from otrain.io.atomic import atomic_folder, atomic_path
 from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
-from otrain.options.config import (
-    FITS_SUFFIXES,
-    MAX_LISTED_BAD_FILES,
-    InferSparkConfig,
-)
+from otrain.options import FITS_SUFFIXES, MAX_LISTED_BAD_FILES, InferSparkConfig
 from otrain.options.uris import is_mlflow_uri
 from otrain.score.backends import choose_backend, cutout_shape, load_classifier
 from otrain.score.inference import (

@@ -17,7 +17,7 @@ from astropy.wcs import WCS
 
 from otrain.errors import DataError
 from otrain.io.parallel import map_chunks
-from otrain.options.config import SIMULATE_MARKER, SIMULATE_OUTPUTS, SimulateConfig
+from otrain.options import SIMULATE_MARKER, SIMULATE_OUTPUTS, SimulateConfig
 from otrain.simulate.kinds import BOGUS_KINDS, KINDS, REAL_KINDS, render_candidate
 from otrain.simulate.physics import Observation, draw_observation
 from otrain.simulate.writers import CrossmatchEntry, gmadet_hdul, stdpipe_hdul, write_crossmatch, write_truth

@@ -25,7 +25,7 @@ from otrain.io.atomic import write_json_atomic
 from otrain.io.card import split_record, training_card
 from otrain.io.layout import METRICS_FILE, RUN_FILE, TEST_CUBE
 from otrain.io.locking import exclusive_lock
-from otrain.options.config import PromoteConfig
+from otrain.options import PromoteConfig
 from otrain.options.uris import ModelUri, model_version_uri, run_model_uri
 from otrain.track.tracking import (
     RunInfo,

@@ -39,7 +39,7 @@ from otrain.io.layout import METRICS_FILE, TRAINING_LOCK
 from otrain.io.locking import LockHeldError, describe_holder, is_locked, read_holder
 from otrain.io.outputs import OOF_COLUMNS
 from otrain.io.progress import announce
-from otrain.options.config import (
+from otrain.options import (
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
     CROSSVAL_RECORD,
@@ -240,9 +240,11 @@ def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -
     name = CROSSVAL_FOLD_NAME.format(fold=fold)
     how = {"resume": action == RESUME, "overwrite": config.overwrite or action == REPLACE}
     try:
-        return TrainConfig.model_validate({**shared, **how, "model_path": config.output, "model_name": name})
+        options = TrainConfig.model_validate({**shared, **how, "model_path": config.output, "model_name": name})
     except ValidationError as error:
         raise OptionError(str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")) from None
+    options.preflight()
+    return options
 
 
 def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:

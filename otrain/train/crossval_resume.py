@@ -31,7 +31,7 @@ from otrain.io.layout import (
     METRICS_FILE,
 )
 from otrain.io.locking import describe_holder, exclusive_lock, is_locked, read_holder
-from otrain.options.config import (
+from otrain.options import (
     CROSSVAL_FILES,
     CROSSVAL_FOLD_NAME,
     CROSSVAL_LOCK,

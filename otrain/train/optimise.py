@@ -22,7 +22,7 @@ from otrain.errors import DataError, OptionError
 from otrain.io.layout import training_folder
 from otrain.io.outputs import STUDY_COLUMNS
 from otrain.io.progress import announce
-from otrain.options.config import MONITOR_MODES, STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
+from otrain.options import MONITOR_MODES, STUDY_FILES, OptimiseDatasetSizeConfig, TrainConfig
 
 __all__ = ["StudyReport", "max_sections", "nested_order", "run_study", "study_sizes"]
 
@@ -85,15 +85,18 @@ def _train_config(config: OptimiseDatasetSizeConfig, size: int) -> TrainConfig:
     shared = config.model_dump(exclude={"command", "n_sections", "outdir", "model_name"})
     name = f"{config.model_name}_size_{size}"
     try:
-        return TrainConfig.model_validate({**shared, "model_name": name})
-    except ValidationError as error:
-        message = str(error.errors(include_url=False)[0]["msg"]).removeprefix("Value error, ")
+        options = TrainConfig.model_validate({**shared, "model_name": name})
+        options.preflight()
+    except (ValidationError, OptionError) as error:
+        first = str(error.errors(include_url=False)[0]["msg"]) if isinstance(error, ValidationError) else str(error)
+        message = first.removeprefix("Value error, ")
         if message.startswith("--model-name:"):  # a training of an earlier study is there
             folder = training_folder(config.model_path, name)
             raise OptionError(
                 f"--model-name: {folder} holds a training of an earlier study; pass --overwrite to replace it"
             ) from None
         raise OptionError(message) from None
+    return options
 
 
 def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:

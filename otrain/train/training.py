@@ -76,7 +76,7 @@ from otrain.io.locking import exclusive_lock
 from otrain.io.outputs import HISTORY_COLUMNS
 from otrain.io.progress import announce
 from otrain.metrics.evaluation import binary_metrics, write_json
-from otrain.options.config import (
+from otrain.options import (
     AUTO_BATCH_MAX,
     AUTO_BATCH_MIN,
     AUTO_BATCH_MIN_STEPS,
@@ -143,7 +143,7 @@ RESUME_KEYS = (
 def auto_batch_size(n_train: int) -> int:
     """Batch size for ``--batch-size auto``.
 
-    The original's batch (``AUTO_BATCH_MAX`` in :mod:`otrain.options.config`), reduced so that an epoch
+    The original's batch (``AUTO_BATCH_MAX`` in :mod:`otrain.options`), reduced so that an epoch
     has at least ``AUTO_BATCH_MIN_STEPS`` gradient steps, never below ``AUTO_BATCH_MIN`` (nor
     above the training set).
     """
@@ -766,7 +766,7 @@ def train(
         When an MLflow run is active, the training's run is nested in it.
     cluster : Cluster, optional
         This process's place in a multi-worker training; default: one worker, whatever
-        ``TF_CONFIG`` says (otrain-train passes :func:`otrain.options.config.cluster_from_environment`;
+        ``TF_CONFIG`` says (otrain-train passes :func:`otrain.options.training.cluster_from_environment`;
         cross-validation and the dataset-size study train alone). A worker other than the chief
         only trains: its result has ``chief`` False, no outputs and no test metrics.
     init_checked : bool

@@ -30,7 +30,7 @@ from otrain.data.cutouts import list_cutouts
 from otrain.errors import DataError
 from otrain.io.atomic import atomic_folder
 from otrain.io.progress import track
-from otrain.options.config import FITS_SUFFIXES, RELABEL_FOLDERS, RELABEL_MARKER, RelabelConfig
+from otrain.options import FITS_SUFFIXES, RELABEL_FOLDERS, RELABEL_MARKER, RelabelConfig
 
 __all__ = ["MARKS", "REQUIRED_COLUMNS", "Mark", "RelabelReport", "label_files", "read_marks", "relabel"]
 
@@ -329,7 +329,7 @@ def _place(source: Path, target: Path, mode: str, shown: Path) -> None:
 
 
 def relabel(config: RelabelConfig) -> RelabelReport:
-    """Write the labelled tree of a marks CSV (see :class:`~otrain.options.config.RelabelConfig`).
+    """Write the labelled tree of a marks CSV (see :class:`~otrain.options.data.RelabelConfig`).
 
     Parameters
     ----------

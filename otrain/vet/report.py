@@ -36,7 +36,7 @@ from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
 from otrain.io.ids import candidate_key
 from otrain.io.layout import RUN_FILE
-from otrain.options.config import REPORT_MARKER, ReportConfig
+from otrain.options import REPORT_MARKER, ReportConfig
 from otrain.score.inference import fit_cutout, printable_path
 
 __all__ = ["PAGE", "PLANE_SLOTS", "SHEET_ROWS", "THUMBS", "TILE", "ReportSummary", "plane_tiles", "write_report"]
