@@ -596,8 +596,8 @@ def constant_twin(path: Path, p_real: float) -> Path:
 def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path) -> None:
     """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75."""
     from otrain.options.config import InferSparkConfig
-    from otrain.score.backends import restamp_twin
     from otrain.score.spark import infer_spark, predict_batch_scorer
+    from otrain.score.twin import restamp_twin
 
     cutouts = make_tree(tmp_path / "few", 5, 5, size=40)
     model = tmp_path / "model" / "tiny.keras"

@@ -30,8 +30,9 @@ from otrain.errors import DataError, first_line
 from otrain.io.card import read_card, split_record
 from otrain.metrics.evaluation import binary_metrics
 from otrain.options.config import SOURCE_SHA256, ExportConfig, card_file, card_threshold
-from otrain.score.backends import SOURCE_NAME, OnnxClassifier, _stamp, file_sha256
+from otrain.score.backends import OnnxClassifier, file_sha256
 from otrain.score.scoring import fit_to_model, predict
+from otrain.score.twin import SOURCE_NAME, _stamp
 
 __all__ = ["INT8_GATES", "QUANTISED_OPERATORS", "Int8Inputs", "prepare_int8", "quantize_int8"]
 

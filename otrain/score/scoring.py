@@ -22,6 +22,7 @@ from otrain.data.cutouts import crop_center
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
 from otrain.options.config import OUTCOMES, PREDICT_BATCH, Backend
+from otrain.score.backends import cutout_shape, load_classifier
 
 __all__ = [
     "ScoredCube",
@@ -70,8 +71,6 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
     DataError
         When the cutouts are smaller than the model's input or have another channel count.
     """
-    from otrain.score.backends import cutout_shape
-
     height, width, channels = cutout_shape(model)
     _, cube_height, cube_width, cube_channels = pixels.shape
     if (cube_height, cube_width, cube_channels) == (height, width, channels):
@@ -157,8 +156,6 @@ def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> 
         On an unreadable cube or model, shapes that do not fit, or ``onnx`` asked for a model
         without a usable twin.
     """
-    from otrain.score.backends import load_classifier
-
     cube = Datacube.load(cube_path)
     model, used = load_classifier(model_path, backend)
     pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
