@@ -225,15 +225,16 @@ def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Pat
 def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
     import mlflow
 
-    from otrain.score.backends import load_classifier
+    from otrain.score.backends import choose_backend, load_classifier
 
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(tracking_uri)
     proto = mlflow.onnx.load_model(f"runs:/{run_id}/model")
     assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == SIZE
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
-    classifier, backend = load_classifier(folder / "data" / "model.keras")
-    assert backend == "onnx"
+    choice = choose_backend(folder / "data" / "model.keras")
+    assert choice.backend == "onnx"
+    classifier = load_classifier(choice)
     test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
     expected = _keras_p_real(trained / "tiny.keras", test.cube[:32])
     assert_allclose(classifier.predict_on_batch(test.cube[:32])[:, 1], expected, atol=1e-5)
@@ -475,9 +476,9 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     assert metadata[TWIN_ABSENT] == record["error"]
     with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
         OnnxClassifier(twin)  # no runtime mistakes it for a model
-    backend, path, note = choose_backend(model_file, "auto")
-    assert (backend, path) == ("keras", model_file)
-    assert note.startswith("scoring with Keras: log1p.keras has no ONNX twin (log1p.onnx says why: ")
+    choice = choose_backend(model_file, "auto")
+    assert (choice.backend, choice.path) == ("keras", model_file)
+    assert choice.note.startswith("scoring with Keras: log1p.keras has no ONNX twin (log1p.onnx says why: ")
     with pytest.raises(DataError, match=r"--backend onnx: log1p.keras has no ONNX twin \(log1p.onnx says why"):
         choose_backend(model_file, "onnx")
     # otrain-export replaces an absence record (otrain wrote it) without --overwrite.
@@ -488,7 +489,7 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     assert "scored with keras" in auto.stdout
     assert "tiny.keras has no ONNX twin (tiny.onnx says why: a reason)" in auto.stderr
     assert call_main(export_main, "--model", model_copy, "--no-tracking") == 0
-    assert choose_backend(model_copy, "auto")[0] == "onnx"
+    assert choose_backend(model_copy, "auto").backend == "onnx"
 
 
 def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ __all__ = [
     "BACKENDS",
     "TWIN_ABSENT",
     "Backend",
+    "BackendChoice",
     "OnnxClassifier",
     "choose_backend",
     "cutout_shape",
@@ -156,52 +158,35 @@ def _int8_passed(model_file: Path) -> bool:
     return record.get("sha256") == file_sha256(int8)
 
 
-def choose_backend(model_file: Path, backend: Backend = "auto") -> tuple[str, Path, str]:
-    """Decide what scores with ``model_file`` (see :func:`load_classifier`), without loading anything.
+@dataclass(frozen=True)
+class BackendChoice:
+    """What scores with a model file: chosen once per command (:func:`choose_backend`) and passed on.
 
-    Returns
-    -------
-    str
+    A command chooses before it loads anything (it imports TensorFlow only when the Keras model
+    scores), and hands the choice to :func:`load_classifier` and the scoring functions, so the
+    model file is hashed once.
+
+    Attributes
+    ----------
+    model_file : Path
+        The Keras model (``.keras`` or ``.h5``) the user named.
+    backend : str
         ``keras``, ``onnx`` or ``int8``.
-    Path
-        The file that scores: the Keras model, its twin or its int8 model.
-    str
+    path : Path
+        The file that scores: ``model_file``, its twin or its int8 model.
+    note : str
         A warning for the user when ``auto`` passed over a model file that exists (stale,
-        unreadable, no ONNX Runtime); else empty.
-
-    Raises
-    ------
-    DataError
-        When ``onnx`` or ``int8`` is asked for and cannot be had.
+        unreadable, no ONNX Runtime), said when the classifier is loaded; else empty.
     """
-    if backend == "keras":
-        return "keras", model_file, ""
-    if not model_file.is_file():
-        raise DataError(f"{model_file}: model file does not exist")
-    sha256 = file_sha256(model_file)
-    runtime = "" if onnxruntime_available() else "onnxruntime is not installed (pip install onnxruntime)"
-    notes = []
-    if backend == "int8" or (backend == "auto" and _int8_passed(model_file)):
-        int8 = int8_path(model_file)
-        why = runtime or _fresh(model_file, int8, sha256, "otrain-export --quantize int8")
-        if not why:
-            return "int8", int8, ""
-        if backend == "int8":
-            raise DataError(f"--backend int8: {why}")
-        notes.append(f"not scoring with the int8 model: {why}")
-    twin = twin_path(model_file)
-    why = runtime or _fresh(model_file, twin, sha256, "otrain-export")
-    if not why:
-        return "onnx", twin, "; ".join(notes)
-    if backend == "onnx":
-        raise DataError(f"--backend onnx: {why}")
-    if twin.exists():
-        notes.append(f"scoring with Keras: {why}")
-    return "keras", model_file, "; ".join(notes)
+
+    model_file: Path
+    backend: str
+    path: Path
+    note: str = ""
 
 
-def load_classifier(model_file: Path, backend: Backend = "auto", threads: int | None = None) -> tuple[Any, str]:
-    """Load the classifier that scores with ``model_file``: its int8 model, its ONNX twin or the Keras model.
+def choose_backend(model_file: Path, backend: Backend = "auto") -> BackendChoice:
+    """Decide what scores with ``model_file``, without loading anything.
 
     Parameters
     ----------
@@ -212,6 +197,54 @@ def load_classifier(model_file: Path, backend: Backend = "auto", threads: int | 
         ``int8``: the int8 model, likewise; ``keras``: the Keras model; ``auto``: the int8 model
         when the card says it passed its gates, else the twin, when usable and ONNX Runtime is
         installed, else the Keras model.
+
+    Returns
+    -------
+    BackendChoice
+        The backend, the file that scores, and why ``auto`` passed over a file that exists.
+
+    Raises
+    ------
+    DataError
+        When ``onnx`` or ``int8`` is asked for and its file is missing, stale or unreadable, or
+        ONNX Runtime is not installed; or when the model file does not exist (but for ``keras``,
+        which leaves that to loading).
+    """
+    if backend == "keras":
+        return BackendChoice(model_file, "keras", model_file)
+    if not model_file.is_file():
+        raise DataError(f"{model_file}: model file does not exist")
+    sha256 = file_sha256(model_file)
+    runtime = "" if onnxruntime_available() else "onnxruntime is not installed (pip install onnxruntime)"
+    notes = []
+    if backend == "int8" or (backend == "auto" and _int8_passed(model_file)):
+        int8 = int8_path(model_file)
+        why = runtime or _fresh(model_file, int8, sha256, "otrain-export --quantize int8")
+        if not why:
+            return BackendChoice(model_file, "int8", int8)
+        if backend == "int8":
+            raise DataError(f"--backend int8: {why}")
+        notes.append(f"not scoring with the int8 model: {why}")
+    twin = twin_path(model_file)
+    why = runtime or _fresh(model_file, twin, sha256, "otrain-export")
+    if not why:
+        return BackendChoice(model_file, "onnx", twin, "; ".join(notes))
+    if backend == "onnx":
+        raise DataError(f"--backend onnx: {why}")
+    if twin.exists():
+        notes.append(f"scoring with Keras: {why}")
+    return BackendChoice(model_file, "keras", model_file, "; ".join(notes))
+
+
+def load_classifier(choice: BackendChoice, threads: int | None = None) -> Any:
+    """Load the classifier a command chose (:func:`choose_backend`): the int8 model, the ONNX twin or the Keras model.
+
+    The choice's note, if any, is logged as a warning here.
+
+    Parameters
+    ----------
+    choice : BackendChoice
+        What scores.
     threads : int, optional
         ONNX Runtime's intra-op threads; default: the cores this process may use.
 
@@ -219,21 +252,17 @@ def load_classifier(model_file: Path, backend: Backend = "auto", threads: int | 
     -------
     classifier
         A Keras model or an :class:`OnnxClassifier`; both have ``predict_on_batch``.
-    str
-        The backend used: ``keras``, ``onnx`` or ``int8``.
 
     Raises
     ------
     DataError
-        When the model cannot be read, or ``onnx``/``int8`` is asked for and its file is
-        missing, stale or unreadable, or ONNX Runtime is not installed.
+        When the file that scores cannot be read; the message names it.
     """
-    chosen, path, note = choose_backend(model_file, backend)
-    if note:
-        logger.warning("%s", note)
-    if chosen != "keras":
-        logger.debug("scoring with ONNX Runtime: %s", path)
-        return OnnxClassifier(path, threads=threads), chosen
+    if choice.note:
+        logger.warning("%s", choice.note)
+    if choice.backend != "keras":
+        logger.debug("scoring with ONNX Runtime: %s", choice.path)
+        return OnnxClassifier(choice.path, threads=threads)
     from otrain.nets.model import load_model
 
-    return load_model(model_file), "keras"
+    return load_model(choice.model_file)

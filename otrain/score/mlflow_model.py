@@ -151,7 +151,7 @@ def _load_pyfunc(path: str) -> _ServedModel:
 
     keras_file = Path(path) / "data" / "model.keras"
     if keras_file.is_file():
-        backend, onnx_file, _ = choose_backend(keras_file, "auto")
-        if backend != "keras":
-            return _ServedModel(OnnxClassifier(onnx_file))
+        choice = choose_backend(keras_file, "auto")
+        if choice.backend != "keras":
+            return _ServedModel(OnnxClassifier(choice.path))
     return _ServedModel(mlflow.keras.load_model(path, load_model_kwargs={"compile": False}))

@@ -21,8 +21,8 @@ import numpy as np
 from otrain.data.cutouts import crop_center
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
-from otrain.options.config import OUTCOMES, PREDICT_BATCH, Backend
-from otrain.score.backends import cutout_shape, load_classifier
+from otrain.options.config import OUTCOMES, PREDICT_BATCH
+from otrain.score.backends import BackendChoice, cutout_shape, load_classifier
 
 __all__ = [
     "ScoredCube",
@@ -134,8 +134,8 @@ def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BA
     return np.concatenate(batches).astype(np.float64) if batches else np.empty((0, 2))
 
 
-def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> ScoredCube:
-    """Load a cube and a model, check they fit, and predict P(real) once.
+def score_cube(cube_path: Path, choice: BackendChoice) -> ScoredCube:
+    """Load a cube and the model a command chose, check they fit, and predict P(real) once.
 
     A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
     one, or one with another channel count, is an error.
@@ -144,24 +144,21 @@ def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> 
     ----------
     cube_path : Path
         A labelled cube (.npz).
-    model_path : Path
-        The Keras model file.
-    backend : {"auto", "keras", "onnx", "int8"}
-        What scores (:func:`otrain.score.backends.load_classifier`): a caller that needs the Keras
-        model itself (its gradients, for Grad-CAM) asks for ``keras``.
+    choice : BackendChoice
+        What scores (:func:`otrain.score.backends.choose_backend`): a caller that needs the Keras
+        model itself (its gradients, for Grad-CAM) chooses ``keras``.
 
     Raises
     ------
     DataError
-        On an unreadable cube or model, shapes that do not fit, or ``onnx`` asked for a model
-        without a usable twin.
+        On an unreadable cube or model, or shapes that do not fit.
     """
     cube = Datacube.load(cube_path)
-    model, used = load_classifier(model_path, backend)
-    pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
+    model = load_classifier(choice)
+    pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {choice.model_file.name})")
     if pixels is not cube.cube:
         cube = replace(cube, cube=pixels)
-    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels), backend=used)
+    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels), backend=choice.backend)
 
 
 def outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:
