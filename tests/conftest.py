@@ -191,6 +191,23 @@ def constant_twin(path: Path, p_real: float, size: int = SIZE) -> Path:
     return path
 
 
+def labelled_cube(path: Path, n: int = 24, size: int = SIZE) -> Path:
+    """A labelled cube of ``n`` random size x size cutouts, every other one real, magnitudes spread over bins."""
+    from otrain.data.datacube import Datacube
+
+    rng = np.random.default_rng(0)
+    cube = Datacube(
+        cube=rng.normal(size=(n, size, size, 1)).astype(np.float32),
+        labels=np.arange(n) % 2,
+        mags=np.linspace(15.0, 21.0, n),
+        errmags=np.linspace(0.01, 0.5, n),
+        filters=np.full(n, "r"),
+        fwhms=np.full(n, 2.0),
+        candids=np.arange(n, dtype=np.int64),
+    )
+    return cube.save(path)
+
+
 def file_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files the scoring backends hash from now on (each a model file whose backend is being chosen), in order.
 

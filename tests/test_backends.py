@@ -12,9 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import SIZE, call_main, constant_twin, file_hashes, make_tree
+from conftest import SIZE, call_main, constant_twin, file_hashes, labelled_cube, make_tree
 
-from otrain.data.datacube import Datacube
 from otrain.score.backends import BackendChoice, OnnxClassifier, choose_backend, load_classifier
 
 
@@ -31,21 +30,6 @@ def stamped_twin(model: Path, p_real: float = 0.75) -> Path:
     from otrain.score.twin import restamp_twin
 
     return restamp_twin(constant_twin(model.parent / "scratch" / "constant.onnx", p_real), model)
-
-
-def small_cube(path: Path, n: int = 24) -> Path:
-    """A labelled cube of ``n`` SIZE x SIZE cutouts, half real, magnitudes spread over the figures' bins."""
-    rng = np.random.default_rng(0)
-    cube = Datacube(
-        cube=rng.normal(size=(n, SIZE, SIZE, 1)).astype(np.float32),
-        labels=np.arange(n) % 2,
-        mags=np.linspace(15.0, 21.0, n),
-        errmags=np.linspace(0.01, 0.5, n),
-        filters=np.full(n, "r"),
-        fwhms=np.full(n, 2.0),
-        candids=np.arange(n, dtype=np.int64),
-    )
-    return cube.save(path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -92,7 +76,7 @@ def test_a_command_scoring_a_cube_hashes_the_model_once(
 
     model = model_file(tmp_path / "model")
     stamped_twin(model, 0.75)
-    cube = small_cube(tmp_path / "cube.npz")
+    cube = labelled_cube(tmp_path / "cube.npz")
     hashed = file_hashes(monkeypatch)
     common = ("--path-cube-validation", cube, "--model-path", model, "--no-tracking")
     if command == "diagnostics":

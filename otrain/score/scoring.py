@@ -1,10 +1,10 @@
 """Scoring a labelled cube with a model: the one place that loads, crops, predicts and splits.
 
 Every command that judges a model on a cube (otrain-diagnostics, otrain-plot-results,
-otrain-grad-cam, the promotion gate of otrain-promote, and the test metrics of otrain-train)
-goes through here, so they all crop the same way (:func:`otrain.data.cutouts.crop_center`, as
-otrain-convert does), predict in the same batches, and call the same candidates true or false
-positives. The model is the Keras one, its ONNX twin or its int8 model (:mod:`otrain.score.backends`): all have
+otrain-grad-cam, otrain-cross-validate's folds, the promotion gate of otrain-promote, and the test
+metrics of otrain-train) goes through here, so they all crop the same way
+(:func:`otrain.data.cutouts.crop_center`, as otrain-convert does), predict in the same batches, and
+call the same candidates true or false positives. The model is the Keras one, its ONNX twin or its int8 model (:mod:`otrain.score.backends`): all have
 ``predict_on_batch``.
 
 The decision rule is the original one: a candidate is real when P(real) > threshold.
@@ -134,7 +134,7 @@ def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BA
     return np.concatenate(batches).astype(np.float64) if batches else np.empty((0, 2))
 
 
-def score_cube(cube_path: Path, choice: BackendChoice) -> ScoredCube:
+def score_cube(cube_path: Path, choice: BackendChoice, *, cube: Datacube | None = None) -> ScoredCube:
     """Load a cube and the model a command chose, check they fit, and predict P(real) once.
 
     A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
@@ -147,13 +147,18 @@ def score_cube(cube_path: Path, choice: BackendChoice) -> ScoredCube:
     choice : BackendChoice
         What scores (:func:`otrain.score.backends.choose_backend`): a caller that needs the Keras
         model itself (its gradients, for Grad-CAM) chooses ``keras``.
+    cube : Datacube, optional
+        The cube of ``cube_path`` already in memory, or some of its rows (a cross-validation
+        fold's, :meth:`otrain.data.datacube.Datacube.subset`): scored instead of reading the file,
+        which messages still name. Default: read from ``cube_path``.
 
     Raises
     ------
     DataError
         On an unreadable cube or model, or shapes that do not fit.
     """
-    cube = Datacube.load(cube_path)
+    if cube is None:
+        cube = Datacube.load(cube_path)
     model = load_classifier(choice)
     pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {choice.model_file.name})")
     if pixels is not cube.cube:
