@@ -51,6 +51,7 @@ def main() -> None:
     import numpy as np
 
     from otrain.nets.model import build_model, save_model
+    from otrain.score.backends import choose_backend
     from otrain.score.inference import infer
 
     survey = simulated_survey(arguments.data / "survey", arguments.n, seed=1)
@@ -65,7 +66,7 @@ def main() -> None:
     started = time.perf_counter()
     config = InferConfig(cutouts=survey, model=model_file, recursive=True, output=work / "scores.dat")
     config.preflight()
-    report = infer(config)
+    report = infer(config, choose_backend(config.model, config.backend))
     end_to_end = time.perf_counter() - started
     n_scored = report.n_scored
     cutouts = [read_cutout(path) for path in files]

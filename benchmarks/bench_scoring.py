@@ -329,8 +329,9 @@ def main() -> None:
     logging.getLogger("absl").setLevel(logging.ERROR)  # Keras calls .h5 legacy: it is the original's format
     import keras
 
+    from otrain.io.layout import int8_path, twin_path
     from otrain.nets.model import build_model, load_model, save_model
-    from otrain.score.backends import OnnxClassifier, int8_path, twin_path
+    from otrain.score.backends import OnnxClassifier
     from otrain.score.inference import scoring_threads
 
     # The labelled subset cube: the int8 models' calibration and judgement, and the check training.

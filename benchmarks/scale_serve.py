@@ -1,7 +1,7 @@
 """Scoring over HTTP (otrain-serve, i.e. ``mlflow models serve``) against predict_on_batch in this process.
 
 A 64x64 O'TRAIN CNN with robust scaling (untrained weights: the cost is the same) is saved as
-otrain-train logs it (:func:`otrain.nets.model.save_mlflow_model`) and served by ``otrain-serve`` on
+otrain-train logs it (:func:`otrain.score.mlflow_model.save_mlflow_model`) and served by ``otrain-serve`` on
 a free loopback port, one worker. On the same pixels (the first ``n`` simulated cutouts, read
 as otrain-infer reads them):
 
@@ -82,7 +82,8 @@ def run(work: Path, n: int, batch: int = 256, posts: int = 50, startup_timeout: 
     dict
         The figures, their ratios, and the server's start-up time.
     """
-    from otrain.nets.model import build_model, save_mlflow_model
+    from otrain.nets.model import build_model
+    from otrain.score.mlflow_model import save_mlflow_model
 
     pixels = _pixels(simulated_survey(work / f"survey-{SIZE}", n, seed=11, cutout_size=SIZE), n)
     model = build_model((SIZE, SIZE, 1), normalisation="robust")

@@ -66,7 +66,8 @@ def _model(work: Path) -> tuple[Path, Path]:
     """One untrained 64x64 O'TRAIN CNN, as a Keras file and as an MLflow model (for spark_udf)."""
     import numpy as np
 
-    from otrain.nets.model import build_model, save_mlflow_model, save_model
+    from otrain.nets.model import build_model, save_model
+    from otrain.score.mlflow_model import save_mlflow_model
 
     keras_file, mlflow_dir = work / "model.keras", work / "mlflow_model"
     if keras_file.is_file() and mlflow_dir.is_dir():

@@ -167,6 +167,65 @@ def files_under(folder: Path) -> set[Path]:
 SIZE = 32
 
 
+def constant_twin(path: Path, p_real: float, size: int = SIZE) -> Path:
+    """A real ONNX model of (N, size, size, 1) cutouts giving the same P(real) for every cutout."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    pixels = helper.make_tensor_value_info("cutout", TensorProto.FLOAT, ["N", size, size, 1])
+    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])
+    constants = [
+        helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]),
+        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
+        helper.make_tensor("answer", TensorProto.FLOAT, [1, 2], [1.0 - p_real, p_real]),
+    ]
+    nodes = [  # 0 * mean(cutout) + (1 - p, p): one row per cutout
+        helper.make_node("ReduceMean", ["cutout"], ["mean"], axes=[1, 2, 3], keepdims=1),
+        helper.make_node("Reshape", ["mean", "column"], ["means"]),
+        helper.make_node("Mul", ["means", "zero"], ["zeros"]),
+        helper.make_node("Add", ["zeros", "answer"], ["probabilities"]),
+    ]
+    graph = helper.make_graph(nodes, "constant", [pixels], [output], initializer=constants)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return path
+
+
+def labelled_cube(path: Path, n: int = 24, size: int = SIZE) -> Path:
+    """A labelled cube of ``n`` random size x size cutouts, every other one real, magnitudes spread over bins."""
+    from otrain.data.datacube import Datacube
+
+    rng = np.random.default_rng(0)
+    cube = Datacube(
+        cube=rng.normal(size=(n, size, size, 1)).astype(np.float32),
+        labels=np.arange(n) % 2,
+        mags=np.linspace(15.0, 21.0, n),
+        errmags=np.linspace(0.01, 0.5, n),
+        filters=np.full(n, "r"),
+        fwhms=np.full(n, 2.0),
+        candids=np.arange(n, dtype=np.int64),
+    )
+    return cube.save(path)
+
+
+def file_hashes(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The files the scoring backends hash from now on (each a model file whose backend is being chosen), in order.
+
+    The real hashing still runs: this only records its argument.
+    """
+    from otrain.score import backends
+
+    hashed: list[Path] = []
+    real = backends.file_sha256
+
+    def recording(path: Path) -> str:
+        hashed.append(Path(path))
+        return real(path)
+
+    monkeypatch.setattr(backends, "file_sha256", recording)
+    return hashed
+
+
 @pytest.fixture(scope="session")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small simulated survey, its cube, and a second survey (other seed) to score."""

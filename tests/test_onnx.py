@@ -74,7 +74,7 @@ def model_onnx_cannot_express(folder: Path) -> tuple[Any, Path, np.ndarray]:
 
 
 def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace: Path) -> None:
-    from otrain.score.backends import FLOAT32_EPS, keras_scores, parity_allowance
+    from otrain.score.twin import FLOAT32_EPS, keras_scores, parity_allowance
 
     twin = trained / "tiny.onnx"
     card = json.loads((trained / "tiny.keras.card.json").read_text())
@@ -159,7 +159,8 @@ def test_the_calibration_is_exact_near_one_in_both_runtimes(tmp_path: Path) -> N
     from keras import layers
 
     from otrain.nets.model import with_calibration
-    from otrain.score.backends import FLOAT32_EPS, OnnxClassifier, export_onnx
+    from otrain.score.backends import OnnxClassifier
+    from otrain.score.twin import FLOAT32_EPS, export_onnx
 
     temperature = 8.2
     network = keras.Sequential([keras.Input((1, 1, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
@@ -190,7 +191,8 @@ def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Pat
 
     from otrain.nets.model import with_calibration
     from otrain.options import PARITY_TOLERANCE
-    from otrain.score.backends import OnnxClassifier, export_onnx, keras_scores, parity_allowance
+    from otrain.score.backends import OnnxClassifier
+    from otrain.score.twin import export_onnx, keras_scores, parity_allowance
 
     network = keras.Sequential(
         [
@@ -224,15 +226,16 @@ def test_a_mixed_precision_twin_without_its_calibration_is_refused(tmp_path: Pat
 def test_the_logged_mlflow_model_has_the_onnx_flavour(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
     import mlflow
 
-    from otrain.score.backends import load_classifier
+    from otrain.score.backends import choose_backend, load_classifier
 
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     mlflow.set_tracking_uri(tracking_uri)
     proto = mlflow.onnx.load_model(f"runs:/{run_id}/model")
     assert proto.graph.input[0].type.tensor_type.shape.dim[1].dim_value == SIZE
     folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
-    classifier, backend = load_classifier(folder / "data" / "model.keras")
-    assert backend == "onnx"
+    choice = choose_backend(folder / "data" / "model.keras")
+    assert choice.backend == "onnx"
+    classifier = load_classifier(choice)
     test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
     expected = _keras_p_real(trained / "tiny.keras", test.cube[:32])
     assert_allclose(classifier.predict_on_batch(test.cube[:32])[:, 1], expected, atol=1e-5)
@@ -251,6 +254,29 @@ def test_the_python_function_flavour_serves_the_twin(trained: Path, tracking_uri
     test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
     expected = _keras_p_real(trained / "tiny.keras", test.cube)
     assert_allclose(np.asarray(served.predict(test.cube))[:, 1], expected, atol=1e-5)
+
+
+def test_every_loader_name_a_logged_model_may_give_serves_it(trained: Path, tracking_uri: str, tmp_path: Path) -> None:
+    """MLmodel files name otrain.model (logged before the subpackages, and now) or otrain.nets.model
+    (logged in between): MLflow loads the model through either, the twin served by ONNX Runtime."""
+    import mlflow
+    import yaml
+
+    from otrain.score.backends import OnnxClassifier
+
+    run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
+    mlflow.set_tracking_uri(tracking_uri)
+    folder = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/model", dst_path=str(tmp_path)))
+    description = yaml.safe_load((folder / "MLmodel").read_text())
+    assert description["flavors"]["python_function"]["loader_module"] == "otrain.model"
+    test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    expected = _keras_p_real(trained / "tiny.keras", test.cube[:16])
+    for name in ("otrain.model", "otrain.nets.model"):
+        description["flavors"]["python_function"]["loader_module"] = name
+        (folder / "MLmodel").write_text(yaml.safe_dump(description))
+        served = mlflow.pyfunc.load_model(str(folder))
+        assert isinstance(served.get_raw_model(), OnnxClassifier), name
+        assert_allclose(np.asarray(served.predict(test.cube[:16]))[:, 1], expected, atol=1e-5)
 
 
 def test_both_backends_write_the_same_table(trained: Path, workspace: Path, tmp_path: Path) -> None:
@@ -418,7 +444,7 @@ def test_export_onnx_refuses_a_tolerance_in_the_old_unit(tmp_path: Path) -> None
     import keras
     from keras import layers
 
-    from otrain.score.backends import export_onnx
+    from otrain.score.twin import export_onnx
 
     model = keras.Sequential([keras.Input((2, 2, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
     model_file = tmp_path / "small.keras"
@@ -437,7 +463,8 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     import onnx
 
     from otrain.errors import DataError
-    from otrain.score.backends import TWIN_ABSENT, OnnxClassifier, choose_backend, write_absent_twin
+    from otrain.score.backends import TWIN_ABSENT, OnnxClassifier, choose_backend
+    from otrain.score.twin import write_absent_twin
     from otrain.train.training import _export_twin
 
     model, model_file, pixels = model_onnx_cannot_express(tmp_path)
@@ -450,9 +477,9 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     assert metadata[TWIN_ABSENT] == record["error"]
     with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
         OnnxClassifier(twin)  # no runtime mistakes it for a model
-    backend, path, note = choose_backend(model_file, "auto")
-    assert (backend, path) == ("keras", model_file)
-    assert note.startswith("scoring with Keras: log1p.keras has no ONNX twin (log1p.onnx says why: ")
+    choice = choose_backend(model_file, "auto")
+    assert (choice.backend, choice.path) == ("keras", model_file)
+    assert choice.note.startswith("scoring with Keras: log1p.keras has no ONNX twin (log1p.onnx says why: ")
     with pytest.raises(DataError, match=r"--backend onnx: log1p.keras has no ONNX twin \(log1p.onnx says why"):
         choose_backend(model_file, "onnx")
     # otrain-export replaces an absence record (otrain wrote it) without --overwrite.
@@ -463,7 +490,7 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     assert "scored with keras" in auto.stdout
     assert "tiny.keras has no ONNX twin (tiny.onnx says why: a reason)" in auto.stderr
     assert call_main(export_main, "--model", model_copy, "--no-tracking") == 0
-    assert choose_backend(model_copy, "auto")[0] == "onnx"
+    assert choose_backend(model_copy, "auto").backend == "onnx"
 
 
 def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:
@@ -545,7 +572,7 @@ def test_export_logs_the_twin_into_the_training_run(model_copy: Path, tracking_u
 def test_a_model_onnx_cannot_express_is_not_exported(tmp_path: Path) -> None:
 
     from otrain.errors import DataError
-    from otrain.score.backends import export_onnx
+    from otrain.score.twin import export_onnx
 
     model, model_file, pixels = model_onnx_cannot_express(tmp_path)
     with pytest.raises(DataError, match=r"log1p\.onnx: not a readable ONNX model"):
@@ -610,7 +637,8 @@ def test_the_twin_keeps_tiny_probabilities(tmp_path: Path) -> None:
     from keras import layers
 
     from otrain.nets.model import Calibration
-    from otrain.score.backends import OnnxClassifier, export_onnx
+    from otrain.score.backends import OnnxClassifier
+    from otrain.score.twin import export_onnx
 
     model = keras.Sequential(
         [keras.Input((1, 1, 2)), layers.Reshape((2,)), Calibration(temperature=0.8, bias=-0.5, name="calibration")]

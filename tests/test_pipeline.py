@@ -259,7 +259,8 @@ def test_repro_train_with_augment_writes_the_twin(tmp_path: Path) -> None:
     assert card["onnx"]["parity"]["cutouts"] == cutouts  # every cutout the training saw
     parity = card["onnx"]["parity"]
     assert parity["decisions_changed"] <= parity["decisions_within_allowance"]  # ties at the threshold only
-    assert choose_backend(model / "survey.keras", "auto") == ("onnx", model / "survey.onnx", "")
+    chosen = choose_backend(model / "survey.keras", "auto")
+    assert (chosen.backend, chosen.path, chosen.note) == ("onnx", model / "survey.onnx", "")
 
 
 @pytest.mark.slow

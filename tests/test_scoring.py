@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import labelled_cube
 
 from otrain.errors import DataError
 from otrain.score.scoring import fit_to_model, outcomes, predict, sample_outcomes
@@ -61,6 +62,30 @@ def test_batched_prediction_is_the_models_own_in_any_batch_size(model_16: object
         assert p_real.dtype == np.float64
         assert p_real.shape == (37,)
         np.testing.assert_allclose(p_real, whole, rtol=1e-5, atol=1e-6)
+
+
+def test_score_cube_scores_the_rows_it_is_given_with_the_model_chosen(model_16: object, tmp_path: Path) -> None:
+    """A cross-validation fold's rows, in memory: scored as the model scores them, the cube's file named."""
+    from otrain.data.datacube import Datacube
+    from otrain.nets.model import save_model
+    from otrain.score.backends import choose_backend
+    from otrain.score.scoring import score_cube
+
+    model_file = save_model(model_16, tmp_path / "m16.keras")
+    cube_file = labelled_cube(tmp_path / "cube.npz", n=12, size=16)
+    cube = Datacube.load(cube_file)
+    keras = choose_backend(model_file, "keras")
+    whole = score_cube(cube_file, keras)
+    assert whole.backend == "keras"
+    np.testing.assert_allclose(whole.probabilities, predict(model_16, cube.cube), rtol=1e-6, atol=1e-7)
+    rows = np.array([7, 0, 11, 4])
+    fold = score_cube(cube_file, keras, cube=cube.subset(rows))
+    np.testing.assert_array_equal(fold.cube.labels, cube.labels[rows])
+    np.testing.assert_allclose(fold.probabilities, whole.probabilities[rows], rtol=1e-6, atol=1e-7)
+    small = Datacube(**{**cube.__dict__, "cube": cube.cube[:, :12, :12, :]})
+    shapes = r"cube\.npz \(model m16\.keras\): cutouts are 12x12x1, the model takes 16x16x1$"
+    with pytest.raises(DataError, match=shapes):
+        score_cube(cube_file, keras, cube=small)
 
 
 def test_outcomes_of_a_hand_worked_case() -> None:

@@ -14,7 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 from astropy.io import ascii as astropy_ascii
-from conftest import ROOT, SIZE, call_main, files_under, make_tree, pixels, write_gmadet, write_stdpipe
+from conftest import (
+    ROOT,
+    call_main,
+    constant_twin,
+    file_hashes,
+    files_under,
+    make_tree,
+    pixels,
+    write_gmadet,
+    write_stdpipe,
+)
 from helpers import imported_by_help
 
 from otrain.cli.infer import main as infer_main
@@ -560,46 +570,29 @@ def test_onnx_backend_without_twin_is_one_line_and_exit_1(
     assert not output.exists()
 
 
-def constant_twin(path: Path, p_real: float) -> Path:
-    """A real ONNX model of the tiny model's input giving the same P(real) for every cutout."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    pixels = helper.make_tensor_value_info("cutout", TensorProto.FLOAT, ["N", SIZE, SIZE, 1])
-    output = helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", 2])
-    constants = [
-        helper.make_tensor("column", TensorProto.INT64, [2], [-1, 1]),
-        helper.make_tensor("zero", TensorProto.FLOAT, [], [0.0]),
-        helper.make_tensor("answer", TensorProto.FLOAT, [1, 2], [1.0 - p_real, p_real]),
-    ]
-    nodes = [  # 0 * mean(cutout) + (1 - p, p): one row per cutout
-        helper.make_node("ReduceMean", ["cutout"], ["mean"], axes=[1, 2, 3], keepdims=1),
-        helper.make_node("Reshape", ["mean", "column"], ["means"]),
-        helper.make_node("Mul", ["means", "zero"], ["zeros"]),
-        helper.make_node("Add", ["zeros", "answer"], ["probabilities"]),
-    ]
-    graph = helper.make_graph(nodes, "constant", [pixels], [output], initializer=constants)
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
-    return path
-
-
 @pytest.mark.slow
-def test_the_executors_score_with_the_shipped_twin(trained: Path, tmp_path: Path) -> None:
-    """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75."""
+def test_the_executors_score_with_the_shipped_twin(
+    trained: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75, and
+    the driver hashes the model file once per run (the backend is chosen once, then passed on)."""
     from otrain.options import InferSparkConfig
-    from otrain.score.backends import restamp_twin
     from otrain.score.spark import infer_spark, predict_batch_scorer
+    from otrain.score.twin import restamp_twin
 
     cutouts = make_tree(tmp_path / "few", 5, 5, size=40)
     model = tmp_path / "model" / "tiny.keras"
     model.parent.mkdir()
     shutil.copy(trained / "tiny.keras", model)
     restamp_twin(constant_twin(tmp_path / "constant.onnx", 0.75), model)
+    hashed = file_hashes(monkeypatch)
     for scorer in (None, predict_batch_scorer):
         output = tmp_path / f"{'one_pass' if scorer is None else 'udf'}.parquet"
         config = InferSparkConfig(cutouts=str(cutouts), model=str(model), output=output, master=MASTER)
         config.preflight()
+        hashed.clear()
         report = infer_spark(config, scorer=scorer)
+        assert hashed == [model]
         assert (report.backend, report.n_scored) == ("onnx", 10)
         rows = read_parquet(output)
         assert len(rows) == 10

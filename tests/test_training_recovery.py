@@ -372,7 +372,7 @@ def test_every_training_option_trains(
     assert card["onnx"]["parity"]["max_share_of_allowance"] <= 1.0
     parity = card["onnx"]["parity"]
     assert parity["decisions_changed"] <= parity["decisions_within_allowance"]  # ties at the threshold only
-    assert choose_backend(folder / "m.keras", "auto")[0] == "onnx"
+    assert choose_backend(folder / "m.keras", "auto").backend == "onnx"
 
 
 # ---------------------------------------------------------------------------------------------

@@ -28,14 +28,14 @@ _ROWS = (
 def _diagnostics(config: DiagnosticsConfig) -> None:
     from otrain.score.backends import choose_backend
 
-    backend = choose_backend(config.model_path, config.backend)[0]
-    if backend == "keras":
+    choice = choose_backend(config.model_path, config.backend)
+    if choice.backend == "keras":
         prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
     from otrain.judge.analysis import run_diagnostics
 
-    report = run_diagnostics(config)
+    report = run_diagnostics(config, choice)
     metrics = report.metrics
-    print(f"{metrics['n']} candidates scored with {backend}, real if P(real) > {config.threshold}")
+    print(f"{metrics['n']} candidates scored with {choice.backend}, real if P(real) > {config.threshold}")
     for key, label in _ROWS:
         value = metrics.get(key)
         print(f"  {label:50} {'n/a' if value is None or value != value else f'{value:.4f}'}")

@@ -15,11 +15,12 @@ __all__ = ["main"]
 def _infer(config: InferConfig) -> None:
     from otrain.score.backends import choose_backend
 
-    if choose_backend(config.model, config.backend)[0] == "keras":
+    choice = choose_backend(config.model, config.backend)
+    if choice.backend == "keras":
         prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
     from otrain.score.inference import infer
 
-    report = infer(config)
+    report = infer(config, choice)
     elapsed = report.seconds
     print(
         f"scored {report.n_scored} of {report.n_files} cutouts in {elapsed:.1f} s "

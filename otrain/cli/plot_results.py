@@ -15,13 +15,13 @@ __all__ = ["main"]
 def _plot_results(config: PlotResultsConfig) -> None:
     from otrain.score.backends import choose_backend
 
-    backend = choose_backend(config.model_path, config.backend)[0]
-    if backend == "keras":
+    choice = choose_backend(config.model_path, config.backend)
+    if choice.backend == "keras":
         prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
     from otrain.judge.analysis import run_plot_results
 
-    written = run_plot_results(config)
-    print(f"scored with {backend}; {len(written)} files written to {config.path_plots}/:")
+    written = run_plot_results(config, choice)
+    print(f"scored with {choice.backend}; {len(written)} files written to {config.path_plots}/:")
     for path in written:
         print(f"  {path.name}")
 

@@ -31,6 +31,7 @@ from otrain.metrics.evaluation import (
     write_json,
 )
 from otrain.options import BIN_LIMITS, DIAGNOSTIC_FOLDERS, PLOT_FILES, DiagnosticsConfig, PlotResultsConfig
+from otrain.score.backends import BackendChoice
 from otrain.score.scoring import sample_outcomes, score_cube
 
 __all__ = [
@@ -82,17 +83,18 @@ class DiagnosticsReport:
     outputs: list[Path] = field(default_factory=list)
 
 
-def run_diagnostics(config: DiagnosticsConfig) -> DiagnosticsReport:
+def run_diagnostics(config: DiagnosticsConfig, choice: BackendChoice) -> DiagnosticsReport:
     """Score the cube, write the metrics and export the cutouts of each outcome.
 
     Writes ``<path-diagnostics>/diagnostics.json`` (every metric of
     :func:`otrain.metrics.evaluation.evaluate`), ``threshold_table.csv``, and PNG cutouts: every false
     positive and false negative, and a seeded sample of ``--n-examples`` true positives and
-    true negatives, in the original folder tree.
+    true negatives, in the original folder tree. ``choice``: what scores, chosen by the command
+    from ``config.model_path`` and ``config.backend`` (:func:`otrain.score.backends.choose_backend`).
     """
     from otrain.metrics.plots import plot_cutout
 
-    scored = score_cube(config.path_cube_validation, config.model_path, config.backend)
+    scored = score_cube(config.path_cube_validation, choice)
     cube, probabilities = scored.cube, scored.probabilities
     table = threshold_table(cube.labels, probabilities)
     metrics = evaluate(cube.labels, probabilities, config.threshold, table)
@@ -177,8 +179,11 @@ def _curve_rows(curves: list[dict[str, Any]], x: str, y: str) -> list[dict[str, 
     return rows
 
 
-def run_plot_results(config: PlotResultsConfig) -> list[Path]:
+def run_plot_results(config: PlotResultsConfig, choice: BackendChoice) -> list[Path]:
     """Draw the six original figures and the reliability diagram, each with its CSV data.
+
+    ``choice``: what scores, chosen by the command from ``config.model_path`` and ``config.backend``
+    (:func:`otrain.score.backends.choose_backend`).
 
     Returns
     -------
@@ -187,7 +192,7 @@ def run_plot_results(config: PlotResultsConfig) -> list[Path]:
     """
     from otrain.metrics import plots
 
-    scored = score_cube(config.path_cube_validation, config.model_path, config.backend)
+    scored = score_cube(config.path_cube_validation, choice)
     cube, probabilities, labels = scored.cube, scored.probabilities, scored.cube.labels
     out = config.path_plots
     out.mkdir(parents=True, exist_ok=True)

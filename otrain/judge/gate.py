@@ -23,7 +23,7 @@ from otrain.errors import DataError
 from otrain.io.ids import candidate_key
 from otrain.metrics.evaluation import binary_metrics, evaluate
 from otrain.options import PromoteConfig
-from otrain.score.scoring import fit_to_model, predict
+from otrain.score.scoring import score_loaded
 from otrain.track.registry import PromotionDecision
 
 __all__ = ["MIN_COMPARISON_ROWS", "PromotionGate", "comparison_rows", "verdict"]
@@ -33,7 +33,7 @@ MIN_COMPARISON_ROWS = 10
 
 
 def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float, metric: str) -> float:
-    probabilities = predict(model, fit_to_model(cube.cube[rows], model, "the test cube"))
+    probabilities = score_loaded(model, cube.subset(rows), "the test cube").probabilities
     labels = cube.labels[rows]
     figures = binary_metrics(labels, probabilities, threshold)  # no threshold table unless needed
     return float(figures[metric] if metric in figures else evaluate(labels, probabilities, threshold)[metric])

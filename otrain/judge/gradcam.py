@@ -185,9 +185,10 @@ def run_grad_cam(config: GradCamConfig) -> GradCamReport:
     from otrain.errors import DataError
     from otrain.judge.analysis import candidate_title, log_stage, remove_own_images, shown_plane
     from otrain.metrics import plots
+    from otrain.score.backends import choose_backend
     from otrain.score.scoring import sample_outcomes, score_cube
 
-    scored = score_cube(config.cube, config.model_path, backend="keras")  # Grad-CAM needs the Keras graph
+    scored = score_cube(config.cube, choose_backend(config.model_path, "keras"))  # Grad-CAM needs the Keras graph
     try:  # fails on a model without Conv2D, before any file changes
         explainer = GradCamExplainer(scored.model, config.method)
     except DataError as error:

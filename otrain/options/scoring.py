@@ -287,7 +287,7 @@ INT8_CALIBRATION_CUTOUTS = 512
 #: The ONNX metadata key of every ONNX file otrain writes: the SHA-256 of the Keras file it is the twin of.
 SOURCE_SHA256 = "otrain.source_sha256"
 #: How far a model's ONNX twin may be from it, in machine epsilons of each cutout's logit scale
-#: (otrain.score.backends.parity_allowance; docs/onnx.md says why 64).
+#: (otrain.score.twin.parity_allowance; docs/onnx.md says why 64).
 PARITY_TOLERANCE = 64.0
 
 

@@ -3,13 +3,26 @@
 Modules:
 
 * :mod:`otrain.score.backends`: the scoring backends and the choice between them;
+* :mod:`otrain.score.twin`: the ONNX twin of a model: exported, checked, stamped;
 * :mod:`otrain.score.scoring`: scoring a cube with any backend;
 * :mod:`otrain.score.inference`: otrain-infer: a folder of cutouts to a table;
 * :mod:`otrain.score.pack`: otrain-pack: cutout folders to Parquet for Spark;
 * :mod:`otrain.score.spark`: otrain-infer-spark;
 * :mod:`otrain.score.serving`: otrain-serve: an HTTP scoring service;
 * :mod:`otrain.score.export`: otrain-export: the ONNX twin of a model;
-* :mod:`otrain.score.quantize`: the int8 twin.
+* :mod:`otrain.score.quantize`: the int8 twin;
+* :mod:`otrain.score.mlflow_model`: the MLflow model otrain-train logs, and its Python-function loader.
 """
 
-__all__ = ["backends", "export", "inference", "pack", "quantize", "scoring", "serving", "spark"]
+__all__ = [
+    "backends",
+    "export",
+    "inference",
+    "mlflow_model",
+    "pack",
+    "quantize",
+    "scoring",
+    "serving",
+    "spark",
+    "twin",
+]

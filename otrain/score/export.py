@@ -1,6 +1,7 @@
 """otrain-export: the ONNX twin of a Keras model, checked against it, and optionally an int8 model.
 
-See :mod:`otrain.score.backends` for the twin itself and how the scoring commands choose it.
+See :mod:`otrain.score.twin` for the twin itself, :mod:`otrain.score.backends` for how the scoring
+commands choose it.
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from otrain.data.datacube import Datacube
 from otrain.io.card import card_threshold, update_card
 from otrain.io.layout import card_file
 from otrain.options import ExportConfig
-from otrain.score.backends import export_onnx, file_sha256
+from otrain.score.backends import file_sha256
 from otrain.score.scoring import fit_to_model
+from otrain.score.twin import export_onnx
 
 __all__ = ["RANDOM_CUTOUTS", "ExportReport", "export"]
 
@@ -75,7 +77,7 @@ def export(config: ExportConfig) -> ExportReport:
     DataError
         When the model, a cube or the card's threshold cannot be read, the model cannot be
         converted, or the twin disagrees with the model by more than float32 arithmetic allows
-        (:func:`otrain.score.backends.parity_allowance`); the twin is not written then.
+        (:func:`otrain.score.twin.parity_allowance`); the twin is not written then.
     """
     from otrain.nets.model import load_model
 

@@ -31,6 +31,7 @@ from otrain.io.atomic import atomic_path
 from otrain.io.outputs import INFER_COLUMNS
 from otrain.io.parallel import default_workers, map_chunks
 from otrain.options import MAX_LISTED_BAD_FILES, InferConfig
+from otrain.score.backends import BackendChoice, cutout_shape, load_classifier
 from otrain.score.scoring import predict
 
 __all__ = [
@@ -351,13 +352,16 @@ def scoring_threads() -> tuple[int, int]:
     return scorers, cores // scorers
 
 
-def infer(config: InferConfig) -> InferenceReport:
+def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     """Score every cutout of ``config.cutouts`` and write the results table.
 
     Parameters
     ----------
     config : InferConfig
         Validated options of otrain-infer.
+    choice : BackendChoice
+        What scores, chosen by the command from ``config.model`` and ``config.backend``
+        (:func:`otrain.score.backends.choose_backend`).
 
     Returns
     -------
@@ -371,11 +375,10 @@ def infer(config: InferConfig) -> InferenceReport:
         scored; nothing is written then.
     """
     from otrain.io.card import card_planes
-    from otrain.score.backends import cutout_shape, load_classifier
 
     scorers, threads = scoring_threads()
-    model, report_backend = load_classifier(config.model, config.backend, threads=threads)
-    if report_backend == "keras":
+    model = load_classifier(choice, threads=threads)
+    if choice.backend == "keras":
         scorers = 1  # TensorFlow spreads one batch over the cores itself
     shape = cutout_shape(model)
     files = list_cutouts(config.cutouts, recursive=config.recursive)
@@ -383,7 +386,7 @@ def infer(config: InferConfig) -> InferenceReport:
         raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
     planes = resolve_planes(config.planes, card_planes(config.model))
     _check_model_fits_cutouts(config.model, shape, files, planes)
-    report = InferenceReport(output=config.output_file, n_files=len(files), backend=report_backend)
+    report = InferenceReport(output=config.output_file, n_files=len(files), backend=choice.backend)
     started = time.perf_counter()
     jobs = [(path, shape, planes) for path in files]
     with (

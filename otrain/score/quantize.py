@@ -31,8 +31,9 @@ from otrain.io.card import card_threshold, read_card, split_record
 from otrain.io.layout import card_file
 from otrain.metrics.evaluation import binary_metrics
 from otrain.options import SOURCE_SHA256, ExportConfig
-from otrain.score.backends import SOURCE_NAME, OnnxClassifier, _stamp, file_sha256
+from otrain.score.backends import OnnxClassifier, file_sha256
 from otrain.score.scoring import fit_to_model, predict
+from otrain.score.twin import SOURCE_NAME, _stamp
 
 __all__ = ["INT8_GATES", "QUANTISED_OPERATORS", "Int8Inputs", "prepare_int8", "quantize_int8"]
 

@@ -1,11 +1,11 @@
 """Scoring a labelled cube with a model: the one place that loads, crops, predicts and splits.
 
 Every command that judges a model on a cube (otrain-diagnostics, otrain-plot-results,
-otrain-grad-cam, the promotion gate of otrain-promote, and the test metrics of otrain-train)
-goes through here, so they all crop the same way (:func:`otrain.data.cutouts.crop_center`, as
-otrain-convert does), predict in the same batches, and call the same candidates true or false
-positives. The model is the Keras one, its ONNX twin or its int8 model (:mod:`otrain.score.backends`): all have
-``predict_on_batch``.
+otrain-grad-cam, otrain-cross-validate's folds, the promotion gate of otrain-promote, and the test
+metrics of otrain-train) goes through here, so they all crop the same way
+(:func:`otrain.data.cutouts.crop_center`, as otrain-convert does), predict in the same batches, and
+call the same candidates true or false positives. The model is the Keras one, its ONNX twin or
+its int8 model (:mod:`otrain.score.backends`): all have ``predict_on_batch``.
 
 The decision rule is the original one: a candidate is real when P(real) > threshold.
 """
@@ -21,7 +21,8 @@ import numpy as np
 from otrain.data.cutouts import crop_center
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
-from otrain.options import OUTCOMES, PREDICT_BATCH, Backend
+from otrain.options import OUTCOMES, PREDICT_BATCH
+from otrain.score.backends import BackendChoice, cutout_shape, load_classifier
 
 __all__ = [
     "ScoredCube",
@@ -31,6 +32,7 @@ __all__ = [
     "predict_columns",
     "sample_outcomes",
     "score_cube",
+    "score_loaded",
 ]
 
 
@@ -70,8 +72,6 @@ def fit_to_model(pixels: np.ndarray, model: Any, what: str) -> np.ndarray:
     DataError
         When the cutouts are smaller than the model's input or have another channel count.
     """
-    from otrain.score.backends import cutout_shape
-
     height, width, channels = cutout_shape(model)
     _, cube_height, cube_width, cube_channels = pixels.shape
     if (cube_height, cube_width, cube_channels) == (height, width, channels):
@@ -135,8 +135,8 @@ def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BA
     return np.concatenate(batches).astype(np.float64) if batches else np.empty((0, 2))
 
 
-def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> ScoredCube:
-    """Load a cube and a model, check they fit, and predict P(real) once.
+def score_cube(cube_path: Path, choice: BackendChoice, *, cube: Datacube | None = None) -> ScoredCube:
+    """Load a cube and the model a command chose, check they fit, and predict P(real) once.
 
     A cube larger than the model's input is centre-cropped (as otrain-convert would); a smaller
     one, or one with another channel count, is an error.
@@ -145,26 +145,50 @@ def score_cube(cube_path: Path, model_path: Path, backend: Backend = "auto") -> 
     ----------
     cube_path : Path
         A labelled cube (.npz).
-    model_path : Path
-        The Keras model file.
-    backend : {"auto", "keras", "onnx", "int8"}
-        What scores (:func:`otrain.score.backends.load_classifier`): a caller that needs the Keras
-        model itself (its gradients, for Grad-CAM) asks for ``keras``.
+    choice : BackendChoice
+        What scores (:func:`otrain.score.backends.choose_backend`): a caller that needs the Keras
+        model itself (its gradients, for Grad-CAM) chooses ``keras``.
+    cube : Datacube, optional
+        The cube of ``cube_path`` already in memory, or some of its rows (a cross-validation
+        fold's, :meth:`otrain.data.datacube.Datacube.subset`): scored instead of reading the file,
+        which messages still name. Default: read from ``cube_path``.
 
     Raises
     ------
     DataError
-        On an unreadable cube or model, shapes that do not fit, or ``onnx`` asked for a model
-        without a usable twin.
+        On an unreadable cube or model, or shapes that do not fit.
     """
-    from otrain.score.backends import load_classifier
+    if cube is None:
+        cube = Datacube.load(cube_path)
+    model = load_classifier(choice)
+    return score_loaded(model, cube, f"{cube_path} (model {choice.model_file.name})", choice.backend)
 
-    cube = Datacube.load(cube_path)
-    model, used = load_classifier(model_path, backend)
-    pixels = fit_to_model(cube.cube, model, f"{cube_path} (model {model_path.name})")
+
+def score_loaded(model: Any, cube: Datacube, shown: str, backend: str = "keras") -> ScoredCube:
+    """Score a cube in memory with a model already loaded (the promotion gate's MLflow models).
+
+    The cube is fitted to the model as :func:`score_cube` does (centre-cropped when larger).
+
+    Parameters
+    ----------
+    model : keras.Model or OnnxClassifier
+        A two-class classifier.
+    cube : Datacube
+        The rows to score.
+    shown : str
+        The cube and model, as messages name them.
+    backend : str
+        What ``model`` is, for the record.
+
+    Raises
+    ------
+    DataError
+        When the cutouts do not fit the model's input.
+    """
+    pixels = fit_to_model(cube.cube, model, shown)
     if pixels is not cube.cube:
         cube = replace(cube, cube=pixels)
-    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels), backend=used)
+    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels), backend=backend)
 
 
 def outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:

@@ -1,6 +1,6 @@
 """Scoring over HTTP: MLflow's scoring server (``mlflow models serve``) and the requests it answers.
 
-otrain-train logs its model as an MLflow model (:func:`otrain.nets.model.save_mlflow_model`): raw
+otrain-train logs its model as an MLflow model (:func:`otrain.score.mlflow_model.save_mlflow_model`): raw
 float32 pixels ``(-1, H, W, C)`` in, ``(P(bogus), P(real))`` out, normalisation inside the
 model, and the card's input shape and planes in its metadata. MLflow's own server serves it;
 this module finds out what a model URI names (:func:`describe_model`), builds the command

@@ -41,7 +41,7 @@ import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
 from otrain.options import FITS_SUFFIXES, MAX_LISTED_BAD_FILES, InferSparkConfig
 from otrain.options.uris import is_mlflow_uri
-from otrain.score.backends import choose_backend, cutout_shape, load_classifier
+from otrain.score.backends import BackendChoice, choose_backend, cutout_shape, load_classifier
 from otrain.score.inference import (
     INFER_COLUMNS,
     failure_message,
@@ -628,43 +628,47 @@ def infer_spark(
     require_spark()
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
         model_file = resolve_model(config.model, Path(scratch))
-        backend, shipped = _choose_backend(model_file, config)
+        choice = _choose_backend(model_file, config)
         if prepare is not None:
-            prepare(backend)
+            prepare(choice.backend)
         threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
         # The model loads on the driver (for its input shape; TensorFlow takes seconds) while the JVM starts.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            reading = pool.submit(_model_input, model_file, backend, config)
+            reading = pool.submit(_model_input, choice, config)
             with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
                 shape, planes = reading.result()
-                report = _score(spark, config, shipped, shape, planes, threshold, scorer)
-    report.backend = backend
+                report = _score(spark, config, choice.path, shape, planes, threshold, scorer)
+    report.backend = choice.backend
     return report
 
 
-def _choose_backend(model_file: Path, config: InferSparkConfig) -> tuple[str, Path]:
-    """Choose what scores with the resolved model file, and the file to ship; an error names an MLflow URI."""
+def _choose_backend(model_file: Path, config: InferSparkConfig) -> BackendChoice:
+    """Choose, once, what scores with the resolved model file (its path is what the executors get).
+
+    An error names an MLflow URI rather than the scratch folder it was downloaded to; the note
+    is said here, before Spark starts, so the choice passed on carries none.
+    """
     try:
-        backend, shipped, note = choose_backend(model_file, config.backend)
+        choice = choose_backend(model_file, config.backend)
     except DataError as error:
         if not is_mlflow_uri(config.model):
             raise
         # The twin of a downloaded model is data/model.onnx in a scratch folder: name it in the URI.
         raise DataError(str(error).replace(str(model_file.parent.parent), config.model.rstrip("/"))) from None
-    if note:
-        logger.warning("%s", note)
-    return backend, shipped
+    if choice.note:
+        logger.warning("%s", choice.note)
+    return replace(choice, note="")
 
 
 def _model_input(
-    model_file: Path, backend: str, config: InferSparkConfig
+    choice: BackendChoice, config: InferSparkConfig
 ) -> tuple[tuple[int, int, int], tuple[str, ...] | None]:
     """Return the model's (H, W, C) input and the planes to read; check them against the options."""
     from otrain.io.card import card_planes
 
-    classifier, _ = load_classifier(model_file, backend)  # type: ignore[arg-type]
+    classifier = load_classifier(choice)
     shape = cutout_shape(classifier)
-    planes = resolve_planes(config.planes, card_planes(model_file))
+    planes = resolve_planes(config.planes, card_planes(choice.model_file))
     if planes is not None and len(planes) != shape[2]:
         raise DataError(
             f"{config.model}: the model takes {shape[2]} plane(s), --planes names {len(planes)} ({' '.join(planes)})"

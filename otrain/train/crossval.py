@@ -371,7 +371,7 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
             )
             if plan.action != KEEP:
                 train_fold(plan, split)
-            row = _score_fold(fold_config(config.output, fold), cube, split)
+            row = _score_fold(fold_config(config.output, fold), config.cube, cube, split)
             scores[split.test] = row.pop("_scores")
             thresholds[split.test] = row["threshold"]
             fold_of[split.test] = fold
@@ -433,12 +433,17 @@ def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     return report
 
 
-def _score_fold(config: TrainConfig, cube: Datacube, split: Split) -> dict[str, Any]:
-    """Score one fold's test rows with its finished training's model; its row of the report."""
-    from otrain.nets.model import load_model
-    from otrain.score.scoring import predict
+def _score_fold(config: TrainConfig, cube_path: Path, cube: Datacube, split: Split) -> dict[str, Any]:
+    """Score one fold's test rows (of ``cube``, read from ``cube_path``) with its finished training's model.
 
-    probabilities = predict(load_model(config.model_file), cube.cube[split.test])
+    The Keras model scores, as it always has here: the fold's figures are the model's own, not
+    its twin's (which may differ by float32 roundings). Returns the fold's row of the report.
+    """
+    from otrain.score.backends import choose_backend
+    from otrain.score.scoring import score_cube
+
+    keras = choose_backend(config.model_file, "keras")
+    probabilities = score_cube(cube_path, keras, cube=cube.subset(split.test)).probabilities
     metrics_file = config.output_dir / METRICS_FILE
     # The threshold is the training's own: given, 0.5, or chosen for a target rate.
     threshold, epochs_run = read_json(

@@ -1093,7 +1093,7 @@ def _export_twin(
         The card's ``onnx`` record; with ``absent`` and ``error`` when there is no twin, and
         ``record_error`` when not even the absence record could be written.
     """
-    from otrain.score.backends import export_onnx, write_absent_twin
+    from otrain.score.twin import export_onnx, write_absent_twin
 
     twin = twin_path(model_file)
     try:
@@ -1300,7 +1300,7 @@ def _publish(config: TrainConfig, staged: Path) -> TrainingResult:
 def _log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], test_x: np.ndarray) -> None:
     import mlflow
 
-    from otrain.nets.model import save_mlflow_model
+    from otrain.score.mlflow_model import save_mlflow_model
 
     mlflow.log_metrics({f"test_{key}": float(value) for key, value in metrics.items() if np.isfinite(value)})
     for path in outputs:
