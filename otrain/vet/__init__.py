@@ -3,7 +3,8 @@
 Modules:
 
 * :mod:`otrain.vet.report`: otrain-report and its page (templates/vetting.html);
+* :mod:`otrain.vet.thumbs`: the page's thumbnails and Grad-CAM overlays, drawn into sprite sheets;
 * :mod:`otrain.vet.relabel`: otrain-relabel: a scanner's marks into labelled folders.
 """
 
-__all__ = ["relabel", "report"]
+__all__ = ["relabel", "report", "thumbs"]

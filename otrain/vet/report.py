@@ -30,31 +30,26 @@ from typing import Any
 
 import numpy as np
 
-from otrain.data.cutouts import CutoutMeta, list_cutouts, read_header, read_pixels
+from otrain.data.cutouts import list_cutouts
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
 from otrain.io.ids import candidate_key
 from otrain.io.layout import RUN_FILE
 from otrain.options import REPORT_MARKER, ReportConfig
-from otrain.score.inference import fit_cutout, printable_path
+from otrain.score.inference import printable_path
+from otrain.vet.thumbs import CAM_SLOT, PLANE_SLOTS, TILE, overlay, render_chunk, tile, write_sheet
 
-__all__ = ["PAGE", "PLANE_SLOTS", "SHEET_ROWS", "THUMBS", "TILE", "ReportSummary", "plane_tiles", "write_report"]
+__all__ = ["PAGE", "SHEET_ROWS", "THUMBS", "ReportSummary", "write_report"]
 
 logger = logging.getLogger("otrain")
 
 #: The page, and the folder of its sprite sheets, inside --output.
 PAGE = "index.html"
 THUMBS = "thumbs"
-#: Candidates per sprite sheet, and the side of one thumbnail in it, in pixels.
+#: Candidates per sprite sheet.
 SHEET_ROWS = 100
-TILE = 64
-#: The columns of a sheet: the STDPipe planes shown, then the Grad-CAM overlay.
-PLANE_SLOTS = ("IMAGE", "TEMPLATE", "DIFF")
-_CAM_SLOT = len(PLANE_SLOTS)
 _GRADCAM_BATCH = 128
-#: Fraction of the colour map over the difference where the Grad-CAM map is 1.
-_CAM_OPACITY = 0.55
 _TABLE_COLUMNS = ("filename", "RA", "Dec", "mag", "magerr", "FWHM", "cand_ID", "label1")
 #: A P(real) of the model that differs from the table's by more is another model's (or a re-weighted one).
 _AGREEMENT = 1e-4
@@ -71,109 +66,6 @@ class ReportSummary:
     threshold: float
     grad_cam: bool
     seconds: float
-
-
-def _zscale(plane: np.ndarray) -> np.ndarray:
-    """Scale one plane to [0, 1] with DS9's zscale limits (astropy); non-finite pixels take the median."""
-    from astropy.visualization import ZScaleInterval
-
-    finite = np.isfinite(plane)
-    if not finite.any():
-        return np.zeros(plane.shape, dtype=np.float32)
-    filled = np.where(finite, plane, np.nanmedian(plane))
-    low, high = ZScaleInterval().get_limits(filled)
-    if not high > low:
-        low, high = float(filled.min()), float(filled.max())
-    if not high > low:
-        return np.zeros(plane.shape, dtype=np.float32)
-    return np.clip((filled - low) / (high - low), 0.0, 1.0).astype(np.float32)
-
-
-def _tile(image: np.ndarray) -> np.ndarray:
-    """Resize an (H, W) grey or (H, W, 3) colour image in [0, 1] to a TILE x TILE uint8 thumbnail, row 0 below."""
-    from PIL import Image
-
-    pixels = np.flipud(np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8))
-    thumbnail = Image.fromarray(pixels)
-    if thumbnail.size != (TILE, TILE):
-        smaller = thumbnail.size[0] < TILE and thumbnail.size[1] < TILE
-        thumbnail = thumbnail.resize((TILE, TILE), Image.Resampling.NEAREST if smaller else Image.Resampling.BOX)
-    return np.asarray(thumbnail)
-
-
-def plane_tiles(path: Path) -> tuple[np.ndarray, int, CutoutMeta]:
-    """Render the planes a cutout has as thumbnails, in :data:`PLANE_SLOTS` order.
-
-    An STDPipe cutout shows its ``IMAGE``, ``TEMPLATE`` and ``DIFF`` extensions, those it has.
-    A gmadet cutout holds one image (shown as the difference, which O'TRAIN scores) or, with
-    three planes, science, reference and difference in file order.
-
-    Parameters
-    ----------
-    path : Path
-        The cutout file.
-
-    Returns
-    -------
-    numpy.ndarray
-        (3, TILE, TILE) uint8 grey thumbnails, zscale-stretched; black for a missing plane.
-    int
-        Bit i set when the file has plane i of :data:`PLANE_SLOTS`.
-    CutoutMeta
-        The candidate's keywords.
-
-    Raises
-    ------
-    DataError
-        When the file cannot be read.
-    """
-    tiles = np.zeros((len(PLANE_SLOTS), TILE, TILE), dtype=np.uint8)
-    meta, location = read_header(path)
-    planes: dict[int, np.ndarray] = {}
-    if meta.convention == "gmadet":
-        pixels = read_pixels(path, location)
-        if pixels.shape[2] == len(PLANE_SLOTS):
-            planes = {slot: pixels[:, :, slot] for slot in range(len(PLANE_SLOTS))}
-        else:
-            planes = {PLANE_SLOTS.index("DIFF"): pixels[:, :, 0]}
-    else:
-        try:
-            _, every = read_header(path, PLANE_SLOTS)
-            pixels = read_pixels(path, every)
-            planes = {slot: pixels[:, :, slot] for slot in range(len(PLANE_SLOTS))}
-        except DataError:  # not all three: show those the file has
-            for slot, name in enumerate(PLANE_SLOTS):
-                try:
-                    _, one = read_header(path, (name,))
-                except DataError:
-                    continue
-                planes[slot] = read_pixels(path, one)[:, :, 0]
-    present = 0
-    for slot, plane in planes.items():
-        tiles[slot] = _tile(_zscale(plane))
-        present |= 1 << slot
-    return tiles, present, meta
-
-
-def _render_chunk(
-    jobs: Sequence[tuple[Path, tuple[int, int, int] | None, tuple[str, ...] | None]],
-) -> list[tuple[np.ndarray, int, np.ndarray | None, str] | str]:
-    """Worker task: thumbnails of each file, its pixels as the model reads them (None without Grad-CAM), its id.
-
-    A file that cannot be read gives its error message instead.
-    """
-    results: list[tuple[np.ndarray, int, np.ndarray | None, str] | str] = []
-    for path, shape, planes in jobs:
-        try:
-            tiles, present, meta = plane_tiles(path)
-            model_input = None
-            if shape is not None:
-                _, location = read_header(path, planes)
-                model_input = fit_cutout(read_pixels(path, location), shape, path)
-            results.append((tiles, present, model_input, candidate_key(meta.candid)))
-        except Exception as error:  # a worker must report, never die, on a strange file
-            results.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
-    return results
 
 
 def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, Path], int]:
@@ -328,29 +220,6 @@ def _model_header(config: ReportConfig, card: dict[str, Any], registry: dict[str
     return _finite(header)
 
 
-def _overlay(model_input: np.ndarray, cam: np.ndarray, diff_channel: int) -> np.ndarray:
-    """Draw the model's view of the difference in grey, the Grad-CAM map in colour over it."""
-    from matplotlib import colormaps
-
-    grey = _zscale(model_input[:, :, diff_channel])
-    colour = colormaps["inferno"](cam)[:, :, :3]
-    weight = (_CAM_OPACITY * cam)[:, :, np.newaxis]
-    return grey[:, :, np.newaxis] * (1.0 - weight) + colour * weight
-
-
-def _write_sheet(path: Path, tiles: np.ndarray) -> None:
-    """Write (n, slots, TILE, TILE[, 3]) thumbnails as one PNG: a row per candidate, a column per slot."""
-    from PIL import Image, PngImagePlugin
-
-    from otrain.io.outputs import PNG_SOFTWARE
-
-    n, slots = tiles.shape[:2]
-    sheet = np.swapaxes(tiles, 1, 2).reshape(n * TILE, slots * TILE, *tiles.shape[4:])
-    info = PngImagePlugin.PngInfo()
-    info.add_text("Software", f"{PNG_SOFTWARE} report")
-    Image.fromarray(sheet).save(path, format="PNG", pnginfo=info, compress_level=6)
-
-
 #: Characters of the JSON that the HTML parser could read inside <script> ("</script>", "<!--"), as escapes.
 _SCRIPT_SAFE = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
@@ -424,11 +293,11 @@ def write_report(config: ReportConfig) -> ReportSummary:
         (folder / THUMBS).mkdir()
         index = 0
         for chunk, results in map_chunks(
-            _render_chunk,
+            render_chunk,
             jobs,
             workers=config.workers,
             description="rendering thumbnails",
-            preload=["otrain.vet.report"],
+            preload=["otrain.vet.thumbs"],
             chunk_size=SHEET_ROWS,
         ):
             problems = [result for result in results if isinstance(result, str)]
@@ -459,12 +328,12 @@ def write_report(config: ReportConfig) -> ReportSummary:
                     batch = slice(start, start + _GRADCAM_BATCH)
                     cams = np.nan_to_num(explainer.maps(pixels[batch], chosen[batch].astype(int)))
                     for position, cam in enumerate(cams, start=start):
-                        overlays[position, 0] = _tile(_overlay(pixels[position], cam, diff_channel))
-                    present[batch] |= 1 << _CAM_SLOT
+                        overlays[position, 0] = tile(overlay(pixels[position], cam, diff_channel))
+                    present[batch] |= 1 << CAM_SLOT
             sheet_number = index // SHEET_ROWS
-            _write_sheet(folder / THUMBS / f"sheet_{sheet_number:04d}.png", tiles)
+            write_sheet(folder / THUMBS / f"sheet_{sheet_number:04d}.png", tiles)
             if model is not None:
-                _write_sheet(folder / THUMBS / f"cam_{sheet_number:04d}.png", overlays)
+                write_sheet(folder / THUMBS / f"cam_{sheet_number:04d}.png", overlays)
             for position in range(len(chunk)):
                 source = int(order[index + position])
                 row = table[source]
