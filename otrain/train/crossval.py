@@ -289,7 +289,7 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
 
 def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     from otrain.track.tracking import RunInfo, check_tracking_uri, git_commit, open_run, resolve_tracking_uri
-    from otrain.train.training import check_init_from
+    from otrain.train.fit import check_init_from
 
     cube = Datacube.load(config.cube)
     if cube.n_real == 0 or cube.n_bogus == 0:
