@@ -9,6 +9,7 @@ Modules:
 * :mod:`otrain.train.postfit`: calibration, the decision threshold, the ONNX twin;
 * :mod:`otrain.train.publish`: the staged outputs published, the MLflow run;
 * :mod:`otrain.train.crossval`: otrain-cross-validate;
+* :mod:`otrain.train.folds`: the folds of a cross-validation (the cube's groups, grouped stratified splits);
 * :mod:`otrain.train.crossval_resume`: the record, plans, checks and lock of a resumable cross-validation;
 * :mod:`otrain.train.optimise`: otrain-optimise-dataset-size.
 """
@@ -19,6 +20,7 @@ __all__ = [
     "crossval_resume",
     "distribute",
     "fit",
+    "folds",
     "optimise",
     "postfit",
     "publish",
