@@ -42,7 +42,7 @@ def main() -> None:
     cutouts = [read_cutout(path) for path in paths]
     pixels64 = np.stack([cutout.pixels for cutout in cutouts])
     labels = np.eye(2, dtype=np.float32)[[1 if "true" in str(path.parent) else 0 for path in paths]]
-    from otrain.train.training import Checkpoint
+    from otrain.train.checkpoint import Checkpoint
 
     rates, checkpoint_share = {}, {}
     for size in (64, 32):

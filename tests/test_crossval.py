@@ -388,13 +388,13 @@ def test_a_refused_init_from_writes_nothing_and_the_corrected_command_needs_no_o
 #: otrain-cross-validate, sent Ctrl-C (a real SIGINT) once fold 2 has checkpointed its first epoch.
 CTRL_C_IN_FOLD_2 = """
 import os, signal, sys
-import otrain.train.training
-save = otrain.train.training.Checkpoint.save
+import otrain.train.checkpoint
+save = otrain.train.checkpoint.Checkpoint.save
 def save_then_ctrl_c(self, *args, **kwargs):
     save(self, *args, **kwargs)
     if self.folder.parent.name == "fold-2" and self.epochs_done == 1:
         os.kill(os.getpid(), signal.SIGINT)
-otrain.train.training.Checkpoint.save = save_then_ctrl_c
+otrain.train.checkpoint.Checkpoint.save = save_then_ctrl_c
 from otrain.cli.cross_validate import main
 main(sys.argv[1:])
 """

@@ -109,7 +109,7 @@ def test_training_writes_a_twin_checked_on_every_cutout(trained: Path, workspace
 
 def test_the_parity_check_of_a_large_cube_is_a_seeded_sample_with_the_held_out_sets() -> None:
     from otrain.data.datacube import stratified_split
-    from otrain.train.training import PARITY_CUTOUTS, parity_rows
+    from otrain.train.postfit import PARITY_CUTOUTS, parity_rows
 
     labels = np.arange(30_000) % 2
     split = stratified_split(labels, 0.1, 0.1, seed=5)
@@ -136,6 +136,7 @@ def test_a_training_on_a_cube_above_the_limit_checks_its_sample(
     """The limit lowered below the workspace cube's size: the card records the sample the twin was checked on."""
     import otrain.train.training
 
+    # The limit the training passes to parity_rows: its import of otrain.train.postfit.PARITY_CUTOUTS.
     monkeypatch.setattr(otrain.train.training, "PARITY_CUTOUTS", 300)
     cube = Datacube.load(workspace / "datacube" / "cube.npz")
     assert train(workspace, "sampled", "--epochs", "1", "--no-tracking", models=str(tmp_path / "models")) == 0
@@ -465,10 +466,10 @@ def test_a_model_without_a_twin_has_an_absence_record(model_copy: Path, workspac
     from otrain.errors import DataError
     from otrain.score.backends import TWIN_ABSENT, OnnxClassifier, choose_backend
     from otrain.score.twin import write_absent_twin
-    from otrain.train.training import _export_twin
+    from otrain.train.postfit import export_twin
 
     model, model_file, pixels = model_onnx_cannot_express(tmp_path)
-    record = _export_twin(model, model_file, pixels, "4 cutouts", 0.5)
+    record = export_twin(model, model_file, pixels, "4 cutouts", 0.5)
     twin = tmp_path / "log1p.onnx"
     assert record["file"] == "log1p.onnx"
     assert record["absent"] is True
@@ -504,7 +505,7 @@ def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:
     from keras import layers
 
     from otrain.score.backends import TWIN_ABSENT
-    from otrain.train.training import _export_twin
+    from otrain.train.postfit import export_twin
 
     model = keras.Sequential([keras.Input((4, 4, 1)), layers.Flatten(), layers.Dense(2, activation="softmax")])
     model_file = tmp_path / "small.keras"
@@ -519,10 +520,10 @@ def test_no_failure_of_the_twin_fails_the_training(tmp_path: Path) -> None:
     warnings.setLevel(logging.WARNING)
     logging.getLogger("otrain").addHandler(warnings)
     try:
-        wrong_shape = _export_twin(model, model_file, np.zeros((2, 5, 5, 1), np.float32), "2 cutouts", 0.5)
+        wrong_shape = export_twin(model, model_file, np.zeros((2, 5, 5, 1), np.float32), "2 cutouts", 0.5)
         first = [record.getMessage() for record in warnings.buffer]
         warnings.flush()
-        taken = _export_twin(model, taken_file, np.zeros((2, 4, 4, 1), np.float32), "2 cutouts", 0.5)
+        taken = export_twin(model, taken_file, np.zeros((2, 4, 4, 1), np.float32), "2 cutouts", 0.5)
         second = [record.getMessage() for record in warnings.buffer]
     finally:
         logging.getLogger("otrain").removeHandler(warnings)

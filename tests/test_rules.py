@@ -17,9 +17,11 @@ from otrain.data.datacube import Split
 from otrain.errors import DataError, OptionError
 from otrain.options import TrainConfig
 from otrain.score.inference import scoring_readers, scoring_threads
-from otrain.train.crossval import fold_splits
+from otrain.train.distribute import _replica_batch
+from otrain.train.fit import _class_weights
+from otrain.train.folds import fold_splits
 from otrain.train.optimise import _best_epoch, max_sections, nested_order, study_sizes
-from otrain.train.training import _batch_size, _class_weights, _replica_batch, auto_batch_size
+from otrain.train.training import _batch_size, auto_batch_size
 
 # ---------------------------------------------------------------------------------------------
 # Scoring: runs of ONNX Runtime, their threads, and the processes that read cutouts.

@@ -182,7 +182,7 @@ def test_a_damaged_checkpoint_is_named_in_one_line(
 
     root = tmp_path / "models"
     folder = folder_of(root)
-    monkeypatch.setattr(otrain.train.training, "_mark_complete", interrupt)
+    monkeypatch.setattr(otrain.train.training, "mark_complete", interrupt)
     assert train(workspace, "m", "--epochs", "1", "--no-tracking", models=str(root)) == 130
     monkeypatch.undo()
     weights = folder / ".checkpoint" / "epoch-0001" / "latest.weights.h5"
@@ -394,7 +394,7 @@ def test_plateau_halves_the_rate_and_resume_continues_it(
     training interrupted after epoch 5 and resumed goes on at the halved rate, and halves it again
     at the same epoch.
     """
-    import otrain.train.training
+    import otrain.train.checkpoint
 
     root = tmp_path / "models"
     rate = 1e-12
@@ -405,14 +405,14 @@ def test_plateau_halves_the_rate_and_resume_continues_it(
     assert np.all(whole["val_roc_auc"] == whole["val_roc_auc"][0]), whole["val_roc_auc"]
     assert_allclose(whole["learning_rate"], rate * np.array([1, 1, 1, 1, 0.5, 0.5, 0.5, 0.25]), rtol=1e-6)
 
-    save = otrain.train.training.Checkpoint.save
+    save = otrain.train.checkpoint.Checkpoint.save
 
-    def save_then_interrupt(self: otrain.train.training.Checkpoint, *args: object, **kwargs: object) -> None:
+    def save_then_interrupt(self: otrain.train.checkpoint.Checkpoint, *args: object, **kwargs: object) -> None:
         save(self, *args, **kwargs)
         if self.epochs_done == 5:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(otrain.train.training.Checkpoint, "save", save_then_interrupt)
+    monkeypatch.setattr(otrain.train.checkpoint.Checkpoint, "save", save_then_interrupt)
     assert train(workspace, "cut", *options, models=str(root)) == 130
     monkeypatch.undo()
     capsys.readouterr()

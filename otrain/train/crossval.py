@@ -70,14 +70,13 @@ from otrain.train.crossval_resume import (
     read_record,
     write_record,
 )
+from otrain.train.folds import check_folds, check_group_keyword, fold_splits, groups_of
 
 __all__ = [
     "METRICS",
     "CrossValidationReport",
     "cross_validate",
     "fold_metrics",
-    "fold_splits",
-    "groups_of",
 ]
 
 logger = logging.getLogger("otrain")
@@ -111,104 +110,6 @@ class CrossValidationReport:
     parent_run_id: str | None = None
 
 
-def groups_of(cube: Datacube) -> tuple[np.ndarray, bool]:
-    """Return the group of every cutout, and whether the cube recorded them.
-
-    Parameters
-    ----------
-    cube : Datacube
-        The cube.
-
-    Returns
-    -------
-    numpy.ndarray
-        Text, one value per cutout: the cube's groups, else each row's own index.
-    bool
-        True when the groups are the cube's.
-    """
-    if cube.groups is not None:
-        return cube.groups, True
-    return np.arange(len(cube)).astype(str), False
-
-
-def _check_group_keyword(config: CrossValidateConfig, cube: Datacube) -> None:
-    """With --group-keyword, the cube must hold the groups of that keyword."""
-    wanted = config.group_keyword
-    if wanted is None:
-        return
-    if cube.groups is None:
-        raise DataError(
-            f"{config.cube}: the cube records no groups; convert the cutouts with "
-            f"otrain-convert --group-keyword {wanted}"
-        )
-    if cube.group_keyword is not None and cube.group_keyword.upper() != wanted.upper():
-        raise DataError(
-            f"{config.cube}: the cube's groups are values of {cube.group_keyword}, not {wanted}; convert the cutouts "
-            f"with otrain-convert --group-keyword {wanted}"
-        )
-
-
-def _groups_per_class(labels: np.ndarray, groups: np.ndarray) -> dict[int, int]:
-    """Count the distinct groups holding at least one cutout of each class."""
-    return {label: len(np.unique(groups[labels == label])) for label in (1, 0)}
-
-
-def _has_both_classes(labels: np.ndarray) -> bool:
-    return bool(np.any(labels == 1) and np.any(labels == 0))
-
-
-def fold_splits(labels: np.ndarray, groups: np.ndarray, folds: int, frac: float, seed: int) -> list[Split]:
-    """Split rows into ``folds`` grouped, stratified (training, validation, test) splits.
-
-    Parameters
-    ----------
-    labels : numpy.ndarray
-        1 = real, 0 = bogus.
-    groups : numpy.ndarray
-        The group of each row; a group is never in two of a split's sets, nor in two test sets.
-    folds : int
-        Number of folds; the test sets partition the rows.
-    frac : float
-        About this fraction of the other folds' rows validates (early stopping).
-    seed : int
-        Seed of the shuffles.
-
-    Returns
-    -------
-    list of Split
-        One per fold, sorted row indices.
-
-    Raises
-    ------
-    DataError
-        When the other folds of a fold cannot give training and validation sets that both hold
-        real and bogus cutouts (too few groups of a class).
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    outer = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    splits = []
-    for fold, (rest, test) in enumerate(outer.split(np.zeros(len(labels)), labels, groups), start=1):
-        per_class = _groups_per_class(labels[rest], groups[rest])
-        if min(per_class.values()) < 2:
-            raise DataError(
-                f"fold {fold}: the other folds hold {per_class[1]} group(s) with real cutouts and {per_class[0]} with "
-                "bogus ones; training and validation need two of each (use fewer --folds)"
-            )
-        n_parts = max(2, min(round(1 / frac), *per_class.values()))
-        inner = StratifiedGroupKFold(n_splits=n_parts, shuffle=True, random_state=seed)
-        for train_rows, validation_rows in inner.split(np.zeros(len(rest)), labels[rest], groups[rest]):
-            train, validation = rest[train_rows], rest[validation_rows]
-            if _has_both_classes(labels[train]) and _has_both_classes(labels[validation]):
-                splits.append(Split(train=np.sort(train), validation=np.sort(validation), test=np.sort(test)))
-                break
-        else:
-            raise DataError(
-                f"fold {fold}: no grouped validation set of the other folds holds both classes (use fewer --folds)"
-            )
-    return splits
-
-
 #: The figures of a decision at a threshold (the others do not depend on it).
 _DECISION_METRICS = ("accuracy", "precision", "recall", "f1", "mcc")
 
@@ -219,17 +120,6 @@ def fold_metrics(labels: np.ndarray, probabilities: np.ndarray, threshold: float
 
     figures = evaluate(labels, probabilities, threshold)
     return {name: float(figures[name]) for name in METRICS}
-
-
-def _check_folds(config: CrossValidateConfig, labels: np.ndarray, groups: np.ndarray, grouped: bool) -> None:
-    per_class = _groups_per_class(labels, groups)
-    fewest = min(per_class.values())
-    if config.folds > fewest:
-        what = "groups" if grouped else "cutouts (the cube has no groups)"
-        raise OptionError(
-            f"--folds: {config.folds} folds need at least {config.folds} {what} of each class; {config.cube} has "
-            f"{per_class[1]} holding real cutouts and {per_class[0]} holding bogus ones; give at most {fewest}"
-        )
 
 
 def _train_config(config: CrossValidateConfig, fold: int, action: str = TRAIN) -> TrainConfig:
@@ -289,16 +179,16 @@ def cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
 
 def _cross_validate(config: CrossValidateConfig) -> CrossValidationReport:
     from otrain.track.tracking import RunInfo, check_tracking_uri, git_commit, open_run, resolve_tracking_uri
-    from otrain.train.training import check_init_from
+    from otrain.train.fit import check_init_from
 
     cube = Datacube.load(config.cube)
     if cube.n_real == 0 or cube.n_bogus == 0:
         raise DataError(f"{config.cube}: the cube holds only one class; cross-validation needs both")
-    _check_group_keyword(config, cube)
+    check_group_keyword(config, cube)
     groups, grouped = groups_of(cube)
     if not grouped:
         logger.info("%s records no groups (otrain-convert --group-keyword): each cutout is its own group", config.cube)
-    _check_folds(config, cube.labels, groups, grouped)
+    check_folds(config, cube.labels, groups, grouped)
     splits = fold_splits(cube.labels, groups, config.folds, config.frac, config.seed)
     data_hash = cube.content_hash()
     previous = read_record(config.output) if config.resume else None
