@@ -4,7 +4,8 @@ Modules:
 
 * :mod:`otrain.io.atomic`: writes that appear complete or not at all (files, folders, JSON);
 * :mod:`otrain.io.locking`: advisory locks on outputs and stores;
-* :mod:`otrain.io.outputs`: output ownership markers and the formats of written files;
+* :mod:`otrain.io.outputs`: recognising the files otrain wrote before, and their formats;
+* :mod:`otrain.io.markers`: output ownership: the marker file of the folders otrain owns, written and read;
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
 * :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
@@ -14,4 +15,16 @@ Modules:
 * :mod:`otrain.io.parallel`: chunked work over a pool of processes.
 """
 
-__all__ = ["atomic", "card", "fitsreader", "ids", "jsonfile", "layout", "locking", "outputs", "parallel", "progress"]
+__all__ = [
+    "atomic",
+    "card",
+    "fitsreader",
+    "ids",
+    "jsonfile",
+    "layout",
+    "locking",
+    "markers",
+    "outputs",
+    "parallel",
+    "progress",
+]

@@ -19,6 +19,7 @@ Modules:
 
 from __future__ import annotations
 
+from otrain.io.markers import PARQUET_MARKER, RELABEL_MARKER, REPORT_MARKER, SIMULATE_MARKER
 from otrain.options.base import (
     FITS_SUFFIXES,
     MAX_LISTED_BAD_FILES,
@@ -39,10 +40,7 @@ from otrain.options.base import (
     option,
 )
 from otrain.options.data import (
-    PARQUET_MARKER,
     RELABEL_FOLDERS,
-    RELABEL_MARKER,
-    SIMULATE_MARKER,
     SIMULATE_OUTPUTS,
     ConvertConfig,
     PackConfig,
@@ -65,7 +63,6 @@ from otrain.options.judging import (
     GRADCAM_GRID,
     OUTCOMES,
     PLOT_FILES,
-    REPORT_MARKER,
     CheckInferConfig,
     DiagnosticsConfig,
     GradCamConfig,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import AfterValidator, model_validator
 
+from otrain.io.markers import RELABEL_MARKER, has_marker, read_marker
 from otrain.options.base import (
     CommandConfig,
     CutoutSize,
@@ -31,10 +31,7 @@ from otrain.options.base import (
 )
 
 __all__ = [
-    "PARQUET_MARKER",
     "RELABEL_FOLDERS",
-    "RELABEL_MARKER",
-    "SIMULATE_MARKER",
     "SIMULATE_OUTPUTS",
     "ConvertConfig",
     "PackConfig",
@@ -46,8 +43,6 @@ __all__ = [
 
 #: What otrain-simulate writes into --out, and replaces only with --overwrite.
 SIMULATE_OUTPUTS = ("true", "false", "night", "truth.csv")
-#: Written last into --out by otrain-simulate: proves the survey there is its own.
-SIMULATE_MARKER = ".otrain-simulate.json"
 
 
 class SimulateConfig(CommandConfig):
@@ -103,7 +98,7 @@ class SimulateConfig(CommandConfig):
                 f"--out: {str(self.out)!r} already holds a survey ({', '.join(clashing)}); "
                 "pass --overwrite to replace it"
             )
-        if clashing and not (self.out / SIMULATE_MARKER).is_file():
+        if clashing and not has_marker(self.out, "otrain-simulate"):
             raise ValueError(
                 f"--out: {str(self.out)!r} holds {', '.join(clashing)} that otrain-simulate did not write; "
                 "refusing to replace them, choose another folder"
@@ -170,8 +165,6 @@ class ConvertConfig(CommandConfig):
         return [self.output_file.parent]
 
 
-#: Written at the root of every otrain-relabel output: proves the tree is its own, lists its files.
-RELABEL_MARKER = "_otrain_relabel.json"
 #: The label folders of an otrain-relabel output (those otrain-convert reads), by mark.
 RELABEL_FOLDERS = {"real": "true", "bogus": "false"}
 
@@ -191,16 +184,16 @@ def relabel_output_files(folder: Path) -> set[str] | None:
         files the marker lists in them; None when the marker is missing or is not one that
         otrain-relabel writes.
     """
-    try:
-        marker = json.loads((folder / RELABEL_MARKER).read_text(encoding="utf-8"))
-        listed = marker["files"]
-        if marker.get("command") != "otrain-relabel":
-            return None
-        names = {RELABEL_MARKER, *RELABEL_FOLDERS.values()}
-        for label in RELABEL_FOLDERS.values():
-            names |= {f"{label}/{name}" for name in listed.get(label, {})}
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
+    marker = read_marker(folder, "otrain-relabel")
+    listed = marker.get("files") if marker is not None else None
+    if not isinstance(listed, dict):
         return None
+    names = {RELABEL_MARKER, *RELABEL_FOLDERS.values()}
+    for label in RELABEL_FOLDERS.values():
+        held = listed.get(label, {})
+        if not isinstance(held, Iterable):
+            return None
+        names |= {f"{label}/{name}" for name in held}
     return names
 
 
@@ -298,10 +291,6 @@ class RelabelConfig(CommandConfig):
         return [self.out.parent]
 
 
-#: Written into every Parquet folder of otrain-pack and otrain-infer-spark: proves the folder is otrain's.
-PARQUET_MARKER = "_otrain.json"
-
-
 def _parquet_output(config: CommandConfig, output: Path, inputs: Sequence[Path] = ()) -> None:
     """Refuse an existing --output folder unless --overwrite is given and the folder is otrain's Parquet.
 
@@ -321,7 +310,8 @@ def _parquet_output(config: CommandConfig, output: Path, inputs: Sequence[Path] 
             raise ValueError(f"--output: {error}") from None
         return
     # Whose it is first: --overwrite would not replace a user's file, so it is no advice then.
-    if not output.is_dir() or not (output / PARQUET_MARKER).is_file():
+    # (otrain-pack and otrain-infer-spark write the same marker; its presence is what counts.)
+    if not output.is_dir() or not has_marker(output, "otrain-pack"):
         raise ValueError(
             f"--output: {str(output)!r} exists and is not a Parquet folder written by otrain (it is never replaced, "
             "even with --overwrite); choose another path"

@@ -5,13 +5,13 @@ otrain-diagnostics, -plot-results, -grad-cam, -checkinfer and -report (the vetti
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import model_validator
 
 from otrain.io import outputs as formats
+from otrain.io.markers import REPORT_MARKER, read_marker
 from otrain.io.outputs import Output
 from otrain.options.base import (
     CommandConfig,
@@ -46,7 +46,6 @@ __all__ = [
     "GRADCAM_GRID",
     "OUTCOMES",
     "PLOT_FILES",
-    "REPORT_MARKER",
     "CheckInferConfig",
     "DiagnosticsConfig",
     "GradCamConfig",
@@ -172,10 +171,6 @@ class CheckInferConfig(CommandConfig):
         return [self.output_folder]
 
 
-#: Written at the root of every folder otrain-report writes: proves the folder is its own.
-REPORT_MARKER = "_otrain_report.json"
-
-
 def _inside(path: Path, folder: Path) -> bool:
     """Tell whether ``path`` is ``folder`` or lies below it (links and relative spellings resolved)."""
     path, folder = path.resolve(), folder.resolve()
@@ -191,10 +186,8 @@ def _not_written_by_report(folder: Path) -> str:
     held = [name for name in _held_files(folder) if not (folder / name).is_dir() or (folder / name).is_symlink()]
     if not held:
         return ""
-    try:
-        listed = json.loads((folder / REPORT_MARKER).read_text()).get("files", [])
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
-        return held[0]
+    marker = read_marker(folder, "otrain-report")
+    listed = marker.get("files", []) if marker is not None else None
     if not isinstance(listed, list):
         return held[0]
     own = {str(name) for name in listed} | {REPORT_MARKER}

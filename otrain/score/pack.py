@@ -23,8 +23,9 @@ import numpy as np
 from otrain.data.cutouts import crop_center, list_cutouts, read_header, read_pixels
 from otrain.errors import DataError, first_line, log_listed
 from otrain.io.atomic import atomic_folder
+from otrain.io.markers import has_marker, write_marker
 from otrain.io.parallel import map_chunks
-from otrain.options import MAX_LISTED_BAD_FILES, PARQUET_MARKER, PackConfig
+from otrain.options import MAX_LISTED_BAD_FILES, PackConfig
 from otrain.score.inference import INFER_COLUMNS, failure_message, meta_cells, printable_path
 
 __all__ = [
@@ -38,7 +39,6 @@ __all__ = [
     "pack",
     "packed_planes",
     "text_cell",
-    "write_marker",
 ]
 
 logger = logging.getLogger("otrain")
@@ -68,11 +68,6 @@ def meta_fields() -> list[Any]:
 def text_cell(value: Any) -> str:
     """Return a text column's cell as written."""
     return str(value)
-
-
-def write_marker(folder: Path, command: str, extra: dict[str, Any]) -> None:
-    """Write the marker that says which otrain command wrote a Parquet folder, and how."""
-    (folder / PARQUET_MARKER).write_text(json.dumps({"command": command, **extra}, sort_keys=True) + "\n")
 
 
 @dataclass
@@ -197,7 +192,7 @@ def packed_planes(folder: Path) -> tuple[str, ...] | None:
     import pyarrow.parquet as pq
 
     parts = sorted(folder.glob("*.parquet"))
-    if not (folder / PARQUET_MARKER).is_file() or not parts:
+    if not has_marker(folder, "otrain-pack") or not parts:
         raise DataError(f"{folder}: not a Parquet folder written by otrain-pack")
     try:
         metadata = pq.read_schema(parts[0]).metadata or {}

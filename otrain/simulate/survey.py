@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shutil
@@ -16,8 +15,9 @@ import numpy as np
 from astropy.wcs import WCS
 
 from otrain.errors import DataError
+from otrain.io.markers import SIMULATE_MARKER, write_marker
 from otrain.io.parallel import map_chunks
-from otrain.options import SIMULATE_MARKER, SIMULATE_OUTPUTS, SimulateConfig
+from otrain.options import SIMULATE_OUTPUTS, SimulateConfig
 from otrain.simulate.kinds import BOGUS_KINDS, KINDS, REAL_KINDS, render_candidate
 from otrain.simulate.physics import Observation, draw_observation
 from otrain.simulate.writers import CrossmatchEntry, gmadet_hdul, stdpipe_hdul, write_crossmatch, write_truth
@@ -344,15 +344,8 @@ def simulate_survey(config: SimulateConfig) -> SurveySummary:
         _remove_previous_survey(config.out)
         for name in SIMULATE_OUTPUTS:
             _move_into_place(staging / name, config.out / name)
-        (config.out / SIMULATE_MARKER).write_text(
-            json.dumps(
-                {
-                    "written_by": "otrain-simulate",
-                    **config.model_dump(mode="json", exclude={"out", "workers", "overwrite"}),
-                },
-                indent=2,
-            )
-            + "\n"
+        write_marker(
+            config.out, "otrain-simulate", config.model_dump(mode="json", exclude={"out", "workers", "overwrite"})
         )
     except OSError as error:
         raise DataError(f"{config.out}: cannot write the survey ({error.strerror or error})") from None

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import errno
 import io
-import json
 import logging
 import os
 import shutil
@@ -29,8 +28,9 @@ from otrain import __version__
 from otrain.data.cutouts import list_cutouts
 from otrain.errors import DataError
 from otrain.io.atomic import atomic_folder
+from otrain.io.markers import write_marker
 from otrain.io.progress import track
-from otrain.options import FITS_SUFFIXES, RELABEL_FOLDERS, RELABEL_MARKER, RelabelConfig
+from otrain.options import FITS_SUFFIXES, RELABEL_FOLDERS, RelabelConfig
 
 __all__ = ["MARKS", "REQUIRED_COLUMNS", "Mark", "RelabelReport", "label_files", "read_marks", "relabel"]
 
@@ -367,7 +367,6 @@ def relabel(config: RelabelConfig) -> RelabelReport:
         for folder, name, source in track(jobs, len(jobs), f"relabel ({config.mode})"):
             _place(source, staging / folder / name, config.mode, config.out / folder / name)
         record = {
-            "command": "otrain-relabel",
             "otrain_version": __version__,
             "marks": os.path.abspath(config.marks),
             "cutouts": os.path.abspath(config.cutouts),
@@ -378,7 +377,7 @@ def relabel(config: RelabelConfig) -> RelabelReport:
                 folder: {name: entry.record for name, entry in sorted(files.items())} for folder, files in plan.items()
             },
         }
-        (staging / RELABEL_MARKER).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        write_marker(staging, "otrain-relabel", record)
     for mark, folder in RELABEL_FOLDERS.items():
         if not plan[folder]:
             logger.warning(

@@ -36,7 +36,8 @@ from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
 from otrain.io.ids import candidate_key
 from otrain.io.layout import RUN_FILE
-from otrain.options import REPORT_MARKER, ReportConfig
+from otrain.io.markers import write_marker
+from otrain.options import ReportConfig
 from otrain.score.inference import printable_path
 from otrain.vet.thumbs import CAM_SLOT, PLANE_SLOTS, TILE, overlay, render_chunk, tile, write_sheet
 
@@ -385,7 +386,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
             "threshold": config.threshold,
             "files": sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file()),
         }
-        (folder / REPORT_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
+        write_marker(folder, "otrain-report", marker)
     if n_differ:
         logger.warning(
             "%s gives another P(real) than %s for %d of %d candidates (by up to %.3g): was the night scored by "
