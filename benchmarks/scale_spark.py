@@ -119,7 +119,7 @@ def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) ->
 
 def _half(survey: Path, folder: Path) -> Path:
     """A flat folder of hard links to the first half of the survey's cutouts (made once)."""
-    from otrain.data.cutouts import list_cutouts
+    from otrain.io.cutouts import list_cutouts
 
     files = list_cutouts(survey, recursive=True)
     marker = folder / f".complete-{len(files)}"

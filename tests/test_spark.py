@@ -284,7 +284,8 @@ def test_pack_writes_rows_atomically_and_refuses_to_overwrite(
     assert by_name["true/c0000.fits"]["edge"] is True
     assert by_name["true/c0000.fits"]["pixels"] is None
     assert by_name["false/c0000.fits"]["edge"] is False
-    from otrain.data.cutouts import crop_center, read_header, read_pixels
+    from otrain.data.cutouts import crop_center
+    from otrain.io.cutouts import read_header, read_pixels
 
     path = cutouts / "true" / "c0001.fits"
     _, location = read_header(path)

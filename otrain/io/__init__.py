@@ -6,6 +6,8 @@ Modules:
 * :mod:`otrain.io.locking`: advisory locks on outputs and stores;
 * :mod:`otrain.io.outputs`: output ownership markers and the formats of written files;
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
+* :mod:`otrain.io.cutouts`: cutout files: listing them, their headers, their pixels;
+* :mod:`otrain.io.cutoutmeta`: a cutout's metadata, from its header keywords;
 * :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
 * :mod:`otrain.io.ids`: candidate ids: read from a header or a table, matched as text;
@@ -14,4 +16,17 @@ Modules:
 * :mod:`otrain.io.parallel`: chunked work over a pool of processes.
 """
 
-__all__ = ["atomic", "card", "fitsreader", "ids", "jsonfile", "layout", "locking", "outputs", "parallel", "progress"]
+__all__ = [
+    "atomic",
+    "card",
+    "cutoutmeta",
+    "cutouts",
+    "fitsreader",
+    "ids",
+    "jsonfile",
+    "layout",
+    "locking",
+    "outputs",
+    "parallel",
+    "progress",
+]

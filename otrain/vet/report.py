@@ -30,10 +30,11 @@ from typing import Any
 
 import numpy as np
 
-from otrain.data.cutouts import CutoutMeta, list_cutouts, read_header, read_pixels
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
+from otrain.io.cutoutmeta import CutoutMeta
+from otrain.io.cutouts import list_cutouts, read_header, read_pixels
 from otrain.io.ids import candidate_key
 from otrain.io.layout import RUN_FILE
 from otrain.options import REPORT_MARKER, ReportConfig
