@@ -91,7 +91,8 @@ def _mlflow_scorer(mlflow_dir: Path) -> Any:
 def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) -> dict[str, Any]:
     """otrain's one pass against predict_batch_udf and mlflow.pyfunc.spark_udf, same session settings and cutouts."""
     from otrain.options import InferSparkConfig
-    from otrain.score.spark import infer_spark, predict_batch_scorer
+    from otrain.score.spark import infer_spark
+    from otrain.score.spark_executor import predict_batch_scorer
 
     figures: dict[str, Any] = {}
     scorers = (
