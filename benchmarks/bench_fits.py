@@ -7,7 +7,7 @@ float32 channels-last pixels. Three readers run in the same worker pool
 
 * ``astropy``: one ``astropy.io.fits.open`` per file, headers and data of the plane;
 * ``fitsio``: one ``fitsio.FITS`` per file, ``read_header_list`` and ``read`` of the plane;
-* ``otrain``: ``otrain.data.cutouts.read_header`` then ``read_pixels``, as otrain-infer calls them
+* ``otrain``: ``otrain.io.cutouts.read_header`` then ``read_pixels``, as otrain-infer calls them
   (otrain-convert makes the same two calls in two passes).
 
 Each reader's files/s are given two ways, best of ``--rounds``: through the pool (wall time,
@@ -50,7 +50,8 @@ from astropy.utils.exceptions import AstropyWarning
 from common import BIN, RESULTS, run_measured, simulated_survey
 
 import otrain
-from otrain.data.cutouts import CutoutMeta, _meta, list_cutouts, read_header, read_pixels
+from otrain.io.cutoutmeta import CutoutMeta, cutout_meta
+from otrain.io.cutouts import list_cutouts, read_header, read_pixels
 from otrain.io.parallel import default_workers, map_chunks
 
 Chunk = tuple[np.ndarray, list[CutoutMeta]]
@@ -79,7 +80,7 @@ def read_astropy(paths: Sequence[Path]) -> Chunk:
             warnings.simplefilter("ignore", AstropyWarning)
             with fits.open(path, memmap=False) as hdul:
                 index = next((i for i in range(1, len(hdul)) if hdul[i].name == "DIFF"), 0)
-                metas.append(_meta(hdul[0].header, hdul[index].header if index else None, path))
+                metas.append(cutout_meta(hdul[0].header, hdul[index].header if index else None, path))
                 planes.append(_channels_last(hdul[index].data))
     return _stack(planes), metas
 
@@ -98,7 +99,7 @@ def read_fitsio(paths: Sequence[Path]) -> Chunk:
         with fitsio.FITS(str(path)) as fits_file:
             index = next((i for i in range(1, len(fits_file)) if fits_file[i].get_extname().upper() == "DIFF"), 0)
             diff = _fitsio_cards(fits_file[index]) if index else None
-            metas.append(_meta(_fitsio_cards(fits_file[0]), diff, path))
+            metas.append(cutout_meta(_fitsio_cards(fits_file[0]), diff, path))
             planes.append(_channels_last(fits_file[index].read()))
     return _stack(planes), metas
 

@@ -24,7 +24,8 @@ os.environ.setdefault("OTRAIN_PROGRESS", "0")
 
 from common import BIN, RESULTS, run_measured, simulated_survey
 
-from otrain.data.cutouts import list_cutouts, read_cutout
+from otrain.data.cutouts import read_cutout
+from otrain.io.cutouts import list_cutouts
 from otrain.options import InferConfig
 
 

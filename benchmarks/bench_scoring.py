@@ -72,7 +72,7 @@ import numpy as np
 from bench_infer import linked_folder
 from common import BIN, HERE, RESULTS, simulated_survey
 
-from otrain.data.cutouts import list_cutouts
+from otrain.io.cutouts import list_cutouts
 from otrain.io.layout import card_file
 from otrain.io.parallel import default_workers
 from otrain.options import PREDICT_BATCH

@@ -21,7 +21,8 @@ os.environ.setdefault("OTRAIN_PROGRESS", "0")
 
 from common import RESULTS, simulated_survey
 
-from otrain.data.cutouts import crop_center, list_cutouts, read_cutout
+from otrain.data.cutouts import crop_center, read_cutout
+from otrain.io.cutouts import list_cutouts
 
 
 def main() -> None:

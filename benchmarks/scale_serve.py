@@ -54,7 +54,7 @@ def _post(url: str, body: bytes) -> list[list[float]]:
 
 
 def _pixels(folder: Path, n: int) -> np.ndarray:
-    from otrain.data.cutouts import list_cutouts
+    from otrain.io.cutouts import list_cutouts
     from otrain.score.serving import request_body
 
     files = list_cutouts(folder, recursive=True)[:n]

@@ -91,7 +91,8 @@ def _mlflow_scorer(mlflow_dir: Path) -> Any:
 def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) -> dict[str, Any]:
     """otrain's one pass against predict_batch_udf and mlflow.pyfunc.spark_udf, same session settings and cutouts."""
     from otrain.options import InferSparkConfig
-    from otrain.score.spark import infer_spark, predict_batch_scorer
+    from otrain.score.spark import infer_spark
+    from otrain.score.spark_executor import predict_batch_scorer
 
     figures: dict[str, Any] = {}
     scorers = (
@@ -119,7 +120,7 @@ def _in_process(survey: Path, keras_file: Path, mlflow_dir: Path, work: Path) ->
 
 def _half(survey: Path, folder: Path) -> Path:
     """A flat folder of hard links to the first half of the survey's cutouts (made once)."""
-    from otrain.data.cutouts import list_cutouts
+    from otrain.io.cutouts import list_cutouts
 
     files = list_cutouts(survey, recursive=True)
     marker = folder / f".complete-{len(files)}"

@@ -160,7 +160,8 @@ def test_postgres_is_built_from_debian_and_keeps_its_data_in_the_volume(stack: S
 
 
 def test_champion_served_by_the_stack_scores_as_otrain_infer(stack: Stack, tmp_path: Path) -> None:
-    from otrain.data.cutouts import list_cutouts, read_cutout
+    from otrain.data.cutouts import read_cutout
+    from otrain.io.cutouts import list_cutouts
 
     uri = stack.tracking_uri
     otrain(

@@ -15,16 +15,9 @@ from astropy.io import fits
 from conftest import BIN, pixels, write_gmadet, write_stdpipe
 from numpy.testing import assert_allclose, assert_array_equal
 
-from otrain.data.cutouts import (
-    TRAINING_KEYWORDS,
-    crop_center,
-    list_cutouts,
-    read_cutout,
-    read_header,
-    read_header_with_astropy,
-    require_keywords,
-)
+from otrain.data.cutouts import TRAINING_KEYWORDS, crop_center, read_cutout, require_keywords
 from otrain.errors import DataError
+from otrain.io.cutouts import list_cutouts, read_header, read_header_with_astropy
 
 
 def test_gmadet_cutout_pixels_and_keywords(tmp_path: Path) -> None:

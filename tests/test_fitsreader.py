@@ -15,8 +15,9 @@ from conftest import call_main, pixels, write_gmadet, write_stdpipe
 from numpy.testing import assert_array_equal
 
 from otrain.cli.simulate import main as simulate_main
-from otrain.data.cutouts import list_cutouts, read_cutout, read_header, read_header_with_astropy, read_pixels
+from otrain.data.cutouts import read_cutout
 from otrain.errors import DataError
+from otrain.io.cutouts import list_cutouts, read_header, read_header_with_astropy, read_pixels
 from otrain.io.fitsreader import BLOCK, NotSimpleError, iter_hdus, open_fits
 
 _COMMENTARY = {"", "COMMENT", "HISTORY"}

@@ -12,9 +12,10 @@ import yaml
 from astropy.io import fits
 from conftest import ROOT, call_main, pixels, write_gmadet, write_stdpipe
 
-from otrain.data.cutouts import read_cutout, read_header, read_header_with_astropy, read_pixels
+from otrain.data.cutouts import read_cutout
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
+from otrain.io.cutouts import read_header, read_header_with_astropy, read_pixels
 from otrain.options import validate_params
 
 

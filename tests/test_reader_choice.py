@@ -17,9 +17,9 @@ import pytest
 from astropy.io import fits
 from conftest import pixels, write_gmadet, write_stdpipe
 
-import otrain.data.cutouts
-from otrain.data.cutouts import read_header, read_header_with_astropy, read_pixels
+import otrain.io.cutouts
 from otrain.errors import DataError
+from otrain.io.cutouts import read_header, read_header_with_astropy, read_pixels
 from otrain.io.fitsreader import BLOCK
 
 FAST, ASTROPY = "fast reader", "astropy"
@@ -29,13 +29,13 @@ FAST, ASTROPY = "fast reader", "astropy"
 def astropy_reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     """The files :func:`read_header` hands to astropy, in order (astropy still reads them)."""
     handed: list[Path] = []
-    real = otrain.data.cutouts.read_header_with_astropy
+    real = otrain.io.cutouts.read_header_with_astropy
 
     def counted(path: Path, *args: object, **kwargs: object) -> object:
         handed.append(Path(path))
         return real(path, *args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(otrain.data.cutouts, "read_header_with_astropy", counted)
+    monkeypatch.setattr(otrain.io.cutouts, "read_header_with_astropy", counted)
     return handed
 
 

@@ -21,7 +21,7 @@ from conftest import BIN, ROOT, call_main, files_under, write_gmadet
 from otrain.cli.infer import main as infer_main
 from otrain.cli.relabel import main as relabel_main
 from otrain.cli.report import main as report_main
-from otrain.data.cutouts import read_header
+from otrain.io.cutouts import read_header
 from otrain.options import REPORT_MARKER
 
 #: Where the browser tests leave their screenshots (CI keeps them as artifacts).

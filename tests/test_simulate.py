@@ -15,8 +15,9 @@ from conftest import call_main
 
 from otrain.cli.convert import main as convert_main
 from otrain.cli.simulate import main as simulate_main
-from otrain.data.cutouts import list_cutouts, read_cutout, read_header
+from otrain.data.cutouts import read_cutout
 from otrain.data.datacube import Datacube
+from otrain.io.cutouts import list_cutouts, read_header
 from otrain.simulate import BOGUS_KINDS, KINDS, REAL_KINDS, Kind, Scene, Site, draw_observation, render_candidate
 
 INFER_KEYWORDS = ("CANDID", "RA", "DEC", "FILE", "XPOS", "YPOS", "MAG", "MAGERR", "FWHM", "FWHMPSF", "EDGE")

@@ -284,7 +284,8 @@ def test_pack_writes_rows_atomically_and_refuses_to_overwrite(
     assert by_name["true/c0000.fits"]["edge"] is True
     assert by_name["true/c0000.fits"]["pixels"] is None
     assert by_name["false/c0000.fits"]["edge"] is False
-    from otrain.data.cutouts import crop_center, read_header, read_pixels
+    from otrain.data.cutouts import crop_center
+    from otrain.io.cutouts import read_header, read_pixels
 
     path = cutouts / "true" / "c0001.fits"
     _, location = read_header(path)
@@ -351,7 +352,8 @@ def test_the_predict_batch_udf_path_scores_as_the_one_pass_path(
 ) -> None:
     """The alternative the benchmark times (decode, then pyspark's predict_batch_udf on the pixels)."""
     from otrain.options import InferSparkConfig
-    from otrain.score.spark import infer_spark, predict_batch_scorer
+    from otrain.score.spark import infer_spark
+    from otrain.score.spark_executor import predict_batch_scorer
 
     config = InferSparkConfig(
         cutouts=str(night),
@@ -577,7 +579,8 @@ def test_the_executors_score_with_the_shipped_twin(
     """A twin that answers 0.75 for every cutout, stamped for the model: both Spark paths give 0.75, and
     the driver hashes the model file once per run (the backend is chosen once, then passed on)."""
     from otrain.options import InferSparkConfig
-    from otrain.score.spark import infer_spark, predict_batch_scorer
+    from otrain.score.spark import infer_spark
+    from otrain.score.spark_executor import predict_batch_scorer
     from otrain.score.twin import restamp_twin
 
     cutouts = make_tree(tmp_path / "few", 5, 5, size=40)

@@ -120,7 +120,8 @@ def test_pipeline_against_a_team_server(tracking_server: str, tmp_path: Path) ->
     from mlflow.tracking import MlflowClient
 
     import otrain.nets.model  # noqa: F401 - registers otrain's Keras layers before loading
-    from otrain.data.cutouts import list_cutouts, read_cutout
+    from otrain.data.cutouts import read_cutout
+    from otrain.io.cutouts import list_cutouts
 
     folder = make_repo(tmp_path / "pipeline")
     dvc(folder, tracking_server, "repro")

@@ -20,7 +20,7 @@ def _prepare(backend: str) -> None:
 
 
 def _infer_spark(config: InferSparkConfig) -> None:
-    from otrain.score.spark import require_spark
+    from otrain.score.spark_session import require_spark
 
     require_spark()
     from otrain.score.spark import infer_spark

@@ -1,8 +1,8 @@
-"""Cutouts and cubes: reading candidates, their geometry, the datacube, otrain-convert.
+"""Cutouts and cubes: their geometry, the datacube, otrain-convert (reading is :mod:`otrain.io.cutouts`).
 
 Modules:
 
-* :mod:`otrain.data.cutouts`: cutout files: listing, headers, pixels, crop geometry;
+* :mod:`otrain.data.cutouts`: cutouts ready for a network: crop geometry, non-finite pixels, required keywords;
 * :mod:`otrain.data.datacube`: the .npz datacube and its splits;
 * :mod:`otrain.data.convert`: otrain-convert: cutout folders to a datacube.
 """

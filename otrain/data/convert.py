@@ -17,18 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from otrain.data.cutouts import (
-    TRAINING_KEYWORDS,
-    CutoutMeta,
-    PixelLocation,
-    list_cutouts,
-    prepare_pixels,
-    read_header,
-    read_pixels,
-    require_keywords,
-)
+from otrain.data.cutouts import TRAINING_KEYWORDS, prepare_pixels, require_keywords
 from otrain.data.datacube import Datacube, balanced_counts, choose_rows
 from otrain.errors import DataError, log_listed
+from otrain.io.cutoutmeta import CutoutMeta
+from otrain.io.cutouts import PixelLocation, list_cutouts, read_header, read_pixels
 from otrain.io.parallel import map_chunks
 from otrain.options import MAX_LISTED_BAD_FILES, ConvertConfig
 

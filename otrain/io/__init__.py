@@ -7,6 +7,8 @@ Modules:
 * :mod:`otrain.io.outputs`: recognising the files otrain wrote before, and their formats;
 * :mod:`otrain.io.markers`: output ownership: the marker file of the folders otrain owns, written and read;
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
+* :mod:`otrain.io.cutouts`: cutout files: listing them, their headers, their pixels;
+* :mod:`otrain.io.cutoutmeta`: a cutout's metadata, from its header keywords;
 * :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
 * :mod:`otrain.io.ids`: candidate ids: read from a header or a table, matched as text;
@@ -18,6 +20,8 @@ Modules:
 __all__ = [
     "atomic",
     "card",
+    "cutoutmeta",
+    "cutouts",
     "fitsreader",
     "ids",
     "jsonfile",

@@ -36,6 +36,7 @@ from pydantic.fields import FieldInfo
 
 from otrain.errors import DataError, OptionError
 from otrain.io.card import card_threshold
+from otrain.io.cutouts import FITS_SUFFIXES
 from otrain.io.outputs import Output, check_outputs
 
 __all__ = [
@@ -62,7 +63,6 @@ __all__ = [
 # Defaults that every family of commands shares.
 
 
-FITS_SUFFIXES = (".fits", ".fit", ".fits.gz", ".fit.gz")
 #: Bad input files a command names one by one; the others are counted.
 MAX_LISTED_BAD_FILES = 20
 

@@ -7,7 +7,9 @@ Modules:
 * :mod:`otrain.score.scoring`: scoring a cube with any backend;
 * :mod:`otrain.score.inference`: otrain-infer: a folder of cutouts to a table;
 * :mod:`otrain.score.pack`: otrain-pack: cutout folders to Parquet for Spark;
-* :mod:`otrain.score.spark`: otrain-infer-spark;
+* :mod:`otrain.score.spark`: otrain-infer-spark: the driver (the model, the inputs, the job, the outputs);
+* :mod:`otrain.score.spark_executor`: what Spark's executors run: decoding cutouts and scoring them;
+* :mod:`otrain.score.spark_session`: the Spark session, quiet, its failures in one line;
 * :mod:`otrain.score.serving`: otrain-serve: an HTTP scoring service;
 * :mod:`otrain.score.export`: otrain-export: the ONNX twin of a model;
 * :mod:`otrain.score.quantize`: the int8 twin;
@@ -24,5 +26,7 @@ __all__ = [
     "scoring",
     "serving",
     "spark",
+    "spark_executor",
+    "spark_session",
     "twin",
 ]

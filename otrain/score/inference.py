@@ -25,9 +25,11 @@ from typing import Any, NoReturn, TextIO
 
 import numpy as np
 
-from otrain.data.cutouts import CutoutMeta, list_cutouts, prepare_pixels, read_header, read_pixels
+from otrain.data.cutouts import prepare_pixels
 from otrain.errors import DataError, first_line, log_listed
 from otrain.io.atomic import atomic_path
+from otrain.io.cutoutmeta import CutoutMeta
+from otrain.io.cutouts import list_cutouts, read_header, read_pixels
 from otrain.io.outputs import INFER_COLUMNS
 from otrain.io.parallel import default_workers, map_chunks
 from otrain.options import MAX_LISTED_BAD_FILES, InferConfig
@@ -85,7 +87,7 @@ def fit_cutout(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> n
     Parameters
     ----------
     pixels : numpy.ndarray
-        Channels-last (H, W, C) float32 planes, as :func:`otrain.data.cutouts.read_pixels` gives them.
+        Channels-last (H, W, C) float32 planes, as :func:`otrain.io.cutouts.read_pixels` gives them.
     shape : tuple of int
         The model's (H, W, C) input.
     path : Path
@@ -123,7 +125,7 @@ def read_for_model(
     shape : tuple of int
         The model's (H, W, C) input.
     planes : tuple of str, optional
-        The planes to read (see :func:`otrain.data.cutouts.read_header`).
+        The planes to read (see :func:`otrain.io.cutouts.read_header`).
     content : bytes, optional
         The file's bytes, already in memory (Spark's ``binaryFile`` source reads them).
 

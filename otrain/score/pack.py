@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from otrain.data.cutouts import crop_center, list_cutouts, read_header, read_pixels
+from otrain.data.cutouts import crop_center
 from otrain.errors import DataError, first_line, log_listed
 from otrain.io.atomic import atomic_folder
+from otrain.io.cutouts import list_cutouts, read_header, read_pixels
 from otrain.io.markers import has_marker, write_marker
 from otrain.io.parallel import map_chunks
 from otrain.options import MAX_LISTED_BAD_FILES, PackConfig

@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from otrain.data.cutouts import read_header, read_pixels
 from otrain.errors import DataError, OptionError, first_line
+from otrain.io.cutouts import read_header, read_pixels
 from otrain.options.uris import is_mlflow_uri
 from otrain.score.inference import fit_cutout, resolve_planes
 from otrain.track.tracking import check_tracking_uri, using_tracking_uri

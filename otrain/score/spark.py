@@ -7,414 +7,63 @@ cutout's metadata and its raw planes, cropped at most to ``--cutout-size`` (comp
 centre crops gives the single crop otrain-infer makes), and non-finite pixels are replaced only
 when scoring, over the model-sized crop, as otrain-infer does.
 
-The model is resolved on the driver (an MLflow URI is downloaded), and what scores is chosen there
-(``--backend``, :func:`otrain.score.backends.choose_backend`): the Keras file, its ONNX twin or its int8 model is
-shipped to the executors with ``SparkContext.addFile`` and loaded once per Python worker (Spark
-reuses its Python workers), with TensorFlow's thread pools or ONNX Runtime's intra-op threads
-sized to the task's cores (``spark.task.cpus``). With the twin, neither the driver nor the
-executors import TensorFlow. Each task reads
-and scores its cutouts in one ``mapInPandas`` pass: measured against decoding in one pass and
-scoring the pixel column with :func:`pyspark.ml.functions.predict_batch_udf` (kept as
-:func:`predict_batch_scorer`, which ``benchmarks/scale_spark.py`` times), it saves the pixels'
-round trip through the JVM between two Python workers. pyspark is imported only by the
-functions that need it.
+The driver's side of otrain-infer-spark lives here: the model is resolved on the driver (an
+MLflow URI is downloaded, :func:`otrain.track.uris.resolve_model`), and what scores is chosen there
+(``--backend``, :func:`otrain.score.backends.choose_backend`): the Keras file, its ONNX twin or its
+int8 model is shipped to the executors with ``SparkContext.addFile``. Then the inputs are listed,
+the job is planned and run, the results are written as Parquet with their ownership marker (and
+optionally as a table), and the files Spark did not read are read again on the driver to say why.
+With the twin, neither the driver nor the executors import TensorFlow.
 
-otrain-pack and the Parquet format live in :mod:`otrain.score.pack`. Why this module is still about
-900 lines: what is left is otrain-infer-spark alone (the session and its errors, the model's
-resolution and shipping, the two decoders, the scoring pass, the files Spark did not read);
-issue 24 gives it a ``score/spark/`` subpackage, and the session and the MLflow model resolver
-(a second one, beside :mod:`otrain.score.serving`'s) go to their rooms then.
+What the executors run (the two decoders, the model loaded once per Python worker, the
+``predict_batch_udf`` scorer) is :mod:`otrain.score.spark_executor`; the session and its errors in
+one line are :mod:`otrain.score.spark_session`. Each task reads and scores its cutouts in one
+``mapInPandas`` pass: measured against decoding in one pass and scoring the pixel column with
+:func:`pyspark.ml.functions.predict_batch_udf` (kept as
+:func:`otrain.score.spark_executor.predict_batch_scorer`, which ``benchmarks/scale_spark.py``
+times), it saves the pixels' round trip through the JVM between two Python workers. pyspark is
+imported only by the functions that need it. otrain-pack and the Parquet format live in
+:mod:`otrain.score.pack`.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import re
 import shutil
-import sys
 import tempfile
 import time
 import urllib.parse
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from otrain.errors import DataError, OptionError, first_line, log_listed
+from otrain.errors import DataError, log_listed
 from otrain.io.atomic import atomic_folder, atomic_path
 from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
+from otrain.io.markers import write_marker
 from otrain.options import FITS_SUFFIXES, MAX_LISTED_BAD_FILES, InferSparkConfig
 from otrain.options.uris import is_mlflow_uri
 from otrain.score.backends import BackendChoice, choose_backend, cutout_shape, load_classifier
 from otrain.score.inference import (
     INFER_COLUMNS,
     failure_message,
-    fit_cutout,
-    meta_cells,
     printable_path,
     read_for_model,
     resolve_planes,
-    reweight,
     table_line,
 )
-from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS, arrow, meta_fields, packed_planes, write_marker
+from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS, arrow, meta_fields, packed_planes
+from otrain.score.spark_executor import EDGE, Problems, Scoring, decode_fits, decode_packed, local_name
+from otrain.score.spark_session import require_spark, spark_message, spark_session
+from otrain.track.uris import resolve_model
 
-__all__ = [
-    "Scorer",
-    "SparkReport",
-    "infer_spark",
-    "predict_batch_scorer",
-    "require_spark",
-    "resolve_model",
-    "spark_session",
-]
+__all__ = ["Scorer", "SparkReport", "infer_spark"]
 
 logger = logging.getLogger("otrain")
-
-#: Spark settings otrain starts its session with; --conf overrides them.
-_DEFAULT_CONF = {
-    "spark.ui.showConsoleProgress": "false",
-    "spark.ui.enabled": "false",
-    "spark.sql.execution.arrow.pyspark.enabled": "true",
-    "spark.sql.session.timeZone": "UTC",
-    # Spark counts 4 MB per file when it groups files into tasks: cutouts of a few kB would make
-    # tasks of some 30 files each, whose start-up costs more than their scoring.
-    "spark.sql.files.openCostInBytes": "8192",
-}
-# Spark's own log lines at ERROR level and above only, on standard error: its INFO/WARN lines
-# (start-up, native Hadoop libraries, ...) would mix with otrain's output.
-_LOG4J2 = """\
-rootLogger.level = error
-rootLogger.appenderRef.stderr.ref = console
-appender.console.type = Console
-appender.console.name = console
-appender.console.target = SYSTEM_ERR
-appender.console.layout.type = PatternLayout
-appender.console.layout.pattern = spark: %p %c{1}: %m%n
-"""
-
-
-# --------------------------------------------------------------------------------------------
-# The Spark session and the model
-
-
-def require_spark() -> None:
-    """Check that pyspark and a Java runtime are there, before anything starts.
-
-    Raises
-    ------
-    OptionError
-        Naming what is missing and how to install it.
-    """
-    import importlib.util
-
-    if importlib.util.find_spec("pyspark") is None:
-        raise OptionError("pyspark is not installed: pip install otrain[spark]")
-    java_home = os.environ.get("JAVA_HOME")
-    java = Path(java_home) / "bin" / "java" if java_home else None
-    if not (java is not None and java.is_file()) and shutil.which("java") is None:
-        raise OptionError(
-            "no Java runtime found (Spark needs Java 17 or later): install one (Debian: openjdk-17-jre-headless) "
-            "or set JAVA_HOME"
-        )
-
-
-@contextmanager
-def spark_session(master: str, conf: Sequence[str] = (), app_name: str = "otrain") -> Iterator[Any]:
-    """Start a quiet Spark session, and stop it at the end, also on error.
-
-    Parameters
-    ----------
-    master : str
-        ``local[*]``, ``spark://host:port``, ``yarn``...
-    conf : sequence of str
-        ``KEY=VALUE`` settings; they override otrain's defaults.
-    app_name : str
-        The application's name in Spark's UI.
-
-    Yields
-    ------
-    pyspark.sql.SparkSession
-        The session.
-
-    Raises
-    ------
-    DataError
-        In one line, when Spark does not start (why, and the ``conf`` settings given) or fails
-        (the innermost Java exception, or the Python error of an executor).
-    """
-    require_spark()
-    from pyspark.sql import SparkSession
-
-    settings = dict(_DEFAULT_CONF)
-    settings.update(entry.split("=", 1) for entry in conf)
-    # TensorFlow's C++ start-up lines in the Python workers (local mode: on this terminal).
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    settings.setdefault("spark.executorEnv.TF_CPP_MIN_LOG_LEVEL", os.environ["TF_CPP_MIN_LOG_LEVEL"])
-    if master.startswith("local"):
-        # The Python workers run this interpreter (a venv's, even when the venv is not activated):
-        # Spark takes it from PYSPARK_PYTHON; its spark.pyspark.python setting was not honoured.
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        # Local mode needs no network name: on loopback it also runs where the host name does not
-        # resolve (a container with --network none) and opens no port beyond this machine.
-        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        os.environ.setdefault("SPARK_LOCAL_HOSTNAME", "localhost")
-        settings.setdefault("spark.pyspark.python", sys.executable)
-        settings.setdefault("spark.pyspark.driver.python", sys.executable)
-    with tempfile.TemporaryDirectory(prefix="otrain-spark-") as scratch:
-        log_config = Path(scratch) / "log4j2.properties"
-        log_config.write_text(_LOG4J2)
-        option = f"-Dlog4j2.configurationFile={log_config.as_uri()}"
-        for key in ("spark.driver.extraJavaOptions", "spark.executor.extraJavaOptions"):
-            settings[key] = f"{settings[key]} {option}" if key in settings else option
-        builder = SparkSession.builder.master(master).appName(app_name)
-        for key, value in settings.items():
-            builder = builder.config(key, value)
-        log_file = Path(scratch) / "spark.log"
-        started = False
-        try:
-            with warnings.catch_warnings():
-                # pyspark 4.3 warns on every pandas UDF that it "does not yet fully support pandas >= 3".
-                warnings.filterwarnings("ignore", "PySpark does not yet fully support pandas", FutureWarning)
-                with _output_into(log_file):
-                    session = builder.getOrCreate()
-                started = True
-                session.sparkContext.setLogLevel("ERROR")
-                try:
-                    yield session
-                finally:
-                    session.stop()
-        except Exception as error:
-            if not type(error).__module__.startswith(("py4j", "pyspark")):
-                raise
-            # The JVM's failures arrive with pages of Java trace: one line.
-            if started:
-                raise DataError(f"Spark failed (master {master}): {_spark_message(error)}") from None
-            # Java may exit before saying anything to pyspark ("Java gateway process exited"): what it
-            # printed says why, and a bad --conf value is the usual cause.
-            reason = _java_start_failure(log_file) if "JAVA_GATEWAY_EXITED" in str(error) else None
-            given = f"; --conf given: {' '.join(conf)}" if conf else ""
-            reason = f"Java exited: {reason}" if reason else _spark_message(error)
-            raise DataError(f"Spark did not start (master {master}): {reason}{given}") from None
-
-
-@contextmanager
-def _output_into(log_file: Path) -> Iterator[None]:
-    """Send what is written to file descriptors 1 and 2 in the block, and by processes started there, to a file.
-
-    The JVM that pyspark starts inherits them: its start-up lines, Java's warnings and the
-    Python workers' TensorFlow lines (local mode) then stay out of otrain's output.
-    """
-    for stream in (sys.stdout, sys.stderr):
-        stream.flush()
-    saved = [os.dup(1), os.dup(2)]
-    target = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        os.dup2(target, 1)
-        os.dup2(target, 2)
-        yield
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for descriptor in (*saved, target):
-            os.close(descriptor)
-
-
-def _spark_message(error: BaseException) -> str:
-    """One line for a Spark failure: the Python error raised in an executor when there is one.
-
-    Else the innermost Java exception, which names the path and the cause (py4j's own first line
-    names only the method called, such as "An error occurred while calling o50.load.").
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    for line in reversed(lines):
-        if line.startswith(("otrain.errors.", "ValueError:", "RuntimeError:", "OSError:", "MemoryError:")):
-            return line[:300]
-    cause = getattr(error, "java_exception", None)
-    if cause is not None:
-        try:
-            while cause.getCause() is not None:
-                cause = cause.getCause()
-            text = cause.getMessage()
-            name = str(cause.getClass().getSimpleName())
-            return (f"{name}: {str(text).strip().splitlines()[0]}" if text and str(text).strip() else name)[:300]
-        except Exception:  # the JVM has gone: py4j's own line below
-            pass
-    return (lines[0] if lines else type(error).__name__)[:300]
-
-
-def _java_start_failure(log_file: Path) -> str | None:
-    """Return why Java exited before Spark started, from its output (``Invalid maximum heap size: -Xmxlots``)."""
-    boilerplate = (
-        "Error: Could not create the Java Virtual Machine.",
-        "Error: A fatal exception has occurred. Program will exit.",
-        "Error occurred during initialization of VM",
-    )
-    try:
-        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        line = line.strip()
-        if not line or line in boilerplate or line.startswith(("at ", "WARNING", "Using Spark's default")):
-            continue
-        # Exception in thread "main" org.apache.spark.SparkException: Executor memory must be ... -> SparkException: ...
-        line = re.sub(r'^Exception in thread "[^"]*" ', "", line)
-        return re.sub(r"^(?:[a-z_$][\w$]*\.)+(?=[A-Z][\w$]*: )", "", line)[:300]
-    return None
-
-
-def resolve_model(model: str, scratch: Path) -> Path:
-    """Return a local Keras file for ``--model``: the file itself, or an MLflow model downloaded.
-
-    An MLflow model (``models:/NAME@ALIAS``, ``runs:/...``) logged by otrain-train holds its Keras
-    file in ``data/model.keras`` and its ONNX twin beside it (``data/model.onnx``, stamped for
-    that file); the model card its training logged (``training/*.card.json``) is downloaded
-    beside them, so that the card's threshold and planes apply as for a file.
-
-    Parameters
-    ----------
-    model : str
-        A model file, or an MLflow model URI (resolved against ``MLFLOW_TRACKING_URI``).
-    scratch : Path
-        A folder for the download.
-
-    Returns
-    -------
-    Path
-        The Keras file.
-
-    Raises
-    ------
-    DataError
-        When the URI names no model, or not a Keras model.
-    """
-    if not is_mlflow_uri(model):
-        return Path(model)
-    import mlflow
-    from mlflow.exceptions import MlflowException
-    from mlflow.tracking import MlflowClient
-
-    from otrain.track.tracking import resolve_tracking_uri, using_tracking_uri
-    from otrain.track.uris import run_of
-
-    uri = resolve_tracking_uri()
-    with using_tracking_uri(uri):
-        try:
-            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=model, dst_path=str(scratch / "model")))
-        except (MlflowException, OSError) as error:
-            raise DataError(f"--model {model}: cannot fetch it from {uri} ({first_line(error)[:200]})") from None
-        keras_file = folder / "data" / "model.keras"
-        if not keras_file.is_file():
-            raise DataError(f"--model {model}: not a Keras model logged by otrain-train (no data/model.keras)")
-        client = MlflowClient(uri)
-        try:
-            run_id = run_of(client, model)
-            cards = [
-                item.path for item in client.list_artifacts(run_id, "training") if item.path.endswith(".card.json")
-            ]
-            if len(cards) == 1:
-                fetched = Path(client.download_artifacts(run_id, cards[0], str(scratch / "card")))
-                shutil.copyfile(fetched, card_file(keras_file))
-        except MlflowException as error:
-            logger.warning("--model %s: no model card found with its run (%s)", model, first_line(error)[:200])
-    return keras_file
-
-
-def _task_cpus() -> int:
-    from pyspark import TaskContext
-
-    context = TaskContext.get()
-    return max(1, int(context.cpus())) if context is not None else 1
-
-
-def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Load the model file shipped with ``addFile`` on the task's cores; return P(real) of pixels.
-
-    An ONNX twin (``.onnx``) runs on ONNX Runtime, TensorFlow not imported; a Keras file on
-    TensorFlow.
-    """
-    from pyspark import SparkFiles
-
-    from otrain.score.scoring import predict
-
-    path = Path(SparkFiles.get(model_name))
-    cpus = _task_cpus()
-    if path.suffix == ".onnx":
-        from otrain.score.backends import OnnxClassifier
-
-        classifier = OnnxClassifier(path, threads=cpus)
-        # No padding: ONNX Runtime runs a batch of any size without tracing anything anew.
-        return lambda pixels, batch_size: predict(classifier, pixels, batch_size)
-
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import tensorflow as tf
-
-    from otrain.nets.model import load_model
-
-    try:
-        tf.config.threading.set_intra_op_parallelism_threads(cpus)
-        tf.config.threading.set_inter_op_parallelism_threads(cpus)
-    except RuntimeError:
-        pass  # TensorFlow already runs in this worker (a reused one): its pools stay as they are
-    model = load_model(path)
-
-    def predict_padded(pixels: np.ndarray, batch_size: int) -> np.ndarray:
-        # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
-        # traces the model once per worker instead of once per new size (about a second each).
-        count = len(pixels)
-        padded = np.zeros((-(-count // batch_size) * batch_size, *pixels.shape[1:]), dtype=np.float32)
-        padded[:count] = pixels
-        return predict(model, padded, batch_size)[:count]
-
-    return predict_padded
-
-
-def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None) -> Callable[[], Any]:
-    """Return predict_batch_udf's factory: called once per Python worker, it loads the shipped model."""
-
-    def make() -> Callable[[np.ndarray], np.ndarray]:
-        predict_padded = _load_shipped_model(model_name)
-        return lambda pixels: reweight(predict_padded(pixels, batch_size), prob_ratio)
-
-    return make
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding: FITS bytes or packed rows to model-sized pixels, in the executors
-
-
-_EDGE = "edge"
-
-
-def _local_name(uri: str, roots: tuple[str, str] | None = None, escaped: bool = False) -> str:
-    """Name a file as otrain-infer would: a local path for ``file:`` URIs, else the URI.
-
-    ``roots`` is (the input folder as an absolute path, the folder as the user gave it): a
-    path below the first is named below the second, as otrain-infer names it. ``escaped`` says
-    that ``uri`` is %-escaped (``file:///a%20b.fits``, as in Spark's list of input files), not a
-    Hadoop path written as it is (``file:/a b.fits``, binaryFile's ``path`` column).
-    """
-    parsed = urllib.parse.urlparse(uri)
-    if parsed.scheme != "file":
-        return urllib.parse.unquote(uri) if escaped else uri
-    if escaped:
-        name = urllib.parse.unquote(parsed.path)
-    else:
-        name = uri[len("file:") :]
-        if name.startswith("//"):  # file:///path, file://host/path
-            name = "/" + name[2:].partition("/")[2]
-    if roots is not None and name.startswith(roots[0].rstrip("/") + "/"):
-        return str(Path(roots[1]) / name[len(roots[0].rstrip("/")) + 1 :])
-    return name
 
 
 def _spark_uri(location: str | Path) -> str:
@@ -429,123 +78,12 @@ def _spark_uri(location: str | Path) -> str:
     return "file://" + str(Path(text).absolute())
 
 
-class _Problems:
-    """Spark accumulator parameter: the (file, problem) pairs of the cutouts not scored."""
-
-    def zero(self, value: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        """Return an empty list."""
-        return []
-
-    def addInPlace(self, first: list[tuple[str, str]], second: list[tuple[str, str]]) -> list[tuple[str, str]]:  # noqa: N802
-        """Join two lists (Spark's name for it)."""
-        first.extend(second)
-        return first
-
-
-#: The model of each Python worker, loaded at its first batch (Spark reuses its Python workers).
-_WORKER_MODELS: dict[str, Any] = {}
-
-
-def _worker_model(model_name: str) -> Any:
-    """Load the model file shipped with ``addFile`` once per Python worker, on the task's cores."""
-    if model_name not in _WORKER_MODELS:
-        _WORKER_MODELS[model_name] = _load_shipped_model(model_name)
-    return _WORKER_MODELS[model_name]
-
-
-@dataclass(frozen=True)
-class _Scoring:
-    """How the executors score in the same pass as they read: the shipped model file and its options."""
-
-    model_name: str  #: the Keras file's or the ONNX twin's name
-    batch_size: int
-    prob_ratio: float | None
-
-
-def _frame(cells: list[Sequence[Any]], pixels: list[np.ndarray], scoring: _Scoring | None) -> Any:
-    import pandas as pd
-
-    columns: dict[str, Any] = {}
-    for index, name in enumerate(META_COLUMNS):
-        values = [row[index] for row in cells]
-        columns[name] = [None if value is None else str(value) for value in values] if name in TEXT_COLUMNS else values
-    if scoring is None:
-        columns["pixels"] = [array.ravel() for array in pixels]
-    else:
-        predict_batch = _worker_model(scoring.model_name)
-        columns["label1"] = reweight(predict_batch(np.stack(pixels), scoring.batch_size), scoring.prob_ratio)
-    return pd.DataFrame(columns)
-
-
-def _decode_fits(
-    shape: tuple[int, int, int],
-    planes: tuple[str, ...] | None,
-    problems: Any,
-    scoring: _Scoring | None = None,
-    roots: tuple[str, str] | None = None,
-) -> Callable[[Any], Iterator[Any]]:
-    def decode(batches: Iterator[Any]) -> Iterator[Any]:
-        for batch in batches:
-            cells, pixels, skipped = [], [], []
-            for uri, content in zip(batch["path"], batch["content"], strict=True):
-                path = Path(_local_name(uri, roots))
-                try:
-                    meta, cutout = read_for_model(path, shape, planes, content=bytes(content))
-                except Exception as error:  # an executor reports, never dies, on a strange file
-                    skipped.append((printable_path(path), failure_message(path, error)))
-                    continue
-                if cutout is None:
-                    skipped.append((printable_path(path), _EDGE))
-                    continue
-                cells.append(meta_cells(printable_path(path), meta))
-                pixels.append(cutout)
-            problems.add(skipped)
-            if cells:  # an empty batch would reach the model as an array of no shape
-                yield _frame(cells, pixels, scoring)
-
-    return decode
-
-
-def _decode_packed(
-    shape: tuple[int, int, int], problems: Any, scoring: _Scoring | None = None
-) -> Callable[[Any], Iterator[Any]]:
-    def decode(batches: Iterator[Any]) -> Iterator[Any]:
-        for batch in batches:
-            cells, pixels, skipped = [], [], []
-            for record in batch.to_dict("records"):
-                # pandas gives a missing text as None or NaN (pandas 3): an error is a string.
-                if isinstance(record["error"], str):
-                    skipped.append((record["filename"], record["error"]))
-                    continue
-                if record["edge"]:
-                    skipped.append((record["filename"], _EDGE))
-                    continue
-                path = Path(record["filename"])
-                try:
-                    stored = np.frombuffer(record["pixels"], dtype="<f4").reshape(tuple(record["shape"]))
-                    cutout = fit_cutout(stored.astype(np.float32), shape, path)
-                except Exception as error:
-                    skipped.append((record["filename"], failure_message(path, error)))
-                    continue
-                cells.append(tuple(record[name] for name in META_COLUMNS))
-                pixels.append(cutout)
-            problems.add(skipped)
-            if cells:  # an empty batch would reach the model as an array of no shape
-                yield _frame(cells, pixels, scoring)
-
-    return decode
-
-
 def _fits_glob() -> str:
     """Return a Hadoop glob matching the cutout suffixes in any case (.fits, .fit, .fits.gz, .fit.gz)."""
     spelled = [
         "".join(f"[{char.lower()}{char.upper()}]" if char.isalpha() else char for char in s) for s in FITS_SUFFIXES
     ]
     return "*{" + ",".join(spelled) + "}"
-
-
-# --------------------------------------------------------------------------------------------
-# otrain-infer-spark
 
 
 @dataclass
@@ -701,11 +239,11 @@ def _score(
     started = time.perf_counter()
     # One pass over the input: the executors read each cutout once, report the ones they cannot
     # score (EDGE, unreadable) through an accumulator, and score the rest.
-    problems = spark.sparkContext.accumulator([], _Problems())
+    problems = spark.sparkContext.accumulator([], Problems())
     spark.sparkContext.addFile(str(shipped))  # the Keras file or the ONNX twin: what the executors load
     if card_file(shipped).is_file():
         spark.sparkContext.addFile(str(card_file(shipped)))
-    scoring = None if scorer is not None else _Scoring(shipped.name, config.batch_size, config.prob_ratio)
+    scoring = None if scorer is not None else Scoring(shipped.name, config.batch_size, config.prob_ratio)
     last = (
         types.StructField("pixels", types.ArrayType(types.FloatType()))
         if scoring is None
@@ -737,15 +275,15 @@ def _score(
         except Exception as error:
             if not type(error).__module__.startswith(("py4j", "pyspark")):
                 raise
-            raise DataError(f"{config.cutouts}: cannot list the cutouts ({_spark_message(error)})") from None
+            raise DataError(f"{config.cutouts}: cannot list the cutouts ({spark_message(error)})") from None
         listed = source._jdf.inputFiles()  # a Java array: names cross to Python only when some went unread
         local = not urllib.parse.urlparse(config.cutouts).scheme or Path(config.cutouts).exists()
         roots = (str(Path(config.cutouts).absolute()), config.cutouts) if local else None
-        decoded = source.mapInPandas(_decode_fits(shape, planes, problems, scoring, roots), schema)
+        decoded = source.mapInPandas(decode_fits(shape, planes, problems, scoring, roots), schema)
         where = config.cutouts
     else:
         packed = spark.read.parquet(_spark_uri(config.parquet))
-        decoded = packed.mapInPandas(_decode_packed(shape, problems, scoring), schema)
+        decoded = packed.mapInPandas(decode_packed(shape, problems, scoring), schema)
         where = str(config.parquet)
     if scorer is not None:
         decoded = decoded.withColumn("label1", scorer(spark, shipped, shape, config)(functions.col("pixels")))
@@ -772,8 +310,8 @@ def _score(
                 seen.update(pq.read_table(folder / part.name, columns=["filename"])["filename"].to_pylist())
             skipped.update(_unread_files(spark, listed, seen, roots, shape, planes))
         skipped = dict(sorted(skipped.items()))
-        report.n_edge = sum(1 for message in skipped.values() if message == _EDGE)
-        report.bad_files = [(name, message) for name, message in skipped.items() if message != _EDGE]
+        report.n_edge = sum(1 for message in skipped.values() if message == EDGE)
+        report.bad_files = [(name, message) for name, message in skipped.items() if message != EDGE]
         report.n_files = report.n_scored + len(skipped)
         if report.n_files == 0:
             raise DataError(f"{where}: no cutout files (*.fits, *.fit, *.fits.gz)")
@@ -815,7 +353,7 @@ def _unread_files(
     unread = {}
     # One string across py4j, not a call per name (py4j passes a String[] to no JDK join); a file name holds no NUL.
     for uri in str(jvm.org.apache.hadoop.util.StringUtils.join("\0", listed)).split("\0"):
-        path = Path(_local_name(uri, roots, escaped=True))
+        path = Path(local_name(uri, roots, escaped=True))
         name = printable_path(path)
         if name not in seen:
             problem = _unread_problem(spark, uri, path, roots is not None, shape, planes)
@@ -840,7 +378,7 @@ def _unread_problem(
         try:
             content = _hadoop_read(spark, uri)
         except Exception as error:  # py4j's Java exception
-            return f"{path}: cannot read the file ({_spark_message(error)})"
+            return f"{path}: cannot read the file ({spark_message(error)})"
     try:
         read_for_model(path, shape, planes, content=content)
     except Exception as error:
@@ -860,34 +398,3 @@ def _hadoop_read(spark: Any, uri: str) -> bytes:
         return bytes(jvm.org.apache.hadoop.io.IOUtils.readFullyToByteArray(stream))
     finally:
         stream.close()
-
-
-def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, int], config: InferSparkConfig) -> Any:
-    """Score with :func:`pyspark.ml.functions.predict_batch_udf`: the model loaded once per Python worker.
-
-    Parameters
-    ----------
-    spark : pyspark.sql.SparkSession
-        The session (the model file has been added with ``SparkContext.addFile``).
-    model_file : Path
-        The file the executors load (the Keras model, its ONNX twin or its int8 model), on the driver; executors
-        find it by name with ``SparkFiles.get``.
-    shape : tuple of int
-        The model's (H, W, C) input.
-    config : InferSparkConfig
-        The options (batch size, prior ratio).
-
-    Returns
-    -------
-    callable
-        Column -> column of P(real), re-weighted by ``--prob-ratio``.
-    """
-    from pyspark.ml.functions import predict_batch_udf
-    from pyspark.sql.types import DoubleType
-
-    return predict_batch_udf(
-        _make_predict_fn(model_file.name, config.batch_size, config.prob_ratio),
-        return_type=DoubleType(),
-        batch_size=config.batch_size,
-        input_tensor_shapes=[list(shape)],
-    )

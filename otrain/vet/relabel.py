@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from otrain import __version__
-from otrain.data.cutouts import list_cutouts
 from otrain.errors import DataError
 from otrain.io.atomic import atomic_folder
+from otrain.io.cutouts import list_cutouts
 from otrain.io.markers import write_marker
 from otrain.io.progress import track
 from otrain.options import FITS_SUFFIXES, RELABEL_FOLDERS, RelabelConfig

@@ -30,10 +30,10 @@ from typing import Any
 
 import numpy as np
 
-from otrain.data.cutouts import list_cutouts
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
+from otrain.io.cutouts import list_cutouts
 from otrain.io.ids import candidate_key
 from otrain.io.layout import RUN_FILE
 from otrain.io.markers import write_marker

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from otrain.data.cutouts import CutoutMeta, read_header, read_pixels
 from otrain.errors import DataError
+from otrain.io.cutoutmeta import CutoutMeta
+from otrain.io.cutouts import read_header, read_pixels
 from otrain.io.ids import candidate_key
 from otrain.score.inference import fit_cutout
 
