@@ -78,7 +78,7 @@ test: $(STAMP) lint docs
 	OTRAIN_PROGRESS=0 MLFLOW_TRACKING_URI=sqlite:///$(CURDIR)/.pytest_cache/mlflow.db \
 		$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The container tests alone (tests/test_docker.py, tests/test_compose.py): they start Debian's
+# The container tests alone (tests/containers/test_docker.py, tests/containers/test_compose.py): they start Debian's
 # Docker engine when none runs, build the CPU image with `make docker-image`, run the Docker commands
 # of docs/containers.md, and bring the compose stack up and down (docker/compose.sh: Compose v2, or
 # Debian's docker-compose, installed as root with OTRAIN_INSTALL_SYSTEM_PACKAGES=1).
@@ -113,7 +113,7 @@ docker-image-gpu:
 		-f docker/Dockerfile.gpu -t $(GPU_IMAGE) .
 	$(PRUNE_UNTAGGED)
 
-# Retraining, as .github/workflows/retrain.yml runs it (tests/test_pipeline.py runs it too):
+# Retraining, as .github/workflows/retrain.yml runs it (tests/pipeline/test_pipeline.py runs it too):
 # scripts/retrain.sh, configured by the environment: DVC_REMOTE_URL (DVC_REMOTE_USER,
 # DVC_REMOTE_PASSWORD), PARAMS (params.yaml overrides) and SUMMARY (Markdown report).
 retrain: $(SETUP)

@@ -8,7 +8,7 @@
 # OTRAIN_DOCKER_ROOT (default /var/tmp/otrain-docker) holds its data root, socket, pid file and
 # log; the data root is kept between runs as a layer cache. The engine creates no default bridge
 # and touches no iptables rules: builds use --network host, `docker run` --network none or host.
-# User-defined bridges still work without iptables (checked with tests/test_compose.py): the
+# User-defined bridges still work without iptables (checked with tests/containers/test_compose.py): the
 # compose stack's default network joins its containers, which reach each other by name, and its
 # published ports (127.0.0.1:PORT) go through Docker's userland proxy. Only the way out (NAT) is
 # missing, which the stack does not need; hence no change to --bridge or --iptables here.

@@ -10,6 +10,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -18,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,7 @@ __all__ = [
     "free_ports",
     "history_epochs",
     "imported_by_help",
+    "page_data",
     "serving",
     "stop_group",
     "tracking_at",
@@ -199,3 +202,11 @@ def history_epochs(folder: Path) -> list[int]:
 def epochs_printed(out: str) -> list[int]:
     """The epochs a training printed (its ``epoch N/M ...`` lines), in order."""
     return [int(line.split("/")[0].split()[1]) for line in out.splitlines() if line.startswith("epoch ")]
+
+
+def page_data(output: Path) -> dict[str, Any]:
+    """The data the page embeds (its rows, counts and header)."""
+    text = (output / "index.html").read_text()
+    found = re.search(r'<script id="otrain-data" type="application/json">(.*?)</script>', text, re.S)
+    assert found is not None
+    return json.loads(found.group(1).replace("<\\/", "</"))

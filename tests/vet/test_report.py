@@ -6,7 +6,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 from astropy.io import fits
 from browser import browser_executables, chromium, requested_urls
 from conftest import BIN, ROOT, call_main, files_under, write_gmadet
+from helpers import page_data
 
 from otrain.cli.infer import main as infer_main
 from otrain.cli.relabel import main as relabel_main
@@ -28,14 +28,6 @@ from otrain.options import REPORT_MARKER
 ARTIFACTS = Path(os.environ.get("OTRAIN_TEST_ARTIFACTS", ROOT / "test-artifacts"))
 TILE = 64
 HOSTILE = 'odd "name", <!--<script>__OTRAIN_DATA__.fits'
-
-
-def page_data(output: Path) -> dict[str, Any]:
-    """The data the page embeds (its rows, counts and header)."""
-    text = (output / "index.html").read_text()
-    found = re.search(r'<script id="otrain-data" type="application/json">(.*?)</script>', text, re.S)
-    assert found is not None
-    return json.loads(found.group(1).replace("<\\/", "</"))
 
 
 def table_rows(table: Path) -> dict[str, dict[str, str]]:

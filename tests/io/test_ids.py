@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import call_main, pixels, write_gmadet
-from test_report import page_data
+from helpers import page_data
 
 from otrain.errors import DataError
 from otrain.io.ids import candidate_key, header_candid
