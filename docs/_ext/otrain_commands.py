@@ -18,13 +18,14 @@ import inspect
 import re
 import sys
 import tomllib
-import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pydantic import AliasChoices, BaseModel
+
+from otrain.cli.app import type_label
 
 __all__ = ["Command", "Option", "commands", "reference", "setup"]
 
@@ -71,35 +72,6 @@ def _model_of(name: str, entry_point: str) -> type[BaseModel]:
     return found.pop()
 
 
-def _without_none(annotation: Any) -> Any:
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        members = [member for member in typing.get_args(annotation) if member is not type(None)]
-        if len(members) == 1:
-            return members[0]
-        return typing.Union[tuple(members)]  # noqa: UP007 - rebuilt from a tuple of members
-    return annotation
-
-
-def _type(annotation: Any) -> str:
-    annotation = _without_none(annotation)
-    while typing.get_origin(annotation) is typing.Annotated:
-        annotation = typing.get_args(annotation)[0]
-        annotation = _without_none(annotation)
-    origin = typing.get_origin(annotation)
-    if origin is typing.Literal:
-        return "{" + ",".join(str(value) for value in typing.get_args(annotation)) + "}"
-    if origin in (typing.Union, types.UnionType):
-        return "|".join(_type(member) for member in typing.get_args(annotation))
-    if origin in (tuple, list):
-        item = _type(typing.get_args(annotation)[0])
-        return f"{item} [{item} ...]"
-    if annotation is bool:
-        return ""
-    if isinstance(annotation, type) and issubclass(annotation, Path):
-        return "PATH"
-    return {int: "INT", float: "FLOAT", str: "TEXT"}.get(annotation, getattr(annotation, "__name__", str(annotation)))
-
-
 def _checks(annotation: Any, metadata: list[Any]) -> tuple[str, ...]:
     """Return the value checks of an option: the names of its validators (their messages say the rule)."""
     found: list[Any] = []
@@ -132,7 +104,7 @@ def _option(model: type[BaseModel], name: str) -> Option:
             spelled = "--" + str(alias).replace("_", "-")
             if alias != name and spelled not in spellings:
                 spellings.append(spelled)
-    kind = _type(field.annotation)
+    kind = type_label(field.annotation)  # as --help names it
     if field.is_required():
         default = "required"
     elif kind == "":

@@ -47,7 +47,7 @@ from pydantic import ValidationError
 from otrain.errors import EXIT_BAD_OPTION, EXIT_INTERRUPTED, OtrainError
 from otrain.options import CommandConfig
 
-__all__ = ["parse_options", "render_help", "run_command"]
+__all__ = ["parse_options", "render_help", "run_command", "type_label"]
 
 
 class _CommandLineError(Exception):
@@ -73,7 +73,20 @@ def _strip_optional(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
-def _type_label(annotation: Any) -> str:
+def type_label(annotation: Any) -> str:
+    """Return how ``--help`` (and the command reference of the docs) names an option's type.
+
+    Parameters
+    ----------
+    annotation : Any
+        The option's annotation in its option model.
+
+    Returns
+    -------
+    str
+        ``INT``, ``FLOAT``, ``TEXT``, ``PATH``, ``{a,b}`` for a choice, ``X [X ...]`` for several
+        values, ``A|B`` for either; empty for a switch.
+    """
     annotation, _ = _strip_optional(annotation)
     while typing.get_origin(annotation) is typing.Annotated:
         annotation = typing.get_args(annotation)[0]
@@ -81,9 +94,9 @@ def _type_label(annotation: Any) -> str:
     if origin is typing.Literal:
         return "{" + ",".join(str(value) for value in typing.get_args(annotation)) + "}"
     if origin in (typing.Union, types.UnionType):
-        return "|".join(_type_label(member) for member in typing.get_args(annotation))
+        return "|".join(type_label(member) for member in typing.get_args(annotation))
     if origin in (tuple, list):
-        item = _type_label(typing.get_args(annotation)[0])
+        item = type_label(typing.get_args(annotation)[0])
         return f"{item} [{item} ...]"
     if annotation is bool:
         return ""
@@ -198,13 +211,13 @@ def render_help(config: type[CommandConfig]) -> str:
         Usage line, description and every option with its type, default and meaning.
     """
     required = [name for name, field in config.model_fields.items() if field.is_required()]
-    usage = " ".join(f"{config.flag_of(name)} {_type_label(config.model_fields[name].annotation)}" for name in required)
+    usage = " ".join(f"{config.flag_of(name)} {type_label(config.model_fields[name].annotation)}" for name in required)
     lines = [f"usage: {config.command} {usage} [options]".replace("  ", " "), ""]
     lines += [line.strip() for line in (config.__doc__ or "").strip().splitlines()]
     lines += ["", "options:"]
     ordered = sorted(config.model_fields.items(), key=lambda item: not item[1].is_required())
     for name, field in ordered:
-        label = _type_label(field.annotation)
+        label = type_label(field.annotation)
         flags = ", ".join(_flags(config, name))
         if label == "" and field.default is True:
             flags = "--no-" + flags.removeprefix("--")
