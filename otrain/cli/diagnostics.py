@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.cli.tf_setup import prepare_tensorflow
+from otrain.cli.tf_setup import choose_scorer
 from otrain.options import DiagnosticsConfig
 
 __all__ = ["main"]
@@ -26,11 +26,7 @@ _ROWS = (
 
 
 def _diagnostics(config: DiagnosticsConfig) -> None:
-    from otrain.score.backends import choose_backend
-
-    choice = choose_backend(config.model_path, config.backend)
-    if choice.backend == "keras":
-        prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
+    choice = choose_scorer(config.model_path, config.backend)
     from otrain.judge.analysis import run_diagnostics
 
     report = run_diagnostics(config, choice)

@@ -6,18 +6,14 @@ from collections.abc import Sequence
 from typing import NoReturn
 
 from otrain.cli.app import run_command
-from otrain.cli.tf_setup import prepare_tensorflow
+from otrain.cli.tf_setup import choose_scorer
 from otrain.options import PlotResultsConfig
 
 __all__ = ["main"]
 
 
 def _plot_results(config: PlotResultsConfig) -> None:
-    from otrain.score.backends import choose_backend
-
-    choice = choose_backend(config.model_path, config.backend)
-    if choice.backend == "keras":
-        prepare_tensorflow()  # ONNX Runtime scores without TensorFlow: not imported then
+    choice = choose_scorer(config.model_path, config.backend)
     from otrain.judge.analysis import run_plot_results
 
     written = run_plot_results(config, choice)

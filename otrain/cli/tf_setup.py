@@ -1,4 +1,4 @@
-"""TensorFlow for the commands: imported once, quietly, at the log level the user chose."""
+"""TensorFlow for the commands: imported once, quietly, at the log level the user chose, and only when needed."""
 
 from __future__ import annotations
 
@@ -7,8 +7,13 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["filter_native_logs", "prepare_tensorflow"]
+if TYPE_CHECKING:
+    from otrain.score.backends import BackendChoice
+
+__all__ = ["choose_scorer", "filter_native_logs", "prepare_tensorflow"]
 
 
 # Run in a child process: reads what the block writes to file descriptor 2 and passes on every
@@ -90,3 +95,29 @@ def prepare_tensorflow() -> None:
         min_level = 0
     with filter_native_logs(min_level):
         import tensorflow  # noqa: F401
+
+
+def choose_scorer(model_file: Path, backend: str) -> BackendChoice:
+    """Choose what scores for a command, once (:func:`otrain.score.backends.choose_backend`).
+
+    TensorFlow is set up (:func:`prepare_tensorflow`) only when the Keras model scores: ONNX
+    Runtime scores without it, and the command then never imports it.
+
+    Parameters
+    ----------
+    model_file : Path
+        The Keras model the command was given.
+    backend : str
+        The command's ``--backend``.
+
+    Returns
+    -------
+    BackendChoice
+        What the command passes on to everything that scores.
+    """
+    from otrain.score.backends import choose_backend
+
+    choice = choose_backend(model_file, backend)
+    if choice.backend == "keras":
+        prepare_tensorflow()
+    return choice
