@@ -162,7 +162,8 @@ def _registry_version(model: Path) -> dict[str, Any]:
         versions = client.search_model_versions(f"run_id = '{run.run_id}'")
         if not versions:
             return {"run_id": run.run_id, "status": "not registered"}
-        latest = max(versions, key=lambda version: int(version.version))
+        # A run may be registered under several names: the page names its newest registration.
+        latest = max(versions, key=lambda version: (version.creation_timestamp or 0, int(version.version)))
         # A search does not fill in the aliases.
         aliases = client.get_model_version(latest.name, latest.version).aliases
     except Exception as error:  # the page is still useful without the registry

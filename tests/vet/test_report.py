@@ -286,6 +286,12 @@ def test_tracking_logs_the_page_and_names_the_registered_version(
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     run_id = json.loads((trained / "mlflow_run.json").read_text())["run_id"]
     client = MlflowClient(tracking_uri)
+    # The same run registered before under another name, with a higher version number: the page
+    # names the newest registration, whatever other tests of the session registered.
+    client.create_registered_model("vetting-earlier")
+    for _ in range(2):
+        client.create_model_version("vetting-earlier", f"runs:/{run_id}/model", run_id=run_id)
+    time.sleep(0.01)  # registration times are in milliseconds: the next one is later
     client.create_registered_model("vetting-test")
     version = client.create_model_version("vetting-test", f"runs:/{run_id}/model", run_id=run_id)
     client.set_registered_model_alias("vetting-test", "champion", version.version)
