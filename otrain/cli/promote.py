@@ -19,11 +19,15 @@ def _promote(config: PromoteConfig) -> None:
     from otrain.track.registry import promote
 
     decision = promote(config, functools.partial(PromotionGate, config))
+    at = "" if decision.new_threshold is None else f" at threshold {decision.new_threshold:.4g}"
     print(
-        f"registered {decision.registered_name} version {decision.version} ({decision.metric} {decision.new_value:.4f})"
+        f"registered {decision.registered_name} version {decision.version} "
+        f"({decision.metric} {decision.new_value:.4f}{at})"
     )
     verdict = f"promoted to '{config.alias}'" if decision.promoted else "not promoted"
     print(f"{verdict}: {decision.reason}")
+    if decision.note is not None and decision.champion_value is None:  # otherwise the reason says it
+        print(f"note: {decision.note}")
     if config.report is not None:
         print(f"written: {config.report}")
 

@@ -9,6 +9,13 @@ least the champion's minus a tolerance, both scored on test rows that neither mo
   (its cube, found by path and checked by hash) and the new test rows with those candidate ids
   are left out; when that cannot be done (the cube is gone, ids are not unique, too few rows
   remain), the gate refuses to promote and says why.
+
+Each model is judged at its own operating point. The default metric, ROC AUC, needs no
+threshold: it compares how well the two models rank real above bogus, whatever threshold each
+runs at. A thresholded metric (MCC, F1, accuracy) is computed for each model at the threshold
+its model card records (the one every scoring command uses, chosen at training with
+--target-fnr), read from the registered MLflow model, where training copies the card; a model
+whose card records none (an older otrain) is judged at 0.5, and the decision says so.
 """
 
 from __future__ import annotations
@@ -20,23 +27,82 @@ import numpy as np
 
 from otrain.data.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
+from otrain.io.card import DEFAULT_THRESHOLD
 from otrain.io.ids import candidate_key
 from otrain.metrics.evaluation import binary_metrics, evaluate
 from otrain.options import PromoteConfig
 from otrain.score.scoring import score_loaded
 from otrain.track.registry import PromotionDecision
 
-__all__ = ["MIN_COMPARISON_ROWS", "PromotionGate", "comparison_rows", "verdict"]
+__all__ = [
+    "MIN_COMPARISON_ROWS",
+    "THRESHOLD_FREE",
+    "PromotionGate",
+    "comparison_rows",
+    "registered_threshold",
+    "verdict",
+]
 
 #: Fewest held-out test cutouts the gate compares two models on.
 MIN_COMPARISON_ROWS = 10
+#: The metrics of otrain-promote that need no threshold.
+THRESHOLD_FREE = ("roc_auc", "average_precision")
 
 
-def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float, metric: str) -> float:
+def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float | None, metric: str) -> float:
+    """Score ``model`` on ``rows`` and return ``metric``; ``threshold`` is None for a metric that needs none."""
     probabilities = score_loaded(model, cube.subset(rows), "the test cube").probabilities
     labels = cube.labels[rows]
-    figures = binary_metrics(labels, probabilities, threshold)  # no threshold table unless needed
-    return float(figures[metric] if metric in figures else evaluate(labels, probabilities, threshold)[metric])
+    at = DEFAULT_THRESHOLD if threshold is None else threshold  # not used by a threshold-free metric
+    figures = binary_metrics(labels, probabilities, at)  # no threshold table unless needed
+    return float(figures[metric] if metric in figures else evaluate(labels, probabilities, at)[metric])
+
+
+def registered_threshold(model_uri: str) -> float | None:
+    """Return the threshold of a logged otrain model's card, which training copies into its MLmodel metadata.
+
+    Parameters
+    ----------
+    model_uri : str
+        An MLflow model URI (``models:/<name>/<version>``, ``runs:/<run>/model``).
+
+    Returns
+    -------
+    float or None
+        The threshold; None when the model's card records none (a model of an older otrain).
+
+    Raises
+    ------
+    DataError
+        When the recorded threshold is not a probability.
+    """
+    from mlflow.models import get_model_info
+
+    metadata = get_model_info(model_uri).metadata
+    card = metadata.get("otrain") if isinstance(metadata, dict) else None
+    value = card.get("threshold") if isinstance(card, dict) else None
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise DataError(f"{model_uri}: the threshold of its model card must be a probability, got {value!r}")
+    return float(value)
+
+
+def _operating_point(config: PromoteConfig, model_uri: str, who: str) -> tuple[float | None, str | None]:
+    """Return the threshold ``config.metric`` judges a model at, and a note when it is not the model's own."""
+    if config.metric in THRESHOLD_FREE:
+        return None, None
+    if config.threshold is not None:
+        return config.threshold, None
+    recorded = registered_threshold(model_uri)
+    if recorded is None:
+        note = f"{who}'s model card records no threshold (an older model): judged at {DEFAULT_THRESHOLD}"
+        return DEFAULT_THRESHOLD, note
+    return recorded, None
+
+
+def _at(threshold: float | None) -> str:
+    return "" if threshold is None else f" at threshold {threshold:.4g}"
 
 
 def _same_split(first: dict[str, Any], second: dict[str, Any]) -> bool:
@@ -124,6 +190,8 @@ def verdict(
     alias: str,
     champion_version: str,
     why: str,
+    new_threshold: float | None = None,
+    champion_threshold: float | None = None,
 ) -> tuple[bool, str]:
     """Decide on two scores of the same rows: promote when the new one is at least the champion's minus the tolerance.
 
@@ -141,22 +209,29 @@ def verdict(
         The champion's version.
     why : str
         Which rows were compared (:func:`comparison_rows`).
+    new_threshold, champion_threshold : float or None
+        The thresholds the two models were judged at, named in the reason; None for a metric
+        that needs none.
 
     Returns
     -------
     tuple
         (promoted, reason).
     """
-    comparison = f"{metric} {new_value:.4f}"
+    comparison = f"{metric} {new_value:.4f}{_at(new_threshold)}"
+    champion = f"champion v{champion_version} {champion_value:.4f}{_at(champion_threshold)}"
     if new_value >= champion_value - tolerance:
-        return (
-            True,
-            f"{comparison} >= champion v{champion_version} {champion_value:.4f} - tolerance {tolerance} ({why})",
-        )
+        return True, f"{comparison} >= {champion} - tolerance {tolerance} ({why})"
     return False, (
-        f"{comparison} is worse than champion v{champion_version} {champion_value:.4f} by more than "
-        f"{tolerance} ({why}); the alias '{alias}' stays on v{champion_version}"
+        f"{comparison} is worse than {champion} by more than {tolerance} ({why}); "
+        f"the alias '{alias}' stays on v{champion_version}"
     )
+
+
+def _not_compared(decision: PromotionDecision, reason: str) -> None:
+    decision.promoted = False
+    decision.champion_value = decision.compared_on = None
+    decision.reason = reason
 
 
 class PromotionGate:
@@ -165,7 +240,7 @@ class PromotionGate:
     Parameters
     ----------
     config : PromoteConfig
-        The metric, threshold, tolerance and alias.
+        The metric, threshold (None: each model's own), tolerance and alias.
     test_file : Path
         The new training's test cube.
     record : dict or None
@@ -182,6 +257,8 @@ class PromotionGate:
         self.cube = Datacube.load(test_file)
         self.record = record
         self._new_model: Any = None
+        self._new_threshold: float | None = None
+        self._new_note: str | None = None
 
     @staticmethod
     def _load(model_uri: str) -> Any:
@@ -191,17 +268,30 @@ class PromotionGate:
 
         return mlflow.keras.load_model(model_uri)
 
-    def score_new(self, model_uri: str) -> tuple[float, int]:
-        """Load the new model (kept for the comparisons) and score it on the whole test cube.
+    def score_new(self, decision: PromotionDecision, model_uri: str) -> None:
+        """Load the new model (kept for the comparisons), score it on the whole test cube; fill in ``decision``.
 
-        Returns
-        -------
-        tuple
-            (the metric, the number of test cutouts).
+        Sets ``new_value``, ``compared_on`` (every test cutout), ``new_threshold`` and ``note``.
+
+        Raises
+        ------
+        DataError
+            When the model's card records a threshold that is not a probability.
         """
+        self._new_threshold, self._new_note = _operating_point(self.config, model_uri, f"v{decision.version}")
         self._new_model = self._load(model_uri)
         everything = np.arange(len(self.cube))
-        return _score(self._new_model, self.cube, everything, self.config.threshold, self.config.metric), len(self.cube)
+        decision.new_value = _score(self._new_model, self.cube, everything, self._new_threshold, self.config.metric)
+        decision.compared_on, decision.new_threshold = len(self.cube), self._new_threshold
+        decision.note = self._notes(None)
+
+    def _notes(self, champion_note: str | None) -> str | None:
+        """Say which threshold is not a model's own: --threshold for both, or a card without one."""
+        config = self.config
+        if config.metric not in THRESHOLD_FREE and config.threshold is not None:
+            return f"both models judged at --threshold {config.threshold:.4g}, not at their cards' thresholds"
+        notes = [note for note in (self._new_note, champion_note) if note]
+        return "; ".join(notes) or None
 
     def judge(
         self,
@@ -210,25 +300,32 @@ class PromotionGate:
         champion_record: dict[str, Any] | None,
         champion_uri: str,
     ) -> None:
-        """Compare the new model with the champion on rows neither trained on; fill in ``decision``."""
+        """Compare the new model with the champion on rows neither trained on; fill in ``decision``.
+
+        Each model is judged at its own threshold (:func:`registered_threshold`) for a
+        thresholded metric; ``champion_threshold`` and ``note`` say which.
+        """
         config = self.config
         rows, why = comparison_rows(self.cube, self.record, champion_record, champion_version)
         decision.champion_version = champion_version
+        decision.champion_threshold, decision.note = None, self._notes(None)
+        stays = f"the alias '{config.alias}' stays on v{champion_version}"
         if rows is None:
-            decision.promoted = False
-            decision.champion_value = decision.compared_on = None
-            decision.reason = f"not compared: {why}; the alias '{config.alias}' stays on v{champion_version}"
+            _not_compared(decision, f"not compared: {why}; {stays}")
             return
-        champion_model = self._load(champion_uri)
         try:
-            champion_value = _score(champion_model, self.cube, rows, config.threshold, config.metric)
+            champion_threshold, champion_note = _operating_point(config, champion_uri, f"champion v{champion_version}")
         except DataError as error:
-            decision.promoted = False
-            decision.champion_value = decision.compared_on = None
-            decision.reason = f"not compared: champion v{champion_version} cannot score this cube ({error})"
+            _not_compared(decision, f"not compared: {error}; {stays}")
             return
-        new_value = _score(self._new_model, self.cube, rows, config.threshold, config.metric)
+        try:
+            champion_value = _score(self._load(champion_uri), self.cube, rows, champion_threshold, config.metric)
+        except DataError as error:
+            _not_compared(decision, f"not compared: champion v{champion_version} cannot score this cube ({error})")
+            return
+        new_value = _score(self._new_model, self.cube, rows, self._new_threshold, config.metric)
         decision.new_value, decision.champion_value, decision.compared_on = new_value, champion_value, len(rows)
+        decision.champion_threshold, decision.note = champion_threshold, self._notes(champion_note)
         decision.promoted, decision.reason = verdict(
             new_value,
             champion_value,
@@ -236,5 +333,7 @@ class PromotionGate:
             tolerance=config.tolerance,
             alias=config.alias,
             champion_version=champion_version,
-            why=why,
+            why=why if decision.note is None else f"{why}; {decision.note}",
+            new_threshold=self._new_threshold,
+            champion_threshold=champion_threshold,
         )

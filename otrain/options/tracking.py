@@ -38,8 +38,11 @@ class PromoteConfig(CommandConfig):
     takes the alias 'champion' only when its --metric is at least the current champion's minus
     --tolerance (or when there is no champion yet), both scored on test rows that neither
     model trained on; otherwise, or when no such rows can be found, the alias stays and the
-    reason is printed. The gate holds a lock, so two promotions at once compare in turn. The
-    decision is written to --report (JSON, for dvc metrics).
+    reason is printed. The default metric, ROC AUC, needs no threshold; mcc, f1 and accuracy
+    judge each model at its own operating point, the threshold of its model card (chosen at
+    training, for example with --target-fnr), unless --threshold names one for both. The gate
+    holds a lock, so two promotions at once compare in turn. The decision, with the metric and
+    the threshold each model was judged at, is written to --report (JSON, for dvc metrics).
     """
 
     command: ClassVar[str] = "otrain-promote"
@@ -48,13 +51,20 @@ class PromoteConfig(CommandConfig):
     registered_name: Annotated[str, AfterValidator(_model_name)] = option(
         "otrain-cnn", "Name of the model in the MLflow registry."
     )
-    metric: Literal["mcc", "f1", "accuracy", "roc_auc", "average_precision"] = option(
-        "mcc", "Metric compared on the test cube."
+    metric: Literal["roc_auc", "average_precision", "mcc", "f1", "accuracy"] = option(
+        "roc_auc",
+        "Metric compared on the test cube. roc_auc and average_precision need no threshold; mcc, f1 and accuracy "
+        "are computed for each model at its own card's threshold (or --threshold).",
     )
     tolerance: Annotated[float, AfterValidator(_non_negative_float)] = option(
         0.005, "The new model may be worse than the champion by at most this much."
     )
-    threshold: Probability = option(0.5, "Probability threshold of the comparison: real if P(real) > threshold.")
+    threshold: Probability | None = option(
+        None,
+        "Judge both models at this threshold (real if P(real) > threshold) instead of each at its own. Default: "
+        "each model's card threshold, 0.5 for a model whose card records none (the report says so). Only mcc, f1 "
+        "and accuracy use a threshold.",
+    )
     alias: Annotated[str, AfterValidator(_model_name)] = option("champion", "Alias given to the promoted version.")
     report: Path | None = option(None, "Write the decision to this JSON file.")
     overwrite: bool = option(False, "Replace an existing --report file that otrain-promote did not write.")

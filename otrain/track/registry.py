@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,24 +52,32 @@ _LOCK_WAIT = 3600.0
 
 @dataclass
 class PromotionDecision:
-    """What the gate decided, and why."""
+    """What the gate decided, and why.
+
+    ``new_threshold`` and ``champion_threshold`` are the thresholds the two models were judged
+    at (None for a metric that needs none, such as ROC AUC); ``note`` says when one is not the
+    threshold of the model's own card (--threshold, or a card that records none).
+    """
 
     registered_name: str
     version: str
     promoted: bool
     reason: str
     metric: str
-    new_value: float
+    new_value: float = math.nan
     champion_version: str | None = None
     champion_value: float | None = None
     compared_on: int | None = None
+    new_threshold: float | None = None
+    champion_threshold: float | None = None
+    note: str | None = None
 
 
 class Gate(Protocol):
     """What :func:`promote` asks the gate that judges a new version against the champion."""
 
-    def score_new(self, model_uri: str) -> tuple[float, int]:
-        """Score the newly registered model on the whole test cube: (the metric, the number of cutouts)."""
+    def score_new(self, decision: PromotionDecision, model_uri: str) -> None:
+        """Score the newly registered model on the whole test cube; fill in the value, rows and threshold."""
         ...
 
     def judge(
@@ -169,16 +178,14 @@ def _register_and_judge(
             client.set_model_version_tag(name, version.version, f"test_{key}", str(value))
         if record is not None:
             client.set_model_version_tag(name, version.version, SPLIT_TAG, json.dumps(record, sort_keys=True))
-        new_value, compared_on = gate.score_new(model_version_uri(name, version.version))
         decision = PromotionDecision(
             registered_name=name,
             version=str(version.version),
             promoted=True,
             reason="no champion yet",
             metric=config.metric,
-            new_value=new_value,
-            compared_on=compared_on,
         )
+        gate.score_new(decision, model_version_uri(name, version.version))
         for _ in range(_ATTEMPTS):
             champion = _alias_holder(client, name, config.alias)
             if champion is None or str(champion.version) == str(version.version):

@@ -162,3 +162,21 @@ def test_the_verdict_allows_the_tolerance_and_no_more(new: float, champion: floa
             f"mcc {new:.4f} is worse than champion v2 {champion:.4f} by more than 0.005 (the reason); "
             "the alias 'champion' stays on v2"
         )
+
+
+def test_the_verdict_names_the_threshold_each_model_was_judged_at() -> None:
+    decided, reason = verdict(
+        0.8,
+        0.7,
+        metric="mcc",
+        tolerance=0.005,
+        alias="champion",
+        champion_version="2",
+        why="the reason",
+        new_threshold=0.9375,
+        champion_threshold=0.0625,
+    )
+    assert decided is True
+    assert reason == (
+        "mcc 0.8000 at threshold 0.9375 >= champion v2 0.7000 at threshold 0.0625 - tolerance 0.005 (the reason)"
+    )

@@ -240,3 +240,12 @@ def test_scoring_commands_choose_their_backend(files: dict[str, Path], model: ty
 def test_grad_cam_and_promote_have_no_backend() -> None:
     assert "backend" not in cfg.GradCamConfig.model_fields
     assert "backend" not in cfg.PromoteConfig.model_fields
+
+
+def test_promote_compares_by_rank_and_at_each_models_threshold_by_default(files: dict[str, Path]) -> None:
+    config = cfg.PromoteConfig.model_validate({"model_dir": files["cutouts"]})
+    assert config.metric == "roc_auc"
+    assert config.threshold is None  # each model's own card threshold
+    assert cfg.PromoteConfig.model_validate({"model_dir": files["cutouts"], "threshold": 0.3}).threshold == 0.3
+    with pytest.raises(ValidationError, match="threshold"):
+        cfg.PromoteConfig.model_validate({"model_dir": files["cutouts"], "threshold": 1.5})

@@ -38,6 +38,16 @@ def test_params_yaml_is_valid() -> None:
     assert validated["train"]["model_name"] == "survey"
 
 
+def test_params_yaml_promotes_by_rank_not_at_a_fixed_threshold() -> None:
+    """The gate's default metric needs no threshold; a thresholded one uses each model's card threshold."""
+    from otrain.judge.gate import THRESHOLD_FREE
+
+    promote = yaml.safe_load((ROOT / "params.yaml").read_text())["promote"]
+    assert "threshold" not in promote
+    assert promote["metric"] in THRESHOLD_FREE
+    assert validate_params({"promote": promote})["promote"]["threshold"] is None
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
