@@ -59,15 +59,23 @@ def markdown_summary(metrics: dict[str, Any], decision: dict[str, Any], title: s
         "",
         f"### Promotion gate ({decision['metric']}, both models on this test set)",
         "",
-        "| model | version | " + decision["metric"] + " |",
-        "| --- | --- | --- |",
-        f"| new | {decision['version']} | {_metric_text(decision['new_value'])} |",
     ]
-    if decision.get("champion_version") is not None:
-        lines.append(
-            f"| champion before | {decision['champion_version']} | {_metric_text(decision.get('champion_value'))} |"
-        )
-    else:
-        lines.append("| champion before | none | n/a |")
+    # A thresholded metric: each model was judged at its own threshold, shown beside its value.
+    thresholded = "new_threshold" in decision
+    champion = decision.get("champion_version")
+    rows = [
+        ("new", decision["version"], decision["new_value"], decision.get("new_threshold")),
+        ("champion before", champion or "none", decision.get("champion_value"), decision.get("champion_threshold")),
+    ]
+    lines += [
+        "| model | version | " + decision["metric"] + (" | threshold |" if thresholded else " |"),
+        "| --- | --- | ---" + (" | --- |" if thresholded else " |"),
+        *(
+            f"| {model} | {version} | {_metric_text(value)} |" + (f" {_metric_text(at)} |" if thresholded else "")
+            for model, version, value, at in rows
+        ),
+    ]
     lines += ["", f"**{_verdict(decision)}**: {decision['reason']}.", ""]
+    if decision.get("note") and champion is None:  # otherwise the reason says it
+        lines[-1:-1] = [f"Note: {decision['note']}.", ""]
     return "\n".join(lines)

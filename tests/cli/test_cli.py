@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -294,3 +295,26 @@ def test_summary_prints_the_pipelines_reports_and_appends_markdown(
     )
     assert call_main(summary_main, *reports, "--markdown", diagnostics) == 2
     assert "is one of the reports it summarises" in capsys.readouterr().err
+
+
+def test_summary_shows_the_threshold_each_model_was_judged_at(tmp_path: Path) -> None:
+    from otrain.cli.summary import main as summary_main
+
+    diagnostics, promotion = tmp_path / "diagnostics.json", tmp_path / "promotion.json"
+    diagnostics.write_text('{"n": 120, "threshold": 0.5, "accuracy": 0.9125, "mcc": 0.8, "roc_auc": null}')
+    decision = {"registered_name": "otrain-cnn", "version": "3", "promoted": True, "metric": "mcc", "new_value": 0.8}
+    markdown = tmp_path / "summary.md"
+    reports = ("--diagnostics", diagnostics, "--promotion", promotion, "--markdown", markdown)
+    compared = {"champion_version": "2", "champion_value": 0.75, "new_threshold": 0.9125, "champion_threshold": 0.0625}
+    promotion.write_text(json.dumps({**decision, **compared, "reason": "r"}))
+    assert call_main(summary_main, *reports) == 0
+    table = markdown.read_text()
+    assert "| model | version | mcc | threshold |\n| --- | --- | --- | --- |\n" in table
+    assert "| new | 3 | 0.8000 | 0.9125 |\n| champion before | 2 | 0.7500 | 0.0625 |\n" in table
+    markdown.unlink()
+    note = "v3's model card records no threshold (an older model): judged at 0.5"
+    promotion.write_text(json.dumps({**decision, "reason": "no champion yet", "new_threshold": 0.5, "note": note}))
+    assert call_main(summary_main, *reports) == 0
+    table = markdown.read_text()
+    assert "| new | 3 | 0.8000 | 0.5000 |\n| champion before | none | n/a | n/a |\n" in table
+    assert f"Note: {note}." in table

@@ -128,19 +128,12 @@ def promotion_tag(trainings: tuple[str, dict[str, Path]], name: str) -> str:
     return MlflowClient(trainings[0]).get_model_version(name, "2").tags["promotion"]
 
 
-def test_the_expected_figures_differ_at_each_models_threshold_and_at_a_shared_one() -> None:
-    """The case the tests below rest on: own thresholds tie the models, a shared 0.5 does not."""
-    assert card_threshold_of("champion") < 0.1 < 0.9 < card_threshold_of("new")
-    assert mcc("new", card_threshold_of("new")) == mcc("champion", card_threshold_of("champion")) == 0.8
-    assert mcc("new", 0.5) < mcc("champion", 0.5) - 0.2
-    assert roc_auc_score(LABELS, p_real("new")) == roc_auc_score(LABELS, p_real("champion"))
-
-
 def test_the_default_metric_needs_no_threshold(
     trainings: tuple[str, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    decision = promote(trainings, "champion", "by-rank", tmp_path / "report.json")
     expected = roc_auc_score(LABELS, p_real("new"))
+    assert roc_auc_score(LABELS, p_real("champion")) == expected  # and at 0.5, mcc would not promote
+    decision = promote(trainings, "champion", "by-rank", tmp_path / "report.json")
     assert decision["metric"] == "roc_auc"
     assert decision["promoted"] is True
     assert decision["new_value"] == pytest.approx(expected)
@@ -156,9 +149,13 @@ def test_the_default_metric_needs_no_threshold(
 def test_a_thresholded_metric_judges_each_model_at_its_own_cards_threshold(
     trainings: tuple[str, dict[str, Path]], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    decision = promote(trainings, "champion", "own", tmp_path / "report.json", "--metric", "mcc")
     new_at, champion_at = card_threshold_of("new"), card_threshold_of("champion")
-    # At a shared 0.5 the new model would lose by far more than the tolerance.
+    # The case: the thresholds differ; at their own the models tie, at a shared 0.5 the new one
+    # would lose by far more than the tolerance.
+    assert champion_at < 0.1 < 0.9 < new_at
+    assert mcc("new", new_at) == mcc("champion", champion_at) == 0.8
+    assert mcc("new", 0.5) < mcc("champion", 0.5) - 0.2
+    decision = promote(trainings, "champion", "own", tmp_path / "report.json", "--metric", "mcc")
     assert decision["promoted"] is True, decision["reason"]
     assert decision["metric"] == "mcc"
     assert decision["new_threshold"] == pytest.approx(new_at)

@@ -494,10 +494,10 @@ def test_promotion_gate_keeps_a_better_champion(
     assert call_main(promote_main, "--model-dir", untrained, "--registered-name", "gate", "--report", second) == 0
     decision = json.loads(second.read_text())
     assert decision["promoted"] is False
-    assert decision["champion_value"] > decision["new_value"] + 0.005
+    assert decision["champion_value"] > decision["new_value"] + 0.005, decision
     client = MlflowClient(tracking_uri)
     assert str(client.get_model_version_by_alias("gate", "champion").version) == "1"
-    assert client.get_model_version("gate", "2").tags["promotion"].startswith("mcc ")
+    assert client.get_model_version("gate", "2").tags["promotion"].startswith("roc_auc "), decision
 
 
 def test_promote_leaves_the_processs_tracking_uri_as_it_found_it(
