@@ -54,6 +54,7 @@ _LOCK_WAIT = 3600.0
 class PromotionDecision:
     """What the gate decided, and why.
 
+    The gate fills in ``new_value`` (NaN until then) when it scores the new model.
     ``new_threshold`` and ``champion_threshold`` are the thresholds the two models were judged
     at (None for a metric that needs none, such as ROC AUC); ``note`` says when one is not the
     threshold of the model's own card (--threshold, or a card that records none).
