@@ -7,6 +7,15 @@ The ``.npz`` layout is the original O'TRAIN one (docs/original-otrain.md#datacub
 Readers accept 1-D labels and one-hot (N, 2) labels (the original ``cube_validation.npz``).
 Files are written atomically and byte-for-byte reproducibly (fixed zip timestamps), so the same
 inputs and seed give the same file.
+
+The splits of a cube's rows live here too: by row (:func:`stratified_split`), by whole groups
+(:func:`grouped_split`), as ``--split-by`` asks (:func:`cube_split`), and the record of a split
+by candidate ids that a model card keeps (:func:`record_split`, :func:`recorded_split`).
+
+Why one module: a split is made of a cube's labels, groups, candidate ids and content hash, and
+its record is checked against that hash; training, cross-validation, the dataset-size study, the
+promotion gate and the int8 calibration all import the splits with the cube from here, so the
+one rule that reads a record back sits beside the one that writes it.
 """
 
 from __future__ import annotations

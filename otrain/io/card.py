@@ -2,7 +2,8 @@
 
 Every card otrain reads or writes goes through this module: one reader (:func:`read_card`,
 whose errors name the card), one writer (:func:`write_card`, :func:`update_card`), and the
-entries the commands take from a card (threshold, planes, split). Scoring with ONNX Runtime
+entries the commands take from a card (threshold, planes, split: the candidate ids a training
+held out, and the small summary of them that MLflow version tags hold). Scoring with ONNX Runtime
 must not import TensorFlow, so none of this lives in :mod:`otrain.nets.model`.
 """
 
@@ -138,8 +139,9 @@ def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``; None when the
-        card does not say.
+        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``, and for a card
+        of this otrain ``group_keyword``, ``unique_ids``, ``validation_ids`` and ``test_ids``
+        (see :func:`otrain.data.datacube.record_split`); None when the card does not say.
     """
     if "split" in card:
         return card["split"]

@@ -85,7 +85,7 @@ class Gate(Protocol):
         ...
 
 
-#: What a split record must hold for its rows to be recomputed.
+#: What a version's split tag must hold to be read (a summary, or the whole record of an older otrain).
 _RECORD_KEYS = ("method", "data_hash", "seed", "frac", "test_frac")
 
 
