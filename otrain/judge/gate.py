@@ -90,7 +90,8 @@ def _rows_by_ids(
     keys = [candidate_key(candid) for candid in test.candids]
     unseen = np.array([key in held_out for key in keys], dtype=bool)
     if unseen.all():
-        return np.arange(len(test)), f"every test cutout is in champion v{champion_version}'s recorded test set"
+        why = f"every test cutout is in champion v{champion_version}'s recorded test set: held out from both"
+        return np.arange(len(test)), why
     note = ""
     found = _recorded_split(champion, [champion.get("cube"), new.get("cube") if new else None])
     if found is None:

@@ -205,7 +205,7 @@ def test_recorded_test_ids_count_as_unseen_without_the_champion_cube(
     rows, why = comparison_rows(test, None, record, "3")
     assert rows is not None
     assert rows.tolist() == list(range(len(test)))
-    assert why == "every test cutout is in champion v3's recorded test set"
+    assert why == "every test cutout is in champion v3's recorded test set: held out from both"
     # Other cutouts cannot be told without the champion's cube: only its test set counts.
     held_out = cube.candids[split.test][: MIN_COMPARISON_ROWS - 1].tolist()
     mixed = make_cube(held_out + list(range(100, 120)), [index % 2 for index in range(len(held_out) + 20)])
