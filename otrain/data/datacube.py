@@ -7,6 +7,15 @@ The ``.npz`` layout is the original O'TRAIN one (docs/original-otrain.md#datacub
 Readers accept 1-D labels and one-hot (N, 2) labels (the original ``cube_validation.npz``).
 Files are written atomically and byte-for-byte reproducibly (fixed zip timestamps), so the same
 inputs and seed give the same file.
+
+The splits of a cube's rows live here too: by row (:func:`stratified_split`), by whole groups
+(:func:`grouped_split`), as ``--split-by`` asks (:func:`cube_split`), and the record of a split
+by candidate ids that a model card keeps (:func:`record_split`, :func:`recorded_split`).
+
+Why one module: a split is made of a cube's labels, groups, candidate ids and content hash, and
+its record is checked against that hash; training, cross-validation, the dataset-size study, the
+promotion gate and the int8 calibration all import the splits with the cube from here, so the
+one rule that reads a record back sits beside the one that writes it.
 """
 
 from __future__ import annotations
@@ -24,8 +33,22 @@ import numpy as np
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
+from otrain.io.card import recorded_ids
+from otrain.io.ids import candidate_key
+from otrain.options import SPLIT_BY
 
-__all__ = ["NPZ_KEYS", "Datacube", "Split", "balanced_counts", "choose_rows", "recorded_split", "stratified_split"]
+__all__ = [
+    "NPZ_KEYS",
+    "Datacube",
+    "Split",
+    "balanced_counts",
+    "choose_rows",
+    "cube_split",
+    "grouped_split",
+    "record_split",
+    "recorded_split",
+    "stratified_split",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -430,25 +453,192 @@ def stratified_split(labels: np.ndarray, validation_frac: float, test_frac: floa
     return Split(**joined)
 
 
+def _cut(sizes: np.ndarray, target: int, at_least_one: bool) -> int:
+    """How many of the leading groups (of ``sizes`` rows each) make the count nearest ``target``."""
+    cumulative = np.concatenate([[0], np.cumsum(sizes)])
+    count = int(np.argmin(np.abs(cumulative - target)))  # the first of equally near counts
+    return min(max(count, 1), len(sizes)) if at_least_one else count
+
+
+def grouped_split(labels: np.ndarray, groups: np.ndarray, validation_frac: float, test_frac: float, seed: int) -> Split:
+    """Split rows into training, validation and test sets by whole groups, with the same class mix.
+
+    Each group counts for its majority class (ties: the smaller label). The groups of each
+    class, in the order of their first rows, are shuffled as :func:`stratified_split` shuffles
+    rows, and cut where the rows of the leading groups come nearest the counts it would take
+    (validation, then test; at least one group in each when the class has three groups or more).
+    The cutouts of one group are never in two sets, and when every group is one cutout the split
+    is exactly :func:`stratified_split`'s.
+
+    Parameters
+    ----------
+    labels : numpy.ndarray
+        1-D class labels.
+    groups : numpy.ndarray
+        The group of each row (the cube's ``groups``).
+    validation_frac, test_frac : float
+        Fractions of each class for validation and test; their sum must be below 1.
+    seed : int
+        Seed of the shuffle.
+
+    Returns
+    -------
+    Split
+        Sorted index arrays.
+    """
+    if validation_frac < 0 or test_frac < 0 or validation_frac + test_frac >= 1:
+        raise ValueError("validation and test fractions must be non-negative and sum to less than 1")
+    if groups.shape != labels.shape:
+        raise ValueError(f"groups must have the labels' shape {labels.shape}, got {groups.shape}")
+    classes, label_index = np.unique(labels, return_inverse=True)
+    _, first, group_index, sizes = np.unique(groups, return_index=True, return_inverse=True, return_counts=True)
+    counts = np.zeros((len(first), len(classes)), dtype=np.int64)
+    np.add.at(counts, (group_index, label_index), 1)
+    group_class = np.argmax(counts, axis=1)
+    parts: dict[str, list[np.ndarray]] = {"train": [], "validation": [], "test": []}
+    for position, label in enumerate(classes):
+        members = np.flatnonzero(group_class == position)
+        members = members[np.argsort(first[members], kind="stable")]
+        members = np.random.default_rng([seed, int(label), 7]).permutation(members)
+        n_rows = int(sizes[members].sum())
+        several = len(members) >= 3
+        n_validation = _cut(sizes[members], round(n_rows * validation_frac), several and validation_frac > 0)
+        n_test = _cut(sizes[members[n_validation:]], round(n_rows * test_frac), several and test_frac > 0)
+        chosen = {
+            "validation": members[:n_validation],
+            "test": members[n_validation : n_validation + n_test],
+            "train": members[n_validation + n_test :],
+        }
+        for name, chunk in chosen.items():
+            parts[name].append(np.flatnonzero(np.isin(group_index, chunk)))
+    joined = {name: np.sort(np.concatenate(chunks)).astype(np.int64) for name, chunks in parts.items()}
+    return Split(**joined)
+
+
+def cube_split(
+    cube: Datacube, split_by: str, validation_frac: float, test_frac: float, seed: int, source: Path | str
+) -> tuple[Split, str]:
+    """Split a cube's rows as ``--split-by`` asks: by whole groups, or by row.
+
+    Parameters
+    ----------
+    cube : Datacube
+        The cube.
+    split_by : {'auto', 'group', 'row'}
+        'auto' splits by group when the cube records groups, else by row.
+    validation_frac, test_frac, seed
+        As :func:`stratified_split`.
+    source : Path or str
+        The cube's file, for the message.
+
+    Returns
+    -------
+    tuple
+        (the split, the method used: 'group' or 'row').
+
+    Raises
+    ------
+    DataError
+        For 'group' on a cube that records no groups.
+    """
+    if split_by not in SPLIT_BY:
+        raise ValueError(f"split_by must be one of {SPLIT_BY}, got {split_by!r}")
+    if split_by == "group" and cube.groups is None:
+        raise DataError(
+            f"{source}: --split-by group: the cube records no groups; convert the cutouts with "
+            "otrain-convert --group-keyword KEYWORD (for example the ZTF objectId)"
+        )
+    if split_by == "row" or cube.groups is None:
+        return stratified_split(cube.labels, validation_frac, test_frac, seed), "row"
+    return grouped_split(cube.labels, cube.groups, validation_frac, test_frac, seed), "group"
+
+
+def record_split(
+    cube: Datacube,
+    split: Split,
+    *,
+    method: str,
+    source: Path | str,
+    seed: int,
+    frac: float,
+    test_frac: float,
+) -> dict[str, Any]:
+    """Return the record of a training's split that its model card keeps: which cutouts were held out.
+
+    Parameters
+    ----------
+    cube : Datacube
+        The cube that was split.
+    split : Split
+        Its rows in training, validation and test.
+    method : str
+        'group' or 'row' (:func:`cube_split`), or 'given' (a split chosen by the caller).
+    source : Path or str
+        The cube's file.
+    seed, frac, test_frac
+        The options the split was made with (kept for the reader; never used to recompute it).
+
+    Returns
+    -------
+    dict
+        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``, ``group_keyword``,
+        ``unique_ids`` (whether the cube's candidate ids tell its rows apart), and
+        ``validation_ids`` and ``test_ids``: the candidate ids of those sets as text
+        (:func:`otrain.io.ids.candidate_key`), in row order. The training rows are the others.
+    """
+    keys = [candidate_key(candid) for candid in cube.candids]
+    return {
+        "method": method,
+        "cube": str(source),
+        "data_hash": cube.content_hash(),
+        "seed": seed,
+        "frac": frac,
+        "test_frac": test_frac,
+        "group_keyword": cube.group_keyword if method == "group" else None,
+        "unique_ids": len(set(keys)) == len(keys),
+        "validation_ids": [keys[row] for row in split.validation],
+        "test_ids": [keys[row] for row in split.test],
+    }
+
+
 def recorded_split(record: dict[str, Any] | None, cube: Datacube) -> Split | None:
-    """Recompute the split a training made of ``cube`` from its record (a model card's ``split``).
+    """Return the split a training made of ``cube``, from its record (a model card's ``split``).
+
+    The record names the candidate ids of the validation and test sets (:func:`record_split`):
+    those rows of ``cube`` are its validation and test sets, the others its training set. A
+    record of an older otrain holds no ids: its rows are recomputed from its seed and fractions,
+    as that otrain did, with a warning (NumPy does not promise the shuffle across versions).
 
     Parameters
     ----------
     record : dict or None
-        ``method``, ``data_hash``, ``seed``, ``frac`` and ``test_frac`` of the training's split.
+        A model card's ``split``.
     cube : Datacube
         The cube, checked against the record's ``data_hash``.
 
     Returns
     -------
     Split or None
-        The training's split of ``cube``; None when there is no record, when the split was not
-        stratified (a hand-made one cannot be recomputed), or when it was made of another cube.
+        The training's split of ``cube``; None when there is no record, when it was made of
+        another cube, or when an older record cannot be recomputed (a hand-made split).
     """
+    if not record or record.get("data_hash") != cube.content_hash():
+        return None
+    ids = recorded_ids(record)
+    if ids is not None:
+        validation_ids, test_ids = (set(chosen) for chosen in ids)
+        keys = np.array([candidate_key(candid) for candid in cube.candids], dtype=object)
+        test = np.array([key in test_ids for key in keys], dtype=bool)
+        validation = np.array([key in validation_ids for key in keys], dtype=bool) & ~test
+        return Split(
+            train=np.flatnonzero(~(test | validation)), validation=np.flatnonzero(validation), test=np.flatnonzero(test)
+        )
     keys = ("seed", "frac", "test_frac")
-    if not record or record.get("method") != "stratified" or not all(key in record for key in keys):
+    if record.get("method") != "stratified" or not all(key in record for key in keys):
         return None
-    if record.get("data_hash") != cube.content_hash():
-        return None
+    logger.warning(
+        "%s: the model card's split record names no candidate ids (an older otrain); recomputing its rows "
+        "from its seed and fractions",
+        record.get("cube") or "the training cube",
+    )
     return stratified_split(cube.labels, record["frac"], record["test_frac"], record["seed"])

@@ -2,12 +2,14 @@
 
 Every card otrain reads or writes goes through this module: one reader (:func:`read_card`,
 whose errors name the card), one writer (:func:`write_card`, :func:`update_card`), and the
-entries the commands take from a card (threshold, planes, split). Scoring with ONNX Runtime
+entries the commands take from a card (threshold, planes, split: the candidate ids a training
+held out, and the small summary of them that MLflow version tags hold). Scoring with ONNX Runtime
 must not import TensorFlow, so none of this lives in :mod:`otrain.nets.model`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,12 @@ __all__ = [
     "DEFAULT_THRESHOLD",
     "card_planes",
     "card_threshold",
+    "ids_digest",
+    "matches_summary",
     "read_card",
+    "recorded_ids",
     "split_record",
+    "split_summary",
     "training_card",
     "update_card",
     "write_card",
@@ -133,8 +139,9 @@ def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
     Returns
     -------
     dict or None
-        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``; None when the
-        card does not say.
+        ``method``, ``cube``, ``data_hash``, ``seed``, ``frac``, ``test_frac``, and for a card
+        of this otrain ``group_keyword``, ``unique_ids``, ``validation_ids`` and ``test_ids``
+        (see :func:`otrain.data.datacube.record_split`); None when the card does not say.
     """
     if "split" in card:
         return card["split"]
@@ -147,3 +154,52 @@ def split_record(card: dict[str, Any]) -> dict[str, Any] | None:
         "data_hash": card["data_hash"],
         **{key: params[key] for key in ("seed", "frac", "test_frac")},
     }
+
+
+#: The entries of a split record that hold candidate ids (the validation and test sets).
+ID_LISTS = ("validation_ids", "test_ids")
+
+
+def recorded_ids(record: dict[str, Any] | None) -> tuple[list[str], list[str]] | None:
+    """Return the candidate ids of a split record's validation and test sets; None when it holds none.
+
+    Records of an older otrain (and the small summaries of MLflow version tags) hold no ids.
+    """
+    if not record or not all(isinstance(record.get(name), list) for name in ID_LISTS):
+        return None
+    validation, test = ([str(value) for value in record[name]] for name in ID_LISTS)
+    return validation, test
+
+
+def ids_digest(ids: list[str]) -> str:
+    """Return the SHA-256 of a list of candidate ids, whatever their order (one id a line, sorted)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
+def split_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """Return a split record small enough for an MLflow tag: the ids replaced by their counts and digests.
+
+    Parameters
+    ----------
+    record : dict
+        A model card's ``split``.
+
+    Returns
+    -------
+    dict
+        The record without ``validation_ids`` and ``test_ids``, with ``n_validation``,
+        ``n_test``, ``validation_ids_sha256`` and ``test_ids_sha256`` (:func:`ids_digest`) when
+        it held them; a record without ids unchanged.
+    """
+    summary = {key: value for key, value in record.items() if key not in ID_LISTS}
+    ids = recorded_ids(record)
+    if ids is not None:
+        for name, chosen in zip(ID_LISTS, ids, strict=True):
+            summary[f"n_{name.removesuffix('_ids')}"] = len(chosen)
+            summary[f"{name}_sha256"] = ids_digest(chosen)
+    return summary
+
+
+def matches_summary(record: dict[str, Any], summary: dict[str, Any]) -> bool:
+    """Tell whether a card's split record is the one a version tag summarises (same ids, same cube)."""
+    return split_summary(record) == summary

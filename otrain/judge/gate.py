@@ -4,11 +4,16 @@ The registry (:mod:`otrain.track.registry`) registers the new version, finds the
 moves the alias; this module judges. The new model takes the alias only when its metric is at
 least the champion's minus a tolerance, both scored on test rows that neither model trained on:
 
-- same cube, seed and fractions: the new test set was held out from both trainings;
-- otherwise the champion's training and validation rows are recomputed from its own record
-  (its cube, found by path and checked by hash) and the new test rows with those candidate ids
-  are left out; when that cannot be done (the cube is gone, ids are not unique, too few rows
-  remain), the gate refuses to promote and says why.
+- the champion's model card records the candidate ids of its validation and test sets: a new
+  test cutout is unseen when its id is in the champion's test set, or, when the champion's
+  cube is here (found by path, checked by hash), when its id is not among that cube's training
+  and validation rows; the others are left out;
+- a champion of an older otrain records no ids: with the same cube, seed and fractions the new
+  test set was held out from both trainings; otherwise its training and validation rows are
+  recomputed from its seed and fractions (with a warning: NumPy does not promise its shuffle
+  across versions);
+- when that cannot be done (the ids cannot be read, the cube is gone, ids are not unique, too
+  few rows remain), the gate refuses to promote and says why.
 
 Each model is judged at its own operating point. The default metric, ROC AUC, needs no
 threshold: it compares how well the two models rank real above bogus, whatever threshold each
@@ -27,7 +32,7 @@ import numpy as np
 
 from otrain.data.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
-from otrain.io.card import DEFAULT_THRESHOLD
+from otrain.io.card import DEFAULT_THRESHOLD, recorded_ids
 from otrain.io.ids import candidate_key
 from otrain.metrics.evaluation import binary_metrics, evaluate
 from otrain.options import PromoteConfig
@@ -47,6 +52,7 @@ __all__ = [
 MIN_COMPARISON_ROWS = 10
 #: The metrics of otrain-promote that need no threshold.
 THRESHOLD_FREE = ("roc_auc", "average_precision")
+_NOT_UNIQUE = "candidate ids of {name} are not unique, so the rows the champion trained on cannot be told"
 
 
 def _score(model: Any, cube: Datacube, rows: np.ndarray, threshold: float | None, metric: str) -> float:
@@ -111,7 +117,7 @@ def _same_split(first: dict[str, Any], second: dict[str, Any]) -> bool:
 
 
 def _recorded_split(record: dict[str, Any], candidates: list[str | None]) -> tuple[Datacube, Split] | None:
-    """Find the cube a split record names among ``candidates`` (checked by hash) and recompute the split."""
+    """Find the cube a split record names among ``candidates`` (checked by hash) and read its split from the record."""
     for path in candidates:
         if path and Path(path).is_file():
             try:
@@ -124,10 +130,61 @@ def _recorded_split(record: dict[str, Any], candidates: list[str | None]) -> tup
     return None
 
 
+def _too_few(test: Datacube, rows: np.ndarray, champion_version: str, note: str = "") -> str | None:
+    """Say why ``rows`` are too few to compare on (or one class only); None when they will do."""
+    if len(rows) >= MIN_COMPARISON_ROWS and len(np.unique(test.labels[rows])) == 2:
+        return None
+    classes = "" if len(np.unique(test.labels[rows])) == 2 else ", not both classes,"
+    return (
+        f"only {len(rows)} of the {len(test)} test cutouts{classes} were not seen by champion "
+        f"v{champion_version} in training: too few to compare{note}"
+    )
+
+
+def _rows_by_ids(
+    test: Datacube, new: dict[str, Any] | None, champion: dict[str, Any], champion_version: str
+) -> tuple[np.ndarray | None, str]:
+    """Choose the rows of ``test`` the champion never trained on, by the candidate ids its record names."""
+    if not champion.get("unique_ids", True):
+        return (
+            None,
+            "candidate ids of the champion's cube are not unique, so the rows the champion trained on cannot be told",
+        )
+    _, champion_test = recorded_ids(champion) or ([], [])
+    held_out = set(champion_test)
+    keys = [candidate_key(candid) for candid in test.candids]
+    unseen = np.array([key in held_out for key in keys], dtype=bool)
+    if unseen.all():
+        why = f"every test cutout is in champion v{champion_version}'s recorded test set: held out from both"
+        return np.arange(len(test)), why
+    note = ""
+    found = _recorded_split(champion, [champion.get("cube"), new.get("cube") if new else None])
+    if found is None:
+        note = (
+            f" (its cube {str(champion.get('data_hash'))[:12]}... ({champion.get('cube')}) is not available here, so "
+            "only the cutouts of its recorded test set count as unseen)"
+        )
+    else:
+        cube, split = found
+        seen = {candidate_key(candid) for candid in cube.candids[np.concatenate([split.train, split.validation])]}
+        unseen |= np.array([key not in seen for key in keys], dtype=bool)
+    rows = np.flatnonzero(unseen).astype(np.int64)
+    refused = _too_few(test, rows, champion_version, note)
+    if refused is not None:
+        return None, refused
+    return rows, f"compared on the {len(rows)} of {len(test)} test cutouts that champion v{champion_version} never saw"
+
+
 def comparison_rows(
     test: Datacube, new: dict[str, Any] | None, champion: dict[str, Any] | None, champion_version: str
 ) -> tuple[np.ndarray | None, str]:
     """Choose the rows of the new test cube on which the new model and the champion are compared.
+
+    The champion's record names the candidate ids of its validation and test sets: a new test
+    cutout is unseen when its id is in the champion's test set, or, when the champion's cube is
+    here (found by path, checked by hash), when its id is not among that cube's training and
+    validation rows. A record of an older otrain holds no ids: its rows are recomputed from its
+    seed and fractions, with a warning.
 
     Parameters
     ----------
@@ -151,6 +208,13 @@ def comparison_rows(
             f"champion v{champion_version} has no record of the rows it trained on (registered by an older "
             "otrain), so a fair comparison is not possible"
         )
+    if recorded_ids(champion) is not None:
+        return _rows_by_ids(test, new, champion, champion_version)
+    if "test_ids_sha256" in champion:  # a version tag's summary whose card could not be read
+        return None, (
+            f"champion v{champion_version}'s record of the cutouts it held out (the candidate ids in its model card) "
+            "cannot be read from its MLflow run, so the rows it trained on cannot be told"
+        )
     if new is not None and _same_split(new, champion):
         return everything, "same cube, seed and fractions: the test set is held out from both"
     if champion.get("method") != "stratified":
@@ -166,19 +230,15 @@ def comparison_rows(
     seen_rows = np.concatenate([split.train, split.validation])
     for name, ids in (("the champion's cube", cube.candids), ("the test cube", test.candids)):
         if len(np.unique(ids)) != len(ids):
-            return None, f"candidate ids of {name} are not unique, so the rows the champion trained on cannot be told"
+            return None, _NOT_UNIQUE.format(name=name)
     seen = {candidate_key(candid) for candid in cube.candids[seen_rows]}
     rows = np.array(
         [row for row, candid in enumerate(test.candids) if candidate_key(candid) not in seen], dtype=np.int64
     )
-    held_out = len(rows)
-    if held_out < MIN_COMPARISON_ROWS or len(np.unique(test.labels[rows])) < 2:
-        classes = "" if len(np.unique(test.labels[rows])) == 2 else ", not both classes,"
-        return None, (
-            f"only {held_out} of the {len(test)} test cutouts{classes} were not seen by champion "
-            f"v{champion_version} in training: too few to compare"
-        )
-    return rows, f"compared on the {held_out} of {len(test)} test cutouts that champion v{champion_version} never saw"
+    refused = _too_few(test, rows, champion_version)
+    if refused is not None:
+        return None, refused
+    return rows, f"compared on the {len(rows)} of {len(test)} test cutouts that champion v{champion_version} never saw"
 
 
 def verdict(

@@ -20,7 +20,7 @@ from otrain.options.base import (
     _model_name,
     option,
 )
-from otrain.options.training import TrainingOptions
+from otrain.options.training import _SPLIT_BY_HELP, SplitBy, TrainingOptions
 
 __all__ = [
     "CROSSVAL_FILES",
@@ -45,10 +45,10 @@ STUDY_FILES = (
 class OptimiseDatasetSizeConfig(TrainingOptions):
     """Train on nested subsets of increasing size to see how much data the model needs.
 
-    One validation set and one test set are drawn (per class, with --seed) and kept for every
-    size; the training pool is cut into --n_sections - 1 nested, stratified subsets of
-    increasing size, the smallest holding at least 10 cutouts. Each size is a full otrain-train
-    run, a child of one MLflow parent run, saved to
+    One validation set and one test set are drawn (per class, with --seed, by whole groups as
+    --split-by says) and kept for every size; the training pool is cut into --n_sections - 1
+    nested, stratified subsets of increasing size, the smallest holding at least 10 cutouts.
+    Each size is a full otrain-train run, a child of one MLflow parent run, saved to
     <model-path>/CNN_training/<model-name>_size_<size>/. The table
     <outdir>/<model-name>_dataset_size.csv and three figures go to --outdir.
     """
@@ -65,6 +65,7 @@ class OptimiseDatasetSizeConfig(TrainingOptions):
     )
     outdir: WritableFolder = option(..., "Folder for the figures and the table.")
     frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
+    split_by: SplitBy = option("auto", _SPLIT_BY_HELP)
     threshold: Probability | None = option(
         None,
         "Probability threshold of the test metrics and the card: real if P(real) > threshold. Default 0.5, or "

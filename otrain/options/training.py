@@ -45,11 +45,13 @@ __all__ = [
     "MONITOR_MODES",
     "PLATEAU_FACTOR",
     "PLATEAU_PATIENCE",
+    "SPLIT_BY",
     "TRAINING_JOBS",
     "Architecture",
     "Cluster",
     "LrSchedule",
     "Monitor",
+    "SplitBy",
     "TrainConfig",
     "TrainingOptions",
     "cluster_from_environment",
@@ -77,11 +79,24 @@ PLATEAU_FACTOR = 0.5
 #: lower or higher is better. The AUCs are those of P(real) for the real class (Keras' AUC metric).
 Monitor = Literal["val_loss", "val_roc_auc", "val_pr_auc"]
 MONITOR_MODES: dict[str, Literal["min", "max"]] = {"val_loss": "min", "val_roc_auc": "max", "val_pr_auc": "max"}
+#: --split-by: 'group' keeps the cutouts of one group (the cube's groups, otrain-convert --group-keyword)
+#: in one of the training, validation and test sets; 'row' splits cutout by cutout (the original);
+#: 'auto' splits by group when the cube records groups, else by row.
+SplitBy = Literal["auto", "group", "row"]
+SPLIT_BY: tuple[str, ...] = get_args(SplitBy)
 #: ``--batch-size auto``: the original's 1024, reduced so that an epoch has at least
 #: AUTO_BATCH_MIN_STEPS gradient steps, never below AUTO_BATCH_MIN cutouts.
 AUTO_BATCH_MAX = 1024
 AUTO_BATCH_MIN = 16
 AUTO_BATCH_MIN_STEPS = 20
+
+
+_SPLIT_BY_HELP = (
+    "How the cube is split into training, validation and test sets, each with the cube's class mix: 'group' "
+    "keeps the cutouts of one group (one object: the cube's groups, from otrain-convert --group-keyword) in one "
+    "set, so no object is both trained and tested on; 'row' splits cutout by cutout (the original); 'auto' "
+    "splits by group when the cube records groups, else by row. A cube of one cutout per group is split as by row."
+)
 
 
 def _batch_size(value: int | str) -> int | str:
@@ -181,15 +196,16 @@ class TrainConfig(TrainingOptions):
     """Train the O'TRAIN CNN (or, with --architecture vgg, a small VGG-like CNN) on a datacube.
 
     The cube is split, per class and with --seed, into disjoint training, validation (--frac)
-    and test (--test-frac) sets. Early stopping watches a validation metric (--monitor); the
-    validation set then calibrates P(real) (--calibration) and can choose the threshold
-    (--target-fnr, --target-fpr). Every reported metric comes from the test set. Outputs go to
-    <model-path>/CNN_training/<name>/: the model (<name>.keras, or <name>.h5 when --model-name
-    ends in .h5) with its model card and its ONNX twin <name>.onnx (checked against the model on
-    every cutout of the cube; beyond 10,000, on the validation and test sets and a seeded sample),
-    validation_set/datacube/cube_validation.npz (one-hot labels, as the original),
-    test_set/datacube/cube_test.npz, history.csv, the loss and accuracy curves, metrics.json and
-    mlflow_run.json.
+    and test (--test-frac) sets, by whole groups when the cube records them (--split-by); the
+    model card records the candidate ids of the validation and test sets. Early stopping watches
+    a validation metric (--monitor); the validation set then calibrates P(real) (--calibration)
+    and can choose the threshold (--target-fnr, --target-fpr). Every reported metric comes from
+    the test set. Outputs go to <model-path>/CNN_training/<name>/: the model (<name>.keras, or
+    <name>.h5 when --model-name ends in .h5) with its model card and its ONNX twin <name>.onnx
+    (checked against the model on every cutout of the cube; beyond 10,000, on the validation and
+    test sets and a seeded sample), validation_set/datacube/cube_validation.npz (one-hot labels,
+    as the original), test_set/datacube/cube_test.npz, history.csv, the loss and accuracy
+    curves, metrics.json and mlflow_run.json.
     """
 
     command: ClassVar[str] = "otrain-train"
@@ -200,6 +216,7 @@ class TrainConfig(TrainingOptions):
         ..., "Name of the trained model; ending it in .h5 saves legacy HDF5 instead of .keras."
     )
     frac: OpenFraction = option(0.15, "Fraction of the cube used for validation (early stopping).")
+    split_by: SplitBy = option("auto", _SPLIT_BY_HELP)
     threshold: Probability | None = option(
         None,
         "Probability threshold of the test metrics and the card: real if P(real) > threshold. Default 0.5, or "

@@ -52,12 +52,13 @@ from otrain.simulate.kinds import (
     render_candidate,
 )
 from otrain.simulate.physics import Observation, Scene, draw_observation
-from otrain.simulate.survey import SurveySummary, simulate_survey
+from otrain.simulate.survey import OBJECT_KEYWORD, SurveySummary, simulate_survey
 
 __all__ = [
     "BOGUS_KINDS",
     "FAINT_FRACTION",
     "KINDS",
+    "OBJECT_KEYWORD",
     "REAL_KINDS",
     "Kind",
     "Observation",

@@ -22,7 +22,10 @@ from otrain.simulate.kinds import BOGUS_KINDS, KINDS, REAL_KINDS, render_candida
 from otrain.simulate.physics import Observation, draw_observation
 from otrain.simulate.writers import CrossmatchEntry, gmadet_hdul, stdpipe_hdul, write_crossmatch, write_truth
 
-__all__ = ["SurveySummary", "simulate_survey"]
+__all__ = ["OBJECT_KEYWORD", "SurveySummary", "simulate_survey"]
+
+#: The header keyword naming each cutout's simulated object (``otrain-convert --group-keyword OBJECTID``).
+OBJECT_KEYWORD = "OBJECTID"
 
 _SET_CODES = {"true": 1, "false": 2, "night": 3, "injected": 4, "night_images": 5}
 _CANDID_BASE = {"true": 1_000_000, "false": 2_000_000, "night": 3_000_000}
@@ -106,6 +109,8 @@ def _write_job(job: _Job, root: Path) -> dict[str, object]:
     image = job.image if job.image >= 0 else int(job.index // 50)
     values: dict[str, object] = {
         "CANDID": candid,
+        # The simulated object: one per cutout (a real survey's objectId groups several alerts).
+        OBJECT_KEYWORD: f"SIM{candid:07d}",
         "RA": ra,
         "DEC": dec,
         "FILE": _night_image_name(image) if job.set_name == "night" else f"{job.set_name}_image_{image:04d}.fits",

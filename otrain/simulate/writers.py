@@ -41,7 +41,7 @@ def gmadet_hdul(
     candidate : SimulatedCandidate
         The cutout.
     header_values : mapping
-        CANDID, RA, DEC, FILE, XPOS, YPOS, MAG, MAGERR, FILTER, FWHM, FWHMPSF.
+        CANDID, OBJECTID, RA, DEC, FILE, XPOS, YPOS, MAG, MAGERR, FILTER, FWHM, FWHMPSF.
     planes : tuple of str
         ``DIFF`` alone: the difference as a 2-D image (gmadet's usual cutout). Several of
         ``IMAGE``, ``TEMPLATE``, ``DIFF``: a (C, H, W) image of those planes in this order.
@@ -82,7 +82,7 @@ def stdpipe_hdul(candidate: SimulatedCandidate, header_values: Mapping[str, obje
     primary = fits.PrimaryHDU()
     header = primary.header
     header["NAME"] = str(header_values["CANDID"])
-    for key in ("RA", "DEC", "FILE", "FWHM", "FWHMPSF"):
+    for key in ("OBJECTID", "RA", "DEC", "FILE", "FWHM", "FWHMPSF"):
         header[key] = header_values[key]
     header["X"] = header_values["XPOS"]
     header["Y"] = header_values["YPOS"]

@@ -1,7 +1,10 @@
 """otrain-promote's side of the MLflow model registry: register a training's model and move an alias.
 
 Each training's model is registered as a new version of one registered model, with its test
-metrics and the record of its split (cube hash, seed, fractions) as version tags. Whether the
+metrics and a summary of its split as version tags (method, cube hash, seed, fractions, and the
+counts and SHA-256 digests of the candidate ids of its validation and test sets: MLflow limits
+the length of a tag). The ids themselves are in the model card, an artifact of the training's
+run; the gate reads the champion's from there, checked against the digests. Whether the
 alias (``champion``) moves to the new version is decided by a gate (:class:`Gate`; otrain's is
 :class:`otrain.judge.gate.PromotionGate`, which scores both models on rows neither trained
 on): this module holds the registry's side only, and imports no scoring code.
@@ -23,8 +26,8 @@ from typing import Any, Protocol
 
 from otrain.errors import DataError
 from otrain.io.atomic import write_json_atomic
-from otrain.io.card import split_record, training_card
-from otrain.io.layout import METRICS_FILE, RUN_FILE, TEST_CUBE
+from otrain.io.card import matches_summary, split_record, split_summary, training_card
+from otrain.io.layout import CARD_SUFFIX, METRICS_FILE, RUN_FILE, TEST_CUBE
 from otrain.io.locking import exclusive_lock
 from otrain.options import PromoteConfig
 from otrain.options.uris import ModelUri, model_version_uri, run_model_uri
@@ -42,7 +45,7 @@ __all__ = ["SPLIT_TAG", "Gate", "PromotionDecision", "promote"]
 
 logger = logging.getLogger("otrain")
 
-#: Version tag holding the JSON record of the training's split.
+#: Version tag holding the JSON summary of the training's split (:func:`otrain.io.card.split_summary`).
 SPLIT_TAG = "otrain.split"
 #: Times the gate compares again when another machine moved the alias meanwhile.
 _ATTEMPTS = 3
@@ -92,7 +95,7 @@ class Gate(Protocol):
         ...
 
 
-#: What a split record must hold for its rows to be recomputed.
+#: What a version's split tag must hold to be read (a summary, or the whole record of an older otrain).
 _RECORD_KEYS = ("method", "data_hash", "seed", "frac", "test_frac")
 
 
@@ -178,7 +181,8 @@ def _register_and_judge(
         for key, value in metrics.items():
             client.set_model_version_tag(name, version.version, f"test_{key}", str(value))
         if record is not None:
-            client.set_model_version_tag(name, version.version, SPLIT_TAG, json.dumps(record, sort_keys=True))
+            summary = json.dumps(split_summary(record), sort_keys=True)
+            client.set_model_version_tag(name, version.version, SPLIT_TAG, summary)
         decision = PromotionDecision(
             registered_name=name,
             version=str(version.version),
@@ -192,8 +196,9 @@ def _register_and_judge(
             if champion is None or str(champion.version) == str(version.version):
                 break
             champion_version = str(champion.version)
-            tag = client.get_model_version(name, champion_version).tags.get(SPLIT_TAG)
-            gate.judge(decision, champion_version, _parse_record(tag), model_version_uri(name, champion_version))
+            held = client.get_model_version(name, champion_version)
+            champion_record = _champion_record(client, held.run_id, _parse_record(held.tags.get(SPLIT_TAG)))
+            gate.judge(decision, champion_version, champion_record, model_version_uri(name, champion_version))
             if not decision.promoted:
                 break
             # Another machine may have moved the alias while we compared: then compare again.
@@ -220,3 +225,30 @@ def _alias_holder(client: Any, name: str, alias: str) -> Any:
         return model_version(client, ModelUri(name=name, alias=alias))
     except MlflowException:
         return None
+
+
+def _champion_record(client: Any, run_id: str, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Return the champion's split record with its candidate ids, read from the model card its run logged.
+
+    The version tag holds a summary (:func:`otrain.io.card.split_summary`); the card, an artifact
+    of the run, holds the ids, and is used only when its record is the one the tag summarises. A
+    tag of an older otrain (the whole record, without ids) is returned as it is; a summary whose
+    card cannot be read, likewise (the gate then refuses to compare, and says why).
+    """
+    if summary is None or "test_ids_sha256" not in summary:
+        return summary
+    import tempfile
+
+    from mlflow.exceptions import MlflowException
+
+    try:
+        cards = [entry.path for entry in client.list_artifacts(run_id, "training") if entry.path.endswith(CARD_SUFFIX)]
+        if len(cards) == 1:
+            with tempfile.TemporaryDirectory() as scratch:
+                card = json.loads(Path(client.download_artifacts(run_id, cards[0], scratch)).read_text())
+            record = card.get("split") if isinstance(card, dict) else None
+            if isinstance(record, dict) and matches_summary(record, summary):
+                return record
+    except (MlflowException, OSError, ValueError) as error:
+        logger.warning("the model card of run %s cannot be read (%s)", run_id, error)
+    return summary

@@ -1,6 +1,7 @@
 """otrain-optimise-dataset-size: metrics against the size of the training set.
 
-One validation and one test set are drawn once; the rest of the cube (the training pool) is
+One validation and one test set are drawn once (by whole groups when the cube records them,
+as ``--split-by`` says); the rest of the cube (the training pool) is
 ordered so that every prefix keeps the class mix, and each size trains on a prefix of it: the
 subsets are nested, and every size is judged on the same test set. Each size is a complete
 otrain-train run (all options honoured, dropout included), logged as a child of one MLflow
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from otrain.data.datacube import Datacube, Split, stratified_split
+from otrain.data.datacube import Datacube, Split, cube_split
 from otrain.errors import DataError, OptionError
 from otrain.io.layout import training_folder
 from otrain.io.outputs import STUDY_COLUMNS
@@ -107,7 +108,7 @@ def run_study(config: OptimiseDatasetSizeConfig) -> StudyReport:
     cube = Datacube.load(config.cube)
     if cube.n_real == 0 or cube.n_bogus == 0:
         raise DataError(f"{config.cube}: the cube holds only one class; the study needs both")
-    fixed = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
+    fixed, _ = cube_split(cube, config.split_by, config.frac, config.test_frac, config.seed, config.cube)
     pool = fixed.train[nested_order(cube.labels[fixed.train], config.seed)]
     if len(pool) < MIN_SECTION:
         raise DataError(f"{config.cube}: too few cutouts ({len(cube)}) for a dataset-size study")

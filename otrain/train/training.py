@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from otrain import __version__
-from otrain.data.datacube import Datacube, Split, stratified_split
+from otrain.data.datacube import Datacube, Split, cube_split, record_split
 from otrain.errors import DataError, OptionError, OtrainError
 from otrain.io.atomic import write_text_atomic
 from otrain.io.card import write_card
@@ -87,6 +87,7 @@ RESUME_KEYS = (
     "seed",
     "frac",
     "test_frac",
+    "split_by",
     "dropout",
     "learning_rate",
     "normalisation",
@@ -147,16 +148,11 @@ def _device() -> str:
     return f"{len(gpus)} GPU" if gpus else "CPU"
 
 
-def _split_record(config: TrainConfig, data_hash: str, given: bool) -> dict[str, Any]:
-    """How the training rows were chosen: enough to recompute them (the promotion gate does)."""
-    return {
-        "method": "given" if given else "stratified",
-        "cube": str(config.cube),
-        "data_hash": data_hash,
-        "seed": config.seed,
-        "frac": config.frac,
-        "test_frac": config.test_frac,
-    }
+def _split_record(config: TrainConfig, cube: Datacube, split: Split, method: str) -> dict[str, Any]:
+    """Which cutouts the training held out (their candidate ids): what every later reader uses."""
+    return record_split(
+        cube, split, method=method, source=config.cube, seed=config.seed, frac=config.frac, test_frac=config.test_frac
+    )
 
 
 def train(
@@ -211,9 +207,9 @@ def train(
     cluster = Cluster() if cluster is None else cluster
     cube = Datacube.load(config.cube) if cube is None else cube
     _check_cube(cube, config)
-    given = split is not None
+    method = "given"
     if split is None:
-        split = stratified_split(cube.labels, config.frac, config.test_frac, config.seed)
+        split, method = cube_split(cube, config.split_by, config.frac, config.test_frac, config.seed, config.cube)
     batch_size = _batch_size(config, len(split.train))
     if not cluster.is_chief:
         return _train_worker(config, cube, split, batch_size, cluster)
@@ -221,14 +217,14 @@ def train(
     if config.tracking:
         check_tracking_uri(tracking_uri)
     with exclusive_lock(config.output_dir / TRAINING_LOCK, f"the training folder {config.output_dir}"):
-        return _train_locked(config, cube, split, given, batch_size, tracking_uri, on_ready, cluster, init_checked)
+        return _train_locked(config, cube, split, method, batch_size, tracking_uri, on_ready, cluster, init_checked)
 
 
 def _train_locked(
     config: TrainConfig,
     cube: Datacube,
     split: Split,
-    given: bool,
+    method: str,
     batch_size: int,
     tracking_uri: str,
     on_ready: Callable[[RunInfo | None], None] | None,
@@ -292,7 +288,7 @@ def _train_locked(
         "mlflow.note.content": f"otrain-train {config.name} on {config.cube}",
         **dvc_tags(config.cube),
     }
-    split_record = _split_record(config, data_hash, given)
+    split_record = _split_record(config, cube, split, method)
     try:
         with tracked(config, tracking_uri, previous_run, tags) as run:
             if run is not None:

@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 from numpy.testing import assert_array_equal
 
-from otrain.data.datacube import NPZ_KEYS, Datacube, balanced_counts, choose_rows, recorded_split, stratified_split
+from otrain.data.datacube import (
+    NPZ_KEYS,
+    Datacube,
+    Split,
+    balanced_counts,
+    choose_rows,
+    cube_split,
+    grouped_split,
+    record_split,
+    recorded_split,
+    stratified_split,
+)
 from otrain.errors import DataError
 
 
@@ -18,7 +29,7 @@ def small_cube(n: int = 6, candids: np.ndarray | None = None) -> Datacube:
     rng = np.random.default_rng(0)
     return Datacube(
         cube=rng.normal(size=(n, 8, 8, 1)).astype(np.float32),
-        labels=np.array([1, 0] * (n // 2), dtype=np.int64),
+        labels=np.resize(np.array([1, 0], dtype=np.int64), n),
         mags=np.linspace(15, 20, n),
         errmags=np.linspace(0.01, 0.2, n),
         filters=np.array(["r"] * n),
@@ -211,11 +222,14 @@ def test_stratified_split_is_disjoint_complete_and_stratified() -> None:
     assert not np.array_equal(stratified_split(labels, 0.15, 0.15, seed=4).test, split.test)
 
 
-def test_a_recorded_split_is_recomputed_only_for_the_cube_it_was_made_of() -> None:
+def test_a_recorded_split_is_recomputed_only_for_the_cube_it_was_made_of(caplog: pytest.LogCaptureFixture) -> None:
     cube = small_cube(12)
     record = {"method": "stratified", "data_hash": cube.content_hash(), "seed": 5, "frac": 0.2, "test_frac": 0.2}
-    split = recorded_split(record, cube)
+    with caplog.at_level(logging.WARNING, logger="otrain"):
+        split = recorded_split(record, cube)
     assert split is not None
+    # A record of an older otrain names no ids: read as it always was, with a warning.
+    assert "split record names no candidate ids (an older otrain); recomputing its rows" in caplog.text
     assert_array_equal(split.train, stratified_split(cube.labels, 0.2, 0.2, 5).train)
     other = Datacube(**{**cube.__dict__, "cube": cube.cube + 1})
     assert recorded_split(record, other) is None  # another cube: its rows mean nothing here
@@ -228,3 +242,114 @@ def test_stratified_split_keeps_small_classes_in_every_part() -> None:
     split = stratified_split(np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0]), 0.1, 0.1, seed=0)
     for part in (split.train, split.validation, split.test):
         assert {0, 1} <= set(np.array([1, 1, 1, 0, 0, 0, 0, 0, 0, 0])[part].tolist())
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped splits, and the split recorded by candidate ids.
+
+
+def grouped_labels(n_groups: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and groups of 1 to 4 cutouts per object, objects shuffled among the rows, some of mixed labels."""
+    rng = np.random.default_rng(seed)
+    sizes = rng.integers(1, 5, n_groups)
+    groups = np.repeat([f"ZTF{index:05d}" for index in range(n_groups)], sizes)
+    labels = np.repeat(rng.integers(0, 2, n_groups), sizes)
+    labels[rng.random(len(labels)) < 0.05] ^= 1  # an object with a relabelled alert
+    order = rng.permutation(len(labels))
+    return labels[order], groups[order]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_grouped_split_never_puts_one_group_in_two_sets(seed: int) -> None:
+    labels, groups = grouped_labels(200, seed)
+    split = grouped_split(labels, groups, 0.15, 0.15, seed)
+    together = np.concatenate([split.train, split.validation, split.test])
+    assert sorted(together.tolist()) == list(range(len(labels)))
+    sets = [set(groups[part].tolist()) for part in (split.train, split.validation, split.test)]
+    assert not sets[0] & sets[1]
+    assert not sets[0] & sets[2]
+    assert not sets[1] & sets[2]
+    # Stratified: each held-out set holds about its fraction of each class.
+    for part in (split.validation, split.test):
+        for label in (0, 1):
+            share = np.count_nonzero(labels[part] == label) / np.count_nonzero(labels == label)
+            assert 0.08 < share < 0.22
+    again = grouped_split(labels, groups, 0.15, 0.15, seed)
+    assert_array_equal(again.test, split.test)
+
+
+@pytest.mark.parametrize(
+    ("n", "validation_frac", "test_frac", "seed"),
+    [
+        (400, 0.15, 0.15, 3),
+        (37, 0.2, 0.1, 0),
+        (10, 0.1, 0.1, 7),
+        (5, 0.3, 0.3, 11),
+        (2, 0.3, 0.3, 1),
+        (91, 0.0, 0.25, 4),
+    ],
+)
+def test_one_cutout_per_group_gives_the_row_split_exactly(
+    n: int, validation_frac: float, test_frac: float, seed: int
+) -> None:
+    labels = np.random.default_rng(n).integers(0, 2, n)
+    groups = np.array([f"object-{index}" for index in np.random.default_rng(seed).permutation(n)])
+    grouped = grouped_split(labels, groups, validation_frac, test_frac, seed)
+    rows = stratified_split(labels, validation_frac, test_frac, seed)
+    for name in ("train", "validation", "test"):
+        assert_array_equal(getattr(grouped, name), getattr(rows, name))
+
+
+def test_split_by_chooses_groups_when_the_cube_records_them(tmp_path: Path) -> None:
+    labels, groups = grouped_labels(30, 5)
+    cube = small_cube(len(labels))
+    cube = Datacube(**{**cube.__dict__, "labels": labels, "groups": groups, "group_keyword": "FILE"})
+    plain = Datacube(**{**cube.__dict__, "groups": None, "group_keyword": None})
+    split, method = cube_split(cube, "auto", 0.2, 0.2, 1, "c.npz")
+    assert method == "group"
+    assert_array_equal(split.test, grouped_split(labels, groups, 0.2, 0.2, 1).test)
+    assert cube_split(cube, "group", 0.2, 0.2, 1, "c.npz")[1] == "group"
+    split, method = cube_split(cube, "row", 0.2, 0.2, 1, "c.npz")
+    assert method == "row"
+    assert_array_equal(split.test, stratified_split(labels, 0.2, 0.2, 1).test)
+    assert cube_split(plain, "auto", 0.2, 0.2, 1, "c.npz")[1] == "row"
+    with pytest.raises(DataError) as error:
+        cube_split(plain, "group", 0.2, 0.2, 1, tmp_path / "c.npz")
+    assert str(error.value) == (
+        f"{tmp_path / 'c.npz'}: --split-by group: the cube records no groups; convert the cutouts with "
+        "otrain-convert --group-keyword KEYWORD (for example the ZTF objectId)"
+    )
+
+
+def test_the_record_names_the_held_out_ids_and_the_record_wins() -> None:
+    candids = np.array([1285423380015015016 + index for index in range(12)], dtype=np.int64)
+    cube = small_cube(12, candids=candids)
+    split = stratified_split(cube.labels, 0.2, 0.2, 5)
+    record = record_split(cube, split, method="row", source="c.npz", seed=5, frac=0.2, test_frac=0.2)
+    assert record["test_ids"] == [str(candid) for candid in candids[split.test]]  # 19 digits, exact
+    assert record["validation_ids"] == [str(candid) for candid in candids[split.validation]]
+    assert record["unique_ids"] is True
+    read = recorded_split(record, cube)
+    assert read is not None
+    for name in ("train", "validation", "test"):
+        assert_array_equal(getattr(read, name), getattr(split, name))
+    # Another split with the same seed and fractions: the ids tell, not a recomputation.
+    other = Split(train=np.arange(4, 12), validation=np.array([0, 1]), test=np.array([2, 3]))
+    moved = {
+        **record,
+        **{
+            key: value
+            for key, value in record_split(
+                cube, other, method="row", source="c.npz", seed=5, frac=0.2, test_frac=0.2
+            ).items()
+            if key.endswith("_ids")
+        },
+    }
+    read = recorded_split(moved, cube)
+    assert read is not None
+    assert read.test.tolist() == [2, 3]
+    assert read.validation.tolist() == [0, 1]
+    assert read.train.tolist() == list(range(4, 12))
+    # A grouped split that no seed could recompute (method 'given') is read from its ids too.
+    assert recorded_split({**moved, "method": "given"}, cube) is not None
+    assert recorded_split(moved, Datacube(**{**cube.__dict__, "cube": cube.cube + 1})) is None  # another cube

@@ -812,3 +812,31 @@ def test_dataset_size_study_refuses_sections_smaller_than_ten_cutouts(
     )
     assert not (tmp_path / "CNN_training").exists()
     assert not (tmp_path / "out").exists()
+
+
+def test_dataset_size_study_splits_by_group_as_split_by_says(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from otrain.data.datacube import grouped_split, stratified_split
+
+    full = Datacube.load(workspace / "datacube" / "cube.npz")
+    groups = np.array([f"object-{row // 3}" for row in range(len(full))])
+    grouped = Datacube(**{**full.__dict__, "groups": groups, "group_keyword": "OBJECT"}).save(tmp_path / "g.npz")
+    common = ("--model-path", tmp_path, "--model-name", "s", "--outdir", tmp_path / "out", "--epochs", "1")
+    # The fixed validation and test sets are drawn by group (--split-by auto): the pool is what remains.
+    status = call_main(optimise_main, "--cube", grouped, *common, "--n_sections", "60", "--no-tracking")
+    assert status == 2
+    pool = len(grouped_split(full.labels, groups, 0.15, 0.15, 42).train)
+    assert pool != len(stratified_split(full.labels, 0.15, 0.15, 42).train)  # not the split by row
+    assert f"--n_sections: 60 sections of the {pool} training cutouts of {grouped}" in capsys.readouterr().err
+    # --split-by group on a cube without groups: one line, nothing written.
+    plain = workspace / "datacube" / "cube.npz"
+    status = call_main(optimise_main, "--cube", plain, *common, "--split-by", "group", "--no-tracking")
+    assert status == 1
+    err = capsys.readouterr().err
+    assert err == (
+        f"otrain-optimise-dataset-size: error: {plain}: --split-by group: the cube records no groups; convert the "
+        "cutouts with otrain-convert --group-keyword KEYWORD (for example the ZTF objectId)\n"
+    )
+    assert not (tmp_path / "CNN_training").exists()
+    assert not (tmp_path / "out").exists()

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from otrain.data.datacube import Datacube, stratified_split
+from otrain.data.datacube import Datacube, Split, record_split, stratified_split
+from otrain.io.card import split_summary
 from otrain.judge.gate import MIN_COMPARISON_ROWS, comparison_rows, verdict
 
 
@@ -180,3 +182,85 @@ def test_the_verdict_names_the_threshold_each_model_was_judged_at() -> None:
     assert reason == (
         "mcc 0.8000 at threshold 0.9375 >= champion v2 0.7000 at threshold 0.0625 - tolerance 0.005 (the reason)"
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Records that name the held-out candidate ids (otrain-train writes them): the record, never a recomputation.
+
+
+def id_record(cube: Datacube, path: Path | None, split: Split) -> dict[str, Any]:
+    """The split record otrain-train writes into the model card: the ids of the held-out sets."""
+    return record_split(cube, split, method="row", source=str(path), seed=1, frac=0.25, test_frac=0.25)
+
+
+def odd_split(n: int) -> Split:
+    """A split no seed of stratified_split gives: validation the first tenth, test the last quarter."""
+    return Split(train=np.arange(n // 10, n - n // 4), validation=np.arange(n // 10), test=np.arange(n - n // 4, n))
+
+
+def test_the_gate_uses_the_recorded_ids_not_a_recomputation(champion_cube: tuple[Datacube, Path]) -> None:
+    cube, path = champion_cube
+    split = odd_split(len(cube))  # with seed 1 and fractions 0.25 recorded, as a recomputation would read
+    record = id_record(cube, path, split)
+    recomputed = stratified_split(cube.labels, 0.25, 0.25, 1)
+    assert not np.array_equal(recomputed.test, split.test)
+    # The new test set: the champion's whole cube, then 20 cutouts it never had.
+    test = make_cube(list(range(40)) + list(range(100, 120)), [index % 2 for index in range(60)])
+    rows, why = comparison_rows(test, None, record, "5")
+    assert rows is not None
+    assert set(test.candids[rows].tolist()) == set(cube.candids[split.test].tolist()) | set(range(100, 120))
+    assert why == f"compared on the {len(rows)} of 60 test cutouts that champion v5 never saw"
+
+
+def test_recorded_test_ids_count_as_unseen_without_the_champion_cube(
+    champion_cube: tuple[Datacube, Path], tmp_path: Path
+) -> None:
+    cube, path = champion_cube
+    split = odd_split(len(cube))
+    record = {**id_record(cube, path, split), "cube": str(tmp_path / "gone.npz")}
+    # The champion's own test set: held out from it, whatever cube it came from.
+    test = cube.subset(split.test)
+    rows, why = comparison_rows(test, None, record, "3")
+    assert rows is not None
+    assert rows.tolist() == list(range(len(test)))
+    assert why == "every test cutout is in champion v3's recorded test set: held out from both"
+    # Other cutouts cannot be told without the champion's cube: only its test set counts.
+    held_out = cube.candids[split.test][: MIN_COMPARISON_ROWS - 1].tolist()
+    mixed = make_cube(held_out + list(range(100, 120)), [index % 2 for index in range(len(held_out) + 20)])
+    rows, why = comparison_rows(mixed, None, record, "3")
+    assert rows is None
+    assert why.startswith(f"only {len(held_out)} of the {len(mixed)} test cutouts were not seen by champion v3")
+    assert "is not available here, so only the cutouts of its recorded test set count as unseen)" in why
+
+
+def test_a_champion_whose_ids_are_not_unique_is_not_compared(tmp_path: Path) -> None:
+    cube = make_cube([0, 0, *range(2, 40)], [index % 2 for index in range(40)])
+    path = cube.save(tmp_path / "twice.npz")
+    record = id_record(cube, path, odd_split(40))
+    assert record["unique_ids"] is False
+    rows, why = comparison_rows(cube, None, record, "7")
+    assert rows is None
+    assert (
+        why == "candidate ids of the champion's cube are not unique, so the rows the champion trained on cannot be told"
+    )
+
+
+def test_a_tag_summary_without_the_card_is_not_compared(champion_cube: tuple[Datacube, Path]) -> None:
+    cube, path = champion_cube
+    summary = split_summary(id_record(cube, path, odd_split(40)))
+    assert "test_ids" not in summary
+    assert summary["n_test"] == 10
+    rows, why = comparison_rows(cube, None, summary, "2")
+    assert rows is None
+    assert why.startswith("champion v2's record of the cutouts it held out (the candidate ids in its model card)")
+
+
+def test_an_old_record_without_ids_is_recomputed_with_a_warning(
+    champion_cube: tuple[Datacube, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    cube, path = champion_cube
+    test = make_cube(list(range(100, 120)), [index % 2 for index in range(20)])
+    with caplog.at_level(logging.WARNING, logger="otrain"):
+        rows, _ = comparison_rows(test, None, record_of(cube, path), "9")
+    assert rows is not None
+    assert "names no candidate ids (an older otrain); recomputing its rows" in caplog.text

@@ -684,6 +684,19 @@ def test_int8_calibrates_on_the_training_rows_the_card_names(model_copy: Path, w
     assert {path: path.read_bytes() for path in files_under(model_copy.parent)} == before
 
 
+def test_int8_calibrates_on_the_rows_the_card_records_not_a_recomputation(model_copy: Path, workspace: Path) -> None:
+    """The card's ids say which rows trained: a split no seed gives (all but 128 rows held out) is the one used."""
+    card_file = model_copy.with_name("tiny.keras.card.json")
+    card = json.loads(card_file.read_text())
+    candids = [str(candid) for candid in Datacube.load(Path(card["cube"])).candids]
+    assert card["split_sizes"]["train"] - card["split_sizes"]["train"] % 64 != 128
+    held_out = {**card["split"], "validation_ids": candids[128:200], "test_ids": candids[200:]}
+    card_file.write_text(json.dumps({**card, "split": held_out}))
+    assert call_main(export_main, "--model", model_copy, "--quantize", "int8", "--no-tracking") == 0
+    calibration = json.loads(card_file.read_text())["onnx_int8"]["calibration"]
+    assert (calibration["rows"], calibration["cutouts"]) == ("training rows", 128)
+
+
 def test_calibration_options_need_int8_and_another_cube(model_copy: Path, workspace: Path) -> None:
     cube = workspace / "datacube" / "cube.npz"
     alone = run_command("otrain-export", "--model", str(model_copy), "--calibration-size", "64")

@@ -20,7 +20,7 @@ from otrain.data.datacube import Datacube
 from otrain.io.cutouts import list_cutouts, read_header
 from otrain.simulate import BOGUS_KINDS, KINDS, REAL_KINDS, Kind, Scene, Site, draw_observation, render_candidate
 
-INFER_KEYWORDS = ("CANDID", "RA", "DEC", "FILE", "XPOS", "YPOS", "MAG", "MAGERR", "FWHM", "FWHMPSF", "EDGE")
+INFER_KEYWORDS = ("CANDID", "OBJECTID", "RA", "DEC", "FILE", "XPOS", "YPOS", "MAG", "MAGERR", "FWHM", "FWHMPSF", "EDGE")
 
 
 def simulate(out: Path, *extra: str, n_true: int = 40, n_false: int = 40, n_night: int = 30, size: int = 24) -> int:
@@ -169,6 +169,16 @@ def test_simulated_survey_converts_and_edge_cutouts_are_dropped(survey: Path, tm
     edge_ids = {int(row["candid"]) for row in rows if row["edge"] == "True"}
     assert edge_ids
     assert not edge_ids & set(cube.candids.tolist())
+
+
+def test_every_simulated_cutout_names_its_object_for_grouped_splits(survey: Path, tmp_path: Path) -> None:
+    common = ("--path", tmp_path, "--cube", "sim", "--cutouts", survey, "--frac-true", "-1")
+    assert call_main(convert_main, *common, "--group-keyword", "OBJECTID") == 0
+    cube = Datacube.load(tmp_path / "datacube" / "sim.npz")
+    assert cube.group_keyword == "OBJECTID"
+    assert cube.groups is not None
+    # One object per cutout (STDPipe and gmadet alike): a grouped split is the split by row.
+    assert cube.groups.tolist() == [f"SIM{candid:07d}" for candid in cube.candids.tolist()]
 
 
 def test_pixels_look_like_their_kind(survey: Path) -> None:

@@ -29,6 +29,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 from otrain.cli.infer import main as infer_main
 from otrain.cli.train import main as train_main
 from otrain.data.datacube import Datacube
+from otrain.io.card import split_summary
 from otrain.score.inference import INFER_COLUMNS
 
 pytestmark = pytest.mark.slow
@@ -68,6 +69,71 @@ def test_splits_are_disjoint_and_test_only(trained: Path, workspace: Path) -> No
     full = Datacube.load(workspace / "datacube" / "cube.npz")
     assert abs(len(test) - 0.15 * len(full)) <= 2
     assert abs(test.n_real - test.n_bogus) <= 1
+
+
+def test_the_card_records_the_candidate_ids_of_the_held_out_sets(trained: Path, workspace: Path) -> None:
+    validation = Datacube.load(trained / "validation_set" / "datacube" / "cube_validation.npz")
+    test = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    record = json.loads((trained / "tiny.keras.card.json").read_text())["split"]
+    assert record["method"] == "row"  # the workspace cube records no groups: --split-by auto splits by row
+    assert record["group_keyword"] is None
+    assert record["unique_ids"] is True
+    assert record["test_ids"] == [str(candid) for candid in test.candids]
+    assert record["validation_ids"] == [str(candid) for candid in validation.candids]
+    assert record["data_hash"] == Datacube.load(workspace / "datacube" / "cube.npz").content_hash()
+
+
+def test_split_by_group_trains_on_whole_groups(workspace: Path, tmp_path: Path) -> None:
+    full = Datacube.load(workspace / "datacube" / "cube.npz")
+    # Three alerts per object, as a survey sees an object on several nights.
+    groups = np.array([f"object-{row // 3}" for row in np.random.default_rng(0).permutation(len(full))])
+    grouped = Datacube(**{**full.__dict__, "groups": groups, "group_keyword": "OBJECT"}).save(tmp_path / "g.npz")
+    common = ("--cube", grouped, "--model-path", tmp_path, "--epochs", "1", "--normalisation", "robust")
+    assert call_main(train_main, *common, "--model-name", "grouped", "--no-tracking") == 0
+    folder = tmp_path / "CNN_training" / "grouped"
+    record = json.loads((folder / "grouped.keras.card.json").read_text())["split"]
+    assert (record["method"], record["group_keyword"]) == ("group", "OBJECT")
+    by_id = dict(zip((str(candid) for candid in full.candids), groups, strict=True))
+    held = {name: {by_id[key] for key in record[f"{name}_ids"]} for name in ("validation", "test")}
+    trained_on = set(groups) - held["validation"] - held["test"]
+    rows_of = {name: [key for key in by_id if by_id[key] in held[name]] for name in held}
+    assert not held["validation"] & held["test"]
+    assert sorted(record["test_ids"]) == sorted(rows_of["test"])  # every alert of a test object is in test
+    assert sorted(record["validation_ids"]) == sorted(rows_of["validation"])
+    assert trained_on
+    test = Datacube.load(folder / "test_set" / "datacube" / "cube_test.npz")
+    assert test.groups is not None
+    assert not set(test.groups.tolist()) & trained_on
+    # --split-by row on the same cube: objects straddle the sets, as before.
+    assert call_main(train_main, *common, "--model-name", "rows", "--no-tracking", "--split-by", "row") == 0
+    rows = json.loads((tmp_path / "CNN_training" / "rows" / "rows.keras.card.json").read_text())["split"]
+    assert rows["method"] == "row"
+    test_objects = {by_id[key] for key in rows["test_ids"]}
+    assert {by_id[key] for key in by_id if key not in set(rows["test_ids"])} & test_objects
+
+
+def test_split_by_group_needs_a_cube_with_groups(
+    workspace: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cube = workspace / "datacube" / "cube.npz"
+    status = call_main(
+        train_main,
+        "--cube",
+        cube,
+        "--model-path",
+        tmp_path,
+        "--model-name",
+        "m",
+        "--split-by",
+        "group",
+        "--no-tracking",
+    )
+    assert status == 1
+    assert capsys.readouterr().err == (
+        f"otrain-train: error: {cube}: --split-by group: the cube records no groups; convert the cutouts with "
+        "otrain-convert --group-keyword KEYWORD (for example the ZTF objectId)\n"
+    )
+    assert not (tmp_path / "CNN_training").exists()
 
 
 def test_model_scores_another_survey_as_its_seed_always_does(trained: Path, workspace: Path) -> None:
@@ -641,8 +707,10 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
     client = MlflowClient(tracking_uri)
     record = json.loads(client.get_model_version("fair", "1").tags[SPLIT_TAG])
     card = json.loads((trained / "tiny.keras.card.json").read_text())
-    assert record == card["split"]
-    assert {"data_hash", "seed", "frac", "test_frac", "cube"} <= set(record)
+    # The tag is small (MLflow limits tags): the ids are in the card, the tag holds their digests.
+    assert record == split_summary(card["split"])
+    assert {"data_hash", "seed", "frac", "test_frac", "cube", "test_ids_sha256", "n_test"} <= set(record)
+    assert "test_ids" not in record
     # Another seed: another test set, part of which the champion trained on.
     assert train(workspace, "reseeded", "--epochs", "2", "--seed", "5", "--test-frac", "0.4", models="fair") == 0
     reseeded = workspace / "fair" / "CNN_training" / "reseeded"
@@ -653,17 +721,14 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
     decision = json.loads((tmp_path / "b.json").read_text())
     test = Datacube.load(reseeded / "test_set" / "datacube" / "cube_test.npz")
     full = Datacube.load(workspace / "datacube" / "cube.npz")
-    from otrain.data.datacube import stratified_split
-
-    champion_split = stratified_split(full.labels, record["frac"], record["test_frac"], record["seed"])
-    seen = {int(c) for c in full.candids[np.concatenate([champion_split.train, champion_split.validation])]}
-    held_out = [candid for candid in test.candids.tolist() if int(candid) not in seen]
+    # What the champion saw: its cube's rows but the test set its card records.
+    seen = {str(candid) for candid in full.candids} - set(card["split"]["test_ids"])
+    held_out = [candid for candid in test.candids.tolist() if str(candid) not in seen]
     assert 0 < decision["compared_on"] == len(held_out) < len(test), decision["reason"]
     assert (
         f"compared on the {len(held_out)} of {len(test)} test cutouts that champion v1 never saw" in decision["reason"]
     )
-    # A champion whose cube is gone: its training rows cannot be told, so the gate refuses to
-    # compare, and says why.
+    # A champion whose cube is gone: only the cutouts of its recorded test set count as unseen.
     temporary = tmp_path / "temporary.npz"
     full.subset(np.arange(0, len(full), 2)).save(temporary)
     status = call_main(
@@ -680,10 +745,14 @@ def test_the_gate_compares_on_rows_neither_model_trained_on(
         call_main(promote_main, "--model-dir", trained, "--registered-name", "gone", "--report", tmp_path / "d.json")
         == 0
     )
-    refused = json.loads((tmp_path / "d.json").read_text())
-    assert refused["promoted"] is False
-    assert refused["reason"].startswith("not compared: champion v1 was trained on cube ")
-    assert f"({temporary}), which is not available here" in refused["reason"]
+    gone_tests = set(json.loads((gone / "gone.keras.card.json").read_text())["split"]["test_ids"])
+    ours = Datacube.load(trained / "test_set" / "datacube" / "cube_test.npz")
+    unseen = [row for row, candid in enumerate(ours.candids) if str(candid) in gone_tests]
+    decided = json.loads((tmp_path / "d.json").read_text())
+    assert 0 < len(unseen) < 10  # a few of our test cutouts were in its test set: too few to compare
+    assert decided["promoted"] is False
+    assert decided["reason"].startswith(f"not compared: only {len(unseen)} of the {len(ours)} test cutouts were")
+    assert f"({temporary}) is not available here, so only the cutouts of its recorded test set" in decided["reason"]
     assert str(client.get_model_version_by_alias("gone", "champion").version) == "1"
 
 
