@@ -63,8 +63,9 @@ def test_every_metric_against_a_hand_computed_case() -> None:
     # Thresholds: FPR <= 1 % needs no bogus above t (t >= 0.7, where 3 of 4 real are missed).
     assert result["threshold_at_fpr_1pc"] == 0.7
     assert result["fnr_at_fpr_1pc"] == pytest.approx(3 / 4)
-    # FNR <= 1 % needs every real above t (t < 0.4: 0.39); there 2 of 4 bogus (0.7, 0.5) are above it.
-    assert result["threshold_at_fnr_1pc"] == 0.39
+    # FNR <= 1 % needs every real above t: t is the largest float32 below 0.4 (exact, not the 0.39 of a
+    # grid); there 2 of 4 bogus (0.7, 0.5) are above it.
+    assert result["threshold_at_fnr_1pc"] == float(np.nextafter(np.float32(0.4), np.float32(0)))
     assert result["fpr_at_fnr_1pc"] == pytest.approx(2 / 4)
     # F1 + MCC is largest for 0.2 <= t < 0.4 (all real kept, 0.2 and 0.1 out); the lowest such t is given.
     assert result["best_threshold"] == 0.2
