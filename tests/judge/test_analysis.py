@@ -26,7 +26,7 @@ from otrain.cli.infer import main as infer_main
 from otrain.cli.optimise_dataset_size import main as optimise_main
 from otrain.cli.plot_results import main as plot_results_main
 from otrain.data.datacube import Datacube
-from otrain.metrics.evaluation import evaluate, expected_calibration_error, threshold_table
+from otrain.metrics.evaluation import evaluate, expected_calibration_error, operating_point, threshold_table
 
 pytestmark = pytest.mark.slow
 
@@ -132,6 +132,14 @@ def test_diagnostics_json_holds_scikit_learns_figures_for_the_models_predictions
     assert result["average_precision"] == pytest.approx(skm.average_precision_score(cube.labels, p_real))
     (tn, fp), (fn, tp) = skm.confusion_matrix(cube.labels, predicted)
     assert (result["tn"], result["fp"], result["fn"], result["tp"]) == (tn, fp, fn, tp)
+    # The exact operating points of these predictions, up to the last bits in which the scorer that
+    # diagnostics chose and Keras' predict may round a P(real) apart (a cutout at the threshold).
+    at_fnr, at_fpr = (operating_point(cube.labels, p_real, **{target: 0.01}) for target in ("target_fnr", "target_fpr"))
+    one = 1 / min(np.count_nonzero(cube.labels == 1), np.count_nonzero(cube.labels == 0))
+    assert result["threshold_at_fnr_1pc"] == pytest.approx(at_fnr["threshold"], abs=1e-4)
+    assert result["fpr_at_fnr_1pc"] == pytest.approx(at_fnr["fpr"], abs=one)
+    assert result["threshold_at_fpr_1pc"] == pytest.approx(at_fpr["threshold"], abs=1e-4)
+    assert result["fnr_at_fpr_1pc"] == pytest.approx(at_fpr["fnr"], abs=one)
     folders = out / "validation_set"
     assert len(list((folders / "misclassified" / "images_FP").glob("cutout_*.png"))) == fp
     assert len(list((folders / "misclassified" / "images_FN").glob("cutout_*.png"))) == fn
