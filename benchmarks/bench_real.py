@@ -157,16 +157,19 @@ def score_table(oof: Path, data: Path) -> dict[str, np.ndarray]:
 
 
 def figures(table: dict[str, np.ndarray]) -> dict[str, float]:
-    """The benchmark's figures of merit from pooled out-of-fold scores."""
+    """The benchmark's figures of merit from pooled out-of-fold scores.
+
+    The false-positive rates at 1 % false negatives are exact operating points
+    (:func:`otrain.metrics.evaluation.operating_point`): ``fpr_at_fnr_1pc`` on all rows,
+    ``fpr_confident_at_fnr_1pc`` on confident bogus rows at 1 % of the confident real ones missed.
+    """
     from sklearn.metrics import roc_auc_score
 
-    from otrain.metrics.evaluation import expected_calibration_error
-    from otrain.nets.calibration import threshold_for_fnr, threshold_for_fpr
+    from otrain.metrics.evaluation import expected_calibration_error, operating_point, threshold_for_fpr
 
     p, label, confident, sso = table["p"], table["label"], table["confident"], table["sso"]
     confident_bogus = confident & (label == 0)
     at_fpr = threshold_for_fpr(np.zeros(confident_bogus.sum(), dtype=int), p[confident_bogus], 0.10)
-    at_fnr = threshold_for_fnr(label, p, 0.01)
     return {
         "roc_auc": float(roc_auc_score(label, p)),
         "roc_auc_confident": float(roc_auc_score(label[confident], p[confident])),
@@ -174,7 +177,8 @@ def figures(table: dict[str, np.ndarray]) -> dict[str, float]:
         "sso_recall": float(np.mean(p[sso] > at_fpr)) if sso.any() else math.nan,
         "n_sso": int(sso.sum()),
         "fpr_confident_bogus": float(np.mean(p[confident_bogus] > at_fpr)),
-        "fpr_at_fnr_1pc": float(np.mean(p[label == 0] > at_fnr)),
+        "fpr_at_fnr_1pc": operating_point(label, p, target_fnr=0.01)["fpr"],
+        "fpr_confident_at_fnr_1pc": operating_point(label[confident], p[confident], target_fnr=0.01)["fpr"],
         "ece": expected_calibration_error(label, p),
         "n": len(p),
         "n_confident": int(confident.sum()),

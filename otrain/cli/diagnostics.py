@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -37,12 +38,13 @@ def _diagnostics(config: DiagnosticsConfig) -> None:
         print(f"  {label:50} {'n/a' if value is None or value != value else f'{value:.4f}'}")
     matrix = f"[[{metrics['tn']}, {metrics['fp']}], [{metrics['fn']}, {metrics['tp']}]]"
     print(f"  confusion matrix [[TN, FP], [FN, TP]]: {matrix}")
-    if "threshold_at_fpr_1pc" in metrics:
+    # Exact operating points (NaN without both classes); the thresholds in full, as they decide.
+    if math.isfinite(metrics["threshold_at_fpr_1pc"]):
         threshold, fnr = metrics["threshold_at_fpr_1pc"], metrics["fnr_at_fpr_1pc"]
-        print(f"  FPR <= 1 % from threshold {threshold:.2f} (FNR there {fnr:.4f})")
-    if "threshold_at_fnr_1pc" in metrics:
+        print(f"  FPR <= 1 % from threshold {threshold:.9g} (FNR there {fnr:.4f})")
+    if math.isfinite(metrics["threshold_at_fnr_1pc"]):
         threshold, fpr = metrics["threshold_at_fnr_1pc"], metrics["fpr_at_fnr_1pc"]
-        print(f"  FNR <= 1 % up to threshold {threshold:.2f} (FPR there {fpr:.4f})")
+        print(f"  FNR <= 1 % up to threshold {threshold:.9g} (FPR there {fpr:.4f})")
     print(f"  best threshold (max F1 + MCC): {metrics['best_threshold']:.2f}")
     exported = ", ".join(f"{count} {outcome}" for outcome, count in report.exported.items())
     print(f"exported cutouts: {exported}")

@@ -20,6 +20,7 @@ from otrain.io.layout import CARD_SUFFIX, card_file, model_of_card
 
 __all__ = [
     "DEFAULT_THRESHOLD",
+    "LOWEST_THRESHOLD",
     "card_planes",
     "card_threshold",
     "ids_digest",
@@ -35,6 +36,11 @@ __all__ = [
 
 #: The threshold of a model whose card records none (and of a model without a card).
 DEFAULT_THRESHOLD = 0.5
+#: The lowest threshold a card may record: the largest float32 below 0 (-2**-149), which decides
+#: every cutout real, one scored exactly 0 included, in float32 as in float64. A training chooses
+#: it for ``--target-fnr`` when a real cutout of the validation set that must be kept scores 0
+#: (:func:`otrain.metrics.evaluation.threshold_for_fnr`).
+LOWEST_THRESHOLD = -(2.0**-149)
 
 
 def read_card(model_file: Path) -> dict[str, Any]:
@@ -100,13 +106,15 @@ def update_card(model_file: Path, **entries: Any) -> Path:
 def card_threshold(model_file: Path) -> float:
     """Return the decision threshold a model's card records; 0.5 for a model without a card or threshold.
 
+    A recorded threshold is a probability, or :data:`LOWEST_THRESHOLD` (every cutout real).
+
     Raises
     ------
     DataError
-        If the card cannot be read or its threshold is not a probability; the message names the card.
+        If the card cannot be read or its threshold is neither; the message names the card.
     """
     value = read_card(model_file).get("threshold", DEFAULT_THRESHOLD)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not LOWEST_THRESHOLD <= value <= 1:
         raise DataError(f"{card_file(model_file)}: 'threshold' must be a probability, got {value!r}")
     return float(value)
 

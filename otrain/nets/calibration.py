@@ -18,8 +18,9 @@ few ulps of 1 - p), and the fit would see other log-odds than the layer it makes
 
 The operating point is the threshold of the decision "real if P(real) > threshold". Surveys
 choose theirs from a miss rate they accept (ATLAS quotes its false-positive rate at 1 % missed
-detections): :func:`threshold_for_fnr` and :func:`threshold_for_fpr` pick it on the validation
-set.
+detections): :func:`otrain.metrics.evaluation.threshold_for_fnr` and
+:func:`otrain.metrics.evaluation.threshold_for_fpr` pick it on the validation set, exactly (one
+place for operating points, :func:`otrain.metrics.evaluation.operating_point`).
 """
 
 from __future__ import annotations
@@ -39,8 +40,6 @@ __all__ = [
     "apply_calibration",
     "fit_calibration",
     "log_odds",
-    "threshold_for_fnr",
-    "threshold_for_fpr",
 ]
 
 CalibrationMethod = Literal["temperature", "platt", "none"]
@@ -183,45 +182,3 @@ def fit_calibration(labels: np.ndarray, columns: np.ndarray, method: Calibration
     temperature = math.exp(float(best.x[0]))
     bias = float(best.x[1]) if with_bias else 0.0
     return CalibrationFit(method, temperature=temperature, bias=bias, fitted_on=len(labels))
-
-
-def threshold_for_fnr(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:
-    """Return the highest threshold that misses at most a fraction ``target`` of the real cutouts.
-
-    With the decision "real if P(real) > threshold", the threshold sits just below the score of
-    the real cutout that must still be kept, so the false-negative rate of these cutouts is at
-    most ``target`` (ties keep more, never fewer).
-
-    Raises
-    ------
-    DataError
-        When the cutouts hold no real one.
-    """
-    scores = np.sort(np.asarray(probabilities, dtype=np.float64)[np.asarray(labels).astype(int) == 1])
-    if len(scores) == 0:
-        raise DataError("--target-fnr: the validation set holds no real cutout to choose a threshold on")
-    allowed = math.floor(target * len(scores) + 1e-9)
-    if allowed >= len(scores):
-        return 1.0
-    return float(max(np.nextafter(scores[allowed], -np.inf), 0.0))
-
-
-def threshold_for_fpr(labels: np.ndarray, probabilities: np.ndarray, target: float) -> float:
-    """Return the lowest threshold that accepts at most a fraction ``target`` of the bogus cutouts.
-
-    With the decision "real if P(real) > threshold", the threshold is the score of the bogus
-    cutout ranked just after the accepted ones, so the false-positive rate of these cutouts is
-    at most ``target``.
-
-    Raises
-    ------
-    DataError
-        When the cutouts hold no bogus one.
-    """
-    scores = np.sort(np.asarray(probabilities, dtype=np.float64)[np.asarray(labels).astype(int) == 0])[::-1]
-    if len(scores) == 0:
-        raise DataError("--target-fpr: the validation set holds no bogus cutout to choose a threshold on")
-    allowed = math.floor(target * len(scores) + 1e-9)
-    if allowed >= len(scores):
-        return 0.0
-    return float(scores[allowed])

@@ -76,7 +76,7 @@ def choose_threshold(
     config: TrainConfig, labels: np.ndarray, probabilities: np.ndarray
 ) -> tuple[float, dict[str, Any]]:
     """Return the decision threshold (``--threshold``, or chosen by a target rate) and how it was chosen."""
-    from otrain.nets.calibration import threshold_for_fnr, threshold_for_fpr
+    from otrain.metrics.evaluation import threshold_for_fnr, threshold_for_fpr
 
     if config.target_fnr is None and config.target_fpr is None:
         threshold = 0.5 if config.threshold is None else config.threshold

@@ -57,7 +57,7 @@ from otrain.io.layout import (
 )
 from otrain.io.locking import exclusive_lock
 from otrain.io.progress import announce
-from otrain.metrics.evaluation import binary_metrics, write_json
+from otrain.metrics.evaluation import binary_metrics, operating_rates, write_json
 from otrain.options import (
     AUTO_BATCH_MAX,
     AUTO_BATCH_MIN,
@@ -349,6 +349,7 @@ def _fit_and_write(
         model, calibration, validation_p, probabilities = calibrate(model, config, cube, split, test_x, test_labels)
     threshold, threshold_rule = choose_threshold(config, cube.labels[split.validation], validation_p)
     metrics = binary_metrics(test_labels, probabilities, threshold)
+    metrics.update(operating_rates(test_labels, probabilities))  # exact FPR at 1 % FNR and the reverse
     metrics["expected_calibration_error"] = calibration["ece_test_after"]
     metrics["epochs_run"] = len(history)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from otrain.errors import DataError
-from otrain.io.card import card_threshold, read_card, training_card, update_card, write_card
+from otrain.io.card import LOWEST_THRESHOLD, card_threshold, read_card, training_card, update_card, write_card
 from otrain.io.layout import card_file, int8_path, model_of_card, training_folder, twin_path
 
 
@@ -36,6 +36,9 @@ def test_written_cards_read_back_and_updates_keep_the_rest(tmp_path: Path) -> No
     card = {"threshold": 0.3, "planes": ["DIFF"], "model_file": "m.keras", "onnx": {"file": "m.onnx"}}
     assert read_card(model) == card
     assert card_threshold(model) == 0.3
+    # The largest float32 below 0, which a --target-fnr training records when a real cutout scored 0 must be kept.
+    update_card(model, threshold=-(2.0**-149))
+    assert card_threshold(model) == -(2.0**-149) == LOWEST_THRESHOLD
 
 
 @pytest.mark.parametrize(
@@ -46,6 +49,7 @@ def test_written_cards_read_back_and_updates_keep_the_rest(tmp_path: Path) -> No
         ('{"threshold": "high"}', "m.keras.card.json: 'threshold' must be a probability, got 'high'"),
         ('{"threshold": true}', "m.keras.card.json: 'threshold' must be a probability, got True"),
         ('{"threshold": 1.5}', "m.keras.card.json: 'threshold' must be a probability, got 1.5"),
+        ('{"threshold": -0.001}', "m.keras.card.json: 'threshold' must be a probability, got -0.001"),
     ],
 )
 def test_a_bad_card_is_named_with_what_is_wrong(tmp_path: Path, text: str, message: str) -> None:

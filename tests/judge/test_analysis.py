@@ -26,7 +26,7 @@ from otrain.cli.infer import main as infer_main
 from otrain.cli.optimise_dataset_size import main as optimise_main
 from otrain.cli.plot_results import main as plot_results_main
 from otrain.data.datacube import Datacube
-from otrain.metrics.evaluation import evaluate, expected_calibration_error, threshold_table
+from otrain.metrics.evaluation import evaluate, expected_calibration_error, operating_point, threshold_table
 
 pytestmark = pytest.mark.slow
 
@@ -63,8 +63,9 @@ def test_every_metric_against_a_hand_computed_case() -> None:
     # Thresholds: FPR <= 1 % needs no bogus above t (t >= 0.7, where 3 of 4 real are missed).
     assert result["threshold_at_fpr_1pc"] == 0.7
     assert result["fnr_at_fpr_1pc"] == pytest.approx(3 / 4)
-    # FNR <= 1 % needs every real above t (t < 0.4: 0.39); there 2 of 4 bogus (0.7, 0.5) are above it.
-    assert result["threshold_at_fnr_1pc"] == 0.39
+    # FNR <= 1 % needs every real above t: t is the largest float32 below 0.4 (exact, not the 0.39 of a
+    # grid); there 2 of 4 bogus (0.7, 0.5) are above it.
+    assert result["threshold_at_fnr_1pc"] == float(np.nextafter(np.float32(0.4), np.float32(0)))
     assert result["fpr_at_fnr_1pc"] == pytest.approx(2 / 4)
     # F1 + MCC is largest for 0.2 <= t < 0.4 (all real kept, 0.2 and 0.1 out); the lowest such t is given.
     assert result["best_threshold"] == 0.2
@@ -131,6 +132,14 @@ def test_diagnostics_json_holds_scikit_learns_figures_for_the_models_predictions
     assert result["average_precision"] == pytest.approx(skm.average_precision_score(cube.labels, p_real))
     (tn, fp), (fn, tp) = skm.confusion_matrix(cube.labels, predicted)
     assert (result["tn"], result["fp"], result["fn"], result["tp"]) == (tn, fp, fn, tp)
+    # The exact operating points of these predictions, up to the last bits in which the scorer that
+    # diagnostics chose and Keras' predict may round a P(real) apart (a cutout at the threshold).
+    at_fnr, at_fpr = (operating_point(cube.labels, p_real, **{target: 0.01}) for target in ("target_fnr", "target_fpr"))
+    one = 1 / min(np.count_nonzero(cube.labels == 1), np.count_nonzero(cube.labels == 0))
+    assert result["threshold_at_fnr_1pc"] == pytest.approx(at_fnr["threshold"], abs=1e-4)
+    assert result["fpr_at_fnr_1pc"] == pytest.approx(at_fnr["fpr"], abs=one)
+    assert result["threshold_at_fpr_1pc"] == pytest.approx(at_fpr["threshold"], abs=1e-4)
+    assert result["fnr_at_fpr_1pc"] == pytest.approx(at_fpr["fnr"], abs=one)
     folders = out / "validation_set"
     assert len(list((folders / "misclassified" / "images_FP").glob("cutout_*.png"))) == fp
     assert len(list((folders / "misclassified" / "images_FN").glob("cutout_*.png"))) == fn

@@ -204,6 +204,8 @@ def test_every_cutout_has_one_out_of_fold_score_from_the_model_that_did_not_trai
 def test_metrics_per_fold_their_spread_and_pooled(crossval: tuple[Path, Path, str]) -> None:
     from sklearn.metrics import roc_auc_score
 
+    from otrain.metrics.evaluation import threshold_for_fnr
+
     _, out, _ = crossval
     report = json.loads((out / "cv_metrics.json").read_text())
     rows = read_csv(out / "oof_scores.csv")
@@ -219,6 +221,10 @@ def test_metrics_per_fold_their_spread_and_pooled(crossval: tuple[Path, Path, st
     labels = [int(row["label"]) for row in rows]
     p_real = [float(row["p_real"]) for row in rows]
     assert report["pooled"]["roc_auc"] == pytest.approx(roc_auc_score(labels, p_real))
+    # The FPR at 1 % FNR is the exact operating point of those scores, counted (not a 0.01 grid's).
+    at_fnr = threshold_for_fnr(labels, p_real, 0.01)
+    bogus = np.asarray(p_real)[np.asarray(labels) == 0]
+    assert report["pooled"]["fpr_at_fnr_1pc"] == pytest.approx(np.mean(bogus > at_fnr))
     first = [(label, p) for label, p, row in zip(labels, p_real, rows, strict=True) if row["fold"] == "1"]
     assert report["per_fold"][0]["roc_auc"] == pytest.approx(roc_auc_score(*zip(*first, strict=True)))
     assert report["per_fold"][0]["n_test"] == len(first)

@@ -53,6 +53,8 @@ def test_training_writes_the_original_layout(trained: Path) -> None:
         assert archive["labels"].shape[1] == 2  # one-hot, readable by the original tools
     metrics = json.loads((trained / "metrics.json").read_text())
     assert set(metrics) >= {"accuracy", "precision", "recall", "f1", "mcc", "roc_auc"}
+    # The exact operating points of the test set (otrain.metrics.evaluation.operating_rates).
+    assert set(metrics) >= {"threshold_at_fpr_1pc", "fnr_at_fpr_1pc", "threshold_at_fnr_1pc", "fpr_at_fnr_1pc"}
     assert history_epochs(trained) == [1, 2, 3, 4, 5, 6]
     card = json.loads((trained / "tiny.keras.card.json").read_text())
     assert card["input_shape"] == [SIZE, SIZE, 1]
