@@ -334,3 +334,69 @@ def refused_init_sources(folder: Path, shape: tuple[int, int, int], planes: Sequ
         (vgg, f"--init-from: {vgg} is another network than the one this training builds"),
         (text, f"{text}: not a readable Keras model (corrupt or truncated)"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny ensemble (untrained members: its spread is checked against the members' own P(real)).
+
+
+def ensemble_members(size: int = SIZE, seeds: Sequence[int] = (1, 2)) -> list[Any]:
+    """Untrained single models of (size, size, 1) cutouts, one per seed, each with its own name."""
+    import keras
+
+    from otrain.nets.model import build_model
+
+    members = []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        built = build_model((size, size, 1))
+        member = keras.models.clone_model(built)  # not compiled: an ensemble holds no optimiser of its members
+        member.set_weights(built.get_weights())
+        member.name = f"member_{seed}"
+        members.append(member)
+    return members
+
+
+def ensemble_of(members: Sequence[Any]) -> Any:
+    """The ensemble of ``members``: one Keras model giving (P(bogus), P(real), spread) per cutout."""
+    try:
+        from otrain.nets.ensemble import build_ensemble
+    except ImportError:  # until otrain.nets.ensemble exists: the same three columns, from Keras' own layers
+        return _stand_in_ensemble(members)
+    return build_ensemble(list(members))
+
+
+def _stand_in_ensemble(members: Sequence[Any]) -> Any:
+    import keras
+    from keras import layers
+
+    from otrain.nets.model import input_shape_of
+
+    assert len(members) == 2  # the standard deviation of two values is half their distance
+    pixels = keras.Input(input_shape_of(members[0]))
+    outputs = [member(pixels) for member in members]
+    real = layers.Dense(1, use_bias=False, trainable=False, kernel_initializer=keras.initializers.Constant([[0], [1]]))
+    first, second = real(outputs[0]), real(outputs[1])
+    distance = layers.Add()(
+        [layers.ReLU()(layers.Subtract()([first, second])), layers.ReLU()(layers.Subtract()([second, first]))]
+    )
+    spread = layers.Rescaling(0.5)(distance)
+    return keras.Model(pixels, layers.Concatenate()([layers.Average()(outputs), spread]))
+
+
+def members_spread(members: Sequence[Any], pixels: np.ndarray) -> np.ndarray:
+    """The standard deviation of the members' P(real) of each cutout, computed here from each member's own output."""
+    p_real = np.stack([np.asarray(member.predict_on_batch(pixels), dtype=np.float64)[:, 1] for member in members])
+    return p_real.std(axis=0)
+
+
+def saved_ensemble(folder: Path, size: int = SIZE) -> tuple[Path, list[Any]]:
+    """Save the ensemble of two untrained members as ``folder/ensemble.keras``, with its ONNX twin; return it, them."""
+    from otrain.nets.model import load_model, save_model
+    from otrain.score.twin import export_onnx
+
+    members = ensemble_members(size)
+    model_file = save_model(ensemble_of(members), folder / "ensemble.keras")
+    pixels = np.random.default_rng(3).normal(size=(8, size, size, 1)).astype(np.float32)
+    export_onnx(load_model(model_file), model_file, pixels)
+    return model_file, members

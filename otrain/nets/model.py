@@ -432,7 +432,7 @@ def load_model(path: Path) -> keras.Model:
             raise DataError(f"{path}: not a readable Keras model (corrupt or truncated)") from None
         raise DataError(f"{path}: not a readable Keras model ({first_line(error)[:200]})") from None
     output_shape = tuple(model.outputs[0].shape[1:])
-    if output_shape != (2,):
+    if output_shape not in ((2,), (3,)):  # (3,): an ensemble's (bogus, real, spread)
         raise DataError(f"{path}: model must output 2 class probabilities (bogus, real), got shape {output_shape}")
     input_shape_of(model)
     return model
