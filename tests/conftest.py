@@ -341,7 +341,7 @@ def refused_init_sources(folder: Path, shape: tuple[int, int, int], planes: Sequ
 
 
 def ensemble_members(size: int = SIZE, seeds: Sequence[int] = (1, 2)) -> list[Any]:
-    """Untrained single models of (size, size, 1) cutouts, one per seed, each with its own name."""
+    """Untrained single models of (size, size, 1) cutouts, one per seed."""
     import keras
 
     from otrain.nets.model import build_model
@@ -349,39 +349,15 @@ def ensemble_members(size: int = SIZE, seeds: Sequence[int] = (1, 2)) -> list[An
     members = []
     for seed in seeds:
         keras.utils.set_random_seed(seed)
-        built = build_model((size, size, 1))
-        member = keras.models.clone_model(built)  # not compiled: an ensemble holds no optimiser of its members
-        member.set_weights(built.get_weights())
-        member.name = f"member_{seed}"
-        members.append(member)
+        members.append(build_model((size, size, 1)))
     return members
 
 
 def ensemble_of(members: Sequence[Any]) -> Any:
-    """The ensemble of ``members``: one Keras model giving (P(bogus), P(real), spread) per cutout."""
-    try:
-        from otrain.nets.ensemble import build_ensemble
-    except ImportError:  # until otrain.nets.ensemble exists: the same three columns, from Keras' own layers
-        return _stand_in_ensemble(members)
+    """The ensemble of ``members`` (:func:`otrain.nets.ensemble.build_ensemble`): (P(bogus), P(real), spread)."""
+    from otrain.nets.ensemble import build_ensemble
+
     return build_ensemble(list(members))
-
-
-def _stand_in_ensemble(members: Sequence[Any]) -> Any:
-    import keras
-    from keras import layers
-
-    from otrain.nets.model import input_shape_of
-
-    assert len(members) == 2  # the standard deviation of two values is half their distance
-    pixels = keras.Input(input_shape_of(members[0]))
-    outputs = [member(pixels) for member in members]
-    real = layers.Dense(1, use_bias=False, trainable=False, kernel_initializer=keras.initializers.Constant([[0], [1]]))
-    first, second = real(outputs[0]), real(outputs[1])
-    distance = layers.Add()(
-        [layers.ReLU()(layers.Subtract()([first, second])), layers.ReLU()(layers.Subtract()([second, first]))]
-    )
-    spread = layers.Rescaling(0.5)(distance)
-    return keras.Model(pixels, layers.Concatenate()([layers.Average()(outputs), spread]))
 
 
 def members_spread(members: Sequence[Any], pixels: np.ndarray) -> np.ndarray:

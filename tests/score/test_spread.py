@@ -76,7 +76,7 @@ def test_the_scoring_path_gives_an_ensembles_spread_and_none_for_a_single_model(
     assert scored.spread.max() > 0  # the members disagree
     columns = predict_columns(scored.model, pixels, batch_size=4)
     assert columns.shape == (13, 3)
-    np.testing.assert_array_equal(scored.probabilities, columns[:, 1])
+    np.testing.assert_allclose(scored.probabilities, columns[:, 1], rtol=0, atol=1e-6)  # other batches: a few ulps
     assert predict_columns(scored.model, pixels[:0]).shape == (0, 3)
 
     alone = score_cube(cube_file, choose_backend(single, "keras"))
