@@ -334,3 +334,45 @@ def refused_init_sources(folder: Path, shape: tuple[int, int, int], planes: Sequ
         (vgg, f"--init-from: {vgg} is another network than the one this training builds"),
         (text, f"{text}: not a readable Keras model (corrupt or truncated)"),
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# A tiny ensemble (untrained members: its spread is checked against the members' own P(real)).
+
+
+def ensemble_members(size: int = SIZE, seeds: Sequence[int] = (1, 2)) -> list[Any]:
+    """Untrained single models of (size, size, 1) cutouts, one per seed."""
+    import keras
+
+    from otrain.nets.model import build_model
+
+    members = []
+    for seed in seeds:
+        keras.utils.set_random_seed(seed)
+        members.append(build_model((size, size, 1)))
+    return members
+
+
+def ensemble_of(members: Sequence[Any]) -> Any:
+    """The ensemble of ``members`` (:func:`otrain.nets.ensemble.build_ensemble`): (P(bogus), P(real), spread)."""
+    from otrain.nets.ensemble import build_ensemble
+
+    return build_ensemble(list(members))
+
+
+def members_spread(members: Sequence[Any], pixels: np.ndarray) -> np.ndarray:
+    """The standard deviation of the members' P(real) of each cutout, computed here from each member's own output."""
+    p_real = np.stack([np.asarray(member.predict_on_batch(pixels), dtype=np.float64)[:, 1] for member in members])
+    return p_real.std(axis=0)
+
+
+def saved_ensemble(folder: Path, size: int = SIZE) -> tuple[Path, list[Any]]:
+    """Save the ensemble of two untrained members as ``folder/ensemble.keras``, with its ONNX twin; return it, them."""
+    from otrain.nets.model import load_model, save_model
+    from otrain.score.twin import export_onnx
+
+    members = ensemble_members(size)
+    model_file = save_model(ensemble_of(members), folder / "ensemble.keras")
+    pixels = np.random.default_rng(3).normal(size=(8, size, size, 1)).astype(np.float32)
+    export_onnx(load_model(model_file), model_file, pixels)
+    return model_file, members

@@ -15,6 +15,7 @@ __all__ = ["main"]
 def _infer(config: InferConfig) -> None:
     choice = choose_scorer(config.model, config.backend)
     from otrain.score.inference import infer
+    from otrain.score.spread import spread_summary
 
     report = infer(config, choice)
     elapsed = report.seconds
@@ -24,6 +25,12 @@ def _infer(config: InferConfig) -> None:
         f"{len(report.bad_files)} unreadable; scored with {report.backend}"
     )
     print(f"real (P(real) > {config.threshold}): {report.n_real}")
+    summary = spread_summary(report.spread) if report.spread is not None else None
+    if summary is not None:
+        print(
+            f"spread of the members' P(real): median {summary.median:.3g}, "
+            f"90th percentile {summary.p90:.3g}, largest {summary.max:.3g} (column spread)"
+        )
     print(f"written: {report.output}")
 
 

@@ -33,11 +33,12 @@ def _serve(config: ServeConfig) -> None:
     served = model.uri if model.uri == model.requested else f"{model.requested} ({model.uri})"
     logger.info(
         'serving %s on http://%s:%d/invocations: POST {"inputs": (N, %d, %d, %d) pixels}, '
-        'answer {"predictions": [[P(bogus), P(real)], ...]}; GET /ping is 200 once the model is loaded',
+        'answer {"predictions": [[%s], ...]}; GET /ping is 200 once the model is loaded',
         served,
         config.host,
         config.port,
         *model.input_shape,
+        ", ".join(model.answer),
     )
     command = server_command(model.uri, config.host, config.port, config.workers)
     for stream in (sys.stdout, sys.stderr):

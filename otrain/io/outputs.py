@@ -28,6 +28,7 @@ __all__ = [
     "DIAGNOSTICS_KEYS",
     "HISTORY_COLUMNS",
     "INFER_COLUMNS",
+    "INFER_ENSEMBLE_COLUMNS",
     "MATCHES_COLUMNS",
     "METRICS_KEYS",
     "OOF_COLUMNS",
@@ -62,6 +63,9 @@ INFER_COLUMNS = (
     "label1",
     "real",
 )
+#: The columns of an ensemble's infer_results.dat: those of a single model, then ``spread``, the
+#: standard deviation of its members' P(real) (a single model's table has no such column).
+INFER_ENSEMBLE_COLUMNS = (*INFER_COLUMNS, "spread")
 #: Columns of the CSV files (the data behind each figure) and keys every JSON report has.
 THRESHOLD_TABLE_COLUMNS = (
     "threshold",
@@ -183,18 +187,22 @@ class Output:
     signature : tuple of str
         Table or CSV: its columns (the header line). JSON: keys it always has. NPZ: arrays it
         always has. ONNX: keys its metadata always has. PNG: unused (every otrain PNG carries the ``Software`` tag).
+    variants : tuple of tuple of str
+        Table or CSV: other columns the command may have written there (an ensemble's results
+        table, :data:`INFER_ENSEMBLE_COLUMNS`).
     """
 
     path: Path
     kind: Kind
     signature: tuple[str, ...] = ()
+    variants: tuple[tuple[str, ...], ...] = ()
 
     def written_by_otrain(self) -> bool:
         """Tell whether the file at :attr:`path` is one that otrain wrote."""
         if self.kind == "table":
-            return _first_line(self.path) == "# " + " ".join(self.signature)
+            return _first_line(self.path) in {"# " + " ".join(columns) for columns in (self.signature, *self.variants)}
         if self.kind == "csv":
-            return _first_line(self.path) == ",".join(self.signature)
+            return _first_line(self.path) in {",".join(columns) for columns in (self.signature, *self.variants)}
         if self.kind == "json":
             return set(self.signature) <= _json_keys(self.path)
         if self.kind == "npz":

@@ -28,6 +28,7 @@ __all__ = [
     "plot_overlay_grid",
     "plot_probability_distribution",
     "plot_series",
+    "plot_spread",
     "plot_training_curve",
     "save_figure",
 ]
@@ -153,6 +154,18 @@ def plot_probability_distribution(labels: np.ndarray, probabilities: np.ndarray,
     axes.set_xlabel("P(real)")
     axes.set_ylabel("candidates")
     axes.legend()
+    return save_figure(figure, path)
+
+
+def plot_spread(spread: np.ndarray, path: Path) -> Path:
+    """Histogram of an ensemble's spread (the standard deviation of its members' P(real)) over the scored candidates."""
+    figure = Figure(figsize=(6, 4))
+    axes = figure.subplots()
+    # The members' P(real) lie in [0, 1]: their standard deviation is at most 0.5.
+    axes.hist(spread, bins=np.linspace(0, 0.5, 26), color="tab:purple")
+    axes.set_yscale("log")
+    axes.set_xlabel("spread of the members' P(real) (standard deviation)")
+    axes.set_ylabel("candidates")
     return save_figure(figure, path)
 
 

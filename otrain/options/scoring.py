@@ -140,7 +140,10 @@ class InferConfig(CommandConfig):
         if output.name.lower().endswith(FITS_SUFFIXES) and _is_under(output, self.cutouts, self.recursive):
             raise ValueError(f"--output: {str(output)!r} is a cutout being scored; choose another path")
         _check_outputs(
-            self, "--output", [Output(output, "table", formats.INFER_COLUMNS)], [self.model, card_file(self.model)]
+            self,
+            "--output",
+            [Output(output, "table", formats.INFER_COLUMNS, (formats.INFER_ENSEMBLE_COLUMNS,))],
+            [self.model, card_file(self.model)],
         )
 
     @property
@@ -270,7 +273,7 @@ class InferSparkConfig(CommandConfig):
                 )
             inputs = [Path(self.model)] if not is_mlflow_uri(self.model) else []
             check_outputs(
-                [Output(self.table, "table", formats.INFER_COLUMNS)],
+                [Output(self.table, "table", formats.INFER_COLUMNS, (formats.INFER_ENSEMBLE_COLUMNS,))],
                 flag="--table",
                 command="otrain-infer",
                 inputs=inputs,

@@ -6,6 +6,7 @@ Modules:
 * :mod:`otrain.score.twin`: the ONNX twin of a model: exported, checked, stamped;
 * :mod:`otrain.score.scoring`: scoring a cube with any backend;
 * :mod:`otrain.score.inference`: otrain-infer: a folder of cutouts to a table;
+* :mod:`otrain.score.spread`: how sure an ensemble is: its spread over a night, summarised and logged;
 * :mod:`otrain.score.pack`: otrain-pack: cutout folders to Parquet for Spark;
 * :mod:`otrain.score.spark`: otrain-infer-spark: the driver (the model, the inputs, the job, the outputs);
 * :mod:`otrain.score.spark_executor`: what Spark's executors run: decoding cutouts and scoring them;
@@ -28,5 +29,6 @@ __all__ = [
     "spark",
     "spark_executor",
     "spark_session",
+    "spread",
     "twin",
 ]

@@ -39,6 +39,7 @@ __all__ = [
     "file_sha256",
     "load_classifier",
     "onnxruntime_available",
+    "output_columns",
 ]
 
 logger = logging.getLogger("otrain")
@@ -72,7 +73,9 @@ class OnnxClassifier:
     Parameters
     ----------
     path : Path
-        An ONNX model taking (N, H, W, C) float32 pixels and giving (N, 2) (P(bogus), P(real)).
+        An ONNX model taking (N, H, W, C) float32 pixels and giving (N, 2) (P(bogus), P(real)), or
+        (N, 3) (P(bogus), P(real), spread) for an ensemble (the spread: the standard deviation of
+        its members' P(real)).
     threads : int, optional
         Intra-op threads; default: the cores this process may use.
     shown : Path, optional
@@ -105,13 +108,18 @@ class OnnxClassifier:
         shape = inputs[0].shape if len(inputs) == 1 else []
         if len(shape) != 4 or not all(isinstance(size, int) for size in shape[1:]):
             raise DataError(f"{shown or path}: the ONNX model must take one (N, H, W, C) input, got {shape}")
-        if len(outputs) != 1 or outputs[0].shape[1:] != [2]:
-            raise DataError(f"{shown or path}: the ONNX model must output 2 class probabilities (bogus, real)")
+        if len(outputs) != 1 or outputs[0].shape[1:] not in ([2], [3]):
+            raise DataError(
+                f"{shown or path}: the ONNX model must output 2 class probabilities (bogus, real), "
+                "or an ensemble's 3 columns (bogus, real, spread)"
+            )
         self.cutout_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
+        #: 2 for a single model, 3 for an ensemble (P(bogus), P(real), spread).
+        self.output_columns = int(outputs[0].shape[1])
         self._input, self._output = inputs[0].name, outputs[0].name
 
     def predict_on_batch(self, pixels: np.ndarray) -> np.ndarray:
-        """Return (P(bogus), P(real)) of a batch of (N, H, W, C) cutouts."""
+        """Return (P(bogus), P(real)), and an ensemble's spread, of a batch of (N, H, W, C) cutouts."""
         batch = np.ascontiguousarray(pixels, dtype=np.float32)
         return self.session.run([self._output], {self._input: batch})[0]
 
@@ -123,6 +131,17 @@ def cutout_shape(model: Any) -> tuple[int, int, int]:
     from otrain.nets.model import input_shape_of
 
     return input_shape_of(model)
+
+
+def output_columns(model: Any) -> int:
+    """Return how many columns a Keras model or an :class:`OnnxClassifier` gives per cutout.
+
+    2 for a single model (P(bogus), P(real)); 3 for an ensemble, whose third column is the
+    spread of its members' P(real) (their standard deviation).
+    """
+    if isinstance(model, OnnxClassifier):
+        return model.output_columns
+    return int(model.output_shape[-1])
 
 
 def _fresh(model_file: Path, onnx_file: Path, sha256: str, writer: str) -> str:

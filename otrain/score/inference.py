@@ -4,6 +4,8 @@ The network scores a chunk of cutouts in a thread while the next chunk is read (
 or by worker processes on machines of eight cores or more, :func:`scoring_readers`), so reading
 is hidden behind the network and memory does not grow with the number of files.
 The table is written row by row into a temporary file and renamed into place at the end.
+An ensemble's table has a 15th column, ``spread`` (:data:`INFER_ENSEMBLE_COLUMNS`): the
+standard deviation of its members' P(real); a single model's table is as it always was.
 
 Only the worker-side reading lives at module level; TensorFlow is imported when scoring
 starts, so the workers stay light.
@@ -15,6 +17,7 @@ import contextlib
 import logging
 import math
 import os
+import tempfile
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -30,14 +33,15 @@ from otrain.errors import DataError, first_line, log_listed
 from otrain.io.atomic import atomic_path
 from otrain.io.cutoutmeta import CutoutMeta
 from otrain.io.cutouts import list_cutouts, read_header, read_pixels
-from otrain.io.outputs import INFER_COLUMNS
+from otrain.io.outputs import INFER_COLUMNS, INFER_ENSEMBLE_COLUMNS
 from otrain.io.parallel import default_workers, map_chunks
 from otrain.options import MAX_LISTED_BAD_FILES, InferConfig
-from otrain.score.backends import BackendChoice, cutout_shape, load_classifier
-from otrain.score.scoring import predict
+from otrain.score.backends import BackendChoice, cutout_shape, load_classifier, output_columns
+from otrain.score.scoring import predict_scores
 
 __all__ = [
     "INFER_COLUMNS",
+    "INFER_ENSEMBLE_COLUMNS",
     "InferenceReport",
     "failure_message",
     "fit_cutout",
@@ -58,6 +62,8 @@ logger = logging.getLogger("otrain")
 #: Headers read, at most, to find one cutout whose size is compared with the model's input.
 _HEADER_PROBES = 20
 _EDGE = "edge"
+#: P(real) of a chunk, and an ensemble's spread (None for a single model).
+Scores = tuple[np.ndarray, np.ndarray | None]
 
 
 @dataclass
@@ -72,6 +78,8 @@ class InferenceReport:
     seconds: float = 0.0  #: reading and scoring, without loading the model
     backend: str = "keras"  #: what scored: keras, onnx or int8
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
+    #: An ensemble's spread of every scored cutout, in table order; None for a single model.
+    spread: np.ndarray | None = None
 
 
 def reweight(probabilities: np.ndarray, ratio: float | None) -> np.ndarray:
@@ -255,10 +263,18 @@ def table_line(cells: Sequence[Any]) -> str:
 
 
 def _write_rows(
-    stream: TextIO, paths: Sequence[Path], metas: list[CutoutMeta], p_real: np.ndarray, threshold: float
+    stream: TextIO,
+    paths: Sequence[Path],
+    metas: list[CutoutMeta],
+    p_real: np.ndarray,
+    threshold: float,
+    spread: np.ndarray | None,
 ) -> None:
-    for path, meta, probability in zip(paths, metas, p_real, strict=True):
-        stream.write(table_line(meta_cells(printable_path(path), meta) + score_cells(probability, threshold)))
+    for index, (path, meta, probability) in enumerate(zip(paths, metas, p_real, strict=True)):
+        cells = meta_cells(printable_path(path), meta) + score_cells(probability, threshold)
+        if spread is not None:
+            cells += (float(spread[index]),)
+        stream.write(table_line(cells))
 
 
 def _check_model_fits_cutouts(
@@ -368,13 +384,19 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     Returns
     -------
     InferenceReport
-        Counts (scored, real, EDGE, bad) and the output path.
+        Counts (scored, real, EDGE, bad), the output path, and an ensemble's spread.
 
     Raises
     ------
     DataError
         When the model cannot be read, the folder holds no cutout file, or no file could be
         scored; nothing is written then.
+
+    Notes
+    -----
+    An ensemble's table has the ``spread`` column (:data:`INFER_ENSEMBLE_COLUMNS`), as the model
+    gives it: ``--prob-ratio`` re-weights P(real), not the spread. With tracking on, its
+    distribution is logged beside the counts (:func:`otrain.score.spread.spread_record`).
     """
     from otrain.io.card import card_planes
 
@@ -389,6 +411,8 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     planes = resolve_planes(config.planes, card_planes(config.model))
     _check_model_fits_cutouts(config.model, shape, files, planes)
     report = InferenceReport(output=config.output_file, n_files=len(files), backend=choice.backend)
+    ensemble = output_columns(model) > 2
+    spreads: list[np.ndarray] = []
     started = time.perf_counter()
     jobs = [(path, shape, planes) for path in files]
     with (
@@ -396,18 +420,21 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
         open(temporary, "w", encoding="utf-8") as stream,
         ThreadPoolExecutor(max_workers=scorers, thread_name_prefix="otrain-score") as pool,
     ):
-        stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
+        stream.write("# " + " ".join(INFER_ENSEMBLE_COLUMNS if ensemble else INFER_COLUMNS) + "\n")
 
-        def write(p_real_future: Future[np.ndarray], scored: list[Path], metas: list[CutoutMeta]) -> None:
-            p_real = reweight(p_real_future.result(), config.prob_ratio)
-            _write_rows(stream, scored, metas, p_real, config.threshold)
+        def write(scores_future: Future[Scores], scored: list[Path], metas: list[CutoutMeta]) -> None:
+            p_real, spread = scores_future.result()
+            p_real = reweight(p_real, config.prob_ratio)
+            _write_rows(stream, scored, metas, p_real, config.threshold, spread)
             report.n_scored += len(metas)
             report.n_real += int(np.count_nonzero(p_real > config.threshold))
+            if spread is not None:
+                spreads.append(spread)
 
         # The network scores chunks in threads (TensorFlow and ONNX Runtime release the GIL)
         # while this thread writes the rows of those scored and takes the next chunk from the
         # readers; rows are written in the order of the files.
-        scoring: deque[tuple[Future[np.ndarray], list[Path], list[CutoutMeta]]] = deque()
+        scoring: deque[tuple[Future[Scores], list[Path], list[CutoutMeta]]] = deque()
         try:
             for chunk, (pixels, metas, statuses) in map_chunks(
                 _read_for_scoring,
@@ -425,7 +452,7 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
                 if not metas:
                     continue
                 scored = [path for (path, _, _), status in zip(chunk, statuses, strict=True) if status is None]
-                scoring.append((pool.submit(predict, model, pixels, config.batch_size), scored, metas))
+                scoring.append((pool.submit(predict_scores, model, pixels, config.batch_size), scored, metas))
                 while len(scoring) > scorers:
                     write(*scoring.popleft())
             while scoring:
@@ -434,6 +461,8 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
             pool.shutdown(cancel_futures=True)  # on Ctrl-C or an error, score nothing more
             raise
         report.seconds = time.perf_counter() - started
+        if ensemble:
+            report.spread = np.concatenate(spreads) if spreads else np.empty(0)
         skipped = [f"skipped: {message}" for _, message in report.bad_files]
         log_listed(skipped, logging.WARNING, "unreadable cutouts", MAX_LISTED_BAD_FILES)
         if report.n_scored == 0 and report.bad_files:
@@ -445,8 +474,21 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
         return report
     from otrain.track.tracking import log_into_training_run
 
-    counts = {"scored": report.n_scored, "real": report.n_real, "edge": report.n_edge, "bad": len(report.bad_files)}
-    log_into_training_run(
-        config.model.parent, metrics=counts, artifacts=[config.output_file], artifact_path="infer", prefix="infer_"
-    )
+    metrics: dict[str, float] = {
+        "scored": report.n_scored,
+        "real": report.n_real,
+        "edge": report.n_edge,
+        "bad": len(report.bad_files),
+    }
+    artifacts = [config.output_file]
+    with tempfile.TemporaryDirectory(prefix="otrain-spread-") as scratch:
+        if report.spread is not None:
+            from otrain.score.spread import spread_record
+
+            spread_metrics, figures = spread_record(report.spread, Path(scratch))
+            metrics.update(spread_metrics)
+            artifacts += figures
+        log_into_training_run(
+            config.model.parent, metrics=metrics, artifacts=artifacts, artifact_path="infer", prefix="infer_"
+        )
     return report

@@ -88,7 +88,9 @@ def save_mlflow_model(
     signature = infer_signature(example, np.asarray(model.predict_on_batch(example), dtype=np.float32))
     metadata = {key: value for key, value in (card or {}).items() if key in MLFLOW_METADATA_KEYS}
     metadata.setdefault("input_shape", list(input_shape_of(model)))
-    metadata["output"] = "(P(bogus), P(real)) per cutout"
+    # An ensemble (otrain.nets.ensemble) gives a third column: the spread of its members' P(real).
+    ensemble = int(model.output_shape[-1]) == 3
+    metadata["output"] = "(P(bogus), P(real), spread) per cutout" if ensemble else "(P(bogus), P(real)) per cutout"
     path.mkdir(parents=True, exist_ok=True)
     # mlflow.keras.log_model with an input example fails (mlflow issue #16183: it writes the
     # example before creating its folder); save_model into a folder that exists works.
@@ -116,7 +118,7 @@ def save_mlflow_model(
 
 
 class _ServedModel:
-    """What MLflow's Python-function interface calls: (N, H, W, C) pixels to (N, 2) probabilities."""
+    """What MLflow's Python-function interface calls: pixels to (N, 2) probabilities, (N, 3) for an ensemble."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
@@ -126,7 +128,7 @@ class _ServedModel:
         return self.model
 
     def predict(self, data: Any, params: dict[str, Any] | None = None) -> Any:
-        """Return (P(bogus), P(real)) of each cutout, predicted in batches as otrain-infer does."""
+        """Return (P(bogus), P(real)) of each cutout (and an ensemble's spread), in batches as otrain-infer does."""
         import numpy as np
 
         pixels = np.asarray(data.to_numpy() if hasattr(data, "to_numpy") else data, dtype=np.float32)
@@ -134,7 +136,11 @@ class _ServedModel:
             np.asarray(self.model.predict_on_batch(pixels[start : start + PREDICT_BATCH]), dtype=np.float32)
             for start in range(0, len(pixels), PREDICT_BATCH)
         ]
-        return np.concatenate(batches) if batches else np.empty((0, 2), np.float32)
+        if batches:
+            return np.concatenate(batches)
+        from otrain.score.backends import output_columns
+
+        return np.empty((0, output_columns(self.model)), np.float32)
 
 
 def _load_pyfunc(path: str) -> _ServedModel:

@@ -8,6 +8,11 @@ call the same candidates true or false positives. The model is the Keras one, it
 its int8 model (:mod:`otrain.score.backends`): all have ``predict_on_batch``.
 
 The decision rule is the original one: a candidate is real when P(real) > threshold.
+
+An ensemble (:mod:`otrain.nets.ensemble`) gives a third column beside (P(bogus), P(real)): the
+spread, the standard deviation of its members' P(real), which says how sure it is
+(:data:`SPREAD_COLUMN`). :func:`predict_scores` and :class:`ScoredCube` carry it; a single
+model has none (None).
 """
 
 from __future__ import annotations
@@ -22,18 +27,24 @@ from otrain.data.cutouts import crop_center
 from otrain.data.datacube import Datacube
 from otrain.errors import DataError
 from otrain.options import OUTCOMES, PREDICT_BATCH
-from otrain.score.backends import BackendChoice, cutout_shape, load_classifier
+from otrain.score.backends import BackendChoice, cutout_shape, load_classifier, output_columns
 
 __all__ = [
+    "SPREAD_COLUMN",
     "ScoredCube",
     "fit_to_model",
     "outcomes",
     "predict",
     "predict_columns",
+    "predict_scores",
     "sample_outcomes",
     "score_cube",
     "score_loaded",
+    "spread_of",
 ]
+
+#: The column of an ensemble's output that holds the spread (standard deviation) of its members' P(real).
+SPREAD_COLUMN = 2
 
 
 @dataclass(frozen=True)
@@ -44,6 +55,8 @@ class ScoredCube:
     model: Any  #: a Keras model, or an :class:`otrain.score.backends.OnnxClassifier`
     probabilities: np.ndarray
     backend: str = "keras"  #: what scored: keras, onnx or int8
+    #: An ensemble's spread of its members' P(real), one per cutout; None for a single model.
+    spread: np.ndarray | None = None
 
     def outcomes(self, threshold: float) -> dict[str, np.ndarray]:
         """Return the rows of each outcome at ``threshold``; see :func:`outcomes`."""
@@ -95,8 +108,40 @@ def predict(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> 
     return predict_columns(model, pixels, batch_size)[:, 1]
 
 
+def spread_of(columns: np.ndarray) -> np.ndarray | None:
+    """Return the spread column of a model's output rows (see :data:`SPREAD_COLUMN`); None for a single model's two.
+
+    Parameters
+    ----------
+    columns : numpy.ndarray
+        (N, 2) or (N, 3) rows, as :func:`predict_columns` gives them.
+
+    Returns
+    -------
+    numpy.ndarray or None
+        float64 spread, one per row, when the rows have a third column.
+    """
+    return columns[:, SPREAD_COLUMN] if columns.shape[1] > SPREAD_COLUMN else None
+
+
+def predict_scores(
+    model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Return P(real) of every cutout and, for an ensemble, its spread (see :func:`predict_columns`).
+
+    Returns
+    -------
+    numpy.ndarray
+        float64 P(real), one per cutout.
+    numpy.ndarray or None
+        float64 spread of an ensemble's members' P(real), one per cutout; None for a single model.
+    """
+    columns = predict_columns(model, pixels, batch_size)
+    return columns[:, 1], spread_of(columns)
+
+
 def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH) -> np.ndarray:
-    """Return (P(bogus), P(real)) of every cutout, predicted in batches of ``batch_size``.
+    """Return (P(bogus), P(real)) of every cutout, and an ensemble's spread, predicted in batches of ``batch_size``.
 
     Both columns, as the model computes them: P(bogus) is exact to a few ulps of itself where
     1 - P(real) would keep only the last bits of a P(real) near 1 (the calibration's log-odds
@@ -113,7 +158,7 @@ def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BA
     Parameters
     ----------
     model : keras.Model or OnnxClassifier
-        A two-class softmax classifier (index 1 = real).
+        A two-class softmax classifier (index 1 = real), or an ensemble (a third column: the spread).
     pixels : numpy.ndarray
         (N, H, W, C) cutouts of the model's input shape.
     batch_size : int
@@ -122,7 +167,7 @@ def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BA
     Returns
     -------
     numpy.ndarray
-        float64 (N, 2) rows (the model's float32 values).
+        float64 (N, 2) rows (the model's float32 values); (N, 3) for an ensemble.
     """
     strategy = getattr(model, "distribute_strategy", None)
     if strategy is not None and strategy.num_replicas_in_sync > 1:
@@ -132,7 +177,9 @@ def predict_columns(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BA
     else:
         step = model.predict_on_batch
     batches = [np.asarray(step(pixels[start : start + batch_size])) for start in range(0, len(pixels), batch_size)]
-    return np.concatenate(batches).astype(np.float64) if batches else np.empty((0, 2))
+    if not batches:
+        return np.empty((0, output_columns(model)))
+    return np.concatenate(batches).astype(np.float64)
 
 
 def score_cube(cube_path: Path, choice: BackendChoice, *, cube: Datacube | None = None) -> ScoredCube:
@@ -188,7 +235,8 @@ def score_loaded(model: Any, cube: Datacube, shown: str, backend: str = "keras")
     pixels = fit_to_model(cube.cube, model, shown)
     if pixels is not cube.cube:
         cube = replace(cube, cube=pixels)
-    return ScoredCube(cube=cube, model=model, probabilities=predict(model, pixels), backend=backend)
+    p_real, spread = predict_scores(model, pixels)
+    return ScoredCube(cube=cube, model=model, probabilities=p_real, backend=backend, spread=spread)
 
 
 def outcomes(labels: np.ndarray, probabilities: np.ndarray, threshold: float) -> dict[str, np.ndarray]:

@@ -1,8 +1,9 @@
 """Scoring over HTTP: MLflow's scoring server (``mlflow models serve``) and the requests it answers.
 
 otrain-train logs its model as an MLflow model (:func:`otrain.score.mlflow_model.save_mlflow_model`): raw
-float32 pixels ``(-1, H, W, C)`` in, ``(P(bogus), P(real))`` out, normalisation inside the
-model, and the card's input shape and planes in its metadata. MLflow's own server serves it;
+float32 pixels ``(-1, H, W, C)`` in, ``(P(bogus), P(real))`` out (an ensemble's third column: the
+spread of its members' P(real)), normalisation inside the model, and the card's input shape and
+planes in its metadata. MLflow's own server serves it;
 this module finds out what a model URI names (:func:`describe_model`), builds the command
 that serves it (:func:`server_command`), and turns cutout files into a request body
 (:func:`request_body`), read as otrain-infer reads them.
@@ -25,7 +26,19 @@ from otrain.score.inference import fit_cutout, resolve_planes
 from otrain.track.tracking import check_tracking_uri, using_tracking_uri
 from otrain.track.uris import resolve_alias
 
-__all__ = ["ModelDescription", "check_port_free", "describe_model", "request_body", "server_command"]
+__all__ = [
+    "ENSEMBLE_ANSWER",
+    "SINGLE_ANSWER",
+    "ModelDescription",
+    "check_port_free",
+    "describe_model",
+    "request_body",
+    "server_command",
+]
+
+#: What each number of a served answer is: a single model's two, an ensemble's three.
+SINGLE_ANSWER = ("P(bogus)", "P(real)")
+ENSEMBLE_ANSWER = (*SINGLE_ANSWER, "spread")
 
 
 @dataclass(frozen=True)
@@ -40,6 +53,9 @@ class ModelDescription:
     input_shape: tuple[int, int, int]
     #: The planes it was trained on (its card's), None for the default reading.
     planes: tuple[str, ...] | None
+    #: What each number of an answer's row is (from the signature): :data:`SINGLE_ANSWER`, or an
+    #: ensemble's :data:`ENSEMBLE_ANSWER` (P(bogus), P(real), spread).
+    answer: tuple[str, ...] = SINGLE_ANSWER
 
 
 def describe_model(uri: str, tracking_uri: str) -> ModelDescription:
@@ -81,11 +97,14 @@ def describe_model(uri: str, tracking_uri: str) -> ModelDescription:
         raise DataError(f"{uri}: not an otrain model (its signature does not take one (-1, H, W, C) tensor)")
     metadata: dict[str, Any] = (info.metadata or {}).get("otrain") or {}
     planes = metadata.get("planes")
+    outputs = info.signature.outputs.inputs if info.signature is not None and info.signature.outputs else []
+    output_shape = tuple(getattr(outputs[0], "shape", ())) if len(outputs) == 1 else ()
     return ModelDescription(
         requested=uri,
         uri=resolved,
         input_shape=(int(shape[1]), int(shape[2]), int(shape[3])),
         planes=tuple(planes) if planes else None,
+        answer=ENSEMBLE_ANSWER if output_shape[1:] == (len(ENSEMBLE_ANSWER),) else SINGLE_ANSWER,
     )
 
 

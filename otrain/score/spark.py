@@ -47,9 +47,10 @@ from otrain.io.layout import card_file
 from otrain.io.markers import write_marker
 from otrain.options import FITS_SUFFIXES, MAX_LISTED_BAD_FILES, InferSparkConfig
 from otrain.options.uris import is_mlflow_uri
-from otrain.score.backends import BackendChoice, choose_backend, cutout_shape, load_classifier
+from otrain.score.backends import BackendChoice, choose_backend, cutout_shape, load_classifier, output_columns
 from otrain.score.inference import (
     INFER_COLUMNS,
+    INFER_ENSEMBLE_COLUMNS,
     failure_message,
     printable_path,
     read_for_model,
@@ -102,26 +103,26 @@ class SparkReport:
     bad_files: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _output_schema() -> Any:
+def _output_schema(ensemble: bool) -> Any:
     pa = arrow()
+    spread = [pa.field("spread", pa.float64())] if ensemble else []
     return pa.schema([*meta_fields(), pa.field("label0", pa.float64()), pa.field("label1", pa.float64()),
-                      pa.field("real", pa.int64())])  # fmt: skip
+                      pa.field("real", pa.int64()), *spread])  # fmt: skip
 
 
-def _write_table(output: Path, table: Path, threshold: float) -> int:
+def _write_table(output: Path, table: Path, threshold: float, ensemble: bool) -> int:
     """Write the Parquet results as infer_results.dat (rows sorted by file); return the real count."""
     import pyarrow.parquet as pq
 
-    results = pq.read_table(output, schema=_output_schema()).sort_by("filename")
+    results = pq.read_table(output, schema=_output_schema(ensemble)).sort_by("filename")
+    columns = INFER_ENSEMBLE_COLUMNS if ensemble else INFER_COLUMNS
     n_real = 0
     with atomic_path(table) as temporary, open(temporary, "w", encoding="utf-8") as stream:
-        stream.write("# " + " ".join(INFER_COLUMNS) + "\n")
+        stream.write("# " + " ".join(columns) + "\n")
         for batch in results.to_batches(max_chunksize=65_536):  # rows as Python objects, a batch at a time
             for row in batch.to_pylist():
                 # A missing number is null in Parquet, nan in the table (as otrain-infer writes it).
-                cells = [
-                    math.nan if row[name] is None and name not in TEXT_COLUMNS else row[name] for name in INFER_COLUMNS
-                ]
+                cells = [math.nan if row[name] is None and name not in TEXT_COLUMNS else row[name] for name in columns]
                 stream.write(table_line(cells))
                 n_real += row["real"]
     return n_real
@@ -174,8 +175,8 @@ def infer_spark(
         with ThreadPoolExecutor(max_workers=1) as pool:
             reading = pool.submit(_model_input, choice, config)
             with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
-                shape, planes = reading.result()
-                report = _score(spark, config, choice.path, shape, planes, threshold, scorer)
+                shape, planes, ensemble = reading.result()
+                report = _score(spark, config, choice.path, (shape, planes, ensemble), threshold, scorer)
     report.backend = choice.backend
     return report
 
@@ -200,12 +201,13 @@ def _choose_backend(model_file: Path, config: InferSparkConfig) -> BackendChoice
 
 def _model_input(
     choice: BackendChoice, config: InferSparkConfig
-) -> tuple[tuple[int, int, int], tuple[str, ...] | None]:
-    """Return the model's (H, W, C) input and the planes to read; check them against the options."""
+) -> tuple[tuple[int, int, int], tuple[str, ...] | None, bool]:
+    """Return the model's (H, W, C) input, the planes to read, whether it is an ensemble; check the options."""
     from otrain.io.card import card_planes
 
     classifier = load_classifier(choice)
     shape = cutout_shape(classifier)
+    ensemble = output_columns(classifier) > 2
     planes = resolve_planes(config.planes, card_planes(choice.model_file))
     if planes is not None and len(planes) != shape[2]:
         raise DataError(
@@ -220,22 +222,25 @@ def _model_input(
                 f"the model takes {' '.join(planes) if planes else 'default (DIFF)'}; pack again with "
                 f"--planes {' '.join(planes) if planes else 'DIFF'}"
             )
-    return shape, planes
+    return shape, planes, ensemble
 
 
 def _score(
     spark: Any,
     config: InferSparkConfig,
     shipped: Path,
-    shape: tuple[int, int, int],
-    planes: tuple[str, ...] | None,
+    model_input: tuple[tuple[int, int, int], tuple[str, ...] | None, bool],
     threshold: float,
     scorer: Scorer | None,
 ) -> SparkReport:
+    """Run the job; ``model_input`` is :func:`_model_input`'s (input shape, planes, whether an ensemble)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from pyspark.sql import functions, types
 
+    shape, planes, ensemble = model_input
+    # An ensemble's spread comes from the one-pass scorer; another scorer gives P(real) alone.
+    ensemble = ensemble and scorer is None
     started = time.perf_counter()
     # One pass over the input: the executors read each cutout once, report the ones they cannot
     # score (EDGE, unreadable) through an accumulator, and score the rest.
@@ -243,19 +248,21 @@ def _score(
     spark.sparkContext.addFile(str(shipped))  # the Keras file or the ONNX twin: what the executors load
     if card_file(shipped).is_file():
         spark.sparkContext.addFile(str(card_file(shipped)))
-    scoring = None if scorer is not None else Scoring(shipped.name, config.batch_size, config.prob_ratio)
+    scoring = None if scorer is not None else Scoring(shipped.name, config.batch_size, config.prob_ratio, ensemble)
     last = (
-        types.StructField("pixels", types.ArrayType(types.FloatType()))
+        [types.StructField("pixels", types.ArrayType(types.FloatType()))]
         if scoring is None
-        else types.StructField("label1", types.DoubleType())
+        else [types.StructField("label1", types.DoubleType())]
     )
+    if ensemble:
+        last.append(types.StructField("spread", types.DoubleType()))
     schema = types.StructType(
         [
             *(
                 types.StructField(name, types.StringType() if name in TEXT_COLUMNS else types.DoubleType())
                 for name in META_COLUMNS
             ),
-            last,
+            *last,
         ]
     )
     listed, roots = None, None
@@ -292,6 +299,7 @@ def _score(
         (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
         functions.col("label1").cast("double").alias("label1"),
         (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
+        *([functions.col("spread").cast("double").alias("spread")] if ensemble else []),
     )
     report = SparkReport(output=config.output, table=config.table, threshold=threshold)
     with atomic_folder(config.output) as folder:
@@ -328,7 +336,7 @@ def _score(
             )
         write_marker(folder, "otrain-infer-spark", {"model": config.model, "threshold": threshold})
         if config.table is not None:
-            report.n_real = _write_table(folder, config.table, threshold)
+            report.n_real = _write_table(folder, config.table, threshold, ensemble)
         elif parts:
             report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
     report.seconds = time.perf_counter() - started

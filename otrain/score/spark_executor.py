@@ -37,6 +37,9 @@ from otrain.score.inference import (
 )
 from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS
 
+#: P(real) of a batch, and an ensemble's spread (None for a single model).
+Scores = tuple[np.ndarray, np.ndarray | None]
+
 __all__ = ["EDGE", "Problems", "Scoring", "decode_fits", "decode_packed", "local_name", "predict_batch_scorer"]
 
 
@@ -47,15 +50,15 @@ def _task_cpus() -> int:
     return max(1, int(context.cpus())) if context is not None else 1
 
 
-def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], np.ndarray]:
-    """Load the model file shipped with ``addFile`` on the task's cores; return P(real) of pixels.
+def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], Scores]:
+    """Load the model file shipped with ``addFile`` on the task's cores; return P(real) and an ensemble's spread.
 
     An ONNX twin (``.onnx``) runs on ONNX Runtime, TensorFlow not imported; a Keras file on
     TensorFlow.
     """
     from pyspark import SparkFiles
 
-    from otrain.score.scoring import predict
+    from otrain.score.scoring import predict_scores
 
     path = Path(SparkFiles.get(model_name))
     cpus = _task_cpus()
@@ -64,7 +67,7 @@ def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], np.ndarr
 
         classifier = OnnxClassifier(path, threads=cpus)
         # No padding: ONNX Runtime runs a batch of any size without tracing anything anew.
-        return lambda pixels, batch_size: predict(classifier, pixels, batch_size)
+        return lambda pixels, batch_size: predict_scores(classifier, pixels, batch_size)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     import tensorflow as tf
@@ -78,13 +81,14 @@ def _load_shipped_model(model_name: str) -> Callable[[np.ndarray, int], np.ndarr
         pass  # TensorFlow already runs in this worker (a reused one): its pools stay as they are
     model = load_model(path)
 
-    def predict_padded(pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    def predict_padded(pixels: np.ndarray, batch_size: int) -> Scores:
         # Spark's batches end with partial ones of every size; padded to one size, TensorFlow
         # traces the model once per worker instead of once per new size (about a second each).
         count = len(pixels)
         padded = np.zeros((-(-count // batch_size) * batch_size, *pixels.shape[1:]), dtype=np.float32)
         padded[:count] = pixels
-        return predict(model, padded, batch_size)[:count]
+        p_real, spread = predict_scores(model, padded, batch_size)
+        return p_real[:count], None if spread is None else spread[:count]
 
     return predict_padded
 
@@ -94,7 +98,7 @@ def _make_predict_fn(model_name: str, batch_size: int, prob_ratio: float | None)
 
     def make() -> Callable[[np.ndarray], np.ndarray]:
         predict_padded = _load_shipped_model(model_name)
-        return lambda pixels: reweight(predict_padded(pixels, batch_size), prob_ratio)
+        return lambda pixels: reweight(predict_padded(pixels, batch_size)[0], prob_ratio)
 
     return make
 
@@ -156,6 +160,7 @@ class Scoring:
     model_name: str  #: the Keras file's or the ONNX twin's name
     batch_size: int
     prob_ratio: float | None
+    spread: bool = False  #: an ensemble: give its spread column too
 
 
 def _frame(cells: list[Sequence[Any]], pixels: list[np.ndarray], scoring: Scoring | None) -> Any:
@@ -169,7 +174,10 @@ def _frame(cells: list[Sequence[Any]], pixels: list[np.ndarray], scoring: Scorin
         columns["pixels"] = [array.ravel() for array in pixels]
     else:
         predict_batch = _worker_model(scoring.model_name)
-        columns["label1"] = reweight(predict_batch(np.stack(pixels), scoring.batch_size), scoring.prob_ratio)
+        p_real, spread = predict_batch(np.stack(pixels), scoring.batch_size)
+        columns["label1"] = reweight(p_real, scoring.prob_ratio)
+        if scoring.spread:
+            columns["spread"] = spread
     return pd.DataFrame(columns)
 
 
@@ -271,7 +279,8 @@ def predict_batch_scorer(spark: Any, model_file: Path, shape: tuple[int, int, in
     Returns
     -------
     callable
-        Column -> column of P(real), re-weighted by ``--prob-ratio``.
+        Column -> column of P(real), re-weighted by ``--prob-ratio`` (an ensemble's spread is
+        left out: this scorer is ``benchmarks/scale_spark.py``'s comparison).
     """
     from pyspark.ml.functions import predict_batch_udf
     from pyspark.sql.types import DoubleType

@@ -9,6 +9,10 @@ its rows is drawn. The sheets hold the candidates in the page's first order, P(r
 first, so the rows in view share one or two sheets and a night of 10,000 candidates opens
 about as fast as one of 40.
 
+A night scored by an ensemble has a ``spread`` column (the standard deviation of its members'
+P(real)): the page shows it and sorts by it, "uncertain first" putting the candidates a scanner
+should label next at the top.
+
 Worker processes read the cutouts and render the plane thumbnails; this process computes the
 Grad-CAM maps on the model's input, as otrain-infer read it, and writes the sheets.
 """
@@ -124,6 +128,26 @@ def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, P
     nested = any("/" in name for name in found)
     n_files = len(every) if nested else sum(1 for path in every if path.parent == cutouts)
     return found, known, n_files
+
+
+def _read_spread(path: Path, table: Any, names: Sequence[str]) -> np.ndarray | None:
+    """Return an ensemble's ``spread`` column of the table; None for a single model's table (no such column).
+
+    Raises
+    ------
+    DataError
+        When a row's spread is missing, not a number or negative; the message names the row.
+    """
+    if "spread" not in table.colnames:
+        return None
+    spread = np.array([_finite_or_none(value) for value in table["spread"]], dtype=float)
+    outside = ~(np.isfinite(spread) & (spread >= 0))
+    if outside.any():
+        bad = int(np.flatnonzero(outside)[0])
+        raise DataError(
+            f"{path}: row {bad + 1} ({names[bad]}) has no spread of at least 0 (spread: {table['spread'][bad]})"
+        )
+    return spread
 
 
 def _finite_or_none(value: Any) -> float | None:
@@ -270,6 +294,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
             f"{config.infer_file}: row {bad + 1} ({names[bad]}) has no P(real) in [0, 1] "
             f"(label1: {table['label1'][bad]})"
         )
+    spread = _read_spread(config.infer_file, table, names)
     files, known, n_files = _locate(names, config.cutouts)
     card = read_card(config.model)
     shape, planes, model = None, None, None
@@ -351,6 +376,7 @@ def write_report(config: ReportConfig) -> ReportSummary:
                         files[source],
                         candidate_key(row["cand_ID"]),
                         int(present[position]),
+                        None if spread is None else float(spread[source]),
                     ]
                 )
             index += len(chunk)
@@ -370,7 +396,10 @@ def write_report(config: ReportConfig) -> ReportSummary:
             "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "model": _model_header(config, card, registry),
             "night": night,
-            "columns": ["sheet_index", "p_real", "mag", "magerr", "fwhm", "ra", "dec", "file", "cand_id", "planes"],
+            "columns": [
+                *("sheet_index", "p_real", "mag", "magerr", "fwhm", "ra", "dec", "file", "cand_id", "planes"),
+                "spread",
+            ],
             "rows": sorted(rows, key=lambda row: -row[1]),
             "sheet_rows": SHEET_ROWS,
             "tile": TILE,
@@ -378,6 +407,8 @@ def write_report(config: ReportConfig) -> ReportSummary:
             "grad_cam": model is not None,
             "method": config.method if model is not None else None,
             "agreement": {"differ": n_differ, "largest": largest} if model is not None else None,
+            # An ensemble's table: the page shows the spread and sorts "uncertain first".
+            "spread": spread is not None,
         }
         (folder / PAGE).write_text(_page_html(data), encoding="utf-8")
         marker = {

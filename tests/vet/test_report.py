@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from astropy.io import fits
 from browser import browser_executables, chromium, requested_urls
-from conftest import BIN, ROOT, call_main, files_under, write_gmadet
+from conftest import BIN, ROOT, SIZE, call_main, files_under, make_tree, saved_ensemble, write_gmadet
 from helpers import page_data
 
 from otrain.cli.infer import main as infer_main
@@ -595,3 +595,84 @@ def test_a_large_night_draws_only_the_rows_in_view_and_loads_only_their_sheets(l
         current = next(row for row in rows if row["current"])
         ActionChains(driver).send_keys("R").perform()  # Caps Lock on: still a mark
         assert next(row for row in shown_rows(driver) if row["file"] == current["file"])["mark"] == "real"
+
+
+# ---------------------------------------------------------------------------------------------
+# An ensemble's night: the spread shown, and "uncertain first"
+
+
+@pytest.fixture(scope="module")
+def ensemble_night(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A night scored by a tiny untrained ensemble, and by one of its members alone; a page of each."""
+    from otrain.nets.model import save_model
+
+    root = tmp_path_factory.mktemp("ensemble_night")
+    model, members = saved_ensemble(root / "models")
+    single = save_model(members[0], root / "single" / "single.keras")
+    cutouts = make_tree(root / "cutouts", 7, 7, size=SIZE)
+    pages = {}
+    for name, scorer in (("ensemble", model), ("single", single)):
+        table = root / f"{name}.dat"
+        scoring = ("--cutouts", cutouts, "--recursive", "--model", scorer, "--output", table, "--no-tracking")
+        assert call_main(infer_main, *scoring) == 0
+        pages[name] = root / f"{name}_page"
+        assert call_main(report_main, *arguments(table, cutouts, scorer, pages[name], "--no-grad-cam")) == 0
+    return {
+        "cutouts": cutouts,
+        "table": root / "ensemble.dat",
+        "page": pages["ensemble"],
+        "single_page": pages["single"],
+        "model": model,
+    }
+
+
+def table_spreads(table: Path) -> dict[str, float]:
+    """file name (relative to the night's folder) -> the table's spread."""
+    from astropy.io import ascii as astropy_ascii
+
+    rows = astropy_ascii.read(table, format="commented_header", guess=False)
+    return {"/".join(Path(str(row["filename"])).parts[-2:]): float(row["spread"]) for row in rows}
+
+
+def test_an_ensembles_page_holds_the_spread_of_every_candidate(ensemble_night: dict[str, Path]) -> None:
+    spreads = table_spreads(ensemble_night["table"])
+    data = page_data(ensemble_night["page"])
+    assert data["spread"] is True
+    rows = [dict(zip(data["columns"], row, strict=True)) for row in data["rows"]]
+    assert {row["file"]: row["spread"] for row in rows} == pytest.approx(spreads, abs=1e-15)
+    assert len(set(spreads.values())) == len(spreads)  # every candidate its own: the order is the spread's
+    single = page_data(ensemble_night["single_page"])
+    assert single["spread"] is False
+    assert all(row[single["columns"].index("spread")] is None for row in single["rows"])
+
+
+def test_a_spread_that_is_not_a_number_writes_nothing(ensemble_night: dict[str, Path], tmp_path: Path) -> None:
+    lines = ensemble_night["table"].read_text().splitlines()
+    assert lines[0].endswith(" real spread")
+    broken = tmp_path / "broken.dat"
+    broken.write_text("\n".join([lines[0], lines[1].rsplit(" ", 1)[0] + " nan", *lines[2:]]) + "\n")
+    output = tmp_path / "page"
+    arguments_ = arguments(broken, ensemble_night["cutouts"], ensemble_night["model"], output, "--no-grad-cam")
+    assert call_main(report_main, *arguments_) == 1
+    assert not output.exists()
+
+
+@pytest.mark.usefixtures("browser_ready")
+def test_uncertain_first_puts_the_highest_spread_on_top(ensemble_night: dict[str, Path]) -> None:
+    spreads = table_spreads(ensemble_night["table"])
+    with chromium(height=2600) as driver:
+        open_page(driver, ensemble_night["page"])
+        assert driver.find_element("id", "uncertain").is_displayed()
+        assert driver.find_element("id", "spread-head").text == "spread"
+        driver.find_element("id", "uncertain").click()
+        rows = shown_rows(driver)
+        assert [row["file"] for row in rows] == sorted(spreads, key=lambda name: -spreads[name])
+        assert rows[0]["current"]  # the cursor on the candidate to label first
+        assert f"{spreads[rows[0]['file']]:.4f}" in rows[0]["cells"]
+        driver.find_element("css selector", "#head > div[data-key=spread]").click()  # then the most certain first
+        assert [row["file"] for row in shown_rows(driver)] == sorted(spreads, key=lambda name: spreads[name])
+        severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
+        assert not severe, severe
+        open_page(driver, ensemble_night["single_page"])  # a single model's page: no spread to show
+        assert not driver.find_element("id", "uncertain").is_displayed()
+        assert driver.execute_script("return document.getElementById('spread-head')") is None
