@@ -386,6 +386,7 @@ def _fit_and_write(
         "threshold_rule": threshold_rule,
         "decision_rule": "real if P(real) > threshold",
         "calibration": calibration,
+        "recipe": config.recipe_record(),
         "params": config.model_dump(mode="json"),
         "batch_size_used": batch_size,
         "workers": cluster.workers,
