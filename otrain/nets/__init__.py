@@ -3,7 +3,8 @@
 Modules:
 
 * :mod:`otrain.nets.model`: the two architectures, the custom layers, loading and saving;
-* :mod:`otrain.nets.calibration`: temperature scaling fitted on held-out log-odds.
+* :mod:`otrain.nets.calibration`: temperature scaling fitted on held-out log-odds;
+* :mod:`otrain.nets.tta`: test-time augmentation, the mean over the 8 flips and rotations, inside the model.
 """
 
-__all__ = ["calibration", "model"]
+__all__ = ["calibration", "model", "tta"]

@@ -35,6 +35,7 @@ from keras import layers, ops
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
+from otrain.nets.tta import DihedralMean, DihedralViews
 from otrain.options import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -425,7 +426,12 @@ def load_model(path: Path) -> keras.Model:
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise DataError(f"{path}: not a Keras model file (expected a .keras or .h5 file)")
     try:
-        custom = {"RobustScaling": RobustScaling, "Calibration": Calibration}
+        custom = {
+            "RobustScaling": RobustScaling,
+            "Calibration": Calibration,
+            "DihedralViews": DihedralViews,
+            "DihedralMean": DihedralMean,
+        }
         model = keras.saving.load_model(path, custom_objects=custom, compile=False)
     except Exception as error:  # Keras raises many types, some misleading ("File not found"), for a damaged file
         if not _container_is_intact(path):

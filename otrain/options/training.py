@@ -191,6 +191,12 @@ class TrainingOptions(CommandConfig):
         "Choose the threshold on the validation set so that at most this fraction of bogus cutouts is kept; "
         "stored as with --target-fnr. Excludes --threshold and --target-fnr.",
     )
+    tta: bool = option(
+        False,
+        "Test-time augmentation: the saved model scores each cutout as the mean log-odds of its 8 flips and "
+        "rotations (built into the model and its ONNX twin, so every scorer uses it; the calibration and the "
+        "threshold are fitted on those means). Scoring costs 8 times as much. Needs square cutouts.",
+    )
     mixed_precision: bool = option(False, "Compute in float16 on GPUs (mixed_float16 policy).")
     tracking: bool = option(True, "Record the run in MLflow; --no-tracking turns it off.")
     tracking_uri: str | None = option(
