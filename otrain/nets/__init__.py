@@ -4,7 +4,8 @@ Modules:
 
 * :mod:`otrain.nets.model`: the two architectures, the custom layers, loading and saving;
 * :mod:`otrain.nets.calibration`: temperature scaling fitted on held-out log-odds;
-* :mod:`otrain.nets.tta`: test-time augmentation, the mean over the 8 flips and rotations, inside the model.
+* :mod:`otrain.nets.dihedral`: the layers of test-time augmentation (the 8 flips and rotations, their mean);
+* :mod:`otrain.nets.tta`: test-time augmentation built into a model.
 """
 
-__all__ = ["calibration", "model", "tta"]
+__all__ = ["calibration", "dihedral", "model", "tta"]

@@ -35,7 +35,7 @@ from keras import layers, ops
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
-from otrain.nets.tta import DihedralMean, DihedralViews
+from otrain.nets.dihedral import DihedralMean, DihedralViews
 from otrain.options import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,

@@ -189,8 +189,8 @@ def keras_scores(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
     """
     import keras
 
+    from otrain.nets.dihedral import VIEWS, DihedralMean
     from otrain.nets.model import Calibration
-    from otrain.nets.tta import VIEWS, DihedralMean
 
     # With test-time augmentation the last dense layer sees the 8 views of each cutout, view by
     # view: the mean of their log-odds is exact to the largest of their scales.

@@ -327,8 +327,9 @@ def _fit_and_write(
     import tensorflow as tf
 
     from otrain.metrics.plots import plot_training_curve
+    from otrain.nets.dihedral import VIEWS
     from otrain.nets.model import save_model
-    from otrain.nets.tta import VIEWS, with_tta
+    from otrain.nets.tta import with_tta
 
     if run is not None:
         import mlflow

@@ -86,8 +86,9 @@ def test_it_is_the_mean_log_odds_of_the_8_views_then_the_calibration() -> None:
 
 
 def test_the_views_come_after_the_scaling_and_the_mean_before_the_calibration() -> None:
+    from otrain.nets.dihedral import DihedralMean, DihedralViews
     from otrain.nets.model import Calibration, RobustScaling, with_calibration
-    from otrain.nets.tta import DihedralMean, DihedralViews, has_tta, with_tta, without_tta
+    from otrain.nets.tta import has_tta, with_tta, without_tta
 
     network = _network()
     calibrated = with_calibration(network, 2.0, 0.0)
@@ -119,8 +120,9 @@ def test_non_square_cutouts_and_a_second_augmentation_are_refused() -> None:
 
 @pytest.mark.parametrize("suffix", [".keras", ".h5"])
 def test_it_is_saved_and_loaded_with_the_model(suffix: str, tmp_path: Path) -> None:
+    from otrain.nets.dihedral import DihedralMean
     from otrain.nets.model import load_model, save_model, with_calibration
-    from otrain.nets.tta import DihedralMean, has_tta, with_tta
+    from otrain.nets.tta import has_tta, with_tta
 
     model = with_calibration(with_tta(_network(), combine="probability"), 1.3, 0.0)
     loaded = load_model(save_model(model, tmp_path / f"tta{suffix}"))
