@@ -128,6 +128,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_fits.py
 	$(BIN)/python benchmarks/bench_scale.py
 	$(BIN)/python benchmarks/bench_report.py
+	$(BIN)/python benchmarks/bench_tta.py
 
 # Re-resolve the pins: a fresh venv from pyproject.toml alone, frozen.
 lock:

@@ -7,8 +7,10 @@ after the batch normalisation and ReLU that directly follow it in the vgg networ
 a Sequential model is wrapped as ``keras.Model(model.inputs, model.outputs)``; its
 softmax is replaced by a linear output (``ReplaceToLinear``) on a clone, so the score is the
 class logit. A model's calibration layer (:class:`otrain.nets.model.Calibration`) is left out: the
-map explains the network's decision, which the calibration only rescales. An ensemble's map is
-the mean of its members' maps (:class:`GradCamExplainer`).
+map explains the network's decision, which the calibration only rescales. So are the views and
+the mean of a model with test-time augmentation (:func:`otrain.nets.tta.without_tta`): the map
+explains the network on the cutout as the scanner sees it. An ensemble's map is the mean of its
+members' maps (:class:`GradCamExplainer`).
 """
 
 from __future__ import annotations
@@ -75,13 +77,21 @@ class _NetworkExplainer:
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
         from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 
-        from otrain.nets.model import Calibration
+        from otrain.nets.model import Calibration, input_shape_of
+        from otrain.nets.tta import without_tta
 
-        self.layer = explained_layer(model).name
+        body = without_tta(model)  # the map explains the network on the cutout as given, not on its 8 views
+        self.layer = explained_layer(body).name
         # A calibration is monotonic: the network's softmax, before it, makes the same decision,
         # and its class logit (ReplaceToLinear) is the score Grad-CAM is defined on.
-        calibrated = isinstance(model.layers[-1], Calibration)
-        functional = keras.Model(model.inputs, model.layers[-2].output if calibrated else model.outputs)
+        calibrated = isinstance(body.layers[-1], Calibration)
+        if body is model:
+            functional = keras.Model(model.inputs, model.layers[-2].output if calibrated else model.outputs)
+        else:  # the layers are called afresh: their first outputs are those of the views
+            tensor = inputs = keras.Input(shape=input_shape_of(model))
+            for layer in body.layers[:-1] if calibrated else body.layers:
+                tensor = layer(tensor)
+            functional = keras.Model(inputs, tensor)
         self.visualiser = (GradcamPlusPlus if method == "gradcam++" else Gradcam)(
             functional, model_modifier=ReplaceToLinear(), clone=True
         )

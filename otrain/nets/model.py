@@ -35,6 +35,7 @@ from keras import layers, ops
 
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
+from otrain.nets.dihedral import DihedralMean, DihedralViews
 from otrain.options import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -439,7 +440,13 @@ def load_model(path: Path) -> keras.Model:
     from otrain.nets.ensemble_head import ENSEMBLE_COLUMNS, EnsembleHead, is_ensemble
 
     try:
-        custom = {"RobustScaling": RobustScaling, "Calibration": Calibration, "EnsembleHead": EnsembleHead}
+        custom = {
+            "RobustScaling": RobustScaling,
+            "Calibration": Calibration,
+            "EnsembleHead": EnsembleHead,
+            "DihedralViews": DihedralViews,
+            "DihedralMean": DihedralMean,
+        }
         model = keras.saving.load_model(path, custom_objects=custom, compile=False)
     except Exception as error:  # Keras raises many types, some misleading ("File not found"), for a damaged file
         if not _container_is_intact(path):

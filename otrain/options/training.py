@@ -45,12 +45,14 @@ __all__ = [
     "MONITOR_MODES",
     "PLATEAU_FACTOR",
     "PLATEAU_PATIENCE",
+    "RECIPES",
     "SPLIT_BY",
     "TRAINING_JOBS",
     "Architecture",
     "Cluster",
     "LrSchedule",
     "Monitor",
+    "Recipe",
     "SplitBy",
     "TrainConfig",
     "TrainingOptions",
@@ -98,6 +100,34 @@ _SPLIT_BY_HELP = (
     "splits by group when the cube records groups, else by row. A cube of one cutout per group is split as by row."
 )
 
+#: --recipe: named sets of training options that fill the options a command is not given (an
+#: option given explicitly keeps its value). 'original' fills none: the defaults are the original
+#: O'TRAIN's. 'small-real' is the recipe measured on real ZTF alerts (docs/own-survey.md), the
+#: settings of benchmarks/bench_real.py; the cube's planes and cutout size are otrain-convert's.
+Recipe = Literal["original", "small-real"]
+RECIPES: dict[str, dict[str, Any]] = {
+    "original": {},
+    "small-real": {
+        "architecture": "vgg",
+        "normalisation": "asinh",
+        "augment": True,
+        "class_weight": "none",
+        "epochs": 40,
+        "patience": 0,
+        "lr_schedule": "cosine",
+        "calibration": "temperature",
+    },
+}
+
+
+def _as_flags(values: dict[str, Any]) -> str:
+    """Spell option values as a command line would (``--augment --epochs 40``)."""
+    flags = []
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
+    return " ".join(flags)
+
 
 def _batch_size(value: int | str) -> int | str:
     if value == "auto":
@@ -108,8 +138,15 @@ def _batch_size(value: int | str) -> int | str:
 
 
 class TrainingOptions(CommandConfig):
-    """Options shared by the commands that train models (otrain-train, dataset-size study)."""
+    """Options shared by the commands that train models (otrain-train, dataset-size study, cross-validation)."""
 
+    recipe: Recipe = option(
+        "original",
+        "Fill the training options not given with a named set; options given still override it. 'original': "
+        "the original's defaults. 'small-real', for a few hundred real, imbalanced cutouts (docs/own-survey.md): "
+        f"{_as_flags(RECIPES['small-real'])}; convert the cube for it with --frac-true -1 --planes IMAGE TEMPLATE "
+        "DIFF --cutout-size 32.",
+    )
     epochs: PositiveInt = option(10, "Maximum number of training epochs.")
     dropout: DropoutRate = option(DEFAULT_DROPOUT, "Rate of each of the three dropout layers (in either network).")
     batch_size: Annotated[Literal["auto"] | int, AfterValidator(_batch_size)] = option(
@@ -168,12 +205,47 @@ class TrainingOptions(CommandConfig):
         "Choose the threshold on the validation set so that at most this fraction of bogus cutouts is kept; "
         "stored as with --target-fnr. Excludes --threshold and --target-fnr.",
     )
+    tta: bool = option(
+        False,
+        "Test-time augmentation: the saved model scores each cutout as the mean log-odds of its 8 flips and "
+        "rotations (built into the model and its ONNX twin, so every scorer uses it; the calibration and the "
+        "threshold are fitted on those means). Scoring costs 8 times as much. Needs square cutouts.",
+    )
     mixed_precision: bool = option(False, "Compute in float16 on GPUs (mixed_float16 policy).")
     tracking: bool = option(True, "Record the run in MLflow; --no-tracking turns it off.")
     tracking_uri: str | None = option(
         None, "MLflow tracking URI when MLFLOW_TRACKING_URI is not set (default: sqlite:///mlflow.db)."
     )
     experiment: str = option("otrain", "MLflow experiment name.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fill_from_recipe(cls, data: Any) -> Any:
+        """Give the options the user left out the values of ``--recipe`` (an unknown name is the field's error)."""
+        if not isinstance(data, dict) or not isinstance(data.get("recipe"), str):
+            return data
+        given = set(data)
+        filled = {}
+        for name, value in RECIPES.get(data["recipe"], {}).items():
+            field = cls.model_fields.get(name)
+            extra = field.json_schema_extra if field is not None and isinstance(field.json_schema_extra, dict) else {}
+            if field is not None and not given & {name, *(extra.get("aliases") or [])}:
+                filled[name] = value
+        return {**data, **filled}
+
+    def recipe_record(self) -> dict[str, Any]:
+        """Return what the model card records of ``--recipe``: its name, its values, and those overridden.
+
+        Returns
+        -------
+        dict
+            ``name``; ``values``, the options the recipe sets; ``overridden``, the options among
+            them given another value explicitly, with the value used.
+        """
+        values = RECIPES[self.recipe]
+        used = self.model_dump(mode="json")
+        overridden = {name: used[name] for name, value in values.items() if used.get(name) != value}
+        return {"name": self.recipe, "values": dict(values), "overridden": overridden}
 
     @classmethod
     def check_option_rules(cls, values: dict[str, Any]) -> None:

@@ -189,11 +189,16 @@ def keras_scores(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
     """
     import keras
 
+    from otrain.nets.dihedral import VIEWS, DihedralMean
     from otrain.nets.ensemble import is_ensemble
     from otrain.nets.model import Calibration
 
     if is_ensemble(model):
         return _ensemble_scores(model, pixels, batch_size)
+    # With test-time augmentation the last dense layer sees the 8 views of each cutout, view by
+    # view: the mean of their log-odds is exact to the largest of their scales.
+    mean = next((layer for layer in model.layers if isinstance(layer, DihedralMean)), None)
+    views = VIEWS if mean is not None else 1
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     head = dense[-1] if dense else None
     probe = _probe(model, head)
@@ -212,14 +217,16 @@ def keras_scores(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
         if head is None:
             scale.append(np.zeros(len(batch)))
             continue
-        inputs = outputs[1].astype(np.float64).reshape(len(batch), -1)
-        scale.append(np.max(np.abs(inputs) @ weights + offsets, axis=1))
+        inputs = outputs[1].astype(np.float64).reshape(views, len(batch), -1)
+        scale.append(np.max(np.abs(inputs) @ weights + offsets, axis=(0, 2)))
         terms = inputs @ kernel.astype(np.float64) + (bias[0] if bias else 0.0)
-        logit.append(terms[:, -1] - terms[:, 0] if terms.shape[1] == 2 else np.zeros(len(batch)))
+        logit.append(np.mean(terms[..., -1] - terms[..., 0], axis=0) if terms.shape[2] == 2 else np.zeros(len(batch)))
     empty = np.empty(0)
     p_real_all = np.concatenate(p_real) if p_real else empty
     calibration = model.layers[-1] if isinstance(model.layers[-1], Calibration) else None
     log_scale = np.zeros(len(p_real_all))
+    if mean is not None and mean.combine == "log_odds":
+        log_scale += abs(np.log(mean.epsilon))  # the views' log-odds, taken as the calibration takes them
     temperature = 1.0
     if calibration is not None:
         temperature = calibration.temperature

@@ -102,6 +102,7 @@ RESUME_KEYS = (
     "target_fpr",
     "monitor",
     "lr_schedule",
+    "tta",
 )
 
 
@@ -129,6 +130,10 @@ def _check_cube(cube: Datacube, config: TrainConfig) -> None:
     if smallest < 5:
         raise DataError(
             f"{config.cube}: only {smallest} cutouts of one class; training, validation and test sets need more"
+        )
+    if config.tta and height != width:
+        raise OptionError(
+            f"--tta: needs square cutouts (8 flips and rotations of one shape), {config.cube} holds {height}x{width}"
         )
 
 
@@ -318,7 +323,9 @@ def _fit_and_write(
     import tensorflow as tf
 
     from otrain.metrics.plots import plot_training_curve
+    from otrain.nets.dihedral import VIEWS
     from otrain.nets.model import save_model
+    from otrain.nets.tta import with_tta
 
     if run is not None:
         import mlflow
@@ -346,6 +353,8 @@ def _fit_and_write(
 
     test_x, test_labels = cube.cube[split.test], cube.labels[split.test]
     with strategy.scope():
+        if config.tta:
+            model = with_tta(model)  # before the calibration: it is fitted on the mean of the views
         model, calibration, validation_p, probabilities = calibrate(model, config, cube, split, test_x, test_labels)
     threshold, threshold_rule = choose_threshold(config, cube.labels[split.validation], validation_p)
     metrics = binary_metrics(test_labels, probabilities, threshold)
@@ -383,6 +392,8 @@ def _fit_and_write(
         "threshold_rule": threshold_rule,
         "decision_rule": "real if P(real) > threshold",
         "calibration": calibration,
+        "recipe": config.recipe_record(),
+        "test_time_augmentation": {"views": VIEWS, "combine": "log_odds"} if config.tta else None,
         "params": config.model_dump(mode="json"),
         "batch_size_used": batch_size,
         "workers": cluster.workers,
