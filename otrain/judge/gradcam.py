@@ -7,7 +7,8 @@ after the batch normalisation and ReLU that directly follow it in the vgg networ
 a Sequential model is wrapped as ``keras.Model(model.inputs, model.outputs)``; its
 softmax is replaced by a linear output (``ReplaceToLinear``) on a clone, so the score is the
 class logit. A model's calibration layer (:class:`otrain.nets.model.Calibration`) is left out: the
-map explains the network's decision, which the calibration only rescales.
+map explains the network's decision, which the calibration only rescales. An ensemble's map is
+the mean of its members' maps (:class:`GradCamExplainer`).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ def explained_layer(model: Any) -> Any:
     Parameters
     ----------
     model : keras.Model
-        The classifier; "directly" follows its layer order.
+        The classifier; "directly" follows its layer order. Of an ensemble, its last member's.
 
     Returns
     -------
@@ -53,8 +54,10 @@ def explained_layer(model: Any) -> Any:
     """
     from keras import layers
 
+    from otrain.nets.ensemble import ensemble_members
     from otrain.nets.model import last_conv_layer
 
+    model = ensemble_members(model)[-1]
     found = last_conv_layer(model)
     for layer in model.layers[model.layers.index(found) + 1 :]:
         if not isinstance(layer, (layers.BatchNormalization, layers.ReLU, layers.Activation)):
@@ -63,10 +66,10 @@ def explained_layer(model: Any) -> Any:
     return found
 
 
-class GradCamExplainer:
-    """A tf-keras-vis visualiser built once for a model (wrapping and cloning cost seconds)."""
+class _NetworkExplainer:
+    """A tf-keras-vis visualiser of one network (wrapping and cloning cost seconds)."""
 
-    def __init__(self, model: Any, method: Literal["gradcam", "gradcam++"] = "gradcam") -> None:
+    def __init__(self, model: Any, method: Literal["gradcam", "gradcam++"]) -> None:
         import keras
         from tf_keras_vis.gradcam import Gradcam
         from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
@@ -83,8 +86,7 @@ class GradCamExplainer:
             functional, model_modifier=ReplaceToLinear(), clone=True
         )
 
-    def maps(self, pixels: np.ndarray, classes: np.ndarray, expand: bool = True, normalise: bool = True) -> np.ndarray:
-        """Class activation maps of ``classes`` (0 bogus, 1 real) for a batch of cutouts."""
+    def maps(self, pixels: np.ndarray, classes: np.ndarray, expand: bool, normalise: bool) -> np.ndarray:
         from tf_keras_vis.utils.scores import CategoricalScore
 
         maps = self.visualiser(
@@ -96,6 +98,34 @@ class GradCamExplainer:
             normalize_cam=normalise,
         )
         return np.asarray(maps, dtype=np.float64).reshape(len(pixels), *np.shape(maps)[-2:])
+
+
+class GradCamExplainer:
+    """A tf-keras-vis visualiser built once for a model (wrapping and cloning cost seconds).
+
+    An ensemble (:mod:`otrain.nets.ensemble`) is explained by the mean of its members' maps, each
+    on that member's own last convolution and for its own class logit, normalised after
+    averaging: the ensemble's mean log-odds moves with member k's features through member k
+    alone, by 1 / K of what moves that member's, so each member weighs equally.
+    """
+
+    def __init__(self, model: Any, method: Literal["gradcam", "gradcam++"] = "gradcam") -> None:
+        from otrain.nets.ensemble import ensemble_members
+
+        self.networks = [_NetworkExplainer(member, method) for member in ensemble_members(model)]
+        self.layer = self.networks[-1].layer
+
+    def maps(self, pixels: np.ndarray, classes: np.ndarray, expand: bool = True, normalise: bool = True) -> np.ndarray:
+        """Class activation maps of ``classes`` (0 bogus, 1 real) for a batch of cutouts."""
+        if len(self.networks) == 1:
+            return self.networks[0].maps(pixels, classes, expand, normalise)
+        from tf_keras_vis.utils import normalize
+
+        maps = [network.maps(pixels, classes, expand, normalise=False) for network in self.networks]
+        if len({member.shape for member in maps}) > 1:
+            raise ValueError("the ensemble's members have convolution grids of different sizes: expand the maps")
+        mean = np.mean(maps, axis=0)
+        return np.asarray(normalize(mean), dtype=np.float64) if normalise else mean
 
 
 def gradcam_maps(
@@ -111,7 +141,8 @@ def gradcam_maps(
     Parameters
     ----------
     model : keras.Model
-        The classifier (Sequential or functional, softmax output).
+        The classifier (Sequential or functional, softmax output), or an ensemble (the mean of
+        its members' maps, see :class:`GradCamExplainer`).
     pixels : numpy.ndarray
         (N, H, W, C) cutouts.
     classes : numpy.ndarray

@@ -342,9 +342,21 @@ def input_shape_of(model: keras.Model) -> tuple[int, int, int]:
     return int(shape[0]), int(shape[1]), int(shape[2])
 
 
+def _flat_layers(model: keras.Model) -> list[layers.Layer]:
+    """Return a model's layers in order, those of nested models (an ensemble's members) in their place."""
+    found: list[layers.Layer] = []
+    for layer in model.layers:
+        found += _flat_layers(layer) if isinstance(layer, keras.Model) else [layer]
+    return found
+
+
 def last_conv_layer(model: keras.Model) -> layers.Conv2D:
-    """Return the last Conv2D layer, found by type (never by a name such as "conv2d_4")."""
-    convolutions = [layer for layer in model.layers if isinstance(layer, layers.Conv2D)]
+    """Return the last Conv2D layer, found by type (never by a name such as "conv2d_4").
+
+    Nested models count with their layers: in an ensemble (:mod:`otrain.nets.ensemble`), it is the
+    last member's last convolution.
+    """
+    convolutions = [layer for layer in _flat_layers(model) if isinstance(layer, layers.Conv2D)]
     if not convolutions:
         raise DataError("model has no Conv2D layer")
     return convolutions[-1]
@@ -424,16 +436,20 @@ def load_model(path: Path) -> keras.Model:
     log_visible_devices()
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise DataError(f"{path}: not a Keras model file (expected a .keras or .h5 file)")
+    from otrain.nets.ensemble_head import ENSEMBLE_COLUMNS, EnsembleHead, is_ensemble
+
     try:
-        custom = {"RobustScaling": RobustScaling, "Calibration": Calibration}
+        custom = {"RobustScaling": RobustScaling, "Calibration": Calibration, "EnsembleHead": EnsembleHead}
         model = keras.saving.load_model(path, custom_objects=custom, compile=False)
     except Exception as error:  # Keras raises many types, some misleading ("File not found"), for a damaged file
         if not _container_is_intact(path):
             raise DataError(f"{path}: not a readable Keras model (corrupt or truncated)") from None
         raise DataError(f"{path}: not a readable Keras model ({first_line(error)[:200]})") from None
     output_shape = tuple(model.outputs[0].shape[1:])
-    if output_shape != (2,):
-        raise DataError(f"{path}: model must output 2 class probabilities (bogus, real), got shape {output_shape}")
+    columns = ENSEMBLE_COLUMNS if is_ensemble(model) else 2
+    if output_shape != (columns,):
+        expected = "P(bogus), P(real) and the spread" if columns == 3 else "2 class probabilities (bogus, real)"
+        raise DataError(f"{path}: model must output {expected}, got shape {output_shape}")
     input_shape_of(model)
     return model
 

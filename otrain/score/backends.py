@@ -105,7 +105,8 @@ class OnnxClassifier:
         shape = inputs[0].shape if len(inputs) == 1 else []
         if len(shape) != 4 or not all(isinstance(size, int) for size in shape[1:]):
             raise DataError(f"{shown or path}: the ONNX model must take one (N, H, W, C) input, got {shape}")
-        if len(outputs) != 1 or outputs[0].shape[1:] != [2]:
+        # Two columns (P(bogus), P(real)), or an ensemble's three (and the members' spread).
+        if len(outputs) != 1 or outputs[0].shape[1:] not in ([2], [3]):
             raise DataError(f"{shown or path}: the ONNX model must output 2 class probabilities (bogus, real)")
         self.cutout_shape: tuple[int, int, int] = (int(shape[1]), int(shape[2]), int(shape[3]))
         self._input, self._output = inputs[0].name, outputs[0].name

@@ -189,8 +189,11 @@ def keras_scores(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
     """
     import keras
 
+    from otrain.nets.ensemble import is_ensemble
     from otrain.nets.model import Calibration
 
+    if is_ensemble(model):
+        return _ensemble_scores(model, pixels, batch_size)
     dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
     head = dense[-1] if dense else None
     probe = _probe(model, head)
@@ -236,6 +239,39 @@ def keras_scores(model: Any, pixels: np.ndarray, batch_size: int = PREDICT_BATCH
         log_scale=log_scale,
         epsilon=max([FLOAT32_EPS, *epsilons]),
         output_epsilon=max([FLOAT32_EPS, *epsilons[last:]]),
+    )
+
+
+def _ensemble_scores(model: Any, pixels: np.ndarray, batch_size: int) -> KerasScores:
+    """:func:`keras_scores` of an ensemble (:mod:`otrain.nets.ensemble`): its members' scales, weighed by its average.
+
+    The ensemble's log-odds z is the mean of its members' (``logits``), each exact to a few
+    epsilons of that member's logit scale S_k, so z is exact to a few epsilons of their mean; or
+    the log-odds of the mean of their probabilities (``probabilities``), which moves by
+    p_k (1 - p_k) / (K P(real) P(bogus)) (both means) per unit of member k's log-odds.
+    """
+    from otrain.nets.ensemble import ensemble_head, ensemble_members
+
+    head = ensemble_head(model)
+    members = [keras_scores(member, pixels, batch_size) for member in ensemble_members(model)]
+    p_real = predict(model, pixels, batch_size)
+    member_p = np.stack([member.p_real for member in members])
+    scales = np.stack([member.logit_scale for member in members])
+    if head.average == "logits":
+        weights = np.full_like(member_p, 1.0 / len(members))
+    else:
+        mean = member_p.mean(axis=0)
+        floor = head.epsilon * (1.0 - head.epsilon)
+        weights = member_p * (1.0 - member_p) / (len(members) * np.maximum(mean * (1.0 - mean), floor))
+    # The mean of the members' log-odds (at most |log epsilon| each) is rounded once more.
+    log_scale = np.full(len(p_real), 2.0 * abs(np.log(head.epsilon)))
+    return KerasScores(
+        p_real=p_real,
+        logit_scale=np.sum(weights * scales, axis=0),
+        temperature=head.temperature,
+        log_scale=log_scale,
+        epsilon=max(member.epsilon for member in members),
+        output_epsilon=max(member.output_epsilon for member in members),
     )
 
 
