@@ -137,3 +137,35 @@ def test_bad_folds_are_refused_in_one_line(
     assert len(err.splitlines()) == 1
     assert message in err
     assert not (tmp_path / "m" / "CNN_training").exists()
+
+
+def test_folds_across_workers_is_refused_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = {"worker": ["127.0.0.1:1", "127.0.0.1:2"]}
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 0}}))
+    cube = _cube(tmp_path / "grouped.npz")
+    code = call_main(train_main, "--cube", cube, "--model-path", tmp_path / "m", "--model-name", "x", "--folds", "2")
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert err.splitlines() == [err]
+    assert "--folds: an ensemble trains on one machine" in err
+    assert not (tmp_path / "m" / "CNN_training").exists()
+
+
+def test_the_folds_hold_whole_groups_with_both_classes() -> None:
+    from otrain.errors import OptionError
+    from otrain.train.ensemble import ensemble_folds
+
+    labels = np.array([1, 1, 0, 0] * 10)
+    groups = np.array([f"g{row // 2}" for row in range(40)])
+    rows = np.arange(40)
+    folds = ensemble_folds(labels, groups, rows, 4, seed=3)
+    assert np.array_equal(np.sort(np.concatenate(folds)), rows)
+    seen: dict[str, int] = {}
+    for index, fold in enumerate(folds):
+        assert set(labels[fold]) == {0, 1}
+        for group in set(groups[fold]):
+            assert seen.setdefault(group, index) == index
+    with pytest.raises(OptionError, match="--folds: 11 folds need at least 11 groups of each class"):
+        ensemble_folds(labels, groups, rows, 11, seed=3)
