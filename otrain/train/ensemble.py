@@ -300,7 +300,10 @@ def _train_and_write(
     staged.mkdir(parents=True)
     model_file = staged / config.model_file.name
     outputs = [save_model(model, model_file)]
-    rows = None if len(cube) <= PARITY_CUTOUTS else np.sort(np.concatenate([test, rest[:PARITY_CUTOUTS]]))
+    # Beyond PARITY_CUTOUTS, the test set and a seeded sample of the folds (as postfit.parity_rows does).
+    room = max(PARITY_CUTOUTS - len(test), 0)
+    sample = np.random.default_rng(config.seed).choice(rest, size=min(room, len(rest)), replace=False)
+    rows = None if len(cube) <= PARITY_CUTOUTS else np.sort(np.concatenate([test, sample]))
     pixels = cube.cube if rows is None else cube.cube[rows]
     checked = "every cutout" if rows is None else f"{len(rows)} of {len(cube)} cutouts"
     onnx_record = export_twin(
