@@ -210,9 +210,11 @@ def train_ensemble(
 
 
 def _fold_record(
-    cube: Datacube, fold: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float
+    cube: Datacube, fold: np.ndarray, labels: np.ndarray, scores: np.ndarray, threshold: float, member: int
 ) -> dict[str, Any]:
+    """Return the card's record of one fold: its candidates, and the metrics of the member that held it out."""
     return {
+        "member": member,
         "candids": [str(candid) for candid in cube.candids[fold]],
         "n": len(fold),
         "n_real": int(np.count_nonzero(labels == 1)),
@@ -287,7 +289,10 @@ def _train_and_write(
         "grouped": grouped,
         "seed": config.seed,
         "average": DEFAULT_AVERAGE,
-        "folds": [_fold_record(cube, fold, cube.labels[fold], all_oof[fold], threshold) for fold in folds],
+        "folds": [
+            _fold_record(cube, fold, cube.labels[fold], all_oof[fold], threshold, index)
+            for index, fold in enumerate(folds)
+        ],
         "oof_metrics": {
             **binary_metrics(oof_labels, oof, threshold),
             "expected_calibration_error": calibration["ece_oof_after"],

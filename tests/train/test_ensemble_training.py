@@ -79,6 +79,7 @@ def test_folds_trains_k_members_on_whole_groups_and_the_card_records_them(ensemb
     for first in range(FOLDS):
         for second in range(first + 1, FOLDS):
             assert not fold_groups[first] & fold_groups[second]
+    assert [fold["member"] for fold in record["folds"]] == list(range(FOLDS))  # member k held fold k out
     for fold in record["folds"]:
         assert set(fold["oof_metrics"]) >= {"roc_auc", "mcc", "threshold"}
         assert fold["oof_metrics"]["threshold"] == card["threshold"]
