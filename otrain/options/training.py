@@ -29,6 +29,7 @@ from otrain.options.base import (
     Probability,
     Seed,
     WritableFolder,
+    _at_least_two,
     _model_name,
     _positive_float,
     option,
@@ -305,12 +306,22 @@ class TrainConfig(TrainingOptions):
         "Start from the weights of this trained model (.keras or .h5) instead of random ones: fine-tuning, for "
         "example on real cutouts after the synthetic survey. Same network, input size and planes.",
     )
+    folds: Annotated[int, AfterValidator(_at_least_two)] | None = option(
+        None,
+        "Train a cross-fitted ensemble of this many members (at least 2) instead of one model: the cutouts "
+        "outside the test set are split into --folds grouped folds, each member trains on all folds but one for "
+        "--epochs (no validation set, no early stopping; --init-from starts every member), and the members' "
+        "out-of-fold scores fit --calibration and choose the threshold. The saved model averages the members "
+        "(mean log-odds) and outputs a third column, the spread of their P(real). Not with --resume.",
+    )
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
         self.check_option_rules(self.__dict__)
         if self.resume and self.overwrite:
             raise ValueError("--resume, --overwrite: give one or the other")
+        if self.folds is not None and self.resume:
+            raise ValueError("--folds, --resume: an ensemble's training cannot be resumed; pass --overwrite instead")
         return self
 
     def check_disk(self) -> None:

@@ -1,8 +1,9 @@
-"""Training: the fit loop, checkpoints and interrupts, post-fit, cross-validation, the dataset-size study.
+"""Training: the fit loop, checkpoints, post-fit, cross-fitted ensembles, cross-validation, the dataset-size study.
 
 Modules:
 
 * :mod:`otrain.train.training`: otrain-train, a training run through the modules below;
+* :mod:`otrain.train.ensemble`: otrain-train --folds, a cross-fitted ensemble;
 * :mod:`otrain.train.fit`: the fit loop (the network, its starting weights, datasets, learning rate, epochs);
 * :mod:`otrain.train.checkpoint`: the checkpoint and interrupts during the fit;
 * :mod:`otrain.train.distribute`: TensorFlow's set-up and the distribution strategy (``TF_CONFIG``);
@@ -19,6 +20,7 @@ __all__ = [
     "crossval",
     "crossval_resume",
     "distribute",
+    "ensemble",
     "fit",
     "folds",
     "optimise",

@@ -73,9 +73,12 @@ def calibrate(
 
 
 def choose_threshold(
-    config: TrainConfig, labels: np.ndarray, probabilities: np.ndarray
+    config: TrainConfig, labels: np.ndarray, probabilities: np.ndarray, chosen_on: str = "validation set"
 ) -> tuple[float, dict[str, Any]]:
-    """Return the decision threshold (``--threshold``, or chosen by a target rate) and how it was chosen."""
+    """Return the decision threshold (``--threshold``, or chosen by a target rate) and how it was chosen.
+
+    ``chosen_on`` names the labelled scores (the validation set's, or an ensemble's out-of-fold ones).
+    """
     from otrain.metrics.evaluation import threshold_for_fnr, threshold_for_fpr
 
     if config.target_fnr is None and config.target_fpr is None:
@@ -91,13 +94,13 @@ def choose_threshold(
     rule = {
         "method": method,
         "target": target,
-        "chosen_on": "validation set",
+        "chosen_on": chosen_on,
         "n_real": int(np.count_nonzero(labels == 1)),
         "n_bogus": int(np.count_nonzero(labels == 0)),
         "validation_fnr": float(np.mean(~decided[labels == 1])) if np.any(labels == 1) else None,
         "validation_fpr": float(np.mean(decided[labels == 0])) if np.any(labels == 0) else None,
     }
-    announce(f"threshold {threshold:.6g}, chosen on the validation set for {method.replace('_', ' ')} {target}")
+    announce(f"threshold {threshold:.6g}, chosen on the {chosen_on} for {method.replace('_', ' ')} {target}")
     return threshold, rule
 
 

@@ -124,3 +124,26 @@ def test_the_ensembles_onnx_twin_gives_its_three_columns(
     twin = OnnxClassifier(tmp_path / "e.onnx").predict_on_batch(cutouts)
     assert twin.shape == (len(cutouts), 3)
     assert_allclose(twin, model.predict_on_batch(cutouts), atol=1e-5)
+
+
+@pytest.mark.parametrize("average", ["logits", "probabilities"])
+def test_the_parity_allowance_of_an_ensemble_weighs_its_members_logit_scales(
+    members: tuple[list, list], cutouts: np.ndarray, average: str
+) -> None:
+    from otrain.score.twin import keras_scores
+
+    models, networks = members
+    ensemble = build_ensemble(models, temperature=1.5, bias=0.1, average=average)
+    scores = keras_scores(ensemble, cutouts)
+    own = [keras_scores(network, cutouts) for network in networks]
+    p = np.stack([member.p_real for member in own])
+    if average == "logits":
+        weights = np.full_like(p, 1 / 3)
+    else:
+        mean = p.mean(axis=0)
+        weights = p * (1 - p) / (3 * mean * (1 - mean))
+    expected = np.sum(weights * np.stack([member.logit_scale for member in own]), axis=0)
+    assert np.all(expected > 0)
+    assert_allclose(scores.logit_scale, expected, rtol=1e-6)
+    assert_allclose(scores.p_real, ensemble.predict_on_batch(cutouts)[:, 1], atol=1e-7)
+    assert scores.temperature == 1.5
