@@ -15,7 +15,11 @@ a. the O'TRAIN defaults: difference only, original network, raw pixels, no class
 b. the recipe for small, imbalanced sets on the difference only;
 c. the recipe on triplets (science, reference, difference);
 d. the second architecture (vgg) with the recipe, on triplets;
-e. (d) started from a model pre-trained on the built-in synthetic survey (``--init-from``).
+e. (d) started from a model pre-trained on the built-in synthetic survey (``--init-from``);
+f. (e) as a cross-fitted ensemble: in each outer fold, ``otrain-train --folds 5`` (the library
+   call, the outer fold as its test set) trains 5 members on the other folds' alerts, with no
+   validation set, calibrated and thresholded on their own out-of-fold scores;
+g. (f) with test-time augmentation (``--tta``) in every member.
 
 From the pooled out-of-fold scores it reports ROC AUC on all rows and on confident rows; the
 recall of known asteroids at the threshold where the false-positive rate on confident bogus
@@ -24,7 +28,7 @@ calibration error; the training time of the whole cross-validation; and, for the
 positives, the share of the Grad-CAM map (``gradcam`` and ``gradcam++``) within two FWHM of the
 cutout centre, against the share of the area there (what a map spread evenly would give).
 
-Run: ``.venv/bin/python benchmarks/bench_real.py --data PATH/ztf_dev [--settings a,b,c,d,e]``.
+Run: ``.venv/bin/python benchmarks/bench_real.py --data PATH/ztf_dev [--settings a,b,c,d,e,f,g]``.
 Writes ``benchmarks/results/bench_real.json`` and prints a Markdown table.
 """
 
@@ -76,6 +80,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "planes": TRIPLET,
         "options": {**RECIPE, "architecture": "vgg"},
         "pretrain": True,
+    },
+    "f": {
+        "title": "(e) as a cross-fitted ensemble (--folds 5)",
+        "planes": TRIPLET,
+        "options": {**RECIPE, "architecture": "vgg", "folds": 5},
+        "pretrain": True,
+        "ensemble": True,
+    },
+    "g": {
+        "title": "(f) with test-time augmentation (--tta)",
+        "planes": TRIPLET,
+        "options": {**RECIPE, "architecture": "vgg", "folds": 5, "tta": True},
+        "pretrain": True,
+        "ensemble": True,
     },
 }
 
@@ -211,10 +229,120 @@ def centre_shares(cv_folder: Path, cube_file: Path, table: dict[str, np.ndarray]
     return result
 
 
+def _onnx_seconds(twin: Path, pixels: np.ndarray, repeats: int) -> float:
+    """Median wall time of ONNX Runtime scoring ``pixels`` (batches of the default size) with ``twin``."""
+    from otrain.options import PREDICT_BATCH
+    from otrain.score.backends import OnnxClassifier
+
+    classifier = OnnxClassifier(twin)
+    times = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        for start in range(0, len(pixels), PREDICT_BATCH):
+            classifier.predict_on_batch(pixels[start : start + PREDICT_BATCH])
+        times.append(time.perf_counter() - started)
+    return float(np.median(times[1:]))  # the first run warms the session up
+
+
+def scoring_speed(model_file: Path, work: Path, pixels: np.ndarray, repeats: int = 10) -> dict[str, float]:
+    """Cutouts per second of an ensemble's ONNX twin against one of its members' (the same network alone)."""
+    import keras
+
+    from otrain.io.layout import twin_path
+    from otrain.nets.ensemble import ensemble_members
+    from otrain.nets.model import load_model, save_model
+    from otrain.score.twin import export_onnx
+
+    single = work / "single_member" / "single.keras"
+    single.parent.mkdir(parents=True, exist_ok=True)
+    member = ensemble_members(load_model(model_file))[0]
+    save_model(keras.Model(member.inputs, member.outputs), single)
+    export_onnx(load_model(single), single, pixels[:256])
+    ensemble_seconds = _onnx_seconds(twin_path(model_file), pixels, repeats)
+    single_seconds = _onnx_seconds(twin_path(single), pixels, repeats)
+    keras.backend.clear_session()
+    return {
+        "ensemble_cutouts_per_s": len(pixels) / ensemble_seconds,
+        "single_cutouts_per_s": len(pixels) / single_seconds,
+        "speed_vs_single": single_seconds / ensemble_seconds,
+    }
+
+
+def run_ensemble(cube_file: Path, data: Path, output: Path, options: dict[str, Any], folds: int, seed: int) -> dict:
+    """Outer grouped cross-validation of ``otrain-train --folds``: per outer fold, an ensemble trained on the others.
+
+    Returns the pooled out-of-fold table (as :func:`score_table`, with the members' ``spread``)
+    and the seconds of the trainings.
+    """
+    import keras
+
+    from otrain.data.datacube import Datacube
+    from otrain.options import TrainConfig
+    from otrain.score.backends import OnnxClassifier
+    from otrain.train.ensemble import train_ensemble
+    from otrain.train.folds import fold_splits, groups_of
+
+    cube = Datacube.load(cube_file)
+    groups, _ = groups_of(cube)
+    truth = _truth(data)
+    columns: dict[str, list] = {name: [] for name in ("index", "fold", "p", "spread", "threshold")}
+    seconds = 0.0
+    for fold, split in enumerate(fold_splits(cube.labels, groups, folds, 0.15, seed), start=1):
+        config = TrainConfig.model_validate(
+            {
+                **options,
+                "cube": cube_file,
+                "model_path": output,
+                "model_name": f"fold-{fold}",
+                "seed": seed,
+                "tracking": False,
+                "overwrite": True,
+            }
+        )
+        config.preflight()
+        started = time.perf_counter()
+        result = train_ensemble(config, cube=cube, test_rows=split.test)
+        seconds += time.perf_counter() - started
+        card = json.loads(Path(f"{result.model_file}.card.json").read_text())
+        twin = OnnxClassifier(result.model_file.with_suffix(".onnx"))
+        scored = twin.predict_on_batch(cube.cube[split.test])
+        columns["index"].append(split.test)
+        columns["fold"].append(np.full(len(split.test), fold))
+        columns["p"].append(scored[:, 1].astype(np.float64))
+        columns["spread"].append(scored[:, 2].astype(np.float64))
+        columns["threshold"].append(np.full(len(split.test), card["threshold"]))
+        keras.backend.clear_session()
+    table = {name: np.concatenate(values) for name, values in columns.items()}
+    known = [truth[int(candid)] for candid in cube.candids[table["index"]]]
+    table["label"] = cube.labels[table["index"]]
+    table["confident"] = np.array([item["confident"] for item in known])
+    table["sso"] = np.array([item["known_sso"] for item in known])
+    return {"table": table, "seconds": seconds}
+
+
+def spread_figures(table: dict[str, np.ndarray]) -> dict[str, float]:
+    """Do the most uncertain candidates hold the mistakes? ROC AUC of the spread as a detector of them."""
+    from sklearn.metrics import roc_auc_score
+
+    mistakes = (table["p"] > table["threshold"]) != (table["label"] == 1)
+    both = 0 < mistakes.sum() < len(mistakes)
+    ranked = np.argsort(-table["spread"])
+    top = ranked[: max(1, len(ranked) // 10)]
+    return {
+        "spread_mistake_roc_auc": float(roc_auc_score(mistakes, table["spread"])) if both else math.nan,
+        "mistakes": int(mistakes.sum()),
+        "mistakes_in_top_decile_spread": int(mistakes[top].sum()),
+        "top_decile": len(top),
+        "spread_median": float(np.median(table["spread"])),
+    }
+
+
 def run_setting(
     key: str, data: Path, work: Path, size: int, folds: int, seed: int, epochs: int | None = None
 ) -> dict[str, Any]:
     """Cross-validate one setting (``epochs``, when given, replaces the setting's); return its figures."""
+    from sklearn.metrics import roc_auc_score
+
     from otrain.options import CrossValidateConfig
     from otrain.train.crossval import cross_validate
 
@@ -229,6 +357,34 @@ def run_setting(
         options["init_from"] = pretrained_model(work, setting["planes"], size, options)
         pretrain_seconds = time.perf_counter() - started
     output = work / f"cv_{key}"
+    if setting.get("ensemble"):
+        started = time.perf_counter()
+        outcome = run_ensemble(cube, data, output, options, folds, seed)
+        table = outcome["table"]
+        folds_auc = [
+            roc_auc_score(table["label"][table["fold"] == fold], table["p"][table["fold"] == fold])
+            for fold in np.unique(table["fold"])
+        ]
+        result = {
+            "setting": key,
+            "title": setting["title"],
+            "options": {name: str(value) for name, value in options.items()},
+            "planes": list(setting["planes"]),
+            "train_seconds": outcome["seconds"],
+            "pretrain_seconds": pretrain_seconds,
+            "fold_roc_auc_mean": float(np.mean(folds_auc)),
+            "fold_roc_auc_std": float(np.std(folds_auc)),
+            **figures(table),
+            **spread_figures(table),
+        }
+        from otrain.data.datacube import Datacube
+
+        result.update(
+            scoring_speed(output / "CNN_training" / "fold-1" / "fold-1.keras", work, Datacube.load(cube).cube)
+        )
+        result.update(centre_shares(output, cube, table))
+        result["wall_seconds"] = time.perf_counter() - started
+        return result
     config = CrossValidateConfig.model_validate(
         {**options, "cube": cube, "folds": folds, "output": output, "seed": seed, "tracking": False, "overwrite": True}
     )
@@ -274,7 +430,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, required=True, help="folder with true/, false/ and truth.csv")
     parser.add_argument("--work", type=Path, default=RESULTS / "real-data", help="scratch folder (cubes, folds)")
-    parser.add_argument("--settings", default="a,b,c,d,e", help="comma-separated settings among a,b,c,d,e")
+    parser.add_argument("--settings", default="a,b,c,d,e,f,g", help="comma-separated settings among a-g")
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--cutout-size", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
