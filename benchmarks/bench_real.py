@@ -412,16 +412,20 @@ def markdown(results: list[dict[str, Any]]) -> str:
     """The table of docs/own-survey.md."""
     lines = [
         "| setting | ROC AUC all (folds) | ROC AUC confident | asteroid recall at FPR<=0.10 | FPR at 1 % FNR "
-        "| ECE | Grad-CAM TP share near centre (gradcam / ++ / area) | CV time |",
-        "|---|---|---|---|---|---|---|---|",
+        "(all / confident) | ECE | Grad-CAM TP share near centre (gradcam / ++ / area) | CV time | "
+        "ONNX speed vs one model | spread ROC AUC for mistakes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in results:
+        confident = row.get("fpr_confident_at_fnr_1pc", math.nan)
+        speed = f"{row['speed_vs_single']:.2f}" if "speed_vs_single" in row else "1"
+        spread = f"{row['spread_mistake_roc_auc']:.3f}" if "spread_mistake_roc_auc" in row else "-"
         lines.append(
             f"| ({row['setting']}) {row['title']} | {row['roc_auc']:.3f} ({row['fold_roc_auc_mean']:.3f} ± "
             f"{row['fold_roc_auc_std']:.3f}) | {row['roc_auc_confident']:.3f} | {row['sso_recall']:.3f} "
-            f"(FPR {row['fpr_confident_bogus']:.2f}) | {row['fpr_at_fnr_1pc']:.3f} | {row['ece']:.3f} | "
-            f"{row['centre_share_gradcam']:.2f} / {row['centre_share_gradcam++']:.2f} / {row['centre_area']:.2f} | "
-            f"{row['train_seconds'] / 60:.1f} min |"
+            f"(FPR {row['fpr_confident_bogus']:.2f}) | {row['fpr_at_fnr_1pc']:.3f} / {confident:.3f} | "
+            f"{row['ece']:.3f} | {row['centre_share_gradcam']:.2f} / {row['centre_share_gradcam++']:.2f} / "
+            f"{row['centre_area']:.2f} | {row['train_seconds'] / 60:.1f} min | {speed} | {spread} |"
         )
     return "\n".join(lines)
 
