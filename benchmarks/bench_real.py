@@ -129,9 +129,10 @@ def pretrained_model(work: Path, planes: tuple[str, ...], size: int, options: di
     command = [str(BIN / "otrain-convert"), "--path", str(work), "--cube", "synthetic", "--cutouts", str(survey)]
     command += ["--frac-true", "0.5", "--cutout-size", str(size), "--planes", *planes]
     _run(command)
+    single = {name: value for name, value in options.items() if name not in ("folds", "tta")}  # one plain model
     config = TrainConfig.model_validate(
         {
-            **options,
+            **single,
             "epochs": min(int(options.get("epochs", 30)), 20),
             "cube": work / "datacube" / "synthetic.npz",
             "model_path": work / "pretrain",
@@ -245,17 +246,18 @@ def _onnx_seconds(twin: Path, pixels: np.ndarray, repeats: int) -> float:
 
 
 def scoring_speed(model_file: Path, work: Path, pixels: np.ndarray, repeats: int = 10) -> dict[str, float]:
-    """Cutouts per second of an ensemble's ONNX twin against one of its members' (the same network alone)."""
+    """Cutouts per second of an ensemble's ONNX twin against one member's (its network alone, without TTA)."""
     import keras
 
     from otrain.io.layout import twin_path
     from otrain.nets.ensemble import ensemble_members
     from otrain.nets.model import load_model, save_model
+    from otrain.nets.tta import without_tta
     from otrain.score.twin import export_onnx
 
     single = work / "single_member" / "single.keras"
     single.parent.mkdir(parents=True, exist_ok=True)
-    member = ensemble_members(load_model(model_file))[0]
+    member = without_tta(ensemble_members(load_model(model_file))[0])
     save_model(keras.Model(member.inputs, member.outputs), single)
     export_onnx(load_model(single), single, pixels[:256])
     ensemble_seconds = _onnx_seconds(twin_path(model_file), pixels, repeats)

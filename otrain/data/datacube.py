@@ -466,9 +466,10 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, validation_frac: float
     Each group counts for its majority class (ties: the smaller label). The groups of each
     class, in the order of their first rows, are shuffled as :func:`stratified_split` shuffles
     rows, and cut where the rows of the leading groups come nearest the counts it would take
-    (validation, then test; at least one group in each when the class has three groups or more).
-    The cutouts of one group are never in two sets, and when every group is one cutout the split
-    is exactly :func:`stratified_split`'s.
+    (validation, then test; at least one group in each when the class has three groups or more,
+    and then at least one left for training). The cutouts of one group are never in two sets,
+    and when every group is one cutout the split is exactly :func:`stratified_split`'s (but for
+    the degenerate fractions that would leave a class of three cutouts or more none to train on).
 
     Parameters
     ----------
@@ -503,7 +504,11 @@ def grouped_split(labels: np.ndarray, groups: np.ndarray, validation_frac: float
         n_rows = int(sizes[members].sum())
         several = len(members) >= 3
         n_validation = _cut(sizes[members], round(n_rows * validation_frac), several and validation_frac > 0)
+        if several:  # training keeps a group of the class (the row split may not, on tiny classes)
+            n_validation = min(n_validation, len(members) - 2)
         n_test = _cut(sizes[members[n_validation:]], round(n_rows * test_frac), several and test_frac > 0)
+        if several:
+            n_test = min(n_test, len(members) - n_validation - 1)
         chosen = {
             "validation": members[:n_validation],
             "test": members[n_validation : n_validation + n_test],

@@ -24,6 +24,7 @@ __all__ = [
     "card_planes",
     "card_threshold",
     "ids_digest",
+    "is_threshold",
     "matches_summary",
     "read_card",
     "recorded_ids",
@@ -114,9 +115,25 @@ def card_threshold(model_file: Path) -> float:
         If the card cannot be read or its threshold is neither; the message names the card.
     """
     value = read_card(model_file).get("threshold", DEFAULT_THRESHOLD)
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not LOWEST_THRESHOLD <= value <= 1:
+    if not is_threshold(value):
         raise DataError(f"{card_file(model_file)}: 'threshold' must be a probability, got {value!r}")
     return float(value)
+
+
+def is_threshold(value: Any) -> bool:
+    """Tell whether a value is a threshold a model card may record: a probability, or :data:`LOWEST_THRESHOLD`.
+
+    Parameters
+    ----------
+    value : Any
+        The recorded value.
+
+    Returns
+    -------
+    bool
+        True for a number (not a bool) in [LOWEST_THRESHOLD, 1].
+    """
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and LOWEST_THRESHOLD <= value <= 1
 
 
 def card_planes(model_file: Path) -> tuple[str, ...] | None:

@@ -32,7 +32,7 @@ import numpy as np
 
 from otrain.data.datacube import Datacube, Split, recorded_split
 from otrain.errors import DataError
-from otrain.io.card import DEFAULT_THRESHOLD, recorded_ids
+from otrain.io.card import DEFAULT_THRESHOLD, is_threshold, recorded_ids
 from otrain.io.ids import candidate_key
 from otrain.metrics.evaluation import binary_metrics, evaluate
 from otrain.options import PromoteConfig
@@ -89,7 +89,7 @@ def registered_threshold(model_uri: str) -> float | None:
     value = card.get("threshold") if isinstance(card, dict) else None
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if not is_threshold(value):
         raise DataError(f"{model_uri}: the threshold of its model card must be a probability, got {value!r}")
     return float(value)
 
@@ -112,8 +112,14 @@ def _at(threshold: float | None) -> str:
 
 
 def _same_split(first: dict[str, Any], second: dict[str, Any]) -> bool:
-    keys = ("method", "data_hash", "seed", "frac", "test_frac")
-    return first.get("method") == "stratified" and all(first.get(key) == second.get(key) for key in keys)
+    """Two records of the same row split: 'row' (otrain-train now) and 'stratified' (before) are one rule."""
+    keys = ("data_hash", "seed", "frac", "test_frac")
+    methods = {first.get("method"), second.get("method")}
+    return (
+        methods <= {"stratified", "row"}
+        and "stratified" in methods
+        and all(first.get(key) == second.get(key) for key in keys)
+    )
 
 
 def _recorded_split(record: dict[str, Any], candidates: list[str | None]) -> tuple[Datacube, Split] | None:

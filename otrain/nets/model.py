@@ -36,6 +36,7 @@ from keras import layers, ops
 from otrain.errors import DataError, first_line
 from otrain.io.atomic import atomic_path
 from otrain.nets.dihedral import DihedralMean, DihedralViews
+from otrain.nets.ensemble_head import ENSEMBLE_COLUMNS, EnsembleHead, is_ensemble
 from otrain.options import (
     ARCHITECTURES,
     DEFAULT_ARCHITECTURE,
@@ -437,7 +438,6 @@ def load_model(path: Path) -> keras.Model:
     log_visible_devices()
     if path.suffix not in (".keras", ".h5", ".hdf5"):
         raise DataError(f"{path}: not a Keras model file (expected a .keras or .h5 file)")
-    from otrain.nets.ensemble_head import ENSEMBLE_COLUMNS, EnsembleHead, is_ensemble
 
     try:
         custom = {

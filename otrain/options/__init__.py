@@ -9,6 +9,7 @@ Modules:
   :class:`CommandConfig`);
 * :mod:`otrain.options.data`: otrain-simulate, -convert, -relabel, -pack;
 * :mod:`otrain.options.training`: otrain-train, the training options and constants, ``TF_CONFIG``;
+* :mod:`otrain.options.recipes`: the presets of ``--recipe``;
 * :mod:`otrain.options.studies`: otrain-optimise-dataset-size, -cross-validate;
 * :mod:`otrain.options.scoring`: otrain-infer, -infer-spark, -export, -serve, the MLflow model URIs;
 * :mod:`otrain.options.judging`: otrain-diagnostics, -plot-results, -grad-cam, -checkinfer, -report;
@@ -78,6 +79,7 @@ from otrain.options.pipeline import (
     CheckParamsConfig,
     validate_params,
 )
+from otrain.options.recipes import RECIPES, Recipe, recipe_flags
 from otrain.options.scoring import (
     BACKENDS,
     DEFAULT_SERVE_PORT,
@@ -113,14 +115,12 @@ from otrain.options.training import (
     MONITOR_MODES,
     PLATEAU_FACTOR,
     PLATEAU_PATIENCE,
-    RECIPES,
     SPLIT_BY,
     TRAINING_JOBS,
     Architecture,
     Cluster,
     LrSchedule,
     Monitor,
-    Recipe,
     SplitBy,
     TrainConfig,
     TrainingOptions,
@@ -223,6 +223,7 @@ __all__ = [
     "cluster_from_environment",
     "disk_problems",
     "option",
+    "recipe_flags",
     "relabel_output_files",
     "validate_params",
 ]

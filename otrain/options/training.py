@@ -34,6 +34,7 @@ from otrain.options.base import (
     _positive_float,
     option,
 )
+from otrain.options.recipes import RECIPES, Recipe, recipe_flags
 
 __all__ = [
     "ARCHITECTURES",
@@ -46,14 +47,12 @@ __all__ = [
     "MONITOR_MODES",
     "PLATEAU_FACTOR",
     "PLATEAU_PATIENCE",
-    "RECIPES",
     "SPLIT_BY",
     "TRAINING_JOBS",
     "Architecture",
     "Cluster",
     "LrSchedule",
     "Monitor",
-    "Recipe",
     "SplitBy",
     "TrainConfig",
     "TrainingOptions",
@@ -101,34 +100,6 @@ _SPLIT_BY_HELP = (
     "splits by group when the cube records groups, else by row. A cube of one cutout per group is split as by row."
 )
 
-#: --recipe: named sets of training options that fill the options a command is not given (an
-#: option given explicitly keeps its value). 'original' fills none: the defaults are the original
-#: O'TRAIN's. 'small-real' is the recipe measured on real ZTF alerts (docs/own-survey.md), the
-#: settings of benchmarks/bench_real.py; the cube's planes and cutout size are otrain-convert's.
-Recipe = Literal["original", "small-real"]
-RECIPES: dict[str, dict[str, Any]] = {
-    "original": {},
-    "small-real": {
-        "architecture": "vgg",
-        "normalisation": "asinh",
-        "augment": True,
-        "class_weight": "none",
-        "epochs": 40,
-        "patience": 0,
-        "lr_schedule": "cosine",
-        "calibration": "temperature",
-    },
-}
-
-
-def _as_flags(values: dict[str, Any]) -> str:
-    """Spell option values as a command line would (``--augment --epochs 40``)."""
-    flags = []
-    for name, value in values.items():
-        flag = "--" + name.replace("_", "-")
-        flags.append(flag if value is True else f"--no-{flag[2:]}" if value is False else f"{flag} {value}")
-    return " ".join(flags)
-
 
 def _batch_size(value: int | str) -> int | str:
     if value == "auto":
@@ -145,7 +116,7 @@ class TrainingOptions(CommandConfig):
         "original",
         "Fill the training options not given with a named set; options given still override it. 'original': "
         "the original's defaults. 'small-real', for a few hundred real, imbalanced cutouts (docs/own-survey.md): "
-        f"{_as_flags(RECIPES['small-real'])}; convert the cube for it with --frac-true -1 --planes IMAGE TEMPLATE "
+        f"{recipe_flags(RECIPES['small-real'])}; convert the cube for it with --frac-true -1 --planes IMAGE TEMPLATE "
         "DIFF --cutout-size 32.",
     )
     epochs: PositiveInt = option(10, "Maximum number of training epochs.")
@@ -322,6 +293,8 @@ class TrainConfig(TrainingOptions):
             raise ValueError("--resume, --overwrite: give one or the other")
         if self.folds is not None and self.resume:
             raise ValueError("--folds, --resume: an ensemble's training cannot be resumed; pass --overwrite instead")
+        if self.folds is not None and self.lr_schedule == "plateau":
+            raise ValueError("--folds, --lr-schedule: plateau follows a validation loss, and an ensemble has none")
         return self
 
     def check_disk(self) -> None:

@@ -33,6 +33,7 @@ from otrain import __version__
 from otrain.data.datacube import Datacube, Split, cube_split, record_split
 from otrain.errors import DataError, OptionError, OtrainError
 from otrain.io.card import write_card
+from otrain.io.ids import candidate_key
 from otrain.io.layout import (
     ACCURACY_CURVE,
     CHECKPOINT_FOLDER,
@@ -45,7 +46,7 @@ from otrain.io.layout import (
 )
 from otrain.io.locking import exclusive_lock
 from otrain.io.progress import announce
-from otrain.metrics.evaluation import binary_metrics, expected_calibration_error, write_json
+from otrain.metrics.evaluation import binary_metrics, expected_calibration_error, operating_rates, write_json
 from otrain.options import TrainConfig
 from otrain.score.scoring import predict, predict_columns
 from otrain.track.tracking import RunInfo, check_tracking_uri, dvc_tags, git_commit, resolve_tracking_uri
@@ -236,7 +237,7 @@ def _fold_record(
     """Return the card's record of one fold: its candidates, and the metrics of the member that held it out."""
     return {
         "member": member,
-        "candids": [str(candid) for candid in cube.candids[fold]],
+        "candids": [candidate_key(candid) for candid in cube.candids[fold]],
         "n": len(fold),
         "n_real": int(np.count_nonzero(labels == 1)),
         "oof_metrics": binary_metrics(labels, scores, threshold) if len(np.unique(labels)) == 2 else None,
@@ -293,6 +294,7 @@ def _train_and_write(
     probabilities = predict(model, test_x)
     raw_test = predict(build_ensemble(members, average=DEFAULT_AVERAGE), test_x)
     metrics = binary_metrics(test_labels, probabilities, threshold)
+    metrics.update(operating_rates(test_labels, probabilities))  # exact FPR at 1 % FNR and the reverse
     metrics["expected_calibration_error"] = expected_calibration_error(test_labels, probabilities)
     metrics["epochs_run"] = config.epochs
     calibration = {
@@ -363,6 +365,7 @@ def _train_and_write(
         "decision_rule": "real if P(real) > threshold",
         "calibration": calibration,
         "ensemble": folds_record,
+        "recipe": config.recipe_record(),
         "test_time_augmentation": {"views": VIEWS, "combine": "log_odds"} if config.tta else None,
         "params": config.model_dump(mode="json"),
         "batch_size_used": _batch_size(config, len(rest) - max(len(fold) for fold in folds)),

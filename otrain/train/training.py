@@ -258,6 +258,8 @@ def _train_locked(
                 advice="pass --overwrite to start again",
             )
             saved.setdefault("architecture", "otrain")  # a checkpoint from before --architecture
+            saved.setdefault("split_by", "row")  # ... before --split-by: it split by row
+            saved.setdefault("tta", False)
             changed = sorted(key for key in fingerprint if key in saved and saved[key] != fingerprint[key])
             if changed:
                 raise OptionError(

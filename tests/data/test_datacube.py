@@ -353,3 +353,14 @@ def test_the_record_names_the_held_out_ids_and_the_record_wins() -> None:
     # A grouped split that no seed could recompute (method 'given') is read from its ids too.
     assert recorded_split({**moved, "method": "given"}, cube) is not None
     assert recorded_split(moved, Datacube(**{**cube.__dict__, "cube": cube.cube + 1})) is None  # another cube
+
+
+def test_a_class_of_few_uneven_groups_keeps_a_group_for_training() -> None:
+    """One big object and two single alerts: the held-out sets may not take every real group."""
+    labels = np.array([1] * 12 + [0] * 30)
+    groups = np.array(["big"] * 10 + ["one", "two"] + [f"bogus-{index}" for index in range(30)])
+    for seed in range(20):
+        split = grouped_split(labels, groups, 0.15, 0.15, seed)
+        assert np.count_nonzero(labels[split.train] == 1) > 0, seed
+        assert np.count_nonzero(labels[split.validation] == 1) > 0, seed
+        assert np.count_nonzero(labels[split.test] == 1) > 0, seed

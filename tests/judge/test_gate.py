@@ -63,6 +63,19 @@ def test_the_same_split_compares_on_the_whole_test_set(champion_cube: tuple[Data
     assert why == "same cube, seed and fractions: the test set is held out from both"
 
 
+def test_a_row_split_of_today_is_the_stratified_split_of_an_older_champion(
+    champion_cube: tuple[Datacube, Path],
+) -> None:
+    """otrain-train now records 'row' for the split older versions recorded as 'stratified': the same rule."""
+    cube, _ = champion_cube
+    test = cube.subset(stratified_split(cube.labels, 0.25, 0.25, 1).test)
+    new = {**record_of(cube, None), "method": "row"}
+    rows, why = comparison_rows(test, new, record_of(cube, None), "1")
+    assert rows is not None
+    assert rows.tolist() == list(range(len(test)))
+    assert why == "same cube, seed and fractions: the test set is held out from both"
+
+
 def test_a_hand_made_split_of_the_champion_cannot_be_recomputed(champion_cube: tuple[Datacube, Path]) -> None:
     cube, path = champion_cube
     rows, why = comparison_rows(cube, None, {**record_of(cube, path), "method": "given"}, "2")

@@ -239,7 +239,9 @@ def test_a_card_threshold_that_is_not_a_probability_is_refused(tmp_path: Path) -
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     example = np.zeros((2, 1, 1, 1), np.float32)
     runs = {}
-    for name, card in (("good", {"threshold": 0.25}), ("none", {}), ("broken", {"threshold": 1.5})):
+    cards = {"good": {"threshold": 0.25}, "none": {}, "broken": {"threshold": 1.5}}
+    cards["lowest"] = {"threshold": -(2.0**-149)}
+    for name, card in cards.items():
         saved = save_mlflow_model(logistic_model(0.0), tmp_path / name, example, card=card, pip_requirements=[])
         with tracking_at(uri), open_run(uri, "gate", run_name=name) as run:
             mlflow.log_artifacts(str(saved), artifact_path="model")
@@ -247,5 +249,7 @@ def test_a_card_threshold_that_is_not_a_probability_is_refused(tmp_path: Path) -
     with tracking_at(uri):
         assert registered_threshold(runs["good"]) == 0.25
         assert registered_threshold(runs["none"]) is None
+        # --target-fnr records the largest float32 below 0 when a real cutout scored 0 must be kept.
+        assert registered_threshold(runs["lowest"]) == -(2.0**-149)
         with pytest.raises(DataError, match=r"/model: the threshold of its model card must be a probability, got 1.5$"):
             registered_threshold(runs["broken"])

@@ -108,6 +108,26 @@ def test_folds_trains_k_members_on_whole_groups_and_the_card_records_them(ensemb
     assert card["test_metrics"]["roc_auc"] == pytest.approx(expected["roc_auc"])
     assert card["test_metrics"]["mcc"] == pytest.approx(expected["mcc"])
     assert card["onnx"]["parity"]["cutouts"] == len(cube)
+    # As for one model: the exact operating rates among the test metrics, and the recipe.
+    assert {"fpr_at_fnr_1pc", "threshold_at_fnr_1pc", "fnr_at_fpr_1pc"} <= set(card["test_metrics"])
+    assert card["recipe"]["name"] == "original"
+
+
+def test_an_ensemble_loads_by_its_registered_layers_alone(ensemble: tuple[Path, Path]) -> None:
+    """MLflow's Keras flavour loads without custom objects: importing otrain.nets.model must register the head."""
+    import subprocess
+    import sys
+
+    _, folder = ensemble
+    code = (
+        "import sys, keras, otrain.nets.model; "
+        "m = keras.saving.load_model(sys.argv[1], compile=False); print(m.output_shape[-1])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(folder / "ens.keras")], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "3"
 
 
 def test_an_ensemble_is_scored_by_otrain_infer(ensemble: tuple[Path, Path], workspace: Path, tmp_path: Path) -> None:
@@ -132,7 +152,12 @@ def test_an_ensemble_is_scored_by_otrain_infer(ensemble: tuple[Path, Path], work
 
 
 @pytest.mark.parametrize(
-    ("extra", "message"), [(("--folds", "1"), "--folds"), (("--folds", "2", "--resume"), "--resume")]
+    ("extra", "message"),
+    [
+        (("--folds", "1"), "--folds"),
+        (("--folds", "2", "--resume"), "--resume"),
+        (("--folds", "2", "--lr-schedule", "plateau"), "--lr-schedule"),
+    ],
 )
 def test_bad_folds_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], message: str
