@@ -479,7 +479,7 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
         "otrain/simulate/physics.py": {"simulate"},
         "otrain/judge/checkinfer.py": {"diagnostics", "plot_results", "grad_cam", "checkinfer", "report", "promote"},
         "otrain/metrics/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer"}
-        | {"optimise_dataset_size", "report", "promote"},
+        | {"optimise_dataset_size", "report", "promote", "infer"},
         "otrain/score/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}
         | {"optimise_dataset_size", "report"},
         "otrain/vet/templates/vetting.html": {"report"},
