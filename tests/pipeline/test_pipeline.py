@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -98,7 +99,13 @@ def git_env() -> dict[str, str]:
 
 def dvc(folder: Path, uri: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     env = {**git_env(), "PATH": f"{BIN}:{os.environ['PATH']}", "MLFLOW_TRACKING_URI": uri, "OTRAIN_PROGRESS": "0"}
-    result = subprocess.run([str(BIN / "dvc"), *args], cwd=folder, capture_output=True, text=True, env=env)
+    # Files, not pipes: `dvc queue start` leaves daemon children holding its output, and reading a
+    # pipe to its end would wait for them (a whole suite hung on it once, the queue long finished).
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        done = subprocess.run([str(BIN / "dvc"), *args], cwd=folder, stdout=out, stderr=err, text=True, env=env)
+        out.seek(0)
+        err.seek(0)
+        result = subprocess.CompletedProcess(done.args, done.returncode, out.read(), err.read())
     if check:
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
