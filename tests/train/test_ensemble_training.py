@@ -243,3 +243,27 @@ def test_an_ensemble_with_tta_and_a_given_test_set(tmp_path: Path) -> None:
     assert_allclose(model.predict_on_batch(turned), scores, atol=2e-5)
     assert_allclose(model.predict_on_batch(flipped), scores, atol=2e-5)
     assert set(result.metrics) >= {"roc_auc", "mcc"}
+
+
+def test_every_member_starts_from_init_from(workspace: Path, trained_vgg: Path, tmp_path: Path) -> None:
+    """--init-from starts each member: with a learning rate of 1e-12 every member keeps the source's weights."""
+    import keras
+
+    from otrain.nets.ensemble import ensemble_members
+    from otrain.nets.model import load_model
+
+    source = trained_vgg / "tiny_vgg.keras"
+    code = call_main(
+        train_main,
+        *("--cube", workspace / "datacube" / "cube.npz", "--model-path", tmp_path, "--model-name", "warm"),
+        *("--architecture", "vgg", "--normalisation", "robust", "--folds", "2", "--epochs", "1"),
+        *("--init-from", source, "--learning-rate", "1e-12", "--no-tracking"),
+    )
+    assert code == 0
+    convolution = next(layer for layer in load_model(source).layers if isinstance(layer, keras.layers.Conv2D))
+    expected = convolution.get_weights()[0]
+    members = ensemble_members(load_model(tmp_path / "CNN_training" / "warm" / "warm.keras"))
+    assert len(members) == 2
+    for member in members:
+        first = next(layer for layer in member.layers if isinstance(layer, keras.layers.Conv2D))
+        assert_allclose(first.get_weights()[0], expected, atol=1e-6)
