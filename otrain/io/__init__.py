@@ -9,6 +9,7 @@ Modules:
 * :mod:`otrain.io.fitsreader`: otrain's own fast FITS reader (astropy when it declines a file);
 * :mod:`otrain.io.cutouts`: cutout files: listing them, their headers, their pixels;
 * :mod:`otrain.io.cutoutmeta`: a cutout's metadata, from its header keywords;
+* :mod:`otrain.io.alerts`: survey alert packets (ZTF, Rubin; Avro files, folders, tarballs);
 * :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
 * :mod:`otrain.io.ids`: candidate ids: read from a header or a table, matched as text;
@@ -18,6 +19,7 @@ Modules:
 """
 
 __all__ = [
+    "alerts",
     "atomic",
     "card",
     "cutoutmeta",

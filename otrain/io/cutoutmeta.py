@@ -36,7 +36,7 @@ class CutoutMeta:
     :func:`otrain.io.cutouts.read_header` (for example ``FILE``, a ZTF objectId in STDPipe cutouts of ZTF alerts).
     """
 
-    convention: Literal["gmadet", "stdpipe"]
+    convention: Literal["gmadet", "stdpipe", "alert"]
     candid: int | str | None
     mag: float | None
     magerr: float | None
