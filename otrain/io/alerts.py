@@ -58,7 +58,7 @@ __all__ = [
 
 #: The packet field holding each plane's cutout, by plane name.
 PLANE_FIELDS = {"IMAGE": "cutoutScience", "TEMPLATE": "cutoutTemplate", "DIFF": "cutoutDifference"}
-#: Side in pixels of a ZTF stamp; a smaller one was cut at the CCD's edge (``EDGE``).
+#: Side in pixels of a stamp of ZTF's packets; a smaller one was cut at the CCD's edge (``EDGE``).
 ZTF_STAMP = 63
 #: ZTF's filter ids.
 _ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
@@ -90,6 +90,9 @@ class Alert:
         Rubin's ``not isNegative``), None when the packet does not say.
     cutouts : dict
         FITS bytes (gzipped or not) of each plane present, by plane name (``IMAGE``, ...).
+    stamp : int or None
+        The side of a whole stamp when the survey's stamps have one (63 for packets that ZTF
+        published): a smaller stamp was cut at the CCD's edge. None: no such rule.
     """
 
     name: str
@@ -97,6 +100,7 @@ class Alert:
     meta: CutoutMeta
     positive: bool | None
     cutouts: dict[str, bytes]
+    stamp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -345,7 +349,8 @@ def _ztf_alert(record: dict[str, Any], name: str) -> Alert:
         group=object_id,
     )
     positive = None if sign is None else str(sign).strip().lower() in ("t", "1", "true")
-    return Alert(name=name, survey="ztf", meta=meta, positive=positive, cutouts=_cutouts(record, "ztf"))
+    stamp = ZTF_STAMP if str(record.get("publisher") or "").startswith("ZTF") else None
+    return Alert(name=name, survey="ztf", meta=meta, positive=positive, cutouts=_cutouts(record, "ztf"), stamp=stamp)
 
 
 def _rubin_alert(record: dict[str, Any], name: str) -> Alert:
@@ -403,8 +408,9 @@ def read_alert(alert: Alert, planes: tuple[str, ...] | None = None) -> tuple[Cut
     Returns
     -------
     CutoutMeta
-        The packet's metadata; ``edge`` is True for a ZTF stamp smaller than 63x63 (cut at the
-        CCD's edge), as the FITS cutouts of ZTF alerts flag it, else False.
+        The packet's metadata; ``edge`` is True for a stamp smaller than the survey's whole one
+        (:attr:`Alert.stamp`: 63x63 for ZTF's packets; cut at the CCD's edge), as the FITS
+        cutouts of ZTF alerts flag it, else False.
     numpy.ndarray
         The planes, unscaled values applied, non-finite pixels kept (the crop and their
         replacement are :mod:`otrain.data.cutouts`'s, as for a file).
@@ -436,6 +442,6 @@ def read_alert(alert: Alert, planes: tuple[str, ...] | None = None) -> tuple[Cut
                 f"the first plane {first[0]}x{first[1]}: the planes differ in size"
             )
         stacked.append(pixels)
-    cut = stacked[0].shape[0] < ZTF_STAMP or stacked[0].shape[1] < ZTF_STAMP
-    meta = replace(alert.meta, edge=cut if alert.survey == "ztf" else False)
+    cut = alert.stamp is not None and min(stacked[0].shape[:2]) < alert.stamp
+    meta = replace(alert.meta, edge=cut)
     return meta, stacked[0] if len(stacked) == 1 else np.concatenate(stacked, axis=2)

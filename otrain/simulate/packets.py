@@ -44,7 +44,9 @@ class PacketAlert:
     """What a simulated alert holds: its ids, measurements and the three planes (2-D float32 arrays).
 
     ``planes`` maps ``IMAGE``, ``TEMPLATE`` and ``DIFF`` to the science, template and difference
-    stamps; a plane left out makes a packet without that cutout.
+    stamps; a plane left out makes a packet without that cutout. A ZTF packet's ``publisher``
+    starting with ``ZTF`` makes a reader apply ZTF's stamp-size rule for ``EDGE``; a band ZTF does
+    not have is written as ``r``.
     """
 
     candid: int
@@ -59,6 +61,7 @@ class PacketAlert:
     xpos: float = 1024.0
     ypos: float = 1024.0
     positive: bool = True
+    publisher: str = "otrain simulation"
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -154,7 +157,7 @@ def ztf_record(alert: PacketAlert) -> dict[str, Any]:
         candid=int(alert.candid),
         magpsf=alert.mag,
         sigmapsf=alert.magerr,
-        fid=_ZTF_FIDS[alert.band],
+        fid=_ZTF_FIDS.get(alert.band.lower(), _ZTF_FIDS["r"]),
         fwhm=alert.fwhm,
         ra=alert.ra,
         dec=alert.dec,
@@ -165,7 +168,7 @@ def ztf_record(alert: PacketAlert) -> dict[str, Any]:
     )
     record = {
         "schemavsn": "3.3",
-        "publisher": "otrain simulation",
+        "publisher": alert.publisher,
         "objectId": str(alert.object_id),
         "candid": int(alert.candid),
         "candidate": candidate,

@@ -183,11 +183,17 @@ def test_bad_packets_are_reported_with_their_reason_and_nothing_else_is_lost(tmp
 
 
 def test_a_ztf_stamp_cut_at_the_ccd_edge_is_flagged_edge_and_planes_of_two_sizes_refused(tmp_path: Path) -> None:
-    small = PacketAlert(candid=5, object_id="ZTF21edge", planes=_planes(5, 40))
+    publisher = "ZTF (www.ztf.caltech.edu)"
+    small = PacketAlert(candid=5, object_id="ZTF21edge", planes=_planes(5, 40), publisher=publisher)
+    whole = PacketAlert(candid=7, object_id="ZTF21whole", planes=_planes(7, 63), publisher=publisher)
+    simulated = PacketAlert(candid=8, object_id="SIM8", planes=_planes(8, 32))  # not ZTF's: no size rule
     mixed = _ztf(6)
     mixed.planes["TEMPLATE"] = mixed.planes["TEMPLATE"][:40, :40]
-    write_packets(tmp_path / "two.avro", [ztf_record(small), ztf_record(mixed)], ztf_schema())
-    edge, different = _alerts(tmp_path / "two.avro")
+    records = [ztf_record(alert) for alert in (small, mixed, whole, simulated)]
+    write_packets(tmp_path / "two.avro", records, ztf_schema())
+    edge, different, full, other = _alerts(tmp_path / "two.avro")
     assert read_alert(edge)[0].edge is True
+    assert read_alert(full)[0].edge is False
+    assert read_alert(other)[0].edge is False
     with pytest.raises(DataError, match="the planes differ in size"):
         read_alert(different, PLANES)
