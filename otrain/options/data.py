@@ -42,7 +42,7 @@ __all__ = [
 
 
 #: What otrain-simulate writes into --out, and replaces only with --overwrite.
-SIMULATE_OUTPUTS = ("true", "false", "night", "truth.csv")
+SIMULATE_OUTPUTS = ("true", "false", "night", "truth.csv", "night_alerts.tar.gz")
 
 
 class SimulateConfig(CommandConfig):
@@ -53,7 +53,8 @@ class SimulateConfig(CommandConfig):
     sometimes on a galaxy-subtraction residual); bogus ones are subtraction dipoles,
     PSF-mismatch rings, cosmic rays, hot pixels and bad columns, saturated-star residuals with
     bleed trails, noise peaks and masked edges. Outputs: <out>/true, <out>/false, <out>/night
-    (with <out>/night/crossmatch.dat) and <out>/truth.csv.
+    (with <out>/night/crossmatch.dat) and <out>/truth.csv; with --night-packets, the night also
+    as ZTF alert packets in <out>/night_alerts.tar.gz.
     """
 
     command: ClassVar[str] = "otrain-simulate"
@@ -73,6 +74,11 @@ class SimulateConfig(CommandConfig):
     )
     mef_fraction: Probability = option(
         0.25, "Fraction of labelled cutouts written STDPipe-style (multi-extension, DIFF plane); the rest gmadet-style."
+    )
+    night_packets: bool = option(
+        False,
+        "Also write the night as ZTF alert packets (Avro, schema 3.3), one file each in <out>/night_alerts.tar.gz; "
+        "candidates flagged EDGE are left out.",
     )
     overwrite: bool = option(
         False, "Replace a survey that otrain-simulate wrote in --out (only the files it listed in truth.csv)."

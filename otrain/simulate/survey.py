@@ -19,6 +19,7 @@ from otrain.io.markers import SIMULATE_MARKER, write_marker
 from otrain.io.parallel import map_chunks
 from otrain.options import SIMULATE_OUTPUTS, SimulateConfig
 from otrain.simulate.kinds import BOGUS_KINDS, KINDS, REAL_KINDS, render_candidate
+from otrain.simulate.packets import NIGHT_PACKETS, night_packets
 from otrain.simulate.physics import Observation, draw_observation
 from otrain.simulate.writers import CrossmatchEntry, gmadet_hdul, stdpipe_hdul, write_crossmatch, write_truth
 
@@ -274,7 +275,7 @@ def _remove_previous_survey(out: Path) -> None:
         with open(truth, newline="") as stream:
             for row in csv.DictReader(stream):
                 (out / row["path"]).unlink(missing_ok=True)
-    for name in ("truth.csv", "night/crossmatch.dat", SIMULATE_MARKER):
+    for name in ("truth.csv", "night/crossmatch.dat", NIGHT_PACKETS, SIMULATE_MARKER):
         (out / name).unlink(missing_ok=True)
 
 
@@ -346,9 +347,12 @@ def simulate_survey(config: SimulateConfig) -> SurveySummary:
         night_rows = {int(row["candid"]) - _CANDID_BASE["night"]: row for row in rows if row["set"] == "night"}
         write_crossmatch(staging / "night" / "crossmatch.dat", _crossmatch_entries(injections, night_rows, config.seed))
         write_truth(staging / "truth.csv", rows)
+        if config.night_packets:
+            night_packets(staging, rows, config.planes, staging / NIGHT_PACKETS)
         _remove_previous_survey(config.out)
         for name in SIMULATE_OUTPUTS:
-            _move_into_place(staging / name, config.out / name)
+            if (staging / name).exists():
+                _move_into_place(staging / name, config.out / name)
         write_marker(
             config.out, "otrain-simulate", config.model_dump(mode="json", exclude={"out", "workers", "overwrite"})
         )

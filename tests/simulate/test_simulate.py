@@ -236,3 +236,34 @@ def test_a_new_kind_is_one_function_and_one_table_entry(tmp_path: Path, monkeypa
     assert 10 <= len(trails) <= 30
     assert {(row["set"], row["label"]) for row in trails} == {("false", "0")}
     assert all(looks_like_a_trail(read_cutout(tmp_path / "s" / row["path"]).pixels[:, :, 0]) for row in trails)
+
+
+def test_the_night_as_alert_packets_holds_every_candidate_not_at_an_edge(tmp_path: Path) -> None:
+    from otrain.io.alerts import Alert, iter_alerts, read_alert
+    from otrain.io.cutouts import read_pixels
+
+    out = tmp_path / "survey"
+    assert simulate(out, "--night-packets", "--planes", "IMAGE", "TEMPLATE", "DIFF", n_true=2, n_false=2) == 0
+    archive = out / "night_alerts.tar.gz"
+    night = {int(row["candid"]): row for row in truth(out) if row["set"] == "night"}
+    alerts = list(iter_alerts(archive))
+    assert all(isinstance(alert, Alert) for alert in alerts)
+    expected = sorted(candid for candid, row in night.items() if row["edge"] == "False")
+    assert 0 < len(expected) < len(night)  # the night has EDGE candidates, and they are left out
+    assert sorted(alert.meta.candid for alert in alerts) == expected
+    for alert in alerts[:5]:
+        path = out / night[alert.meta.candid]["path"]
+        meta, location = read_header(path, None, "OBJECTID")
+        packet_meta, pixels = read_alert(alert, ("IMAGE", "TEMPLATE", "DIFF"))
+        np.testing.assert_array_equal(pixels, read_pixels(path, location))
+        assert (packet_meta.group, packet_meta.ra, packet_meta.edge) == (meta.group, meta.ra, False)
+        assert packet_meta.mag == pytest.approx(meta.mag, rel=1e-6)  # ZTF's schema keeps magpsf as a float
+    # the same survey again: the archive byte for byte; without the option, no archive and the old one removed
+    first = archive.read_bytes()
+    assert (
+        simulate(out, "--night-packets", "--overwrite", "--planes", "IMAGE", "TEMPLATE", "DIFF", n_true=2, n_false=2)
+        == 0
+    )
+    assert archive.read_bytes() == first
+    assert simulate(out, "--overwrite", n_true=2, n_false=2) == 0
+    assert not archive.exists()
