@@ -31,8 +31,7 @@ import numpy as np
 
 from otrain import __version__
 from otrain.data.datacube import Datacube, Split, cube_split, record_split
-from otrain.errors import DataError, OptionError, OtrainError
-from otrain.io.card import write_card
+from otrain.errors import DataError, OptionError
 from otrain.io.ids import candidate_key
 from otrain.io.layout import (
     ACCURACY_CURVE,
@@ -53,55 +52,18 @@ from otrain.track.tracking import RunInfo, check_tracking_uri, dvc_tags, git_com
 from otrain.train.checkpoint import STAGING, interrupt_between_steps
 from otrain.train.fit import (
     TrainingDivergedError,
-    _class_weights,
-    _dataset,
-    _initialise_from,
-    _new_model,
     check_init_from,
+    class_weights,
+    initialise_from,
+    make_dataset,
+    new_model,
 )
-from otrain.train.folds import groups_of
+from otrain.train.folds import ensemble_folds, groups_of
 from otrain.train.postfit import PARITY_CUTOUTS, choose_threshold, export_twin
-from otrain.train.publish import TrainingResult, log_to_mlflow, mark_complete, publish, tracked, write_history
-from otrain.train.training import _batch_size, _check_cube
+from otrain.train.publish import TrainingResult, finish, tracked, write_history
+from otrain.train.training import check_cube, training_batch_size
 
-__all__ = ["ensemble_folds", "train_ensemble"]
-
-
-def ensemble_folds(labels: np.ndarray, groups: np.ndarray, rows: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
-    """Split ``rows`` into ``folds`` grouped folds with the class mix of the whole.
-
-    Parameters
-    ----------
-    labels, groups : numpy.ndarray
-        Every cutout's label (1 real, 0 bogus) and group.
-    rows : numpy.ndarray
-        The rows to split (those outside the test set).
-    folds : int
-        Number of folds.
-    seed : int
-        Seed of the shuffle.
-
-    Returns
-    -------
-    list of numpy.ndarray
-        Sorted rows of each fold; together, ``rows``; no group in two folds.
-
-    Raises
-    ------
-    OptionError
-        When a class holds fewer groups than folds.
-    """
-    from sklearn.model_selection import StratifiedGroupKFold
-
-    per_class = {label: len(np.unique(groups[rows][labels[rows] == label])) for label in (1, 0)}
-    if folds > min(per_class.values()):
-        raise OptionError(
-            f"--folds: {folds} folds need at least {folds} groups of each class outside the test set; there are "
-            f"{per_class[1]} holding real cutouts and {per_class[0]} holding bogus ones"
-        )
-    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
-    parts = splitter.split(np.zeros(len(rows)), labels[rows], groups[rows])
-    return [np.sort(rows[held]) for _, held in parts]
+__all__ = ["train_ensemble"]
 
 
 def _fit_member(config: TrainConfig, cube: Datacube, train_rows: np.ndarray, member: int) -> tuple[Any, list[dict]]:
@@ -109,13 +71,13 @@ def _fit_member(config: TrainConfig, cube: Datacube, train_rows: np.ndarray, mem
     import keras
 
     keras.utils.set_random_seed(config.seed + member)
-    batch_size = _batch_size(config, len(train_rows))
+    batch_size = training_batch_size(config, len(train_rows))
     split = Split(train=train_rows, validation=np.empty(0, np.int64), test=np.empty(0, np.int64))
-    model = _new_model(config, cube, split, batch_size, 1)
+    model = new_model(config, cube, split, batch_size, 1)
     if config.init_from is not None:
-        _initialise_from(model, config.init_from, cube.planes)
+        initialise_from(model, config.init_from, cube.planes)
     labels = cube.labels[train_rows]
-    dataset = _dataset(cube.cube[train_rows], labels, batch_size, config.seed + member, config.augment, True)
+    dataset = make_dataset(cube.cube[train_rows], labels, batch_size, config.seed + member, config.augment, True)
     history: list[dict] = []
 
     class EpochEnd(keras.callbacks.Callback):
@@ -139,7 +101,7 @@ def _fit_member(config: TrainConfig, cube: Datacube, train_rows: np.ndarray, mem
             dataset,
             epochs=config.epochs,
             shuffle=False,
-            class_weight=_class_weights(labels, config.class_weight),
+            class_weight=class_weights(labels, config.class_weight),
             callbacks=[EpochEnd()],
             verbose=0,
         )
@@ -194,7 +156,7 @@ def train_ensemble(
     if config.folds is None:
         raise ValueError("train_ensemble needs --folds")
     cube = Datacube.load(config.cube) if cube is None else cube
-    _check_cube(cube, config)
+    check_cube(cube, config)
     if test_rows is None:
         held, method = cube_split(cube, config.split_by, config.frac, config.test_frac, config.seed, config.cube)
         test = held.test
@@ -368,7 +330,7 @@ def _train_and_write(
         "recipe": config.recipe_record(),
         "test_time_augmentation": {"views": VIEWS, "combine": "log_odds"} if config.tta else None,
         "params": config.model_dump(mode="json"),
-        "batch_size_used": _batch_size(config, len(rest) - max(len(fold) for fold in folds)),
+        "batch_size_used": training_batch_size(config, len(rest) - max(len(fold) for fold in folds)),
         "workers": 1,
         "data_hash": cube.content_hash(),
         "cube": str(config.cube),
@@ -392,20 +354,4 @@ def _train_and_write(
         "keras_version": keras.__version__,
         "mlflow_run_id": run.run_id if run else None,
     }
-    outputs.append(write_card(model_file, card))
-    logging_failed = None
-    if run is not None:
-        try:
-            log_to_mlflow(model, metrics, outputs, test_x)
-        except Exception as error:  # the store or the artifact server went away
-            logging_failed = error
-        else:
-            run.write(staged)
-    mark_complete(config, staged)
-    result = publish(config, staged)
-    if logging_failed is not None:
-        raise OtrainError(
-            f"training finished and {config.output_dir} is written, but logging to MLflow failed ({logging_failed})"
-        )
-    result.run = run
-    return result
+    return finish(config, staged, card, outputs, (model, metrics, test_x), run)

@@ -26,7 +26,16 @@ from otrain.options import MONITOR_MODES, PLATEAU_FACTOR, PLATEAU_PATIENCE, Trai
 from otrain.train.checkpoint import Checkpoint, interrupt_between_steps
 from otrain.train.distribute import fit_across_workers, grow_gpu_memory
 
-__all__ = ["TrainingDivergedError", "build_and_fit", "build_with_weights", "check_init_from"]
+__all__ = [
+    "TrainingDivergedError",
+    "build_and_fit",
+    "build_with_weights",
+    "check_init_from",
+    "class_weights",
+    "initialise_from",
+    "make_dataset",
+    "new_model",
+]
 
 logger = logging.getLogger("otrain")
 
@@ -35,14 +44,15 @@ class TrainingDivergedError(OtrainError):
     """The loss became NaN or infinite (exit status 1)."""
 
 
-def _class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+def class_weights(labels: np.ndarray, mode: str) -> dict[int, float] | None:
+    """Return Keras class weights for ``--class-weight`` ``mode`` (``balanced``: classes weigh the same), or None."""
     if mode == "none":
         return None
     counts = np.bincount(labels, minlength=2)
     return {label: float(len(labels) / (2.0 * counts[label])) for label in (0, 1)}
 
 
-def _dataset(
+def make_dataset(
     x: np.ndarray, labels: np.ndarray, batch_size: int, seed: int, augment: bool, train: bool, replicas: int = 1
 ) -> Any:
     """Return a batched dataset; with several replicas, every batch splits evenly between them.
@@ -87,7 +97,7 @@ def _learning_rate(config: TrainConfig, n_train: int, batch_size: int, replicas:
         return config.learning_rate
     import keras
 
-    # The training set drops its last partial batch only with several replicas (see _dataset).
+    # The training set drops its last partial batch only with several replicas (see make_dataset).
     steps = n_train // batch_size if replicas > 1 else math.ceil(n_train / batch_size)
     return keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=max(1, steps * config.epochs))
 
@@ -124,7 +134,7 @@ def _starting_weights(model: Any, source: Path, planes: tuple[str, ...] | None) 
     return trained_weights
 
 
-def _initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -> None:
+def initialise_from(model: Any, source: Path, planes: tuple[str, ...] | None) -> None:
     """Copy the weights of the trained model ``source`` into ``model`` (``--init-from``).
 
     Raises
@@ -250,7 +260,8 @@ def _epoch_callback(
     return EpochEnd()
 
 
-def _new_model(config: TrainConfig, cube: Datacube, split: Split, batch_size: int, replicas: int) -> Any:
+def new_model(config: TrainConfig, cube: Datacube, split: Split, batch_size: int, replicas: int) -> Any:
+    """Build and compile the network ``config`` asks for, on the cube's cutout shape, its learning rate scheduled."""
     from otrain.nets.model import build_model
 
     return build_model(
@@ -282,9 +293,9 @@ def build_and_fit(
     replicas = strategy.num_replicas_in_sync
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
     with strategy.scope():
-        model = _new_model(config, cube, split, batch_size, replicas)
+        model = new_model(config, cube, split, batch_size, replicas)
         if config.init_from is not None and checkpoint.epochs_done == 0:
-            _initialise_from(model, config.init_from, cube.planes)
+            initialise_from(model, config.init_from, cube.planes)
         checkpoint.load_into(model)
         if config.lr_schedule == "plateau" and checkpoint.learning_rate is not None:
             model.optimizer.learning_rate = checkpoint.learning_rate
@@ -294,10 +305,10 @@ def build_and_fit(
         checkpoint.folder, checkpoint.state = private, None
     if checkpoint.epochs_done >= config.epochs or checkpoint.stopped:
         return model
-    training = _dataset(
+    training = make_dataset(
         cube.cube[split.train], cube.labels[split.train], batch_size, config.seed, config.augment, True, replicas
     )
-    validation = _dataset(
+    validation = make_dataset(
         cube.cube[split.validation], cube.labels[split.validation], batch_size, config.seed, False, False, replicas
     )
     if multi_worker:
@@ -310,7 +321,7 @@ def build_and_fit(
                 epochs=config.epochs,
                 initial_epoch=checkpoint.epochs_done,
                 shuffle=False,  # the dataset shuffles itself, reproducibly
-                class_weight=_class_weights(cube.labels[split.train], config.class_weight),
+                class_weight=class_weights(cube.labels[split.train], config.class_weight),
                 callbacks=[_epoch_callback(config, checkpoint, config.epochs, tracking, interrupted)],
                 verbose=0,
             )
@@ -326,7 +337,7 @@ def build_and_fit(
 
 def build_with_weights(config: TrainConfig, cube: Datacube, split: Split, batch_size: int, trained: Any) -> Any:
     """Return a model outside any strategy holding the weights (and optimiser state) of ``trained``."""
-    model = _new_model(config, cube, split, batch_size, 1)
+    model = new_model(config, cube, split, batch_size, 1)
     model.optimizer.build(model.trainable_variables)
     model.set_weights(trained.get_weights())
     return model

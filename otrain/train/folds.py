@@ -3,7 +3,8 @@
 The folds come from scikit-learn's ``StratifiedGroupKFold`` on the cube's groups
 (:func:`groups_of`), so the cutouts of one group are never in two folds; :func:`fold_splits`
 then chooses each fold's validation set among the other folds, in whole groups too.
-:mod:`otrain.train.crossval` trains and scores them.
+:mod:`otrain.train.crossval` trains and scores them. :func:`ensemble_folds` gives the folds of
+a cross-fitted ensemble (:mod:`otrain.train.ensemble`), without validation sets.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from otrain.data.datacube import Datacube, Split
 from otrain.errors import DataError, OptionError
 from otrain.options import CrossValidateConfig
 
-__all__ = ["check_folds", "check_group_keyword", "fold_splits", "groups_of"]
+__all__ = ["check_folds", "check_group_keyword", "ensemble_folds", "fold_splits", "groups_of"]
 
 
 def groups_of(cube: Datacube) -> tuple[np.ndarray, bool]:
@@ -125,3 +126,40 @@ def check_folds(config: CrossValidateConfig, labels: np.ndarray, groups: np.ndar
             f"--folds: {config.folds} folds need at least {config.folds} {what} of each class; {config.cube} has "
             f"{per_class[1]} holding real cutouts and {per_class[0]} holding bogus ones; give at most {fewest}"
         )
+
+
+def ensemble_folds(labels: np.ndarray, groups: np.ndarray, rows: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """Split ``rows`` into ``folds`` grouped folds with the class mix of the whole.
+
+    Parameters
+    ----------
+    labels, groups : numpy.ndarray
+        Every cutout's label (1 real, 0 bogus) and group.
+    rows : numpy.ndarray
+        The rows to split (those outside the test set).
+    folds : int
+        Number of folds.
+    seed : int
+        Seed of the shuffle.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        Sorted rows of each fold; together, ``rows``; no group in two folds.
+
+    Raises
+    ------
+    OptionError
+        When a class holds fewer groups than folds.
+    """
+    from sklearn.model_selection import StratifiedGroupKFold
+
+    per_class = _groups_per_class(labels[rows], groups[rows])
+    if folds > min(per_class.values()):
+        raise OptionError(
+            f"--folds: {folds} folds need at least {folds} groups of each class outside the test set; there are "
+            f"{per_class[1]} holding real cutouts and {per_class[0]} holding bogus ones"
+        )
+    splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+    parts = splitter.split(np.zeros(len(rows)), labels[rows], groups[rows])
+    return [np.sort(rows[held]) for _, held in parts]

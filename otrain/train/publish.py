@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from otrain.errors import OptionError
+from otrain.errors import OptionError, OtrainError
 from otrain.io.atomic import atomic_path, write_text_atomic
-from otrain.io.card import read_card
+from otrain.io.card import read_card, write_card
 from otrain.io.layout import (
     CARD_SUFFIX,
     CHECKPOINT_FOLDER,
@@ -148,6 +148,61 @@ def publish(config: TrainConfig, staged: Path) -> TrainingResult:
         split_sizes=card["split_sizes"],
         outputs=[folder / name for name in names],
     )
+
+
+def finish(
+    config: TrainConfig,
+    staged: Path,
+    card: dict[str, Any],
+    outputs: list[Path],
+    logged: tuple[Any, dict[str, Any], np.ndarray],
+    run: RunInfo | None,
+) -> TrainingResult:
+    """End a training whose outputs are staged: the card, MLflow, the commit marker, then publishing.
+
+    Parameters
+    ----------
+    config : TrainConfig
+        The training's options.
+    staged : Path
+        The staging folder holding the outputs.
+    card : dict
+        The model card, written beside ``config.model_file``'s staged copy.
+    outputs : list of Path
+        The staged files to log as artifacts; the card is added.
+    logged : tuple
+        The model, the test metrics and the test pixels (the MLflow model's signature).
+    run : RunInfo or None
+        The MLflow run, None for an untracked training.
+
+    Returns
+    -------
+    TrainingResult
+        What :func:`publish` gives, with the run.
+
+    Raises
+    ------
+    OtrainError
+        When logging to MLflow failed: the training folder is written all the same.
+    """
+    model, metrics, test_x = logged
+    outputs.append(write_card(staged / config.model_file.name, card))
+    logging_failed = None
+    if run is not None:
+        try:
+            log_to_mlflow(model, metrics, outputs, test_x)
+        except Exception as error:  # the store or the artifact server went away
+            logging_failed = error
+        else:
+            run.write(staged)
+    mark_complete(config, staged)
+    result = publish(config, staged)
+    if logging_failed is not None:
+        raise OtrainError(
+            f"training finished and {config.output_dir} is written, but logging to MLflow failed ({logging_failed})"
+        )
+    result.run = run
+    return result
 
 
 def log_to_mlflow(model: Any, metrics: dict[str, Any], outputs: list[Path], test_x: np.ndarray) -> None:

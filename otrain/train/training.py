@@ -40,9 +40,8 @@ from typing import Any
 
 from otrain import __version__
 from otrain.data.datacube import Datacube, Split, cube_split, record_split
-from otrain.errors import DataError, OptionError, OtrainError
+from otrain.errors import DataError, OptionError
 from otrain.io.atomic import write_text_atomic
-from otrain.io.card import write_card
 from otrain.io.jsonfile import json_object, read_json
 from otrain.io.layout import (
     ACCURACY_CURVE,
@@ -77,9 +76,9 @@ from otrain.train.checkpoint import COMPLETE, STAGING, Checkpoint
 from otrain.train.distribute import configure_tensorflow, distributed_batch
 from otrain.train.fit import TrainingDivergedError, build_and_fit, build_with_weights, check_init_from
 from otrain.train.postfit import PARITY_CUTOUTS, calibrate, choose_threshold, export_twin, parity_rows
-from otrain.train.publish import TrainingResult, log_to_mlflow, mark_complete, publish, tracked, write_history
+from otrain.train.publish import TrainingResult, finish, publish, tracked, write_history
 
-__all__ = ["auto_batch_size", "train"]
+__all__ = ["auto_batch_size", "check_cube", "train", "training_batch_size"]
 
 #: What a resumed training must share with the interrupted one (besides the data); --epochs may change.
 RESUME_KEYS = (
@@ -117,7 +116,8 @@ def auto_batch_size(n_train: int) -> int:
     return max(1, min(size, n_train))
 
 
-def _check_cube(cube: Datacube, config: TrainConfig) -> None:
+def check_cube(cube: Datacube, config: TrainConfig) -> None:
+    """Refuse a cube that cannot train: one class, cutouts under 8x8, under 5 of a class, not square with --tta."""
     if cube.n_real == 0 or cube.n_bogus == 0:
         present = "real" if cube.n_real else "bogus"
         raise DataError(
@@ -137,7 +137,8 @@ def _check_cube(cube: Datacube, config: TrainConfig) -> None:
         )
 
 
-def _batch_size(config: TrainConfig, n_train: int) -> int:
+def training_batch_size(config: TrainConfig, n_train: int) -> int:
+    """Return the batch size of a training on ``n_train`` rows: ``--batch-size``, or chosen when ``auto``."""
     if config.batch_size == "auto":
         return auto_batch_size(n_train)
     size = int(config.batch_size)
@@ -211,11 +212,11 @@ def train(
     """
     cluster = Cluster() if cluster is None else cluster
     cube = Datacube.load(config.cube) if cube is None else cube
-    _check_cube(cube, config)
+    check_cube(cube, config)
     method = "given"
     if split is None:
         split, method = cube_split(cube, config.split_by, config.frac, config.test_frac, config.seed, config.cube)
-    batch_size = _batch_size(config, len(split.train))
+    batch_size = training_batch_size(config, len(split.train))
     if not cluster.is_chief:
         return _train_worker(config, cube, split, batch_size, cluster)
     tracking_uri = resolve_tracking_uri(config.tracking_uri)
@@ -410,23 +411,7 @@ def _fit_and_write(
         "keras_version": keras.__version__,
         "mlflow_run_id": run.run_id if run else None,
     }
-    outputs.append(write_card(model_file, card))
-    logging_failed = None
-    if run is not None:
-        try:
-            log_to_mlflow(model, metrics, outputs, test_x)
-        except Exception as error:  # the store or the artifact server went away
-            logging_failed = error
-        else:
-            run.write(staged)
-    mark_complete(config, staged)
-    result = publish(config, staged)
-    if logging_failed is not None:
-        raise OtrainError(
-            f"training finished and {config.output_dir} is written, but logging to MLflow failed ({logging_failed})"
-        )
-    result.run = run
-    return result
+    return finish(config, staged, card, outputs, (model, metrics, test_x), run)
 
 
 def _train_worker(

@@ -187,7 +187,7 @@ def test_folds_across_workers_is_refused_in_one_line(
 
 def test_the_folds_hold_whole_groups_with_both_classes() -> None:
     from otrain.errors import OptionError
-    from otrain.train.ensemble import ensemble_folds
+    from otrain.train.folds import ensemble_folds
 
     labels = np.array([1, 1, 0, 0] * 10)
     groups = np.array([f"g{row // 2}" for row in range(40)])

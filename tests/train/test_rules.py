@@ -18,10 +18,10 @@ from otrain.errors import DataError, OptionError
 from otrain.options import TrainConfig
 from otrain.score.inference import scoring_readers, scoring_threads
 from otrain.train.distribute import _replica_batch
-from otrain.train.fit import _class_weights
+from otrain.train.fit import class_weights
 from otrain.train.folds import fold_splits
 from otrain.train.optimise import _best_epoch, max_sections, nested_order, study_sizes
-from otrain.train.training import _batch_size, auto_batch_size
+from otrain.train.training import auto_batch_size, training_batch_size
 
 # ---------------------------------------------------------------------------------------------
 # Scoring: runs of ONNX Runtime, their threads, and the processes that read cutouts.
@@ -96,10 +96,10 @@ def test_auto_batch_gives_at_least_twenty_steps_unless_at_a_bound() -> None:
 
 def test_a_given_batch_size_larger_than_the_training_set_is_refused() -> None:
     config = TrainConfig.model_construct(batch_size=500)
-    assert _batch_size(config, 500) == 500
+    assert training_batch_size(config, 500) == 500
     with pytest.raises(OptionError, match=r"^--batch-size: 500 is larger than the training set \(499 cutouts\)$"):
-        _batch_size(config, 499)
-    assert _batch_size(TrainConfig.model_construct(batch_size="auto"), 499) == auto_batch_size(499)
+        training_batch_size(config, 499)
+    assert training_batch_size(TrainConfig.model_construct(batch_size="auto"), 499) == auto_batch_size(499)
 
 
 @pytest.mark.parametrize(
@@ -113,10 +113,10 @@ def test_a_batch_is_rounded_down_to_whole_cutouts_per_replica(batch: int, replic
 
 def test_balanced_class_weights_make_both_classes_weigh_the_same() -> None:
     labels = np.array([1] * 10 + [0] * 30)
-    weights = _class_weights(labels, "balanced")
+    weights = class_weights(labels, "balanced")
     assert weights == {1: 2.0, 0: 40 / 60}
     assert weights[1] * 10 == pytest.approx(weights[0] * 30)  # type: ignore[index]
-    assert _class_weights(labels, "none") is None
+    assert class_weights(labels, "none") is None
 
 
 # ---------------------------------------------------------------------------------------------
