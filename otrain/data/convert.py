@@ -212,6 +212,13 @@ def _packet_headers(config: ConvertConfig) -> tuple[ConversionReport, dict[int, 
     assert config.alerts is not None
     assert config.labels is not None
     scan = labelled_packets(config.alerts, read_labels(config.labels))
+    if scan.n_packets == 0:
+        raise DataError(f"{config.alerts}: no alert packets (Avro packet files, or .tar/.tar.gz archives of them)")
+    if not scan.labelled and scan.n_unlabelled:
+        raise DataError(
+            f"{config.labels}: lists none of the {scan.n_unlabelled} packets' candids under {config.alerts} "
+            "(ids are matched as text, exactly)"
+        )
     report = ConversionReport(
         output=config.output_file,
         classes={label: ClassReport(label, config.alerts, name=name) for label, name in _CLASS_NAMES.items()},
@@ -273,7 +280,9 @@ def convert(config: ConvertConfig) -> ConversionReport:
     ------
     DataError
         On missing or empty class folders, bad files (unless skipped), a class with no usable
-        cutout, or cutouts whose sizes cannot make one cube. Nothing is written then.
+        cutout, or cutouts whose sizes cannot make one cube; for packets also on a bad labels
+        table (a candid labelled both ways), no packet, or no labelled packet. Nothing is
+        written then.
     """
     report, usable = _packet_headers(config) if config.alerts is not None else _file_headers(config)
 

@@ -293,3 +293,14 @@ def test_params_yaml_leaves_the_packet_paths_to_the_pipeline() -> None:
         with pytest.raises(ValueError, match=f"convert.{key}: Extra inputs are not permitted"):
             validate_params({"convert": {key: "somewhere"}})
     assert validate_params({"convert": {"group_keyword": "OBJECTID"}})["convert"]["group_keyword"] == "OBJECTID"
+
+
+def test_no_packet_or_no_labelled_packet_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no packets here\n")
+    labels = write_labels(tmp_path / "labels.csv", [(BASE + 50, 1), (BASE + 51, 0)])
+    status = convert(tmp_path / "out", "--alerts", tmp_path / "empty", "--labels", labels)
+    assert_refused(tmp_path, status, 1, capsys.readouterr().err, f"{tmp_path / 'empty'}: no alert packets")
+    write_packets(tmp_path / "one.avro", [ztf_record(ztf(0, "ZTF21a"))], ztf_schema())
+    status = convert(tmp_path / "out", "--alerts", tmp_path / "one.avro", "--labels", labels)
+    assert_refused(tmp_path, status, 1, capsys.readouterr().err, f"{labels}: lists none of the 1 packets' candids")
