@@ -304,3 +304,21 @@ def test_no_packet_or_no_labelled_packet_is_one_line(tmp_path: Path, capsys: pyt
     write_packets(tmp_path / "one.avro", [ztf_record(ztf(0, "ZTF21a"))], ztf_schema())
     status = convert(tmp_path / "out", "--alerts", tmp_path / "one.avro", "--labels", labels)
     assert_refused(tmp_path, status, 1, capsys.readouterr().err, f"{labels}: lists none of the 1 packets' candids")
+
+
+@pytest.mark.slow
+def test_packets_read_by_a_pool_give_the_same_cube(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    alerts = [
+        PacketAlert(candid=BASE + i, object_id=f"ZTF{i // 4}", planes={"DIFF": rng.normal(size=(63, 63)).astype("f4")})
+        for i in range(260)
+    ]
+    write_packets(tmp_path / "night.avro", [ztf_record(alert) for alert in alerts], ztf_schema(), codec="deflate")
+    labels = write_labels(tmp_path / "labels.csv", [(alert.candid, int(i % 3 == 0)) for i, alert in enumerate(alerts)])
+    for name, workers in (("one", "1"), ("two", "2")):
+        assert (
+            convert(tmp_path / name, "--alerts", tmp_path / "night.avro", "--labels", labels, "--workers", workers) == 0
+        )
+    one = (tmp_path / "one" / "datacube" / "cube.npz").read_bytes()
+    assert one == (tmp_path / "two" / "datacube" / "cube.npz").read_bytes()
+    assert len(load(tmp_path / "one")) == 2 * 87
