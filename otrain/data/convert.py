@@ -1,4 +1,4 @@
-"""otrain-convert: labelled cutout folders to one training datacube.
+"""otrain-convert: labelled cutout folders, or labelled alert packets, to one training datacube.
 
 Two passes over the files, both in worker processes:
 
@@ -6,6 +6,10 @@ Two passes over the files, both in worker processes:
    missing keywords are found here, before any pixel is read, and the balancing selection is
    made on the usable (non-EDGE) files, so the requested fractions hold exactly;
 2. pixels: only the selected files are read, straight into one preallocated array.
+
+Alert packets (``--alerts``, labelled by ``--labels``) take the same path from the end of the
+first pass on: :mod:`otrain.data.packets` gives each labelled packet a metadata record and a
+:class:`otrain.data.packets.PacketPixels` in place of a file's pixel location.
 """
 
 from __future__ import annotations
@@ -19,9 +23,11 @@ import numpy as np
 
 from otrain.data.cutouts import TRAINING_KEYWORDS, prepare_pixels, require_keywords
 from otrain.data.datacube import Datacube, balanced_counts, choose_rows
+from otrain.data.packets import PacketPixels, group_keyword_of, labelled_packets, read_packet_headers
 from otrain.errors import DataError, log_listed
 from otrain.io.cutoutmeta import CutoutMeta
 from otrain.io.cutouts import PixelLocation, list_cutouts, read_header, read_pixels
+from otrain.io.labels import read_labels
 from otrain.io.parallel import map_chunks
 from otrain.options import MAX_LISTED_BAD_FILES, ConvertConfig
 
@@ -30,14 +36,20 @@ __all__ = ["ClassReport", "ConversionReport", "convert"]
 logger = logging.getLogger("otrain")
 
 _CLASS_FOLDERS = {1: "true", 0: "false"}
+_CLASS_NAMES = {1: "real", 0: "bogus"}
 
 
 @dataclass
 class ClassReport:
-    """What happened to the files of one class folder."""
+    """What happened to the files of one class folder, or to the packets of one label.
+
+    ``folder`` is the class folder, or ``--alerts`` for packets; ``name`` is how messages call
+    the class (the folder's name, or ``real``/``bogus``).
+    """
 
     label: int
     folder: Path
+    name: str = ""
     n_files: int = 0
     n_edge: int = 0
     n_bad: int = 0
@@ -47,7 +59,14 @@ class ClassReport:
 
 @dataclass
 class ConversionReport:
-    """Summary of one conversion, for the command's closing message."""
+    """Summary of one conversion, for the command's closing message.
+
+    ``group_keyword`` names what the groups are (``--group-keyword``, or the packets' object id
+    field). The ``n_*packet*`` counts are None for cutout files; for packets, ``n_packets``
+    counts every packet read, ``n_unlabelled`` those the labels table does not list (left out),
+    ``n_labels_without_packet`` the table's ids no packet carries, and ``n_bad_packets`` the
+    packets (or files) that could not be decoded at all (in ``bad_files``, in no class).
+    """
 
     output: Path
     classes: dict[int, ClassReport]
@@ -56,6 +75,11 @@ class ConversionReport:
     n_cutouts_with_replaced: int = 0
     bad_files: list[tuple[Path, str]] = field(default_factory=list)
     n_groups: int | None = None
+    group_keyword: str | None = None
+    n_packets: int | None = None
+    n_unlabelled: int | None = None
+    n_labels_without_packet: int | None = None
+    n_bad_packets: int | None = None
 
 
 @dataclass(frozen=True)
@@ -63,7 +87,7 @@ class _Header:
     path: Path
     label: int
     meta: CutoutMeta
-    location: PixelLocation
+    location: PixelLocation | PacketPixels
 
 
 def _read_headers(
@@ -89,7 +113,7 @@ def _read_headers(
 
 
 def _read_pixel_chunk(
-    jobs: Sequence[tuple[Path, PixelLocation, int, tuple[int, int, int]]],
+    jobs: Sequence[tuple[Path, PixelLocation | PacketPixels, int, tuple[int, int, int]]],
 ) -> tuple[np.ndarray, list[int], list[str | None]]:
     """Worker task: read, crop and clean the pixels of a chunk of files.
 
@@ -101,7 +125,8 @@ def _read_pixel_chunk(
     errors: list[str | None] = []
     for row, (path, location, cutout_size, _) in enumerate(jobs):
         try:
-            pixels[row], n_replaced = prepare_pixels(read_pixels(path, location), cutout_size, path)
+            raw = location.read() if isinstance(location, PacketPixels) else read_pixels(path, location)
+            pixels[row], n_replaced = prepare_pixels(raw, cutout_size, path)
             replaced.append(n_replaced)
             errors.append(None)
         except Exception as error:  # a worker must report, never die, on a strange file
@@ -157,6 +182,87 @@ def _fail_on_bad_files(bad: list[tuple[Path, str]]) -> None:
     raise DataError(f"{len(bad)} bad cutouts, the first: {bad[0][1]} (pass --skip-bad-files to skip them)")
 
 
+def _file_headers(config: ConvertConfig) -> tuple[ConversionReport, dict[int, list[_Header]]]:
+    """First pass over the class folders' files: their headers, sorted into usable, EDGE and bad."""
+    assert config.cutouts is not None
+    files = _class_files(config.cutouts)
+    report = ConversionReport(
+        output=config.output_file,
+        classes={label: ClassReport(label, config.cutouts / name, name=name) for label, name in _CLASS_FOLDERS.items()},
+        group_keyword=config.group_keyword,
+    )
+    all_paths = [(label, path) for label in (1, 0) for path in files[label]]
+    usable: dict[int, list[_Header]] = {1: [], 0: []}
+    header_results = map_chunks(
+        _read_headers,
+        [(path, config.planes, config.group_keyword) for _, path in all_paths],
+        workers=config.workers,
+        description="reading headers",
+        preload=["otrain.data.convert"],
+    )
+    labels = iter(label for label, _ in all_paths)
+    for chunk, results in header_results:
+        for (path, *_), result in zip(chunk, results, strict=True):
+            _sort_header(report, usable, next(labels), path, result)
+    return report, usable
+
+
+def _packet_headers(config: ConvertConfig) -> tuple[ConversionReport, dict[int, list[_Header]]]:
+    """First pass over the packets: keep the labelled ones, read their metadata, sort them like files."""
+    assert config.alerts is not None
+    assert config.labels is not None
+    scan = labelled_packets(config.alerts, read_labels(config.labels))
+    if scan.n_packets == 0:
+        raise DataError(f"{config.alerts}: no alert packets (Avro packet files, or .tar/.tar.gz archives of them)")
+    if not scan.labelled and scan.n_unlabelled:
+        raise DataError(
+            f"{config.labels}: lists none of the {scan.n_unlabelled} packets' candids under {config.alerts} "
+            "(ids are matched as text, exactly)"
+        )
+    report = ConversionReport(
+        output=config.output_file,
+        classes={label: ClassReport(label, config.alerts, name=name) for label, name in _CLASS_NAMES.items()},
+        group_keyword=group_keyword_of([alert for _, alert in scan.labelled]),
+        n_packets=scan.n_packets,
+        n_unlabelled=scan.n_unlabelled,
+        n_labels_without_packet=scan.n_labels_without_packet,
+        n_bad_packets=len(scan.bad),
+        bad_files=list(scan.bad),
+    )
+    usable: dict[int, list[_Header]] = {1: [], 0: []}
+    header_results = map_chunks(
+        read_packet_headers,
+        [(alert, config.planes) for _, alert in scan.labelled],
+        workers=config.workers,
+        description="reading packets",
+        preload=["otrain.data.convert"],
+    )
+    labels = iter(label for label, _ in scan.labelled)
+    for chunk, results in header_results:
+        for (alert, _), result in zip(chunk, results, strict=True):
+            _sort_header(report, usable, next(labels), Path(alert.name), result)
+    return report, usable
+
+
+def _sort_header(
+    report: ConversionReport,
+    usable: dict[int, list[_Header]],
+    label: int,
+    path: Path,
+    result: tuple[CutoutMeta, PixelLocation | PacketPixels] | str,
+) -> None:
+    """Count one first-pass result (metadata and pixel location, or an error message) in its class."""
+    counts = report.classes[label]
+    counts.n_files += 1
+    if isinstance(result, str):
+        counts.n_bad += 1
+        report.bad_files.append((path, result))
+    elif result[0].edge is True:
+        counts.n_edge += 1
+    else:
+        usable[label].append(_Header(path, label, *result))
+
+
 def convert(config: ConvertConfig) -> ConversionReport:
     """Build and write the datacube that ``config`` describes.
 
@@ -174,35 +280,11 @@ def convert(config: ConvertConfig) -> ConversionReport:
     ------
     DataError
         On missing or empty class folders, bad files (unless skipped), a class with no usable
-        cutout, or cutouts whose sizes cannot make one cube. Nothing is written then.
+        cutout, or cutouts whose sizes cannot make one cube; for packets also on a bad labels
+        table (a candid labelled both ways), no packet, or no labelled packet. Nothing is
+        written then.
     """
-    files = _class_files(config.cutouts)
-    report = ConversionReport(
-        output=config.output_file,
-        classes={label: ClassReport(label, config.cutouts / name) for label, name in _CLASS_FOLDERS.items()},
-    )
-    all_paths = [(label, path) for label in (1, 0) for path in files[label]]
-    usable: dict[int, list[_Header]] = {1: [], 0: []}
-    header_results = map_chunks(
-        _read_headers,
-        [(path, config.planes, config.group_keyword) for _, path in all_paths],
-        workers=config.workers,
-        description="reading headers",
-        preload=["otrain.data.convert"],
-    )
-    labels = iter(label for label, _ in all_paths)
-    for chunk, results in header_results:
-        for (path, *_), result in zip(chunk, results, strict=True):
-            label = next(labels)
-            counts = report.classes[label]
-            counts.n_files += 1
-            if isinstance(result, str):
-                counts.n_bad += 1
-                report.bad_files.append((path, result))
-            elif result[0].edge is True:
-                counts.n_edge += 1
-            else:
-                usable[label].append(_Header(path, label, *result))
+    report, usable = _packet_headers(config) if config.alerts is not None else _file_headers(config)
 
     if report.bad_files:
         if not config.skip_bad_files:
@@ -243,7 +325,7 @@ def convert(config: ConvertConfig) -> ConversionReport:
 
     for label in (1, 0):
         report.classes[label].n_kept = sum(1 for header in selected if header.label == label)
-    datacube = _datacube(cube, selected, config.planes, config.group_keyword)
+    datacube = _datacube(cube, selected, config.planes, report.group_keyword)
     if datacube.groups is not None:
         report.n_groups = len(np.unique(datacube.groups))
     datacube.save(config.output_file)
@@ -254,6 +336,11 @@ def _check_usable(report: ConversionReport, usable: dict[int, list[_Header]]) ->
     for label, headers in usable.items():
         if not headers:
             counts = report.classes[label]
+            if report.n_packets is not None:
+                raise DataError(
+                    f"{counts.folder}: no usable {counts.name} packet ({counts.n_files} labelled {counts.name}: "
+                    f"{counts.n_edge} flagged EDGE, {counts.n_bad} bad); a cube needs both classes"
+                )
             raise DataError(
                 f"{counts.folder}: no usable cutout ({counts.n_files} files: {counts.n_edge} flagged EDGE, "
                 f"{counts.n_bad} bad); a cube needs both classes"
@@ -265,7 +352,7 @@ def _select(usable: dict[int, list[_Header]], config: ConvertConfig, report: Con
     keep = dict(zip((1, 0), balanced_counts(len(usable[1]), len(usable[0]), config.frac_true), strict=True))
     for label in (1, 0):
         if keep[label] == 0:
-            name = _CLASS_FOLDERS[label]
+            name = report.classes[label].name
             raise DataError(
                 f"--frac-true {config.frac_true} keeps no {name} cutout of the {len(usable[1])} real and "
                 f"{len(usable[0])} bogus usable ones; a cube needs both classes"

@@ -15,6 +15,7 @@ from otrain.options.base import (
     ExistingFile,
     ExistingFolder,
     NonNegativeInt,
+    OnDisk,
     Planes,
     PositiveInt,
     Probability,
@@ -115,10 +116,21 @@ class SimulateConfig(CommandConfig):
         return [self.out]
 
 
+def _existing_path(path: Path) -> Path:
+    if not path.exists():
+        raise ValueError(f"{str(path)!r} does not exist")
+    return path
+
+
+#: A file or a folder that exists.
+ExistingPath = Annotated[Path, OnDisk(_existing_path)]
+
+
 class ConvertConfig(CommandConfig):
     """Convert labelled cutouts (<cutouts>/true, <cutouts>/false) into one training datacube.
 
-    Reads gmadet single-HDU and STDPipe multi-extension cutouts (.fits, .fit, .fits.gz),
+    Reads gmadet single-HDU and STDPipe multi-extension cutouts (.fits, .fit, .fits.gz), or
+    ZTF and Rubin alert packets (--alerts) labelled by a CSV of candid,label (--labels),
     drops cutouts flagged EDGE, replaces non-finite pixels, centre-crops to --cutout-size, then
     balances the classes to --frac-true with a seeded random selection and writes
     <path>/datacube/<cube>.npz.
@@ -130,7 +142,19 @@ class ConvertConfig(CommandConfig):
         ..., "Base folder; the cube is written to <path>/datacube/<cube>.npz.", aliases=("path", "path_datacube")
     )
     cube: Annotated[str, AfterValidator(_cube_name)] = option(..., "Name of the datacube, without extension.")
-    cutouts: ExistingFolder = option(..., "Folder holding the true/ and false/ sub-folders of labelled cutouts.")
+    cutouts: ExistingFolder | None = option(
+        None, "Folder holding the true/ and false/ sub-folders of labelled cutouts (or give --alerts)."
+    )
+    alerts: ExistingPath | None = option(
+        None,
+        "Alert packets instead of --cutouts: an Avro packet file, a .tar/.tar.gz nightly archive, or a folder of "
+        "them; each packet's object id (objectId, diaObjectId) is its group.",
+    )
+    labels: ExistingFile | None = option(
+        None,
+        "With --alerts: CSV whose header names candid and label (1 real, 0 bogus); packets it does not list are "
+        "left out.",
+    )
     frac_true: Annotated[float, AfterValidator(_frac_true)] = option(
         0.5, "Fraction of real cutouts in the cube, in (0, 1); -1 keeps every cutout, unbalanced."
     )
@@ -145,12 +169,29 @@ class ConvertConfig(CommandConfig):
         None,
         "Store this primary-header keyword's value per cutout as its group (for example FILE, the ZTF objectId in "
         "STDPipe cutouts of ZTF alerts), so that otrain-cross-validate keeps each group in one fold. A cutout "
-        "without it is a bad file.",
+        "without it is a bad file. Not with --alerts, whose packets' object ids are the groups.",
     )
     seed: Seed = option(42, "Seed of the random balancing selection.")
     skip_bad_files: bool = option(False, "Skip unreadable or incomplete cutouts with a warning instead of failing.")
     overwrite: bool = option(False, "Replace an existing cube of the same name.")
     workers: PositiveInt | None = option(None, "Worker processes reading the files (default: one per core).")
+
+    @model_validator(mode="after")
+    def _check(self) -> ConvertConfig:
+        # Not in check_option_rules: params.yaml holds none of these paths (dvc.yaml sets them).
+        if self.cutouts is None and self.alerts is None:
+            raise ValueError("--cutouts: required option is missing")
+        if self.cutouts is not None and self.alerts is not None:
+            raise ValueError("--cutouts, --alerts: give one or the other")
+        if self.alerts is not None and self.labels is None:
+            raise ValueError("--labels: required with --alerts (a CSV of candid,label)")
+        if self.alerts is None and self.labels is not None:
+            raise ValueError("--labels: only used with --alerts (the labels of --cutouts are its true/ and false/)")
+        if self.alerts is not None and self.group_keyword is not None:
+            raise ValueError(
+                "--group-keyword: not used with --alerts: each packet's object id (objectId, diaObjectId) is its group"
+            )
+        return self
 
     def check_disk(self) -> None:
         """Check that the cube's folder can be written and that the cube is not there (without --overwrite)."""

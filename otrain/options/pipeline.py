@@ -70,7 +70,7 @@ class CheckParamsConfig(CommandConfig):
 #: sections hold only the tunable ones.
 PIPELINE_FIXED = {
     "simulate": {"out", "overwrite", "workers", "planes"},
-    "convert": {"path", "cube", "cutouts", "overwrite", "workers", "skip_bad_files", "planes"},
+    "convert": {"path", "cube", "cutouts", "alerts", "labels", "overwrite", "workers", "skip_bad_files", "planes"},
     "train": {"cube", "model_path", "resume", "overwrite"},
     "infer": {"cutouts", "model", "output", "workers", "recursive", "overwrite"},
     "checkinfer": {"plots", "crossmatch", "infer", "mlflow_run", "overwrite"},

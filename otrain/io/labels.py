@@ -1,0 +1,94 @@
+"""A labels table: which candidates are real and which bogus, by candidate id.
+
+The table is a CSV file whose header row names at least the columns ``candid`` and ``label``
+(in any order, other columns ignored), as the marks of a vetting session are exported: one row
+per candidate, label ``1`` for real and ``0`` for bogus. Ids are read and matched as text
+through :func:`otrain.io.ids.candidate_key`, never through ``float``, so 19-digit ZTF candids
+stay exact. A candidate listed twice with the same label is one label; with two different
+labels it is an error.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from otrain.errors import DataError
+from otrain.io.ids import candidate_key
+
+__all__ = ["LABEL_COLUMNS", "read_labels"]
+
+#: The columns a labels table must have.
+LABEL_COLUMNS = ("candid", "label")
+#: How a label cell may be spelled, and the label it means.
+_LABELS = {"1": 1, "0": 0, "1.0": 1, "0.0": 0}
+
+
+def read_labels(path: Path) -> dict[str, int]:
+    """Read a labels CSV into ``{candidate key: label}``.
+
+    Parameters
+    ----------
+    path : Path
+        A UTF-8 CSV file whose header row holds ``candid`` and ``label``. Blank lines are ignored.
+
+    Returns
+    -------
+    dict
+        Each candidate's key (:func:`otrain.io.ids.candidate_key`) -> 1 (real) or 0 (bogus), in
+        the order of first appearance.
+
+    Raises
+    ------
+    DataError
+        One line naming the file (and the line) and the problem: not UTF-8, no header, a missing
+        column, not CSV, an empty id, a label other than 1 or 0, or a candidate given two
+        different labels.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    labels: dict[str, int] = {}
+    first_line: dict[str, int] = {}
+    try:
+        header = next(reader, None)
+        if header is None or not any(cell.strip() for cell in header):
+            raise DataError(f"{path}: no header line (expected the columns {','.join(LABEL_COLUMNS)})")
+        columns: dict[str, int] = {}
+        for index, cell in enumerate(header):
+            columns.setdefault(cell.strip(), index)
+        missing = [name for name in LABEL_COLUMNS if name not in columns]
+        if missing:
+            raise DataError(
+                f"{path}: the header lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
+                f"(needs {','.join(LABEL_COLUMNS)}, in any order)"
+            )
+        id_column, label_column = columns["candid"], columns["label"]
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue
+            line = reader.line_num
+            cell = row[id_column] if id_column < len(row) else ""
+            key = candidate_key(cell)
+            if not key:
+                raise DataError(f"{path}: line {line}: no candidate id in column candid")
+            shown = row[label_column] if label_column < len(row) else ""
+            label = _LABELS.get(shown.strip())
+            if label is None:
+                raise DataError(f"{path}: line {line}: label {shown!r} is neither 1 (real) nor 0 (bogus)")
+            if key in labels and labels[key] != label:
+                raise DataError(
+                    f"{path}: line {line}: candidate {key} is labelled {label}, "
+                    f"but {labels[key]} on line {first_line[key]}"
+                )
+            if key not in labels:
+                labels[key] = label
+                first_line[key] = line
+    except csv.Error as error:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({error})") from None
+    return labels
