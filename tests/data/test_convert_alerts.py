@@ -26,7 +26,10 @@ def planes_of(seed: int, size: int = 63) -> dict[str, np.ndarray]:
 
 
 def ztf(index: int, object_id: str, size: int = 63) -> PacketAlert:
-    return PacketAlert(candid=BASE + index, object_id=object_id, planes=planes_of(index, size))
+    """A packet as ZTF publishes it: a stamp under 63x63 was cut at the CCD's edge (EDGE)."""
+    return PacketAlert(
+        candid=BASE + index, object_id=object_id, planes=planes_of(index, size), publisher="ZTF (www.ztf.caltech.edu)"
+    )
 
 
 def write_labels(path: Path, rows: list[tuple[object, object]], header: str = "candid,label") -> Path:
