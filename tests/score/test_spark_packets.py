@@ -13,7 +13,7 @@ from conftest import call_main, write_stdpipe
 from otrain.cli.infer import main as infer_main
 from otrain.cli.infer_spark import main as spark_main
 from otrain.io.outputs import INFER_COLUMNS
-from otrain.simulate.packets import PacketAlert, write_packets, ztf_record, ztf_schema
+from otrain.simulate.packets import PacketAlert, rubin_record, rubin_schema, write_packets, ztf_record, ztf_schema
 
 pyarrow = pytest.importorskip("pyarrow")
 pyarrow_parquet = pytest.importorskip("pyarrow.parquet")
@@ -125,15 +125,23 @@ def read_table(path: Path) -> dict[str, dict[str, object]]:
     return {str(row["filename"]): {name: row[name] for name in INFER_COLUMNS} for row in table}
 
 
-def assert_scored_as_twins(spark: dict[str, dict[str, object]], twins: dict[str, dict[str, object]]) -> None:
-    """Each packet's row holds its twin's ids, metadata and P(real) (within 1e-6)."""
+def assert_scored_as_twins(
+    spark: dict[str, dict[str, object]], twins: dict[str, dict[str, object]], converted: tuple[str, ...] = ()
+) -> None:
+    """Each packet's row holds its twin's ids, metadata and P(real) (within 1e-6).
+
+    The ``converted`` candidates' measurements went through a unit conversion (Rubin's fluxes in
+    nJy, second moments): within 1e-5 of the twin's.
+    """
     for candid, got in spark.items():
         expected = twins[candid]
         np.testing.assert_allclose(float(got["label1"]), float(expected["label1"]), atol=1e-6, err_msg=candid)
         assert int(got["real"]) == int(expected["real"]), candid
         for column in ("RA", "Dec", "Xpos", "Ypos", "mag", "magerr", "FWHM", "FWHMPSF"):
             value, wanted = (np.nan if row[column] is None else float(row[column]) for row in (got, expected))
-            np.testing.assert_array_equal(value, wanted, err_msg=f"{candid} {column}")
+            np.testing.assert_allclose(
+                value, wanted, rtol=1e-5 if candid in converted else 0, err_msg=f"{candid} {column}"
+            )
         assert got["originalFile"] == str(expected["originalFile"]), candid
 
 
@@ -159,6 +167,11 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     for alert in alerts:
         fits_twin(twins, alert)
     fits_twin(folder / "sub", alerts[5])  # a FITS cutout among the packets, read as today
+    rubin = packet(10)
+    rubin.object_id = 170032915540099070
+    schema = rubin_schema()
+    write_packets(folder / "sub" / "rubin.avro", [rubin_record(rubin, schema)], schema)
+    fits_twin(twins, rubin)
     # an EDGE stamp, a packet without its difference stamp, one whose stamp is not FITS, files passed over
     no_diff, not_fits = ztf_record(packet(7)), ztf_record(packet(8))
     no_diff["cutoutDifference"] = None
@@ -187,13 +200,14 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
             f"{folder / 'night.avro'}#2",
             *(f"{archive_name}/n/{alert.candid}.avro" for alert in alerts[3:5]),
             str(folder / "sub" / f"{alerts[5].candid}.fits"),
+            str(folder / "sub" / "rubin.avro"),
         ]
     )
     scored = by_candid(rows)
-    assert sorted(scored) == sorted(str(alert.candid) for alert in alerts)  # 19 digits, exact
-    assert_scored_as_twins(scored, expected)
+    assert sorted(scored) == sorted(str(alert.candid) for alert in [*alerts, rubin])  # 19 digits, exact
+    assert_scored_as_twins(scored, expected, converted=(str(rubin.candid),))
     assert rows[str(folder / "night.avro")]["originalFile"] == "ZTF21aab0000"  # the object id
-    assert "scored 6 of 10 cutouts" in captured.out
+    assert "scored 7 of 11 cutouts" in captured.out
     assert "skipped 1 EDGE, 3 unreadable" in captured.out
     warnings = sorted(line for line in captured.err.splitlines() if "warning: skipped:" in line)
     assert len(warnings) == 3, captured.err
