@@ -50,6 +50,7 @@ __all__ = [
     "BadPacket",
     "alert_from_record",
     "iter_alerts",
+    "iter_content",
     "packet_files",
     "read_alert",
     "sniff",
@@ -193,7 +194,7 @@ def iter_alerts(location: Path) -> Iterator[Alert | BadPacket]:
     for path in packet_files(location):
         kind = sniff_file(path)
         if kind == "tar":
-            yield from _iter_tar(path)
+            yield from _iter_tar(path, str(path))
             continue
         try:
             with open(path, "rb") as stream:
@@ -202,10 +203,11 @@ def iter_alerts(location: Path) -> Iterator[Alert | BadPacket]:
             yield BadPacket(str(path), f"{path}: cannot read the file ({first_line(error)})")
 
 
-def _iter_tar(path: Path) -> Iterator[Alert | BadPacket]:
-    """Read the Avro members of a tarball as a stream, in archive order; other members are passed over."""
+def _iter_tar(source: Path | bytes, name: str) -> Iterator[Alert | BadPacket]:
+    """Read the Avro members of a tarball (a file, or its bytes) as a stream in archive order; skip the others."""
     try:
-        with tarfile.open(path, mode="r|*") as archive:
+        stream = source.open("rb") if isinstance(source, Path) else io.BytesIO(source)
+        with stream, tarfile.open(fileobj=stream, mode="r|*") as archive:
             for member in archive:
                 if not member.isfile():
                     continue
@@ -214,9 +216,33 @@ def _iter_tar(path: Path) -> Iterator[Alert | BadPacket]:
                     continue
                 content = extracted.read()
                 if sniff(content[:_SNIFF_BYTES]) == "avro":
-                    yield from iter_packets(io.BytesIO(content), f"{path}/{member.name}")
+                    yield from iter_packets(io.BytesIO(content), f"{name}/{member.name}")
     except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
-        yield BadPacket(str(path), f"{path}: the archive is damaged ({first_line(error)})")
+        yield BadPacket(name, f"{name}: the archive is damaged ({first_line(error)})")
+
+
+def iter_content(content: bytes, name: str) -> Iterator[Alert | BadPacket]:
+    """Read the packets of an Avro file or a tarball of them already in memory (Spark's ``binaryFile`` rows).
+
+    Parameters
+    ----------
+    content : bytes
+        The whole file; its format is recognised from its first bytes (:func:`sniff`).
+    name : str
+        What to call it in packet names and messages (a path or a URI).
+
+    Yields
+    ------
+    Alert or BadPacket
+        As :func:`iter_alerts` for one file; one :class:`BadPacket` for content that is neither.
+    """
+    kind = sniff(content[:_SNIFF_BYTES])
+    if kind == "tar":
+        yield from _iter_tar(content, name)
+    elif kind == "avro":
+        yield from iter_packets(io.BytesIO(content), name)
+    else:
+        yield BadPacket(name, f"{name}: neither an Avro alert file nor a tarball of them")
 
 
 def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:

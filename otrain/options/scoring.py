@@ -187,9 +187,10 @@ class InferSparkConfig(CommandConfig):
     """Score candidate cutouts on Apache Spark; writes the results as Parquet (and infer_results.dat).
 
     Reads FITS cutouts from a folder or URI (every file below it, as otrain-infer --recursive,
-    through Spark's binaryFile source; file:, hdfs:, s3a: ...), or the Parquet folder of
-    otrain-pack, and scores them with the same reading, cropping, plane and EDGE rules as
-    otrain-infer. The model (a .keras/.h5 file, or an MLflow URI such as
+    through Spark's binaryFile source; file:, hdfs:, s3a: ...) and the ZTF or Rubin alert packets
+    there (Avro files and tarballs, told from their bytes), or the Parquet folder of otrain-pack
+    or a Parquet table of ZTF alerts (Fink's), and scores them with the same reading, cropping,
+    plane and EDGE rules as otrain-infer. The model (a .keras/.h5 file, or an MLflow URI such as
     models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker: its
     ONNX twin, run by ONNX Runtime, when --backend chooses it, else the Keras model.
     The results have the columns of infer_results.dat; unreadable files are counted and listed.
@@ -204,9 +205,13 @@ class InferSparkConfig(CommandConfig):
         "(models:/NAME@ALIAS, models:/NAME/VERSION, runs:/RUN_ID/model), fetched from MLFLOW_TRACKING_URI.",
     )
     cutouts: str | None = option(
-        None, "Folder or URI (file:, hdfs:, s3a: ...) of FITS cutouts, sub-folders included; or give --parquet."
+        None,
+        "Folder or URI (file:, hdfs:, s3a: ...) of FITS cutouts and alert packets (Avro, tarballs), sub-folders "
+        "included; or give --parquet.",
     )
-    parquet: ExistingFolder | None = option(None, "Parquet folder written by otrain-pack; or give --cutouts.")
+    parquet: ExistingFolder | None = option(
+        None, "Parquet folder written by otrain-pack, or of ZTF alerts (Fink's columns); or give --cutouts."
+    )
     table: Path | None = option(
         None, "Also write the results as an infer_results.dat table (the format of otrain-infer) at this path."
     )

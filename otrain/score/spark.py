@@ -1,8 +1,10 @@
-"""Scoring on Apache Spark (otrain-infer-spark), of FITS cutouts or of otrain-pack's Parquet (:mod:`otrain.score.pack`).
+"""Scoring on Apache Spark (otrain-infer-spark): FITS cutouts, alert packets, otrain-pack's or Fink's Parquet.
 
 Both inputs go through the reading code of otrain-infer (:func:`otrain.score.inference.read_for_model`
 and :func:`otrain.score.inference.fit_cutout`): FITS files arrive as bytes from Spark's ``binaryFile``
-source and are read in memory by the same functions; Parquet rows of otrain-pack hold a
+source and are read in memory by the same functions (the other files of that source, when they
+hold alert packets, and the rows of a Parquet table of ZTF alerts, as packets by
+:mod:`otrain.io.alerts`, one row each); Parquet rows of otrain-pack hold a
 cutout's metadata and its raw planes, cropped at most to ``--cutout-size`` (composing two
 centre crops gives the single crop otrain-infer makes), and non-finite pixels are replaced only
 when scoring, over the model-sized crop, as otrain-infer does.
@@ -41,12 +43,14 @@ from pathlib import Path
 from typing import Any
 
 from otrain.errors import DataError, log_listed
+from otrain.io.alerts import sniff
 from otrain.io.atomic import atomic_folder, atomic_path
 from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
 from otrain.io.markers import write_marker
-from otrain.options import FITS_SUFFIXES, MAX_LISTED_BAD_FILES, InferSparkConfig
+from otrain.options import MAX_LISTED_BAD_FILES, InferSparkConfig
 from otrain.options.uris import is_mlflow_uri
+from otrain.score.alert_tables import is_alert_table, select_alert_columns
 from otrain.score.backends import BackendChoice, choose_backend, cutout_shape, load_classifier, output_columns
 from otrain.score.inference import (
     INFER_COLUMNS,
@@ -58,7 +62,16 @@ from otrain.score.inference import (
     table_line,
 )
 from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS, arrow, meta_fields, packed_planes
-from otrain.score.spark_executor import EDGE, Problems, Scoring, decode_fits, decode_packed, local_name
+from otrain.score.spark_executor import (
+    EDGE,
+    Problems,
+    Scoring,
+    decode_alert_rows,
+    decode_files,
+    decode_packed,
+    has_fits_suffix,
+    local_name,
+)
 from otrain.score.spark_session import require_spark, spark_message, spark_session
 from otrain.track.uris import resolve_model
 
@@ -79,12 +92,10 @@ def _spark_uri(location: str | Path) -> str:
     return "file://" + str(Path(text).absolute())
 
 
-def _fits_glob() -> str:
-    """Return a Hadoop glob matching the cutout suffixes in any case (.fits, .fit, .fits.gz, .fit.gz)."""
-    spelled = [
-        "".join(f"[{char.lower()}{char.upper()}]" if char.isalpha() else char for char in s) for s in FITS_SUFFIXES
-    ]
-    return "*{" + ",".join(spelled) + "}"
+#: The largest file Spark's binaryFile source reads (its content is one Java byte array).
+_MAX_FILE_BYTES = 2**31 - 1
+#: Bytes of a file's start that tell its format (:func:`otrain.io.alerts.sniff`).
+_SNIFF_BYTES = 4096
 
 
 @dataclass
@@ -213,7 +224,7 @@ def _model_input(
         raise DataError(
             f"{config.model}: the model takes {shape[2]} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
         )
-    if config.parquet is not None:
+    if config.parquet is not None and not is_alert_table(config.parquet):
         packed = packed_planes(config.parquet)
         # DIFF alone and the default reading pack the same pixels of an STDPipe cutout.
         if resolve_planes(None, packed) != resolve_planes(None, planes):
@@ -265,18 +276,22 @@ def _score(
             *last,
         ]
     )
-    listed, roots = None, None
+    listed, roots, others = None, None, None
     if config.cutouts is not None:
         try:
+            # Every file: those with a FITS suffix are cutouts, the others are read when they hold
+            # alert packets (told from their bytes by the executors), else passed over.
             source = (
                 spark.read.format("binaryFile")
                 .option("recursiveFileLookup", "true")
-                .option("pathGlobFilter", _fits_glob())
                 # A file Spark cannot read (no permission, gone since the listing) would fail the
                 # whole job: Spark leaves it out, and _unread_files reports it with the others.
                 .option("ignoreCorruptFiles", "true")
                 .option("ignoreMissingFiles", "true")
                 .load(_spark_uri(config.cutouts))
+                # Spark fails the job on a file over 2 GiB (a night's tarball): left out here, unread
+                # without reading its bytes (Spark applies the filter to the listing), and reported.
+                .filter(functions.col("length") < functions.lit(_MAX_FILE_BYTES))
                 .select("path", "content")
             )
         except Exception as error:
@@ -286,8 +301,13 @@ def _score(
         listed = source._jdf.inputFiles()  # a Java array: names cross to Python only when some went unread
         local = not urllib.parse.urlparse(config.cutouts).scheme or Path(config.cutouts).exists()
         roots = (str(Path(config.cutouts).absolute()), config.cutouts) if local else None
-        decoded = source.mapInPandas(decode_fits(shape, planes, problems, scoring, roots), schema)
+        others = spark.sparkContext.accumulator([], Problems())
+        decoded = source.mapInPandas(decode_files(shape, planes, problems, others, scoring, roots), schema)
         where = config.cutouts
+    elif is_alert_table(config.parquet):
+        table = select_alert_columns(spark.read.parquet(_spark_uri(config.parquet)))
+        decoded = table.mapInPandas(decode_alert_rows(shape, planes, problems, scoring, str(config.parquet)), schema)
+        where = str(config.parquet)
     else:
         packed = spark.read.parquet(_spark_uri(config.parquet))
         decoded = packed.mapInPandas(decode_packed(shape, problems, scoring), schema)
@@ -312,8 +332,11 @@ def _score(
         # A task that Spark ran twice (a retry, a speculative copy) reports its files twice.
         skipped = dict(problems.value)
         report.n_scored = sum(pq.ParquetFile(folder / part.name).metadata.num_rows for part in parts)
-        if listed is not None and len(listed) > report.n_scored + len(skipped):
-            seen = set(skipped)
+        # The files without a FITS suffix the executors read: {file: (its packets' rows, their problems)}.
+        handled = dict(others.value) if others is not None else {}
+        from_packets = sum(rows + bad for rows, bad in handled.values())
+        if listed is not None and len(listed) > report.n_scored + len(skipped) - from_packets + len(handled):
+            seen = set(skipped) | set(handled)
             for part in parts:
                 seen.update(pq.read_table(folder / part.name, columns=["filename"])["filename"].to_pylist())
             skipped.update(_unread_files(spark, listed, seen, roots, shape, planes))
@@ -322,7 +345,7 @@ def _score(
         report.bad_files = [(name, message) for name, message in skipped.items() if message != EDGE]
         report.n_files = report.n_scored + len(skipped)
         if report.n_files == 0:
-            raise DataError(f"{where}: no cutout files (*.fits, *.fit, *.fits.gz)")
+            raise DataError(f"{where}: no cutout files (*.fits, *.fit, *.fits.gz) and no alert packets")
         log_listed(
             [f"skipped: {message}" for _, message in report.bad_files],
             logging.WARNING,
@@ -378,10 +401,24 @@ def _unread_problem(
     shape: tuple[int, int, int],
     planes: tuple[str, ...] | None,
 ) -> str | None:
-    """Say why a file Spark did not read cannot be scored; None for what otrain-infer does not list (a pipe)."""
+    """Say why a file Spark did not read cannot be scored; None for what otrain-infer does not list (a pipe).
+
+    A file without a FITS suffix is named only when the driver finds alert packets in it.
+    """
     content = None
     if urllib.parse.urlparse(uri).scheme == "file" and path.exists() and not path.is_file():
         return None
+    size = _file_size(spark, uri, path, local)
+    if size is not None and size >= _MAX_FILE_BYTES:
+        return f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
+    if not has_fits_suffix(uri):
+        try:
+            head = _local_head(path) if local else _hadoop_read(spark, uri, _SNIFF_BYTES)
+        except Exception:  # OSError, py4j's Java exception: what it holds cannot be told
+            return None
+        if sniff(head) not in ("avro", "tar"):
+            return None
+        return f"{path}: Spark could not read the file, though the driver can (check the executors' access to it)"
     if not local:
         try:
             content = _hadoop_read(spark, uri)
@@ -394,8 +431,27 @@ def _unread_problem(
     return f"{path}: Spark could not read the file, though the driver can (check the executors' access to it)"
 
 
-def _hadoop_read(spark: Any, uri: str) -> bytes:
-    """Read a file whole on the driver through Spark's Hadoop file systems (hdfs:, s3a:, file: ...)."""
+def _file_size(spark: Any, uri: str, path: Path, local: bool) -> int | None:
+    """Return a file's size in bytes, through Spark's file systems for a URI; None when it cannot be told."""
+    try:
+        if local:
+            return path.stat().st_size
+        jvm = spark.sparkContext._jvm
+        hadoop_path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
+        system = hadoop_path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+        return int(system.getFileStatus(hadoop_path).getLen())
+    except Exception:  # OSError, py4j's Java exception: the reading that follows says why
+        return None
+
+
+def _local_head(path: Path) -> bytes:
+    """Return a local file's first bytes, enough to tell its format."""
+    with open(path, "rb") as stream:
+        return stream.read(_SNIFF_BYTES)
+
+
+def _hadoop_read(spark: Any, uri: str, limit: int | None = None) -> bytes:
+    """Read a file whole (or its first ``limit`` bytes) on the driver through Spark's Hadoop file systems."""
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(jvm.java.net.URI(uri))
     system = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
@@ -403,6 +459,8 @@ def _hadoop_read(spark: Any, uri: str) -> bytes:
         return b""  # what Spark skipped as empty (a named pipe has no length either, and would never end)
     stream = system.open(path)
     try:
+        if limit is not None:  # commons-io, on Spark's class path
+            stream = jvm.org.apache.commons.io.input.BoundedInputStream(stream, limit)
         return bytes(jvm.org.apache.hadoop.io.IOUtils.readFullyToByteArray(stream))
     finally:
         stream.close()

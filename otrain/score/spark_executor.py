@@ -1,13 +1,17 @@
 """What the Spark executors of otrain-infer-spark run: decoding cutouts and scoring them.
 
 FITS files arrive as bytes from Spark's ``binaryFile`` source and are read in memory by
-otrain-infer's reading code (:func:`otrain.score.inference.read_for_model`); Parquet rows of
+otrain-infer's reading code (:func:`otrain.score.inference.read_for_model`); the other files of
+that source that hold alert packets (Avro files, tarballs), and the rows of a Parquet table of
+ZTF alerts (Fink's), become packets read by :mod:`otrain.io.alerts` (:func:`decode_files`,
+:func:`decode_alert_rows`), one row per packet; Parquet rows of
 otrain-pack (:mod:`otrain.score.pack`) hold a cutout's metadata and its raw planes, fitted to the
 model by :func:`otrain.score.inference.fit_cutout`. The model file shipped with
 ``SparkContext.addFile`` is loaded once per Python worker (Spark reuses its Python workers), on
 the task's cores: an ONNX twin on ONNX Runtime, TensorFlow not imported; a Keras file on
 TensorFlow. Each task reads and scores its cutouts in one ``mapInPandas`` pass
-(:func:`decode_fits`, :func:`decode_packed`); :func:`predict_batch_scorer` scores the decoded
+(:func:`decode_fits`, :func:`decode_files`, :func:`decode_alert_rows`, :func:`decode_packed`);
+:func:`predict_batch_scorer` scores the decoded
 pixels with :func:`pyspark.ml.functions.predict_batch_udf` instead, which
 ``benchmarks/scale_spark.py`` times.
 
@@ -26,7 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from otrain.io.alerts import Alert, BadPacket, alert_from_record, iter_content, read_alert, sniff
+from otrain.io.cutouts import FITS_SUFFIXES
 from otrain.options import InferSparkConfig
+from otrain.score.alert_tables import alert_record
 from otrain.score.inference import (
     failure_message,
     fit_cutout,
@@ -40,7 +47,18 @@ from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS
 #: P(real) of a batch, and an ensemble's spread (None for a single model).
 Scores = tuple[np.ndarray, np.ndarray | None]
 
-__all__ = ["EDGE", "Problems", "Scoring", "decode_fits", "decode_packed", "local_name", "predict_batch_scorer"]
+__all__ = [
+    "EDGE",
+    "Problems",
+    "Scoring",
+    "decode_alert_rows",
+    "decode_files",
+    "decode_fits",
+    "decode_packed",
+    "has_fits_suffix",
+    "local_name",
+    "predict_batch_scorer",
+]
 
 
 def _task_cpus() -> int:
@@ -221,6 +239,125 @@ def decode_fits(
                 pixels.append(cutout)
             problems.add(skipped)
             if cells:  # an empty batch would reach the model as an array of no shape
+                yield _frame(cells, pixels, scoring)
+
+    return decode
+
+
+def has_fits_suffix(name: str) -> bool:
+    """Tell whether a file is read as a FITS cutout: its name ends with a FITS suffix, in any case."""
+    return name.lower().endswith(FITS_SUFFIXES)
+
+
+#: Bytes of a file's start that tell its format (a tar header is 512 bytes; gzip needs more).
+_SNIFF_BYTES = 4096
+#: Packets decoded before they are scored and passed on (pyspark's Arrow batches hold 10,000 rows).
+_ROWS_PER_FRAME = 10_000
+
+
+def _add_alert(
+    item: Alert | BadPacket,
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+    read: tuple[list[Sequence[Any]], list[np.ndarray], list[tuple[str, str]]],
+) -> None:
+    """Read one packet as otrain-infer reads a cutout: its row and pixels, or its problem (EDGE, unreadable)."""
+    cells, pixels, skipped = read
+    if isinstance(item, BadPacket):
+        skipped.append((item.name, item.reason))
+        return
+    try:
+        meta, stacked = read_alert(item, planes)
+        if meta.edge is True:
+            skipped.append((item.name, EDGE))
+            return
+        cutout = fit_cutout(stacked, shape, Path(item.name))
+    except Exception as error:  # an executor reports, never dies, on a strange packet
+        skipped.append((item.name, failure_message(item.name, error)))
+        return
+    cells.append(meta_cells(item.name, meta))
+    pixels.append(cutout)
+
+
+def decode_files(
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+    problems: Any,
+    others: Any,
+    scoring: Scoring | None = None,
+    roots: tuple[str, str] | None = None,
+) -> Callable[[Any], Iterator[Any]]:
+    """Return the ``mapInPandas`` function that reads (and scores) batches of ``binaryFile`` rows of any file.
+
+    A file with a FITS suffix is read as :func:`decode_fits` reads it; any other holding Avro alert
+    packets or a tarball of them (recognised from its bytes) gives one row per packet
+    (:func:`otrain.io.alerts.iter_content`), named as otrain-infer names packets; the rest are
+    passed over. The arguments are those of :func:`decode_fits`, and ``others``: an accumulator
+    (:class:`Problems`) receiving, for each file without a FITS suffix, (its name, (rows,
+    problems)): the rows and the problems its packets gave, (0, 0) for a file passed over.
+    """
+    fits = decode_fits(shape, planes, problems, scoring, roots)
+
+    def decode(batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            cutouts = batch["path"].map(has_fits_suffix)
+            if cutouts.any():
+                yield from fits(iter([batch[cutouts]]))
+            cells: list[Sequence[Any]] = []
+            pixels: list[np.ndarray] = []
+            skipped: list[tuple[str, str]] = []
+            handled: list[tuple[str, tuple[int, int]]] = []
+            for uri, content in zip(batch["path"][~cutouts], batch["content"][~cutouts], strict=True):
+                name = printable_path(Path(local_name(uri, roots)))
+                data = bytes(content)
+                rows, problems_before = 0, len(skipped)
+                if sniff(data[:_SNIFF_BYTES]) in ("avro", "tar"):
+                    for item in iter_content(data, name):
+                        before = len(cells)
+                        _add_alert(item, shape, planes, (cells, pixels, skipped))
+                        rows += len(cells) - before
+                        if len(cells) >= _ROWS_PER_FRAME:  # a tarball's packets: scored a frame at a time
+                            yield _frame(cells, pixels, scoring)
+                            cells, pixels = [], []
+                handled.append((name, (rows, len(skipped) - problems_before)))
+            problems.add(skipped)
+            others.add(handled)
+            if cells:
+                yield _frame(cells, pixels, scoring)
+
+    return decode
+
+
+def decode_alert_rows(
+    shape: tuple[int, int, int],
+    planes: tuple[str, ...] | None,
+    problems: Any,
+    scoring: Scoring | None = None,
+    where: str = "alerts",
+) -> Callable[[Any], Iterator[Any]]:
+    """Return the ``mapInPandas`` function that reads (and scores) the rows of a ZTF alert table (Fink's Parquet).
+
+    Each row holds the flat columns of :func:`otrain.score.alert_tables.select_alert_columns`
+    (``candid`` as text, exact); it becomes an alert named ``<where>#<candid>``
+    (:func:`otrain.io.alerts.alert_from_record`) read as a packet. ``where`` names the table;
+    the other arguments are those of :func:`decode_fits`.
+    """
+
+    def decode(batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            cells: list[Sequence[Any]] = []
+            pixels: list[np.ndarray] = []
+            skipped: list[tuple[str, str]] = []
+            for row in batch.to_dict("records"):
+                name = f"{where}#{row['candid']}"
+                record = alert_record(row)
+                try:
+                    item: Alert | BadPacket = alert_from_record(record, name, "ztf")
+                except Exception as error:
+                    item = BadPacket(name, failure_message(name, error))
+                _add_alert(item, shape, planes, (cells, pixels, skipped))
+            problems.add(skipped)
+            if cells:
                 yield _frame(cells, pixels, scoring)
 
     return decode

@@ -11,7 +11,16 @@ import numpy as np
 import pytest
 
 from otrain.errors import DataError
-from otrain.io.alerts import Alert, BadPacket, iter_alerts, packet_files, read_alert, sniff, sniff_file
+from otrain.io.alerts import (
+    Alert,
+    BadPacket,
+    iter_alerts,
+    iter_content,
+    packet_files,
+    read_alert,
+    sniff,
+    sniff_file,
+)
 from otrain.io.cutouts import read_header, read_pixels
 from otrain.simulate.packets import (
     PacketAlert,
@@ -197,3 +206,24 @@ def test_a_ztf_stamp_cut_at_the_ccd_edge_is_flagged_edge_and_planes_of_two_sizes
     assert read_alert(other)[0].edge is False
     with pytest.raises(DataError, match="the planes differ in size"):
         read_alert(different, PLANES)
+
+
+def test_packets_in_memory_read_as_their_file_and_tarball_do(tmp_path: Path) -> None:
+    records = [ztf_record(_ztf(500 + index, f"ZTF21mem{index}", seed=index)) for index in range(3)]
+    write_packets(tmp_path / "night.avro", records, ztf_schema(), codec="deflate")
+    night = tmp_path / "night.tar.gz"
+    with tarfile.open(night, "w:gz") as archive:
+        archive.add(tmp_path / "night.avro", arcname="n/night.avro")
+    for path in (tmp_path / "night.avro", night):
+        from_file = _alerts(path)
+        in_memory = list(iter_content(path.read_bytes(), "hdfs://nn/night"))
+        assert [item.name for item in in_memory] == [
+            item.name.replace(str(path), "hdfs://nn/night") for item in from_file
+        ]
+        assert [item.meta for item in in_memory] == [item.meta for item in from_file]  # type: ignore[union-attr]
+    (bad,) = iter_content(b"hello", "hdfs://nn/notes")
+    assert bad == BadPacket("hdfs://nn/notes", "hdfs://nn/notes: neither an Avro alert file nor a tarball of them")
+    damaged = night.read_bytes()[:-300]
+    *_, last = iter_content(damaged, "cut.tar.gz")
+    assert isinstance(last, BadPacket)
+    assert last.reason.startswith("cut.tar.gz: the archive is damaged")
