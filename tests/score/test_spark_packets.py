@@ -26,7 +26,7 @@ CANDIDATE_FIELDS = ("jd", "fid", "magpsf", "sigmapsf", "fwhm", "ra", "dec", "xpo
 
 
 def packet(index: int, size: int = 63) -> PacketAlert:
-    """A ZTF alert whose measurements a float32 holds exactly (as a FITS header then gives them back)."""
+    """A ZTF alert, as ZTF publishes it, whose measurements a float32 holds exactly (as a FITS header gives them)."""
     rng = np.random.default_rng(index)
     planes = {plane: rng.normal(0.0, 10.0, (size, size)).astype(np.float32) for plane in ("IMAGE", "TEMPLATE", "DIFF")}
     return PacketAlert(
@@ -40,6 +40,7 @@ def packet(index: int, size: int = 63) -> PacketAlert:
         dec=-2.0 - index / 16,
         xpos=1000.5 + index,
         ypos=2000.25 - index,
+        publisher="ZTF (www.ztf.caltech.edu)",  # a stamp under 63x63 is then cut at the CCD's edge (EDGE)
     )
 
 
