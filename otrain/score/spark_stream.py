@@ -75,7 +75,6 @@ class _Running:
     query: Any
     problems: Any  #: (file, problem) pairs of the cutouts not scored (:class:`Problems`)
     scored: Any  #: rows given to the sink
-    problems_seen: int = 0
     scored_seen: int = 0
     last_batch: int = -1
 
@@ -178,8 +177,13 @@ def start_stream(
 
 def _take_news(running: _Running, report: StreamReport) -> None:
     """Log and count what the executors did since the last look: the micro-batches ended, the cutouts not scored."""
-    problems = list(running.problems.value)
-    news, running.problems_seen = problems[running.problems_seen :], len(problems)
+    # Taken out of the accumulator's list, so that a stream running for months does not keep every
+    # EDGE cutout's name: the accumulator's server thread only extends that list, and taking a
+    # prefix and deleting it are each one step under the GIL.
+    problems = running.problems.value
+    count = len(problems)
+    news = problems[:count]
+    del problems[:count]
     scored = int(running.scored.value)
     report.n_scored += scored - running.scored_seen
     running.scored_seen = scored
