@@ -23,6 +23,9 @@ def _infer_spark(config: InferSparkConfig) -> None:
     from otrain.score.spark_session import require_spark
 
     require_spark()
+    if config.stream:
+        _stream(config)
+        return
     from otrain.score.spark import infer_spark
 
     report = infer_spark(config, prepare=_prepare)
@@ -36,6 +39,20 @@ def _infer_spark(config: InferSparkConfig) -> None:
     print(f"written: {report.output}")
     if report.table is not None:
         print(f"written: {report.table}")
+
+
+def _stream(config: InferSparkConfig) -> None:
+    from otrain.score.spark_stream import stream_scores
+
+    if not config.available_now:
+        print(f"streaming {config.cutouts} into {config.output} on {config.master}; Ctrl-C stops", flush=True)
+    report = stream_scores(config, prepare=_prepare)
+    print(
+        f"{'stopped' if report.stopped else 'done'}: {report.n_batches} micro-batch(es) read {report.n_files} new "
+        f"file(s) in {report.seconds:.1f} s; scored {report.n_scored}, skipped {report.n_edge} EDGE, "
+        f"{len(report.bad_files)} unreadable; scored with {report.backend}"
+    )
+    print(f"written: {report.output} (checkpoint {report.checkpoint})")
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

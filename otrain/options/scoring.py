@@ -32,6 +32,7 @@ from otrain.options.base import (
     option,
 )
 from otrain.options.data import _parquet_output
+from otrain.options.stream import DEFAULT_TRIGGER, check_stream_folders, check_stream_options
 from otrain.options.uris import is_mlflow_uri, parse_model_uri
 
 __all__ = [
@@ -194,6 +195,8 @@ class InferSparkConfig(CommandConfig):
     models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker: its
     ONNX twin, run by ONNX Runtime, when --backend chooses it, else the Keras model.
     The results have the columns of infer_results.dat; unreadable files are counted and listed.
+    With --stream, a Spark Structured Streaming query scores the files as they land in --cutouts,
+    each once, adding to --output run after run (its checkpoint records what was read and written).
     """
 
     command: ClassVar[str] = "otrain-infer-spark"
@@ -229,9 +232,18 @@ class InferSparkConfig(CommandConfig):
         False, "Replace an existing --output folder (only one otrain wrote) and a --table otrain-infer did not write."
     )
     backend: Backend = _backend_option()
+    stream: bool = option(
+        False, "Score the files that land in --cutouts as they come (Spark Structured Streaming) into --output."
+    )
+    checkpoint: Path | None = option(
+        None, "With --stream: the query's checkpoint folder (what was read and written). Default: <output>/_checkpoint."
+    )
+    trigger: float | None = option(None, f"With --stream: seconds between micro-batches (default {DEFAULT_TRIGGER:g}).")
+    available_now: bool = option(False, "With --stream: score the files there now, then stop.")
 
     @model_validator(mode="after")
     def _check(self) -> InferSparkConfig:
+        check_stream_options(self.__dict__)
         if (self.cutouts is None) == (self.parquet is None):
             raise ValueError("--cutouts, --parquet: give exactly one of them")
         if is_mlflow_uri(self.model):
@@ -268,6 +280,11 @@ class InferSparkConfig(CommandConfig):
                 raise ValueError(f"--model: {error}") from None
             _use_card_threshold(self, Path(self.model))
         local_inputs = [Path(self.cutouts)] if self.cutouts is not None and not _has_scheme(self.cutouts) else []
+        if self.stream and self.cutouts is not None:
+            check_stream_folders(
+                self.output, self.checkpoint, self.cutouts, bool(local_inputs), self.model, self.threshold
+            )
+            return
         _parquet_output(self, self.output, [*local_inputs, *([self.parquet] if self.parquet is not None else [])])
         if self.table is not None:
             if self.table.is_dir():
@@ -287,7 +304,11 @@ class InferSparkConfig(CommandConfig):
 
     def output_folders(self) -> list[Path]:
         """Return the folders of the outputs."""
-        return [self.output.parent] + ([self.table.parent] if self.table is not None else [])
+        return (
+            [self.output.parent]
+            + ([self.table.parent] if self.table is not None else [])
+            + ([self.checkpoint.parent] if self.checkpoint is not None else [])
+        )
 
 
 #: Cutouts of the training cube that calibrate an int8 model's activation ranges, by default.

@@ -75,7 +75,7 @@ from otrain.score.spark_executor import (
 from otrain.score.spark_session import require_spark, spark_message, spark_session
 from otrain.track.uris import resolve_model
 
-__all__ = ["Scorer", "SparkReport", "infer_spark"]
+__all__ = ["Scorer", "SparkReport", "cutout_roots", "decoded_schema", "file_source", "infer_spark", "scored_rows"]
 
 logger = logging.getLogger("otrain")
 
@@ -247,7 +247,7 @@ def _score(
     """Run the job; ``model_input`` is :func:`_model_input`'s (input shape, planes, whether an ensemble)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
-    from pyspark.sql import functions, types
+    from pyspark.sql import functions
 
     shape, planes, ensemble = model_input
     # An ensemble's spread comes from the one-pass scorer; another scorer gives P(real) alone.
@@ -260,47 +260,17 @@ def _score(
     if card_file(shipped).is_file():
         spark.sparkContext.addFile(str(card_file(shipped)))
     scoring = None if scorer is not None else Scoring(shipped.name, config.batch_size, config.prob_ratio, ensemble)
-    last = (
-        [types.StructField("pixels", types.ArrayType(types.FloatType()))]
-        if scoring is None
-        else [types.StructField("label1", types.DoubleType())]
-    )
-    if ensemble:
-        last.append(types.StructField("spread", types.DoubleType()))
-    schema = types.StructType(
-        [
-            *(
-                types.StructField(name, types.StringType() if name in TEXT_COLUMNS else types.DoubleType())
-                for name in META_COLUMNS
-            ),
-            *last,
-        ]
-    )
+    schema = decoded_schema(scoring is not None, ensemble)
     listed, roots, others = None, None, None
     if config.cutouts is not None:
         try:
-            # Every file: those with a FITS suffix are cutouts, the others are read when they hold
-            # alert packets (told from their bytes by the executors), else passed over.
-            source = (
-                spark.read.format("binaryFile")
-                .option("recursiveFileLookup", "true")
-                # A file Spark cannot read (no permission, gone since the listing) would fail the
-                # whole job: Spark leaves it out, and _unread_files reports it with the others.
-                .option("ignoreCorruptFiles", "true")
-                .option("ignoreMissingFiles", "true")
-                .load(_spark_uri(config.cutouts))
-                # Spark fails the job on a file over 2 GiB (a night's tarball): left out here, unread
-                # without reading its bytes (Spark applies the filter to the listing), and reported.
-                .filter(functions.col("length") < functions.lit(_MAX_FILE_BYTES))
-                .select("path", "content")
-            )
+            source = file_source(spark.read, config.cutouts)
         except Exception as error:
             if not type(error).__module__.startswith(("py4j", "pyspark")):
                 raise
             raise DataError(f"{config.cutouts}: cannot list the cutouts ({spark_message(error)})") from None
         listed = source._jdf.inputFiles()  # a Java array: names cross to Python only when some went unread
-        local = not urllib.parse.urlparse(config.cutouts).scheme or Path(config.cutouts).exists()
-        roots = (str(Path(config.cutouts).absolute()), config.cutouts) if local else None
+        roots = cutout_roots(config.cutouts)
         others = spark.sparkContext.accumulator([], Problems())
         decoded = source.mapInPandas(decode_files(shape, planes, problems, others, scoring, roots), schema)
         where = config.cutouts
@@ -314,13 +284,7 @@ def _score(
         where = str(config.parquet)
     if scorer is not None:
         decoded = decoded.withColumn("label1", scorer(spark, shipped, shape, config)(functions.col("pixels")))
-    scored = decoded.select(
-        *META_COLUMNS,
-        (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
-        functions.col("label1").cast("double").alias("label1"),
-        (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
-        *([functions.col("spread").cast("double").alias("spread")] if ensemble else []),
-    )
+    scored = scored_rows(decoded, threshold, ensemble)
     report = SparkReport(output=config.output, table=config.table, threshold=threshold)
     with atomic_folder(config.output) as folder:
         target = folder / "data"
@@ -364,6 +328,84 @@ def _score(
             report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def file_source(reader: Any, cutouts: str) -> Any:
+    """Return the (path, content) rows of the cutout files below ``cutouts``: ``spark.read`` or ``spark.readStream``.
+
+    Batch and stream read the same files with the same options.
+    """
+    from pyspark.sql import functions, types
+    from pyspark.sql.streaming import DataStreamReader
+
+    reader = reader.format("binaryFile")
+    if isinstance(reader, DataStreamReader):
+        # A file stream takes no schema from its files: binaryFile's own.
+        reader = reader.schema(
+            types.StructType(
+                [
+                    types.StructField("path", types.StringType(), False),
+                    types.StructField("modificationTime", types.TimestampType(), False),
+                    types.StructField("length", types.LongType(), False),
+                    types.StructField("content", types.BinaryType(), True),
+                ]
+            )
+        )
+    # Every file: those with a FITS suffix are cutouts, the others are read when they hold alert
+    # packets (told from their bytes by the executors), else passed over.
+    return (
+        reader.option("recursiveFileLookup", "true")
+        # A file Spark cannot read (no permission, gone since the listing) would fail the
+        # whole job: Spark leaves it out, and _unread_files reports it with the others.
+        .option("ignoreCorruptFiles", "true")
+        .option("ignoreMissingFiles", "true")
+        .load(_spark_uri(cutouts))
+        # Spark fails the job on a file over 2 GiB (a night's tarball): left out here, unread
+        # without reading its bytes (Spark applies the filter to the listing), and reported.
+        .filter(functions.col("length") < functions.lit(_MAX_FILE_BYTES))
+        .select("path", "content")
+    )
+
+
+def cutout_roots(cutouts: str) -> tuple[str, str] | None:
+    """Return (the local --cutouts folder absolute, as given), for naming files as otrain-infer does; None for a URI."""
+    local = not urllib.parse.urlparse(cutouts).scheme or Path(cutouts).exists()
+    return (str(Path(cutouts).absolute()), cutouts) if local else None
+
+
+def decoded_schema(scored: bool, ensemble: bool) -> Any:
+    """Return the schema of the decoders' rows: the metadata, then label1 (``scored``) or the pixels, and the spread."""
+    from pyspark.sql import types
+
+    last = (
+        [types.StructField("label1", types.DoubleType())]
+        if scored
+        else [types.StructField("pixels", types.ArrayType(types.FloatType()))]
+    )
+    if ensemble:
+        last.append(types.StructField("spread", types.DoubleType()))
+    return types.StructType(
+        [
+            *(
+                types.StructField(name, types.StringType() if name in TEXT_COLUMNS else types.DoubleType())
+                for name in META_COLUMNS
+            ),
+            *last,
+        ]
+    )
+
+
+def scored_rows(decoded: Any, threshold: float, ensemble: bool) -> Any:
+    """Return the output rows of decoded ones that hold label1: the columns of infer_results.dat (and the spread)."""
+    from pyspark.sql import functions
+
+    return decoded.select(
+        *META_COLUMNS,
+        (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
+        functions.col("label1").cast("double").alias("label1"),
+        (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
+        *([functions.col("spread").cast("double").alias("spread")] if ensemble else []),
+    )
 
 
 def _unread_files(
