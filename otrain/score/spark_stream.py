@@ -77,7 +77,8 @@ class _Running:
     scored: Any  #: rows given to the sink
     scored_seen: int = 0
     last_batch: int = -1
-    others: Any = None  #: what the files without a FITS suffix gave (:func:`decode_files`), drained unread
+    others: Any = None  #: what the files without a FITS suffix gave (:func:`decode_files`)
+    messages: bool = False  #: the rows are messages (Kafka), each of which should hold packets
 
 
 def packet_rows(frame: Any) -> Any:
@@ -154,6 +155,7 @@ def start_stream(
         spark.sparkContext.addFile(str(card_file(shipped)))
     scoring = Scoring(shipped.name, config.batch_size, config.prob_ratio, ensemble)
     roots = None
+    messages = source is not None  # Kafka's rows (or another stream's) rather than files
     if source is None:
         assert config.cutouts is not None  # checked with the options
         source = file_source(spark.readStream, config.cutouts)
@@ -174,7 +176,7 @@ def start_stream(
         seconds = config.trigger if config.trigger is not None else DEFAULT_TRIGGER
         writer = writer.trigger(processingTime=f"{seconds:g} seconds")
     query = writer.start(_spark_uri(config.output))
-    return _Running(query, problems, scored, others=others)
+    return _Running(query, problems, scored, others=others, messages=messages)
 
 
 def _take_news(running: _Running, report: StreamReport) -> None:
@@ -188,7 +190,10 @@ def _take_news(running: _Running, report: StreamReport) -> None:
     del problems[:count]
     if running.others is not None:  # the packets' counts are in scored and problems already
         others = running.others.value
-        del others[: len(others)]
+        handled = others[: len(others)]
+        del others[: len(handled)]
+        if running.messages:  # a file that is not packets is passed over; a message is a problem
+            news += [(name, f"{name}: not an alert packet") for name, counts in handled if tuple(counts) == (0, 0)]
     scored = int(running.scored.value)
     report.n_scored += scored - running.scored_seen
     running.scored_seen = scored

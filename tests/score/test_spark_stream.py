@@ -1,4 +1,4 @@
-"""otrain-infer-spark --stream: real Spark (local[2]) Structured Streaming of real FITS files, a real ONNX twin."""
+"""otrain-infer-spark --stream: real Spark (local[2]) Structured Streaming of real FITS files and alert packets."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import ROOT, call_main, constant_twin, make_tree, write_gmadet
+from conftest import ROOT, call_main, constant_twin, make_tree
 from helpers import stop_group
 
 from otrain.cli.infer_spark import main as spark_main
@@ -217,28 +217,105 @@ def test_stream_options_and_folders_are_checked_before_spark_starts(
     assert not output.exists()
 
 
+def packets(first: int, count: int) -> list[dict[str, object]]:
+    """ZTF alert packets of 40x40 stamps (the model crops 32x32), candids ``first`` onwards."""
+    from otrain.simulate.packets import PacketAlert, ztf_record
+
+    rng = np.random.default_rng(first)
+    return [
+        ztf_record(
+            PacketAlert(
+                candid=1_285_423_380_015_015_000 + first + index,
+                object_id=f"ZTF26stream{index % 2}",
+                planes={"DIFF": rng.normal(size=(40, 40)).astype(np.float32)},
+            )
+        )
+        for index in range(count)
+    ]
+
+
+@pytest.mark.slow
+def test_a_stream_of_alert_packets_scores_each_packet_once_and_resumes_from_its_checkpoint(
+    twin_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import tarfile
+
+    from otrain.simulate.packets import write_packets, ztf_schema
+
+    landing, output = tmp_path / "landing", tmp_path / "scores"
+    landing.mkdir()
+    arguments = ("--stream", "--available-now", "--cutouts", landing, "--model", twin_model, "--output", output)
+    arguments = (*arguments, "--master", MASTER)
+
+    def run() -> str:
+        assert call_main(spark_main, *arguments) == 0
+        return capsys.readouterr().out
+
+    assert "read 0 new file(s)" in run()  # started on an empty folder
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    # First batch: a file of three packets and two files of one; second: a nightly tarball of three.
+    write_packets(staging / "night.avro", packets(0, 3), ztf_schema(), codec="deflate")
+    for index in (3, 4):
+        write_packets(staging / f"{index}.avro", packets(index, 1), ztf_schema())
+    for name in ("night.avro", "3.avro", "4.avro"):
+        os.replace(staging / name, landing / name)  # a packet file lands whole
+    out = run()
+    assert "read 3 new file(s)" in out, out
+    assert "scored 5, skipped 0 EDGE, 0 unreadable" in out, out
+    for index in (5, 6, 7):
+        write_packets(staging / f"{index}.avro", packets(index, 1), ztf_schema())
+    with tarfile.open(staging / "archive.tar.gz", "w:gz") as archive:
+        for index in (5, 6, 7):
+            archive.add(staging / f"{index}.avro", arcname=f"ztf/{index}.avro")
+    os.replace(staging / "archive.tar.gz", landing / "archive.tar.gz")
+    out = run()
+    assert "read 1 new file(s)" in out, out
+    assert "scored 3, skipped 0 EDGE, 0 unreadable" in out, out
+    rows = streamed_rows(output)
+    counts = Counter(str(row["cand_ID"]) for row in rows)
+    assert sorted(counts) == [str(1_285_423_380_015_015_000 + index) for index in range(8)]  # 19 digits, exact
+    assert set(counts.values()) == {1}
+    names = {str(row["filename"]) for row in rows}
+    assert f"{landing / 'night.avro'}#2" in names
+    assert f"{landing / 'archive.tar.gz'}/ztf/7.avro" in names
+    assert {str(row["originalFile"]) for row in rows} == {"ZTF26stream0", "ZTF26stream1"}
+    np.testing.assert_allclose([float(row["label1"]) for row in rows], 0.75, atol=1e-7)
+    # Restarted from its checkpoint with nothing new: no packet is scored twice.
+    assert "read 0 new file(s)" in run()
+    assert Counter(str(row["cand_ID"]) for row in streamed_rows(output)) == counts
+
+
 @pytest.mark.slow
 def test_kafka_rows_are_named_by_offset_and_scored_by_the_same_decoder(twin_model: Path, tmp_path: Path) -> None:
     """Rows shaped as Spark's Kafka source gives them (the packet in value) need no other code."""
+    import io
+
+    import fastavro
+
     from otrain.score.spark import decoded_schema, scored_rows
-    from otrain.score.spark_executor import Problems, Scoring, decode_fits
+    from otrain.score.spark_executor import Problems, Scoring, decode_files
     from otrain.score.spark_session import spark_session
     from otrain.score.spark_stream import packet_rows
+    from otrain.simulate.packets import ztf_schema
 
-    good = write_gmadet(tmp_path / "a.fits", np.zeros((40, 40), np.float32), CANDID=5)
-    rows = [("alerts", 0, 7, good.read_bytes()), ("alerts", 1, 3, b"no FITS")]
+    message = io.BytesIO()  # a ZTF Kafka message: one packet in an Avro container
+    fastavro.writer(message, fastavro.parse_schema(ztf_schema()), packets(0, 1))
+    rows = [("alerts", 0, 7, message.getvalue()), ("alerts", 1, 3, b"no packet")]
     with spark_session(MASTER) as spark:
         spark.sparkContext.addFile(str(twin_model.with_suffix(".onnx")))
         frame = spark.createDataFrame(rows, "topic string, partition int, offset long, value binary")
         problems = spark.sparkContext.accumulator([], Problems())
-        decode = decode_fits((32, 32, 1), None, problems, Scoring(twin_model.with_suffix(".onnx").name, 8, None))
+        others = spark.sparkContext.accumulator([], Problems())
+        scoring = Scoring(twin_model.with_suffix(".onnx").name, 8, None)
+        decode = decode_files((32, 32, 1), None, problems, others, scoring)
         scored = scored_rows(packet_rows(frame).mapInPandas(decode, decoded_schema(True, False)), 0.5, False)
         result = [row.asDict() for row in scored.collect()]
-        skipped = dict(problems.value)
+        passed_over = dict(others.value)
     assert [row["filename"] for row in result] == ["alerts/0/7"]
-    assert result[0]["cand_ID"] == "5"
+    assert result[0]["cand_ID"] == "1285423380015015000"
     assert result[0]["label1"] == pytest.approx(0.75)
-    assert list(skipped) == ["alerts/1/3"]
+    assert passed_over["alerts/1/3"] == (0, 0)  # not a packet: no row (a stream of Kafka says so, see below)
 
 
 @pytest.mark.slow
@@ -272,3 +349,43 @@ def test_ctrl_c_stops_the_command_after_its_micro_batch(twin_model: Path, tmp_pa
     counts = Counter(str(row["filename"]) for row in streamed_rows(output))
     assert set(counts) == expected
     assert set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+def test_a_stream_of_kafka_shaped_messages_scores_packets_and_reports_the_rest(
+    twin_model: Path, tmp_path: Path
+) -> None:
+    """A streaming source of Kafka's shape (topic, partition, offset, value): a message that is no packet is said."""
+    import threading
+
+    from pyspark.sql import functions
+
+    from otrain.options import InferSparkConfig
+    from otrain.score.spark_session import spark_session
+    from otrain.score.spark_stream import StreamReport, _wait, start_stream
+    from otrain.simulate.packets import write_packets, ztf_schema
+
+    messages, output = tmp_path / "messages", tmp_path / "scores"
+    messages.mkdir()
+    write_packets(messages / "m1", packets(0, 2), ztf_schema())
+    (messages / "m2").write_bytes(b"a message that is not an alert packet")
+    config = InferSparkConfig(
+        stream=True, available_now=True, cutouts=str(messages), model=str(twin_model), output=output, master=MASTER
+    )
+    twin = twin_model.with_suffix(".onnx")
+    with spark_session(MASTER) as spark:
+        files = spark.readStream.format("binaryFile").schema(
+            "path string, modificationTime timestamp, length long, content binary"
+        )
+        kafka = files.load(str(messages)).select(
+            functions.lit("alerts").alias("topic"),
+            functions.lit(0).alias("partition"),
+            functions.regexp_extract("path", r"m(\d+)$", 1).cast("long").alias("offset"),
+            functions.col("content").alias("value"),
+        )
+        running = start_stream(spark, config, twin, ((32, 32, 1), None, False), 0.5, source=kafka)
+        report = StreamReport(output=output, checkpoint=tmp_path / "unused")
+        _wait(running, report, threading.Event())
+    rows = streamed_rows(output)
+    assert sorted(str(row["filename"]) for row in rows) == ["alerts/0/1", "alerts/0/1#1"]
+    assert report.bad_files == [("alerts/0/2", "alerts/0/2: not an alert packet")]
