@@ -1,8 +1,9 @@
-"""otrain-infer: score a folder of candidate cutouts, streaming, and write infer_results.dat.
+"""otrain-infer: score a folder of candidate cutouts or alert packets, streaming, and write infer_results.dat.
 
 The network scores a chunk of cutouts in a thread while the next chunk is read (by this process,
 or by worker processes on machines of eight cores or more, :func:`scoring_readers`), so reading
-is hidden behind the network and memory does not grow with the number of files.
+is hidden behind the network and memory does not grow with the number of files. Alert packets
+(:mod:`otrain.score.sources`) follow the FITS files, decoded here as they stream in.
 The table is written row by row into a temporary file and renamed into place at the end.
 An ensemble's table has a 15th column, ``spread`` (:data:`INFER_ENSEMBLE_COLUMNS`): the
 standard deviation of its members' P(real); a single model's table is as it always was.
@@ -34,7 +35,7 @@ from otrain.io.atomic import atomic_path
 from otrain.io.cutoutmeta import CutoutMeta
 from otrain.io.cutouts import read_header, read_pixels
 from otrain.io.outputs import INFER_COLUMNS, INFER_ENSEMBLE_COLUMNS
-from otrain.io.parallel import default_workers, map_chunks
+from otrain.io.parallel import default_workers, map_chunks, map_stream
 from otrain.options import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.score.backends import BackendChoice, cutout_shape, load_classifier, output_columns
 from otrain.score.scoring import predict_scores
@@ -384,7 +385,7 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     started = time.perf_counter()
 
     def chunks() -> Iterator[tuple[Sequence[Job], ReadChunk]]:
-        """Read the FITS files with the readers, then the packets in this process as they stream in."""
+        """Read the FITS files, then the packets, with the readers (this process, or worker processes)."""
         if files:
             yield from map_chunks(
                 _read_for_scoring,
@@ -394,10 +395,20 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
                 preload=["otrain.score.inference"],
                 chunk_size=config.batch_size,
             )
-        for alerts in alert_chunks(packets, config.batch_size):
-            report.n_files += len(alerts)
-            jobs = [(alert, shape, planes) for alert in alerts]
-            yield jobs, _read_for_scoring(jobs)
+
+        def packet_jobs() -> Iterator[list[Job]]:
+            for alerts in alert_chunks(packets, config.batch_size):
+                report.n_files += len(alerts)
+                yield [(alert, shape, planes) for alert in alerts]
+
+        # Packets are decoded here as they stream in, and read by the readers as files are.
+        yield from map_stream(
+            _read_for_scoring,
+            packet_jobs(),
+            workers=scoring_readers() if config.workers is None else config.workers,
+            description="scoring packets",
+            preload=["otrain.score.inference"],
+        )
 
     with (
         atomic_path(config.output_file) as temporary,

@@ -6,7 +6,8 @@ Avro alert packets, or a tarball of them, is a packet source (:func:`otrain.io.a
 read after the FITS files. A file given alone is a packet source, whatever its name.
 
 Packets are a stream (:func:`otrain.io.alerts.iter_alerts`): :func:`alert_chunks` cuts it into
-chunks as the FITS files are chunked, so a night is never held in memory at once. Before scoring,
+chunks as the FITS files are chunked (:func:`otrain.io.parallel.map_stream` hands them to the
+readers), so a night is never held in memory at once. Before scoring,
 :func:`check_model_fits` compares the model's input with the first readable cutouts of both kinds.
 """
 

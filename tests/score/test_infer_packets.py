@@ -281,3 +281,27 @@ def test_packets_in_sub_folders_are_scored_with_recursive_only(models: dict[int,
     assert [row[10] for row in rows(tmp_path / "top.dat")] == [str(alerts[0].candid)]
     assert infer(tmp_path / "night", models[1], tmp_path / "all.dat", "--recursive") == 0
     assert [row[10] for row in rows(tmp_path / "all.dat")] == [str(alert.candid) for alert in alerts]
+
+
+def test_packets_read_by_worker_processes_give_the_same_table(models: dict[int, Path], tmp_path: Path) -> None:
+    from otrain.io.parallel import MIN_ITEMS_FOR_POOL
+
+    schema = rubin_schema()
+    alerts = simulated(MIN_ITEMS_FOR_POOL + 30, size=SIZE, start=170_032_915_540_099_079)
+    (tmp_path / "night").mkdir()
+    write_packets(tmp_path / "night" / "many.avro", [rubin_record(alert, schema) for alert in alerts], schema)
+    for workers in (1, 2):
+        assert (
+            infer(
+                tmp_path / "night",
+                models[1],
+                tmp_path / f"w{workers}.dat",
+                "--workers",
+                str(workers),
+                "--batch-size",
+                "64",
+            )
+            == 0
+        )
+    assert (tmp_path / "w1.dat").read_bytes() == (tmp_path / "w2.dat").read_bytes()
+    assert len(rows(tmp_path / "w2.dat")) == len(alerts)
