@@ -130,9 +130,10 @@ def alert_tiles(alert: Alert) -> tuple[np.ndarray, int, CutoutMeta]:
     present = 0
     meta = alert.meta
     for slot, name in enumerate(PLANE_SLOTS):
-        if name not in alert.cutouts:
+        try:
+            meta, pixels = read_alert(alert, (name,))
+        except DataError:  # absent or unreadable: show those the packet has
             continue
-        meta, pixels = read_alert(alert, (name,))
         tiles[slot] = tile(zscale(pixels[:, :, 0]))
         present |= 1 << slot
     return tiles, present, meta

@@ -126,3 +126,21 @@ def test_packets_of_another_night_are_refused_by_name(
     assert call_main(report_main, "--infer", night["table"], "--cutouts", other, "--output", output, *common) == 1
     assert "scored file(s) of the table are not in this folder" in capsys.readouterr().err
     assert not output.exists()
+
+
+def test_packets_without_a_readable_template_show_the_planes_they_have(
+    night: dict[str, object], tmp_path: Path
+) -> None:
+    without, broken = alerts(2, 63, 2_485_401_234_567_890_900, seed=5)
+    without.planes.pop("TEMPLATE")
+    record = ztf_record(broken)
+    record["cutoutTemplate"]["stampData"] = b"not a FITS stamp"
+    (tmp_path / "night").mkdir()
+    write_packets(tmp_path / "night" / "one.avro", [ztf_record(without), record], ztf_schema())
+    table, output = tmp_path / "infer_results.dat", tmp_path / "vetting"
+    common = ("--model", night["model"], "--no-tracking")
+    assert call_main(infer_main, "--cutouts", tmp_path / "night", "--output", table, *common) == 0
+    assert call_main(report_main, "--infer", table, "--cutouts", tmp_path / "night", "--output", output, *common) == 0
+    data = page_data(output)
+    masks = [row[data["columns"].index("planes")] for row in data["rows"]]
+    assert masks == [0b1101, 0b1101]  # science, difference, Grad-CAM; no reference
