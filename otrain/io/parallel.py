@@ -6,7 +6,7 @@ import itertools
 import multiprocessing
 import os
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -15,7 +15,7 @@ from typing import TypeVar
 from otrain.errors import OtrainError
 from otrain.io.progress import progress_bar
 
-__all__ = ["default_workers", "map_chunks"]
+__all__ = ["default_workers", "map_chunks", "map_stream"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -84,9 +84,71 @@ def map_chunks(
     n_workers = default_workers() if workers is None else workers
     if chunk_size is None:
         chunk_size = max(16, min(512, -(-len(items) // (8 * n_workers))))
-    chunks = _chunks(items, chunk_size)
-    with progress_bar(len(items), description) as bar:
-        if n_workers == 1 or len(items) < MIN_ITEMS_FOR_POOL:
+    pooled = n_workers > 1 and len(items) >= MIN_ITEMS_FOR_POOL
+    n_processes = min(n_workers, -(-len(items) // chunk_size)) if pooled else 1
+    yield from _run(
+        function, _chunks(items, chunk_size), len(items), n_processes, description, preload, window_per_worker
+    )
+
+
+def map_stream(
+    function: Callable[[Sequence[T]], R],
+    chunks: Iterable[Sequence[T]],
+    *,
+    workers: int | None,
+    description: str,
+    preload: Sequence[str] = (),
+    window_per_worker: int = 3,
+) -> Iterator[tuple[Sequence[T], R]]:
+    """Apply ``function`` to chunks that arrive as a stream (their number unknown), in parallel, yielding in order.
+
+    As :func:`map_chunks`, for work read as it goes (alert packets from an archive): only a
+    window of chunks is taken from ``chunks`` ahead of the caller. A stream of fewer than
+    :data:`MIN_ITEMS_FOR_POOL` items is done in this process.
+
+    Parameters
+    ----------
+    function : callable
+        A module-level function taking a chunk.
+    chunks : iterable of sequences
+        The chunks, in order; none empty.
+    workers : int or None
+        Number of processes; None means one per core.
+    description : str
+        Progress bar label.
+    preload : sequence of str
+        Modules the fork server imports once.
+    window_per_worker : int
+        Chunks taken ahead per worker.
+
+    Yields
+    ------
+    tuple
+        (chunk, function(chunk)) for each chunk, in order.
+    """
+    n_workers = default_workers() if workers is None else workers
+    stream = iter(chunks)
+    head: list[Sequence[T]] = []
+    seen = 0
+    while n_workers > 1 and seen < MIN_ITEMS_FOR_POOL and (chunk := next(stream, None)) is not None:
+        head.append(chunk)
+        seen += len(chunk)
+    n_processes = n_workers if seen >= MIN_ITEMS_FOR_POOL else 1
+    yield from _run(function, itertools.chain(head, stream), 0, n_processes, description, preload, window_per_worker)
+
+
+def _run(
+    function: Callable[[Sequence[T]], R],
+    chunks: Iterator[Sequence[T]],
+    total: int,
+    n_processes: int,
+    description: str,
+    preload: Sequence[str],
+    window_per_worker: int,
+) -> Iterator[tuple[Sequence[T], R]]:
+    """Apply ``function`` to ``chunks`` in this process (``n_processes`` 1) or a pool, yielding in order."""
+    with progress_bar(total, description) as bar:
+        if n_processes == 1:
             for chunk in chunks:
                 result = function(chunk)
                 bar.update(len(chunk))
@@ -94,7 +156,6 @@ def map_chunks(
             return
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(list(preload))
-        n_processes = min(n_workers, -(-len(items) // chunk_size))
         pool = ProcessPoolExecutor(max_workers=n_processes, mp_context=context)
         # A bounded window of chunks in flight: workers read ahead while the caller consumes,
         # and memory does not grow with the number of items.

@@ -47,6 +47,7 @@ __all__ = [
     "DropoutRate",
     "ExistingFile",
     "ExistingFolder",
+    "ExistingSource",
     "NonNegativeInt",
     "OnDisk",
     "OpenFraction",
@@ -77,6 +78,15 @@ def _existing_folder(path: Path) -> Path:
         raise ValueError(f"folder {str(path)!r} does not exist")
     if not path.is_dir():
         raise ValueError(f"{str(path)!r} is not a folder")
+    return path
+
+
+def _existing_source(path: Path) -> Path:
+    """Accept a folder, or a file (a packet file or a tarball of them, recognised when read)."""
+    if not path.exists():
+        raise ValueError(f"folder {str(path)!r} does not exist")
+    if not (path.is_dir() or path.is_file()):
+        raise ValueError(f"{str(path)!r} is neither a folder nor a file")
     return path
 
 
@@ -223,6 +233,8 @@ class OnDisk:
 
 ExistingFolder = Annotated[Path, OnDisk(_existing_folder)]
 ExistingFile = Annotated[Path, OnDisk(_existing_file)]
+#: A folder of cutouts or packets, or one file of packets (an Avro file, a tarball).
+ExistingSource = Annotated[Path, OnDisk(_existing_source)]
 WritableFolder = Annotated[Path, OnDisk(_writable_folder)]
 Probability = Annotated[float, AfterValidator(_probability)]
 OpenFraction = Annotated[float, AfterValidator(_open_fraction)]

@@ -16,7 +16,7 @@ from otrain.io.outputs import Output
 from otrain.options.base import (
     CommandConfig,
     ExistingFile,
-    ExistingFolder,
+    ExistingSource,
     NonNegativeInt,
     PositiveInt,
     Probability,
@@ -209,7 +209,11 @@ class ReportConfig(CommandConfig):
     command: ClassVar[str] = "otrain-report"
 
     infer: Path = option(..., "Scored night: infer_results.dat of otrain-infer, or the folder holding it.")
-    cutouts: ExistingFolder = option(..., "Folder holding the scored cutouts (the table's files are found in it).")
+    cutouts: ExistingSource = option(
+        ...,
+        "Folder holding the scored cutouts or alert packets, or the packet file or tarball scored (the table's "
+        "files and packets are found in it).",
+    )
     model: ExistingFile = option(..., "The model that scored them (.keras or .h5); its card fills the header.")
     output: Path = option(
         ...,

@@ -19,6 +19,7 @@ from otrain.options.base import (
     CommandConfig,
     ExistingFile,
     ExistingFolder,
+    ExistingSource,
     Planes,
     PositiveInt,
     Probability,
@@ -78,24 +79,30 @@ def _is_under(path: Path, folder: Path, recursive: bool) -> bool:
 class InferConfig(CommandConfig):
     """Score a folder of candidate cutouts with a trained model; writes infer_results.dat.
 
-    Reads gmadet and STDPipe cutouts, centre-crops them to the model's input size, skips EDGE
-    cutouts and unreadable files (counted and reported), and scores them chunk by chunk in
-    threads while the next files are read, so memory does not grow with the number of files.
+    Reads gmadet and STDPipe cutouts and ZTF or Rubin alert packets (an Avro file, a nightly
+    tarball, or a folder of them beside the FITS files), centre-crops them to the model's input
+    size, skips EDGE cutouts and unreadable files or packets (counted and reported), and scores
+    them chunk by chunk in threads while the next ones are read, so memory does not grow with
+    the number of files.
     The table has the original 13 columns (filename RA Dec originalFile Xpos Ypos mag magerr
     FWHM FWHMPSF cand_ID label0 label1), then 'real' (label1 > --threshold).
     """
 
     command: ClassVar[str] = "otrain-infer"
 
-    cutouts: ExistingFolder = option(..., "Folder of candidate cutouts (*.fits, *.fit, *.fits.gz).")
+    cutouts: ExistingSource = option(
+        ...,
+        "Folder of candidate cutouts (*.fits, *.fit, *.fits.gz) and/or alert packets (Avro files, .tar or .tar.gz "
+        "nightly archives, recognised by content), or one packet file or archive.",
+    )
     model: ExistingFile = option(..., "Trained model file (.keras or .h5, original O'TRAIN models included).")
     prob_ratio: float | None = option(
         None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: no re-weighting."
     )
     output: Path | None = option(
         None,
-        "Output table (default: <cutouts>/infer_results.dat). An existing file is replaced only when it is a table "
-        "otrain-infer wrote, or with --overwrite; never the model or a cutout.",
+        "Output table (default: <cutouts>/infer_results.dat, beside it for a packet file). An existing file is "
+        "replaced only when it is a table otrain-infer wrote, or with --overwrite; never the model or a cutout.",
     )
     batch_size: PositiveInt = option(PREDICT_BATCH, "Cutouts scored per batch.")
     threshold: Probability | None = option(
@@ -144,13 +151,16 @@ class InferConfig(CommandConfig):
             self,
             "--output",
             [Output(output, "table", formats.INFER_COLUMNS, (formats.INFER_ENSEMBLE_COLUMNS,))],
-            [self.model, card_file(self.model)],
+            [self.model, card_file(self.model), *([self.cutouts] if self.cutouts.is_file() else [])],
         )
 
     @property
     def output_file(self) -> Path:
-        """Where the table goes."""
-        return self.output if self.output is not None else self.cutouts / "infer_results.dat"
+        """Where the table goes: --output, else infer_results.dat in the folder (beside a packet file)."""
+        if self.output is not None:
+            return self.output
+        folder = self.cutouts.parent if self.cutouts.is_file() else self.cutouts
+        return folder / "infer_results.dat"
 
     def output_folders(self) -> list[Path]:
         """Return the table's folder."""

@@ -1,8 +1,9 @@
-"""otrain-infer: score a folder of candidate cutouts, streaming, and write infer_results.dat.
+"""otrain-infer: score a folder of candidate cutouts or alert packets, streaming, and write infer_results.dat.
 
 The network scores a chunk of cutouts in a thread while the next chunk is read (by this process,
 or by worker processes on machines of eight cores or more, :func:`scoring_readers`), so reading
-is hidden behind the network and memory does not grow with the number of files.
+is hidden behind the network and memory does not grow with the number of files. Alert packets
+(:mod:`otrain.score.sources`) follow the FITS files, decoded here as they stream in.
 The table is written row by row into a temporary file and renamed into place at the end.
 An ensemble's table has a 15th column, ``spread`` (:data:`INFER_ENSEMBLE_COLUMNS`): the
 standard deviation of its members' P(real); a single model's table is as it always was.
@@ -13,31 +14,32 @@ starts, so the workers stay light.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
 import tempfile
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 import numpy as np
 
 from otrain.data.cutouts import prepare_pixels
-from otrain.errors import DataError, first_line, log_listed
+from otrain.errors import DataError, log_listed
+from otrain.io.alerts import Alert, BadPacket, read_alert
 from otrain.io.atomic import atomic_path
 from otrain.io.cutoutmeta import CutoutMeta
-from otrain.io.cutouts import list_cutouts, read_header, read_pixels
+from otrain.io.cutouts import read_header, read_pixels
 from otrain.io.outputs import INFER_COLUMNS, INFER_ENSEMBLE_COLUMNS
-from otrain.io.parallel import default_workers, map_chunks
+from otrain.io.parallel import default_workers, map_chunks, map_stream
 from otrain.options import MAX_LISTED_BAD_FILES, InferConfig
 from otrain.score.backends import BackendChoice, cutout_shape, load_classifier, output_columns
 from otrain.score.scoring import predict_scores
+from otrain.score.sources import alert_chunks, check_model_fits, scoring_sources
 
 __all__ = [
     "INFER_COLUMNS",
@@ -59,11 +61,13 @@ __all__ = [
 
 logger = logging.getLogger("otrain")
 
-#: Headers read, at most, to find one cutout whose size is compared with the model's input.
-_HEADER_PROBES = 20
 _EDGE = "edge"
 #: P(real) of a chunk, and an ensemble's spread (None for a single model).
 Scores = tuple[np.ndarray, np.ndarray | None]
+#: What a reader is given: a FITS file or a packet, the model's input shape, the planes to read.
+Job = tuple[Path | Alert | BadPacket, tuple[int, int, int], tuple[str, ...] | None]
+#: What it returns for a chunk: the pixels scored, their metadata, each job's status.
+ReadChunk = tuple[np.ndarray, list[CutoutMeta], list[str | None]]
 
 
 @dataclass
@@ -161,20 +165,27 @@ def failure_message(path: Path | str, error: Exception) -> str:
 
 
 def _read_for_scoring(
-    jobs: Sequence[tuple[Path, tuple[int, int, int], tuple[str, ...] | None]],
-) -> tuple[np.ndarray, list[CutoutMeta], list[str | None]]:
-    """Worker task: read the planes of a chunk of files and crop them to the model's input shape.
+    jobs: Sequence[Job],
+) -> ReadChunk:
+    """Worker task: read the planes of a chunk of files or packets and crop them to the model's input shape.
 
-    Returns the pixels of the usable files (stacked, in order), their metadata, and for every
-    file None (scored), ``"edge"`` (skipped) or the message of the error that made it unusable.
+    Returns the pixels of the usable ones (stacked, in order), their metadata, and for each
+    None (scored), ``"edge"`` (skipped) or the message of the error that made it unusable.
     """
     height, width, channels = jobs[0][1]
     pixels = np.empty((len(jobs), height, width, channels), dtype=np.float32)
     metas: list[CutoutMeta] = []
     statuses: list[str | None] = []
     for path, shape, planes in jobs:
+        if isinstance(path, BadPacket):
+            statuses.append(path.reason)
+            continue
         try:
-            meta, plane = read_for_model(path, shape, planes)
+            if isinstance(path, Alert):
+                meta, read = read_alert(path, planes)
+                plane = None if meta.edge is True else fit_cutout(read, shape, Path(path.name))
+            else:
+                meta, plane = read_for_model(path, shape, planes)
             if plane is None:
                 statuses.append(_EDGE)
                 continue
@@ -182,7 +193,7 @@ def _read_for_scoring(
             metas.append(meta)
             statuses.append(None)
         except Exception as error:  # a worker must report, never die, on a strange file
-            statuses.append(failure_message(path, error))
+            statuses.append(failure_message(path.name if isinstance(path, Alert) else path, error))
     return pixels[: len(metas)], metas, statuses
 
 
@@ -198,7 +209,7 @@ def _text(value: Any) -> str:
     return text
 
 
-def printable_path(path: Path) -> str:
+def printable_path(path: Path | str) -> str:
     r"""Spell a file name as valid UTF-8 text: bytes that are not UTF-8 are written as ``\xNN``.
 
     File names on Linux are bytes; a name that is not valid UTF-8 (an old Latin-1 disk, say)
@@ -206,8 +217,8 @@ def printable_path(path: Path) -> str:
 
     Parameters
     ----------
-    path : Path
-        A file name as the operating system gave it.
+    path : Path or str
+        A file name as the operating system gave it (a packet's name is one too).
 
     Returns
     -------
@@ -264,7 +275,7 @@ def table_line(cells: Sequence[Any]) -> str:
 
 def _write_rows(
     stream: TextIO,
-    paths: Sequence[Path],
+    paths: Sequence[Path | str],
     metas: list[CutoutMeta],
     p_real: np.ndarray,
     threshold: float,
@@ -275,51 +286,6 @@ def _write_rows(
         if spread is not None:
             cells += (float(spread[index]),)
         stream.write(table_line(cells))
-
-
-def _check_model_fits_cutouts(
-    model_file: Path, shape: tuple[int, int, int], files: Sequence[Path], planes: tuple[str, ...] | None
-) -> None:
-    """Compare the model's input with the first readable cutout's size, before scoring starts.
-
-    A model for other cutouts (another size, other planes) is one mistake, not one problem per
-    file: say so once, naming the model and both shapes. So are cutouts that lack the model's
-    planes (a triplet model on a night of differences): when none of the first cutouts that
-    can be read holds them; a few cutouts without them are skipped and counted when scoring.
-    """
-    height, width, channels = shape
-    if planes is not None and len(planes) != channels:
-        raise DataError(
-            f"{model_file}: the model takes {channels} plane(s), --planes names {len(planes)} ({' '.join(planes)})"
-        )
-
-    def refuse(path: Path, cutout_shape: tuple[int, int, int], reason: str = "") -> NoReturn:
-        cutout_height, cutout_width, cutout_channels = cutout_shape
-        read = f" (planes {' '.join(planes)})" if planes is not None else ""
-        raise DataError(
-            f"{model_file}: the model takes {height}x{width}x{channels} cutouts{read}, but {path.name} (and probably "
-            f"the others in its folder) is {cutout_height}x{cutout_width}x{cutout_channels}{reason}"
-        )
-
-    without_planes: list[tuple[Path, tuple[int, int, int], str]] = []
-    for path in files[:_HEADER_PROBES]:
-        try:
-            meta, location = read_header(path, planes)
-        except Exception as error:  # a bad file is reported when scoring; look at the next one
-            if planes is not None:
-                with contextlib.suppress(Exception):  # readable, but without the planes?
-                    cutout_shape = read_header(path, None)[1].height_width_channels
-                    why = first_line(error).removeprefix(f"{path}: ")
-                    without_planes.append((path, cutout_shape, "" if cutout_shape[2] != channels else f" ({why})"))
-            continue
-        if meta.edge is True:
-            continue
-        cutout_height, cutout_width, cutout_channels = location.height_width_channels
-        if cutout_channels != channels or cutout_height < height or cutout_width < width:
-            refuse(path, location.height_width_channels)
-        return
-    if without_planes:
-        refuse(*without_planes[0])
 
 
 def resolve_planes(asked: tuple[str, ...] | None, from_card: tuple[str, ...] | None) -> tuple[str, ...] | None:
@@ -371,7 +337,10 @@ def scoring_threads() -> tuple[int, int]:
 
 
 def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
-    """Score every cutout of ``config.cutouts`` and write the results table.
+    """Score every cutout and alert packet of ``config.cutouts`` and write the results table.
+
+    FITS cutouts come first, in name order, then the packets in the order they are read
+    (:mod:`otrain.score.sources`); a packet's row is named by its ``name`` (:class:`otrain.io.alerts.Alert`).
 
     Parameters
     ----------
@@ -389,8 +358,8 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     Raises
     ------
     DataError
-        When the model cannot be read, the folder holds no cutout file, or no file could be
-        scored; nothing is written then.
+        When the model cannot be read, ``--cutouts`` holds no cutout file nor packet, or none
+        could be scored; nothing is written then.
 
     Notes
     -----
@@ -405,16 +374,42 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     if choice.backend == "keras":
         scorers = 1  # TensorFlow spreads one batch over the cores itself
     shape = cutout_shape(model)
-    files = list_cutouts(config.cutouts, recursive=config.recursive)
-    if not files:
-        raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz)")
+    files, packets = scoring_sources(config.cutouts, recursive=config.recursive)
+    if not files and not packets:
+        raise DataError(f"{config.cutouts}: no cutout files (*.fits, *.fit, *.fits.gz) nor alert packets")
     planes = resolve_planes(config.planes, card_planes(config.model))
-    _check_model_fits_cutouts(config.model, shape, files, planes)
+    check_model_fits(config.model, shape, files, packets, planes)
     report = InferenceReport(output=config.output_file, n_files=len(files), backend=choice.backend)
     ensemble = output_columns(model) > 2
     spreads: list[np.ndarray] = []
     started = time.perf_counter()
-    jobs = [(path, shape, planes) for path in files]
+
+    def chunks() -> Iterator[tuple[Sequence[Job], ReadChunk]]:
+        """Read the FITS files, then the packets, with the readers (this process, or worker processes)."""
+        if files:
+            yield from map_chunks(
+                _read_for_scoring,
+                [(path, shape, planes) for path in files],
+                workers=scoring_readers() if config.workers is None else config.workers,
+                description="scoring cutouts",
+                preload=["otrain.score.inference"],
+                chunk_size=config.batch_size,
+            )
+
+        def packet_jobs() -> Iterator[list[Job]]:
+            for alerts in alert_chunks(packets, config.batch_size):
+                report.n_files += len(alerts)
+                yield [(alert, shape, planes) for alert in alerts]
+
+        # Packets are decoded here as they stream in, and read by the readers as files are.
+        yield from map_stream(
+            _read_for_scoring,
+            packet_jobs(),
+            workers=scoring_readers() if config.workers is None else config.workers,
+            description="scoring packets",
+            preload=["otrain.score.inference"],
+        )
+
     with (
         atomic_path(config.output_file) as temporary,
         open(temporary, "w", encoding="utf-8") as stream,
@@ -422,7 +417,7 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
     ):
         stream.write("# " + " ".join(INFER_ENSEMBLE_COLUMNS if ensemble else INFER_COLUMNS) + "\n")
 
-        def write(scores_future: Future[Scores], scored: list[Path], metas: list[CutoutMeta]) -> None:
+        def write(scores_future: Future[Scores], scored: list[Path | str], metas: list[CutoutMeta]) -> None:
             p_real, spread = scores_future.result()
             p_real = reweight(p_real, config.prob_ratio)
             _write_rows(stream, scored, metas, p_real, config.threshold, spread)
@@ -434,24 +429,18 @@ def infer(config: InferConfig, choice: BackendChoice) -> InferenceReport:
         # The network scores chunks in threads (TensorFlow and ONNX Runtime release the GIL)
         # while this thread writes the rows of those scored and takes the next chunk from the
         # readers; rows are written in the order of the files.
-        scoring: deque[tuple[Future[Scores], list[Path], list[CutoutMeta]]] = deque()
+        scoring: deque[tuple[Future[Scores], list[Path | str], list[CutoutMeta]]] = deque()
         try:
-            for chunk, (pixels, metas, statuses) in map_chunks(
-                _read_for_scoring,
-                jobs,
-                workers=scoring_readers() if config.workers is None else config.workers,
-                description="scoring cutouts",
-                preload=["otrain.score.inference"],
-                chunk_size=config.batch_size,
-            ):
-                for (path, _, _), status in zip(chunk, statuses, strict=True):
+            for chunk, (pixels, metas, statuses) in chunks():
+                names = [source if isinstance(source, Path) else source.name for source, _, _ in chunk]
+                for name, status in zip(names, statuses, strict=True):
                     if status == _EDGE:
                         report.n_edge += 1
                     elif status is not None:
-                        report.bad_files.append((path, status))
+                        report.bad_files.append((Path(name), status))
                 if not metas:
                     continue
-                scored = [path for (path, _, _), status in zip(chunk, statuses, strict=True) if status is None]
+                scored = [name for name, status in zip(names, statuses, strict=True) if status is None]
                 scoring.append((pool.submit(predict_scores, model, pixels, config.batch_size), scored, metas))
                 while len(scoring) > scorers:
                     write(*scoring.popleft())

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from otrain.errors import DataError, first_line
+from otrain.io.alerts import Alert
 from otrain.io.atomic import atomic_folder
 from otrain.io.card import read_card
 from otrain.io.cutouts import list_cutouts
@@ -43,6 +44,7 @@ from otrain.io.layout import RUN_FILE
 from otrain.io.markers import write_marker
 from otrain.options import ReportConfig
 from otrain.score.inference import printable_path
+from otrain.vet.packets import index_packets
 from otrain.vet.thumbs import CAM_SLOT, PLANE_SLOTS, TILE, overlay, render_chunk, tile, write_sheet
 
 __all__ = ["PAGE", "SHEET_ROWS", "THUMBS", "ReportSummary", "write_report"]
@@ -73,30 +75,33 @@ class ReportSummary:
     seconds: float
 
 
-def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, Path], int]:
+def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, Path | Alert], int]:
     """Find each table file name in ``cutouts``: the path relative to it, as the page names it.
 
     otrain-infer writes the names as it was given them (relative to where it ran, or absolute),
     with bytes that are not UTF-8 escaped; a name is matched on its longest trailing part that
-    is a cutout of the folder. (The candidate ids in the files' headers are then compared with
-    the table's, which catches a folder of another night with the same file names.)
+    is a cutout of the folder, or an alert packet under ``cutouts`` (:mod:`otrain.vet.packets`).
+    (The candidate ids in the files' headers are then compared with the table's, which catches
+    a folder of another night with the same file names.)
 
     Returns
     -------
     list of str
         Each row's file, relative to ``cutouts`` (as :func:`otrain.score.inference.printable_path` spells it).
     dict
-        Those names -> the files.
+        Those names -> the files, or the packets.
     int
-        The cutouts of the folder (its sub-folders too when the table names files in them).
+        The cutouts and packets of the folder (its sub-folders too when the table names files in them).
 
     Raises
     ------
     DataError
         When names are not found in the folder, naming the first.
     """
-    every = list_cutouts(cutouts, recursive=True)
-    known = {printable_path(path.relative_to(cutouts)): path for path in every}
+    every = list_cutouts(cutouts, recursive=True) if cutouts.is_dir() else []
+    known: dict[str, Path | Alert] = {printable_path(path.relative_to(cutouts)): path for path in every}
+    packets = index_packets(cutouts, names)
+    known.update(packets.alerts)
     base = cutouts.resolve()
     found: list[str] = []
     missing: list[str] = []
@@ -125,9 +130,10 @@ def _locate(names: Sequence[str], cutouts: Path) -> tuple[list[str], dict[str, P
         raise DataError(
             f"{cutouts}: {len(missing)} scored file(s) of the table are not in this folder, the first: {missing[0]}"
         )
-    nested = any("/" in name for name in found)
+    nested = any("/" in name for name in found if isinstance(known[name], Path))
     n_files = len(every) if nested else sum(1 for path in every if path.parent == cutouts)
-    return found, known, n_files
+    nested = nested or any(name in packets.nested for name in found)
+    return found, known, n_files + (packets.n_all if nested else packets.n_top)
 
 
 def _read_spread(path: Path, table: Any, names: Sequence[str]) -> np.ndarray | None:
@@ -340,8 +346,10 @@ def write_report(config: ReportConfig) -> ReportSummary:
                 source = int(order[index + position])
                 expected = candidate_key(table["cand_ID"][source])
                 if candid and expected and candid != expected:
+                    where = known[files[source]]
                     raise DataError(
-                        f"{known[files[source]]}: its header names candidate {candid}, the table's row {source + 1} "
+                        f"{where.name if isinstance(where, Alert) else where}: its header names candidate {candid}, "
+                        f"the table's row {source + 1} "
                         f"{expected}: is {config.cutouts} the folder that was scored?"
                     )
             if model is not None:

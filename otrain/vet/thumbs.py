@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from otrain.errors import DataError
+from otrain.io.alerts import Alert, read_alert
 from otrain.io.cutoutmeta import CutoutMeta
 from otrain.io.cutouts import read_header, read_pixels
 from otrain.io.ids import candidate_key
@@ -23,6 +24,7 @@ __all__ = [
     "CAM_SLOT",
     "PLANE_SLOTS",
     "TILE",
+    "alert_tiles",
     "overlay",
     "plane_tiles",
     "render_chunk",
@@ -122,24 +124,45 @@ def plane_tiles(path: Path) -> tuple[np.ndarray, int, CutoutMeta]:
     return tiles, present, meta
 
 
-def render_chunk(
-    jobs: Sequence[tuple[Path, tuple[int, int, int] | None, tuple[str, ...] | None]],
-) -> list[tuple[np.ndarray, int, np.ndarray | None, str] | str]:
-    """Worker task: thumbnails of each file, its pixels as the model reads them (None without Grad-CAM), its id.
+def alert_tiles(alert: Alert) -> tuple[np.ndarray, int, CutoutMeta]:
+    """Render the cutouts an alert packet has as thumbnails, in :data:`PLANE_SLOTS` order (see :func:`plane_tiles`)."""
+    tiles = np.zeros((len(PLANE_SLOTS), TILE, TILE), dtype=np.uint8)
+    present = 0
+    meta = alert.meta
+    for slot, name in enumerate(PLANE_SLOTS):
+        try:
+            meta, pixels = read_alert(alert, (name,))
+        except DataError:  # absent or unreadable: show those the packet has
+            continue
+        tiles[slot] = tile(zscale(pixels[:, :, 0]))
+        present |= 1 << slot
+    return tiles, present, meta
 
-    A file that cannot be read gives its error message instead.
+
+def render_chunk(
+    jobs: Sequence[tuple[Path | Alert, tuple[int, int, int] | None, tuple[str, ...] | None]],
+) -> list[tuple[np.ndarray, int, np.ndarray | None, str] | str]:
+    """Worker task: each file's or packet's thumbnails, pixels as the model reads them (None without Grad-CAM), id.
+
+    A file or packet that cannot be read gives its error message instead.
     """
     results: list[tuple[np.ndarray, int, np.ndarray | None, str] | str] = []
     for path, shape, planes in jobs:
         try:
-            tiles, present, meta = plane_tiles(path)
             model_input = None
-            if shape is not None:
-                _, location = read_header(path, planes)
-                model_input = fit_cutout(read_pixels(path, location), shape, path)
+            if isinstance(path, Alert):
+                tiles, present, meta = alert_tiles(path)
+                if shape is not None:
+                    model_input = fit_cutout(read_alert(path, planes)[1], shape, Path(path.name))
+            else:
+                tiles, present, meta = plane_tiles(path)
+                if shape is not None:
+                    _, location = read_header(path, planes)
+                    model_input = fit_cutout(read_pixels(path, location), shape, path)
             results.append((tiles, present, model_input, candidate_key(meta.candid)))
         except Exception as error:  # a worker must report, never die, on a strange file
-            results.append(str(error) if isinstance(error, DataError) else f"{path}: {type(error).__name__}: {error}")
+            where = path.name if isinstance(path, Alert) else path
+            results.append(str(error) if isinstance(error, DataError) else f"{where}: {type(error).__name__}: {error}")
     return results
 
 
