@@ -62,6 +62,7 @@ def simulated(n: int, *, seed: int = 0, size: int = 63, start: int = ZTF_CANDID)
                 dec=2.0 - index / 64,
                 xpos=100.5 + index,
                 ypos=200.25,
+                publisher="ZTF (www.ztf.caltech.edu)",  # ZTF's stamp-size rule for EDGE applies
             )
         )
     return alerts
