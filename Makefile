@@ -52,11 +52,13 @@ demo: $(STAMP)
 	$(BIN)/otrain-summary
 	@echo
 	@echo "Look at:"
-	@echo "  data/survey/                          the synthetic survey (true/, false/, night/, truth.csv)"
+	@echo "  data/survey/                          the synthetic survey (true/, false/, night/, truth.csv,"
+	@echo "                                        night_alerts.tar.gz: the night as ZTF alert packets)"
 	@echo "  models/CNN_training/survey/           the model, its card, metrics.json, curves"
 	@echo "  reports/vetting/index.html            the vetting page of the scored night: open it in a browser"
 	@echo "                                        ($(CURDIR)/reports/vetting/index.html)"
 	@echo "  reports/                              diagnostics, plots, Grad-CAM, scored night, CheckInfer"
+	@echo "  reports/infer_results_alerts.dat      the same night scored from its alert packets"
 	@echo "  $(BIN)/dvc metrics show               every metric; $(BIN)/dvc plots show for the figures"
 	@echo "  $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db   the tracked run (http://127.0.0.1:5000)"
 

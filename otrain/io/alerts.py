@@ -28,9 +28,12 @@ column as a FITS file's path does.
 
 from __future__ import annotations
 
+import gzip
 import io
 import math
 import os
+import posixpath
+import stat
 import tarfile
 import zlib
 from collections.abc import Iterator
@@ -143,8 +146,13 @@ def sniff(head: bytes) -> Kind | None:
 
 
 def sniff_file(path: Path) -> Kind | None:
-    """Recognise a file from its content (see :func:`sniff`); None when it cannot be read."""
+    """Recognise a regular file from its content (see :func:`sniff`); None when it cannot be read or is no file.
+
+    A FIFO, a socket or a device is never opened (reading a FIFO would wait for a writer).
+    """
     try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
         with open(path, "rb") as stream:
             return sniff(stream.read(_SNIFF_BYTES))
     except OSError:
@@ -216,7 +224,8 @@ def _iter_tar(source: Path | bytes, name: str) -> Iterator[Alert | BadPacket]:
                     continue
                 content = extracted.read()
                 if sniff(content[:_SNIFF_BYTES]) == "avro":
-                    yield from iter_packets(io.BytesIO(content), f"{name}/{member.name}")
+                    member_name = posixpath.normpath(member.name)  # "./night/1.avro" is "night/1.avro"
+                    yield from iter_packets(io.BytesIO(content), f"{name}/{member_name}")
     except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
         yield BadPacket(name, f"{name}: the archive is damaged ({first_line(error)})")
 
@@ -251,7 +260,7 @@ def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:
     Parameters
     ----------
     stream : file-like
-        The file's bytes, from its start.
+        The file's bytes, from its start (seekable), gzip-compressed or not.
     name : str
         What to call it in packet names and messages.
 
@@ -262,6 +271,11 @@ def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:
     """
     import fastavro
 
+    if stream.read(2) == _GZIP_MAGIC:  # a gzipped Avro file (files and BytesIO can seek back)
+        stream.seek(0)
+        stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
+    else:
+        stream.seek(0)
     try:
         reader = fastavro.reader(stream)
     except Exception as error:  # fastavro raises ValueError, EOFError, or its own schema errors

@@ -87,6 +87,11 @@ def _existing_source(path: Path) -> Path:
         raise ValueError(f"folder {str(path)!r} does not exist")
     if not (path.is_dir() or path.is_file()):
         raise ValueError(f"{str(path)!r} is neither a folder nor a file")
+    if path.is_file():
+        from otrain.io.alerts import sniff_file
+
+        if sniff_file(path) == "fits":
+            raise ValueError(f"{str(path)!r} is a cutout file; give the folder that holds the cutouts")
     return path
 
 

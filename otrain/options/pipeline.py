@@ -29,6 +29,7 @@ __all__ = [
     "PARAMS_SECTIONS",
     "PARAMS_STAMP",
     "PIPELINE_FIXED",
+    "PIPELINE_INPUTS",
     "SHARED_SECTIONS",
     "CheckParamsConfig",
     "validate_params",
@@ -103,6 +104,12 @@ PARAMS_SECTIONS: dict[str, type[CommandConfig]] = {
 }
 
 
+#: params.yaml sections that name the pipeline's inputs rather than a command's options: section -> key -> meaning.
+PIPELINE_INPUTS: dict[str, dict[str, str]] = {
+    "alerts": {"night": "the alert packets the infer_alerts stage scores (a packet file, a tarball, a folder)"},
+}
+
+
 def _params_key(section: str) -> Callable[[re.Match[str]], str]:
     """Return a ``re.sub`` replacement spelling ``--frac-true`` as ``<section>.frac_true``."""
     return lambda match: f"{section}.{match[1].replace('-', '_')}"
@@ -117,11 +124,14 @@ def validate_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
     naming the section and the keys. Shared sections (:data:`SHARED_SECTIONS`) must suit every
     command that takes them.
     """
-    unknown = set(params) - set(PARAMS_SECTIONS) - set(SHARED_SECTIONS)
+    unknown = set(params) - set(PARAMS_SECTIONS) - set(SHARED_SECTIONS) - set(PIPELINE_INPUTS)
     if unknown:
         raise ValueError(f"params.yaml: unknown section(s) {', '.join(sorted(unknown))}")
     validated: dict[str, dict[str, Any]] = {}
     for section, values in params.items():
+        if section in PIPELINE_INPUTS:
+            validated[section] = _validate_inputs(section, values)
+            continue
         if section in SHARED_SECTIONS:
             names, commands = SHARED_SECTIONS[section]
             for command in commands:  # the values must suit every command that takes them
@@ -129,6 +139,20 @@ def validate_params(params: dict[str, Any]) -> dict[str, dict[str, Any]]:
             continue
         validated[section] = _validate_section(section, values, PARAMS_SECTIONS[section], PIPELINE_FIXED[section])
     return validated
+
+
+def _validate_inputs(section: str, values: Any) -> dict[str, str]:
+    """Validate a section of input paths (:data:`PIPELINE_INPUTS`): its keys, each a path as text."""
+    if not isinstance(values, dict):
+        raise ValueError(f"params.yaml: {section}: must be a mapping of names to paths")
+    unknown = set(values) - set(PIPELINE_INPUTS[section])
+    if unknown:
+        raise ValueError(f"params.yaml: {section}.{sorted(unknown)[0]}: Extra inputs are not permitted")
+    for name in PIPELINE_INPUTS[section]:
+        value = values.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"params.yaml: {section}.{name}: must be a path ({PIPELINE_INPUTS[section][name]})")
+    return dict(values)
 
 
 def _validate_section(section: str, values: Any, model: type[CommandConfig], excluded: set[str]) -> dict[str, Any]:

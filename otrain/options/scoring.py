@@ -12,6 +12,7 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 from pydantic import AfterValidator, model_validator
 
 from otrain.io import outputs as formats
+from otrain.io.alerts import sniff_file
 from otrain.io.layout import TEST_CUBE, card_file, int8_path, twin_path
 from otrain.io.outputs import Output, check_outputs
 from otrain.options.base import (
@@ -96,9 +97,7 @@ class InferConfig(CommandConfig):
         "nightly archives, recognised by content), or one packet file or archive.",
     )
     model: ExistingFile = option(..., "Trained model file (.keras or .h5, original O'TRAIN models included).")
-    prob_ratio: float | None = option(
-        None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: no re-weighting."
-    )
+    prob_ratio: float | None = option(None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: none.")
     output: Path | None = option(
         None,
         "Output table (default: <cutouts>/infer_results.dat, beside it for a packet file). An existing file is "
@@ -145,8 +144,9 @@ class InferConfig(CommandConfig):
             _writable_folder(output.parent)
         except ValueError as error:
             raise ValueError(f"--output: {error}") from None
-        if output.name.lower().endswith(FITS_SUFFIXES) and _is_under(output, self.cutouts, self.recursive):
-            raise ValueError(f"--output: {str(output)!r} is a cutout being scored; choose another path")
+        scored = output.name.lower().endswith(FITS_SUFFIXES) or sniff_file(output) in ("avro", "tar")
+        if scored and _is_under(output, self.cutouts, self.recursive):
+            raise ValueError(f"--output: {str(output)!r} is a cutout or alert packet being scored; choose another path")
         _check_outputs(
             self,
             "--output",
@@ -233,9 +233,7 @@ class InferSparkConfig(CommandConfig):
     threshold: Probability | None = option(
         None, "Probability threshold of the 'real' column: real if label1 > threshold. Default: the model card's."
     )
-    prob_ratio: float | None = option(
-        None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: no re-weighting."
-    )
+    prob_ratio: float | None = option(None, "Prior re-weighting p' = p / (p + (1 - p) * r) of P(real); default: none.")
     planes: Planes = option(None, "Image planes to read, in channel order. Default: those of the model card.")
     batch_size: PositiveInt = option(PREDICT_BATCH, "Cutouts scored per batch on each executor.")
     overwrite: bool = option(

@@ -115,6 +115,8 @@ def alert_record(row: dict[str, Any]) -> dict[str, Any]:
         The record as ``fastavro`` decodes a packet, for :func:`otrain.io.alerts.alert_from_record`.
     """
     record: dict[str, Any] = {
+        # Fink's tables hold ZTF's alerts as ZTF published them: its stamp-size rule for EDGE holds.
+        "publisher": "ZTF",
         "candid": _cell(row["candid"]),
         "objectId": _cell(row["objectId"]),
         "candidate": {name: _cell(row[name]) for name in CANDIDATE_FIELDS},

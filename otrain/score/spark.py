@@ -61,7 +61,7 @@ from otrain.score.inference import (
     resolve_planes,
     table_line,
 )
-from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS, arrow, meta_fields, packed_planes
+from otrain.score.pack import TEXT_COLUMNS, arrow, meta_fields, packed_planes
 from otrain.score.spark_executor import (
     EDGE,
     Problems,
@@ -72,28 +72,22 @@ from otrain.score.spark_executor import (
     has_fits_suffix,
     local_name,
 )
+from otrain.score.spark_frames import (
+    MAX_FILE_BYTES,
+    cutout_roots,
+    decoded_schema,
+    file_source,
+    scored_rows,
+    spark_uri,
+)
 from otrain.score.spark_session import require_spark, spark_message, spark_session
 from otrain.track.uris import resolve_model
 
-__all__ = ["Scorer", "SparkReport", "cutout_roots", "decoded_schema", "file_source", "infer_spark", "scored_rows"]
+__all__ = ["Scorer", "SparkReport", "infer_spark"]
 
 logger = logging.getLogger("otrain")
 
 
-def _spark_uri(location: str | Path) -> str:
-    """Return what Spark reads or writes: a URI as given, a local path as an absolute ``file:`` URI.
-
-    A bare path would be resolved against the cluster's default file system (often HDFS).
-    """
-    text = str(location)
-    if urllib.parse.urlparse(text).scheme and not Path(text).exists():
-        return text
-    # Not Path.as_uri(): Hadoop reads a path's characters as they are and would keep its %-escapes.
-    return "file://" + str(Path(text).absolute())
-
-
-#: The largest file Spark's binaryFile source reads (its content is one Java byte array).
-_MAX_FILE_BYTES = 2**31 - 1
 #: Bytes of a file's start that tell its format (:func:`otrain.io.alerts.sniff`).
 _SNIFF_BYTES = 4096
 
@@ -275,11 +269,11 @@ def _score(
         decoded = source.mapInPandas(decode_files(shape, planes, problems, others, scoring, roots), schema)
         where = config.cutouts
     elif is_alert_table(config.parquet):
-        table = select_alert_columns(spark.read.parquet(_spark_uri(config.parquet)))
+        table = select_alert_columns(spark.read.parquet(spark_uri(config.parquet)))
         decoded = table.mapInPandas(decode_alert_rows(shape, planes, problems, scoring, str(config.parquet)), schema)
         where = str(config.parquet)
     else:
-        packed = spark.read.parquet(_spark_uri(config.parquet))
+        packed = spark.read.parquet(spark_uri(config.parquet))
         decoded = packed.mapInPandas(decode_packed(shape, problems, scoring), schema)
         where = str(config.parquet)
     if scorer is not None:
@@ -288,7 +282,7 @@ def _score(
     report = SparkReport(output=config.output, table=config.table, threshold=threshold)
     with atomic_folder(config.output) as folder:
         target = folder / "data"
-        scored.write.mode("error").parquet(_spark_uri(target))
+        scored.write.mode("error").parquet(spark_uri(target))
         parts = sorted(part for part in target.iterdir() if part.suffix == ".parquet")
         for part in parts:
             part.rename(folder / part.name)
@@ -328,84 +322,6 @@ def _score(
             report.n_real = int(pc.sum(pq.read_table(folder, columns=["real"])["real"]).as_py() or 0)
     report.seconds = time.perf_counter() - started
     return report
-
-
-def file_source(reader: Any, cutouts: str) -> Any:
-    """Return the (path, content) rows of the cutout files below ``cutouts``: ``spark.read`` or ``spark.readStream``.
-
-    Batch and stream read the same files with the same options.
-    """
-    from pyspark.sql import functions, types
-    from pyspark.sql.streaming import DataStreamReader
-
-    reader = reader.format("binaryFile")
-    if isinstance(reader, DataStreamReader):
-        # A file stream takes no schema from its files: binaryFile's own.
-        reader = reader.schema(
-            types.StructType(
-                [
-                    types.StructField("path", types.StringType(), False),
-                    types.StructField("modificationTime", types.TimestampType(), False),
-                    types.StructField("length", types.LongType(), False),
-                    types.StructField("content", types.BinaryType(), True),
-                ]
-            )
-        )
-    # Every file: those with a FITS suffix are cutouts, the others are read when they hold alert
-    # packets (told from their bytes by the executors), else passed over.
-    return (
-        reader.option("recursiveFileLookup", "true")
-        # A file Spark cannot read (no permission, gone since the listing) would fail the
-        # whole job: Spark leaves it out, and _unread_files reports it with the others.
-        .option("ignoreCorruptFiles", "true")
-        .option("ignoreMissingFiles", "true")
-        .load(_spark_uri(cutouts))
-        # Spark fails the job on a file over 2 GiB (a night's tarball): left out here, unread
-        # without reading its bytes (Spark applies the filter to the listing), and reported.
-        .filter(functions.col("length") < functions.lit(_MAX_FILE_BYTES))
-        .select("path", "content")
-    )
-
-
-def cutout_roots(cutouts: str) -> tuple[str, str] | None:
-    """Return (the local --cutouts folder absolute, as given), for naming files as otrain-infer does; None for a URI."""
-    local = not urllib.parse.urlparse(cutouts).scheme or Path(cutouts).exists()
-    return (str(Path(cutouts).absolute()), cutouts) if local else None
-
-
-def decoded_schema(scored: bool, ensemble: bool) -> Any:
-    """Return the schema of the decoders' rows: the metadata, then label1 (``scored``) or the pixels, and the spread."""
-    from pyspark.sql import types
-
-    last = (
-        [types.StructField("label1", types.DoubleType())]
-        if scored
-        else [types.StructField("pixels", types.ArrayType(types.FloatType()))]
-    )
-    if ensemble:
-        last.append(types.StructField("spread", types.DoubleType()))
-    return types.StructType(
-        [
-            *(
-                types.StructField(name, types.StringType() if name in TEXT_COLUMNS else types.DoubleType())
-                for name in META_COLUMNS
-            ),
-            *last,
-        ]
-    )
-
-
-def scored_rows(decoded: Any, threshold: float, ensemble: bool) -> Any:
-    """Return the output rows of decoded ones that hold label1: the columns of infer_results.dat (and the spread)."""
-    from pyspark.sql import functions
-
-    return decoded.select(
-        *META_COLUMNS,
-        (functions.lit(1.0) - functions.col("label1").cast("double")).alias("label0"),
-        functions.col("label1").cast("double").alias("label1"),
-        (functions.col("label1") > functions.lit(threshold)).cast("long").alias("real"),
-        *([functions.col("spread").cast("double").alias("spread")] if ensemble else []),
-    )
 
 
 def _unread_files(
@@ -451,7 +367,7 @@ def _unread_problem(
     if urllib.parse.urlparse(uri).scheme == "file" and path.exists() and not path.is_file():
         return None
     size = _file_size(spark, uri, path, local)
-    if size is not None and size >= _MAX_FILE_BYTES:
+    if size is not None and size >= MAX_FILE_BYTES:
         return f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
     if not has_fits_suffix(uri):
         try:

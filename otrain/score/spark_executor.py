@@ -309,7 +309,7 @@ def decode_files(
             handled: list[tuple[str, tuple[int, int]]] = []
             for uri, content in zip(batch["path"][~cutouts], batch["content"][~cutouts], strict=True):
                 name = printable_path(Path(local_name(uri, roots)))
-                data = bytes(content)
+                data = b"" if content is None else bytes(content)  # a Kafka message without a value
                 rows, problems_before = 0, len(skipped)
                 if sniff(data[:_SNIFF_BYTES]) in ("avro", "tar"):
                     for item in iter_content(data, name):

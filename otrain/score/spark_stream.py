@@ -1,10 +1,10 @@
 """otrain-infer-spark --stream: score cutout files as they land, with Spark Structured Streaming.
 
 The stream reads the files below --cutouts with the batch job's source
-(:func:`otrain.score.spark.file_source`, Spark's ``binaryFile`` as a file stream), decodes and
+(:func:`otrain.score.spark_frames.file_source`, Spark's ``binaryFile`` as a file stream), decodes and
 scores them in the executors with the batch job's decoder
-(:func:`otrain.score.spark_executor.decode_fits`), and gives rows of the batch job's columns
-(:func:`otrain.score.spark.scored_rows`) to Spark's Parquet file sink. The sink and the query's
+(:func:`otrain.score.spark_executor.decode_files`), and gives rows of the batch job's columns
+(:func:`otrain.score.spark_frames.scored_rows`) to Spark's Parquet file sink. The sink and the query's
 checkpoint give exactly-once output: a micro-batch's part files count only once the sink has
 logged them in ``<output>/_spark_metadata``, and a query restarted from its checkpoint reads no
 file it has read before.
@@ -144,7 +144,7 @@ def start_stream(
     _Running
         The query and its accumulators.
     """
-    from otrain.score.spark import cutout_roots, decoded_schema, file_source, scored_rows
+    from otrain.score.spark_frames import cutout_roots, decoded_schema, file_source, scored_rows, spark_uri
 
     shape, planes, ensemble = model_input
     problems = spark.sparkContext.accumulator([], Problems())
@@ -162,12 +162,11 @@ def start_stream(
         roots = cutout_roots(config.cutouts)
     decode = _counted(decode_files(shape, planes, problems, others, scoring, roots), scored)
     rows = scored_rows(packet_rows(source).mapInPandas(decode, decoded_schema(True, ensemble)), threshold, ensemble)
-    from otrain.score.spark import _spark_uri
 
     writer = (
         rows.writeStream.format("parquet")
         .outputMode("append")
-        .option("checkpointLocation", _spark_uri(checkpoint_folder(config.output, config.checkpoint)))
+        .option("checkpointLocation", spark_uri(checkpoint_folder(config.output, config.checkpoint)))
         .queryName("otrain_infer_spark")
     )
     if config.available_now:
@@ -175,7 +174,7 @@ def start_stream(
     else:
         seconds = config.trigger if config.trigger is not None else DEFAULT_TRIGGER
         writer = writer.trigger(processingTime=f"{seconds:g} seconds")
-    query = writer.start(_spark_uri(config.output))
+    query = writer.start(spark_uri(config.output))
     return _Running(query, problems, scored, others=others, messages=messages)
 
 

@@ -58,7 +58,7 @@ def make_dataset(
     """Return a batched dataset; with several replicas, every batch splits evenly between them.
 
     Keras under ``MirroredStrategy`` fails on a batch that does not split evenly: the batch size
-    is a multiple of the replicas (see :func:`~otrain.train.distribute._replica_batch`), the
+    is a multiple of the replicas (see ``otrain.train.distribute._replica_batch``), the
     training set drops its last partial batch (the shuffle changes it every epoch), the validation
     set at most ``replicas - 1`` cutouts.
     """

@@ -44,9 +44,10 @@ class PacketIndex:
 
 def _relative(name: str, source: Path, cutouts: Path) -> str:
     """Return a packet's name relative to ``--cutouts``: inside a folder, or after a file's name."""
+    within = name[len(str(source)) :]  # "", "#n" or "/member" (a packet's name starts with its file's)
     if source == cutouts:
-        return cutouts.name + name[len(str(cutouts)) :]
-    return name[len(str(cutouts)) + 1 :]
+        return cutouts.name + within
+    return source.relative_to(cutouts).as_posix() + within
 
 
 def index_packets(cutouts: Path, names: Iterable[str]) -> PacketIndex:

@@ -88,6 +88,12 @@ def test_compose_stack_shape() -> None:
     assert trainer["build"]["dockerfile"] == "docker/Dockerfile.gpu"
     assert services["trainer-cpu"]["profiles"] == ["cpu"]
     assert "deploy" not in services["trainer-cpu"]
+    night = services["night"]  # a night of alert packets: the pipeline's stage, on the CPU image
+    assert night["profiles"] == ["alerts"]
+    assert night["command"] == ["dvc", "repro", "infer_alerts"]
+    assert "infer_alerts" in load_yaml(ROOT / "dvc.yaml")["stages"]
+    assert night["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert night["image"] == "${OTRAIN_IMAGE:-otrain:cpu}"
     # Nothing from Docker Hub: PostgreSQL is built from Debian's package, on a base of the user's choice.
     postgres = services["postgres"]
     assert postgres["build"]["dockerfile"] == "docker/Dockerfile.postgres"

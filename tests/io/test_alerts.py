@@ -69,14 +69,16 @@ def test_a_ztf_packet_gives_its_planes_ids_and_measurements_exactly(tmp_path: Pa
     np.testing.assert_array_equal(diff_only[:, :, 0], alert.planes["DIFF"])
 
 
-def test_a_packet_and_its_fits_cutout_give_the_same_pixels(tmp_path: Path) -> None:
+def test_a_packet_and_its_fits_cutout_give_the_planes_written(tmp_path: Path) -> None:
     alert = _ztf(1285423380015015017)
     write_packets(tmp_path / "one.avro", [ztf_record(alert)], ztf_schema())
     stamp = tmp_path / "diff.fits.gz"
     stamp.write_bytes(fits_stamp(alert.planes["DIFF"], compress=True))
     _, location = read_header(stamp)
     (read,) = _alerts(tmp_path / "one.avro")
-    np.testing.assert_array_equal(read_alert(read)[1], read_pixels(stamp, location))
+    from_packet, from_file = read_alert(read)[1], read_pixels(stamp, location)
+    np.testing.assert_array_equal(from_packet[:, :, 0], alert.planes["DIFF"])
+    np.testing.assert_array_equal(from_file[:, :, 0], alert.planes["DIFF"])
 
 
 @pytest.mark.parametrize("version", [None, "7.4"])
@@ -136,7 +138,9 @@ def test_sniff_tells_the_formats_apart_from_their_first_bytes(tmp_path: Path) ->
         info.size = len(avro)
         archive.addfile(info, io.BytesIO(avro))
     assert sniff(avro) == "avro"
-    assert sniff(gzip.compress(avro)) == "avro"
+    assert sniff(gzip.compress(avro)) == "avro"  # and read as such:
+    (tmp_path / "a.avro.gz").write_bytes(gzip.compress(avro))
+    assert [alert.meta.candid for alert in _alerts(tmp_path / "a.avro.gz")] == [1]
     assert sniff(buffer.getvalue()[:4096]) == "tar"
     assert sniff(gzip.compress(buffer.getvalue())[:4096]) == "tar"
     assert sniff(stamp) == "fits"
@@ -227,3 +231,12 @@ def test_packets_in_memory_read_as_their_file_and_tarball_do(tmp_path: Path) -> 
     *_, last = iter_content(damaged, "cut.tar.gz")
     assert isinstance(last, BadPacket)
     assert last.reason.startswith("cut.tar.gz: the archive is damaged")
+
+
+def test_a_fifo_among_the_packets_is_passed_over_not_waited_on(tmp_path: Path) -> None:
+    import os
+
+    write_packets(tmp_path / "a.avro", [ztf_record(_ztf(9))], ztf_schema())
+    os.mkfifo(tmp_path / "pipe")  # opening it to read would wait for a writer forever
+    assert sniff_file(tmp_path / "pipe") is None
+    assert packet_files(tmp_path) == [tmp_path / "a.avro"]

@@ -56,6 +56,8 @@ def test_params_yaml_promotes_by_rank_not_at_a_fixed_threshold() -> None:
         ({"train": {"epochs": 0}}, "train.epochs: must be a positive whole number"),
         ({"convert": {"frac_true": 1.5}}, "convert.frac_true: must be a fraction"),
         ({"trian": {}}, "unknown section(s) trian"),
+        ({"alerts": {"night": " "}}, "alerts.night: must be a path"),
+        ({"alerts": {"night": "n.tar.gz", "nite": "x"}}, "alerts.nite: Extra inputs are not permitted"),
         ({"convert": {"cube": "other"}}, "convert.cube: Extra inputs are not permitted"),
         ({"train": {"frac": 0.6, "test_frac": 0.6}}, "train.frac, train.test_frac: together must leave data"),
         ({"train": {"mixed_precision": True, "normalisation": "none"}}, "train.mixed_precision: needs"),
@@ -486,9 +488,9 @@ def test_a_code_change_marks_the_stages_that_run_it(pipeline: tuple[Path, str], 
         "otrain/simulate/physics.py": {"simulate"},
         "otrain/judge/checkinfer.py": {"diagnostics", "plot_results", "grad_cam", "checkinfer", "report", "promote"},
         "otrain/metrics/plots.py": {"train", "diagnostics", "plot_results", "grad_cam", "checkinfer"}
-        | {"optimise_dataset_size", "report", "promote", "infer"},
+        | {"optimise_dataset_size", "report", "promote", "infer", "infer_alerts"},
         "otrain/score/scoring.py": {"train", "diagnostics", "plot_results", "grad_cam", "promote", "infer"}
-        | {"optimise_dataset_size", "report"},
+        | {"optimise_dataset_size", "report", "infer_alerts"},
         "otrain/vet/templates/vetting.html": {"report"},
     }
     for module, stages in changed_by.items():

@@ -306,3 +306,19 @@ def test_packets_read_by_worker_processes_give_the_same_table(models: dict[int, 
         )
     assert (tmp_path / "w1.dat").read_bytes() == (tmp_path / "w2.dat").read_bytes()
     assert len(rows(tmp_path / "w2.dat")) == len(alerts)
+
+
+def test_a_lone_cutout_file_and_a_packet_as_output_are_option_errors(
+    models: dict[int, Path], tmp_path: Path, capsys: Any
+) -> None:
+    night = tmp_path / "night"
+    (packet,) = write_ztf(night, simulated(1))
+    lone = tmp_path / "lone.fits"
+    fits.PrimaryHDU(np.zeros((SIZE, SIZE), np.float32)).writeto(lone)
+    assert call_main(infer_main, "--cutouts", lone, "--model", models[1], "--no-tracking") == 2
+    assert "is a cutout file; give the folder that holds the cutouts" in capsys.readouterr().err
+    before = packet.read_bytes()
+    assert infer(night, models[1], packet, "--overwrite") == 2  # the packet being scored, even with --overwrite
+    assert "is a cutout or alert packet being scored" in capsys.readouterr().err
+    assert packet.read_bytes() == before
+    assert sorted(path.name for path in night.iterdir()) == [packet.name]

@@ -223,13 +223,15 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     fink = tmp_path / "fink"
     broken = ztf_record(packet(9))
     broken["cutoutDifference"]["stampData"] = b"not FITS either" * 100
-    fink_table(fink / "part-0.parquet", [ztf_record(alert) for alert in alerts[:5]] + [broken])
+    cut = ztf_record(packet(10, size=40))  # a stamp ZTF cut at the CCD's edge: EDGE in a Fink table too
+    fink_table(fink / "part-0.parquet", [ztf_record(alert) for alert in alerts[:5]] + [broken, cut])
     from_fink = tmp_path / "fink.parquet"
     assert call_main(spark_main, "--parquet", fink, "--output", from_fink, *arguments) == 0
     captured = capsys.readouterr()
     rows = read_parquet(from_fink)
     assert sorted(rows) == sorted(f"{fink}#{alert.candid}" for alert in alerts[:5])
     assert_scored_as_twins(by_candid(rows), expected)
-    assert "scored 5 of 6 cutouts" in captured.out
+    assert "scored 5 of 7 cutouts" in captured.out
+    assert "skipped 1 EDGE, 1 unreadable" in captured.out
     (warning,) = [line for line in captured.err.splitlines() if "warning: skipped:" in line]
     assert warning.startswith(f"otrain-infer-spark: warning: skipped: {fink}#{FIRST_CANDID + 9}:cutoutDifference")

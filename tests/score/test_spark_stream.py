@@ -293,8 +293,8 @@ def test_kafka_rows_are_named_by_offset_and_scored_by_the_same_decoder(twin_mode
 
     import fastavro
 
-    from otrain.score.spark import decoded_schema, scored_rows
     from otrain.score.spark_executor import Problems, Scoring, decode_files
+    from otrain.score.spark_frames import decoded_schema, scored_rows
     from otrain.score.spark_session import spark_session
     from otrain.score.spark_stream import packet_rows
     from otrain.simulate.packets import ztf_schema

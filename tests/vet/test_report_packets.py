@@ -144,3 +144,23 @@ def test_packets_without_a_readable_template_show_the_planes_they_have(
     data = page_data(output)
     masks = [row[data["columns"].index("planes")] for row in data["rows"]]
     assert masks == [0b1101, 0b1101]  # science, difference, Grad-CAM; no reference
+
+
+def test_packets_are_found_from_the_current_folder_and_in_a_tarball_of_dot_members(
+    night: dict[str, object], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--cutouts .`` and a tarball made with ``tar -C night -czf x.tgz .`` (members ``./name``)."""
+    here = tmp_path / "here"
+    here.mkdir()
+    stage = Path(night["root"]) / "stage"  # type: ignore[arg-type]
+    with tarfile.open(here / "dots.tgz", "w:gz") as archive:
+        archive.add(stage, arcname=".")
+    monkeypatch.chdir(here)
+    common = ("--model", night["model"], "--no-tracking")
+    assert call_main(infer_main, "--cutouts", ".", "--output", "../scored.dat", *common) == 0
+    names = [line.split()[0] for line in (tmp_path / "scored.dat").read_text().splitlines()[1:]]
+    assert sorted(names) == sorted(f"dots.tgz/{path.name}" for path in stage.iterdir())  # no "./" inside
+    output = tmp_path / "vetting"
+    assert call_main(report_main, "--infer", "../scored.dat", "--cutouts", ".", "--output", output, *common) == 0
+    data = page_data(output)
+    assert sorted(row[data["columns"].index("file")] for row in data["rows"]) == sorted(names)
