@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import gzip
 import io
+import json
 import math
 import os
 import posixpath
@@ -269,19 +270,16 @@ def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:
     Alert or BadPacket
         One per packet; on damage, the packets before it and one :class:`BadPacket`.
     """
-    import fastavro
-
     if stream.read(2) == _GZIP_MAGIC:  # a gzipped Avro file (files and BytesIO can seek back)
         stream.seek(0)
         stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
     else:
         stream.seek(0)
     try:
-        reader = fastavro.reader(stream)
+        schema, reader = _container(stream)
     except Exception as error:  # fastavro raises ValueError, EOFError, or its own schema errors
         yield BadPacket(name, f"{name}: not an Avro alert file ({first_line(error)})")
         return
-    schema = reader.writer_schema
     survey = _survey(schema)
     if survey is None:
         schema_name = schema.get("name", "?") if isinstance(schema, dict) else "?"
@@ -303,6 +301,82 @@ def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:
         except DataError as error:
             yield BadPacket(label, str(error))
         index += 1
+
+
+def _container(stream: BinaryIO) -> tuple[Any, Iterator[dict[str, Any]]]:
+    """Open an Avro object container file: its writer schema, and an iterator over its records.
+
+    Every ZTF packet file carries the same 23 KB schema, and parsing it takes eight times as long
+    as decoding the packet (``benchmarks/bench_alerts.py``): each distinct schema is parsed once
+    per process (:data:`_PARSED`), and the blocks (codecs ``null`` and ``deflate``) are decoded
+    with ``fastavro``'s schemaless reader. Other codecs go through ``fastavro.reader``.
+    """
+    import fastavro
+    from fastavro.read import HEADER_SCHEMA
+
+    header = fastavro.schemaless_reader(stream, _parsed("header", HEADER_SCHEMA))
+    if header["magic"] != _AVRO_MAGIC:
+        raise ValueError("not an Avro object container file")
+    meta = header["meta"]
+    codec = meta.get("avro.codec", b"null").decode()
+    if "avro.schema" not in meta:
+        raise ValueError("no schema in the file's header")
+    text = meta["avro.schema"].decode()
+    if codec not in ("null", "deflate"):
+        stream.seek(0)
+        reader = fastavro.reader(stream)
+        return reader.writer_schema, iter(reader)
+    schema = json.loads(text)
+    return schema, _blocks(stream, _parsed(text, schema), codec, header["sync"])
+
+
+#: Parsed Avro schemas by their text (a few distinct ones in practice; the cache stops growing at 64).
+_PARSED: dict[str, Any] = {}
+
+
+def _parsed(key: str, schema: Any) -> Any:
+    """Return ``schema`` parsed by ``fastavro``, once per ``key``."""
+    import fastavro
+
+    parsed = _PARSED.get(key)
+    if parsed is None:
+        parsed = fastavro.parse_schema(schema)
+        if len(_PARSED) < 64:
+            _PARSED[key] = parsed
+    return parsed
+
+
+def _read_long(stream: BinaryIO) -> int | None:
+    """Read an Avro long (zig-zag varint); None at the end of the stream, before its first byte."""
+    shift = result = 0
+    while True:
+        byte = stream.read(1)
+        if not byte:
+            if shift == 0:
+                return None
+            raise EOFError("the file ends inside a block's header")
+        result |= (byte[0] & 0x7F) << shift
+        if not byte[0] & 0x80:
+            return (result >> 1) ^ -(result & 1)
+        shift += 7
+
+
+def _blocks(stream: BinaryIO, parsed: Any, codec: str, sync: bytes) -> Iterator[dict[str, Any]]:
+    """Yield the records of a container file's blocks, checking each block's length and sync marker."""
+    import fastavro
+
+    while (count := _read_long(stream)) is not None:
+        size = _read_long(stream)
+        if size is None or count < 0 or size < 0:
+            raise EOFError("the file ends inside a block's header")
+        data = stream.read(size)
+        if len(data) < size:
+            raise EOFError(f"expected {size} bytes, read {len(data)}")
+        if stream.read(16) != sync:
+            raise ValueError("a block does not end with the file's sync marker")
+        block = io.BytesIO(zlib.decompress(data, -15) if codec == "deflate" else data)
+        for _ in range(count):
+            yield fastavro.schemaless_reader(block, parsed)
 
 
 def _survey(schema: Any) -> Literal["ztf", "rubin"] | None:
@@ -471,6 +545,11 @@ def read_alert(alert: Alert, planes: tuple[str, ...] | None = None) -> tuple[Cut
         where = Path(f"{alert.name}:{PLANE_FIELDS[plane]}")
         if content is None:
             raise DataError(f"{where}: the packet has no such cutout")
+        if content.startswith(_GZIP_MAGIC):  # ZTF's stamps: unpacked once here, not by each reader
+            try:
+                content = gzip.decompress(content)
+            except (OSError, EOFError, zlib.error) as error:
+                raise DataError(f"{where}: the cutout is not valid gzip ({first_line(error)})") from None
         _, location = read_header(where, None, content=content)
         pixels = read_pixels(where, location, content=content)
         if pixels.shape[2] != 1:
