@@ -10,6 +10,8 @@ Modules:
 * :mod:`otrain.io.cutouts`: cutout files: listing them, their headers, their pixels;
 * :mod:`otrain.io.cutoutmeta`: a cutout's metadata, from its header keywords;
 * :mod:`otrain.io.alerts`: survey alert packets (ZTF, Rubin; Avro files, folders, tarballs);
+* :mod:`otrain.io.avro`: Avro object container files, each distinct schema parsed once;
+* :mod:`otrain.io.labels`: labels tables (candid, label);
 * :mod:`otrain.io.layout`: the file layout of a training folder and the files beside every model;
 * :mod:`otrain.io.card`: the model card: the JSON written beside every model;
 * :mod:`otrain.io.ids`: candidate ids: read from a header or a table, matched as text;
@@ -21,12 +23,14 @@ Modules:
 __all__ = [
     "alerts",
     "atomic",
+    "avro",
     "card",
     "cutoutmeta",
     "cutouts",
     "fitsreader",
     "ids",
     "jsonfile",
+    "labels",
     "layout",
     "locking",
     "markers",
