@@ -79,16 +79,23 @@ def checkpoint_folder(output: Path, checkpoint: Path | None) -> Path:
     return checkpoint if checkpoint is not None else output / "_checkpoint"
 
 
-def stream_marker(cutouts: str, model: str, threshold: float | None) -> dict[str, Any]:
+def stream_marker(cutouts: str, model: str, threshold: float | None, checkpoint: Path) -> dict[str, Any]:
     """Return what a stream's marker records besides the command: what its rows were scored from and with.
 
-    A local path is recorded absolute, so that a run from another folder is recognised.
+    A local path is recorded absolute, so that a run from another folder is recognised; the
+    checkpoint too, so that another stream's checkpoint is never paired with this output.
     """
 
     def absolute(text: str) -> str:
         return str(Path(text).absolute()) if Path(text).exists() else text
 
-    return {"stream": True, "cutouts": absolute(cutouts), "model": absolute(model), "threshold": threshold}
+    return {
+        "stream": True,
+        "cutouts": absolute(cutouts),
+        "model": absolute(model),
+        "threshold": threshold,
+        "checkpoint": str(checkpoint.absolute()),
+    }
 
 
 def _is_in(path: Path, folder: Path) -> bool:
@@ -140,8 +147,8 @@ def check_stream_folders(
                 f"--output: {str(output)!r} exists and is not a stream's output written by otrain-infer-spark --stream "
                 "(a stream adds to an empty or new folder, or to its own); choose another path"
             )
-        wanted = stream_marker(cutouts, model, threshold)
-        for key in ("cutouts", "model", "threshold"):
+        wanted = stream_marker(cutouts, model, threshold, checkpoint_folder(output, checkpoint))
+        for key in ("cutouts", "model", "threshold", "checkpoint"):
             if marker.get(key) != wanted[key]:
                 raise ValueError(
                     f"--{key}: the stream in {str(output)!r} was started with --{key} {marker.get(key)}, not "

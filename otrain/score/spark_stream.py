@@ -312,7 +312,9 @@ def stream_scores(
         assert config.cutouts is not None  # checked with the options
         # The folder is the stream's from its start: a later run finds it by its marker.
         config.output.mkdir(parents=True, exist_ok=True)
-        write_marker(config.output, "otrain-infer-spark", stream_marker(config.cutouts, config.model, config.threshold))
+        checkpoint = checkpoint_folder(config.output, config.checkpoint)
+        marker = stream_marker(config.cutouts, config.model, config.threshold, checkpoint)
+        write_marker(config.output, "otrain-infer-spark", marker)
         with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
             # After the session starts: SparkContext sets a SIGINT handler of its own, which cancels
             # the jobs and interrupts whatever py4j call is running.

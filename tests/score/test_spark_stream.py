@@ -192,6 +192,12 @@ def test_stream_options_and_folders_are_checked_before_spark_starts(
     lost = tmp_path / "lost.parquet"
     (lost / "_spark_metadata").mkdir(parents=True)
     (lost / PARQUET_MARKER).write_text(json.dumps({**record, "model": str(model.absolute()), "threshold": 0.5}))
+    paired = tmp_path / "paired.parquet"  # a stream's output, and the checkpoint of another stream
+    (paired / "_spark_metadata").mkdir(parents=True)
+    mine = {**record, "model": str(model.absolute()), "threshold": 0.5, "checkpoint": str(tmp_path / "cp-a")}
+    (paired / PARQUET_MARKER).write_text(json.dumps(mine))
+    (tmp_path / "cp-b").mkdir()
+    (tmp_path / "cp-b" / "metadata").write_text("{}")
     cases = {
         (*streamed, "--parquet", cutouts): "--parquet: not with --stream",
         (*streamed, "--table", tmp_path / "t.dat"): "--table: not with --stream",
@@ -206,6 +212,9 @@ def test_stream_options_and_folders_are_checked_before_spark_starts(
         ("--model", model, "--cutouts", cutouts, "--stream", "--output", batch): "--output: ",
         ("--model", model, "--cutouts", cutouts, "--stream", "--output", other): "--model: the stream in",
         ("--model", model, "--cutouts", cutouts, "--stream", "--output", lost): "--checkpoint: ",
+        (*base[:4], "--cutouts", cutouts, "--stream", "--output", paired, "--checkpoint", tmp_path / "cp-b"): (
+            f"--checkpoint: the stream in {str(paired)!r} was started with --checkpoint {tmp_path / 'cp-a'}"
+        ),
     }
     for arguments, message in cases.items():
         assert call_main(spark_main, *arguments) == 2, arguments
