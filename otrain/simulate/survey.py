@@ -15,7 +15,7 @@ import numpy as np
 from astropy.wcs import WCS
 
 from otrain.errors import DataError
-from otrain.io.markers import SIMULATE_MARKER, write_marker
+from otrain.io.markers import SIMULATE_MARKER, read_marker, write_marker
 from otrain.io.parallel import map_chunks
 from otrain.options import SIMULATE_OUTPUTS, SimulateConfig
 from otrain.simulate.kinds import BOGUS_KINDS, KINDS, REAL_KINDS, render_candidate
@@ -275,7 +275,9 @@ def _remove_previous_survey(out: Path) -> None:
         with open(truth, newline="") as stream:
             for row in csv.DictReader(stream):
                 (out / row["path"]).unlink(missing_ok=True)
-    for name in ("truth.csv", "night/crossmatch.dat", NIGHT_PACKETS, SIMULATE_MARKER):
+    previous = read_marker(out, "otrain-simulate") or {}
+    written = ("truth.csv", "night/crossmatch.dat", *((NIGHT_PACKETS,) if previous.get("night_packets") else ()))
+    for name in (*written, SIMULATE_MARKER):
         (out / name).unlink(missing_ok=True)
 
 

@@ -267,3 +267,6 @@ def test_the_night_as_alert_packets_holds_every_candidate_not_at_an_edge(tmp_pat
     assert archive.read_bytes() == first
     assert simulate(out, "--overwrite", n_true=2, n_false=2) == 0
     assert not archive.exists()
+    archive.write_bytes(b"the user's own night")  # not the survey's (its marker says no packets): kept
+    assert simulate(out, "--overwrite", n_true=2, n_false=2) == 0
+    assert archive.read_bytes() == b"the user's own night"
