@@ -1,8 +1,9 @@
 """A labels table: which candidates are real and which bogus, by candidate id.
 
 The table is a CSV file whose header row names at least the columns ``candid`` and ``label``
-(in any order, other columns ignored), as the marks of a vetting session are exported: one row
-per candidate, label ``1`` for real and ``0`` for bogus. Ids are read and matched as text
+(in any order, other columns ignored): one row per candidate, label ``1`` for real and ``0``
+for bogus. The marks the vetting page exports (``cand_ID``, ``mark``: ``real``, ``bogus`` or
+``skip``, which is no label) are read as such a table. Ids are read and matched as text
 through :func:`otrain.io.ids.candidate_key`, never through ``float``, so 19-digit ZTF candids
 stay exact. A candidate listed twice with the same label is one label; with two different
 labels it is an error.
@@ -17,12 +18,15 @@ from pathlib import Path
 from otrain.errors import DataError
 from otrain.io.ids import candidate_key
 
-__all__ = ["LABEL_COLUMNS", "read_labels"]
+__all__ = ["LABEL_COLUMNS", "MARK_COLUMNS", "read_labels"]
 
 #: The columns a labels table must have.
 LABEL_COLUMNS = ("candid", "label")
-#: How a label cell may be spelled, and the label it means.
-_LABELS = {"1": 1, "0": 0, "1.0": 1, "0.0": 0}
+#: The columns of the vetting page's marks (``otrain-report``'s "Export marks"), read instead.
+MARK_COLUMNS = ("cand_ID", "mark")
+#: How a label cell may be spelled, and the label it means (None: no label, the row is passed over).
+_LABELS: dict[str, int | None] = {"1": 1, "0": 0, "1.0": 1, "0.0": 0}
+_MARKS: dict[str, int | None] = {"real": 1, "bogus": 0, "skip": None}
 
 
 def read_labels(path: Path) -> dict[str, int]:
@@ -62,13 +66,16 @@ def read_labels(path: Path) -> dict[str, int]:
         columns: dict[str, int] = {}
         for index, cell in enumerate(header):
             columns.setdefault(cell.strip(), index)
-        missing = [name for name in LABEL_COLUMNS if name not in columns]
+        names, spellings = LABEL_COLUMNS, _LABELS
+        if all(name in columns for name in MARK_COLUMNS) and not all(name in columns for name in LABEL_COLUMNS):
+            names, spellings = MARK_COLUMNS, _MARKS
+        missing = [name for name in names if name not in columns]
         if missing:
             raise DataError(
                 f"{path}: the header lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                f"(needs {','.join(LABEL_COLUMNS)}, in any order)"
+                f"(needs {','.join(LABEL_COLUMNS)}, in any order, or the vetting page's {','.join(MARK_COLUMNS)})"
             )
-        id_column, label_column = columns["candid"], columns["label"]
+        id_column, label_column = columns[names[0]], columns[names[1]]
         for row in reader:
             if not any(cell.strip() for cell in row):
                 continue
@@ -76,11 +83,14 @@ def read_labels(path: Path) -> dict[str, int]:
             cell = row[id_column] if id_column < len(row) else ""
             key = candidate_key(cell)
             if not key:
-                raise DataError(f"{path}: line {line}: no candidate id in column candid")
+                raise DataError(f"{path}: line {line}: no candidate id in column {names[0]}")
             shown = row[label_column] if label_column < len(row) else ""
-            label = _LABELS.get(shown.strip())
-            if label is None:
-                raise DataError(f"{path}: line {line}: label {shown!r} is neither 1 (real) nor 0 (bogus)")
+            if shown.strip() not in spellings:
+                allowed = "1 (real) nor 0 (bogus)" if spellings is _LABELS else "real, bogus nor skip"
+                raise DataError(f"{path}: line {line}: {names[1]} {shown!r} is neither {allowed}")
+            label = spellings[shown.strip()]
+            if label is None:  # a skip mark: no label
+                continue
             if key in labels and labels[key] != label:
                 raise DataError(
                     f"{path}: line {line}: candidate {key} is labelled {label}, "
