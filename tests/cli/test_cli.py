@@ -231,7 +231,7 @@ def test_check_params_passes_a_good_file_and_names_the_first_mistake(
     good, stamp = tmp_path / "params.yaml", tmp_path / "reports" / "checked.txt"
     good.write_text(yaml.safe_dump(params))
     assert call_main(check_params_main, "--params", good, "--stamp", stamp) == 0
-    assert f"{good}: 12 sections, every option valid" in capsys.readouterr().out
+    assert f"{good}: 13 sections, every option valid" in capsys.readouterr().out
     first = stamp.read_bytes()
     params["train"]["epochs"] = 99  # another valid file: the same stamp, so DVC reruns only what changed
     good.write_text(yaml.safe_dump(params))
