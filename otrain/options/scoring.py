@@ -144,9 +144,11 @@ class InferConfig(CommandConfig):
             _writable_folder(output.parent)
         except ValueError as error:
             raise ValueError(f"--output: {error}") from None
-        scored = output.name.lower().endswith(FITS_SUFFIXES) or sniff_file(output) in ("avro", "tar")
-        if scored and _is_under(output, self.cutouts, self.recursive):
-            raise ValueError(f"--output: {str(output)!r} is a cutout or alert packet being scored; choose another path")
+        what = "a cutout" if output.name.lower().endswith(FITS_SUFFIXES) else "an alert packet"
+        if (what == "a cutout" or sniff_file(output) in ("avro", "tar")) and _is_under(
+            output, self.cutouts, self.recursive
+        ):
+            raise ValueError(f"--output: {str(output)!r} is {what} being scored; choose another path")
         _check_outputs(
             self,
             "--output",

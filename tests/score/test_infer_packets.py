@@ -319,6 +319,6 @@ def test_a_lone_cutout_file_and_a_packet_as_output_are_option_errors(
     assert "is a cutout file; give the folder that holds the cutouts" in capsys.readouterr().err
     before = packet.read_bytes()
     assert infer(night, models[1], packet, "--overwrite") == 2  # the packet being scored, even with --overwrite
-    assert "is a cutout or alert packet being scored" in capsys.readouterr().err
+    assert "is an alert packet being scored" in capsys.readouterr().err
     assert packet.read_bytes() == before
     assert sorted(path.name for path in night.iterdir()) == [packet.name]

@@ -175,14 +175,14 @@ def test_a_checkpoint_write_cut_short_leaves_the_previous_checkpoint_whole(
 def test_a_damaged_checkpoint_is_named_in_one_line(
     workspace: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import otrain.train.training
+    import otrain.train.publish
 
     def interrupt(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     root = tmp_path / "models"
     folder = folder_of(root)
-    monkeypatch.setattr(otrain.train.training, "mark_complete", interrupt)
+    monkeypatch.setattr(otrain.train.publish, "mark_complete", interrupt)  # where a training ends (finish)
     assert train(workspace, "m", "--epochs", "1", "--no-tracking", models=str(root)) == 130
     monkeypatch.undo()
     weights = folder / ".checkpoint" / "epoch-0001" / "latest.weights.h5"
@@ -213,7 +213,7 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
 ) -> None:
     from mlflow.tracking import MlflowClient
 
-    import otrain.train.training
+    import otrain.train.publish
 
     def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
@@ -221,7 +221,7 @@ def test_interrupted_while_writing_the_outputs_leaves_none_and_resume_does_not_r
     root = tmp_path / "models"
     folder = folder_of(root)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
-    monkeypatch.setattr(otrain.train.training, "write_card", interrupted)  # after the model, cubes and history
+    monkeypatch.setattr(otrain.train.publish, "write_card", interrupted)  # after the model, cubes and history
     assert train(workspace, "m", "--epochs", "2", models=str(root)) == 130
     monkeypatch.undo()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
