@@ -367,16 +367,19 @@ def _unread_problem(
     if urllib.parse.urlparse(uri).scheme == "file" and path.exists() and not path.is_file():
         return None
     size = _file_size(spark, uri, path, local)
-    if size is not None and size >= MAX_FILE_BYTES:
-        return f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
+    too_big = f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
     if not has_fits_suffix(uri):
         try:
             head = _local_head(path) if local else _hadoop_read(spark, uri, _SNIFF_BYTES)
         except Exception:  # OSError, py4j's Java exception: what it holds cannot be told
             return None
         if sniff(head) not in ("avro", "tar"):
-            return None
+            return None  # not packets: passed over, however large
+        if size is not None and size >= MAX_FILE_BYTES:
+            return too_big
         return f"{path}: Spark could not read the file, though the driver can (check the executors' access to it)"
+    if size is not None and size >= MAX_FILE_BYTES:
+        return too_big
     if not local:
         try:
             content = _hadoop_read(spark, uri)

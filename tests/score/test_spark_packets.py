@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import tarfile
 from pathlib import Path
 
@@ -180,8 +181,13 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     write_packets(folder / "bad.avro", [ztf_record(packet(6, size=40)), no_diff, not_fits], ztf_schema())
     (folder / "notes.txt").write_text("not a packet\n")
     (folder / "empty.avro").write_bytes(b"")
-    with open(folder / "sub" / "huge.tar", "wb") as stream:  # sparse; Spark reads no file over 2 GiB
-        stream.truncate(2**31)
+    header = io.BytesIO()  # a tarball's start, then sparse: Spark reads no file over 2 GiB
+    with tarfile.open(fileobj=header, mode="w") as archive:
+        archive.add(folder / "night.avro", arcname="night.avro")
+    for name, head in (("huge.tar", header.getvalue()[:4096]), ("frame.raw", b"")):
+        with open(folder / "sub" / name, "wb") as stream:  # frame.raw: no packet, passed over unlisted
+            stream.write(head)
+            stream.truncate(2**31)
 
     reference = tmp_path / "twins.dat"
     assert call_main(infer_main, "--cutouts", twins, "--model", model, "--output", reference) == 0
