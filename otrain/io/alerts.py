@@ -97,7 +97,8 @@ class Alert:
         FITS bytes (gzipped or not) of each plane present, by plane name (``IMAGE``, ...).
     stamp : int or None
         The side of a whole stamp when the survey's stamps have one (63 for packets that ZTF
-        published): a smaller stamp was cut at the CCD's edge. None: no such rule.
+        published): a smaller stamp was cut at the CCD's edge, and a whole one is read as the
+        even cutout without its first row and column (see :func:`read_alert`). None: no such rule.
     """
 
     name: str
@@ -451,7 +452,10 @@ def read_alert(alert: Alert, planes: tuple[str, ...] | None = None) -> tuple[Cut
         cutouts of ZTF alerts flag it, else False.
     numpy.ndarray
         The planes, unscaled values applied, non-finite pixels kept (the crop and their
-        replacement are :mod:`otrain.data.cutouts`'s, as for a file).
+        replacement are :mod:`otrain.data.cutouts`'s, as for a file). A whole stamp of a survey
+        with a stamp size (ZTF's 63x63) comes without its first row and column: 62x62 with the
+        candidate at pixel 30, the layout of the FITS cutouts made from ZTF's packets, so a
+        packet and its FITS cutout give a model the same pixels whatever its input size.
 
     Raises
     ------
@@ -486,5 +490,9 @@ def read_alert(alert: Alert, planes: tuple[str, ...] | None = None) -> tuple[Cut
             )
         stacked.append(pixels)
     cut = alert.stamp is not None and min(stacked[0].shape[:2]) < alert.stamp
-    meta = replace(alert.meta, edge=cut)
-    return meta, stacked[0] if len(stacked) == 1 else np.concatenate(stacked, axis=2)
+    pixels = stacked[0] if len(stacked) == 1 else np.concatenate(stacked, axis=2)
+    if alert.stamp is not None and pixels.shape[:2] == (alert.stamp, alert.stamp):
+        # An odd stamp centre-cropped to an even size and the even cutout cropped alike put
+        # the candidate one pixel apart; read as the FITS cutouts hold it, they agree.
+        pixels = pixels[1:, 1:]
+    return replace(alert.meta, edge=cut), pixels

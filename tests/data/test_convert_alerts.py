@@ -95,7 +95,8 @@ def test_ztf_packets_make_a_cube_of_their_exact_planes_ids_and_objects(
     assert cube.cube.shape == (7, 31, 31, 3)
     for row, alert in enumerate(kept):
         for channel, plane in enumerate(PLANES):
-            assert_array_equal(cube.cube[row, :, :, channel], alert.planes[plane][16:47, 16:47])
+            # ZTF's 63x63 stamp is read as its 62x62 part from row and column 1, then cropped
+            assert_array_equal(cube.cube[row, :, :, channel], alert.planes[plane][1:, 1:][16:47, 16:47])
     assert cube.candids.dtype == np.int64
     assert cube.candids.tolist() == [alert.candid for alert in kept]
     assert cube.candids.tolist()[:2] == [BASE + 5, BASE + 1]
@@ -132,7 +133,7 @@ def test_a_labels_table_with_other_columns_in_another_order(tmp_path: Path) -> N
         (BASE + 2, 1),
         (BASE + 3, 0),
     ]
-    assert_array_equal(cube.cube[0, :, :, 0], alerts[0].planes["DIFF"])  # DIFF alone by default
+    assert_array_equal(cube.cube[0, :, :, 0], alerts[0].planes["DIFF"][1:, 1:])  # DIFF alone by default
 
 
 def test_rubin_packets_are_grouped_by_their_dia_object(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -156,14 +157,18 @@ def test_rubin_packets_are_grouped_by_their_dia_object(tmp_path: Path, capsys: p
 
 
 def write_stdpipe_twin(path: Path, alert: PacketAlert) -> None:
-    """The alert as an STDPipe cutout: metadata in the primary header, IMAGE, TEMPLATE and DIFF extensions."""
+    """The alert as an STDPipe cutout: metadata in the primary header, IMAGE, TEMPLATE and DIFF extensions.
+
+    ZTF's 63x63 stamps go in as the FITS cutouts made from ZTF's packets hold them: 62x62,
+    without their first row and column.
+    """
     primary = fits.PrimaryHDU()
     for key, value in {"NAME": str(alert.candid), "FILE": str(alert.object_id), "FILTER": alert.band}.items():
         primary.header[key] = value
     for key, value in {"mag_calib": alert.mag, "mag_calib_err": alert.magerr, "FWHM": alert.fwhm}.items():
         primary.header[f"HIERARCH {key}" if len(key) > 8 else key] = value
     primary.header["EDGE"] = False
-    extensions = [fits.ImageHDU(alert.planes[plane], name=plane) for plane in PLANES]
+    extensions = [fits.ImageHDU(alert.planes[plane][1:, 1:], name=plane) for plane in PLANES]
     path.parent.mkdir(parents=True, exist_ok=True)
     fits.HDUList([primary, *extensions]).writeto(path)
 

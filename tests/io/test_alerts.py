@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from numpy.testing import assert_array_equal
 
 from otrain.errors import DataError
 from otrain.io.alerts import (
@@ -214,6 +215,15 @@ def test_a_ztf_stamp_cut_at_the_ccd_edge_is_flagged_edge_and_planes_of_two_sizes
     assert read_alert(edge)[0].edge is True
     assert read_alert(full)[0].edge is False
     assert read_alert(other)[0].edge is False
+    # A whole ZTF stamp is read as the FITS cutouts made from ZTF's packets hold it: 62x62,
+    # without its first row and column; a cut stamp, and another publisher's, as they are.
+    assert_array_equal(read_alert(full, PLANES)[1], np.dstack([whole.planes[p][1:, 1:] for p in PLANES]))
+    assert_array_equal(read_alert(edge)[1][:, :, 0], small.planes["DIFF"])
+    assert_array_equal(read_alert(other)[1][:, :, 0], simulated.planes["DIFF"])
+    not_ztf = PacketAlert(candid=9, object_id="SIM9", planes=_planes(9, 63))
+    write_packets(tmp_path / "other.avro", [ztf_record(not_ztf)], ztf_schema())
+    (unruled,) = _alerts(tmp_path / "other.avro")
+    assert read_alert(unruled)[1].shape == (63, 63, 1)
     with pytest.raises(DataError, match="the planes differ in size"):
         read_alert(different, PLANES)
 

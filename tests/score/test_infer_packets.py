@@ -80,7 +80,11 @@ def write_ztf(folder: Path, alerts: list[PacketAlert]) -> list[Path]:
 
 
 def write_stdpipe_twins(packets: Path, folder: Path, alerts: list[PacketAlert]) -> None:
-    """Write each alert as an STDPipe cutout: its planes, and the metadata the packet reader decoded."""
+    """Write each alert as an STDPipe cutout: its planes, and the metadata the packet reader decoded.
+
+    A whole ZTF stamp (63x63) goes in as the FITS cutouts made from ZTF's packets hold it:
+    62x62, without its first row and column.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     decoded = [item for item in iter_alerts(packets) if isinstance(item, Alert)]
     assert len(decoded) == len(alerts)
@@ -94,7 +98,10 @@ def write_stdpipe_twins(packets: Path, folder: Path, alerts: list[PacketAlert]) 
         primary.header["FWHM"] = meta.fwhm
         primary.header["HIERARCH mag_calib"] = meta.mag
         primary.header["HIERARCH mag_calib_err"] = meta.magerr
-        extensions = [fits.ImageHDU(alert.planes[plane], name=plane) for plane in PLANES]
+        whole = read.survey == "ztf" and alert.planes["DIFF"].shape == (63, 63)
+        extensions = [
+            fits.ImageHDU(alert.planes[plane][1:, 1:] if whole else alert.planes[plane], name=plane) for plane in PLANES
+        ]
         extensions[-1].header["FILTER"] = meta.filter
         fits.HDUList([primary, *extensions]).writeto(folder / f"c{index:03d}.fits")
 

@@ -45,11 +45,16 @@ def packet(index: int, size: int = 63) -> PacketAlert:
     )
 
 
-def fits_twin(folder: Path, alert: PacketAlert) -> None:
-    """Write an alert's difference stamp and measurements as an STDPipe cutout."""
+def fits_twin(folder: Path, alert: PacketAlert, *, ztf: bool = True) -> None:
+    """Write an alert's difference stamp and measurements as an STDPipe cutout.
+
+    A whole ZTF stamp (63x63) goes in as the FITS cutouts made from ZTF's packets hold it:
+    62x62, without its first row and column; Rubin's (``ztf`` False) as it is.
+    """
+    difference = alert.planes["DIFF"]
     write_stdpipe(
         folder / f"{alert.candid}.fits",
-        alert.planes["DIFF"],
+        difference[1:, 1:] if ztf and difference.shape == (63, 63) else difference,
         CANDID=alert.candid,
         mag_calib=alert.mag,
         mag_calib_err=alert.magerr,
@@ -173,7 +178,7 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     rubin.object_id = 170032915540099070
     schema = rubin_schema()
     write_packets(folder / "sub" / "rubin.avro", [rubin_record(rubin, schema)], schema)
-    fits_twin(twins, rubin)
+    fits_twin(twins, rubin, ztf=False)
     # an EDGE stamp, a packet without its difference stamp, one whose stamp is not FITS, files passed over
     no_diff, not_fits = ztf_record(packet(7)), ztf_record(packet(8))
     no_diff["cutoutDifference"] = None
