@@ -21,7 +21,6 @@ and the replacement of non-finite pixels are :mod:`otrain.data.cutouts`'s.
 from __future__ import annotations
 
 import errno
-import gzip
 import io
 import os
 import warnings
@@ -38,6 +37,7 @@ from otrain.io.fitsreader import (
     FITS_DTYPES,
     HDUHeader,
     NotSimpleError,
+    gunzip_content,
     is_gzipped,
     is_image,
     iter_hdus,
@@ -386,7 +386,7 @@ def _astropy_source(path: Path, content: bytes | None, compressed: bool) -> Path
     """Return what astropy opens: the file, or its bytes (decompressed: astropy tells gzip only in files)."""
     if content is None:
         return path
-    return io.BytesIO(gzip.decompress(content) if compressed else content)
+    return io.BytesIO(gunzip_content(content) if compressed else content)
 
 
 def _is_compressed(path: Path, content: bytes | None = None) -> bool:

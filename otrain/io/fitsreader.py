@@ -33,6 +33,7 @@ __all__ = [
     "INTEGER",
     "HDUHeader",
     "NotSimpleError",
+    "gunzip_content",
     "is_gzipped",
     "is_image",
     "iter_hdus",
@@ -275,7 +276,7 @@ def open_fits(path: Path, content: bytes | None = None) -> Iterator[tuple[Binary
     """
     if content is not None:
         compressed = content[:2] == _GZIP_MAGIC
-        data = gzip.decompress(content) if compressed else content
+        data = gunzip_content(content) if compressed else content
         yield io.BytesIO(data), len(data), compressed
         return
     with open(path, "rb") as stream:
@@ -305,6 +306,28 @@ def _gunzip(stream: BinaryIO) -> bytes:
     content = gzip.decompress(stream.read())
     _last_gunzipped = (identity, content) if len(content) <= _MAX_CACHED_BYTES else None
     return content
+
+
+#: The last bytes in memory decompressed, when small: the same bytes object and its content.
+#: Spark's ``binaryFile`` rows reach the readers as bytes, asked for headers and then pixels.
+_last_content: tuple[bytes, bytes] | None = None
+
+
+def gunzip_content(content: bytes) -> bytes:
+    """Decompress a gzipped file's bytes held in memory; asked again for the same object, decompress it once.
+
+    Raises
+    ------
+    OSError, EOFError, zlib.error
+        If the bytes are not a valid, complete gzip stream.
+    """
+    global _last_content
+    cached = _last_content
+    if cached is not None and cached[0] is content:
+        return cached[1]
+    data = gzip.decompress(content)
+    _last_content = (content, data) if len(data) <= _MAX_CACHED_BYTES else None
+    return data
 
 
 def read_array(
@@ -339,7 +362,7 @@ def read_array(
     """
     count = math.prod(shape)
     if content is not None:
-        data = gzip.decompress(content) if compressed else content
+        data = gunzip_content(content) if compressed else content
         if len(data) < offset + count * np.dtype(dtype).itemsize:
             return None
         raw = np.frombuffer(data, dtype=dtype, count=count, offset=offset)

@@ -18,7 +18,7 @@ from otrain.cli.simulate import main as simulate_main
 from otrain.data.cutouts import read_cutout
 from otrain.errors import DataError
 from otrain.io.cutouts import list_cutouts, read_header, read_header_with_astropy, read_pixels
-from otrain.io.fitsreader import BLOCK, NotSimpleError, iter_hdus, open_fits
+from otrain.io.fitsreader import BLOCK, NotSimpleError, gunzip_content, iter_hdus, open_fits
 
 _COMMENTARY = {"", "COMMENT", "HISTORY"}
 
@@ -81,6 +81,23 @@ def test_gzipped_cutouts_read_as_the_same_files_uncompressed(survey: Path) -> No
         assert location.compressed
         assert location.planes == tuple(replace(plane, compressed=True) for plane in plain_location.planes)
         assert_array_equal(read_pixels(path, location), read_pixels(plain, plain_location))
+
+
+def test_gzipped_bytes_in_memory_read_as_their_file_and_are_unpacked_once(survey: Path) -> None:
+    first, second = list_cutouts(survey / "gz", recursive=True)[:2]
+    for path in (first, second):
+        content = path.read_bytes()
+        meta, location = read_header(path, content=content)
+        assert (meta, location) == read_header(path)
+        assert_array_equal(read_pixels(path, location, content=content), read_pixels(path, location))
+    one, other = first.read_bytes(), second.read_bytes()
+    unpacked = gunzip_content(one)
+    assert unpacked == gzip.decompress(one)
+    assert gunzip_content(one) is unpacked  # the headers, then the pixels: unpacked once
+    copy = bytes(bytearray(one))  # equal bytes, another object: unpacked again
+    assert gunzip_content(copy) is not unpacked
+    assert gunzip_content(copy) == unpacked
+    assert gunzip_content(other) == gzip.decompress(other) != unpacked
 
 
 def _card(text: str) -> bytes:
