@@ -48,7 +48,9 @@ from otrain.io.avro import read_container
 from otrain.io.cutoutmeta import CutoutMeta
 
 __all__ = [
+    "NJY_ZERO_POINT",
     "PLANE_FIELDS",
+    "SNIFF_BYTES",
     "ZTF_STAMP",
     "Alert",
     "BadPacket",
@@ -68,12 +70,12 @@ ZTF_STAMP = 63
 #: ZTF's filter ids.
 _ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
 #: Zero point of Rubin's fluxes in nJy: AB magnitude = -2.5 log10(flux) + 31.4.
-_NJY_ZERO_POINT = 31.4
+NJY_ZERO_POINT = 31.4
 _SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _AVRO_MAGIC = b"Obj\x01"
 _GZIP_MAGIC = b"\x1f\x8b"
-#: Bytes looked at to recognise a file (a tar header is 512 bytes).
-_SNIFF_BYTES = 4096
+#: Bytes of a file's start that tell its format (:func:`sniff`; a tar header is 512 bytes, gzip needs more).
+SNIFF_BYTES = 4096
 
 Kind = Literal["avro", "tar", "fits", "parquet"]
 
@@ -156,33 +158,32 @@ def sniff_file(path: Path) -> Kind | None:
         if not stat.S_ISREG(path.stat().st_mode):
             return None
         with open(path, "rb") as stream:
-            return sniff(stream.read(_SNIFF_BYTES))
+            return sniff(stream.read(SNIFF_BYTES))
     except OSError:
         return None
 
 
-def packet_files(location: Path) -> list[Path]:
-    """List the files holding packets: ``location`` itself, or the Avro files and tarballs under a folder.
+def packet_files(location: Path, *, recursive: bool = True, besides: tuple[str, ...] = ()) -> list[Path]:
+    """List the files holding packets, in name order: ``location`` itself, or the Avro files and tarballs in a folder.
 
     Parameters
     ----------
     location : Path
-        A file (whatever its content: a file that is not packets is reported when read) or a
-        folder, walked recursively; hidden files and folders are left out.
-
-    Returns
-    -------
-    list of Path
-        In name order.
+        A file (whatever its content: one that is not packets is reported when read) or a
+        folder (its sub-folders too if ``recursive``); hidden files and folders are left out.
+    besides : tuple of str
+        Lower-case name endings of files left out unread (``FITS_SUFFIXES``: cutouts).
     """
     if not location.is_dir():
         return [location]
     found = []
     for root, folders, files in os.walk(location):
-        folders[:] = sorted(folder for folder in folders if not folder.startswith("."))
-        for name in sorted(files):
+        folders[:] = sorted(folder for folder in folders if not folder.startswith(".")) if recursive else []
+        for name in files:
+            if name.startswith(".") or (besides and name.lower().endswith(besides)):
+                continue
             path = Path(root) / name
-            if not name.startswith(".") and sniff_file(path) in ("avro", "tar"):
+            if sniff_file(path) in ("avro", "tar"):
                 found.append(path)
     return sorted(found)
 
@@ -225,7 +226,7 @@ def _iter_tar(source: Path | bytes, name: str) -> Iterator[Alert | BadPacket]:
                 if extracted is None:
                     continue
                 content = extracted.read()
-                if sniff(content[:_SNIFF_BYTES]) == "avro":
+                if sniff(content[:SNIFF_BYTES]) == "avro":
                     member_name = posixpath.normpath(member.name)  # "./night/1.avro" is "night/1.avro"
                     yield from iter_packets(io.BytesIO(content), f"{name}/{member_name}")
     except (OSError, EOFError, tarfile.TarError, zlib.error) as error:
@@ -247,7 +248,7 @@ def iter_content(content: bytes, name: str) -> Iterator[Alert | BadPacket]:
     Alert or BadPacket
         As :func:`iter_alerts` for one file; one :class:`BadPacket` for content that is neither.
     """
-    kind = sniff(content[:_SNIFF_BYTES])
+    kind = sniff(content[:SNIFF_BYTES])
     if kind == "tar":
         yield from _iter_tar(content, name)
     elif kind == "avro":
@@ -407,7 +408,7 @@ def _rubin_alert(record: dict[str, Any], name: str) -> Alert:
     flux, flux_error = _number(source.get("psfFlux")), _number(source.get("psfFluxErr"))
     mag = magerr = None
     if flux is not None and flux != 0.0:
-        mag = -2.5 * math.log10(abs(flux)) + _NJY_ZERO_POINT
+        mag = -2.5 * math.log10(abs(flux)) + NJY_ZERO_POINT
         magerr = None if flux_error is None else 2.5 / math.log(10.0) * flux_error / abs(flux)
     fwhm = None
     ixx, iyy = _number(source.get("ixxPSF")), _number(source.get("iyyPSF"))

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import csv
 import io
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from otrain.errors import DataError
 from otrain.io.ids import candidate_key
 
-__all__ = ["LABEL_COLUMNS", "MARK_COLUMNS", "read_labels"]
+__all__ = ["LABEL_COLUMNS", "MARK_COLUMNS", "csv_rows", "read_labels"]
 
 #: The columns a labels table must have.
 LABEL_COLUMNS = ("candid", "label")
@@ -27,6 +28,57 @@ MARK_COLUMNS = ("cand_ID", "mark")
 #: How a label cell may be spelled, and the label it means (None: no label, the row is passed over).
 _LABELS: dict[str, int | None] = {"1": 1, "0": 0, "1.0": 1, "0.0": 0}
 _MARKS: dict[str, int | None] = {"real": 1, "bogus": 0, "skip": None}
+
+
+def csv_rows(path: Path, column_sets: Sequence[tuple[str, ...]], needs: str) -> Iterator[tuple[int, dict[str, str]]]:
+    """Read a UTF-8 CSV file with a header row: each non-blank row's line number and named cells.
+
+    Parameters
+    ----------
+    path : Path
+        The file; a byte-order mark is allowed, blank lines are passed over.
+    column_sets : sequence of tuple of str
+        The columns to read: the first set whose columns the header all holds, in any order
+        (others are ignored); a short row's missing cells are empty.
+    needs : str
+        What the header needs, in words, for the message when no set is complete.
+
+    Yields
+    ------
+    tuple
+        (line number, {column: cell}) for the columns of the set read.
+
+    Raises
+    ------
+    DataError
+        One line naming the file (and the line): not readable, not UTF-8, no header, a missing
+        column (those of the first set), not CSV.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8-sig")
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader, None)
+        if header is None or not any(cell.strip() for cell in header):
+            raise DataError(f"{path}: no header line (expected the columns {','.join(column_sets[0])})")
+        columns: dict[str, int] = {}
+        for index, cell in enumerate(header):
+            columns.setdefault(cell.strip(), index)
+        names = next((names for names in column_sets if all(name in columns for name in names)), None)
+        if names is None:
+            missing = [name for name in column_sets[0] if name not in columns]
+            raise DataError(
+                f"{path}: the header lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} ({needs})"
+            )
+        for row in reader:
+            if any(cell.strip() for cell in row):
+                yield reader.line_num, {name: row[columns[name]] if columns[name] < len(row) else "" for name in names}
+    except csv.Error as error:
+        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({error})") from None
 
 
 def read_labels(path: Path) -> dict[str, int]:
@@ -50,55 +102,26 @@ def read_labels(path: Path) -> dict[str, int]:
         column, not CSV, an empty id, a label other than 1 or 0, or a candidate given two
         different labels.
     """
-    try:
-        text = path.read_bytes().decode("utf-8-sig")
-    except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{path}: not UTF-8 text (byte {error.start}: {error.reason})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     labels: dict[str, int] = {}
     first_line: dict[str, int] = {}
-    try:
-        header = next(reader, None)
-        if header is None or not any(cell.strip() for cell in header):
-            raise DataError(f"{path}: no header line (expected the columns {','.join(LABEL_COLUMNS)})")
-        columns: dict[str, int] = {}
-        for index, cell in enumerate(header):
-            columns.setdefault(cell.strip(), index)
-        names, spellings = LABEL_COLUMNS, _LABELS
-        if all(name in columns for name in MARK_COLUMNS) and not all(name in columns for name in LABEL_COLUMNS):
-            names, spellings = MARK_COLUMNS, _MARKS
-        missing = [name for name in names if name not in columns]
-        if missing:
+    needs = f"needs {','.join(LABEL_COLUMNS)}, in any order, or the vetting page's {','.join(MARK_COLUMNS)}"
+    for line, cells in csv_rows(path, (LABEL_COLUMNS, MARK_COLUMNS), needs):
+        names, spellings = (LABEL_COLUMNS, _LABELS) if "label" in cells else (MARK_COLUMNS, _MARKS)
+        key = candidate_key(cells[names[0]])
+        if not key:
+            raise DataError(f"{path}: line {line}: no candidate id in column {names[0]}")
+        shown = cells[names[1]]
+        if shown.strip() not in spellings:
+            allowed = "1 (real) nor 0 (bogus)" if spellings is _LABELS else "real, bogus nor skip"
+            raise DataError(f"{path}: line {line}: {names[1]} {shown!r} is neither {allowed}")
+        label = spellings[shown.strip()]
+        if label is None:  # a skip mark: no label
+            continue
+        if key in labels and labels[key] != label:
             raise DataError(
-                f"{path}: the header lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                f"(needs {','.join(LABEL_COLUMNS)}, in any order, or the vetting page's {','.join(MARK_COLUMNS)})"
+                f"{path}: line {line}: candidate {key} is labelled {label}, but {labels[key]} on line {first_line[key]}"
             )
-        id_column, label_column = columns[names[0]], columns[names[1]]
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            line = reader.line_num
-            cell = row[id_column] if id_column < len(row) else ""
-            key = candidate_key(cell)
-            if not key:
-                raise DataError(f"{path}: line {line}: no candidate id in column {names[0]}")
-            shown = row[label_column] if label_column < len(row) else ""
-            if shown.strip() not in spellings:
-                allowed = "1 (real) nor 0 (bogus)" if spellings is _LABELS else "real, bogus nor skip"
-                raise DataError(f"{path}: line {line}: {names[1]} {shown!r} is neither {allowed}")
-            label = spellings[shown.strip()]
-            if label is None:  # a skip mark: no label
-                continue
-            if key in labels and labels[key] != label:
-                raise DataError(
-                    f"{path}: line {line}: candidate {key} is labelled {label}, "
-                    f"but {labels[key]} on line {first_line[key]}"
-                )
-            if key not in labels:
-                labels[key] = label
-                first_line[key] = line
-    except csv.Error as error:
-        raise DataError(f"{path}: line {reader.line_num}: not valid CSV ({error})") from None
+        if key not in labels:
+            labels[key] = label
+            first_line[key] = line
     return labels

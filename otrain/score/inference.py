@@ -126,14 +126,14 @@ def fit_cutout(pixels: np.ndarray, shape: tuple[int, int, int], path: Path) -> n
 
 
 def read_for_model(
-    path: Path, shape: tuple[int, int, int], planes: tuple[str, ...] | None, content: bytes | None = None
+    path: Path | Alert, shape: tuple[int, int, int], planes: tuple[str, ...] | None, content: bytes | None = None
 ) -> tuple[CutoutMeta, np.ndarray | None]:
-    """Read one cutout as otrain-infer scores it: metadata, then pixels fitted to the model (None for EDGE).
+    """Read one cutout or packet as otrain-infer scores it: metadata, then pixels fitted to the model (None for EDGE).
 
     Parameters
     ----------
-    path : Path
-        The file (only named in messages when ``content`` is given).
+    path : Path or Alert
+        The file (only named in messages when ``content`` is given), or an alert packet.
     shape : tuple of int
         The model's (H, W, C) input.
     planes : tuple of str, optional
@@ -153,6 +153,9 @@ def read_for_model(
     DataError
         When the file cannot be scored; the message names it.
     """
+    if isinstance(path, Alert):
+        meta, pixels = read_alert(path, planes)
+        return meta, None if meta.edge is True else fit_cutout(pixels, shape, Path(path.name))
     meta, location = read_header(path, planes, content=content)
     if meta.edge is True:
         return meta, None
@@ -181,11 +184,7 @@ def _read_for_scoring(
             statuses.append(path.reason)
             continue
         try:
-            if isinstance(path, Alert):
-                meta, read = read_alert(path, planes)
-                plane = None if meta.edge is True else fit_cutout(read, shape, Path(path.name))
-            else:
-                meta, plane = read_for_model(path, shape, planes)
+            meta, plane = read_for_model(path, shape, planes)
             if plane is None:
                 statuses.append(_EDGE)
                 continue

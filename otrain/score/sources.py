@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
-import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import NoReturn
 
 from otrain.errors import DataError, first_line
-from otrain.io.alerts import Alert, BadPacket, iter_alerts, read_alert, sniff_file
+from otrain.io.alerts import Alert, BadPacket, iter_alerts, packet_files, read_alert
 from otrain.io.cutouts import FITS_SUFFIXES, list_cutouts, read_header
 
 __all__ = ["alert_chunks", "check_model_fits", "packet_sources", "scoring_sources"]
@@ -33,31 +32,9 @@ _PROBES = 20
 def packet_sources(location: Path, recursive: bool = False) -> list[Path]:
     """List the packet files of ``location``: the file itself, or a folder's files that hold packets.
 
-    Parameters
-    ----------
-    location : Path
-        A file (a packet file or a tarball, or anything else, reported when read) or a folder.
-    recursive : bool
-        Also look in sub-folders (hidden ones left out), as for FITS cutouts.
-
-    Returns
-    -------
-    list of Path
-        The files whose content is Avro or a tar archive, FITS names left out (they are
-        cutouts), in name order.
+    Files with a FITS name are left out unread: they are cutouts (:func:`otrain.io.alerts.packet_files`).
     """
-    if not location.is_dir():
-        return [location]
-    found = []
-    for root, folders, files in os.walk(location):
-        folders[:] = sorted(folder for folder in folders if not folder.startswith(".")) if recursive else []
-        for name in files:
-            if name.startswith(".") or name.lower().endswith(FITS_SUFFIXES):
-                continue
-            path = Path(root) / name
-            if sniff_file(path) in ("avro", "tar"):
-                found.append(path)
-    return sorted(found)
+    return packet_files(location, recursive=recursive, besides=FITS_SUFFIXES)
 
 
 def scoring_sources(location: Path, recursive: bool = False) -> tuple[list[Path], list[Path]]:
@@ -111,60 +88,77 @@ def check_model_fits(
         return found[2] == channels and found[0] >= height and found[1] >= width
 
     if files:
-        others = "the others in its folder"
-        without_planes: list[tuple[str, tuple[int, int, int], str]] = []
-        for path in files[:_PROBES]:
-            try:
-                meta, location = read_header(path, planes)
-            except Exception as error:  # a bad file is reported when scoring; look at the next one
-                if planes is not None:
-                    with contextlib.suppress(Exception):  # readable, but without the planes?
-                        found = read_header(path, None)[1].height_width_channels
-                        why = first_line(error).removeprefix(f"{path}: ")
-                        without_planes.append((path.name, found, "" if found[2] != channels else f" ({why})"))
-                continue
-            if meta.edge is True:
-                continue
-            if not fits(location.height_width_channels):
-                refuse(path.name, location.height_width_channels, others=others)
-            break
-        else:
-            if without_planes:
-                refuse(*without_planes[0], others=others)
+        _check_first(_file_probes(files[:_PROBES], planes, channels), planes, fits, refuse, "the others in its folder")
     if packets:
-        _probe_packets(packets, planes, channels, model_file, fits, refuse)
+        if planes is None and channels != 1:
+            raise DataError(
+                f"{model_file}: the model takes {channels} planes, packets are read as DIFF alone by default; "
+                "give --planes (IMAGE TEMPLATE DIFF, say)"
+            )
+        _check_first(_packet_probes(packets, planes), planes, fits, refuse, "the other packets")
 
 
-def _probe_packets(
-    packets: Sequence[Path],
+#: One cutout or packet to compare with the model: its name; a reading giving whether it is
+#: EDGE and its (H, W, C); and, when that reading fails, one with the default planes giving
+#: (H, W, C) and why the planes asked for are missing.
+_Shape = tuple[int, int, int]
+_Probe = tuple[str, Callable[[], tuple[bool, _Shape]], Callable[[Exception], tuple[_Shape, str]]]
+
+
+def _check_first(
+    probes: Iterable[_Probe],
     planes: tuple[str, ...] | None,
-    channels: int,
-    model_file: Path,
     fits: Callable[[tuple[int, ...]], bool],
     refuse: Callable[..., NoReturn],
+    others: str,
 ) -> None:
-    """Check the first readable packets (see :func:`check_model_fits`); a packet is read with DIFF alone by default."""
-    others = "the other packets"
-    if planes is None and channels != 1:
-        raise DataError(
-            f"{model_file}: the model takes {channels} planes, packets are read as DIFF alone by default; "
-            "give --planes (IMAGE TEMPLATE DIFF, say)"
-        )
-    without_planes: tuple[str, tuple[int, int, int], str] | None = None
-    alerts = (item for item in next(alert_chunks(packets, _PROBES), []) if isinstance(item, Alert))
-    for alert in alerts:
+    """Refuse the model when the first readable probe, not EDGE, does not fit it; or when none holds the planes."""
+    without_planes: tuple[str, _Shape, str] | None = None
+    for name, read, read_without_planes in probes:
         try:
-            meta, pixels = read_alert(alert, planes)
-        except DataError as error:  # a bad packet is reported when scoring; look at the next one
+            edge, shape = read()
+        except Exception as error:  # a bad cutout is reported when scoring; look at the next one
             if without_planes is None and planes is not None:
-                with contextlib.suppress(DataError):
-                    found = read_alert(alert, ("DIFF",))[1].shape
-                    without_planes = (alert.name, (found[0], found[1], 1), f" ({first_line(error)})")
+                with contextlib.suppress(Exception):  # readable, but without the planes?
+                    without_planes = (name, *read_without_planes(error))
             continue
-        if meta.edge is True:
+        if edge:
             continue
-        if not fits(pixels.shape):
-            refuse(alert.name, pixels.shape, others=others)
+        if not fits(shape):
+            refuse(name, shape, others=others)
         return
     if without_planes is not None:
         refuse(*without_planes, others=others)
+
+
+def _file_probes(files: Sequence[Path], planes: tuple[str, ...] | None, channels: int) -> Iterator[_Probe]:
+    """Yield the probes of FITS files (see :func:`check_model_fits`)."""
+    for path in files:
+
+        def read(path: Path = path) -> tuple[bool, _Shape]:
+            meta, location = read_header(path, planes)
+            return meta.edge is True, location.height_width_channels
+
+        def read_without_planes(error: Exception, path: Path = path) -> tuple[_Shape, str]:
+            found = read_header(path, None)[1].height_width_channels
+            why = first_line(error).removeprefix(f"{path}: ")
+            return found, "" if found[2] != channels else f" ({why})"
+
+        yield path.name, read, read_without_planes
+
+
+def _packet_probes(packets: Sequence[Path], planes: tuple[str, ...] | None) -> Iterator[_Probe]:
+    """Yield the probes of the first packets; a packet is read with DIFF alone by default."""
+    for alert in next(alert_chunks(packets, _PROBES), []):
+        if not isinstance(alert, Alert):
+            continue
+
+        def read(alert: Alert = alert) -> tuple[bool, _Shape]:
+            meta, pixels = read_alert(alert, planes)
+            return meta.edge is True, pixels.shape
+
+        def read_without_planes(error: Exception, alert: Alert = alert) -> tuple[_Shape, str]:
+            found = read_alert(alert, ("DIFF",))[1].shape
+            return (found[0], found[1], 1), f" ({first_line(error)})"
+
+        yield alert.name, read, read_without_planes

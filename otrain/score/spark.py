@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from otrain.errors import DataError, log_listed
-from otrain.io.alerts import sniff
+from otrain.io.alerts import SNIFF_BYTES, sniff
 from otrain.io.atomic import atomic_folder, atomic_path
 from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
@@ -83,13 +83,9 @@ from otrain.score.spark_frames import (
 from otrain.score.spark_session import require_spark, spark_message, spark_session
 from otrain.track.uris import resolve_model
 
-__all__ = ["Scorer", "SparkReport", "infer_spark"]
+__all__ = ["Scorer", "SparkReport", "infer_spark", "read_model_input", "resolve_scoring_model"]
 
 logger = logging.getLogger("otrain")
-
-
-#: Bytes of a file's start that tell its format (:func:`otrain.io.alerts.sniff`).
-_SNIFF_BYTES = 4096
 
 
 @dataclass
@@ -171,14 +167,10 @@ def infer_spark(
     """
     require_spark()
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
-        model_file = resolve_model(config.model, Path(scratch))
-        choice = _choose_backend(model_file, config)
-        if prepare is not None:
-            prepare(choice.backend)
-        threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
+        choice, threshold = resolve_scoring_model(config, Path(scratch), prepare)
         # The model loads on the driver (for its input shape; TensorFlow takes seconds) while the JVM starts.
         with ThreadPoolExecutor(max_workers=1) as pool:
-            reading = pool.submit(_model_input, choice, config)
+            reading = pool.submit(read_model_input, choice, config)
             with spark_session(config.master, config.conf, "otrain-infer-spark") as spark:
                 shape, planes, ensemble = reading.result()
                 report = _score(spark, config, choice.path, (shape, planes, ensemble), threshold, scorer)
@@ -186,12 +178,42 @@ def infer_spark(
     return report
 
 
-def _choose_backend(model_file: Path, config: InferSparkConfig) -> BackendChoice:
-    """Choose, once, what scores with the resolved model file (its path is what the executors get).
+def resolve_scoring_model(
+    config: InferSparkConfig, scratch: Path, prepare: Callable[[str], None] | None = None
+) -> tuple[BackendChoice, float]:
+    """Resolve ``--model`` on the driver and choose, once, what scores: the start of a batch or stream run.
 
-    An error names an MLflow URI rather than the scratch folder it was downloaded to; the note
-    is said here, before Spark starts, so the choice passed on carries none.
+    Parameters
+    ----------
+    config : InferSparkConfig
+        Validated options of otrain-infer-spark.
+    scratch : Path
+        A folder that lives as long as the run: an MLflow URI is downloaded there.
+    prepare : callable, optional
+        Called with the backend chosen (``keras``, ``onnx`` or ``int8``) before anything is loaded.
+
+    Returns
+    -------
+    tuple
+        The backend chosen (its path is what the executors get) and the decision threshold
+        (``--threshold``, else the model card's).
+
+    Raises
+    ------
+    DataError
+        When the model cannot be resolved or ``--backend`` finds nothing usable; an error names
+        an MLflow URI rather than the scratch folder it was downloaded to.
     """
+    model_file = resolve_model(config.model, scratch)
+    choice = _choose_backend(model_file, config)
+    if prepare is not None:
+        prepare(choice.backend)
+    threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
+    return choice, threshold
+
+
+def _choose_backend(model_file: Path, config: InferSparkConfig) -> BackendChoice:
+    """Choose what scores with the resolved model file; the note is said here, before Spark starts."""
     try:
         choice = choose_backend(model_file, config.backend)
     except DataError as error:
@@ -204,7 +226,7 @@ def _choose_backend(model_file: Path, config: InferSparkConfig) -> BackendChoice
     return replace(choice, note="")
 
 
-def _model_input(
+def read_model_input(
     choice: BackendChoice, config: InferSparkConfig
 ) -> tuple[tuple[int, int, int], tuple[str, ...] | None, bool]:
     """Return the model's (H, W, C) input, the planes to read, whether it is an ensemble; check the options."""
@@ -238,7 +260,7 @@ def _score(
     threshold: float,
     scorer: Scorer | None,
 ) -> SparkReport:
-    """Run the job; ``model_input`` is :func:`_model_input`'s (input shape, planes, whether an ensemble)."""
+    """Run the job; ``model_input`` is :func:`read_model_input`'s (input shape, planes, whether an ensemble)."""
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
     from pyspark.sql import functions
@@ -370,7 +392,7 @@ def _unread_problem(
     too_big = f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
     if not has_fits_suffix(uri):
         try:
-            head = _local_head(path) if local else _hadoop_read(spark, uri, _SNIFF_BYTES)
+            head = _local_head(path) if local else _hadoop_read(spark, uri, SNIFF_BYTES)
         except Exception:  # OSError, py4j's Java exception: what it holds cannot be told
             return None
         if sniff(head) not in ("avro", "tar"):
@@ -408,7 +430,7 @@ def _file_size(spark: Any, uri: str, path: Path, local: bool) -> int | None:
 def _local_head(path: Path) -> bytes:
     """Return a local file's first bytes, enough to tell its format."""
     with open(path, "rb") as stream:
-        return stream.read(_SNIFF_BYTES)
+        return stream.read(SNIFF_BYTES)
 
 
 def _hadoop_read(spark: Any, uri: str, limit: int | None = None) -> bytes:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from otrain.io.alerts import Alert, BadPacket, alert_from_record, iter_content, read_alert, sniff
+from otrain.io.alerts import SNIFF_BYTES, Alert, BadPacket, alert_from_record, iter_content, sniff
 from otrain.io.cutouts import FITS_SUFFIXES
 from otrain.options import InferSparkConfig
 from otrain.score.alert_tables import alert_record
@@ -249,8 +249,6 @@ def has_fits_suffix(name: str) -> bool:
     return name.lower().endswith(FITS_SUFFIXES)
 
 
-#: Bytes of a file's start that tell its format (a tar header is 512 bytes; gzip needs more).
-_SNIFF_BYTES = 4096
 #: Packets decoded before they are scored and passed on (pyspark's Arrow batches hold 10,000 rows).
 _ROWS_PER_FRAME = 10_000
 
@@ -267,11 +265,10 @@ def _add_alert(
         skipped.append((item.name, item.reason))
         return
     try:
-        meta, stacked = read_alert(item, planes)
-        if meta.edge is True:
+        meta, cutout = read_for_model(item, shape, planes)
+        if cutout is None:
             skipped.append((item.name, EDGE))
             return
-        cutout = fit_cutout(stacked, shape, Path(item.name))
     except Exception as error:  # an executor reports, never dies, on a strange packet
         skipped.append((item.name, failure_message(item.name, error)))
         return
@@ -311,7 +308,7 @@ def decode_files(
                 name = printable_path(Path(local_name(uri, roots)))
                 data = b"" if content is None else bytes(content)  # a Kafka message without a value
                 rows, problems_before = 0, len(skipped)
-                if sniff(data[:_SNIFF_BYTES]) in ("avro", "tar"):
+                if sniff(data[:SNIFF_BYTES]) in ("avro", "tar"):
                     for item in iter_content(data, name):
                         before = len(cells)
                         _add_alert(item, shape, planes, (cells, pixels, skipped))

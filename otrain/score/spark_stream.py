@@ -289,20 +289,14 @@ def stream_scores(
     DataError
         When the model cannot be read, Spark does not start, or the query fails.
     """
-    from otrain.io.card import card_threshold
-    from otrain.score.spark import _choose_backend, _model_input
+    from otrain.score.spark import read_model_input, resolve_scoring_model
     from otrain.score.spark_session import require_spark, spark_session
-    from otrain.track.uris import resolve_model
 
     require_spark()
     stop = stop if stop is not None else threading.Event()
     with tempfile.TemporaryDirectory(prefix="otrain-model-") as scratch:
-        model_file = resolve_model(config.model, Path(scratch))
-        choice = _choose_backend(model_file, config)
-        if prepare is not None:
-            prepare(choice.backend)
-        threshold = config.threshold if config.threshold is not None else card_threshold(model_file)
-        model_input = _model_input(choice, config)
+        choice, threshold = resolve_scoring_model(config, Path(scratch), prepare)
+        model_input = read_model_input(choice, config)
         report = StreamReport(
             output=config.output,
             checkpoint=checkpoint_folder(config.output, config.checkpoint),

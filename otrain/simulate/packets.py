@@ -40,6 +40,8 @@ __all__ = [
 NIGHT_PACKETS = "night_alerts.tar.gz"
 _ZTF_SCHEMA = Path(__file__).parent / "schemas" / "ztf_alert_3.3.avsc"
 _ZTF_FIDS = {"g": 1, "r": 2, "i": 3}
+# Restated here, not imported from otrain.io.alerts: packets written from the surveys' own
+# definitions check the reader rather than agree with it whatever it holds.
 _NJY_ZERO_POINT = 31.4
 
 

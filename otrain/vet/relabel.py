@@ -14,9 +14,7 @@ into ``true/`` and ``false/``.
 
 from __future__ import annotations
 
-import csv
 import errno
-import io
 import logging
 import os
 import shutil
@@ -28,6 +26,7 @@ from otrain import __version__
 from otrain.errors import DataError
 from otrain.io.atomic import atomic_folder
 from otrain.io.cutouts import list_cutouts
+from otrain.io.labels import csv_rows
 from otrain.io.markers import write_marker
 from otrain.io.progress import track
 from otrain.options import FITS_SUFFIXES, RELABEL_FOLDERS, RelabelConfig
@@ -140,40 +139,12 @@ def read_marks(marks: Path) -> list[Mark]:
         One line naming the file and the problem: not UTF-8, no header, missing columns (named),
         not CSV, a mark other than real/bogus/skip or a bad file name (with its line number).
     """
-    try:
-        text = marks.read_bytes().decode("utf-8-sig")
-    except OSError as error:
-        raise DataError(f"{marks}: cannot read it ({error.strerror or error})") from None
-    except UnicodeDecodeError as error:
-        raise DataError(f"{marks}: not UTF-8 text (byte {error.start}: {error.reason})") from None
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-    try:
-        header = next(reader, None)
-        if header is None or not any(cell.strip() for cell in header):
-            raise DataError(f"{marks}: no header line (expected the columns {','.join(REQUIRED_COLUMNS)})")
-        columns: dict[str, int] = {}
-        for index, cell in enumerate(header):
-            columns.setdefault(cell.strip(), index)
-        missing = [name for name in REQUIRED_COLUMNS if name not in columns]
-        if missing:
-            raise DataError(
-                f"{marks}: the header lacks the column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
-                f"(needs {','.join(REQUIRED_COLUMNS)}, in any order)"
-            )
-        file_column, mark_column = columns["file"], columns["mark"]
-        found = []
-        for row in reader:
-            if not any(cell.strip() for cell in row):
-                continue
-            line = reader.line_num
-            mark = (row[mark_column] if mark_column < len(row) else "").strip().lower()
-            if mark not in MARKS:
-                shown = row[mark_column] if mark_column < len(row) else ""
-                raise DataError(f"{marks}: line {line}: mark {shown!r} is not real, bogus or skip")
-            name = (row[file_column] if file_column < len(row) else "").strip()
-            found.append(Mark(line, _cutout_name(name, marks, line), mark))
-    except csv.Error as error:
-        raise DataError(f"{marks}: line {reader.line_num}: not valid CSV ({error})") from None
+    found = []
+    for line, cells in csv_rows(marks, (REQUIRED_COLUMNS,), f"needs {','.join(REQUIRED_COLUMNS)}, in any order"):
+        mark = cells["mark"].strip().lower()
+        if mark not in MARKS:
+            raise DataError(f"{marks}: line {line}: mark {cells['mark']!r} is not real, bogus or skip")
+        found.append(Mark(line, _cutout_name(cells["file"].strip(), marks, line), mark))
     return found
 
 
