@@ -9,7 +9,8 @@ with ``fastavro`` beside the FITS reader of :mod:`otrain.io.cutouts`:
   disk); a folder of either, walked recursively in name order. The format is recognised from the
   first bytes (:func:`sniff`), never from a file's name.
 * **Which survey.** A packet whose schema has ``candid``/``candidate`` is ZTF's; one with
-  ``diaSource`` is Rubin's (the ``lsst.vX_Y.alert`` schemas of ``lsst-alert-packet``).
+  ``diaSource`` is Rubin's (the ``lsst.vX_Y.alert`` schemas of ``lsst-alert-packet``); each
+  survey's fields are mapped in :mod:`otrain.io.alert_records`.
 * **What is read.** The cutouts become the planes ``IMAGE`` (``cutoutScience``), ``TEMPLATE``
   (``cutoutTemplate``) and ``DIFF`` (``cutoutDifference``), so ``--planes`` and the model card
   work as for STDPipe files; ``DIFF`` alone by default, as there. The measurements fill the same
@@ -30,7 +31,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import math
 import os
 import posixpath
 import stat
@@ -39,11 +39,12 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Literal
+from typing import BinaryIO, Literal
 
 import numpy as np
 
 from otrain.errors import DataError, first_line
+from otrain.io.alert_records import NJY_ZERO_POINT, PLANE_FIELDS, ZTF_STAMP, Alert, alert_from_record, survey_of
 from otrain.io.avro import read_container
 from otrain.io.cutoutmeta import CutoutMeta
 
@@ -57,58 +58,19 @@ __all__ = [
     "alert_from_record",
     "iter_alerts",
     "iter_content",
+    "iter_file",
     "packet_files",
     "read_alert",
     "sniff",
     "sniff_file",
 ]
 
-#: The packet field holding each plane's cutout, by plane name.
-PLANE_FIELDS = {"IMAGE": "cutoutScience", "TEMPLATE": "cutoutTemplate", "DIFF": "cutoutDifference"}
-#: Side in pixels of a stamp of ZTF's packets; a smaller one was cut at the CCD's edge (``EDGE``).
-ZTF_STAMP = 63
-#: ZTF's filter ids.
-_ZTF_BANDS = {1: "g", 2: "r", 3: "i"}
-#: Zero point of Rubin's fluxes in nJy: AB magnitude = -2.5 log10(flux) + 31.4.
-NJY_ZERO_POINT = 31.4
-_SIGMA_TO_FWHM = 2.0 * math.sqrt(2.0 * math.log(2.0))
 _AVRO_MAGIC = b"Obj\x01"
 _GZIP_MAGIC = b"\x1f\x8b"
 #: Bytes of a file's start that tell its format (:func:`sniff`; a tar header is 512 bytes, gzip needs more).
 SNIFF_BYTES = 4096
 
 Kind = Literal["avro", "tar", "fits", "parquet"]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Alert:
-    """One alert packet, decoded; its cutouts stay FITS bytes until :func:`read_alert`.
-
-    Attributes
-    ----------
-    name : str
-        Where the packet is (see the module's description).
-    survey : {"ztf", "rubin"}
-        Whose schema the packet follows.
-    meta : CutoutMeta
-        The candidate's measurements; ``edge`` is set by :func:`read_alert`, which sees the stamps.
-    positive : bool or None
-        The sign of the subtraction: True for a source that brightened (ZTF's ``isdiffpos``,
-        Rubin's ``not isNegative``), None when the packet does not say.
-    cutouts : dict
-        FITS bytes (gzipped or not) of each plane present, by plane name (``IMAGE``, ...).
-    stamp : int or None
-        The side of a whole stamp when the survey's stamps have one (63 for packets that ZTF
-        published): a smaller stamp was cut at the CCD's edge, and a whole one is read as the
-        even cutout without its first row and column (see :func:`read_alert`). None: no such rule.
-    """
-
-    name: str
-    survey: Literal["ztf", "rubin"]
-    meta: CutoutMeta
-    positive: bool | None
-    cutouts: dict[str, bytes]
-    stamp: int | None = None
 
 
 @dataclass(frozen=True)
@@ -203,15 +165,19 @@ def iter_alerts(location: Path) -> Iterator[Alert | BadPacket]:
         truncated one its packets up to the damage and then one :class:`BadPacket`.
     """
     for path in packet_files(location):
-        kind = sniff_file(path)
-        if kind == "tar":
-            yield from _iter_tar(path, str(path))
-            continue
-        try:
-            with open(path, "rb") as stream:
-                yield from iter_packets(stream, str(path))
-        except OSError as error:
-            yield BadPacket(str(path), f"{path}: cannot read the file ({first_line(error)})")
+        yield from iter_file(path, str(path))
+
+
+def iter_file(path: Path, name: str) -> Iterator[Alert | BadPacket]:
+    """Read the packets of one file, a tarball of Avro files or else an Avro file, as a stream; ``name`` names them."""
+    if sniff_file(path) == "tar":
+        yield from _iter_tar(path, name)
+        return
+    try:
+        with open(path, "rb") as stream:
+            yield from iter_packets(stream, name)
+    except OSError as error:
+        yield BadPacket(name, f"{name}: cannot read the file ({first_line(error)})")
 
 
 def _iter_tar(source: Path | bytes, name: str) -> Iterator[Alert | BadPacket]:
@@ -282,7 +248,7 @@ def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:
     except Exception as error:  # fastavro raises ValueError, EOFError, or its own schema errors
         yield BadPacket(name, f"{name}: not an Avro alert file ({first_line(error)})")
         return
-    survey = _survey(schema)
+    survey = survey_of(schema)
     if survey is None:
         schema_name = schema.get("name", "?") if isinstance(schema, dict) else "?"
         yield BadPacket(name, f"{name}: schema {schema_name} is neither a ZTF nor a Rubin alert packet")
@@ -303,135 +269,6 @@ def iter_packets(stream: BinaryIO, name: str) -> Iterator[Alert | BadPacket]:
         except DataError as error:
             yield BadPacket(label, str(error))
         index += 1
-
-
-def _survey(schema: Any) -> Literal["ztf", "rubin"] | None:
-    """Tell a ZTF alert schema from a Rubin one by their fields."""
-    if not isinstance(schema, dict) or schema.get("type") != "record":
-        return None
-    fields = {field["name"] for field in schema.get("fields", [])}
-    if not fields >= set(PLANE_FIELDS.values()):
-        return None
-    if {"candid", "candidate", "objectId"} <= fields:
-        return "ztf"
-    if "diaSource" in fields:
-        return "rubin"
-    return None
-
-
-def _number(value: Any) -> float | None:
-    """Return a measurement as float; None (absent) for null and NaN."""
-    if value is None:
-        return None
-    number = float(value)
-    return None if math.isnan(number) else number
-
-
-def _cutouts(record: dict[str, Any], survey: str) -> dict[str, bytes]:
-    """Return the FITS bytes of each plane present: ZTF wraps them as ``{"stampData": ...}``, Rubin gives bytes."""
-    cutouts = {}
-    for plane, field in PLANE_FIELDS.items():
-        value = record.get(field)
-        if survey == "ztf" and isinstance(value, dict):
-            value = value.get("stampData")
-        if value:
-            cutouts[plane] = bytes(value)
-    return cutouts
-
-
-def alert_from_record(record: dict[str, Any], name: str, survey: Literal["ztf", "rubin"]) -> Alert:
-    """Build an :class:`Alert` from a decoded packet.
-
-    Parameters
-    ----------
-    record : dict
-        The packet as ``fastavro`` decodes it.
-    name : str
-        Where it is, for the table and for messages.
-    survey : {"ztf", "rubin"}
-        Whose schema it follows.
-
-    Returns
-    -------
-    Alert
-
-    Raises
-    ------
-    DataError
-        When the packet lacks its candidate id or its candidate record.
-    """
-    if survey == "ztf":
-        return _ztf_alert(record, name)
-    return _rubin_alert(record, name)
-
-
-def _ztf_alert(record: dict[str, Any], name: str) -> Alert:
-    candidate = record.get("candidate")
-    if not isinstance(candidate, dict) or record.get("candid") is None:
-        raise DataError(f"{name}: the packet has no candidate")
-    object_id = record.get("objectId")
-    object_id = None if object_id is None else str(object_id)
-    band = _ZTF_BANDS.get(candidate.get("fid"))  # type: ignore[arg-type]
-    sign = candidate.get("isdiffpos")
-    meta = CutoutMeta(
-        convention="alert",
-        candid=int(record["candid"]),
-        mag=_number(candidate.get("magpsf")),
-        magerr=_number(candidate.get("sigmapsf")),
-        filter=band,
-        fwhm=_number(candidate.get("fwhm")),
-        edge=None,
-        ra=_number(candidate.get("ra")),
-        dec=_number(candidate.get("dec")),
-        file=object_id,
-        xpos=_number(candidate.get("xpos")),
-        ypos=_number(candidate.get("ypos")),
-        group=object_id,
-    )
-    positive = None if sign is None else str(sign).strip().lower() in ("t", "1", "true")
-    stamp = ZTF_STAMP if str(record.get("publisher") or "").startswith("ZTF") else None
-    return Alert(name=name, survey="ztf", meta=meta, positive=positive, cutouts=_cutouts(record, "ztf"), stamp=stamp)
-
-
-def _rubin_alert(record: dict[str, Any], name: str) -> Alert:
-    source = record.get("diaSource")
-    if not isinstance(source, dict) or source.get("diaSourceId") is None:
-        raise DataError(f"{name}: the packet has no diaSource")
-    object_id = source.get("diaObjectId")
-    if object_id is None and isinstance(record.get("diaObject"), dict):
-        object_id = record["diaObject"].get("diaObjectId")
-    group = None
-    if object_id is not None:
-        group = str(object_id)
-    elif source.get("ssObjectId") is not None:  # a solar-system source: its own object
-        group = f"ss{source['ssObjectId']}"
-    flux, flux_error = _number(source.get("psfFlux")), _number(source.get("psfFluxErr"))
-    mag = magerr = None
-    if flux is not None and flux != 0.0:
-        mag = -2.5 * math.log10(abs(flux)) + NJY_ZERO_POINT
-        magerr = None if flux_error is None else 2.5 / math.log(10.0) * flux_error / abs(flux)
-    fwhm = None
-    ixx, iyy = _number(source.get("ixxPSF")), _number(source.get("iyyPSF"))
-    if ixx is not None and iyy is not None and ixx + iyy > 0:
-        fwhm = _SIGMA_TO_FWHM * math.sqrt((ixx + iyy) / 2.0)
-    negative = source.get("isNegative")
-    meta = CutoutMeta(
-        convention="alert",
-        candid=int(source["diaSourceId"]),
-        mag=mag,
-        magerr=magerr,
-        filter=source.get("band"),
-        fwhm=fwhm,
-        edge=None,
-        ra=_number(source.get("ra")),
-        dec=_number(source.get("dec")),
-        file=group,
-        xpos=_number(source.get("x")),
-        ypos=_number(source.get("y")),
-        group=group,
-    )
-    positive = None if negative is None else not bool(negative)
-    return Alert(name=name, survey="rubin", meta=meta, positive=positive, cutouts=_cutouts(record, "rubin"))
 
 
 def read_alert(alert: Alert, planes: tuple[str, ...] | None = None) -> tuple[CutoutMeta, np.ndarray]:
