@@ -442,8 +442,9 @@ def _hadoop_read(spark: Any, uri: str, limit: int | None = None) -> bytes:
         return b""  # what Spark skipped as empty (a named pipe has no length either, and would never end)
     stream = system.open(path)
     try:
-        if limit is not None:  # commons-io, on Spark's class path
-            stream = jvm.org.apache.commons.io.input.BoundedInputStream(stream, limit)
+        if limit is not None:  # commons-io, on Spark's class path (Hadoop's reader takes a DataInput only)
+            bounded = jvm.org.apache.commons.io.input.BoundedInputStream(stream, limit)
+            return bytes(jvm.org.apache.commons.io.IOUtils.toByteArray(bounded))
         return bytes(jvm.org.apache.hadoop.io.IOUtils.readFullyToByteArray(stream))
     finally:
         stream.close()

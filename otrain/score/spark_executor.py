@@ -22,6 +22,7 @@ imports neither TensorFlow nor pyspark at import time.
 from __future__ import annotations
 
 import os
+import stat
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from otrain.io.alerts import SNIFF_BYTES, Alert, BadPacket, alert_from_record, iter_content, sniff
+from otrain.io.alerts import SNIFF_BYTES, Alert, BadPacket, alert_from_record, iter_content, iter_file, sniff
 from otrain.io.cutouts import FITS_SUFFIXES
 from otrain.options import InferSparkConfig
 from otrain.score.alert_tables import alert_record
@@ -225,8 +226,12 @@ def decode_fits(
     def decode(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
             cells, pixels, skipped = [], [], []
-            for uri, content in zip(batch["path"], batch["content"], strict=True):
+            for uri, content in zip(batch["path"], _contents(batch), strict=True):
                 path = Path(local_name(uri, roots))
+                if content is None:  # a local folder's file, read here
+                    content = _local_content(uri)
+                    if content is None:
+                        continue  # not seen: the driver says why (otrain.score.spark._unread_files)
                 try:
                     meta, cutout = read_for_model(path, shape, planes, content=bytes(content))
                 except Exception as error:  # an executor reports, never dies, on a strange file
@@ -242,6 +247,34 @@ def decode_fits(
                 yield _frame(cells, pixels, scoring)
 
     return decode
+
+
+def _contents(batch: Any) -> Any:
+    """Return a batch's ``content`` column; None for each row of a local folder, whose files the executors open."""
+    return batch["content"] if "content" in batch.columns else [None] * len(batch)
+
+
+def _local_content(uri: str) -> bytes | None:
+    """Read a local folder's file whole; None for what Spark would not read either (empty, not a file, unreadable)."""
+    path = Path(local_name(uri))
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None  # a named pipe would never end
+        return path.read_bytes() or None
+    except OSError:
+        return None
+
+
+def _local_head(uri: str) -> bytes | None:
+    """Return the first bytes of a local folder's file, enough to tell its format; None when it cannot be read."""
+    path = Path(local_name(uri))
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            return None
+        with open(path, "rb") as stream:
+            return stream.read(SNIFF_BYTES)
+    except OSError:
+        return None
 
 
 def has_fits_suffix(name: str) -> bool:
@@ -288,8 +321,10 @@ def decode_files(
 
     A file with a FITS suffix is read as :func:`decode_fits` reads it; any other holding Avro alert
     packets or a tarball of them (recognised from its bytes) gives one row per packet
-    (:func:`otrain.io.alerts.iter_content`), named as otrain-infer names packets; the rest are
-    passed over. The arguments are those of :func:`decode_fits`, and ``others``: an accumulator
+    (:func:`otrain.io.alerts.iter_content`; a local folder's files are opened here and read as a
+    stream, :func:`otrain.io.alerts.iter_file`), named as otrain-infer names packets; the rest
+    are passed over. A local file that cannot be read is left to the driver, which says why. The
+    arguments are those of :func:`decode_fits`, and ``others``: an accumulator
     (:class:`Problems`) receiving, for each file without a FITS suffix, (its name, (rows,
     problems)): the rows and the problems its packets gave, (0, 0) for a file passed over.
     """
@@ -304,12 +339,20 @@ def decode_files(
             pixels: list[np.ndarray] = []
             skipped: list[tuple[str, str]] = []
             handled: list[tuple[str, tuple[int, int]]] = []
-            for uri, content in zip(batch["path"][~cutouts], batch["content"][~cutouts], strict=True):
+            local = "content" not in batch.columns
+            for uri, content in zip(batch["path"][~cutouts], _contents(batch[~cutouts]), strict=True):
                 name = printable_path(Path(local_name(uri, roots)))
-                data = b"" if content is None else bytes(content)  # a Kafka message without a value
+                if local:  # a local folder's file, read here as a stream (a tarball of any size)
+                    head = _local_head(uri)
+                    if head is None:
+                        continue  # not seen: the driver says why
+                    items = iter_file(Path(local_name(uri)), name)
+                else:
+                    data = b"" if content is None else bytes(content)  # a Kafka message without a value
+                    head, items = data[:SNIFF_BYTES], iter_content(data, name)
                 rows, problems_before = 0, len(skipped)
-                if sniff(data[:SNIFF_BYTES]) in ("avro", "tar"):
-                    for item in iter_content(data, name):
+                if sniff(head) in ("avro", "tar"):
+                    for item in items:
                         before = len(cells)
                         _add_alert(item, shape, planes, (cells, pixels, skipped))
                         rows += len(cells) - before

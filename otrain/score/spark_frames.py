@@ -34,9 +34,13 @@ MAX_FILE_BYTES = 2**31 - 1
 
 
 def file_source(reader: Any, cutouts: str) -> Any:
-    """Return the (path, content) rows of the cutout files below ``cutouts``: ``spark.read`` or ``spark.readStream``.
+    """Return the rows of the files below ``cutouts``, from ``spark.read`` or ``spark.readStream``.
 
-    Batch and stream read the same files with the same options.
+    Batch and stream read the same files with the same options. A local folder
+    (:func:`cutout_roots`) gives the files' ``path`` alone: Spark lists them and reads no byte,
+    the executors open them (:func:`otrain.score.spark_executor.decode_files`), so a file of any
+    size is read, a tarball as a stream, and no content crosses from the JVM to Python. A URI
+    (``hdfs://``, ``s3a://``) gives (``path``, ``content``): Spark's file systems read the bytes.
     """
     from pyspark.sql import functions, types
     from pyspark.sql.streaming import DataStreamReader
@@ -56,18 +60,19 @@ def file_source(reader: Any, cutouts: str) -> Any:
         )
     # Every file: those with a FITS suffix are cutouts, the others are read when they hold alert
     # packets (told from their bytes by the executors), else passed over.
-    return (
+    files = (
         reader.option("recursiveFileLookup", "true")
         # A file Spark cannot read (no permission, gone since the listing) would fail the
         # whole job: Spark leaves it out, and _unread_files reports it with the others.
         .option("ignoreCorruptFiles", "true")
         .option("ignoreMissingFiles", "true")
         .load(spark_uri(cutouts))
-        # Spark fails the job on a file over 2 GiB (a night's tarball): left out here, unread
-        # without reading its bytes (Spark applies the filter to the listing), and reported.
-        .filter(functions.col("length") < functions.lit(MAX_FILE_BYTES))
-        .select("path", "content")
     )
+    if cutout_roots(cutouts) is not None:
+        return files.select("path")
+    # Spark fails the job on a file over 2 GiB (a night's tarball): left out here, unread
+    # without reading its bytes (Spark applies the filter to the listing), and reported.
+    return files.filter(functions.col("length") < functions.lit(MAX_FILE_BYTES)).select("path", "content")
 
 
 def cutout_roots(cutouts: str) -> tuple[str, str] | None:

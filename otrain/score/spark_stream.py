@@ -85,13 +85,14 @@ def packet_rows(frame: Any) -> Any:
     """Return the (path, content) rows the decoder reads, from a file source's or a Kafka source's rows.
 
     Rows of Spark's Kafka source hold the packet's bytes in ``value``: each is named
-    ``topic/partition/offset`` in messages and in the ``filename`` column. Rows that already
-    have ``path`` and ``content`` (Spark's ``binaryFile``) are returned as they are.
+    ``topic/partition/offset`` in messages and in the ``filename`` column. Rows of Spark's
+    ``binaryFile`` are returned as they are: (``path``, ``content``), or ``path`` alone for a local
+    folder, whose files the executors open (:func:`otrain.score.spark_frames.file_source`).
     """
     from pyspark.sql import functions
 
-    if "content" in frame.columns:
-        return frame.select("path", "content")
+    if "path" in frame.columns:
+        return frame.select("path", *(["content"] if "content" in frame.columns else []))
     if "value" not in frame.columns:
         raise DataError(f"the stream's rows have neither content nor value (columns: {', '.join(frame.columns)})")
     name = (

@@ -186,7 +186,7 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     write_packets(folder / "bad.avro", [ztf_record(packet(6, size=40)), no_diff, not_fits], ztf_schema())
     (folder / "notes.txt").write_text("not a packet\n")
     (folder / "empty.avro").write_bytes(b"")
-    header = io.BytesIO()  # a tarball's start, then sparse: Spark reads no file over 2 GiB
+    header = io.BytesIO()  # a tarball's start, then sparse: read as a stream from a local folder
     with tarfile.open(fileobj=header, mode="w") as archive:
         archive.add(folder / "night.avro", arcname="night.avro")
     for name, head in (("huge.tar", header.getvalue()[:4096]), ("frame.raw", b"")):
@@ -226,9 +226,8 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     prefix = f"otrain-infer-spark: warning: skipped: {folder / 'bad.avro'}"
     assert warnings[0] == f"{prefix}#1:cutoutDifference: the packet has no such cutout"
     assert warnings[1].startswith(f"{prefix}#2:cutoutDifference: "), warnings
-    assert warnings[2] == (
-        f"otrain-infer-spark: warning: skipped: {folder / 'sub' / 'huge.tar'}: 2147483648 bytes, "
-        "more than Spark's binaryFile source reads (2 GiB); split it"
+    assert warnings[2].startswith(  # its member cut short at 4 kB
+        f"otrain-infer-spark: warning: skipped: {folder / 'sub' / 'huge.tar'}/night.avro: not an Avro alert file ("
     )
 
     fink = tmp_path / "fink"
@@ -246,3 +245,36 @@ def test_packets_and_fink_tables_score_as_their_fits_twins(
     assert "skipped 1 EDGE, 1 unreadable" in captured.out
     (warning,) = [line for line in captured.err.splitlines() if "warning: skipped:" in line]
     assert warning.startswith(f"otrain-infer-spark: warning: skipped: {fink}#{FIRST_CANDID + 9}:cutoutDifference")
+
+
+@pytest.mark.slow
+def test_a_tarball_over_2_gib_scores_from_a_local_folder_and_is_named_when_spark_reads_the_bytes(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "night"
+    folder.mkdir()
+    first, second = packet(0), packet(1)
+    write_packets(folder / "a.avro", [ztf_record(first)], ztf_schema())
+    write_packets(tmp_path / "b.avro", [ztf_record(second)], ztf_schema())
+    with tarfile.open(folder / "night.tar", "w") as archive:
+        archive.add(tmp_path / "b.avro", arcname="n/b.avro")
+    with open(folder / "night.tar", "r+b") as stream:
+        stream.truncate(2**31)  # sparse: the archive's end blocks, up to 2 GiB
+    arguments = ("--model", trained / "tiny.keras", "--master", MASTER, "--batch-size", 4)
+
+    # A local folder: the executors open its files, and stream the tarball to its end blocks.
+    assert call_main(spark_main, "--cutouts", folder, "--output", tmp_path / "local.parquet", *arguments) == 0
+    rows = read_parquet(tmp_path / "local.parquet")
+    assert sorted(rows) == [str(folder / "a.avro"), f"{folder / 'night.tar'}/n/b.avro"]
+    assert "scored 2 of 2 cutouts" in capsys.readouterr().out
+
+    # A URI: Spark's binaryFile reads the bytes, and no file over 2 GiB; the tarball is named.
+    uri = folder.as_uri()
+    assert call_main(spark_main, "--cutouts", uri, "--output", tmp_path / "uri.parquet", *arguments) == 0
+    assert sorted(read_parquet(tmp_path / "uri.parquet")) == [str(folder / "a.avro")]
+    captured = capsys.readouterr()
+    assert "scored 1 of 2 cutouts" in captured.out
+    assert (
+        f"otrain-infer-spark: warning: skipped: {folder / 'night.tar'}: 2147483648 bytes, "
+        "more than Spark's binaryFile source reads (2 GiB); split it"
+    ) in captured.err.splitlines()
