@@ -70,6 +70,7 @@ from otrain.score.spark_executor import (
     decode_files,
     decode_packed,
     has_fits_suffix,
+    local_head,
     local_name,
 )
 from otrain.score.spark_frames import (
@@ -392,10 +393,10 @@ def _unread_problem(
     too_big = f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
     if not has_fits_suffix(uri):
         try:
-            head = _local_head(path) if local else _hadoop_read(spark, uri, SNIFF_BYTES)
-        except Exception:  # OSError, py4j's Java exception: what it holds cannot be told
+            head = local_head(path) if local else _hadoop_read(spark, uri, SNIFF_BYTES)
+        except Exception:  # py4j's Java exception: what it holds cannot be told
             return None
-        if sniff(head) not in ("avro", "tar"):
+        if head is None or sniff(head) not in ("avro", "tar"):
             return None  # not packets: passed over, however large
         if size is not None and size >= MAX_FILE_BYTES:
             return too_big
@@ -425,12 +426,6 @@ def _file_size(spark: Any, uri: str, path: Path, local: bool) -> int | None:
         return int(system.getFileStatus(hadoop_path).getLen())
     except Exception:  # OSError, py4j's Java exception: the reading that follows says why
         return None
-
-
-def _local_head(path: Path) -> bytes:
-    """Return a local file's first bytes, enough to tell its format."""
-    with open(path, "rb") as stream:
-        return stream.read(SNIFF_BYTES)
 
 
 def _hadoop_read(spark: Any, uri: str, limit: int | None = None) -> bytes:

@@ -57,6 +57,7 @@ __all__ = [
     "decode_fits",
     "decode_packed",
     "has_fits_suffix",
+    "local_head",
     "local_name",
     "predict_batch_scorer",
 ]
@@ -265,9 +266,8 @@ def _local_content(uri: str) -> bytes | None:
         return None
 
 
-def _local_head(uri: str) -> bytes | None:
-    """Return the first bytes of a local folder's file, enough to tell its format; None when it cannot be read."""
-    path = Path(local_name(uri))
+def local_head(path: Path) -> bytes | None:
+    """Return a local file's first bytes, enough to tell its format; None when it cannot be read or is no file."""
     try:
         if not stat.S_ISREG(path.stat().st_mode):
             return None
@@ -343,7 +343,7 @@ def decode_files(
             for uri, content in zip(batch["path"][~cutouts], _contents(batch[~cutouts]), strict=True):
                 name = printable_path(Path(local_name(uri, roots)))
                 if local:  # a local folder's file, read here as a stream (a tarball of any size)
-                    head = _local_head(uri)
+                    head = local_head(Path(local_name(uri)))
                     if head is None:
                         continue  # not seen: the driver says why
                     items = iter_file(Path(local_name(uri)), name)
