@@ -23,7 +23,7 @@ them, each run as the command a user types (a fresh process; start-up included i
    on such cutouts) or the untrained network.
 
 Run: ``.venv/bin/python benchmarks/bench_alerts.py [--n 20000] [--night 100000] [--parts 1,2,3]``.
-Writes ``benchmarks/results/bench_alerts.json``.
+Writes ``benchmarks/results/bench_alerts.json`` (the parts not run keep their last figures).
 """
 
 from __future__ import annotations
@@ -347,7 +347,11 @@ def main() -> None:
         results["real"] = part_real(arguments.work, arguments.real_packets, arguments.real_fits, real_model)
         print(json.dumps(results["real"], indent=1), flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "bench_alerts.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    # The parts not run this time keep their last figures.
+    previous = RESULTS / "bench_alerts.json"
+    if previous.is_file():
+        results = {**json.loads(previous.read_text(encoding="utf-8")), **results}
+    previous.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -199,9 +199,9 @@ def _has_scheme(text: str) -> bool:
 class InferSparkConfig(CommandConfig):
     """Score candidate cutouts on Apache Spark; writes the results as Parquet (and infer_results.dat).
 
-    Reads FITS cutouts from a folder or URI (every file below it, as otrain-infer --recursive,
-    through Spark's binaryFile source; file:, hdfs:, s3a: ...) and the ZTF or Rubin alert packets
-    there (Avro files and tarballs, told from their bytes), or the Parquet folder of otrain-pack
+    Reads FITS cutouts from a folder or URI (every file below it, as otrain-infer --recursive;
+    a URI's through Spark's binaryFile source: file:, hdfs:, s3a: ...) and the ZTF or Rubin alert
+    packets there (Avro files and tarballs, told from their bytes), or the Parquet folder of otrain-pack
     or a Parquet table of ZTF alerts (Fink's), and scores them with the same reading, cropping,
     plane and EDGE rules as otrain-infer. The model (a .keras/.h5 file, or an MLflow URI such as
     models:/otrain-cnn@champion) is shipped to the executors and loaded once per Python worker: its

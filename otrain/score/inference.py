@@ -139,7 +139,7 @@ def read_for_model(
     planes : tuple of str, optional
         The planes to read (see :func:`otrain.io.cutouts.read_header`).
     content : bytes, optional
-        The file's bytes, already in memory (Spark's ``binaryFile`` source reads them).
+        The file's bytes, already in memory (read by otrain-infer-spark's executors).
 
     Returns
     -------

@@ -1,8 +1,9 @@
 """Scoring on Apache Spark (otrain-infer-spark): FITS cutouts, alert packets, otrain-pack's or Fink's Parquet.
 
 Both inputs go through the reading code of otrain-infer (:func:`otrain.score.inference.read_for_model`
-and :func:`otrain.score.inference.fit_cutout`): FITS files arrive as bytes from Spark's ``binaryFile``
-source and are read in memory by the same functions (the other files of that source, when they
+and :func:`otrain.score.inference.fit_cutout`): FITS files, opened by the executors (a local folder)
+or read as bytes by Spark's ``binaryFile`` source (a URI), are read in memory by the same functions
+(the other files, when they
 hold alert packets, and the rows of a Parquet table of ZTF alerts, as packets by
 :mod:`otrain.io.alerts`, one row each); Parquet rows of otrain-pack hold a
 cutout's metadata and its raw planes, cropped at most to ``--cutout-size`` (composing two
@@ -390,7 +391,7 @@ def _unread_problem(
     if urllib.parse.urlparse(uri).scheme == "file" and path.exists() and not path.is_file():
         return None
     size = _file_size(spark, uri, path, local)
-    too_big = f"{path}: {size} bytes, more than Spark's binaryFile source reads (2 GiB); split it"
+    too_big = f"{path}: {size} bytes, more than otrain-infer-spark reads as one piece (2 GiB); split it"
     if not has_fits_suffix(uri):
         try:
             head = local_head(path) if local else _hadoop_read(spark, uri, SNIFF_BYTES)
@@ -398,7 +399,7 @@ def _unread_problem(
             return None
         if head is None or sniff(head) not in ("avro", "tar"):
             return None  # not packets: passed over, however large
-        if size is not None and size >= MAX_FILE_BYTES:
+        if not local and size is not None and size >= MAX_FILE_BYTES:  # a local one streams, whatever its size
             return too_big
         return f"{path}: Spark could not read the file, though the driver can (check the executors' access to it)"
     if size is not None and size >= MAX_FILE_BYTES:

@@ -1,10 +1,11 @@
 """What the Spark executors of otrain-infer-spark run: decoding cutouts and scoring them.
 
-FITS files arrive as bytes from Spark's ``binaryFile`` source and are read in memory by
-otrain-infer's reading code (:func:`otrain.score.inference.read_for_model`); the other files of
-that source that hold alert packets (Avro files, tarballs), and the rows of a Parquet table of
-ZTF alerts (Fink's), become packets read by :mod:`otrain.io.alerts` (:func:`decode_files`,
-:func:`decode_alert_rows`), one row per packet; Parquet rows of
+FITS files, opened here (a local folder, listed by Spark) or read as bytes by Spark's
+``binaryFile`` source (a URI), are read in memory by otrain-infer's reading code
+(:func:`otrain.score.inference.read_for_model`); the other files that hold alert packets (Avro
+files, tarballs), and the rows of a Parquet table of ZTF alerts (Fink's), become packets read
+by :mod:`otrain.io.alerts` (:func:`decode_files`, :func:`decode_alert_rows`), one row per
+packet; Parquet rows of
 otrain-pack (:mod:`otrain.score.pack`) hold a cutout's metadata and its raw planes, fitted to the
 model by :func:`otrain.score.inference.fit_cutout`. The model file shipped with
 ``SparkContext.addFile`` is loaded once per Python worker (Spark reuses its Python workers), on
@@ -44,6 +45,7 @@ from otrain.score.inference import (
     reweight,
 )
 from otrain.score.pack import META_COLUMNS, TEXT_COLUMNS
+from otrain.score.spark_frames import MAX_FILE_BYTES
 
 #: P(real) of a batch, and an ensemble's spread (None for a single model).
 Scores = tuple[np.ndarray, np.ndarray | None]
@@ -227,12 +229,12 @@ def decode_fits(
     def decode(batches: Iterator[Any]) -> Iterator[Any]:
         for batch in batches:
             cells, pixels, skipped = [], [], []
-            for uri, content in zip(batch["path"], _contents(batch), strict=True):
+            for uri, content in zip(batch["path"], _contents(batch, roots), strict=True):
                 path = Path(local_name(uri, roots))
-                if content is None:  # a local folder's file, read here
+                if roots is not None:  # a local folder's file, read here
                     content = _local_content(uri)
                     if content is None:
-                        continue  # not seen: the driver says why (otrain.score.spark._unread_files)
+                        continue  # not seen: a batch's driver says why (otrain.score.spark._unread_files)
                 try:
                     meta, cutout = read_for_model(path, shape, planes, content=bytes(content))
                 except Exception as error:  # an executor reports, never dies, on a strange file
@@ -250,16 +252,21 @@ def decode_fits(
     return decode
 
 
-def _contents(batch: Any) -> Any:
-    """Return a batch's ``content`` column; None for each row of a local folder, whose files the executors open."""
-    return batch["content"] if "content" in batch.columns else [None] * len(batch)
+def _contents(batch: Any, roots: tuple[str, str] | None) -> Any:
+    """Return a batch's ``content`` column; None for each row of a local folder (``roots``), opened here."""
+    return [None] * len(batch) if roots is not None else batch["content"]
 
 
 def _local_content(uri: str) -> bytes | None:
-    """Read a local folder's file whole; None for what Spark would not read either (empty, not a file, unreadable)."""
+    """Read a local folder's cutout file whole; None for what Spark would not read either.
+
+    That is an empty file, a pipe or another non-file, an unreadable one, and one of 2 GiB or
+    more (:data:`otrain.score.spark_frames.MAX_FILE_BYTES`, no cutout is that large).
+    """
     path = Path(local_name(uri))
     try:
-        if not stat.S_ISREG(path.stat().st_mode):
+        status = path.stat()
+        if not stat.S_ISREG(status.st_mode) or status.st_size >= MAX_FILE_BYTES:
             return None  # a named pipe would never end
         return path.read_bytes() or None
     except OSError:
@@ -339,13 +346,12 @@ def decode_files(
             pixels: list[np.ndarray] = []
             skipped: list[tuple[str, str]] = []
             handled: list[tuple[str, tuple[int, int]]] = []
-            local = "content" not in batch.columns
-            for uri, content in zip(batch["path"][~cutouts], _contents(batch[~cutouts]), strict=True):
+            for uri, content in zip(batch["path"][~cutouts], _contents(batch[~cutouts], roots), strict=True):
                 name = printable_path(Path(local_name(uri, roots)))
-                if local:  # a local folder's file, read here as a stream (a tarball of any size)
+                if roots is not None:  # a local folder's file, read here as a stream (a tarball of any size)
                     head = local_head(Path(local_name(uri)))
                     if head is None:
-                        continue  # not seen: the driver says why
+                        continue  # not seen: a batch's driver says why
                     items = iter_file(Path(local_name(uri)), name)
                 else:
                     data = b"" if content is None else bytes(content)  # a Kafka message without a value

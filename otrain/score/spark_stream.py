@@ -91,9 +91,11 @@ def packet_rows(frame: Any) -> Any:
     """
     from pyspark.sql import functions
 
-    if "path" in frame.columns:
-        return frame.select("path", *(["content"] if "content" in frame.columns else []))
+    if "content" in frame.columns:
+        return frame.select("path", "content")
     if "value" not in frame.columns:
+        if "path" in frame.columns:  # a local folder's files, opened by the executors
+            return frame.select("path")
         raise DataError(f"the stream's rows have neither content nor value (columns: {', '.join(frame.columns)})")
     name = (
         functions.concat_ws("/", "topic", "partition", "offset")

@@ -276,5 +276,5 @@ def test_a_tarball_over_2_gib_scores_from_a_local_folder_and_is_named_when_spark
     assert "scored 1 of 2 cutouts" in captured.out
     assert (
         f"otrain-infer-spark: warning: skipped: {folder / 'night.tar'}: 2147483648 bytes, "
-        "more than Spark's binaryFile source reads (2 GiB); split it"
+        "more than otrain-infer-spark reads as one piece (2 GiB); split it"
     ) in captured.err.splitlines()
