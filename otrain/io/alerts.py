@@ -44,12 +44,11 @@ from typing import BinaryIO, Literal
 import numpy as np
 
 from otrain.errors import DataError, first_line
-from otrain.io.alert_records import NJY_ZERO_POINT, PLANE_FIELDS, ZTF_STAMP, Alert, alert_from_record, survey_of
+from otrain.io.alert_records import PLANE_FIELDS, ZTF_STAMP, Alert, alert_from_record, survey_of
 from otrain.io.avro import read_container
 from otrain.io.cutoutmeta import CutoutMeta
 
 __all__ = [
-    "NJY_ZERO_POINT",
     "PLANE_FIELDS",
     "SNIFF_BYTES",
     "ZTF_STAMP",
@@ -61,6 +60,7 @@ __all__ = [
     "iter_file",
     "packet_files",
     "read_alert",
+    "read_head",
     "sniff",
     "sniff_file",
 ]
@@ -111,8 +111,8 @@ def sniff(head: bytes) -> Kind | None:
     return None
 
 
-def sniff_file(path: Path) -> Kind | None:
-    """Recognise a regular file from its content (see :func:`sniff`); None when it cannot be read or is no file.
+def read_head(path: Path) -> bytes | None:
+    """Return a regular file's first :data:`SNIFF_BYTES` bytes; None when it cannot be read or is no file.
 
     A FIFO, a socket or a device is never opened (reading a FIFO would wait for a writer).
     """
@@ -120,9 +120,15 @@ def sniff_file(path: Path) -> Kind | None:
         if not stat.S_ISREG(path.stat().st_mode):
             return None
         with open(path, "rb") as stream:
-            return sniff(stream.read(SNIFF_BYTES))
+            return stream.read(SNIFF_BYTES)
     except OSError:
         return None
+
+
+def sniff_file(path: Path) -> Kind | None:
+    """Recognise a regular file from its content (see :func:`sniff`); None when it cannot be read or is no file."""
+    head = read_head(path)
+    return None if head is None else sniff(head)
 
 
 def packet_files(location: Path, *, recursive: bool = True, besides: tuple[str, ...] = ()) -> list[Path]:
@@ -168,9 +174,12 @@ def iter_alerts(location: Path) -> Iterator[Alert | BadPacket]:
         yield from iter_file(path, str(path))
 
 
-def iter_file(path: Path, name: str) -> Iterator[Alert | BadPacket]:
-    """Read the packets of one file, a tarball of Avro files or else an Avro file, as a stream; ``name`` names them."""
-    if sniff_file(path) == "tar":
+def iter_file(path: Path, name: str, kind: Kind | None = None) -> Iterator[Alert | BadPacket]:
+    """Read the packets of one file, a tarball of Avro files or else an Avro file, as a stream; ``name`` names them.
+
+    ``kind`` is what :func:`sniff` made of the file's head when the caller read it already.
+    """
+    if (kind or sniff_file(path)) == "tar":
         yield from _iter_tar(path, name)
         return
     try:

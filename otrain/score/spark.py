@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from otrain.errors import DataError, log_listed
-from otrain.io.alerts import SNIFF_BYTES, sniff
+from otrain.io.alerts import SNIFF_BYTES, read_head, sniff
 from otrain.io.atomic import atomic_folder, atomic_path
 from otrain.io.card import card_threshold
 from otrain.io.layout import card_file
@@ -71,7 +71,6 @@ from otrain.score.spark_executor import (
     decode_files,
     decode_packed,
     has_fits_suffix,
-    local_head,
     local_name,
 )
 from otrain.score.spark_frames import (
@@ -394,7 +393,7 @@ def _unread_problem(
     too_big = f"{path}: {size} bytes, more than otrain-infer-spark reads as one piece (2 GiB); split it"
     if not has_fits_suffix(uri):
         try:
-            head = local_head(path) if local else _hadoop_read(spark, uri, SNIFF_BYTES)
+            head = read_head(path) if local else _hadoop_read(spark, uri, SNIFF_BYTES)
         except Exception:  # py4j's Java exception: what it holds cannot be told
             return None
         if head is None or sniff(head) not in ("avro", "tar"):

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from otrain.io.alerts import SNIFF_BYTES, Alert, BadPacket, alert_from_record, iter_content, iter_file, sniff
+from otrain.io.alerts import SNIFF_BYTES, Alert, BadPacket, alert_from_record, iter_content, iter_file, read_head, sniff
 from otrain.io.cutouts import FITS_SUFFIXES
 from otrain.options import InferSparkConfig
 from otrain.score.alert_tables import alert_record
@@ -59,7 +59,6 @@ __all__ = [
     "decode_fits",
     "decode_packed",
     "has_fits_suffix",
-    "local_head",
     "local_name",
     "predict_batch_scorer",
 ]
@@ -273,17 +272,6 @@ def _local_content(uri: str) -> bytes | None:
         return None
 
 
-def local_head(path: Path) -> bytes | None:
-    """Return a local file's first bytes, enough to tell its format; None when it cannot be read or is no file."""
-    try:
-        if not stat.S_ISREG(path.stat().st_mode):
-            return None
-        with open(path, "rb") as stream:
-            return stream.read(SNIFF_BYTES)
-    except OSError:
-        return None
-
-
 def has_fits_suffix(name: str) -> bool:
     """Tell whether a file is read as a FITS cutout: its name ends with a FITS suffix, in any case."""
     return name.lower().endswith(FITS_SUFFIXES)
@@ -349,15 +337,17 @@ def decode_files(
             for uri, content in zip(batch["path"][~cutouts], _contents(batch[~cutouts], roots), strict=True):
                 name = printable_path(Path(local_name(uri, roots)))
                 if roots is not None:  # a local folder's file, read here as a stream (a tarball of any size)
-                    head = local_head(Path(local_name(uri)))
+                    local = Path(local_name(uri))
+                    head = read_head(local)
                     if head is None:
                         continue  # not seen: a batch's driver says why
-                    items = iter_file(Path(local_name(uri)), name)
+                    kind = sniff(head)
+                    items = iter_file(local, name, kind)
                 else:
                     data = b"" if content is None else bytes(content)  # a Kafka message without a value
-                    head, items = data[:SNIFF_BYTES], iter_content(data, name)
+                    kind, items = sniff(data[:SNIFF_BYTES]), iter_content(data, name)
                 rows, problems_before = 0, len(skipped)
-                if sniff(head) in ("avro", "tar"):
+                if kind in ("avro", "tar"):
                     for item in items:
                         before = len(cells)
                         _add_alert(item, shape, planes, (cells, pixels, skipped))
